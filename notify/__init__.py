@@ -1,0 +1,1 @@
+"""Push and notices: WebSocket connection registry, Redis pub/sub fan-out, SMS / WeChat."""

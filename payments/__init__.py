@@ -1,0 +1,1 @@
+"""Payment providers: BasePaymentProvider, one module per provider, and a registry."""

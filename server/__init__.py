@@ -1,0 +1,1 @@
+"""Keyun core: configuration, app assembly, services, storage and the station exchange layer."""

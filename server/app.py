@@ -1,0 +1,95 @@
+"""App assembly: the only module that imports every package and wires them together.
+
+Clients are built once by the caller and injected; handlers read services through typed
+properties of ``handlers.base.ApiHandler``. Nothing here connects at import time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from tornado.web import Application, URLSpec
+
+from admin import pages as admin_pages
+from handlers import auth, docs, health, staff, stations
+from handlers.base import NotFoundHandler, log_request
+from server.config import Settings
+from server.metrics import Metrics
+from server.security.authorizer import RoleAuthorizer
+from server.security.tokens import AccessTokens
+from server.services.audit import AuditService
+from server.services.auth import AuthService
+from server.services.health import HealthService
+from server.services.idempotency import IdempotencyStore
+from server.services.stations import StationService
+
+
+@dataclass
+class Services:
+    """Every service the edge may call, built once per process."""
+
+    auth: AuthService
+    audit: AuditService
+    health: HealthService
+    stations: StationService
+    idempotency: IdempotencyStore
+    authorizer: RoleAuthorizer
+
+
+def connect_mongo(settings: Settings, uri: str) -> AsyncMongoClient[Any]:
+    """A MongoDB client: majority writes, tz-aware datetimes, quick failure when down."""
+    return AsyncMongoClient(uri, tz_aware=True, w="majority", retryWrites=True,
+                            serverSelectionTimeoutMS=5000, connectTimeoutMS=3000,
+                            appname="keyun")
+
+
+def connect_redis(url: str) -> aioredis.Redis:
+    """A Redis client (text replies, bounded timeouts)."""
+    return aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=5,
+                                   socket_connect_timeout=3, health_check_interval=30)
+
+
+def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
+                   redis: aioredis.Redis) -> Services:
+    db: AsyncDatabase[Any] = mongo[settings.mongo_db]
+    audit = AuditService(db)
+    access = AccessTokens(settings.jwt_secret, settings.access_token_ttl)
+    return Services(
+        auth=AuthService(db, redis, access, audit, refresh_ttl=settings.refresh_token_ttl,
+                         max_failures=settings.login_max_failures,
+                         lockout_seconds=settings.login_lockout_seconds),
+        audit=audit,
+        health=HealthService(mongo, redis),
+        stations=StationService(db),
+        idempotency=IdempotencyStore(db),
+        authorizer=RoleAuthorizer(),
+    )
+
+
+def api_routes() -> list[URLSpec]:
+    """Every JSON route, in match order."""
+    return [*health.default_handlers, *auth.default_handlers, *stations.default_handlers,
+            *staff.default_handlers, *docs.default_handlers]
+
+
+def make_app(settings: Settings, mongo: AsyncMongoClient[Any], redis: aioredis.Redis,
+             extra_routes: list[URLSpec] | None = None) -> Application:
+    """The Tornado Application with clients and services injected through its settings."""
+    routes = [*api_routes(), *admin_pages.default_handlers, *(extra_routes or [])]
+    return Application(
+        routes,
+        config=settings,
+        services=build_services(settings, mongo, redis),
+        metrics=Metrics(),
+        mongo=mongo,
+        redis=redis,
+        openapi=docs.build_openapi(routes),
+        default_handler_class=NotFoundHandler,
+        log_function=log_request,
+        compress_response=True,
+        xheaders=False,
+    )

@@ -1,0 +1,303 @@
+"""The ``keyun`` command: ``keyun run`` starts everything, ``keyun seed-demo`` loads demo data.
+
+``run`` starts the embedded stores when no URI is configured, prepares the database once
+(schema, demo data, departure plan), then serves HTTP in one process or in
+``KEYUN_PROCESSES`` forked workers sharing one listening socket. SIGINT or SIGTERM stops the
+workers gracefully, then the embedded stores, and nothing is left running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from server import embedded
+from server.config import ConfigError, Settings, load_settings
+from server.logs import setup_logging
+
+log = logging.getLogger("keyun")
+
+MAX_BODY = 4 * 1024 * 1024
+SHUTDOWN_GRACE = 10.0
+
+
+class _Stop(Exception):
+    """Raised by the signal handlers while the process is not in its event loop."""
+
+
+def _raise_stop(signum: int, _frame: Any) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="keyun", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="start Keyun (and the embedded stores if not configured)")
+    seed = sub.add_parser("seed-demo", help="load the demo province into the configured stores")
+    seed.add_argument("--reset", action="store_true", help="drop the database first")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"keyun: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, settings.log_format)
+    if args.command == "run":
+        return run(settings)
+    return seed_demo(settings, reset=args.reset)
+
+
+def _with_dev_secret(settings: Settings) -> Settings:
+    """Development without KEYUN_JWT_SECRET: a random secret kept under the data directory."""
+    if settings.jwt_secret:
+        return settings
+    path = settings.data_path / "jwt-secret"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(48))
+    return dataclasses.replace(settings, jwt_secret=path.read_text().strip())
+
+
+def _start_stores(settings: Settings, children: list[embedded.ChildServer]) -> Settings:
+    """Start the embedded store for every URI that is not configured."""
+    if settings.mongo_uri is None:
+        mongo = embedded.mongo_server(settings.data_path)
+        children.append(mongo)
+        mongo.start()
+        settings = dataclasses.replace(settings, mongo_uri=embedded.mongo_uri(mongo))
+    if settings.redis_url is None:
+        redis = embedded.redis_server(settings.data_path)
+        children.append(redis)
+        redis.start()
+        settings = dataclasses.replace(settings, redis_url=embedded.redis_url(redis))
+    return settings
+
+
+def run(settings: Settings) -> int:
+    """Start stores, prepare the database, serve until SIGINT/SIGTERM, stop everything."""
+    children: list[embedded.ChildServer] = []
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
+    workers: list[int] = []
+    try:
+        settings = _with_dev_secret(settings)
+        settings = _start_stores(settings, children)
+        asyncio.run(prepare_database(settings))
+        sockets = bind_sockets(settings.port, settings.host, reuse_port=False)
+        if settings.processes == 1:
+            _print_banner(settings, children)
+            _serve_in_this_process(settings, sockets)
+            return 0
+        workers = _fork_workers(settings, sockets)
+        if not workers:  # in a worker: it served and stopped
+            return 0
+        for sock in sockets:
+            sock.close()
+        _print_banner(settings, children)
+        while workers:
+            pid, status = os.wait()
+            if pid in workers:
+                workers.remove(pid)
+                log.error("worker %s exited (status %s); stopping", pid, status)
+                break
+    except _Stop as stop:
+        log.info("received %s; stopping", stop)
+    except RuntimeError as exc:
+        log.error("start-up failed: %s", exc)
+        print(f"keyun: start-up failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _stop_workers(workers)
+        for child in reversed(children):
+            child.stop()
+        if children:
+            log.info("embedded stores stopped")
+    return 0
+
+
+def _serve_in_this_process(settings: Settings, sockets: list[Any]) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    asyncio.run(serve(settings, sockets))
+
+
+def _fork_workers(settings: Settings, sockets: list[Any]) -> list[int]:
+    """Fork the workers; returns their pids in the parent and [] in a worker after it ran."""
+    pids = []
+    for index in range(settings.processes):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                os.environ["KEYUN_WORKER"] = str(index)
+                _serve_in_this_process(settings, sockets)
+            except BaseException:  # noqa: BLE001 - a worker must never fall back into the parent
+                log.exception("worker %s failed", index)
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        pids.append(pid)
+    return pids
+
+
+def _stop_workers(workers: list[int]) -> None:
+    for pid in workers:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + SHUTDOWN_GRACE + 5
+    for pid in workers:
+        while time.monotonic() < deadline:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+
+
+async def _wait_for_stores(settings: Settings) -> tuple[Any, Any]:
+    from server.app import connect_mongo, connect_redis  # noqa: PLC0415 - keep CLI start light
+
+    assert settings.mongo_uri and settings.redis_url
+    mongo = connect_mongo(settings, settings.mongo_uri)
+    redis = connect_redis(settings.redis_url)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            await mongo.admin.command("ping")
+            await redis.ping()
+            return mongo, redis
+        except Exception as exc:  # noqa: BLE001 - report after retries
+            if time.monotonic() > deadline:
+                await mongo.close()
+                await redis.aclose()
+                raise RuntimeError(f"stores not reachable: {type(exc).__name__}: {exc}") \
+                    from None
+            await asyncio.sleep(0.5)
+
+
+async def prepare_database(settings: Settings) -> None:
+    """Once per start, before serving: schema, demo data (first start), departure plan."""
+    from server import demo  # noqa: PLC0415
+    from server.storage.collections import ensure_schema  # noqa: PLC0415
+
+    mongo, redis = await _wait_for_stores(settings)
+    try:
+        db = mongo[settings.mongo_db]
+        await ensure_schema(db)
+        if settings.seed_demo:
+            await demo.ensure_demo(db, settings)
+    finally:
+        await mongo.close()
+        await redis.aclose()
+
+
+async def serve(settings: Settings, sockets: list[Any]) -> None:
+    """Serve HTTP on already-bound sockets until SIGINT/SIGTERM, then drain and close."""
+    from server.app import make_app  # noqa: PLC0415
+
+    mongo, redis = await _wait_for_stores(settings)
+    app = make_app(settings, mongo, redis)
+    server = HTTPServer(app, max_body_size=MAX_BODY, idle_connection_timeout=60)
+    server.add_sockets(sockets)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("serving", extra={"fields": {"port": settings.port, "pid": os.getpid()}})
+    await stop.wait()
+    log.info("stopping: no new connections, draining")
+    server.stop()
+    try:
+        await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE)
+    except TimeoutError:
+        log.warning("connections still open after %ss; closing anyway", SHUTDOWN_GRACE)
+    await mongo.close()
+    await redis.aclose()
+    log.info("stopped")
+
+
+def _print_banner(settings: Settings, children: list[embedded.ChildServer]) -> None:
+    base = f"http://{settings.host}:{settings.port}"
+    lines = [
+        "",
+        "Keyun is running.",
+        f"  API       {base}/api/v1/",
+        f"  OpenAPI   {base}/api/openapi.json   (docs: {base}/api/docs)",
+        f"  Admin     {base}/admin/",
+        f"  Health    {base}/healthz  {base}/readyz  {base}/metrics",
+    ]
+    for child in children:
+        lines.append(f"  {child.name:<9} 127.0.0.1:{child.port} (embedded, data in "
+                     f"{Path(settings.data_dir).resolve()})")
+    if settings.seed_demo:
+        from server.security.principal import STAFF_ROLES  # noqa: PLC0415
+
+        lines.append(f"  Demo staff: {', '.join(STAFF_ROLES)} — password "
+                     f"'{settings.demo_password}'")
+    if settings.processes > 1:
+        lines.append(f"  Processes {settings.processes}")
+    lines += ["Press Ctrl-C to stop.", ""]
+    print("\n".join(lines), flush=True)
+
+
+def seed_demo(settings: Settings, reset: bool = False) -> int:
+    """``keyun seed-demo``: load the demo province into the configured (or embedded) stores."""
+    children: list[embedded.ChildServer] = []
+    signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        settings = _start_stores(_with_dev_secret(settings), children)
+        asyncio.run(_seed(settings, reset))
+        print("Demo province loaded.")
+        return 0
+    except _Stop:
+        return 1
+    finally:
+        for child in reversed(children):
+            child.stop()
+
+
+async def _seed(settings: Settings, reset: bool) -> None:
+    from server import demo  # noqa: PLC0415
+    from server.storage.collections import ensure_schema  # noqa: PLC0415
+
+    mongo, redis = await _wait_for_stores(settings)
+    try:
+        if reset:
+            await mongo.drop_database(settings.mongo_db)
+        db = mongo[settings.mongo_db]
+        await ensure_schema(db)
+        await demo.ensure_demo(db, settings, force=True)
+    finally:
+        await mongo.close()
+        await redis.aclose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Typed settings from the environment and an optional TOML file, validated at start.
+
+Every setting has one environment variable (``KEYUN_<NAME>``) and one key in the optional TOML
+file named by ``KEYUN_CONFIG`` (the lower-case name). The environment wins over the file.
+A wrong value raises :class:`ConfigError` with one line naming the variable, which the CLI
+prints before exiting with status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A setting is missing or has a wrong value; the message names the variable."""
+
+
+def _parse_int(lo: int, hi: int) -> Callable[[Any], int]:
+    def parse(raw: Any) -> int:
+        try:
+            value = int(str(raw).strip(), 10)
+        except ValueError:
+            raise ValueError(f"must be an integer between {lo} and {hi}, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"must be true or false, got {raw!r}")
+
+
+def _parse_choice(*choices: str) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        text = str(raw).strip().lower()
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {raw!r}")
+        return text
+
+    return parse
+
+
+def _parse_optional_uri(*schemes: str) -> Callable[[Any], str | None]:
+    def parse(raw: Any) -> str | None:
+        text = str(raw).strip()
+        if not text:
+            return None
+        if not text.startswith(tuple(f"{s}://" for s in schemes)):
+            raise ValueError(f"must start with {' or '.join(s + '://' for s in schemes)}")
+        return text
+
+    return parse
+
+
+def _parse_str(raw: Any) -> str:
+    return str(raw).strip()
+
+
+def _parse_host(raw: Any) -> str:
+    text = str(raw).strip()
+    if not text or any(c.isspace() for c in text):
+        raise ValueError(f"must be a host name or IP address, got {raw!r}")
+    return text
+
+
+def _parse_db_name(raw: Any) -> str:
+    text = str(raw).strip()
+    if not text or any(c in text for c in '/\\. "$') or len(text) > 63:
+        raise ValueError(f"must be a MongoDB database name (no / \\ . space \" $), got {raw!r}")
+    return text
+
+
+def _parse_secret(raw: Any) -> str:
+    text = str(raw).strip()
+    if text and len(text) < 32:
+        raise ValueError("must be at least 32 characters")
+    return text
+
+
+def _opt(default: Any, parse: Callable[[Any], Any], doc: str) -> Any:
+    return field(default=default, metadata={"parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything Keyun reads from its environment; see README "Configuration"."""
+
+    env: str = _opt("development", _parse_choice("development", "production"),
+                    "development (embedded stores, sandboxes) or production (strict)")
+    host: str = _opt("127.0.0.1", _parse_host, "address the HTTP server binds")
+    port: int = _opt(8888, _parse_int(1, 65535), "HTTP port")
+    processes: int = _opt(1, _parse_int(1, 64), "server processes sharing the port")
+    mongo_uri: str | None = _opt(None, _parse_optional_uri("mongodb", "mongodb+srv"),
+                                 "MongoDB URI; unset: start the embedded SecantusDB")
+    mongo_db: str = _opt("keyun", _parse_db_name, "MongoDB database name")
+    redis_url: str | None = _opt(None, _parse_optional_uri("redis", "rediss", "unix"),
+                                 "Redis URL; unset: start the embedded redis-server")
+    data_dir: str = _opt("var", _parse_str, "where embedded servers keep their data")
+    jwt_secret: str = _opt("", _parse_secret,
+                           "HMAC secret for access tokens (>= 32 chars); dev generates one")
+    access_token_ttl: int = _opt(900, _parse_int(60, 3600), "access token lifetime, seconds")
+    refresh_token_ttl: int = _opt(30 * 86400, _parse_int(3600, 90 * 86400),
+                                  "refresh token lifetime, seconds")
+    demo_password: str = _opt("keyun-demo", _parse_str, "password of the demo staff users")
+    seed_demo: bool = _opt(True, _parse_bool, "load the demo province on first start")
+    sandbox: bool = _opt(True, _parse_bool, "mount /sandbox helpers and start sandboxes")
+    log_level: str = _opt("info", _parse_choice("debug", "info", "warning", "error"),
+                          "log level")
+    log_format: str = _opt("json", _parse_choice("json", "text"), "log line format")
+    login_max_failures: int = _opt(5, _parse_int(1, 100),
+                                   "failed staff logins per user and address before a lockout")
+    login_lockout_seconds: int = _opt(900, _parse_int(1, 86400), "lockout duration, seconds")
+    config_file: str = field(default="", metadata={"doc": "the TOML file read, if any"})
+
+    @property
+    def embedded(self) -> bool:
+        """True when at least one store has to be started as a child process."""
+        return self.mongo_uri is None or self.redis_url is None
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+
+def setting_fields() -> list[dataclasses.Field[Any]]:
+    """The settings that come from environment or file (for validation and the README)."""
+    return [f for f in dataclasses.fields(Settings) if "parse" in f.metadata]
+
+
+def env_name(name: str) -> str:
+    return f"KEYUN_{name.upper()}"
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, parse and validate settings; raise ConfigError naming the first bad variable."""
+    environ = os.environ if environ is None else environ
+    file_values: dict[str, Any] = {}
+    config_file = environ.get("KEYUN_CONFIG", "").strip()
+    if config_file:
+        try:
+            with open(config_file, "rb") as fh:
+                file_values = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"KEYUN_CONFIG: file not found: {config_file}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"KEYUN_CONFIG: {config_file} is not valid TOML: {exc}") from None
+        known = {f.name for f in setting_fields()}
+        unknown = sorted(set(file_values) - known)
+        if unknown:
+            raise ConfigError(f"KEYUN_CONFIG: unknown setting {unknown[0]!r} in {config_file}")
+
+    values: dict[str, Any] = {}
+    for f in setting_fields():
+        var = env_name(f.name)
+        if var in environ:
+            raw, origin = environ[var], var
+        elif f.name in file_values:
+            raw, origin = file_values[f.name], f"{f.name} in {config_file}"
+        else:
+            continue
+        try:
+            values[f.name] = f.metadata["parse"](raw)
+        except ValueError as exc:
+            raise ConfigError(f"{origin}: {exc}") from None
+    if values.get("env") == "production":
+        # Production never mounts sandboxes or demo data unless someone asks (and is refused).
+        values.setdefault("sandbox", False)
+        values.setdefault("seed_demo", False)
+    settings = Settings(config_file=config_file, **values)
+    _check_combination(settings)
+    return settings
+
+
+def _check_combination(s: Settings) -> None:
+    if s.env == "production":
+        if s.mongo_uri is None:
+            raise ConfigError("KEYUN_MONGO_URI: required when KEYUN_ENV=production")
+        if s.redis_url is None:
+            raise ConfigError("KEYUN_REDIS_URL: required when KEYUN_ENV=production")
+        if not s.jwt_secret:
+            raise ConfigError("KEYUN_JWT_SECRET: required when KEYUN_ENV=production")
+        if s.sandbox:
+            raise ConfigError("KEYUN_SANDBOX: must be false when KEYUN_ENV=production")
+        if s.seed_demo:
+            raise ConfigError("KEYUN_SEED_DEMO: must be false when KEYUN_ENV=production")

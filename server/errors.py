@@ -1,0 +1,71 @@
+"""One table of error codes: the stable machine code, its HTTP status and its message.
+
+Services raise :class:`DomainError` with a code from :data:`ERRORS`; the API edge turns it into
+``{"error": {"code": ..., "message": ..., **details}}`` with the table's status. A code is a
+contract with clients: never rename one, add a new one instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# code -> (HTTP status, default message)
+ERRORS: dict[str, tuple[int, str]] = {
+    # request shape
+    "MALFORMED_JSON": (400, "The request body is not valid JSON."),
+    "MISSING_FIELD": (400, "A required field is missing."),
+    "INVALID_TYPE": (400, "A field has the wrong type."),
+    "INVALID_VALUE": (400, "A field has an invalid value."),
+    "UNKNOWN_FIELD": (400, "The request has a field this operation does not take."),
+    "INVALID_QUERY": (400, "A query parameter is invalid."),
+    "BODY_TOO_LARGE": (413, "The request body is too large."),
+    "UNSUPPORTED_MEDIA_TYPE": (415, "Send the body as application/json."),
+    # routing
+    "NOT_FOUND": (404, "No such resource."),
+    "METHOD_NOT_ALLOWED": (405, "This method is not allowed on this resource."),
+    # authentication and authorization
+    "AUTH_REQUIRED": (401, "Sign in first: send Authorization: Bearer <token>."),
+    "TOKEN_INVALID": (401, "The access token is invalid."),
+    "TOKEN_EXPIRED": (401, "The access token has expired; refresh it."),
+    "INVALID_CREDENTIALS": (401, "Wrong username or password."),
+    "ACCOUNT_DISABLED": (403, "This account is disabled."),
+    "TOO_MANY_ATTEMPTS": (429, "Too many failed attempts; try again later."),
+    "REFRESH_TOKEN_INVALID": (401, "The refresh token is invalid or revoked."),
+    "REFRESH_TOKEN_EXPIRED": (401, "The refresh token has expired; sign in again."),
+    "REFRESH_TOKEN_REUSED": (401, "This refresh token was already used; all sessions of this "
+                                  "sign-in are revoked. Sign in again."),
+    "FORBIDDEN": (403, "Your role may not do this."),
+    "OUT_OF_SCOPE": (403, "This resource is outside your region or station."),
+    # idempotency
+    "IDEMPOTENCY_KEY_REUSED": (422, "This Idempotency-Key was used for a different request."),
+    "IDEMPOTENCY_IN_PROGRESS": (409, "A request with this Idempotency-Key is still running."),
+    # staff administration
+    "USERNAME_TAKEN": (409, "A staff account with this username exists."),
+    "SCOPE_REQUIRED": (400, "This role needs a scope (region, station or outlet)."),
+    "STATION_NOT_FOUND": (404, "No such station."),
+    # infrastructure
+    "SERVICE_UNAVAILABLE": (503, "A backing service is unavailable; try again shortly."),
+    "INTERNAL": (500, "Something went wrong on our side. Quote the request id when asking."),
+}
+
+
+class DomainError(Exception):
+    """An expected failure with a stable code; details go into the error body."""
+
+    def __init__(self, code: str, message: str | None = None, **details: Any) -> None:
+        if code not in ERRORS:
+            raise KeyError(f"unknown error code {code!r}: add it to server.errors.ERRORS")
+        self.code = code
+        self.status, default = ERRORS[code]
+        self.message = message or default
+        self.details = details
+        super().__init__(f"{code}: {self.message}")
+
+    def body(self) -> dict[str, Any]:
+        """The JSON error body the API returns."""
+        return {"error": {"code": self.code, "message": self.message, **self.details}}
+
+
+def error_body(code: str, message: str | None = None, **details: Any) -> dict[str, Any]:
+    """The error body for a code without raising (used by the edge for HTTP-level errors)."""
+    return DomainError(code, message, **details).body()

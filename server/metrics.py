@@ -1,0 +1,36 @@
+"""Prometheus metrics of one Keyun process: requests by route and status, latencies.
+
+Each Application gets its own registry (no module-level state), so two apps in one test
+process never share counters. Routes are labelled by their template (``/api/v1/orders/{order_no}``),
+never by the raw path, to keep label cardinality bounded.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """The metrics one process exposes at /metrics."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "keyun_http_requests_total", "HTTP requests by route, method and status",
+            ["route", "method", "status"], registry=self.registry)
+        self.latency = Histogram(
+            "keyun_http_request_duration_seconds", "HTTP request latency by route and method",
+            ["route", "method"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.in_flight = Gauge("keyun_http_requests_in_flight", "Requests being served",
+                               registry=self.registry)
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route, method).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

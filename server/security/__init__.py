@@ -1,0 +1,1 @@
+"""Identity: principals and roles, access and refresh tokens, password hashing."""

@@ -1,0 +1,92 @@
+"""Departure planning (发班计划): dated departures from timetabled schedules, idempotently.
+
+Run at every start and whenever schedules change: for each active schedule and each day of
+the window, the departure is created if missing and left alone if it exists (a departure
+already on sale keeps its vehicle, seats and status).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pymongo import UpdateOne
+from pymongo.asynchronous.database import AsyncDatabase
+
+LOCAL_TZ = ZoneInfo("Asia/Shanghai")
+
+
+def local_today(now: dt.datetime | None = None) -> dt.date:
+    """Today in Asia/Shanghai (service dates are local dates)."""
+    return (now or dt.datetime.now(dt.UTC)).astimezone(LOCAL_TZ).date()
+
+
+def departs_at(service_date: dt.date, local_time: str) -> dt.datetime:
+    """The UTC instant of a local departure time on a service date."""
+    hour, minute = (int(x) for x in local_time.split(":"))
+    local = dt.datetime(service_date.year, service_date.month, service_date.day, hour, minute,
+                        tzinfo=LOCAL_TZ)
+    return local.astimezone(dt.UTC)
+
+
+def departure_id(schedule_code: str, service_date: dt.date) -> str:
+    return f"{schedule_code}-{service_date:%Y%m%d}"
+
+
+def _pick(options: list[Any], *key: str) -> Any:
+    """A stable choice (same schedule and day → same vehicle), independent of process."""
+    digest = hashlib.sha256("|".join(key).encode()).digest()
+    return options[int.from_bytes(digest[:4], "big") % len(options)]
+
+
+async def plan_departures(db: AsyncDatabase[Any], start: dt.date, days: int) -> int:
+    """Create missing departures for ``days`` days from ``start``; return how many were new."""
+    vehicles: dict[str, list[dict[str, Any]]] = {}
+    async for v in db.vehicles.find({"status": "active"}, {"carrier_id": 1, "seats": 1}):
+        vehicles.setdefault(v["carrier_id"], []).append(v)
+    drivers: dict[str, list[str]] = {}
+    async for d in db.drivers.find({"status": "active"}, {"carrier_id": 1}):
+        drivers.setdefault(d["carrier_id"], []).append(d["_id"])
+    routes = {r["_id"]: r async for r in db.routes.find({}, {"distance_km": 1})}
+
+    ops = []
+    now = dt.datetime.now(dt.UTC)
+    async for sch in db.schedules.find({"status": "active"}):
+        fleet = vehicles.get(sch["carrier_id"]) or []
+        crew = drivers.get(sch["carrier_id"]) or []
+        two_drivers = routes.get(sch["route_id"], {}).get("distance_km", 0) > 400
+        for offset in range(days):
+            day = start + dt.timedelta(days=offset)
+            vehicle = _pick(fleet, sch["code"], day.isoformat()) if fleet else None
+            driver_ids = []
+            if crew:
+                first = _pick(crew, sch["code"], day.isoformat(), "driver")
+                driver_ids = [first]
+                if two_drivers and len(crew) > 1:
+                    second = crew[(crew.index(first) + 1) % len(crew)]
+                    driver_ids.append(second)
+            seats = min(sch["seats"], vehicle["seats"]) if vehicle else sch["seats"]
+            doc = {
+                "_id": departure_id(sch["code"], day),
+                "schedule_id": sch["_id"],
+                "schedule_code": sch["code"],
+                "route_id": sch["route_id"],
+                "station_id": sch["station_id"],
+                "carrier_id": sch["carrier_id"],
+                "vehicle_id": vehicle["_id"] if vehicle else "",
+                "driver_ids": driver_ids,
+                "service_date": day.isoformat(),
+                "departs_at": departs_at(day, sch["departs_at_local"]),
+                "seats": seats,
+                "status": "on_sale",
+                "inventory": "native",
+                "created_at": now,
+            }
+            ops.append(UpdateOne({"_id": doc["_id"]}, {"$setOnInsert": doc}, upsert=True))
+    created = 0
+    for i in range(0, len(ops), 1000):
+        result = await db.departures.bulk_write(ops[i:i + 1000], ordered=False)
+        created += result.upserted_count
+    return created

@@ -1,0 +1,1 @@
+"""Storage: MongoDB collections and repositories, Redis keys and scripts."""

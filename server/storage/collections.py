@@ -1,0 +1,296 @@
+"""The MongoDB data model: every collection with its JSON-schema validator and its indexes.
+
+Names follow the glossary (SPEC §1). Money is integer fen (the validators reject a double),
+times are BSON dates in UTC, admin divisions are GB/T 2260 six-digit codes. Validators state
+what every document must have; fields later capabilities add are allowed (no
+``additionalProperties: false``) so a rolling deploy never rejects a newer writer's document.
+:func:`ensure_schema` creates or updates all of it idempotently at start.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import CollectionInvalid, OperationFailure
+
+log = logging.getLogger(__name__)
+
+# --- reusable field schemas -------------------------------------------------------------------
+STR = {"bsonType": "string"}
+NONEMPTY = {"bsonType": "string", "minLength": 1}
+DATE = {"bsonType": "date"}
+BOOL = {"bsonType": "bool"}
+INT = {"bsonType": ["int", "long"]}
+FEN = {"bsonType": ["int", "long"], "minimum": 0}  # money: integer fen, never a double
+DIVISION = {"bsonType": "string", "pattern": "^[1-9][0-9]{5}$"}  # GB/T 2260
+LOCAL_DATE = {"bsonType": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"}
+LOCAL_TIME = {"bsonType": "string", "pattern": r"^([01]\d|2[0-3]):[0-5]\d$"}
+GEO_POINT = {
+    "bsonType": "object", "required": ["type", "coordinates"],
+    "properties": {"type": {"enum": ["Point"]},
+                   "coordinates": {"bsonType": "array", "minItems": 2, "maxItems": 2,
+                                   "items": {"bsonType": ["double", "int"]}}},
+}
+ROLES = ["passenger", "agent", "phone_agent", "kiosk", "gate", "station_staff", "operator",
+         "finance", "authority"]
+TICKET_TYPES = ["adult", "child", "student", "senior", "military", "disabled"]
+ORDER_STATUSES = ["pending_payment", "paid", "issued", "completed", "cancelled", "expired",
+                  "refunding", "refunded", "failed"]
+TICKET_STATUSES = ["held", "issued", "picked_up", "checked_in", "refunded", "voided", "changed",
+                   "released"]
+DEPARTURE_STATUSES = ["on_sale", "stopped", "departed", "cancelled"]
+ID_TYPES = ["resident_id", "passport", "hk_macau_permit", "taiwan_permit",
+            "hmt_residence_permit", "foreign_permanent_residence"]
+
+
+def _obj(required: list[str], **properties: Any) -> dict[str, Any]:
+    return {"$jsonSchema": {"bsonType": "object", "required": required,
+                            "properties": properties}}
+
+
+@dataclass(frozen=True)
+class CollectionSpec:
+    """One collection: its validator and its indexes."""
+
+    name: str
+    validator: dict[str, Any] | None
+    indexes: list[IndexModel] = field(default_factory=list)
+
+
+def _ix(keys: list[tuple[str, Any]] | str, name: str, **kw: Any) -> IndexModel:
+    if isinstance(keys, str):
+        keys = [(keys, ASCENDING)]
+    return IndexModel(keys, name=name, **kw)
+
+
+COLLECTIONS: list[CollectionSpec] = [
+    CollectionSpec("stations", _obj(
+        ["code", "name", "grade", "division", "city", "location", "system", "status"],
+        code=NONEMPTY, name=NONEMPTY, grade={"bsonType": "int", "minimum": 1, "maximum": 5},
+        division=DIVISION, city=NONEMPTY, city_division=DIVISION, address=STR,
+        location=GEO_POINT, name_pinyin=STR, name_initials=STR,
+        system={"bsonType": "object", "required": ["vendor"],
+                "properties": {"vendor": {"enum": ["native", "rest", "xml"]}}},
+        status={"enum": ["active", "suspended", "closed"]}), [
+        _ix("code", "code_unique", unique=True),
+        _ix([("division", ASCENDING)], "division"),
+        _ix([("city", ASCENDING)], "city"),
+        _ix([("name_pinyin", ASCENDING)], "name_pinyin"),
+        _ix([("name_initials", ASCENDING)], "name_initials"),
+        _ix([("location", "2dsphere")], "location_2dsphere"),
+    ]),
+    CollectionSpec("carriers", _obj(
+        ["code", "name", "division", "status"],
+        code=NONEMPTY, name=NONEMPTY, division=DIVISION, licence_no=STR,
+        status={"enum": ["active", "suspended"]}), [
+        _ix("code", "code_unique", unique=True),
+    ]),
+    CollectionSpec("vehicles", _obj(
+        ["plate", "carrier_id", "seats", "grade", "status"],
+        plate=NONEMPTY, carrier_id=NONEMPTY, model=STR,
+        seats={"bsonType": "int", "minimum": 5, "maximum": 80},
+        grade={"enum": ["high_1", "high_2", "high_3", "mid", "normal"]},
+        status={"enum": ["active", "maintenance", "retired"]}), [
+        _ix("plate", "plate_unique", unique=True),
+        _ix([("carrier_id", ASCENDING)], "carrier"),
+    ]),
+    CollectionSpec("drivers", _obj(
+        ["name", "licence_no", "carrier_id", "status"],
+        name=NONEMPTY, licence_no=NONEMPTY, carrier_id=NONEMPTY, licence_class=STR,
+        status={"enum": ["active", "suspended"]}), [
+        _ix("licence_no", "licence_unique", unique=True),
+        _ix([("carrier_id", ASCENDING)], "carrier"),
+    ]),
+    CollectionSpec("routes", _obj(
+        ["code", "name", "origin_station_id", "destination_station_id", "distance_km",
+         "grade", "type", "status"],
+        code=NONEMPTY, name=NONEMPTY, origin_station_id=NONEMPTY,
+        destination_station_id=NONEMPTY,
+        distance_km={"bsonType": "int", "minimum": 1},
+        highway_km={"bsonType": "int", "minimum": 0},
+        grade={"enum": ["class_1", "class_2", "class_3", "class_4"]},
+        type={"enum": ["county", "intercity", "interprovincial"]},
+        carrier_ids={"bsonType": "array", "items": STR},
+        status={"enum": ["active", "suspended", "withdrawn"]}), [
+        _ix("code", "code_unique", unique=True),
+        _ix([("origin_station_id", ASCENDING)], "origin"),
+        _ix([("destination_station_id", ASCENDING)], "destination"),
+    ]),
+    CollectionSpec("stops", _obj(
+        ["route_id", "seq", "name", "city", "division", "distance_km"],
+        route_id=NONEMPTY, seq={"bsonType": "int", "minimum": 0}, station_id=STR,
+        name=NONEMPTY, city=NONEMPTY, division=DIVISION,
+        distance_km={"bsonType": "int", "minimum": 0},
+        boarding=BOOL, alighting=BOOL), [
+        _ix([("route_id", ASCENDING), ("seq", ASCENDING)], "route_seq_unique", unique=True),
+        _ix([("city", ASCENDING)], "city"),
+        _ix([("station_id", ASCENDING)], "station"),
+    ]),
+    CollectionSpec("schedules", _obj(
+        ["code", "route_id", "station_id", "carrier_id", "departs_at_local", "nature", "type",
+         "seats", "status"],
+        code=NONEMPTY, route_id=NONEMPTY, station_id=NONEMPTY, carrier_id=NONEMPTY,
+        departs_at_local=LOCAL_TIME, nature={"enum": ["regular", "extra"]},
+        type={"enum": ["direct", "normal", "express", "sleeper"]},
+        seats={"bsonType": "int", "minimum": 1},
+        status={"enum": ["active", "suspended", "withdrawn"]}), [
+        _ix("code", "code_unique", unique=True),
+        _ix([("route_id", ASCENDING)], "route"),
+        _ix([("station_id", ASCENDING)], "station"),
+    ]),
+    CollectionSpec("departures", _obj(
+        ["schedule_id", "route_id", "station_id", "carrier_id", "service_date", "departs_at",
+         "seats", "status", "inventory"],
+        schedule_id=NONEMPTY, route_id=NONEMPTY, station_id=NONEMPTY, carrier_id=NONEMPTY,
+        vehicle_id=STR, driver_ids={"bsonType": "array", "items": STR},
+        service_date=LOCAL_DATE, departs_at=DATE,
+        seats={"bsonType": "int", "minimum": 1},
+        status={"enum": DEPARTURE_STATUSES},
+        inventory={"enum": ["native", "proxied"]}), [
+        _ix([("schedule_id", ASCENDING), ("service_date", ASCENDING)],
+            "schedule_date_unique", unique=True),
+        _ix([("station_id", ASCENDING), ("service_date", ASCENDING), ("departs_at", ASCENDING)],
+            "station_date_time"),
+        _ix([("route_id", ASCENDING), ("service_date", ASCENDING)], "route_date"),
+        _ix([("service_date", ASCENDING), ("status", ASCENDING)], "date_status"),
+    ]),
+    CollectionSpec("fares", _obj(
+        ["route_id", "from_seq", "to_seq", "guide_price", "prices", "station_fee",
+         "effective_from"],
+        route_id=NONEMPTY, from_seq={"bsonType": "int", "minimum": 0},
+        to_seq={"bsonType": "int", "minimum": 1}, guide_price=FEN, station_fee=FEN,
+        prices={"bsonType": "object", "required": ["adult"],
+                "properties": {t: FEN for t in TICKET_TYPES}},
+        effective_from=DATE), [
+        _ix([("route_id", ASCENDING), ("from_seq", ASCENDING), ("to_seq", ASCENDING),
+             ("effective_from", DESCENDING)], "route_segment_effective_unique", unique=True),
+    ]),
+    CollectionSpec("members", _obj(
+        ["created_at", "status"],
+        openid=STR, phone_enc=STR, phone_index=STR, phone_masked=STR, nickname=STR,
+        created_at=DATE, status={"enum": ["active", "disabled"]}), [
+        _ix("openid", "openid_unique", unique=True,
+            partialFilterExpression={"openid": {"$type": "string"}}),
+        _ix("phone_index", "phone_index_unique", unique=True,
+            partialFilterExpression={"phone_index": {"$type": "string"}}),
+    ]),
+    CollectionSpec("passengers", _obj(
+        ["member_id", "name", "id_type", "id_no_enc", "id_no_index", "id_no_masked"],
+        member_id=NONEMPTY, name=NONEMPTY, id_type={"enum": ID_TYPES},
+        id_no_enc=NONEMPTY, id_no_index=NONEMPTY, id_no_masked=NONEMPTY,
+        phone_enc=STR, ticket_type={"enum": TICKET_TYPES}), [
+        _ix([("member_id", ASCENDING), ("id_type", ASCENDING), ("id_no_index", ASCENDING)],
+            "member_document_unique", unique=True),
+    ]),
+    CollectionSpec("orders", _obj(
+        ["order_no", "channel", "departure_id", "status", "amount", "created_at"],
+        order_no=NONEMPTY, member_id=STR, channel=NONEMPTY, departure_id=NONEMPTY,
+        status={"enum": ORDER_STATUSES}, amount=FEN, expires_at=DATE, created_at=DATE,
+        contact_phone_enc=STR, history={"bsonType": "array"}), [
+        _ix("order_no", "order_no_unique", unique=True),
+        _ix([("member_id", ASCENDING), ("created_at", DESCENDING)], "member_created"),
+        _ix([("status", ASCENDING), ("expires_at", ASCENDING)], "status_expiry"),
+        _ix([("departure_id", ASCENDING)], "departure"),
+    ]),
+    CollectionSpec("tickets", _obj(
+        ["ticket_no", "order_no", "departure_id", "ticket_type", "price", "status",
+         "passenger"],
+        ticket_no=NONEMPTY, order_no=NONEMPTY, departure_id=NONEMPTY,
+        ticket_type={"enum": TICKET_TYPES}, price=FEN, status={"enum": TICKET_STATUSES},
+        seat={"bsonType": ["int", "null"]}, active=BOOL,
+        passenger={"bsonType": "object",
+                   "required": ["name", "id_type", "id_no_index", "id_no_masked"]}), [
+        _ix("ticket_no", "ticket_no_unique", unique=True),
+        _ix([("order_no", ASCENDING)], "order"),
+        # real name: one person, one seat per departure, among tickets still valid
+        _ix([("departure_id", ASCENDING), ("passenger.id_no_index", ASCENDING)],
+            "one_person_one_seat", unique=True, partialFilterExpression={"active": True}),
+        _ix([("departure_id", ASCENDING), ("status", ASCENDING)], "departure_status"),
+    ]),
+    CollectionSpec("payments", _obj(
+        ["out_trade_no", "order_no", "provider", "amount", "status", "created_at"],
+        out_trade_no=NONEMPTY, order_no=NONEMPTY, provider=NONEMPTY, amount=FEN,
+        status={"enum": ["created", "pending", "paid", "closed", "failed", "refunding",
+                         "refunded"]},
+        created_at=DATE), [
+        _ix("out_trade_no", "out_trade_no_unique", unique=True),
+        _ix([("order_no", ASCENDING)], "order"),
+        _ix([("status", ASCENDING), ("created_at", ASCENDING)], "status_created"),
+    ]),
+    CollectionSpec("channels", _obj(
+        ["code", "name", "kind", "enabled", "payment_methods"],
+        code=NONEMPTY, name=NONEMPTY,
+        kind={"enum": ["miniapp", "app", "web", "agent", "kiosk", "phone", "partner",
+                       "window"]},
+        enabled=BOOL, payment_methods={"bsonType": "array", "items": STR}), [
+        _ix("code", "code_unique", unique=True),
+    ]),
+    CollectionSpec("outlets", _obj(
+        ["code", "name", "division", "credit_limit", "commission_bp", "status"],
+        code=NONEMPTY, name=NONEMPTY, division=DIVISION, credit_limit=FEN,
+        commission_bp={"bsonType": "int", "minimum": 0, "maximum": 10000},
+        status={"enum": ["active", "suspended"]}), [
+        _ix("code", "code_unique", unique=True),
+    ]),
+    CollectionSpec("staff", _obj(
+        ["username", "password_hash", "role", "status", "created_at"],
+        username={"bsonType": "string", "pattern": "^[a-z][a-z0-9_.-]{2,31}$"},
+        password_hash=NONEMPTY, name=STR,
+        role={"enum": [r for r in ROLES if r != "passenger"]},
+        region=DIVISION, station_id=STR, outlet_id=STR,
+        status={"enum": ["active", "disabled"]}, created_at=DATE), [
+        _ix("username", "username_unique", unique=True),
+    ]),
+    CollectionSpec("refresh_tokens", _obj(
+        ["token_hash", "family", "subject", "expires_at", "created_at"],
+        token_hash=NONEMPTY, family=NONEMPTY, subject={"bsonType": "object"},
+        expires_at=DATE, created_at=DATE, used_at={"bsonType": ["date", "null"]},
+        revoked_at={"bsonType": ["date", "null"]}), [
+        _ix("token_hash", "token_hash_unique", unique=True),
+        _ix([("family", ASCENDING)], "family"),
+        _ix("expires_at", "expiry_ttl", expireAfterSeconds=0),
+    ]),
+    CollectionSpec("audit", _obj(
+        ["at", "actor", "action"],
+        at=DATE, action=NONEMPTY, outcome={"enum": ["ok", "denied", "failed"]},
+        actor={"bsonType": "object", "required": ["kind"]}, target=STR, request_id=STR), [
+        _ix([("at", DESCENDING)], "at"),
+        _ix([("actor.id", ASCENDING), ("at", DESCENDING)], "actor_at"),
+        _ix([("action", ASCENDING), ("at", DESCENDING)], "action_at"),
+    ]),
+    CollectionSpec("idempotency", None, [
+        _ix([("scope", ASCENDING), ("key", ASCENDING)], "scope_key_unique", unique=True),
+        _ix("expires_at", "expiry_ttl", expireAfterSeconds=0),
+    ]),
+    CollectionSpec("meta", None, []),
+]
+
+
+async def ensure_schema(db: AsyncDatabase[Any]) -> None:
+    """Create missing collections, bring validators up to date, create indexes (idempotent).
+
+    Safe to run from several processes at once: a collection created by a sibling in the
+    meantime is not an error, and index creation with the same definition is a no-op.
+    """
+    existing = set(await db.list_collection_names())
+    for spec in COLLECTIONS:
+        if spec.name not in existing:
+            try:
+                if spec.validator:
+                    await db.create_collection(spec.name, validator=spec.validator,
+                                               validationLevel="strict")
+                else:
+                    await db.create_collection(spec.name)
+            except (CollectionInvalid, OperationFailure) as exc:
+                if "already exists" not in str(exc):
+                    raise
+        elif spec.validator:
+            await db.command("collMod", spec.name, validator=spec.validator,
+                             validationLevel="strict")
+        if spec.indexes:
+            await db[spec.name].create_indexes(spec.indexes)
+    log.info("schema ensured", extra={"fields": {"collections": len(COLLECTIONS)}})
