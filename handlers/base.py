@@ -242,6 +242,7 @@ class ApiHandler(RequestHandler):
             self.set_status(500)
             body = error_body("INTERNAL")
         body["error"]["request_id"] = self.request_id
+        self.set_header("X-Request-Id", self.request_id)  # send_error cleared the headers
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(json.dumps(body, ensure_ascii=False))
 

@@ -81,7 +81,9 @@ COLLECTIONS: list[CollectionSpec] = [
         _ix([("city", ASCENDING)], "city"),
         _ix([("name_pinyin", ASCENDING)], "name_pinyin"),
         _ix([("name_initials", ASCENDING)], "name_initials"),
-        _ix([("location", "2dsphere")], "location_2dsphere"),
+        # the version stated explicitly: SecantusDB otherwise refuses to re-create the index
+        # (docs/secantusdb.md); on MongoDB 3 is the default anyway
+        _ix([("location", "2dsphere")], "location_2dsphere", **{"2dsphereIndexVersion": 3}),
     ]),
     CollectionSpec("carriers", _obj(
         ["code", "name", "division", "status"],

@@ -1,0 +1,92 @@
+"""Fixtures: real SecantusDB and redis-server once per session, a real Keyun per module.
+
+The stores are started by the same launcher ``make run`` uses (``server.embedded``), on free
+loopback ports. The demo province is loaded once into the session database; every test
+module gets its own Keyun server process over real HTTP pointed at it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server import embedded
+from server.cli import prepare_database
+from server.config import load_settings
+from tests.support import TEST_JWT_SECRET, ApiClient, KeyunProcess, keyun_env
+
+TEST_DB = "keyun_test"
+
+
+@dataclasses.dataclass
+class Stores:
+    mongo_uri: str
+    redis_url: str
+    mongo: embedded.ChildServer
+    redis: embedded.ChildServer
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("keyun")
+
+
+@pytest.fixture(scope="session")
+def stores(workdir: Path) -> Iterator[Stores]:
+    """One SecantusDB and one redis-server for the whole session."""
+    mongo = embedded.mongo_server(workdir / "stores", memory=True)
+    redis = embedded.redis_server(workdir / "stores", persist=False)
+    mongo.start()
+    redis.start()
+    try:
+        yield Stores(embedded.mongo_uri(mongo), embedded.redis_url(redis), mongo, redis)
+    finally:
+        redis.stop()
+        mongo.stop()
+
+
+@pytest.fixture(scope="session")
+def seeded(stores: Stores) -> str:
+    """The session database with schema and the demo province loaded; returns its name."""
+    settings = load_settings({"KEYUN_MONGO_URI": stores.mongo_uri,
+                              "KEYUN_REDIS_URL": stores.redis_url, "KEYUN_MONGO_DB": TEST_DB,
+                              "KEYUN_JWT_SECRET": TEST_JWT_SECRET})
+    asyncio.run(prepare_database(settings))
+    return TEST_DB
+
+
+@pytest.fixture(scope="module")
+def keyun(stores: Stores, seeded: str, workdir: Path,
+          request: pytest.FixtureRequest) -> Iterator[KeyunProcess]:
+    """A Keyun server process for this test module, on the session stores."""
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    env = keyun_env(KEYUN_MONGO_URI=stores.mongo_uri, KEYUN_REDIS_URL=stores.redis_url,
+                    KEYUN_MONGO_DB=seeded, KEYUN_SEED_DEMO="false",
+                    KEYUN_DATA_DIR=str(workdir / name))
+    server = KeyunProcess(env, workdir / "logs" / f"{name}.log", int(env["KEYUN_PORT"]))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def api(keyun: KeyunProcess, io_loop: Any) -> ApiClient:
+    """An HTTP client for this module's Keyun server (use inside @pytest.mark.gen_test)."""
+    return ApiClient(keyun.base_url)
+
+
+@pytest.fixture
+def db(stores: Stores, seeded: str, io_loop: Any) -> Any:
+    """The session database through an async client bound to this test's loop."""
+    from pymongo import AsyncMongoClient
+
+    client: AsyncMongoClient[Any] = AsyncMongoClient(stores.mongo_uri, tz_aware=True)
+    yield client[seeded]
+    io_loop.run_sync(client.close)

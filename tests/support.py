@@ -1,0 +1,151 @@
+"""Test helpers: a real Keyun server process and a small HTTP client that speaks its API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+from server.embedded import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_JWT_SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
+DEMO_PASSWORD = "keyun-demo"
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any
+    headers: dict[str, str]
+    text: str = ""
+
+    @property
+    def error_code(self) -> str | None:
+        if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict):
+            return self.body["error"].get("code")
+        return None
+
+
+class ApiClient:
+    """An async client for one Keyun base URL; never raises on HTTP error statuses."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.http = AsyncHTTPClient()
+
+    async def request(self, method: str, path: str, *, json_body: Any = None,
+                      raw: bytes | str | None = None, token: str | None = None,
+                      headers: dict[str, str] | None = None) -> Response:
+        hdrs = dict(headers or {})
+        body: bytes | None = None
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            hdrs.setdefault("Content-Type", "application/json")
+        elif raw is not None:
+            body = raw.encode() if isinstance(raw, str) else raw
+        if token:
+            hdrs["Authorization"] = f"Bearer {token}"
+        if body is None and method in {"POST", "PUT", "PATCH"}:
+            body = b""
+        req = HTTPRequest(self.base_url + path, method=method, headers=hdrs, body=body,
+                          allow_nonstandard_methods=True, request_timeout=30)
+        resp = await self.http.fetch(req, raise_error=False)
+        text = resp.body.decode("utf-8", "replace") if resp.body else ""
+        try:
+            parsed: Any = json.loads(text) if text else None
+        except ValueError:
+            parsed = None
+        return Response(resp.code, parsed, dict(resp.headers.get_all()), text)
+
+    async def get(self, path: str, **kw: Any) -> Response:
+        return await self.request("GET", path, **kw)
+
+    async def post(self, path: str, body: Any = None, **kw: Any) -> Response:
+        return await self.request("POST", path, json_body=body, **kw)
+
+    async def login(self, username: str, password: str = DEMO_PASSWORD) -> dict[str, Any]:
+        """Sign in a staff user; returns the token response (asserts success)."""
+        resp = await self.post("/api/v1/auth/staff", {"username": username,
+                                                      "password": password})
+        assert resp.status == 200, resp.text
+        return resp.body  # type: ignore[no-any-return]
+
+
+@dataclass
+class KeyunProcess:
+    """``keyun run`` as a child process with its output in a log file."""
+
+    env: dict[str, str]
+    log_path: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90.0, cwd: Path | None = None) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        out = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "run", *self.extra_args],
+            env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd or ROOT)
+        out.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"keyun exited {self.proc.returncode}:\n{self.log_text()}")
+            try:
+                with urllib.request.urlopen(self.base_url + "/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"keyun did not become healthy:\n{self.log_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        """The JSON log lines written so far (other lines skipped)."""
+        lines = []
+        for line in self.log_text().splitlines():
+            if line.startswith("{"):
+                try:
+                    lines.append(json.loads(line))
+                except ValueError:
+                    continue
+        return lines
+
+
+def keyun_env(**overrides: str) -> dict[str, str]:
+    """The environment of a test Keyun process: inherited, minus any KEYUN_* of the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYUN_")}
+    env.update({"KEYUN_JWT_SECRET": TEST_JWT_SECRET, "KEYUN_LOG_FORMAT": "json",
+                "KEYUN_PORT": str(free_port()), "PYTHONUNBUFFERED": "1"})
+    env.update(overrides)
+    return env

@@ -1,0 +1,249 @@
+"""Staff sign-in, access tokens, refresh rotation and reuse detection, roles, scopes, audit."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import uuid
+
+import jwt
+import pytest
+
+from tests.support import TEST_JWT_SECRET, ApiClient
+
+LOGIN = "/api/v1/auth/staff"
+REFRESH = "/api/v1/auth/refresh"
+
+
+def _claims(**over):
+    now = int(time.time())
+    claims = {"iss": "keyun", "aud": "keyun-api", "iat": now, "nbf": now, "exp": now + 600,
+              "sub": "stf_demo_operator", "kind": "staff", "role": "operator",
+              "username": "operator"}
+    claims.update(over)
+    return claims
+
+
+async def _new_staff(api: ApiClient, role: str = "finance", **scope) -> tuple[str, str]:
+    operator = (await api.login("operator"))["token"]
+    username = f"t{uuid.uuid4().hex[:10]}"
+    password = "correct-horse-battery"
+    resp = await api.post("/api/v1/admin/staff", {"username": username, "password": password,
+                                                  "role": role, **scope}, token=operator)
+    assert resp.status == 201, resp.text
+    return username, password
+
+
+@pytest.mark.gen_test
+async def test_every_staff_role_can_sign_in_and_sees_its_role(api: ApiClient) -> None:
+    for role in ("agent", "phone_agent", "kiosk", "gate", "station_staff", "operator",
+                 "finance", "authority"):
+        tokens = await api.login(role)
+        assert tokens["token_type"] == "Bearer"
+        assert tokens["expires_in"] == 900
+        assert tokens["staff"]["role"] == role
+        assert "password_hash" not in tokens["staff"]
+        me = await api.get("/api/v1/me", token=tokens["token"])
+        assert me.status == 200
+        assert me.body["role"] == role and me.body["kind"] == "staff"
+
+
+@pytest.mark.gen_test
+async def test_wrong_password_and_unknown_user_look_the_same(api: ApiClient) -> None:
+    wrong = await api.post(LOGIN, {"username": "operator", "password": "nope"})
+    unknown = await api.post(LOGIN, {"username": "nobody-here", "password": "nope"})
+    assert wrong.status == unknown.status == 401
+    assert wrong.error_code == unknown.error_code == "INVALID_CREDENTIALS"
+    assert wrong.body["error"]["message"] == unknown.body["error"]["message"]
+
+
+@pytest.mark.gen_test
+async def test_expired_token_is_refused_with_its_own_code(api: ApiClient) -> None:
+    token = jwt.encode(_claims(iat=int(time.time()) - 2000, nbf=int(time.time()) - 2000,
+                               exp=int(time.time()) - 60), TEST_JWT_SECRET, algorithm="HS256")
+    resp = await api.get("/api/v1/me", token=token)
+    assert resp.status == 401 and resp.error_code == "TOKEN_EXPIRED"
+
+
+@pytest.mark.gen_test
+async def test_forged_tokens_are_refused(api: ApiClient) -> None:
+    good = (await api.login("gate"))["token"]
+    header, payload, signature = good.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    claims["role"] = "operator"
+    promoted = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    none_header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
+    forged = [
+        jwt.encode(_claims(), "another-secret-another-secret-another!", algorithm="HS256"),
+        f"{header}.{promoted}.{signature}",  # role changed, old signature
+        f"{none_header}.{promoted}.",  # alg=none
+        jwt.encode(_claims(aud="someone-else"), TEST_JWT_SECRET, algorithm="HS256"),
+        jwt.encode(_claims(iss="not-keyun"), TEST_JWT_SECRET, algorithm="HS256"),
+        "not.a.jwt",
+        good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB"),
+    ]
+    for token in forged:
+        resp = await api.get("/api/v1/me", token=token)
+        assert resp.status == 401, token
+        assert resp.error_code == "TOKEN_INVALID", token
+    resp = await api.get("/api/v1/me", headers={"Authorization": f"Basic {good}"})
+    assert resp.error_code == "TOKEN_INVALID"
+
+
+@pytest.mark.gen_test
+async def test_missing_token_and_wrong_role(api: ApiClient, db) -> None:
+    resp = await api.get("/api/v1/admin/staff")
+    assert resp.status == 401 and resp.error_code == "AUTH_REQUIRED"
+    gate = await api.login("gate")
+    resp = await api.get("/api/v1/admin/staff", token=gate["token"])
+    assert resp.status == 403 and resp.error_code == "FORBIDDEN"
+    # the denied staff action is in the audit trail
+    entry = await db.audit.find_one({"action": "access.denied", "actor.username": "gate"},
+                                    sort=[("at", -1)])
+    assert entry is not None and entry["target"] == "/api/v1/admin/staff"
+    assert entry["outcome"] == "denied"
+
+
+@pytest.mark.gen_test
+async def test_refresh_rotates_and_reuse_revokes_the_whole_sign_in(api: ApiClient) -> None:
+    first = await api.login("finance")
+    second = await api.post(REFRESH, {"refresh_token": first["refresh_token"]})
+    assert second.status == 200, second.text
+    assert second.body["refresh_token"] != first["refresh_token"]
+    assert (await api.get("/api/v1/me", token=second.body["token"])).status == 200
+
+    # the first refresh token again: stolen and replayed → everything of this sign-in revoked
+    reuse = await api.post(REFRESH, {"refresh_token": first["refresh_token"]})
+    assert reuse.status == 401 and reuse.error_code == "REFRESH_TOKEN_REUSED"
+    after = await api.post(REFRESH, {"refresh_token": second.body["refresh_token"]})
+    assert after.status == 401 and after.error_code == "REFRESH_TOKEN_INVALID"
+
+    # another sign-in of the same user is untouched
+    other = await api.login("finance")
+    assert (await api.post(REFRESH, {"refresh_token": other["refresh_token"]})).status == 200
+
+
+@pytest.mark.gen_test
+async def test_concurrent_refreshes_with_one_token_succeed_once(api: ApiClient) -> None:
+    tokens = await api.login("phone_agent")
+    results = await asyncio.gather(*[
+        api.post(REFRESH, {"refresh_token": tokens["refresh_token"]}) for _ in range(8)])
+    assert sorted(r.status for r in results).count(200) == 1
+
+
+@pytest.mark.gen_test
+async def test_unknown_refresh_token(api: ApiClient) -> None:
+    resp = await api.post(REFRESH, {"refresh_token": "rt_" + "x" * 43})
+    assert resp.status == 401 and resp.error_code == "REFRESH_TOKEN_INVALID"
+
+
+@pytest.mark.gen_test
+async def test_logout_revokes_the_refresh_token(api: ApiClient) -> None:
+    tokens = await api.login("kiosk")
+    resp = await api.post("/api/v1/auth/logout", {"refresh_token": tokens["refresh_token"]},
+                          token=tokens["token"])
+    assert resp.status == 204
+    resp = await api.post(REFRESH, {"refresh_token": tokens["refresh_token"]})
+    assert resp.status == 401
+
+
+@pytest.mark.gen_test
+async def test_secrets_are_stored_hashed(api: ApiClient, db) -> None:
+    tokens = await api.login("operator")
+    staff = await db.staff.find_one({"username": "operator"})
+    assert staff["password_hash"].startswith("$argon2id$")
+    assert await db.refresh_tokens.count_documents({"token_hash": tokens["refresh_token"]}) == 0
+    assert await db.refresh_tokens.count_documents({}) > 0
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_repeated_failures_lock_the_account_out_for_that_address(api: ApiClient) -> None:
+    username, password = await _new_staff(api)
+    for _ in range(5):
+        resp = await api.post(LOGIN, {"username": username, "password": "wrong-password"})
+        assert resp.error_code == "INVALID_CREDENTIALS"
+    locked = await api.post(LOGIN, {"username": username, "password": password})
+    assert locked.status == 429 and locked.error_code == "TOO_MANY_ATTEMPTS"
+    assert int(locked.headers["Retry-After"]) > 0
+
+
+@pytest.mark.gen_test
+async def test_disabled_account_cannot_sign_in_or_refresh(api: ApiClient, db) -> None:
+    username, password = await _new_staff(api)
+    tokens = await api.login(username, password)
+    await db.staff.update_one({"username": username}, {"$set": {"status": "disabled"}})
+    resp = await api.post(LOGIN, {"username": username, "password": password})
+    assert resp.status == 403 and resp.error_code == "ACCOUNT_DISABLED"
+    resp = await api.post(REFRESH, {"refresh_token": tokens["refresh_token"]})
+    assert resp.status == 403 and resp.error_code == "ACCOUNT_DISABLED"
+
+
+@pytest.mark.gen_test
+async def test_staff_creation_checks_scope_and_duplicates_and_is_audited(api: ApiClient,
+                                                                         db) -> None:
+    operator = (await api.login("operator"))["token"]
+    resp = await api.post("/api/v1/admin/staff", {"username": "gate2x", "password": "x" * 12,
+                                                  "role": "gate"}, token=operator)
+    assert resp.status == 400 and resp.error_code == "SCOPE_REQUIRED"
+    assert resp.body["error"]["field"] == "station_id"
+    resp = await api.post("/api/v1/admin/staff", {"username": "gate2x", "password": "x" * 12,
+                                                  "role": "gate", "station_id": "nope"},
+                          token=operator)
+    assert resp.status == 404 and resp.error_code == "STATION_NOT_FOUND"
+    resp = await api.post("/api/v1/admin/staff", {"username": "operator", "password": "x" * 12,
+                                                  "role": "finance"}, token=operator)
+    assert resp.status == 409 and resp.error_code == "USERNAME_TAKEN"
+
+    username, _ = await _new_staff(api, "gate", station_id="440106001")
+    entry = await db.audit.find_one({"action": "staff.create", "details.username": username})
+    assert entry["actor"]["username"] == "operator"
+    assert entry["request_id"] and entry["ip"] == "127.0.0.1"
+    trail = await api.get("/api/v1/admin/audit?action=staff.create", token=operator)
+    assert any(e["details"]["username"] == username for e in trail.body["entries"])
+    logins = await api.get("/api/v1/admin/audit?action=auth.staff_login&limit=5", token=operator)
+    assert logins.status == 200 and len(logins.body["entries"]) == 5
+
+
+@pytest.mark.gen_test
+async def test_idempotency_key_replays_the_first_answer(api: ApiClient, db) -> None:
+    operator = (await api.login("operator"))["token"]
+    key = uuid.uuid4().hex
+    body = {"username": f"i{key[:12]}", "password": "x" * 12, "role": "finance"}
+    first = await api.post("/api/v1/admin/staff", body, token=operator,
+                           headers={"Idempotency-Key": key})
+    again = await api.post("/api/v1/admin/staff", body, token=operator,
+                           headers={"Idempotency-Key": key})
+    assert first.status == again.status == 201
+    assert again.body == first.body
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert await db.staff.count_documents({"username": body["username"]}) == 1
+    other = await api.post("/api/v1/admin/staff", {**body, "role": "operator"}, token=operator,
+                           headers={"Idempotency-Key": key})
+    assert other.status == 422 and other.error_code == "IDEMPOTENCY_KEY_REUSED"
+
+
+@pytest.mark.gen_test
+async def test_authority_sees_only_its_region(api: ApiClient) -> None:
+    city = (await api.login("authority"))["token"]  # 广州市 440100
+    resp = await api.get("/api/v1/admin/stations", token=city)
+    assert resp.status == 200
+    divisions = {s["division"] for s in resp.body["stations"]}
+    assert divisions and all(d.startswith("4401") for d in divisions)
+    resp = await api.get("/api/v1/admin/stations?division=440300", token=city)
+    assert resp.status == 403 and resp.error_code == "OUT_OF_SCOPE"
+
+    province = (await api.login("authority_gd"))["token"]  # 广东省 440000
+    resp = await api.get("/api/v1/admin/stations", token=province)
+    assert len({s["city"] for s in resp.body["stations"]}) >= 8
+    resp = await api.get("/api/v1/admin/stations?division=440300", token=province)
+    assert resp.status == 200
+    assert {s["city"] for s in resp.body["stations"]} == {"深圳"}
+
+
+@pytest.mark.gen_test
+async def test_station_roles_see_only_their_station(api: ApiClient) -> None:
+    gate = await api.login("gate")
+    resp = await api.get("/api/v1/admin/stations", token=gate["token"])
+    assert [s["id"] for s in resp.body["stations"]] == [gate["staff"]["station_id"]]
