@@ -1,0 +1,90 @@
+"""Liveness, readiness (failing when Redis is down), Prometheus metrics, JSON access logs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from server import embedded
+from tests.support import ApiClient, KeyunProcess, keyun_env
+
+
+@pytest.mark.gen_test
+async def test_liveness_and_readiness(api: ApiClient) -> None:
+    assert (await api.get("/healthz")).body == {"status": "ok"}
+    ready = await api.get("/readyz")
+    assert ready.status == 200 and ready.body["status"] == "ready"
+    assert ready.body["checks"]["mongo"]["ok"] and ready.body["checks"]["redis"]["ok"]
+
+
+@pytest.mark.gen_test
+async def test_metrics_count_requests_by_route_template_and_status(api: ApiClient) -> None:
+    for _ in range(3):
+        await api.get("/api/v1/stations?q=gz")
+    await api.get("/api/v1/no/such/route/123")
+    text = (await api.get("/metrics")).text
+    lines = [line for line in text.splitlines() if line.startswith("keyun_http_requests_total")]
+    stations = [line for line in lines if 'route="/api/v1/stations"' in line
+                and 'status="200"' in line]
+    assert stations and float(stations[0].rsplit(" ", 1)[1]) >= 3
+    assert any('route="unmatched"' in line and 'status="404"' in line for line in lines)
+    assert "/api/v1/no/such/route/123" not in text  # raw paths never become labels
+    assert "keyun_http_request_duration_seconds_bucket" in text
+
+
+@pytest.mark.gen_test
+async def test_access_log_is_json_with_request_id_on_every_line(api: ApiClient,
+                                                                keyun: KeyunProcess) -> None:
+    resp = await api.get("/api/v1/stations?q=sz", headers={"X-Request-Id": "trace-me-0001"})
+    assert resp.status == 200
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = keyun.log_lines()
+        mine = [e for e in lines if e.get("request_id") == "trace-me-0001"]
+        if mine:
+            break
+        time.sleep(0.1)
+    assert mine, "no log line with the request id"
+    access = [e for e in mine if e["logger"] == "keyun.access"]
+    assert access[0]["status"] == 200 and access[0]["route"] == "/api/v1/stations"
+    assert access[0]["duration_ms"] >= 0
+    for entry in lines:
+        assert {"time", "level", "logger", "message", "request_id"} <= set(entry)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path):
+    server = embedded.redis_server(tmp_path, persist=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_readiness_fails_when_redis_goes_down(stores, seeded, own_redis, tmp_path: Path) -> None:
+    import json
+    import urllib.error
+    import urllib.request
+
+    env = keyun_env(KEYUN_MONGO_URI=stores.mongo_uri, KEYUN_REDIS_URL=embedded.redis_url(own_redis),
+                    KEYUN_MONGO_DB=seeded, KEYUN_SEED_DEMO="false",
+                    KEYUN_DATA_DIR=str(tmp_path / "data"))
+    server = KeyunProcess(env, tmp_path / "keyun.log", int(env["KEYUN_PORT"]))
+    server.start()
+    try:
+        with urllib.request.urlopen(server.base_url + "/readyz", timeout=5) as r:
+            assert r.status == 200
+        own_redis.stop()
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(server.base_url + "/readyz", timeout=10)
+        assert info.value.code == 503
+        body = json.loads(info.value.read())
+        assert body["status"] == "unavailable"
+        assert body["checks"]["redis"]["ok"] is False
+        assert body["checks"]["mongo"]["ok"] is True
+        # liveness is about the process, not its stores
+        with urllib.request.urlopen(server.base_url + "/healthz", timeout=5) as r:
+            assert r.status == 200
+    finally:
+        assert server.stop() == 0

@@ -1,0 +1,102 @@
+"""Pure units: configuration parsing, PII masking, schema errors, principal scopes."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.config import ConfigError, load_settings
+from server.errors import DomainError
+from server.logs import mask_pii
+from server.schema import coerce_query, obj, string, validate_body
+from server.security.principal import Principal, region_prefix
+
+
+def test_defaults() -> None:
+    s = load_settings({})
+    assert (s.host, s.port, s.processes, s.env) == ("127.0.0.1", 8888, 1, "development")
+    assert s.embedded and s.sandbox and s.seed_demo
+
+
+@pytest.mark.parametrize(("env", "var"), [
+    ({"KEYUN_PORT": "70000"}, "KEYUN_PORT"),
+    ({"KEYUN_PORT": "abc"}, "KEYUN_PORT"),
+    ({"KEYUN_SANDBOX": "maybe"}, "KEYUN_SANDBOX"),
+    ({"KEYUN_REDIS_URL": "localhost:6379"}, "KEYUN_REDIS_URL"),
+    ({"KEYUN_MONGO_DB": "a/b"}, "KEYUN_MONGO_DB"),
+    ({"KEYUN_ENV": "staging"}, "KEYUN_ENV"),
+    ({"KEYUN_ENV": "production"}, "KEYUN_MONGO_URI"),
+    ({"KEYUN_ENV": "production", "KEYUN_MONGO_URI": "mongodb://h/?replicaSet=rs0",
+      "KEYUN_REDIS_URL": "redis://h:6379/0"}, "KEYUN_JWT_SECRET"),
+    ({"KEYUN_ENV": "production", "KEYUN_MONGO_URI": "mongodb://h", "KEYUN_SANDBOX": "true",
+      "KEYUN_REDIS_URL": "redis://h", "KEYUN_JWT_SECRET": "s" * 40}, "KEYUN_SANDBOX"),
+])
+def test_bad_values_name_the_variable(env: dict[str, str], var: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert str(info.value).startswith(f"{var}:")
+    assert "\n" not in str(info.value)
+
+
+def test_production_defaults_turn_sandboxes_and_demo_off() -> None:
+    s = load_settings({"KEYUN_ENV": "production", "KEYUN_MONGO_URI": "mongodb://h/?replicaSet=r",
+                       "KEYUN_REDIS_URL": "redis://h:6379/0", "KEYUN_JWT_SECRET": "s" * 40})
+    assert not s.sandbox and not s.seed_demo and not s.embedded
+
+
+def test_toml_file_with_environment_override(tmp_path) -> None:
+    path = tmp_path / "keyun.toml"
+    path.write_text('port = 9000\nmongo_db = "from_file"\nlog_level = "debug"\n')
+    s = load_settings({"KEYUN_CONFIG": str(path), "KEYUN_PORT": "9100"})
+    assert (s.port, s.mongo_db, s.log_level) == (9100, "from_file", "debug")
+    path.write_text('port = "x"\n')
+    with pytest.raises(ConfigError, match=r"^port in .*keyun.toml: must be an integer"):
+        load_settings({"KEYUN_CONFIG": str(path)})
+    path.write_text('prot = 1\n')
+    with pytest.raises(ConfigError, match="unknown setting 'prot'"):
+        load_settings({"KEYUN_CONFIG": str(path)})
+    with pytest.raises(ConfigError, match="^KEYUN_CONFIG: file not found"):
+        load_settings({"KEYUN_CONFIG": str(tmp_path / "missing.toml")})
+
+
+def test_pii_is_masked_in_free_text() -> None:
+    text = "buyer 440106199001011234 phone 13812345678 order 20261124000123456789"
+    masked = mask_pii(text)
+    assert "440106199001011234" not in masked and "4401**********1234" in masked
+    assert "13812345678" not in masked and "138****5678" in masked
+    assert "20261124000123456789" in masked  # a longer digit run is not an ID number
+    assert mask_pii("id 11010519491231002X.") == "id 1101**********002X."
+
+
+def test_schema_errors_name_nested_fields() -> None:
+    schema = obj({"passengers": {"type": "array", "items": obj({"name": string(1)},
+                                                                ["name"])}}, ["passengers"])
+    with pytest.raises(DomainError) as info:
+        validate_body(schema, {"passengers": [{"name": "a"}, {}]})
+    assert (info.value.code, info.value.details["field"]) == ("MISSING_FIELD",
+                                                              "passengers[1].name")
+    with pytest.raises(DomainError) as info:
+        validate_body(schema, {"passengers": [{"name": ""}]})
+    assert info.value.code == "INVALID_VALUE"
+
+
+def test_query_coercion() -> None:
+    schema = obj({"n": {"type": "integer", "minimum": 1}, "flag": {"type": "boolean"}})
+    assert coerce_query(schema, {"n": ["3"], "flag": ["true"], "other": ["x"]}) == \
+        {"n": 3, "flag": True}
+    with pytest.raises(DomainError) as info:
+        coerce_query(schema, {"flag": ["perhaps"]})
+    assert info.value.code == "INVALID_QUERY" and info.value.details["field"] == "flag"
+
+
+def test_region_scope() -> None:
+    assert region_prefix("440000") == "44"
+    assert region_prefix("440100") == "4401"
+    assert region_prefix("440106") == "440106"
+    city = Principal("staff", "x", "authority", region="440100")
+    assert city.in_region("440106") and not city.in_region("440304")
+    assert Principal("staff", "y", "operator").in_region("650102")
+
+
+def test_unknown_error_code_is_a_programming_error() -> None:
+    with pytest.raises(KeyError):
+        DomainError("NO_SUCH_CODE")
