@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tornado.web import RequestHandler
-
-from handlers.base import route
+from handlers.base import PageHandler, route
 
 TEMPLATES = Path(__file__).parent / "templates"
 
 
-class AdminIndexHandler(RequestHandler):
+class AdminIndexHandler(PageHandler):
     """The admin landing page: what exists so far and where to sign in."""
 
     def get(self) -> None:

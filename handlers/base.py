@@ -284,6 +284,30 @@ class ApiHandler(RequestHandler):
             await store.abandon(scope, key)
 
 
+class PageHandler(RequestHandler):
+    """An HTML page: request id and metrics like the API, errors as a short HTML page."""
+
+    def initialize(self, route: str = "page", **_: Any) -> None:
+        self.route = route
+        self._started = time.perf_counter()
+
+    def prepare(self) -> None:
+        request_id = uuid.uuid4().hex
+        request_id_var.set(request_id)
+        client_ip_var.set(self.request.remote_ip or "")
+        self.set_header("X-Request-Id", request_id)
+
+    def on_finish(self) -> None:
+        metrics: Metrics = self.application.settings["metrics"]
+        metrics.observe(self.route, self.request.method or "-", self.get_status(),
+                        time.perf_counter() - self._started)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.finish(f"<!doctype html><meta charset='utf-8'><title>{status_code}</title>"
+                    f"<p>出错了（{status_code}）。请求编号 {request_id_var.get()}</p>")
+
+
 class NotFoundHandler(ApiHandler):
     """Every unknown route: a JSON 404, whatever the method."""
 

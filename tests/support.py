@@ -98,7 +98,7 @@ class KeyunProcess:
 
     def start(self, timeout: float = 90.0, cwd: Path | None = None) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        out = open(self.log_path, "ab")  # noqa: SIM115
+        out = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "run", *self.extra_args],
             env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd or ROOT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -45,7 +46,7 @@ async def test_access_log_is_json_with_request_id_on_every_line(api: ApiClient,
         mine = [e for e in lines if e.get("request_id") == "trace-me-0001"]
         if mine:
             break
-        time.sleep(0.1)
+        await asyncio.sleep(0.1)
     assert mine, "no log line with the request id"
     access = [e for e in mine if e["logger"] == "keyun.access"]
     assert access[0]["status"] == 200 and access[0]["route"] == "/api/v1/stations"
