@@ -1,0 +1,85 @@
+"""A small HTTP/1.1 keep-alive load generator, run as its own process by the harness.
+
+    python -m bench.loadgen --url http://127.0.0.1:8888/healthz --concurrency 32 --seconds 5
+
+Each of ``concurrency`` connections sends one request at a time and waits for its answer
+(closed loop). Prints one JSON object: requests, errors, requests/s, p50/p99 latency in ms,
+and the CPU seconds this process used, so the report can show whether the generator itself
+was the bottleneck.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import time
+from urllib.parse import urlsplit
+
+
+async def _connection(host: str, port: int, raw: bytes, deadline: float,
+                      latencies: list[float], errors: list[int]) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            writer.write(raw)
+            status_line = await reader.readline()
+            length = 0
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value.strip())
+            if length:
+                await reader.readexactly(length)
+            latencies.append(time.perf_counter() - started)
+            if not status_line.startswith(b"HTTP/1.1 2"):
+                errors.append(1)
+    finally:
+        writer.close()
+
+
+async def run(url: str, concurrency: int, seconds: float, headers: list[str]) -> dict[str, float]:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    head = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: keep-alive",
+            *headers, "", ""]
+    raw = "\r\n".join(head).encode()
+    latencies: list[float] = []
+    errors: list[int] = []
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    deadline = started + seconds
+    await asyncio.gather(*[_connection(host, port, raw, deadline, latencies, errors)
+                           for _ in range(concurrency)])
+    elapsed = time.perf_counter() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return 1000 * latencies[min(len(latencies) - 1, int(p * len(latencies)))] \
+            if latencies else 0.0
+
+    return {"requests": len(latencies), "errors": len(errors),
+            "rps": len(latencies) / elapsed, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+            "seconds": elapsed, "loadgen_cpu_pct": 100 * cpu / elapsed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--header", action="append", default=[])
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(run(args.url, args.concurrency, args.seconds, args.header))))
+
+
+if __name__ == "__main__":
+    main()

