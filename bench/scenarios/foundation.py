@@ -20,7 +20,7 @@ NOTES = [
 
 
 def _http_note(result: dict[str, float]) -> str:
-    return (f"p99 {result["p99_ms"]:.1f} ms; errors {int(result['errors'])}; "
+    return (f"p99 {result['p99_ms']:.1f} ms; errors {int(result['errors'])}; "
             f"server CPU {result['server_cpu_pct']:.0f} %, loadgen CPU "
             f"{result['loadgen_cpu_pct']:.0f} %")
 
