@@ -100,3 +100,12 @@ def test_region_scope() -> None:
 def test_unknown_error_code_is_a_programming_error() -> None:
     with pytest.raises(KeyError):
         DomainError("NO_SUCH_CODE")
+
+
+def test_readme_documents_every_setting() -> None:
+    from server.config import env_name, setting_fields
+    from tests.support import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    for f in setting_fields():
+        assert f"`{env_name(f.name)}`" in readme, env_name(f.name)
