@@ -47,10 +47,13 @@ def connect_mongo(settings: Settings, uri: str) -> AsyncMongoClient[Any]:
                             appname="keyun")
 
 
-def connect_redis(url: str) -> aioredis.Redis:
-    """A Redis client (text replies, bounded timeouts)."""
-    return aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=5,
-                                   socket_connect_timeout=3, health_check_interval=30)
+def connect_redis(url: str, max_connections: int = 64) -> aioredis.Redis:
+    """A Redis client (text replies, bounded timeouts). A burst waits for a pooled
+    connection instead of failing, and never opens more than ``max_connections``."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, decode_responses=True, socket_timeout=5, socket_connect_timeout=3,
+        health_check_interval=30, max_connections=max_connections, timeout=10)
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
 def build_services(settings: Settings, mongo: AsyncMongoClient[Any],

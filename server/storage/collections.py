@@ -264,6 +264,40 @@ COLLECTIONS: list[CollectionSpec] = [
         _ix([("actor.id", ASCENDING), ("at", DESCENDING)], "actor_at"),
         _ix([("action", ASCENDING), ("at", DESCENDING)], "action_at"),
     ]),
+    CollectionSpec("seat_holds", _obj(
+        ["departure_id", "channel", "from_seq", "to_seq", "seats", "status", "expires_at"],
+        departure_id=NONEMPTY, channel=NONEMPTY, from_seq={"bsonType": "int", "minimum": 0},
+        to_seq={"bsonType": "int", "minimum": 1},
+        seats={"bsonType": "array", "minItems": 1,
+               "items": {"bsonType": "object", "required": ["seat"],
+                         "properties": {"seat": {"bsonType": "int", "minimum": 1}}}},
+        status={"enum": ["held", "selling", "sold", "released", "returned"]},
+        expires_at=DATE), [
+        _ix([("departure_id", ASCENDING), ("status", ASCENDING)], "departure_status"),
+        _ix([("status", ASCENDING), ("expires_at", ASCENDING)], "status_expiry"),
+    ]),
+    CollectionSpec("ticket_sources", _obj(
+        ["scope", "allotments", "updated_at"],
+        scope={"enum": ["departure", "schedule"]},
+        allotments={"bsonType": "object", "additionalProperties": {"bsonType": "int",
+                                                                    "minimum": 0}},
+        caps={"bsonType": "object"}, closed_channels={"bsonType": "array", "items": STR},
+        release_before_minutes={"bsonType": "int", "minimum": 0}, updated_at=DATE), []),
+    CollectionSpec("station_calls", _obj(
+        ["station_id", "vendor", "operation", "outcome", "latency_ms", "at"],
+        station_id=NONEMPTY, vendor=NONEMPTY, operation=NONEMPTY,
+        outcome={"enum": ["ok", "refused", "error", "timeout", "unreachable",
+                          "bad_response"]},
+        latency_ms={"bsonType": ["double", "int", "long"]}, at=DATE), [
+        _ix([("station_id", ASCENDING), ("at", DESCENDING)], "station_at"),
+        _ix([("at", ASCENDING)], "at_ttl", expireAfterSeconds=30 * 86400),
+    ]),
+    CollectionSpec("sync_runs", _obj(
+        ["station_id", "kind", "started_at", "outcome"],
+        station_id=NONEMPTY, kind={"enum": ["full", "incremental"]}, started_at=DATE,
+        outcome={"enum": ["ok", "failed", "running"]}), [
+        _ix([("station_id", ASCENDING), ("started_at", DESCENDING)], "station_started"),
+    ]),
     CollectionSpec("idempotency", None, [
         _ix([("scope", ASCENDING), ("key", ASCENDING)], "scope_key_unique", unique=True),
         _ix("expires_at", "expiry_ttl", expireAfterSeconds=0),

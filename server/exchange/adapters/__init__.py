@@ -1,0 +1,1 @@
+"""One adapter per station-system dialect: native (our own inventory), rest, xml."""

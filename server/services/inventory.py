@@ -1,0 +1,317 @@
+"""Native seat inventory: Redis scripts decide, MongoDB remembers, Redis is rebuilt from it.
+
+Write order is chosen so that no failure can sell a seat twice:
+
+- hold: the script takes the seats atomically, then the hold is recorded in ``seat_holds``;
+  if that write fails the hold is released again.
+- sell: the record is first marked ``selling`` (an intent), then the script turns the hold
+  into a sale, then the record becomes ``sold``. A rebuild counts ``selling`` as taken, so a
+  crash between the steps can at worst keep a seat blocked until the sweeper settles it —
+  never free a sold one.
+- return (refund/void): the script frees the seats first, then the record says so; a crash
+  in between leaves the seat taken in MongoDB, the safe side again.
+
+A departure not in Redis (first use, or Redis restarted) is loaded from MongoDB by a script
+that only writes when nothing is there, so concurrent loaders cannot disagree. Expired holds
+are released by whichever script touches the departure first, and by a sweeper (one process
+at a time, under a lease); each release happens exactly once because it is one atomic
+script step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import uuid
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+from redis.asyncio import Redis
+
+from server.exchange.base import Availability, Hold, HoldRequest
+from server.exchange.errors import (
+    BY_REASON,
+    DepartureNotFound,
+    HoldExpired,
+    HoldNotFound,
+    InvalidSegment,
+)
+from server.storage.seats import EXPIRING, ScriptError, SeatScripts
+
+log = logging.getLogger(__name__)
+
+KEEP_AFTER_DEPARTURE = dt.timedelta(days=3)
+SELLING_GRACE = dt.timedelta(seconds=60)
+ACTIVE = ("held", "selling", "sold")
+
+
+def _ms(when: dt.datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
+def _from_ms(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+
+
+def _seats(csv: str) -> tuple[int, ...]:
+    return tuple(int(s) for s in csv.split(",") if s)
+
+
+class NativeInventory:
+    """Seats of departures whose station has no system of its own."""
+
+    def __init__(self, db: AsyncDatabase[Any], redis: Redis, *,
+                 default_release_minutes: int = 120) -> None:
+        self._db = db
+        self._redis = redis
+        self._scripts = SeatScripts(redis)
+        self._segments: dict[str, int] = {}  # route id -> segments (routes rarely change)
+        self._default_release = default_release_minutes
+
+    # --- loading -----------------------------------------------------------------------------
+    async def segments_of(self, route_id: str) -> int:
+        if route_id not in self._segments:
+            stops = await self._db.stops.count_documents({"route_id": route_id})
+            self._segments[route_id] = max(1, stops - 1)
+        return self._segments[route_id]
+
+    async def ticket_source(self, departure: dict[str, Any]) -> dict[str, Any]:
+        """The effective ticket source: the departure's own, else its schedule's, else none."""
+        for key in (f"departure:{departure['_id']}", f"schedule:{departure['schedule_id']}"):
+            doc = await self._db.ticket_sources.find_one({"_id": key})
+            if doc:
+                return doc
+        return {"allotments": {}, "caps": {}, "closed_channels": [],
+                "release_before_minutes": self._default_release}
+
+    def _release_at(self, departure: dict[str, Any], source: dict[str, Any]) -> int:
+        if not source.get("allotments"):
+            return 0
+        minutes = int(source.get("release_before_minutes", self._default_release))
+        return _ms(departure["departs_at"] - dt.timedelta(minutes=minutes))
+
+    async def load(self, departure_id: str) -> bool:
+        """Put a departure into Redis from MongoDB unless it is there; True if this loaded it."""
+        dep = await self._db.departures.find_one({"_id": departure_id})
+        if dep is None:
+            raise DepartureNotFound(departure_id=departure_id)
+        segments = await self.segments_of(dep["route_id"])
+        source = await self.ticket_source(dep)
+        holds, sales = [], []
+        async for rec in self._db.seat_holds.find({"departure_id": departure_id,
+                                                   "status": {"$in": list(ACTIVE)}}):
+            seats = [s["seat"] for s in rec["seats"] if s.get("active", True)]
+            if not seats:
+                continue
+            entry = {"id": rec["_id"], "channel": rec["channel"], "from": rec["from_seq"],
+                     "to": rec["to_seq"], "seats": seats}
+            if rec["status"] == "held":
+                holds.append({**entry, "exp": _ms(rec["expires_at"])})
+            else:  # sold, or a sale that may have happened (selling): both stay taken
+                sales.append(entry)
+        status = "on_sale" if dep["status"] == "on_sale" else "stopped"
+        result = await self._scripts.call(
+            "load", departure_id, dep["seats"], segments, status,
+            self._release_at(dep, source), _ms(dep["departs_at"] + KEEP_AFTER_DEPARTURE),
+            json.dumps(source.get("allotments") or {}), json.dumps(source.get("caps") or {}),
+            json.dumps(source.get("closed_channels") or []), json.dumps(holds),
+            json.dumps(sales))
+        loaded = result[1] == 1
+        if loaded:
+            log.info("inventory loaded", extra={"fields": {
+                "departure_id": departure_id, "holds": len(holds), "sales": len(sales)}})
+            if holds:
+                await self._scripts.index_hold(departure_id, min(h["exp"] for h in holds),
+                                               _ms(dt.datetime.now(dt.UTC)))
+        return loaded
+
+    async def _call(self, name: str, departure_id: str, *args: Any) -> list[Any]:
+        """Run a script, loading the departure first if Redis does not have it."""
+        for attempt in (1, 2):
+            try:
+                return await self._scripts.call(name, departure_id, *args)
+            except ScriptError as exc:
+                if exc.code == "NOT_LOADED" and attempt == 1:
+                    await self.load(departure_id)
+                    continue
+                raise _exchange_error(exc) from None
+        raise AssertionError("unreachable")
+
+    # --- ticket operations ----------------------------------------------------------------
+    async def hold(self, departure_id: str, request: HoldRequest) -> Hold:
+        """Take seats for a while; recorded in MongoDB before the caller hears of it."""
+        if request.count < 1:
+            raise InvalidSegment("At least one seat.")
+        result = await self._call(
+            "hold", departure_id, request.hold_id, request.channel, request.from_seq,
+            request.to_seq, request.ttl_seconds * 1000, request.count,
+            ",".join(str(s) for s in request.seats))
+        seats, expires_ms, released, fresh = _seats(result[1]), int(result[2]), result[4], \
+            result[5] == "NEW"
+        await self._mark_released(_split_ids(released))
+        hold = Hold(request.hold_id, departure_id, seats, request.from_seq, request.to_seq,
+                    _from_ms(expires_ms))
+        if fresh:
+            try:
+                await self._db.seat_holds.insert_one({
+                    "_id": request.hold_id, "departure_id": departure_id,
+                    "channel": request.channel, "from_seq": request.from_seq,
+                    "to_seq": request.to_seq,
+                    "seats": [{"seat": s, "active": True} for s in seats],
+                    "status": "held", "expires_at": hold.expires_at,
+                    "created_at": dt.datetime.now(dt.UTC)})
+            except DuplicateKeyError:
+                pass  # a retry of the same hold after its record was written
+            except Exception:
+                await self._scripts.call("release", departure_id, request.hold_id)
+                raise
+            await self._scripts.index_hold(departure_id, expires_ms,
+                                           _ms(dt.datetime.now(dt.UTC)))
+        return hold
+
+    async def release(self, departure_id: str, hold_id: str) -> bool:
+        """Give held seats back now (a cancelled order); False if they were already gone."""
+        result = await self._call("release", departure_id, hold_id)
+        await self._db.seat_holds.update_one(
+            {"_id": hold_id, "status": "held"},
+            {"$set": {"status": "released", "released_at": dt.datetime.now(dt.UTC),
+                      "release_reason": "released"}})
+        return result[1] == 1
+
+    async def sell(self, departure_id: str, hold_id: str) -> tuple[int, ...]:
+        """Turn a live hold into sold seats; idempotent; HoldExpired once it has run out."""
+        now = dt.datetime.now(dt.UTC)
+        rec = await self._db.seat_holds.find_one_and_update(
+            {"_id": hold_id, "departure_id": departure_id, "status": "held"},
+            {"$set": {"status": "selling", "selling_at": now}})
+        if rec is None:
+            rec = await self._db.seat_holds.find_one({"_id": hold_id,
+                                                      "departure_id": departure_id})
+            if rec is None:
+                raise HoldNotFound(hold_id=hold_id)
+            if rec["status"] == "sold":
+                return tuple(s["seat"] for s in rec["seats"])
+            if rec["status"] != "selling":
+                raise HoldExpired(hold_id=hold_id)
+        try:
+            result = await self._call("sell", departure_id, hold_id)
+        except HoldNotFound:
+            await self._db.seat_holds.update_one(
+                {"_id": hold_id, "status": "selling"},
+                {"$set": {"status": "released", "released_at": now,
+                          "release_reason": "expired"}})
+            raise HoldExpired(hold_id=hold_id) from None
+        await self._mark_released(_split_ids(result[3]))
+        await self._db.seat_holds.update_one(
+            {"_id": hold_id}, {"$set": {"status": "sold", "sold_at": now}})
+        return _seats(result[1])
+
+    async def give_back(self, departure_id: str, sale_id: str, seats: tuple[int, ...],
+                        reason: str) -> tuple[int, ...]:
+        """Return sold seats to sale (refund, void, change); returns the seats freed."""
+        result = await self._call("unsell", departure_id, sale_id,
+                                  ",".join(str(s) for s in seats))
+        freed = _seats(result[1])
+        rec = await self._db.seat_holds.find_one({"_id": sale_id})
+        if rec is not None:
+            for entry in rec["seats"]:
+                if entry["seat"] in seats:
+                    entry["active"] = False
+                    entry["returned"] = reason
+            left = any(e.get("active", True) for e in rec["seats"])
+            await self._db.seat_holds.update_one(
+                {"_id": sale_id}, {"$set": {"seats": rec["seats"],
+                                            **({} if left else {"status": "returned"})}})
+        return freed
+
+    async def status_of(self, hold_id: str) -> tuple[str, tuple[int, ...]]:
+        rec = await self._db.seat_holds.find_one({"_id": hold_id})
+        if rec is None:
+            return "unknown", ()
+        return rec["status"], tuple(s["seat"] for s in rec["seats"] if s.get("active", True))
+
+    async def availability(self, departure_id: str) -> Availability:
+        """Remaining seats and seat map, read from Redis (never a database scan)."""
+        r = await self._call("snapshot", departure_id)
+        occupancy = _seats(r[5]) if r[5] else ()
+        held = tuple(int(p.split(":")[0]) for p in r[6].split(",") if p)
+        return Availability(departure_id=departure_id, seats=int(r[1]), segments=int(r[2]),
+                            status=r[3], remaining=sum(1 for m in occupancy if m == 0),
+                            occupancy=occupancy, held=held, version=int(r[4]))
+
+    async def availability_many(self, departure_ids: list[str]) -> dict[str, Availability]:
+        found = await asyncio.gather(*[self.availability(d) for d in departure_ids],
+                                     return_exceptions=True)
+        return {d: a for d, a in zip(departure_ids, found, strict=True)
+                if isinstance(a, Availability)}
+
+    # --- ticket sources ---------------------------------------------------------------------
+    async def configure(self, departure_id: str) -> None:
+        """Apply the current departure status and ticket source to a loaded departure."""
+        dep = await self._db.departures.find_one({"_id": departure_id})
+        if dep is None:
+            raise DepartureNotFound(departure_id=departure_id)
+        if not await self._redis.exists(f"inv:{{dep:{departure_id}}}"):
+            return  # the next load reads the new settings
+        source = await self.ticket_source(dep)
+        await self._call("configure", departure_id,
+                         "on_sale" if dep["status"] == "on_sale" else "stopped",
+                         self._release_at(dep, source),
+                         json.dumps(source.get("allotments") or {}),
+                         json.dumps(source.get("caps") or {}),
+                         json.dumps(source.get("closed_channels") or []))
+
+    # --- expiry -------------------------------------------------------------------------------
+    async def sweep(self, limit: int = 200) -> int:
+        """Release due holds of every departure; settle stale sells. Returns holds released."""
+        now_ms = _ms(dt.datetime.now(dt.UTC))
+        due = await self._redis.zrangebyscore(EXPIRING, "-inf", now_ms, start=0, num=limit,
+                                              withscores=True)
+        released = 0
+        for departure_id, seen in due:
+            try:
+                result = await self._scripts.call("expire", departure_id)
+            except ScriptError:
+                continue
+            ids = _split_ids(result[1])
+            released += len(ids)
+            await self._mark_released(ids)
+            await self._scripts.index_settle(departure_id, int(seen), int(result[2]))
+        await self._settle_stale_selling()
+        return released
+
+    async def _settle_stale_selling(self) -> None:
+        """A sell that died between its steps: Redis knows whether the sale happened."""
+        cutoff = dt.datetime.now(dt.UTC) - SELLING_GRACE
+        async for rec in self._db.seat_holds.find({"status": "selling",
+                                                   "expires_at": {"$lt": cutoff}}).limit(100):
+            try:
+                await self.sell(rec["departure_id"], rec["_id"])
+            except HoldExpired:
+                log.warning("stale sell settled as released",
+                            extra={"fields": {"hold_id": rec["_id"]}})
+
+    async def _mark_released(self, ids: list[str]) -> None:
+        if ids:
+            await self._db.seat_holds.update_many(
+                {"_id": {"$in": ids}, "status": "held"},
+                {"$set": {"status": "released", "released_at": dt.datetime.now(dt.UTC),
+                          "release_reason": "expired"}})
+
+
+def new_hold_id() -> str:
+    return "H" + uuid.uuid4().hex
+
+
+def _split_ids(csv: Any) -> list[str]:
+    return [s for s in str(csv or "").split(",") if s]
+
+
+def _exchange_error(exc: ScriptError) -> Exception:
+    kind = BY_REASON.get(exc.code)
+    if kind is None:
+        return exc
+    return kind(detail=exc.detail) if exc.detail else kind()

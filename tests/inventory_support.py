@@ -1,0 +1,80 @@
+"""Helpers for inventory tests: a throw-away route and departure, and a hammering worker."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import sys
+import uuid
+from typing import Any
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+async def make_departure(db: Any, *, seats: int = 8, stops: int = 3,
+                         departs_in: dt.timedelta = dt.timedelta(days=2)) -> str:
+    """Insert a route with ``stops`` stops and one departure on it; returns its id."""
+    tag = uuid.uuid4().hex[:10]
+    route_id = f"RT{tag}"
+    station = await db.stations.find_one({})
+    await db.routes.insert_one({
+        "_id": route_id, "code": route_id, "name": "测试线", "origin_station_id": station["_id"],
+        "destination_station_id": station["_id"], "distance_km": 100 * (stops - 1),
+        "grade": "class_2", "type": "intercity", "status": "active"})
+    await db.stops.insert_many([
+        {"_id": f"{route_id}-{i}", "route_id": route_id, "seq": i, "name": f"站{i}",
+         "city": station["city"], "division": station["division"], "distance_km": 100 * i}
+        for i in range(stops)])
+    departure_id = f"DT{tag}"
+    await db.departures.insert_one({
+        "_id": departure_id, "schedule_id": f"SCH{tag}", "route_id": route_id,
+        "station_id": station["_id"], "carrier_id": "C44010001", "service_date": "2026-12-01",
+        "departs_at": NOW + departs_in, "seats": seats, "status": "on_sale",
+        "inventory": "native"})
+    return departure_id
+
+
+async def _hammer(mongo_uri: str, redis_url: str, db_name: str, departure_id: str,
+                  attempts: int, segments: int, seed: int) -> list[str]:
+    from pymongo import AsyncMongoClient
+
+    from server.app import connect_redis
+    from server.exchange.base import HoldRequest
+    from server.exchange.errors import ExchangeError
+    from server.services.inventory import NativeInventory, new_hold_id
+
+    rng = random.Random(seed)
+    mongo: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    redis = connect_redis(redis_url)
+    inventory = NativeInventory(mongo[db_name], redis)
+    sold: list[str] = []
+
+    async def attempt() -> None:
+        start = rng.randrange(segments)
+        end = rng.randint(start + 1, segments)
+        request = HoldRequest(new_hold_id(), rng.choice(["miniapp", "app", "web"]),
+                              rng.choice([1, 1, 1, 2]), start, end, ttl_seconds=300)
+        try:
+            hold = await inventory.hold(departure_id, request)
+            await inventory.sell(departure_id, hold.hold_id)
+            sold.append(hold.hold_id)
+        except ExchangeError:
+            pass
+
+    await asyncio.gather(*[attempt() for _ in range(attempts)])
+    await mongo.close()
+    await redis.aclose()
+    return sold
+
+
+def hammer_main(args: list[str]) -> None:
+    """Entry point of one hammering process: prints the ids of the sales it made."""
+    mongo_uri, redis_url, db_name, departure_id, attempts, segments, seed = args
+    sold = asyncio.run(_hammer(mongo_uri, redis_url, db_name, departure_id, int(attempts),
+                               int(segments), int(seed)))
+    print("\n".join(sold))
+
+
+if __name__ == "__main__":
+    hammer_main(sys.argv[1:])
