@@ -16,8 +16,8 @@ import datetime as dt
 import importlib
 import json
 import os
-import platform
 import pkgutil
+import platform
 import subprocess
 import sys
 import tempfile
@@ -86,8 +86,8 @@ class Bench:
         result["server_cpu_pct"] = 100 * (after - before) / result["seconds"]
         return result
 
-    async def login(self, username: str, password: str = "keyun-demo") -> str:
-        from tornado.httpclient import AsyncHTTPClient  # noqa: PLC0415
+    async def login(self, username: str, password: str = "keyun-demo") -> str:  # noqa: S107
+        from tornado.httpclient import AsyncHTTPClient
 
         resp = await AsyncHTTPClient().fetch(
             self.base_url + "/api/v1/auth/staff", method="POST",
@@ -96,7 +96,7 @@ class Bench:
 
 
 def _scenarios(selected: list[str]) -> list[Any]:
-    import bench.scenarios as pkg  # noqa: PLC0415
+    import bench.scenarios as pkg
 
     names = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__))
     chosen = [n for n in names if not selected or n in selected]

@@ -15,17 +15,25 @@ from pymongo.asynchronous.database import AsyncDatabase
 from tornado.web import Application, URLSpec
 
 from admin import pages as admin_pages
-from handlers import auth, docs, health, staff, stations
+from handlers import auth, departures, docs, exchange, health, staff, stations
 from handlers.base import NotFoundHandler, log_request
 from server.config import Settings
+from server.exchange.adapters.native import NativeExchange
+from server.exchange.registry import ExchangeRegistry
 from server.metrics import Metrics
 from server.security.authorizer import RoleAuthorizer
 from server.security.tokens import AccessTokens
 from server.services.audit import AuditService
 from server.services.auth import AuthService
+from server.services.departures import DepartureService
 from server.services.health import HealthService
 from server.services.idempotency import IdempotencyStore
+from server.services.inventory import NativeInventory
+from server.services.jobs import JobRunner
+from server.services.seats import SeatService
 from server.services.stations import StationService
+from server.services.sync import SyncService
+from server.services.ticket_sources import TicketSourceService
 
 
 @dataclass
@@ -38,6 +46,12 @@ class Services:
     stations: StationService
     idempotency: IdempotencyStore
     authorizer: RoleAuthorizer
+    inventory: NativeInventory
+    seats: SeatService
+    sync: SyncService
+    ticket_sources: TicketSourceService
+    departures: DepartureService
+    jobs: JobRunner
 
 
 def connect_mongo(settings: Settings, uri: str) -> AsyncMongoClient[Any]:
@@ -61,6 +75,13 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     db: AsyncDatabase[Any] = mongo[settings.mongo_db]
     audit = AuditService(db)
     access = AccessTokens(settings.jwt_secret, settings.access_token_ttl)
+    inventory = NativeInventory(db, redis)
+    seats = SeatService(db, redis, ExchangeRegistry(NativeExchange(inventory, redis)))
+    sync = SyncService(db, seats)
+    jobs = JobRunner(redis)
+    jobs.add("hold-sweeper", 1.0, inventory.sweep)
+    jobs.add("station-sync", 30.0, sync.sync_all)
+    jobs.add("station-full-sync", 600.0, lambda: sync.sync_all(full=True))
     return Services(
         auth=AuthService(db, redis, access, audit, refresh_ttl=settings.refresh_token_ttl,
                          max_failures=settings.login_max_failures,
@@ -70,13 +91,20 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         stations=StationService(db),
         idempotency=IdempotencyStore(db),
         authorizer=RoleAuthorizer(),
+        inventory=inventory,
+        seats=seats,
+        sync=sync,
+        ticket_sources=TicketSourceService(db, inventory, audit),
+        departures=DepartureService(db, seats),
+        jobs=jobs,
     )
 
 
 def api_routes() -> list[URLSpec]:
     """Every JSON route, in match order."""
     return [*health.default_handlers, *auth.default_handlers, *stations.default_handlers,
-            *staff.default_handlers, *docs.default_handlers]
+            *staff.default_handlers, *departures.default_handlers,
+            *exchange.default_handlers, *docs.default_handlers]
 
 
 def make_app(settings: Settings, mongo: AsyncMongoClient[Any], redis: aioredis.Redis,

@@ -87,6 +87,26 @@ def _start_stores(settings: Settings, children: list[embedded.ChildServer]) -> S
     return settings
 
 
+def _start_station_simulators(settings: Settings, children: list[embedded.ChildServer],
+                              window_interval: float = 20.0) -> dict[str, dict[str, str]]:
+    """Sandbox only: one simulator per vendor dialect for the demo stations on it; returns
+    the station-system configuration to store on those stations."""
+    from server.demo import DEMO_VENDORS
+
+    systems: dict[str, dict[str, str]] = {}
+    for kind in ("rest", "xml"):
+        codes = [c for c, v in DEMO_VENDORS.items() if v == kind]
+        secret = secrets.token_urlsafe(24)
+        sim = embedded.station_simulator(kind, codes, secret, settings.data_path,
+                                         window_interval)
+        children.append(sim)
+        sim.start()
+        for code in codes:
+            systems[code] = {"vendor": kind, "base_url": embedded.simulator_base_url(sim, kind),
+                             "secret": secret}
+    return systems
+
+
 def run(settings: Settings) -> int:
     """Start stores, prepare the database, serve until SIGINT/SIGTERM, stop everything."""
     children: list[embedded.ChildServer] = []
@@ -96,7 +116,8 @@ def run(settings: Settings) -> int:
     try:
         settings = _with_dev_secret(settings)
         settings = _start_stores(settings, children)
-        asyncio.run(prepare_database(settings))
+        systems = _start_station_simulators(settings, children) if settings.sandbox else {}
+        asyncio.run(prepare_database(settings, systems))
         sockets = bind_sockets(settings.port, settings.host, reuse_port=False)
         if settings.processes == 1:
             _print_banner(settings, children)
@@ -202,8 +223,10 @@ async def _wait_for_stores(settings: Settings) -> tuple[Any, Any]:
             await asyncio.sleep(0.5)
 
 
-async def prepare_database(settings: Settings) -> None:
-    """Once per start, before serving: schema, demo data (first start), departure plan."""
+async def prepare_database(settings: Settings,
+                           station_systems: dict[str, dict[str, str]] | None = None) -> None:
+    """Once per start, before serving: schema, demo data (first start), departure plan,
+    station-system addresses (sandbox), and a first full sync of proxied stations."""
     from server import demo
     from server.storage.collections import ensure_schema
 
@@ -213,6 +236,12 @@ async def prepare_database(settings: Settings) -> None:
         await ensure_schema(db)
         if settings.seed_demo:
             await demo.ensure_demo(db, settings)
+        for station_id, system in (station_systems or {}).items():
+            await db.stations.update_one({"_id": station_id}, {"$set": {"system": system}})
+        if station_systems:
+            from server.app import build_services
+
+            await build_services(settings, mongo, redis).sync.sync_all(full=True)
     finally:
         await mongo.close()
         await redis.aclose()
@@ -224,6 +253,8 @@ async def serve(settings: Settings, sockets: list[Any]) -> None:
 
     mongo, redis = await _wait_for_stores(settings)
     app = make_app(settings, mongo, redis)
+    jobs = app.settings["services"].jobs
+    jobs.start()
     server = HTTPServer(app, max_body_size=MAX_BODY, idle_connection_timeout=60)
     server.add_sockets(sockets)
     stop = asyncio.Event()
@@ -238,6 +269,7 @@ async def serve(settings: Settings, sockets: list[Any]) -> None:
         await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE)
     except TimeoutError:
         log.warning("connections still open after %ss; closing anyway", SHUTDOWN_GRACE)
+    await jobs.stop()
     await mongo.close()
     await redis.aclose()
     log.info("stopped")

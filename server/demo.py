@@ -30,7 +30,10 @@ from server.services.planning import LOCAL_TZ, local_today, plan_departures
 log = logging.getLogger(__name__)
 
 SEED = 20260101
-DEMO_VERSION = 1
+DEMO_VERSION = 2
+# demo stations whose seats live in their own station system (a simulator under `make run`)
+DEMO_VENDORS = {"440304001": "rest", "440303001": "rest", "440507001": "xml",
+                "441402001": "xml"}
 PLAN_DAYS = 10
 ROUTE_COUNT = 72
 
@@ -174,7 +177,8 @@ def generate(today: dt.date | None = None) -> dict[str, list[dict[str, Any]]]:
                "address": f"广东省{city.name}市{name}", "name_pinyin": pinyin,
                "name_initials": initials,
                "location": {"type": "Point", "coordinates": [lng, lat]},
-               "system": {"vendor": "native"}, "status": "active", "updated_at": now}
+               "system": {"vendor": DEMO_VENDORS.get(code, "native")}, "status": "active",
+               "updated_at": now}
         stations.append(doc)
     out["stations"] = stations
 
@@ -338,7 +342,16 @@ async def ensure_demo(db: AsyncDatabase[Any], settings: Settings, force: bool = 
 async def _load(db: AsyncDatabase[Any], settings: Settings) -> None:
     data = generate()
     for name, docs in data.items():
-        ops = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs]
+        if name == "stations":  # keep a station system's address and secret if configured
+            ops = [UpdateOne({"_id": d["_id"]},
+                             {"$set": {k: v for k, v in d.items() if k != "system"},
+                              "$setOnInsert": {"system": d["system"]}}, upsert=True)
+                   for d in docs]
+            ops += [UpdateOne({"_id": d["_id"]}, {"$set": {"system.vendor":
+                                                           d["system"]["vendor"]}})
+                    for d in docs]
+        else:
+            ops = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs]
         for i in range(0, len(ops), 1000):
             await db[name].bulk_write(ops[i:i + 1000], ordered=False)
     now = dt.datetime.now(dt.UTC)
@@ -362,5 +375,8 @@ async def _load(db: AsyncDatabase[Any], settings: Settings) -> None:
                                   "created_at": now, **scope},
                  "$set": {"password_hash": password_hash}},
                 upsert=True)
+    # departures of proxied stations come from their systems (data sync), not from planning
+    await db.departures.delete_many({"station_id": {"$in": list(DEMO_VENDORS)},
+                                     "inventory": "native"})
     counts = {k: len(v) for k, v in data.items()}
     log.info("demo province loaded", extra={"fields": counts})

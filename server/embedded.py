@@ -56,6 +56,7 @@ class ChildServer:
     port: int
     log_path: Path
     stop_timeout: float = 20.0
+    env: dict[str, str] | None = field(default=None, repr=False)  # added to os.environ
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self, ready_timeout: float = 30.0) -> None:
@@ -64,7 +65,8 @@ class ChildServer:
         out = open(self.log_path, "ab")
         self.proc = subprocess.Popen(  # noqa: S603 - argv built from our own paths
             self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent, close_fds=True)
+            preexec_fn=_die_with_parent, close_fds=True,
+            env={**os.environ, **self.env} if self.env else None)
         out.close()
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
@@ -149,3 +151,24 @@ def mongo_uri(server: ChildServer) -> str:
 
 def redis_url(server: ChildServer) -> str:
     return f"redis://{server.host}:{server.port}/0"
+
+
+def station_simulator(kind: str, station_codes: list[str], secret: str, data_dir: Path,
+                      window_interval: float = 0.0, port: int | None = None) -> ChildServer:
+    """A station-system simulator (``sandbox.station_rest`` or ``sandbox.station_xml``).
+
+    Only the sandbox configuration starts these; production talks to real station systems.
+    """
+    if kind not in ("rest", "xml"):
+        raise ValueError(f"no simulator for {kind!r}")
+    port = port or free_port()
+    argv = [sys.executable, "-m", f"sandbox.station_{kind}", "--port", str(port),
+            "--stations", ",".join(station_codes), "--window-interval", str(window_interval)]
+    # the secret goes through the environment: a command line is visible to every user
+    return ChildServer(f"station-{kind}", argv, "127.0.0.1", port,
+                       data_dir / "log" / f"station-{kind}.log", stop_timeout=10.0,
+                       env={"STATION_SIM_SECRET": secret})
+
+
+def simulator_base_url(server: ChildServer, kind: str) -> str:
+    return f"http://{server.host}:{server.port}"

@@ -50,13 +50,51 @@ def stores(workdir: Path) -> Iterator[Stores]:
         mongo.stop()
 
 
+@dataclasses.dataclass
+class Simulators:
+    """The two station-system simulators of the session and the systems config they serve."""
+
+    rest: embedded.ChildServer
+    xml: embedded.ChildServer
+    systems: dict[str, dict[str, str]]
+
+    def url(self, kind: str) -> str:
+        return embedded.simulator_base_url(getattr(self, kind), kind)
+
+
+SIM_SECRETS = {"rest": "rest-token-for-tests", "xml": "xml-secret-for-tests"}
+
+
 @pytest.fixture(scope="session")
-def seeded(stores: Stores) -> str:
-    """The session database with schema and the demo province loaded; returns its name."""
+def simulators(workdir: Path) -> Iterator[Simulators]:
+    """A REST and an XML station simulator for the demo stations on those dialects."""
+    from server.demo import DEMO_VENDORS
+
+    started: dict[str, embedded.ChildServer] = {}
+    systems: dict[str, dict[str, str]] = {}
+    try:
+        for kind in ("rest", "xml"):
+            codes = [c for c, v in DEMO_VENDORS.items() if v == kind]
+            sim = embedded.station_simulator(kind, codes, SIM_SECRETS[kind], workdir / "sims")
+            sim.start()
+            started[kind] = sim
+            for code in codes:
+                systems[code] = {"vendor": kind, "secret": SIM_SECRETS[kind],
+                                 "base_url": embedded.simulator_base_url(sim, kind)}
+        yield Simulators(started["rest"], started["xml"], systems)
+    finally:
+        for sim in started.values():
+            sim.stop()
+
+
+@pytest.fixture(scope="session")
+def seeded(stores: Stores, simulators: Simulators) -> str:
+    """The session database: schema, demo province, and a first sync of the simulated
+    stations (as `make run` does); returns its name."""
     settings = load_settings({"KEYUN_MONGO_URI": stores.mongo_uri,
                               "KEYUN_REDIS_URL": stores.redis_url, "KEYUN_MONGO_DB": TEST_DB,
                               "KEYUN_JWT_SECRET": TEST_JWT_SECRET})
-    asyncio.run(prepare_database(settings))
+    asyncio.run(prepare_database(settings, simulators.systems))
     return TEST_DB
 
 

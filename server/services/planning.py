@@ -51,9 +51,10 @@ async def plan_departures(db: AsyncDatabase[Any], start: dt.date, days: int) -> 
         drivers.setdefault(d["carrier_id"], []).append(d["_id"])
     routes = {r["_id"]: r async for r in db.routes.find({}, {"distance_km": 1})}
 
+    native = await db.stations.distinct("_id", {"system.vendor": "native"})
     ops = []
     now = dt.datetime.now(dt.UTC)
-    async for sch in db.schedules.find({"status": "active"}):
+    async for sch in db.schedules.find({"status": "active", "station_id": {"$in": native}}):
         fleet = vehicles.get(sch["carrier_id"]) or []
         crew = drivers.get(sch["carrier_id"]) or []
         two_drivers = routes.get(sch["route_id"], {}).get("distance_km", 0) > 400
@@ -82,6 +83,7 @@ async def plan_departures(db: AsyncDatabase[Any], start: dt.date, days: int) -> 
                 "seats": seats,
                 "status": "on_sale",
                 "inventory": "native",
+                "online": True,
                 "created_at": now,
             }
             ops.append(UpdateOne({"_id": doc["_id"]}, {"$setOnInsert": doc}, upsert=True))

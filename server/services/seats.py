@@ -1,0 +1,238 @@
+"""Seats of any departure, whoever owns them: the one service booking talks to.
+
+It finds the departure's station, picks the adapter (native inventory or a station system),
+records every station call (operation, latency, outcome) for monitoring, serves remaining
+seats of proxied departures from a short-lived Redis cache, publishes seat events of proxied
+departures (native ones publish from their scripts), and takes a station that fails at the
+infrastructure level off online sale: its departures show "not on sale online" until a sync
+or health probe succeeds again — never stale or invented seats.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from pymongo.asynchronous.database import AsyncDatabase
+from redis.asyncio import Redis
+
+from server.errors import DomainError
+from server.exchange.base import (
+    Availability,
+    DepartureRef,
+    Hold,
+    HoldRequest,
+    Sale,
+    SaleStatus,
+    StationExchange,
+    TicketInfo,
+)
+from server.exchange.errors import (
+    BadStationResponse,
+    DepartureNotFound,
+    DepartureStopped,
+    ExchangeError,
+    StationTimeout,
+    StationUnreachable,
+)
+from server.exchange.registry import ExchangeRegistry
+from server.storage.seats import seats_channel
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+PROXIED_CACHE_SECONDS = 10
+INFRASTRUCTURE = (StationUnreachable, StationTimeout, BadStationResponse)
+OUTCOME = {StationUnreachable: "unreachable", StationTimeout: "timeout",
+           BadStationResponse: "bad_response"}
+
+
+class SeatService:
+    """Remaining seats, holds, sales and returns for any departure."""
+
+    def __init__(self, db: AsyncDatabase[Any], redis: Redis, registry: ExchangeRegistry) -> None:
+        self._db = db
+        self._redis = redis
+        self.registry = registry
+        self._segments: dict[str, int] = {}
+
+    # --- resolution ---------------------------------------------------------------------
+    async def resolve(self, departure_id: str) -> tuple[dict[str, Any], dict[str, Any],
+                                                        DepartureRef, StationExchange]:
+        dep = await self._db.departures.find_one({"_id": departure_id})
+        if dep is None:
+            raise DepartureNotFound(departure_id=departure_id)
+        station = await self._db.stations.find_one({"_id": dep["station_id"]})
+        if station is None:
+            raise DepartureNotFound(departure_id=departure_id)
+        if dep["route_id"] not in self._segments:
+            stops = await self._db.stops.count_documents({"route_id": dep["route_id"]})
+            self._segments[dep["route_id"]] = max(1, stops - 1)
+        ref = DepartureRef.from_doc(dep, self._segments[dep["route_id"]])
+        return dep, station, ref, self.registry.for_station(station)
+
+    @staticmethod
+    def is_proxied(station: dict[str, Any]) -> bool:
+        return (station.get("system") or {}).get("vendor", "native") != "native"
+
+    async def _station_call(self, station: dict[str, Any], operation: str,
+                            call: Callable[[], Awaitable[T]]) -> T:
+        """Run one call to a station system, record it, degrade the station on failure."""
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await call()
+        except INFRASTRUCTURE as exc:
+            outcome = OUTCOME[type(exc)]
+            await self.mark_offline(station["_id"], f"{operation}: {exc.code}")
+            raise
+        except ExchangeError:
+            outcome = "refused"
+            raise
+        finally:
+            await self._db.station_calls.insert_one({
+                "station_id": station["_id"], "vendor": station["system"]["vendor"],
+                "operation": operation, "outcome": outcome,
+                "latency_ms": round(1000 * (time.perf_counter() - started), 2),
+                "at": dt.datetime.now(dt.UTC)})
+
+    async def mark_offline(self, station_id: str, reason: str) -> None:
+        """Take a station's departures off online sale (seats stay the station's)."""
+        now = dt.datetime.now(dt.UTC)
+        result = await self._db.stations.update_one(
+            {"_id": station_id, "online": {"$ne": False}},
+            {"$set": {"online": False, "offline_reason": reason, "offline_since": now}})
+        if result.modified_count:
+            await self._db.departures.update_many(
+                {"station_id": station_id, "inventory": "proxied"},
+                {"$set": {"online": False}})
+            log.warning("station taken off online sale",
+                        extra={"fields": {"station_id": station_id, "reason": reason}})
+
+    async def mark_online(self, station_id: str) -> None:
+        result = await self._db.stations.update_one(
+            {"_id": station_id, "online": False},
+            {"$set": {"online": True}, "$unset": {"offline_reason": "", "offline_since": ""}})
+        if result.modified_count:
+            await self._db.departures.update_many(
+                {"station_id": station_id, "inventory": "proxied"}, {"$set": {"online": True}})
+            log.info("station back on online sale", extra={"fields": {"station_id": station_id}})
+
+    def _require_online(self, station: dict[str, Any]) -> None:
+        if self.is_proxied(station) and station.get("online") is False:
+            raise DomainError("NOT_ON_SALE_ONLINE", reason=station.get("offline_reason", ""))
+
+    # --- remaining seats ----------------------------------------------------------------
+    async def availability(self, departure_id: str, *, fresh: bool = False) -> Availability:
+        """Remaining seats: native from Redis; proxied from a 10-second cache of the station."""
+        dep, station, ref, exchange = await self.resolve(departure_id)
+        if not self.is_proxied(station):
+            return await exchange.remaining(ref)
+        if station.get("online") is False:
+            return Availability(departure_id, dep["seats"], ref.segments, "offline", 0)
+        key = f"avail:{{dep:{departure_id}}}"
+        if not fresh:
+            cached = await self._redis.get(key)
+            if cached:
+                return _from_cache(cached)
+        try:
+            seats = await self._station_call(station, "remaining",
+                                             lambda: exchange.remaining(ref))
+        except INFRASTRUCTURE:
+            return Availability(departure_id, dep["seats"], ref.segments, "offline", 0)
+        previous = await self._redis.set(key, _to_cache(seats), ex=PROXIED_CACHE_SECONDS,
+                                         get=True)
+        if previous is None or _from_cache(previous).remaining != seats.remaining:
+            await self._redis.publish(seats_channel(departure_id), json.dumps({
+                "departure_id": departure_id, "event": "refreshed",
+                "remaining": seats.remaining}))
+        return seats
+
+    # --- ticket operations --------------------------------------------------------------
+    async def hold(self, departure_id: str, request: HoldRequest) -> Hold:
+        dep, station, ref, exchange = await self.resolve(departure_id)
+        if dep["status"] != "on_sale":
+            raise DepartureStopped(detail=dep["status"])
+        if not self.is_proxied(station):
+            return await exchange.hold(ref, request)
+        self._require_online(station)
+        hold = await self._station_call(station, "hold", lambda: exchange.hold(ref, request))
+        await self._after_change(departure_id)
+        return hold
+
+    async def release(self, departure_id: str, hold_id: str) -> bool:
+        _, station, ref, exchange = await self.resolve(departure_id)
+        if not self.is_proxied(station):
+            return await exchange.release(ref, hold_id)
+        released = await self._station_call(station, "release",
+                                             lambda: exchange.release(ref, hold_id))
+        await self._after_change(departure_id)
+        return released
+
+    async def sell(self, departure_id: str, hold_id: str, tickets: list[TicketInfo]) -> Sale:
+        _, station, ref, exchange = await self.resolve(departure_id)
+        if not self.is_proxied(station):
+            return await exchange.sell(ref, hold_id, tickets)
+        sale = await self._station_call(station, "sell",
+                                        lambda: exchange.sell(ref, hold_id, tickets))
+        await self._after_change(departure_id)
+        return sale
+
+    async def query(self, departure_id: str, sale_id: str) -> SaleStatus:
+        _, station, ref, exchange = await self.resolve(departure_id)
+        if not self.is_proxied(station):
+            return await exchange.query(ref, sale_id)
+        return await self._station_call(station, "query", lambda: exchange.query(ref, sale_id))
+
+    async def refund(self, departure_id: str, sale_id: str, seats: tuple[int, ...]
+                     ) -> tuple[int, ...]:
+        return await self._give_back("refund", departure_id, sale_id, seats)
+
+    async def void(self, departure_id: str, sale_id: str, seats: tuple[int, ...]
+                   ) -> tuple[int, ...]:
+        return await self._give_back("void", departure_id, sale_id, seats)
+
+    async def _give_back(self, operation: str, departure_id: str, sale_id: str,
+                         seats: tuple[int, ...]) -> tuple[int, ...]:
+        _, station, ref, exchange = await self.resolve(departure_id)
+        method = exchange.refund if operation == "refund" else exchange.void
+        if not self.is_proxied(station):
+            return await method(ref, sale_id, seats)
+        freed = await self._station_call(station, operation,
+                                         lambda: method(ref, sale_id, seats))
+        await self._after_change(departure_id)
+        return freed
+
+    async def pickup(self, departure_id: str, sale_id: str, seat: int) -> str:
+        _, station, ref, exchange = await self.resolve(departure_id)
+        if not self.is_proxied(station):
+            return await exchange.pickup(ref, sale_id, seat)
+        return await self._station_call(station, "pickup",
+                                        lambda: exchange.pickup(ref, sale_id, seat))
+
+    async def _after_change(self, departure_id: str) -> None:
+        """A proxied departure changed through us: refresh the cache and tell watchers."""
+        await self._redis.delete(f"avail:{{dep:{departure_id}}}")
+        try:
+            await self.availability(departure_id, fresh=True)
+        except ExchangeError:
+            pass  # the change itself succeeded; the next read tries again
+
+
+def _to_cache(a: Availability) -> str:
+    data = dataclasses.asdict(a)
+    data["as_of"] = a.as_of.isoformat()
+    return json.dumps(data)
+
+
+def _from_cache(text: str) -> Availability:
+    data = json.loads(text)
+    data["as_of"] = dt.datetime.fromisoformat(data["as_of"])
+    data["occupancy"] = tuple(data["occupancy"])
+    data["held"] = tuple(data["held"])
+    return Availability(**data)
