@@ -233,18 +233,22 @@ class StationSystem:
                 order.picked_up.append(seat)
             return order.tickets[seat]
 
-    def window_sale(self) -> str | None:
+    def window_sale(self, trip_id: str | None = None, seat: int | None = None) -> str | None:
         """A passenger buys a whole-route seat at the station's own window."""
         with self._lock:
             self._expire()
             now = dt.datetime.now(dt.UTC)
             open_trips = [t for t in self.trips.values()
                           if t.status == "on_sale" and t.departs_at > now
-                          and t.free(mask(0, t.segments))]
+                          and t.free(mask(0, t.segments))
+                          and (trip_id is None or t.trip_id == trip_id)]
             if not open_trips:
                 return None
             trip = self.rng.choice(open_trips)
-            seat = self.rng.choice(trip.free(mask(0, trip.segments)))
+            free = trip.free(mask(0, trip.segments))
+            if seat is not None and seat not in free:
+                return None
+            seat = seat if seat is not None else self.rng.choice(free)
             trip.occupancy[seat - 1] |= mask(0, trip.segments)
             self.window_sales += 1
             order_id = "W" + uuid.uuid4().hex[:12]

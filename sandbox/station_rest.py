@@ -199,7 +199,7 @@ class ControlHandler(SimHandler):
     def post(self, action: str = "") -> None:
         b = self.body()
         if action == "window-sale":
-            self.reply({"tripId": self.system.window_sale()})
+            self.reply({"tripId": self.system.window_sale(b.get("tripId"), b.get("seatNo"))})
         elif action == "trip-status":
             self.system.set_status(b["tripId"], b["status"])
             self.reply({"ok": True})
