@@ -116,7 +116,8 @@ def run(settings: Settings) -> int:
     try:
         settings = _with_dev_secret(settings)
         settings = _start_stores(settings, children)
-        systems = _start_station_simulators(settings, children) if settings.sandbox else {}
+        systems = _start_station_simulators(settings, children) \
+            if settings.sandbox and settings.station_simulators else {}
         asyncio.run(prepare_database(settings, systems))
         sockets = bind_sockets(settings.port, settings.host, reuse_port=False)
         if settings.processes == 1:

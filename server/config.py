@@ -119,6 +119,9 @@ class Settings:
     demo_password: str = _opt("keyun-demo", _parse_str, "password of the demo staff users")
     seed_demo: bool = _opt(True, _parse_bool, "load the demo province on first start")
     sandbox: bool = _opt(True, _parse_bool, "mount /sandbox helpers and start sandboxes")
+    station_simulators: bool = _opt(True, _parse_bool,
+                                    "start station-system simulators for the demo stations "
+                                    "on vendor systems (sandbox)")
     log_level: str = _opt("info", _parse_choice("debug", "info", "warning", "error"),
                           "log level")
     log_format: str = _opt("json", _parse_choice("json", "text"), "log line format")
@@ -181,6 +184,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         # Production never mounts sandboxes or demo data unless someone asks (and is refused).
         values.setdefault("sandbox", False)
         values.setdefault("seed_demo", False)
+        values.setdefault("station_simulators", False)
     settings = Settings(config_file=config_file, **values)
     _check_combination(settings)
     return settings
@@ -198,3 +202,6 @@ def _check_combination(s: Settings) -> None:
             raise ConfigError("KEYUN_SANDBOX: must be false when KEYUN_ENV=production")
         if s.seed_demo:
             raise ConfigError("KEYUN_SEED_DEMO: must be false when KEYUN_ENV=production")
+        if s.station_simulators:
+            raise ConfigError("KEYUN_STATION_SIMULATORS: must be false when "
+                              "KEYUN_ENV=production")

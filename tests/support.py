@@ -146,6 +146,7 @@ def keyun_env(**overrides: str) -> dict[str, str]:
     """The environment of a test Keyun process: inherited, minus any KEYUN_* of the caller."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYUN_")}
     env.update({"KEYUN_JWT_SECRET": TEST_JWT_SECRET, "KEYUN_LOG_FORMAT": "json",
+                "KEYUN_STATION_SIMULATORS": "false",
                 "KEYUN_PORT": str(free_port()), "PYTHONUNBUFFERED": "1"})
     env.update(overrides)
     return env

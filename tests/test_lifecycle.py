@@ -45,17 +45,24 @@ def test_embedded_run_seeds_serves_stops_clean_and_keeps_data(tmp_path: Path,
                                                               stop_signal: int) -> None:
     env = keyun_env(KEYUN_DATA_DIR=str(tmp_path / "var"))
     env.pop("KEYUN_JWT_SECRET")  # development generates and keeps one under the data dir
+    env.pop("KEYUN_STATION_SIMULATORS")  # as `make run`: station simulators too
     server = KeyunProcess(env, tmp_path / "run1.log", int(env["KEYUN_PORT"]))
     server.start(timeout=120)
     family = _family(server.proc.pid)
     names = " ".join(" ".join(p.cmdline()) for p in family)
     assert "secantusd-py" in names and "redis-server" in names
+    assert "sandbox.station_rest" in names and "sandbox.station_xml" in names
 
     log = server.log_text()
     assert f"http://127.0.0.1:{server.port}/api/openapi.json" in log
     assert "Demo staff" in log and "keyun-demo" in log
     ready = _get(server.base_url + "/readyz")
     assert ready["status"] == "ready"
+    # the demo stations on vendor systems were synced from their simulators at start
+    proxied = _get(server.base_url + "/api/v1/departures/S440304001001-"
+                   + time.strftime("%Y%m%d", time.localtime(time.time() + 86400 * 2)))
+    assert proxied["inventory"] == "proxied" and proxied["on_sale_online"] is True
+    assert len(proxied["seat_map"]) == proxied["seats"]
     login = _post(server.base_url + "/api/v1/auth/staff",
                   {"username": "operator", "password": "keyun-demo"})
     created = _post(server.base_url + "/api/v1/admin/staff",

@@ -27,9 +27,9 @@ LOCAL = dt.timezone(dt.timedelta(hours=8))
 TIME_FORMAT = "%Y%m%d%H%M%S"
 MAX_SKEW = dt.timedelta(minutes=5)
 
-Body = dict[str, Any]
+Body = dict[str, Any]  # values: str, or list[dict[str, str]]
 _DECLARATION = re.compile(rb"^\s*<\?xml[^>]*\?>")
-_ENCODING_ATTR = re.compile(rb"encoding=[\"']([A-Za-z0-9_-]+)[\"']")  # values: str, or list[dict[str, str]]
+_ENCODING_ATTR = re.compile(rb"encoding=[\"']([A-Za-z0-9_-]+)[\"']")
 
 
 class XmlFormatError(ValueError):
