@@ -271,6 +271,7 @@ async def serve(settings: Settings, sockets: list[Any]) -> None:
     except TimeoutError:
         log.warning("connections still open after %ss; closing anyway", SHUTDOWN_GRACE)
     await jobs.stop()
+    await app.settings["services"].inventory.close()
     await mongo.close()
     await redis.aclose()
     log.info("stopped")

@@ -63,6 +63,7 @@ async def _hammer(mongo_uri: str, redis_url: str, db_name: str, departure_id: st
             pass
 
     await asyncio.gather(*[attempt() for _ in range(attempts)])
+    await inventory.close()
     await mongo.close()
     await redis.aclose()
     return sold

@@ -38,7 +38,7 @@ class Stack:
     def __init__(self, db: Any, redis: Any, timeout: float = 1.0) -> None:
         self.db = db
         self.redis = redis
-        inventory = NativeInventory(db, redis)
+        self.inventory = inventory = NativeInventory(db, redis)
         self.seats = SeatService(db, redis, ExchangeRegistry(NativeExchange(inventory, redis),
                                                              timeout=timeout))
         self.sync = SyncService(db, self.seats)
@@ -54,6 +54,7 @@ def stack(stores, db, io_loop, simulators):
         for kind in ("rest", "xml"):
             await control(simulators, kind, "", {"delay_ms": 0, "fail": False, "garbage": False})
         await stack.sync.sync_all()
+        await stack.inventory.close()
         await redis.aclose()
     io_loop.run_sync(restore)
 

@@ -38,7 +38,9 @@ def req(count: int = 1, frm: int = 0, to: int = 2, seats=(), channel: str = "min
 @pytest.fixture
 def inventory(stores, db, io_loop):
     redis = connect_redis(stores.redis_url)
-    yield NativeInventory(db, redis)
+    inventory = NativeInventory(db, redis)
+    yield inventory
+    io_loop.run_sync(inventory.close)
     io_loop.run_sync(redis.aclose)
 
 
@@ -65,6 +67,7 @@ async def test_hold_sell_release_and_seat_map(inventory, db) -> None:
     assert await inventory.release(dep, other.hold_id) is True
     assert await inventory.release(dep, other.hold_id) is False
     assert (await inventory.availability(dep)).remaining == 6
+    await inventory.flush()
     assert (await db.seat_holds.find_one({"_id": other.hold_id}))["status"] == "released"
 
 
@@ -258,6 +261,7 @@ async def test_redis_restart_rebuilds_from_mongodb_without_double_selling(own_re
     await inventory.sell(dep, half.hold_id)
     live = await inventory.hold(dep, req(1, frm=0, to=2, ttl=600))
     await inventory.release(dep, (await inventory.hold(dep, req(1))).hold_id)
+    await inventory.close()
     await redis.aclose()
 
     # Redis dies and comes back empty on the same port
@@ -276,6 +280,7 @@ async def test_redis_restart_rebuilds_from_mongodb_without_double_selling(own_re
         with pytest.raises(SoldOut):
             await inventory.hold(dep, req(1, frm=0, to=2))
     finally:
+        await inventory.close()
         await redis.aclose()
 
 
@@ -306,3 +311,23 @@ async def test_thousands_of_concurrent_holds_from_several_processes(stores, seed
     finally:
         await redis.aclose()
     assert {i + 1: m for i, m in enumerate(seats.occupancy) if m} == per_seat
+
+
+@pytest.mark.gen_test
+async def test_another_process_sells_a_hold_whose_record_is_not_written_yet(stores, db) -> None:
+    first, second = connect_redis(stores.redis_url), connect_redis(stores.redis_url)
+    holder, seller = NativeInventory(db, first), NativeInventory(db, second)
+    try:
+        dep = await make_departure(db, seats=4)
+        hold = await holder.hold(dep, req(2))
+        assert await db.seat_holds.find_one({"_id": hold.hold_id}) is None  # still journaled
+        assert await seller.sell(dep, hold.hold_id) == hold.seats
+        await holder.flush()  # the late "held" record must not undo the sale
+        record = await db.seat_holds.find_one({"_id": hold.hold_id})
+        assert record["status"] == "sold"
+        assert await holder.sell(dep, hold.hold_id) == hold.seats
+    finally:
+        await holder.close()
+        await seller.close()
+        await first.aclose()
+        await second.aclose()

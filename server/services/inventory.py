@@ -2,8 +2,9 @@
 
 Write order is chosen so that no failure can sell a seat twice:
 
-- hold: the script takes the seats atomically, then the hold is recorded in ``seat_holds``;
-  if that write fails the hold is released again.
+- hold: the script takes the seats atomically; the hold's record joins a journal that is
+  written to ``seat_holds`` in batches within ~50 ms (a hold is temporary: losing the record
+  of one in a crash only means its seats come free early — never a second sale).
 - sell: the record is first marked ``selling`` (an intent), then the script turns the hold
   into a sale, then the record becomes ``sold``. A rebuild counts ``selling`` as taken, so a
   crash between the steps can at worst keep a seat blocked until the sweeper settles it —
@@ -21,6 +22,7 @@ script step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -28,7 +30,7 @@ import uuid
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError
 from redis.asyncio import Redis
 
 from server.exchange.base import Availability, Hold, HoldRequest
@@ -44,6 +46,8 @@ from server.storage.seats import EXPIRING, ScriptError, SeatScripts
 log = logging.getLogger(__name__)
 
 KEEP_AFTER_DEPARTURE = dt.timedelta(days=3)
+JOURNAL_INTERVAL = 0.05
+JOURNAL_BATCH = 500
 SELLING_GRACE = dt.timedelta(seconds=60)
 ACTIVE = ("held", "selling", "sold")
 
@@ -70,6 +74,53 @@ class NativeInventory:
         self._scripts = SeatScripts(redis)
         self._segments: dict[str, int] = {}  # route id -> segments (routes rarely change)
         self._default_release = default_release_minutes
+        self._journal: dict[str, dict[str, Any]] = {}  # hold records not yet in MongoDB
+        self._journal_wakeup = asyncio.Event()
+        self._journal_task: asyncio.Task[None] | None = None
+
+    # --- the hold journal (write-behind) ----------------------------------------------------
+    def _journal_add(self, record: dict[str, Any]) -> None:
+        self._journal[record["_id"]] = record
+        if self._journal_task is None or self._journal_task.done():
+            self._journal_task = asyncio.create_task(self._journal_loop(), name="hold-journal")
+        if len(self._journal) >= JOURNAL_BATCH:
+            self._journal_wakeup.set()
+
+    async def _journal_loop(self) -> None:
+        while self._journal:
+            try:
+                await asyncio.wait_for(self._journal_wakeup.wait(), JOURNAL_INTERVAL)
+            except TimeoutError:
+                pass
+            self._journal_wakeup.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write journaled hold records now (duplicates — already written — are skipped)."""
+        if not self._journal:
+            return
+        batch, self._journal = list(self._journal.values()), {}
+        try:
+            await self._db.seat_holds.insert_many(batch, ordered=False)
+        except BulkWriteError as exc:
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                log.error("hold journal write failed", extra={"fields": {"holds": len(batch)}})
+                for record in batch:  # try again on the next round
+                    self._journal.setdefault(record["_id"], record)
+        except Exception:
+            log.exception("hold journal write failed; retrying")
+            for record in batch:
+                self._journal.setdefault(record["_id"], record)
+            await asyncio.sleep(0.5)
+
+    async def close(self) -> None:
+        """Flush what is journaled (on shutdown)."""
+        await self.flush()
+        if self._journal_task is not None:
+            self._journal_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._journal_task
+            self._journal_task = None
 
     # --- loading -----------------------------------------------------------------------------
     async def segments_of(self, route_id: str) -> int:
@@ -98,6 +149,7 @@ class NativeInventory:
         dep = await self._db.departures.find_one({"_id": departure_id})
         if dep is None:
             raise DepartureNotFound(departure_id=departure_id)
+        await self.flush()  # a rebuild must see every hold this process knows of
         segments = await self.segments_of(dep["route_id"])
         source = await self.ticket_source(dep)
         holds, sales = [], []
@@ -155,19 +207,7 @@ class NativeInventory:
         hold = Hold(request.hold_id, departure_id, seats, request.from_seq, request.to_seq,
                     _from_ms(expires_ms))
         if fresh:
-            try:
-                await self._db.seat_holds.insert_one({
-                    "_id": request.hold_id, "departure_id": departure_id,
-                    "channel": request.channel, "from_seq": request.from_seq,
-                    "to_seq": request.to_seq,
-                    "seats": [{"seat": s, "active": True} for s in seats],
-                    "status": "held", "expires_at": hold.expires_at,
-                    "created_at": dt.datetime.now(dt.UTC)})
-            except DuplicateKeyError:
-                pass  # a retry of the same hold after its record was written
-            except Exception:
-                await self._scripts.call("release", departure_id, request.hold_id)
-                raise
+            self._journal_add(_hold_record(hold, request.channel, "held"))
             await self._scripts.index_hold(departure_id, expires_ms,
                                            _ms(dt.datetime.now(dt.UTC)))
         return hold
@@ -175,6 +215,8 @@ class NativeInventory:
     async def release(self, departure_id: str, hold_id: str) -> bool:
         """Give held seats back now (a cancelled order); False if they were already gone."""
         result = await self._call("release", departure_id, hold_id)
+        if hold_id in self._journal:
+            self._journal[hold_id]["status"] = "released"
         await self._db.seat_holds.update_one(
             {"_id": hold_id, "status": "held"},
             {"$set": {"status": "released", "released_at": dt.datetime.now(dt.UTC),
@@ -184,9 +226,13 @@ class NativeInventory:
     async def sell(self, departure_id: str, hold_id: str) -> tuple[int, ...]:
         """Turn a live hold into sold seats; idempotent; HoldExpired once it has run out."""
         now = dt.datetime.now(dt.UTC)
+        if hold_id in self._journal:
+            await self.flush()
         rec = await self._db.seat_holds.find_one_and_update(
             {"_id": hold_id, "departure_id": departure_id, "status": "held"},
             {"$set": {"status": "selling", "selling_at": now}})
+        if rec is None:
+            rec = await self._intent_from_redis(departure_id, hold_id, now)
         if rec is None:
             rec = await self._db.seat_holds.find_one({"_id": hold_id,
                                                       "departure_id": departure_id})
@@ -209,6 +255,23 @@ class NativeInventory:
             {"_id": hold_id}, {"$set": {"status": "sold", "sold_at": now}})
         return _seats(result[1])
 
+    async def _intent_from_redis(self, departure_id: str, hold_id: str,
+                                 now: dt.datetime) -> dict[str, Any] | None:
+        """The hold's record is not in MongoDB (another process's journal had not written it,
+        or it was lost): record the sell intent from the hold Redis still has."""
+        raw = await self._redis.hget(f"inv:{{dep:{departure_id}}}:holds", hold_id)
+        if raw is None:
+            return None
+        channel, expires_ms, frm, to, seats = raw.split("|")
+        hold = Hold(hold_id, departure_id, _seats(seats), int(frm), int(to),
+                    _from_ms(int(expires_ms)))
+        record = {**_hold_record(hold, channel, "selling"), "selling_at": now}
+        await self._db.seat_holds.update_one({"_id": hold_id}, {"$setOnInsert": record},
+                                             upsert=True)
+        return await self._db.seat_holds.find_one_and_update(
+            {"_id": hold_id, "status": {"$in": ["held", "selling"]}},
+            {"$set": {"status": "selling", "selling_at": now}})
+
     async def give_back(self, departure_id: str, sale_id: str, seats: tuple[int, ...],
                         reason: str) -> tuple[int, ...]:
         """Return sold seats to sale (refund, void, change); returns the seats freed."""
@@ -228,6 +291,8 @@ class NativeInventory:
         return freed
 
     async def status_of(self, hold_id: str) -> tuple[str, tuple[int, ...]]:
+        if hold_id in self._journal:
+            await self.flush()
         rec = await self._db.seat_holds.find_one({"_id": hold_id})
         if rec is None:
             return "unknown", ()
@@ -295,11 +360,21 @@ class NativeInventory:
                             extra={"fields": {"hold_id": rec["_id"]}})
 
     async def _mark_released(self, ids: list[str]) -> None:
+        for hold_id in ids:
+            if hold_id in self._journal:
+                self._journal[hold_id]["status"] = "released"
         if ids:
             await self._db.seat_holds.update_many(
                 {"_id": {"$in": ids}, "status": "held"},
                 {"$set": {"status": "released", "released_at": dt.datetime.now(dt.UTC),
                           "release_reason": "expired"}})
+
+
+def _hold_record(hold: Hold, channel: str, status: str) -> dict[str, Any]:
+    return {"_id": hold.hold_id, "departure_id": hold.departure_id, "channel": channel,
+            "from_seq": hold.from_seq, "to_seq": hold.to_seq,
+            "seats": [{"seat": s, "active": True} for s in hold.seats], "status": status,
+            "expires_at": hold.expires_at, "created_at": dt.datetime.now(dt.UTC)}
 
 
 def new_hold_id() -> str:
