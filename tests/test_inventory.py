@@ -331,3 +331,29 @@ async def test_another_process_sells_a_hold_whose_record_is_not_written_yet(stor
         await seller.close()
         await first.aclose()
         await second.aclose()
+
+
+@pytest.mark.gen_test
+async def test_seat_changes_are_published_per_departure(inventory, db, stores) -> None:
+    import json
+
+    dep = await make_departure(db, seats=5)
+    await inventory.availability(dep)
+    listener = connect_redis(stores.redis_url)
+    pubsub = listener.pubsub()
+    await pubsub.subscribe(f"seats:{dep}")
+    await pubsub.get_message(timeout=1)  # the subscribe confirmation
+    try:
+        hold = await inventory.hold(dep, req(2))
+        await inventory.sell(dep, hold.hold_id)
+        events = []
+        while len(events) < 2:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
+            assert message is not None, "no seat event"
+            events.append(json.loads(message["data"]))
+        assert [e["event"] for e in events] == ["held", "sold"]
+        assert events[0]["remaining"] == 3 and sorted(events[0]["seats"]) == [1, 2]
+        assert events[1]["ver"] > events[0]["ver"]
+    finally:
+        await pubsub.aclose()
+        await listener.aclose()

@@ -215,8 +215,9 @@ class NativeInventory:
     async def release(self, departure_id: str, hold_id: str) -> bool:
         """Give held seats back now (a cancelled order); False if they were already gone."""
         result = await self._call("release", departure_id, hold_id)
-        if hold_id in self._journal:
+        if hold_id in self._journal:  # not written yet: it will be written as released
             self._journal[hold_id]["status"] = "released"
+            return result[1] == 1
         await self._db.seat_holds.update_one(
             {"_id": hold_id, "status": "held"},
             {"$set": {"status": "released", "released_at": dt.datetime.now(dt.UTC),
