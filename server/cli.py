@@ -288,8 +288,9 @@ def _print_banner(settings: Settings, children: list[embedded.ChildServer]) -> N
         f"  Health    {base}/healthz  {base}/readyz  {base}/metrics",
     ]
     for child in children:
-        lines.append(f"  {child.name:<9} 127.0.0.1:{child.port} (embedded, data in "
-                     f"{Path(settings.data_dir).resolve()})")
+        what = "simulated station system" if child.name.startswith("station-") else \
+            f"embedded, data in {Path(settings.data_dir).resolve()}"
+        lines.append(f"  {child.name:<12} 127.0.0.1:{child.port} ({what})")
     if settings.seed_demo:
         from server.security.principal import STAFF_ROLES
 
