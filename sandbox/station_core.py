@@ -90,8 +90,10 @@ class StationSystem:
         self.stops = [s for s in data["stops"] if s["route_id"] in route_ids]
         self.fares = [f for f in data["fares"] if f["route_id"] in route_ids]
         self.schedules = [s for s in data["schedules"] if s["route_id"] in route_ids]
-        self.carriers = data["carriers"]
-        self.vehicles = data["vehicles"]
+        used = {s["carrier_id"] for s in self.schedules}
+        self.carriers = [c for c in data["carriers"] if c["_id"] in used]
+        self.vehicles = [v for v in data["vehicles"] if v["carrier_id"] in used]
+        self.drivers = [d for d in data["drivers"] if d["carrier_id"] in used]
         self.trips: dict[str, Trip] = {}
         self.locks: dict[str, Lock] = {}
         self.orders: dict[str, Order] = {}

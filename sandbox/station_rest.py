@@ -91,6 +91,24 @@ class StationsHandler(SimHandler):
             for s in self.system.stations]})
 
 
+GRADE_NAMES = {"high_1": "高一级", "high_2": "高二级", "high_3": "高三级", "mid": "中级",
+               "normal": "普通级"}
+
+
+class CarriersHandler(SimHandler):
+    def get(self) -> None:
+        self.reply({"carriers": [
+            {"carrierCode": c["code"], "carrierName": c["name"], "areaCode": c["division"],
+             "licenseNo": c.get("licence_no", ""),
+             "vehicles": [{"plateNo": v["plate"], "model": v["model"], "seatCount": v["seats"],
+                           "level": GRADE_NAMES[v["grade"]]}
+                          for v in self.system.vehicles if v["carrier_id"] == c["_id"]],
+             "drivers": [{"certNo": d["licence_no"], "driverName": d["name"],
+                          "certClass": d["licence_class"]}
+                         for d in self.system.drivers if d["carrier_id"] == c["_id"]]}
+            for c in self.system.carriers]})
+
+
 class RoutesHandler(SimHandler):
     def get(self) -> None:
         out = []
@@ -216,6 +234,7 @@ def make_app(system: StationSystem, token: str) -> Application:
     return Application([
         (r"/api/health", HealthHandler),
         (r"/api/stations", StationsHandler),
+        (r"/api/carriers", CarriersHandler),
         (r"/api/routes", RoutesHandler),
         (r"/api/schedules", SchedulesHandler),
         (r"/api/trips", TripsHandler),

@@ -18,7 +18,7 @@ from typing import Any
 from tornado.web import Application, HTTPError
 
 from sandbox.station_core import SimError, StationSystem
-from sandbox.station_rest import ControlHandler, SimHandler, parse_args, serve
+from sandbox.station_rest import GRADE_NAMES, ControlHandler, SimHandler, parse_args, serve
 from server.exchange.adapters import xmlcodec
 
 CODES = {"SEAT_TAKEN": ("2001", "座位已被占用"), "SOLD_OUT": ("2002", "余票不足"),
@@ -85,6 +85,16 @@ class ServiceHandler(SimHandler):
              "xzqh": s["division"], "csmc": s["city"], "dz": s["address"],
              "jd": str(s["location"]["coordinates"][0]),
              "wd": str(s["location"]["coordinates"][1])} for s in self.system.stations]}
+
+    def op_q_carrier(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "carriers": [{"qybm": c["code"], "qymc": c["name"], "xzqh": c["division"],
+                          "xkzh": c.get("licence_no", "")} for c in self.system.carriers],
+            "vehicles": [{"qybm": v["carrier_id"], "cph": v["plate"], "cx": v["model"],
+                          "zws": str(v["seats"]), "dj": GRADE_NAMES[v["grade"]]}
+                         for v in self.system.vehicles],
+            "drivers": [{"qybm": d["carrier_id"], "zgzh": d["licence_no"], "xm": d["name"],
+                         "zjcx": d["licence_class"]} for d in self.system.drivers]}
 
     def op_q_route(self, body: dict[str, Any]) -> dict[str, Any]:
         routes, stops, prices = [], [], []

@@ -259,6 +259,8 @@ async def test_sync_detects_changes_and_is_idempotent(stack, simulators) -> None
     station = "440304001"
     first = await stack.sync.sync_station(station, full=True)
     assert first["outcome"] == "ok"
+    for kind in ("carriers", "vehicles", "drivers", "routes", "stops", "fares", "schedules"):
+        assert sum(first["counts"][kind].values()) > 0, kind
     again = await stack.sync.sync_station(station, full=True)
     assert again["counts"]["departures"]["new"] == 0
     assert again["counts"]["departures"]["changed"] == 0

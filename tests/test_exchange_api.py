@@ -55,6 +55,7 @@ async def test_station_status_and_on_demand_sync(api: ApiClient) -> None:
                          token=operator)
     assert run.status == 200 and run.body["outcome"] == "ok" and run.body["kind"] == "full"
     assert run.body["counts"]["departures"]["new"] == 0  # nothing new since the last sync
+    assert run.body["counts"]["vehicles"]["unchanged"] > 0  # the fleet came over GBK XML
     status = await api.get("/api/v1/admin/exchange/stations", token=operator)
     xml = next(s for s in status.body["stations"] if s["station_id"] == "440507001")
     assert xml["online"] and xml["last_sync"]["outcome"] == "ok"

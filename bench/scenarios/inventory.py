@@ -12,7 +12,7 @@ from bench.run import Bench, Row
 from server.app import connect_redis
 from server.exchange.base import HoldRequest
 from server.services.inventory import NativeInventory, new_hold_id
-from server.storage.seats import SeatScripts
+from server.storage.seats import SeatScripts, departure_keys
 
 TITLE = "Native inventory: seat holds on one hot departure"
 NOTES = [
@@ -53,9 +53,7 @@ async def _service_rate(inventory: NativeInventory, dep: dict[str, Any], seconds
 
 
 async def _raw_rates(scripts: SeatScripts, dep_id: str, seconds: float) -> tuple[float, float]:
-    hold, release = scripts._scripts["hold"], scripts._scripts["release"]  # noqa: SLF001
-    from server.storage.seats import departure_keys  # noqa: PLC0415
-
+    hold, release = scripts._scripts["hold"], scripts._scripts["release"]
     keys = departure_keys(dep_id)
     n, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds / 2:

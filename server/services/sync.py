@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 # the fields each kind of document takes from the station (ours, like system config, stay)
 FIELDS = {
+    "carriers": ("code", "name", "division", "licence_no"),
+    "vehicles": ("plate", "carrier_id", "model", "seats", "grade"),
+    "drivers": ("licence_no", "carrier_id", "name", "licence_class"),
     "stations": ("code", "name", "grade", "division", "city", "address", "location"),
     "routes": ("code", "name", "origin_station_id", "destination_station_id", "distance_km",
                "highway_km"),
@@ -41,6 +44,9 @@ FIELDS = {
                    "service_date", "departs_at", "seats", "status", "vendor_ref"),
 }
 DEFAULTS = {
+    "carriers": {"status": "active"},
+    "vehicles": {"status": "active"},
+    "drivers": {"status": "active"},
     "routes": {"grade": "class_2", "type": "intercity", "status": "active"},
     "schedules": {"status": "active"},
     "departures": {"inventory": "proxied", "online": True, "vehicle_id": "", "driver_ids": []},
@@ -177,7 +183,8 @@ class SyncService:
         for fare in batch.fares:
             fare.setdefault("effective_from", FARES_EFFECTIVE)
 
-        for name in ("stations", "routes", "stops", "fares", "schedules", "departures"):
+        for name in ("stations", "carriers", "vehicles", "drivers", "routes", "stops", "fares",
+                     "schedules", "departures"):
             docs: list[dict[str, Any]] = getattr(batch, name)
             counts[name] = {"new": 0, "changed": 0, "unchanged": 0}
             if not docs:

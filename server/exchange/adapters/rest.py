@@ -39,6 +39,8 @@ ERRORS: dict[str, type[ExchangeError]] = {
     "TRIP_NOT_FOUND": DepartureNotFound, "LOCK_NOT_FOUND": HoldExpired,
     "ORDER_NOT_FOUND": SaleNotFound, "BAD_REQUEST": InvalidSegment,
 }
+GRADES = {"高一级": "high_1", "高二级": "high_2", "高三级": "high_3", "中级": "mid",
+          "普通级": "normal"}
 ORDER_STATES = {"LOCKED": "held", "SOLD": "sold", "REFUNDED": "returned", "VOIDED": "returned"}
 
 
@@ -163,6 +165,26 @@ class RestExchange(HttpStationExchange):
                     "address": s.get("address", ""),
                     "location": {"type": "Point", "coordinates": [float(s["lng"]),
                                                                   float(s["lat"])]}})
+            carriers = await self._json("GET", "/api/carriers")
+            for c in need(carriers, "carriers", list):
+                code = need(c, "carrierCode", str)
+                batch.carriers.append({"_id": code, "code": code,
+                                       "name": need(c, "carrierName", str),
+                                       "division": need(c, "areaCode", str),
+                                       "licence_no": str(c.get("licenseNo", ""))})
+                for v in need(c, "vehicles", list):
+                    plate = need(v, "plateNo", str)
+                    grade = GRADES.get(str(v.get("level")))
+                    if grade is None:
+                        raise BadStationResponse(detail=f"vehicle grade {v.get('level')!r}")
+                    batch.vehicles.append({"_id": plate, "plate": plate, "carrier_id": code,
+                                           "model": str(v.get("model", "")),
+                                           "seats": need(v, "seatCount", int), "grade": grade})
+                for d in need(c, "drivers", list):
+                    cert = need(d, "certNo", str)
+                    batch.drivers.append({"_id": cert, "licence_no": cert, "carrier_id": code,
+                                          "name": need(d, "driverName", str),
+                                          "licence_class": str(d.get("certClass", ""))})
             routes = await self._json("GET", "/api/routes")
             for r in need(routes, "routes", list):
                 code = need(r, "routeCode", str)

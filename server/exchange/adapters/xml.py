@@ -38,6 +38,8 @@ ERRORS: dict[str, type[ExchangeError]] = {
     "2001": SeatTaken, "2002": SoldOut, "2003": DepartureStopped, "2004": HoldExpired,
     "2005": SaleNotFound, "2006": DepartureNotFound, "3001": InvalidSegment,
 }
+GRADES = {"高一级": "high_1", "高二级": "high_2", "高三级": "high_3", "中级": "mid",
+          "普通级": "normal"}
 ORDER_STATES = {"LOCKED": "held", "SOLD": "sold", "REFUNDED": "returned", "VOIDED": "returned"}
 
 
@@ -161,6 +163,26 @@ class XmlExchange(HttpStationExchange):
                     "city": need(s, "csmc", str), "address": s.get("dz", ""),
                     "location": {"type": "Point",
                                  "coordinates": [float(s["jd"]), float(s["wd"])]}})
+            fleet = await self.call("Q_CARRIER")
+            for c in need(fleet, "carriers", list):
+                code = need(c, "qybm", str)
+                batch.carriers.append({"_id": code, "code": code, "name": need(c, "qymc", str),
+                                       "division": need(c, "xzqh", str),
+                                       "licence_no": c.get("xkzh", "")})
+            for v in need(fleet, "vehicles", list):
+                plate, grade = need(v, "cph", str), GRADES.get(v.get("dj", ""))
+                if grade is None:
+                    raise BadStationResponse(detail=f"vehicle grade {v.get('dj')!r}")
+                batch.vehicles.append({"_id": plate, "plate": plate,
+                                       "carrier_id": need(v, "qybm", str),
+                                       "model": v.get("cx", ""), "seats": need(v, "zws", int),
+                                       "grade": grade})
+            for d in need(fleet, "drivers", list):
+                cert = need(d, "zgzh", str)
+                batch.drivers.append({"_id": cert, "licence_no": cert,
+                                      "carrier_id": need(d, "qybm", str),
+                                      "name": need(d, "xm", str),
+                                      "licence_class": d.get("zjcx", "")})
             routes = await self.call("Q_ROUTE")
             stop_counts: dict[str, int] = {}
             for s in need(routes, "stops", list):
