@@ -20,6 +20,7 @@ from typing import Any
 from tornado.web import Application, HTTPError, RequestHandler
 
 from sandbox.station_core import SimError, StationSystem
+from server.exchange.base import VEHICLE_GRADES
 
 STATUS_OUT = {"on_sale": "SELLING", "stopped": "STOPPED", "cancelled": "CANCELLED"}
 ERROR_STATUS = {"SEAT_TAKEN": 409, "SOLD_OUT": 409, "CLOSED": 422, "NO_LOCK": 404,
@@ -91,8 +92,7 @@ class StationsHandler(SimHandler):
             for s in self.system.stations]})
 
 
-GRADE_NAMES = {"high_1": "高一级", "high_2": "高二级", "high_3": "高三级", "mid": "中级",
-               "normal": "普通级"}
+GRADE_NAMES = {ours: theirs for theirs, ours in VEHICLE_GRADES.items()}
 
 
 class CarriersHandler(SimHandler):
@@ -275,11 +275,16 @@ def parse_args(description: str) -> argparse.Namespace:
     return args
 
 
-def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
+def run_simulator(description: str, app_factory: Any) -> None:
+    """Parse the command line, build the station system, serve until SIGTERM."""
+    args = parse_args(description)
     system = StationSystem(args.stations.split(","), args.seed)
     system.start_window(args.window_interval)
-    serve(make_app(system, args.secret), args.port)
+    serve(app_factory(system, args.secret), args.port)
+
+
+def main() -> None:
+    run_simulator(__doc__.splitlines()[0], make_app)
 
 
 if __name__ == "__main__":

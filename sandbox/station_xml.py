@@ -18,7 +18,7 @@ from typing import Any
 from tornado.web import Application, HTTPError
 
 from sandbox.station_core import SimError, StationSystem
-from sandbox.station_rest import GRADE_NAMES, ControlHandler, SimHandler, parse_args, serve
+from sandbox.station_rest import GRADE_NAMES, ControlHandler, SimHandler, run_simulator
 from server.exchange.adapters import xmlcodec
 
 CODES = {"SEAT_TAKEN": ("2001", "座位已被占用"), "SOLD_OUT": ("2002", "余票不足"),
@@ -184,10 +184,7 @@ def make_app(system: StationSystem, secret: str) -> Application:
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    system = StationSystem(args.stations.split(","), args.seed)
-    system.start_window(args.window_interval)
-    serve(make_app(system, args.secret), args.port)
+    run_simulator(__doc__.splitlines()[0], make_app)
 
 
 if __name__ == "__main__":

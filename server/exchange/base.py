@@ -125,6 +125,11 @@ class SyncBatch:
     cursor: str = ""  # what to pass as ``since`` next time
 
 
+# Vehicle grades (营运客车类型等级) as station systems name them, and ours.
+VEHICLE_GRADES = {"高一级": "high_1", "高二级": "high_2", "高三级": "high_3", "中级": "mid",
+                  "普通级": "normal"}
+
+
 def trip_mask(from_seq: int, to_seq: int) -> int:
     """Bits of the segments a trip from stop ``from_seq`` to stop ``to_seq`` occupies."""
     return ((1 << to_seq) - 1) & ~((1 << from_seq) - 1)

@@ -9,6 +9,7 @@ from typing import Any
 
 from server.exchange.adapters.http import HttpStationExchange, need
 from server.exchange.base import (
+    VEHICLE_GRADES,
     Availability,
     DepartureRef,
     Health,
@@ -39,8 +40,6 @@ ERRORS: dict[str, type[ExchangeError]] = {
     "TRIP_NOT_FOUND": DepartureNotFound, "LOCK_NOT_FOUND": HoldExpired,
     "ORDER_NOT_FOUND": SaleNotFound, "BAD_REQUEST": InvalidSegment,
 }
-GRADES = {"高一级": "high_1", "高二级": "high_2", "高三级": "high_3", "中级": "mid",
-          "普通级": "normal"}
 ORDER_STATES = {"LOCKED": "held", "SOLD": "sold", "REFUNDED": "returned", "VOIDED": "returned"}
 
 
@@ -174,7 +173,7 @@ class RestExchange(HttpStationExchange):
                                        "licence_no": str(c.get("licenseNo", ""))})
                 for v in need(c, "vehicles", list):
                     plate = need(v, "plateNo", str)
-                    grade = GRADES.get(str(v.get("level")))
+                    grade = VEHICLE_GRADES.get(str(v.get("level")))
                     if grade is None:
                         raise BadStationResponse(detail=f"vehicle grade {v.get('level')!r}")
                     batch.vehicles.append({"_id": plate, "plate": plate, "carrier_id": code,

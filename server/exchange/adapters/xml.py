@@ -10,6 +10,7 @@ from typing import Any
 from server.exchange.adapters import xmlcodec
 from server.exchange.adapters.http import HttpStationExchange, need
 from server.exchange.base import (
+    VEHICLE_GRADES,
     Availability,
     DepartureRef,
     Health,
@@ -38,8 +39,6 @@ ERRORS: dict[str, type[ExchangeError]] = {
     "2001": SeatTaken, "2002": SoldOut, "2003": DepartureStopped, "2004": HoldExpired,
     "2005": SaleNotFound, "2006": DepartureNotFound, "3001": InvalidSegment,
 }
-GRADES = {"高一级": "high_1", "高二级": "high_2", "高三级": "high_3", "中级": "mid",
-          "普通级": "normal"}
 ORDER_STATES = {"LOCKED": "held", "SOLD": "sold", "REFUNDED": "returned", "VOIDED": "returned"}
 
 
@@ -170,7 +169,7 @@ class XmlExchange(HttpStationExchange):
                                        "division": need(c, "xzqh", str),
                                        "licence_no": c.get("xkzh", "")})
             for v in need(fleet, "vehicles", list):
-                plate, grade = need(v, "cph", str), GRADES.get(v.get("dj", ""))
+                plate, grade = need(v, "cph", str), VEHICLE_GRADES.get(v.get("dj", ""))
                 if grade is None:
                     raise BadStationResponse(detail=f"vehicle grade {v.get('dj')!r}")
                 batch.vehicles.append({"_id": plate, "plate": plate,
