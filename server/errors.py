@@ -61,6 +61,16 @@ ERRORS: dict[str, tuple[int, str]] = {
     "STATION_TIMEOUT": (504, "The station's system did not answer in time."),
     "STATION_BAD_RESPONSE": (502, "The station's system gave an answer we cannot use."),
     "TICKET_SOURCE_INVALID": (400, "The ticket source settings are inconsistent."),
+    # real name and members
+    "INVALID_ID_NUMBER": (400, "The ID document number is not valid."),
+    "INVALID_PHONE": (400, "Give a mainland mobile number (11 digits starting with 1)."),
+    "SMS_TOO_FREQUENT": (429, "A code was sent recently; wait before asking again."),
+    "SMS_CODE_INVALID": (401, "The SMS code is wrong or has expired; ask for a new one."),
+    "WECHAT_CODE_INVALID": (401, "The WeChat login code is invalid or was already used."),
+    "WECHAT_UNAVAILABLE": (503, "WeChat cannot be reached right now; try again."),
+    "PASSENGER_NOT_FOUND": (404, "No such frequent passenger."),
+    "PASSENGER_EXISTS": (409, "This person is already among your frequent passengers."),
+    "TOO_MANY_PASSENGERS": (409, "You have the most frequent passengers allowed."),
     # infrastructure
     "SERVICE_UNAVAILABLE": (503, "A backing service is unavailable; try again shortly."),
     "INTERNAL": (500, "Something went wrong on our side. Quote the request id when asking."),
