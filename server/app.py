@@ -15,13 +15,16 @@ from pymongo.asynchronous.database import AsyncDatabase
 from tornado.web import Application, URLSpec
 
 from admin import pages as admin_pages
-from handlers import auth, departures, docs, exchange, health, staff, stations
+from channels.base import all_channels
+from handlers import auth, departures, docs, exchange, health, members, sandbox, staff, stations
 from handlers.base import NotFoundHandler, log_request
+from notify.sms import HttpSmsProvider
 from server.config import Settings
 from server.exchange.adapters.native import NativeExchange
 from server.exchange.registry import ExchangeRegistry
 from server.metrics import Metrics
 from server.security.authorizer import RoleAuthorizer
+from server.security.pii import PiiVault
 from server.security.tokens import AccessTokens
 from server.services.audit import AuditService
 from server.services.auth import AuthService
@@ -30,6 +33,7 @@ from server.services.health import HealthService
 from server.services.idempotency import IdempotencyStore
 from server.services.inventory import NativeInventory
 from server.services.jobs import JobRunner
+from server.services.members import MemberService, WeChatLogin
 from server.services.seats import SeatService
 from server.services.stations import StationService
 from server.services.sync import SyncService
@@ -51,6 +55,7 @@ class Services:
     sync: SyncService
     ticket_sources: TicketSourceService
     departures: DepartureService
+    members: MemberService
     jobs: JobRunner
 
 
@@ -75,6 +80,10 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     db: AsyncDatabase[Any] = mongo[settings.mongo_db]
     audit = AuditService(db)
     access = AccessTokens(settings.jwt_secret, settings.access_token_ttl)
+    vault = PiiVault.from_config(settings.pii_keys, settings.pii_index_key)
+    auth_service = AuthService(db, redis, access, audit, refresh_ttl=settings.refresh_token_ttl,
+                               max_failures=settings.login_max_failures,
+                               lockout_seconds=settings.login_lockout_seconds)
     inventory = NativeInventory(db, redis)
     seats = SeatService(db, redis, ExchangeRegistry(NativeExchange(inventory, redis)))
     sync = SyncService(db, seats)
@@ -83,9 +92,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     jobs.add("station-sync", 30.0, sync.sync_all)
     jobs.add("station-full-sync", 600.0, lambda: sync.sync_all(full=True))
     return Services(
-        auth=AuthService(db, redis, access, audit, refresh_ttl=settings.refresh_token_ttl,
-                         max_failures=settings.login_max_failures,
-                         lockout_seconds=settings.login_lockout_seconds),
+        auth=auth_service,
         audit=audit,
         health=HealthService(mongo, redis),
         stations=StationService(db),
@@ -94,8 +101,13 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         inventory=inventory,
         seats=seats,
         sync=sync,
-        ticket_sources=TicketSourceService(db, inventory, audit),
+        ticket_sources=TicketSourceService(db, inventory, audit,
+                                           {c.identifier for c in all_channels()}),
         departures=DepartureService(db, seats),
+        members=MemberService(db, redis, vault, auth_service,
+                              HttpSmsProvider(settings.sms_api_base, settings.sms_api_key),
+                              WeChatLogin(settings.wechat_appid, settings.wechat_secret,
+                                          settings.wechat_api_base)),
         jobs=jobs,
     )
 
@@ -103,7 +115,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
 def api_routes() -> list[URLSpec]:
     """Every JSON route, in match order."""
     return [*health.default_handlers, *auth.default_handlers, *stations.default_handlers,
-            *staff.default_handlers, *departures.default_handlers,
+            *staff.default_handlers, *members.default_handlers, *departures.default_handlers,
             *exchange.default_handlers, *docs.default_handlers]
 
 
@@ -111,6 +123,8 @@ def make_app(settings: Settings, mongo: AsyncMongoClient[Any], redis: aioredis.R
              extra_routes: list[URLSpec] | None = None) -> Application:
     """The Tornado Application with clients and services injected through its settings."""
     routes = [*api_routes(), *admin_pages.default_handlers, *(extra_routes or [])]
+    if settings.sandbox:  # stand-ins for a person's phone; never in production
+        routes += sandbox.default_handlers
     return Application(
         routes,
         config=settings,

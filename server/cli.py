@@ -60,16 +60,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _with_dev_secret(settings: Settings) -> Settings:
-    """Development without KEYUN_JWT_SECRET: a random secret kept under the data directory."""
-    if settings.jwt_secret:
-        return settings
-    path = settings.data_path / "jwt-secret"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(48))
-    return dataclasses.replace(settings, jwt_secret=path.read_text().strip())
+    """Development: every secret not configured is generated once and kept under the data
+    directory (mode 0600), so tokens and encrypted data survive restarts."""
+    from server.security.pii import new_key_spec
+
+    makers = {
+        "jwt_secret": lambda: secrets.token_urlsafe(48),
+        "pii_keys": lambda: new_key_spec("k1"),
+        "pii_index_key": lambda: secrets.token_urlsafe(32),
+        "wechat_secret": lambda: secrets.token_hex(16),
+        "sms_api_key": lambda: secrets.token_urlsafe(24),
+    }
+    values = {}
+    for name, make in makers.items():
+        if getattr(settings, name):
+            continue
+        path = settings.data_path / "secrets" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(make())
+        values[name] = path.read_text().strip()
+    return dataclasses.replace(settings, **values)
 
 
 def _start_stores(settings: Settings, children: list[embedded.ChildServer]) -> Settings:
@@ -107,6 +120,21 @@ def _start_station_simulators(settings: Settings, children: list[embedded.ChildS
     return systems
 
 
+def _start_provider_sandbox(settings: Settings, children: list[embedded.ChildServer]
+                            ) -> Settings:
+    """Sandbox only: WeChat and the SMS gateway, unless real ones are configured."""
+    if settings.wechat_api_base and settings.sms_api_base:
+        return settings
+    sandbox = embedded.provider_sandbox(settings.data_path, appid=settings.wechat_appid,
+                                        wechat_secret=settings.wechat_secret,
+                                        sms_key=settings.sms_api_key)
+    children.append(sandbox)
+    sandbox.start()
+    url = f"http://{sandbox.host}:{sandbox.port}"
+    return dataclasses.replace(settings, wechat_api_base=settings.wechat_api_base or url,
+                               sms_api_base=settings.sms_api_base or url)
+
+
 def run(settings: Settings) -> int:
     """Start stores, prepare the database, serve until SIGINT/SIGTERM, stop everything."""
     children: list[embedded.ChildServer] = []
@@ -118,6 +146,8 @@ def run(settings: Settings) -> int:
         settings = _start_stores(settings, children)
         systems = _start_station_simulators(settings, children) \
             if settings.sandbox and settings.station_simulators else {}
+        if settings.sandbox:
+            settings = _start_provider_sandbox(settings, children)
         asyncio.run(prepare_database(settings, systems))
         sockets = bind_sockets(settings.port, settings.host, reuse_port=False)
         if settings.processes == 1:
@@ -236,7 +266,9 @@ async def prepare_database(settings: Settings,
         db = mongo[settings.mongo_db]
         await ensure_schema(db)
         if settings.seed_demo:
-            await demo.ensure_demo(db, settings)
+            from channels.base import all_channels
+
+            await demo.ensure_demo(db, settings, channels=all_channels())
         for station_id, system in (station_systems or {}).items():
             await db.stations.update_one({"_id": station_id}, {"$set": {"system": system}})
         if station_systems:
@@ -289,6 +321,7 @@ def _print_banner(settings: Settings, children: list[embedded.ChildServer]) -> N
     ]
     for child in children:
         what = "simulated station system" if child.name.startswith("station-") else \
+            "WeChat and SMS sandbox" if child.name == "providers" else \
             f"embedded, data in {Path(settings.data_dir).resolve()}"
         lines.append(f"  {child.name:<12} 127.0.0.1:{child.port} ({what})")
     if settings.seed_demo:
@@ -328,7 +361,9 @@ async def _seed(settings: Settings, reset: bool) -> None:
             await mongo.drop_database(settings.mongo_db)
         db = mongo[settings.mongo_db]
         await ensure_schema(db)
-        await demo.ensure_demo(db, settings, force=True)
+        from channels.base import all_channels
+
+        await demo.ensure_demo(db, settings, force=True, channels=all_channels())
     finally:
         await mongo.close()
         await redis.aclose()

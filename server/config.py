@@ -92,6 +92,39 @@ def _parse_secret(raw: Any) -> str:
     return text
 
 
+def _parse_pii_keys(raw: Any) -> str:
+    from server.security.pii import PiiKeyError, parse_keys
+
+    text = str(raw).strip()
+    if text:
+        try:
+            parse_keys(text)
+        except PiiKeyError as exc:
+            raise ValueError(str(exc)) from None
+    return text
+
+
+def _parse_index_key(raw: Any) -> str:
+    import base64
+
+    text = str(raw).strip()
+    if text:
+        try:
+            key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        except ValueError:
+            raise ValueError("must be base64") from None
+        if len(key) < 32:
+            raise ValueError("must decode to at least 32 bytes")
+    return text
+
+
+def _parse_optional_http(raw: Any) -> str:
+    text = str(raw).strip().rstrip("/")
+    if text and not text.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return text
+
+
 def _opt(default: Any, parse: Callable[[Any], Any], doc: str) -> Any:
     return field(default=default, metadata={"parse": parse, "doc": doc})
 
@@ -113,6 +146,18 @@ class Settings:
     data_dir: str = _opt("var", _parse_str, "where embedded servers keep their data")
     jwt_secret: str = _opt("", _parse_secret,
                            "HMAC secret for access tokens (>= 32 chars); dev generates one")
+    pii_keys: str = _opt("", _parse_pii_keys,
+                         "AES-256 keys for ID numbers and phones, kid:base64[,older…]; "
+                         "dev generates one")
+    pii_index_key: str = _opt("", _parse_index_key,
+                              "HMAC key (base64, 32+ bytes) of the blind index; dev generates")
+    wechat_appid: str = _opt("wx-keyun-sandbox", _parse_str, "mini-program appid")
+    wechat_secret: str = _opt("", _parse_str, "mini-program app secret; dev generates one")
+    wechat_api_base: str = _opt("", _parse_optional_http,
+                                "WeChat API base URL; unset in development: the sandbox")
+    sms_api_base: str = _opt("", _parse_optional_http,
+                             "SMS provider base URL; unset in development: the sandbox")
+    sms_api_key: str = _opt("", _parse_str, "SMS provider API key; dev generates one")
     access_token_ttl: int = _opt(900, _parse_int(60, 3600), "access token lifetime, seconds")
     refresh_token_ttl: int = _opt(30 * 86400, _parse_int(3600, 90 * 86400),
                                   "refresh token lifetime, seconds")
@@ -196,8 +241,10 @@ def _check_combination(s: Settings) -> None:
             raise ConfigError("KEYUN_MONGO_URI: required when KEYUN_ENV=production")
         if s.redis_url is None:
             raise ConfigError("KEYUN_REDIS_URL: required when KEYUN_ENV=production")
-        if not s.jwt_secret:
-            raise ConfigError("KEYUN_JWT_SECRET: required when KEYUN_ENV=production")
+        for name in ("jwt_secret", "pii_keys", "pii_index_key", "wechat_secret",
+                     "wechat_api_base", "sms_api_base", "sms_api_key"):
+            if not getattr(s, name):
+                raise ConfigError(f"{env_name(name)}: required when KEYUN_ENV=production")
         if s.sandbox:
             raise ConfigError("KEYUN_SANDBOX: must be false when KEYUN_ENV=production")
         if s.seed_demo:

@@ -21,7 +21,6 @@ from pymongo import ReplaceOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pypinyin import Style, lazy_pinyin
 
-from channels.base import all_channels
 from server.config import Settings
 from server.security.passwords import hash_password
 from server.security.principal import STAFF_ROLES
@@ -326,12 +325,13 @@ def generate(today: dt.date | None = None) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-async def ensure_demo(db: AsyncDatabase[Any], settings: Settings, force: bool = False) -> None:
+async def ensure_demo(db: AsyncDatabase[Any], settings: Settings, force: bool = False,
+                      channels: list[Any] | None = None) -> None:
     """Load the demo province unless already complete; always plan the next ten days."""
     marker = await db.meta.find_one({"_id": "demo"})
     if force or not marker or not marker.get("complete") \
             or marker.get("version") != DEMO_VERSION:
-        await _load(db, settings)
+        await _load(db, settings, channels or [])
         await db.meta.update_one(
             {"_id": "demo"}, {"$set": {"complete": True, "version": DEMO_VERSION,
                                        "loaded_at": dt.datetime.now(dt.UTC)}}, upsert=True)
@@ -339,7 +339,7 @@ async def ensure_demo(db: AsyncDatabase[Any], settings: Settings, force: bool = 
     log.info("departures planned", extra={"fields": {"created": created, "days": PLAN_DAYS}})
 
 
-async def _load(db: AsyncDatabase[Any], settings: Settings) -> None:
+async def _load(db: AsyncDatabase[Any], settings: Settings, channels: list[Any]) -> None:
     data = generate()
     for name, docs in data.items():
         if name == "stations":  # keep a station system's address and secret if configured
@@ -355,12 +355,13 @@ async def _load(db: AsyncDatabase[Any], settings: Settings) -> None:
         for i in range(0, len(ops), 1000):
             await db[name].bulk_write(ops[i:i + 1000], ordered=False)
     now = dt.datetime.now(dt.UTC)
-    await db.channels.bulk_write([
-        UpdateOne({"_id": c.identifier},
-                  {"$set": {"code": c.identifier, "name": c.name, "kind": c.kind,
-                            "payment_methods": list(c.payment_methods)},
-                   "$setOnInsert": {"enabled": True}}, upsert=True)
-        for c in all_channels()])
+    if channels:  # the sales channels of the registry (channels.base), as app.py knows them
+        await db.channels.bulk_write([
+            UpdateOne({"_id": c.identifier},
+                      {"$set": {"code": c.identifier, "name": c.name, "kind": c.kind,
+                                "payment_methods": list(c.payment_methods)},
+                       "$setOnInsert": {"enabled": True}}, upsert=True)
+            for c in channels])
     for role in STAFF_ROLES:
         names = [role] + (["authority_gd"] if role == "authority" else [])
         for username in names:

@@ -172,3 +172,14 @@ def station_simulator(kind: str, station_codes: list[str], secret: str, data_dir
 
 def simulator_base_url(server: ChildServer, kind: str) -> str:
     return f"http://{server.host}:{server.port}"
+
+
+def provider_sandbox(data_dir: Path, *, appid: str, wechat_secret: str, sms_key: str,
+                     port: int | None = None) -> ChildServer:
+    """The WeChat + SMS sandbox (``sandbox.providers``); only the sandbox configuration."""
+    port = port or free_port()
+    argv = [sys.executable, "-m", "sandbox.providers", "--port", str(port), "--appid", appid]
+    return ChildServer("providers", argv, "127.0.0.1", port,
+                       data_dir / "log" / "providers.log", stop_timeout=10.0,
+                       env={"SANDBOX_WECHAT_SECRET": wechat_secret,
+                            "SANDBOX_SMS_KEY": sms_key})

@@ -18,7 +18,7 @@ import pytest
 from server import embedded
 from server.cli import prepare_database
 from server.config import load_settings
-from tests.support import TEST_JWT_SECRET, ApiClient, KeyunProcess, keyun_env
+from tests.support import TEST_SECRETS, ApiClient, KeyunProcess, keyun_env
 
 TEST_DB = "keyun_test"
 
@@ -93,18 +93,32 @@ def seeded(stores: Stores, simulators: Simulators) -> str:
     stations (as `make run` does); returns its name."""
     settings = load_settings({"KEYUN_MONGO_URI": stores.mongo_uri,
                               "KEYUN_REDIS_URL": stores.redis_url, "KEYUN_MONGO_DB": TEST_DB,
-                              "KEYUN_JWT_SECRET": TEST_JWT_SECRET})
+                              **TEST_SECRETS})
     asyncio.run(prepare_database(settings, simulators.systems))
     return TEST_DB
 
 
+@pytest.fixture(scope="session")
+def providers(workdir: Path) -> Iterator[str]:
+    """The WeChat + SMS sandbox of the session; returns its base URL."""
+    server = embedded.provider_sandbox(workdir / "providers", appid="wx-keyun-sandbox",
+                                       wechat_secret=TEST_SECRETS["KEYUN_WECHAT_SECRET"],
+                                       sms_key=TEST_SECRETS["KEYUN_SMS_API_KEY"])
+    server.start()
+    try:
+        yield f"http://{server.host}:{server.port}"
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="module")
-def keyun(stores: Stores, seeded: str, workdir: Path,
+def keyun(stores: Stores, seeded: str, providers: str, workdir: Path,
           request: pytest.FixtureRequest) -> Iterator[KeyunProcess]:
-    """A Keyun server process for this test module, on the session stores."""
+    """A Keyun server process for this test module, on the session stores and sandboxes."""
     name = request.module.__name__.rsplit(".", 1)[-1]
     env = keyun_env(KEYUN_MONGO_URI=stores.mongo_uri, KEYUN_REDIS_URL=stores.redis_url,
                     KEYUN_MONGO_DB=seeded, KEYUN_SEED_DEMO="false",
+                    KEYUN_WECHAT_API_BASE=providers, KEYUN_SMS_API_BASE=providers,
                     KEYUN_DATA_DIR=str(workdir / name))
     server = KeyunProcess(env, workdir / "logs" / f"{name}.log", int(env["KEYUN_PORT"]))
     server.start()

@@ -20,6 +20,14 @@ from server.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_JWT_SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
+# fixed secrets so every Keyun process of a test session reads what the others wrote
+TEST_SECRETS = {
+    "KEYUN_JWT_SECRET": TEST_JWT_SECRET,
+    "KEYUN_PII_KEYS": "t1:dGVzdC1rZXktMDEyMzQ1Njc4OWFiY2RlZmdoaWprbG0",
+    "KEYUN_PII_INDEX_KEY": "dGVzdC1pbmRleC1rZXktMDEyMzQ1Njc4OWFiY2RlZmdo",
+    "KEYUN_WECHAT_SECRET": "test-wechat-secret",
+    "KEYUN_SMS_API_KEY": "test-sms-key",
+}
 DEMO_PASSWORD = "keyun-demo"
 
 
@@ -145,7 +153,7 @@ class KeyunProcess:
 def keyun_env(**overrides: str) -> dict[str, str]:
     """The environment of a test Keyun process: inherited, minus any KEYUN_* of the caller."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYUN_")}
-    env.update({"KEYUN_JWT_SECRET": TEST_JWT_SECRET, "KEYUN_LOG_FORMAT": "json",
+    env.update({**TEST_SECRETS, "KEYUN_LOG_FORMAT": "json",
                 "KEYUN_STATION_SIMULATORS": "false",
                 "KEYUN_PORT": str(free_port()), "PYTHONUNBUFFERED": "1"})
     env.update(overrides)

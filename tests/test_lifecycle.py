@@ -52,6 +52,7 @@ def test_embedded_run_seeds_serves_stops_clean_and_keeps_data(tmp_path: Path,
     names = " ".join(" ".join(p.cmdline()) for p in family)
     assert "secantusd-py" in names and "redis-server" in names
     assert "sandbox.station_rest" in names and "sandbox.station_xml" in names
+    assert "sandbox.providers" in names
 
     log = server.log_text()
     assert f"http://127.0.0.1:{server.port}/api/openapi.json" in log
@@ -72,7 +73,8 @@ def test_embedded_run_seeds_serves_stops_clean_and_keeps_data(tmp_path: Path,
 
     assert server.stop(stop_signal) == 0
     _assert_all_gone(family)
-    assert (tmp_path / "var" / "mongo").is_dir() and (tmp_path / "var" / "jwt-secret").exists()
+    assert (tmp_path / "var" / "mongo").is_dir()
+    assert (tmp_path / "var" / "secrets" / "jwt_secret").exists()
 
     # second start: the data is still there and the old access token still verifies
     again = KeyunProcess(env, tmp_path / "run2.log", int(env["KEYUN_PORT"]))

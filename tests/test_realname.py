@@ -7,8 +7,7 @@ import datetime as dt
 import pytest
 
 from server.errors import DomainError
-from server.security.pii import PiiKeyError, PiiVault, mask_id, mask_name, mask_phone, \
-    new_key_spec
+from server.security.pii import PiiKeyError, PiiVault, mask_id, mask_name, mask_phone, new_key_spec
 from server.services.realname import check_char, validate
 
 TODAY = dt.date(2026, 11, 24)

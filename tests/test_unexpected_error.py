@@ -12,7 +12,7 @@ from handlers.base import ApiHandler, api, route
 from server.app import connect_mongo, connect_redis, make_app
 from server.config import load_settings
 from server.logs import RequestIdFilter
-from tests.support import TEST_JWT_SECRET, ApiClient
+from tests.support import TEST_SECRETS, ApiClient
 
 
 class BoomHandler(ApiHandler):
@@ -25,8 +25,7 @@ class BoomHandler(ApiHandler):
 @pytest.mark.gen_test
 async def test_unexpected_exception_is_a_generic_json_500(stores, seeded, caplog) -> None:
     settings = load_settings({"KEYUN_MONGO_URI": stores.mongo_uri, "KEYUN_MONGO_DB": seeded,
-                              "KEYUN_REDIS_URL": stores.redis_url,
-                              "KEYUN_JWT_SECRET": TEST_JWT_SECRET})
+                              "KEYUN_REDIS_URL": stores.redis_url, **TEST_SECRETS})
     mongo, redis = connect_mongo(settings, stores.mongo_uri), connect_redis(stores.redis_url)
     app = make_app(settings, mongo, redis, extra_routes=[route("/boom", BoomHandler)])
     sockets = bind_sockets(0, "127.0.0.1")

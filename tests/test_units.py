@@ -10,6 +10,13 @@ from server.logs import mask_pii
 from server.schema import coerce_query, obj, string, validate_body
 from server.security.principal import Principal, region_prefix
 
+PRODUCTION = {
+    "KEYUN_ENV": "production", "KEYUN_MONGO_URI": "mongodb://h/?replicaSet=r",
+    "KEYUN_REDIS_URL": "redis://h:6379/0", "KEYUN_JWT_SECRET": "s" * 40,
+    "KEYUN_PII_KEYS": "k1:" + "A" * 43, "KEYUN_PII_INDEX_KEY": "B" * 43,
+    "KEYUN_WECHAT_SECRET": "w", "KEYUN_WECHAT_API_BASE": "https://api.weixin.qq.com",
+    "KEYUN_SMS_API_BASE": "https://sms.example", "KEYUN_SMS_API_KEY": "k"}
+
 
 def test_defaults() -> None:
     s = load_settings({})
@@ -27,8 +34,10 @@ def test_defaults() -> None:
     ({"KEYUN_ENV": "production"}, "KEYUN_MONGO_URI"),
     ({"KEYUN_ENV": "production", "KEYUN_MONGO_URI": "mongodb://h/?replicaSet=rs0",
       "KEYUN_REDIS_URL": "redis://h:6379/0"}, "KEYUN_JWT_SECRET"),
-    ({"KEYUN_ENV": "production", "KEYUN_MONGO_URI": "mongodb://h", "KEYUN_SANDBOX": "true",
-      "KEYUN_REDIS_URL": "redis://h", "KEYUN_JWT_SECRET": "s" * 40}, "KEYUN_SANDBOX"),
+    ({**PRODUCTION, "KEYUN_SANDBOX": "true"}, "KEYUN_SANDBOX"),
+    ({**PRODUCTION, "KEYUN_PII_KEYS": ""}, "KEYUN_PII_KEYS"),
+    ({"KEYUN_PII_KEYS": "k1:c2hvcnQ"}, "KEYUN_PII_KEYS"),
+    ({"KEYUN_WECHAT_API_BASE": "ftp://x"}, "KEYUN_WECHAT_API_BASE"),
 ])
 def test_bad_values_name_the_variable(env: dict[str, str], var: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -38,8 +47,7 @@ def test_bad_values_name_the_variable(env: dict[str, str], var: str) -> None:
 
 
 def test_production_defaults_turn_sandboxes_and_demo_off() -> None:
-    s = load_settings({"KEYUN_ENV": "production", "KEYUN_MONGO_URI": "mongodb://h/?replicaSet=r",
-                       "KEYUN_REDIS_URL": "redis://h:6379/0", "KEYUN_JWT_SECRET": "s" * 40})
+    s = load_settings(PRODUCTION)
     assert not s.sandbox and not s.seed_demo and not s.embedded
 
 

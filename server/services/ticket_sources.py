@@ -13,7 +13,6 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from channels.base import all_channels
 from server.errors import DomainError
 from server.exchange.errors import DepartureNotFound
 from server.security.principal import Principal
@@ -26,7 +25,8 @@ DEFAULT_RELEASE_MINUTES = 120
 
 class TicketSourceService:
     def __init__(self, db: AsyncDatabase[Any], inventory: NativeInventory,
-                 audit: AuditService) -> None:
+                 audit: AuditService, channel_codes: set[str]) -> None:
+        self._channels = channel_codes
         self._db = db
         self._inventory = inventory
         self._audit = audit
@@ -43,9 +43,8 @@ class TicketSourceService:
                   caps: dict[str, int], closed_channels: list[str],
                   release_before_minutes: int) -> dict[str, Any]:
         """Validate, store, and apply to every affected departure already in Redis."""
-        known = {c.identifier for c in all_channels()}
         for name in [*allotments, *caps, *closed_channels]:
-            if name not in known or name == "window":
+            if name not in self._channels or name == "window":
                 raise DomainError("TICKET_SOURCE_INVALID",
                                   f"{name!r} is not a channel that can be limited.",
                                   field="channels")
