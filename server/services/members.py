@@ -71,8 +71,20 @@ class WeChatLogin:
         from wechatpy import WeChatClient
         from wechatpy.exceptions import WeChatClientException
 
+        base = self._base
+
+        class Client(WeChatClient):  # type: ignore[misc]
+            """wechatpy fetches its access token from a fixed host; use the configured one
+            (it also sends the token along with code2session, which WeChat ignores)."""
+
+            def fetch_access_token(self) -> Any:
+                return self._fetch_access_token(
+                    url=f"{base}/cgi-bin/token",
+                    params={"grant_type": "client_credential", "appid": self.appid,
+                            "secret": self.secret})
+
         if self._client is None:
-            client = WeChatClient(self._appid, self._secret, timeout=5)
+            client = Client(self._appid, self._secret, timeout=5)
             client.API_BASE_URL = f"{self._base}/cgi-bin/"
             client.wxa.API_BASE_URL = f"{self._base}/"
             self._client = client
