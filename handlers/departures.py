@@ -23,6 +23,44 @@ DETAIL_QUERY = obj({"from_seq": integer(0, description="boarding stop (default: 
                    additional=True)
 
 
+PLACE = obj({"seq": integer(0), "name": string(), "city": string()}, ["seq", "name", "city"])
+RESULT = obj({
+    "id": string(), "route_id": string(), "route_name": string(),
+    "station": obj({"id": string(), "name": string()}, ["id", "name"]),
+    "service_date": string(format="date"), "departs_at": string(format="date-time"),
+    "boards_at": string(format="date-time", description="estimated at the boarding stop"),
+    "from": PLACE, "to": PLACE, "stops": array(string()), "distance_km": integer(0),
+    "carrier": obj({"id": string(), "name": string()}, ["id", "name"]),
+    "vehicle_grade": string(), "remaining": integer(0),
+    "fares": {"type": "object", "additionalProperties": integer(0),
+              "description": "fen by ticket type"},
+    "on_sale_online": {"type": "boolean"},
+    "not_on_sale_reason": {"type": ["string", "null"], "enum": [
+        None, "stopped", "departed", "cancelled", "station_offline", "sale_closed"]}},
+    ["id", "departs_at", "from", "to", "remaining", "fares", "on_sale_online"])
+SEARCH = obj({
+    "from": string(1, 40, description="station id, city, or city pinyin/initials"),
+    "to": string(1, 40, description="city, stop name or station id"),
+    "date": string(pattern=r"^\d{4}-\d{2}-\d{2}$", description="local service date"),
+    "after": string(pattern="^([01]\\d|2[0-3]):[0-5]\\d$", description="HH:MM, boarding"),
+    "before": string(pattern="^([01]\\d|2[0-3]):[0-5]\\d$"),
+    "station": string(1, 20, description="only departures from this station"),
+    "has_seats": {"type": "boolean"}, "limit": integer(1, 200)},
+    ["from", "to", "date"], additional=True)
+SEARCH_RESULTS = obj({"departures": array(RESULT)}, ["departures"])
+
+
+class DepartureSearchHandler(ApiHandler):
+    @api("Search departures: from a station or city to a city or stop on a date",
+         query=SEARCH, response=SEARCH_RESULTS, tags=("search",))
+    async def get(self) -> None:
+        q = self.query
+        self.write_json({"departures": await self.services.search.search(
+            q["from"], q["to"], q["date"], after=q.get("after"), before=q.get("before"),
+            station=q.get("station"), has_seats=q.get("has_seats", False),
+            limit=q.get("limit", 100))})
+
+
 class DepartureHandler(ApiHandler):
     @api("One departure with stops, fares and the seat map of a trip", query=DETAIL_QUERY,
          response=DEPARTURE, tags=("search",),
@@ -32,4 +70,5 @@ class DepartureHandler(ApiHandler):
             departure_id, self.query.get("from_seq", 0), self.query.get("to_seq")))
 
 
-default_handlers = [route("/api/v1/departures/{departure_id}", DepartureHandler)]
+default_handlers = [route("/api/v1/departures", DepartureSearchHandler),
+                    route("/api/v1/departures/{departure_id}", DepartureHandler)]

@@ -34,6 +34,8 @@ from server.services.idempotency import IdempotencyStore
 from server.services.inventory import NativeInventory
 from server.services.jobs import JobRunner
 from server.services.members import MemberService, WeChatLogin
+from server.services.rules import RuleService
+from server.services.search import NetworkCache, SearchService
 from server.services.seats import SeatService
 from server.services.stations import StationService
 from server.services.sync import SyncService
@@ -56,6 +58,8 @@ class Services:
     ticket_sources: TicketSourceService
     departures: DepartureService
     members: MemberService
+    rules: RuleService
+    search: SearchService
     jobs: JobRunner
 
 
@@ -84,6 +88,8 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     auth_service = AuthService(db, redis, access, audit, refresh_ttl=settings.refresh_token_ttl,
                                max_failures=settings.login_max_failures,
                                lockout_seconds=settings.login_lockout_seconds)
+    network = NetworkCache(db)
+    rules = RuleService(db)
     inventory = NativeInventory(db, redis)
     seats = SeatService(db, redis, ExchangeRegistry(NativeExchange(inventory, redis)))
     sync = SyncService(db, seats)
@@ -95,7 +101,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         auth=auth_service,
         audit=audit,
         health=HealthService(mongo, redis),
-        stations=StationService(db),
+        stations=StationService(db, network),
         idempotency=IdempotencyStore(db),
         authorizer=RoleAuthorizer(),
         inventory=inventory,
@@ -104,6 +110,8 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         ticket_sources=TicketSourceService(db, inventory, audit,
                                            {c.identifier for c in all_channels()}),
         departures=DepartureService(db, seats),
+        rules=rules,
+        search=SearchService(db, seats, rules, network),
         members=MemberService(db, redis, vault, auth_service,
                               HttpSmsProvider(settings.sms_api_base, settings.sms_api_key),
                               WeChatLogin(settings.wechat_appid, settings.wechat_secret,

@@ -10,6 +10,7 @@ or health probe succeeds again — never stale or invented seats.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import json
@@ -152,6 +153,23 @@ class SeatService:
                 "departure_id": departure_id, "event": "refreshed",
                 "remaining": seats.remaining}))
         return seats
+
+    async def availability_many(self, departures: list[dict[str, Any]],
+                                stations: dict[str, dict[str, Any]]) -> dict[str, Availability]:
+        """Remaining seats of many departures whose documents the caller already has:
+        native ones straight from Redis, proxied ones through the cache (for search)."""
+        native = [d["_id"] for d in departures
+                  if not self.is_proxied(stations.get(d["station_id"], {}))]
+        found: dict[str, Availability] = {}
+        if native:
+            found.update(await self.registry.native.inventory.availability_many(native))
+        proxied = [d["_id"] for d in departures if d["_id"] not in set(native)]
+        results = await asyncio.gather(*[self.availability(d) for d in proxied],
+                                       return_exceptions=True)
+        for departure_id, result in zip(proxied, results, strict=True):
+            if isinstance(result, Availability):
+                found[departure_id] = result
+        return found
 
     # --- ticket operations --------------------------------------------------------------
     async def hold(self, departure_id: str, request: HoldRequest) -> Hold:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
 from server.errors import DomainError
 from server.security.principal import Principal, region_prefix
+from server.services.search import NetworkCache
 
 _PUBLIC_FIELDS = {"_id": 1, "code": 1, "name": 1, "grade": 1, "city": 1, "division": 1,
                   "address": 1, "location": 1, "system": 1, "status": 1}
@@ -24,27 +24,33 @@ def public_station(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 class StationService:
-    """Reads of the ``stations`` collection."""
+    """Station look-up (from the cached network) and staff listings (region-scoped)."""
 
-    def __init__(self, db: AsyncDatabase[Any]) -> None:
+    def __init__(self, db: AsyncDatabase[Any], network: NetworkCache) -> None:
         self._stations = db.stations
+        self._network = network
 
     async def search(self, q: str | None = None, city: str | None = None,
                      limit: int = 50) -> list[dict[str, Any]]:
-        """Stations whose name contains ``q`` or whose pinyin or initials start with it."""
-        query: dict[str, Any] = {"status": "active"}
-        if city:
-            query["city"] = city
-        if q:
-            text = q.strip().lower()
-            escaped = re.escape(text)
-            query["$or"] = [{"name": {"$regex": re.escape(q.strip())}},
-                            {"city": {"$regex": "^" + re.escape(q.strip())}},
-                            {"name_pinyin": {"$regex": "^" + escaped}},
-                            {"name_initials": {"$regex": "^" + escaped}}]
-        cursor = self._stations.find(query, _PUBLIC_FIELDS).sort(
-            [("grade", 1), ("code", 1)]).limit(limit)
-        return [public_station(d) async for d in cursor]
+        """Stations whose name contains ``q``, or whose name or city starts with ``q`` in
+        pinyin or initials ("广州", "guangzhou" and "gz" all find 广州's stations), or whose
+        pinyin contains a query of three letters or more ("tianhe")."""
+        net = await self._network.get()
+        text = (q or "").strip()
+        low = text.lower()
+        found = []
+        for s in sorted(net.stations.values(), key=lambda s: (s["grade"], s["code"])):
+            if s.get("status") != "active" or (city and s["city"] != city):
+                continue
+            if text and not (text in s["name"] or s["city"].startswith(text) or any(
+                    str(s.get(k, "")).startswith(low) for k in (
+                        "name_pinyin", "name_initials", "city_pinyin", "city_initials"))
+                    or (len(low) >= 3 and low in str(s.get("name_pinyin", "")))):
+                continue
+            found.append(public_station(s))
+            if len(found) >= limit:
+                break
+        return found
 
     async def list_for(self, principal: Principal, division: str | None = None
                        ) -> list[dict[str, Any]]:

@@ -298,6 +298,10 @@ COLLECTIONS: list[CollectionSpec] = [
         outcome={"enum": ["ok", "failed", "running"]}), [
         _ix([("station_id", ASCENDING), ("started_at", DESCENDING)], "station_started"),
     ]),
+    CollectionSpec("rules", _obj(["effective_from", "rules"], effective_from=DATE,
+                                 rules={"bsonType": "object"}), [
+        _ix([("effective_from", DESCENDING)], "effective_from"),
+    ]),
     CollectionSpec("idempotency", None, [
         _ix([("scope", ASCENDING), ("key", ASCENDING)], "scope_key_unique", unique=True),
         _ix("expires_at", "expiry_ttl", expireAfterSeconds=0),

@@ -1,0 +1,184 @@
+"""Search (班次查询): from a station or city, to a city or stop, on a date.
+
+The static network — stations, routes, stops, fares, carriers — is read into the process and
+refreshed every minute (it changes by sync, rarely); a search then costs one indexed query
+for the day's departures of the matching routes plus remaining seats from the inventory
+layer (Redis, or the short cache of a station's answer). Orders are never read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from server.errors import DomainError
+from server.services.planning import LOCAL_TZ, local_today
+from server.services.rules import RuleService
+from server.services.seats import SeatService
+
+REFRESH_SECONDS = 60.0
+AVERAGE_KMH = 60.0  # to estimate when a bus reaches an intermediate boarding stop
+
+
+@dataclass
+class Network:
+    loaded_at: float = 0.0
+    stations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    routes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stops: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # route → by seq
+    fares: dict[tuple[str, int, int], dict[str, Any]] = field(default_factory=dict)
+    carriers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    vehicles: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class NetworkCache:
+    """The static network of the province, in memory, refreshed in the background of reads."""
+
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
+        self._db = db
+        self._network = Network()
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> Network:
+        if time.monotonic() - self._network.loaded_at > REFRESH_SECONDS:
+            async with self._lock:
+                if time.monotonic() - self._network.loaded_at > REFRESH_SECONDS:
+                    self._network = await self._load()
+        return self._network
+
+    def invalidate(self) -> None:
+        self._network.loaded_at = 0.0
+
+    async def _load(self) -> Network:
+        net = Network(loaded_at=time.monotonic())
+        net.stations = {s["_id"]: s async for s in self._db.stations.find({})}
+        net.routes = {r["_id"]: r async for r in self._db.routes.find({})}
+        async for stop in self._db.stops.find({}).sort([("route_id", 1), ("seq", 1)]):
+            net.stops.setdefault(stop["route_id"], []).append(stop)
+        async for fare in self._db.fares.find({}).sort("effective_from", 1):
+            net.fares[(fare["route_id"], fare["from_seq"], fare["to_seq"])] = fare
+        net.carriers = {c["_id"]: c async for c in self._db.carriers.find({})}
+        net.vehicles = {v["_id"]: v async for v in self._db.vehicles.find(
+            {}, {"grade": 1, "seats": 1, "model": 1})}
+        return net
+
+
+def _matches_place(stop: dict[str, Any], place: str, net: Network) -> bool:
+    if stop.get("station_id") == place or stop["name"] == place or stop["city"] == place:
+        return True
+    station = net.stations.get(stop.get("station_id") or "")
+    return bool(station) and place.lower() in (station.get("city_pinyin"),
+                                               station.get("city_initials"))
+
+
+class SearchService:
+    def __init__(self, db: AsyncDatabase[Any], seats: SeatService, rules: RuleService,
+                 network: NetworkCache) -> None:
+        self._db = db
+        self._seats = seats
+        self._rules = rules
+        self.network = network
+
+    async def search(self, origin: str, destination: str, date: str, *,
+                     after: str | None = None, before: str | None = None,
+                     station: str | None = None, has_seats: bool = False,
+                     limit: int = 100) -> list[dict[str, Any]]:
+        """Departures serving the trip, sorted by departure time."""
+        rules = await self._rules.current()
+        try:
+            day = dt.date.fromisoformat(date)
+        except ValueError:
+            raise DomainError("INVALID_QUERY", "date must be YYYY-MM-DD.", field="date") \
+                from None
+        today = local_today()
+        if not today <= day < today + dt.timedelta(days=rules.sale_days):
+            raise DomainError("INVALID_QUERY", f"Departures are on sale from today for "
+                              f"{rules.sale_days} days.", field="date")
+        net = await self.network.get()
+        trips: dict[str, tuple[int, int]] = {}  # route → (from_seq, to_seq)
+        for route_id, stops in net.stops.items():
+            boarding = next((s for s in stops if s.get("boarding", s["seq"] == 0)
+                             and _matches_place(s, origin, net)), None)
+            if boarding is None:
+                continue
+            alighting = next((s for s in stops if s["seq"] > boarding["seq"]
+                              and s.get("alighting", True)
+                              and _matches_place(s, destination, net)), None)
+            if alighting is not None:
+                trips[route_id] = (boarding["seq"], alighting["seq"])
+        if not trips:
+            return []
+        query: dict[str, Any] = {"service_date": day.isoformat(),
+                                 "route_id": {"$in": list(trips)}}
+        if station:
+            query["station_id"] = station
+        departures = await self._db.departures.find(query).sort("departs_at", 1).to_list()
+        now = dt.datetime.now(dt.UTC)
+        results = []
+        for dep in departures:
+            frm, to = trips[dep["route_id"]]
+            stops = net.stops[dep["route_id"]]
+            boards_at = dep["departs_at"] + dt.timedelta(
+                hours=stops[frm]["distance_km"] / AVERAGE_KMH)
+            local = boards_at.astimezone(LOCAL_TZ).strftime("%H:%M")
+            if (after and local < after) or (before and local > before):
+                continue
+            results.append((dep, frm, to, boards_at))
+        seats = await self._seats.availability_many([d for d, *_ in results], net.stations)
+        out = []
+        for dep, frm, to, boards_at in results:
+            avail = seats.get(dep["_id"])
+            remaining = avail.remaining_between(frm, to) if avail and \
+                avail.status != "offline" else 0
+            reason = _not_on_sale(dep, avail, boards_at, now, rules.online_cutoff_minutes)
+            if has_seats and (reason or remaining == 0):
+                continue
+            out.append(self._result(dep, frm, to, boards_at, remaining, reason, net))
+            if len(out) >= limit:
+                break
+        return out
+
+    @staticmethod
+    def _result(dep: dict[str, Any], frm: int, to: int, boards_at: dt.datetime,
+                remaining: int, reason: str | None, net: Network) -> dict[str, Any]:
+        route = net.routes.get(dep["route_id"], {})
+        stops = net.stops[dep["route_id"]]
+        fare = net.fares.get((dep["route_id"], frm, to))
+        origin = net.stations.get(dep["station_id"], {})
+        carrier = net.carriers.get(dep["carrier_id"], {})
+        vehicle = net.vehicles.get(dep.get("vehicle_id") or "", {})
+        return {
+            "id": dep["_id"], "route_id": dep["route_id"], "route_name": route.get("name", ""),
+            "station": {"id": dep["station_id"], "name": origin.get("name", "")},
+            "service_date": dep["service_date"],
+            "departs_at": dep["departs_at"].astimezone(LOCAL_TZ).isoformat(),
+            "boards_at": boards_at.astimezone(LOCAL_TZ).isoformat(),
+            "from": {"seq": frm, "name": stops[frm]["name"], "city": stops[frm]["city"]},
+            "to": {"seq": to, "name": stops[to]["name"], "city": stops[to]["city"]},
+            "stops": [s["name"] for s in stops],
+            "distance_km": stops[to]["distance_km"] - stops[frm]["distance_km"],
+            "carrier": {"id": dep["carrier_id"], "name": carrier.get("name", "")},
+            "vehicle_grade": vehicle.get("grade", ""),
+            "remaining": remaining,
+            "fares": fare["prices"] if fare else {},
+            "on_sale_online": reason is None,
+            "not_on_sale_reason": reason,
+        }
+
+
+def _not_on_sale(dep: dict[str, Any], avail: Any, boards_at: dt.datetime, now: dt.datetime,
+                 cutoff_minutes: int) -> str | None:
+    if dep["status"] != "on_sale":
+        return dep["status"]  # stopped, departed, cancelled
+    if avail is None or avail.status == "offline" or dep.get("online") is False:
+        return "station_offline"
+    if avail.status != "on_sale":
+        return "stopped"
+    if boards_at - now < dt.timedelta(minutes=cutoff_minutes):
+        return "sale_closed"
+    return None
