@@ -16,7 +16,18 @@ from tornado.web import Application, URLSpec
 
 from admin import pages as admin_pages
 from channels.base import all_channels
-from handlers import auth, departures, docs, exchange, health, members, sandbox, staff, stations
+from handlers import (
+    auth,
+    departures,
+    docs,
+    exchange,
+    health,
+    members,
+    orders,
+    sandbox,
+    staff,
+    stations,
+)
 from handlers.base import NotFoundHandler, log_request
 from notify.sms import HttpSmsProvider
 from server.config import Settings
@@ -34,6 +45,7 @@ from server.services.idempotency import IdempotencyStore
 from server.services.inventory import NativeInventory
 from server.services.jobs import JobRunner
 from server.services.members import MemberService, WeChatLogin
+from server.services.orders import OrderService
 from server.services.rules import RuleService
 from server.services.search import NetworkCache, SearchService
 from server.services.seats import SeatService
@@ -60,6 +72,7 @@ class Services:
     members: MemberService
     rules: RuleService
     search: SearchService
+    orders: OrderService
     jobs: JobRunner
 
 
@@ -93,7 +106,14 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     inventory = NativeInventory(db, redis)
     seats = SeatService(db, redis, ExchangeRegistry(NativeExchange(inventory, redis)))
     sync = SyncService(db, seats)
+    member_service = MemberService(
+        db, redis, vault, auth_service,
+        HttpSmsProvider(settings.sms_api_base, settings.sms_api_key),
+        WeChatLogin(settings.wechat_appid, settings.wechat_secret, settings.wechat_api_base))
+    order_service = OrderService(db, redis, seats, rules, member_service, vault)
     jobs = JobRunner(redis)
+    jobs.add("order-expiry", 2.0, order_service.expire_due)
+    jobs.add("order-issuing", 10.0, order_service.retry_issuing)
     jobs.add("hold-sweeper", 1.0, inventory.sweep)
     jobs.add("station-sync", 30.0, sync.sync_all)
     jobs.add("station-full-sync", 600.0, lambda: sync.sync_all(full=True))
@@ -112,10 +132,8 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         departures=DepartureService(db, seats),
         rules=rules,
         search=SearchService(db, seats, rules, network),
-        members=MemberService(db, redis, vault, auth_service,
-                              HttpSmsProvider(settings.sms_api_base, settings.sms_api_key),
-                              WeChatLogin(settings.wechat_appid, settings.wechat_secret,
-                                          settings.wechat_api_base)),
+        members=member_service,
+        orders=order_service,
         jobs=jobs,
     )
 
@@ -124,6 +142,7 @@ def api_routes() -> list[URLSpec]:
     """Every JSON route, in match order."""
     return [*health.default_handlers, *auth.default_handlers, *stations.default_handlers,
             *staff.default_handlers, *members.default_handlers, *departures.default_handlers,
+            *orders.default_handlers,
             *exchange.default_handlers, *docs.default_handlers]
 
 

@@ -71,6 +71,17 @@ ERRORS: dict[str, tuple[int, str]] = {
     "PASSENGER_NOT_FOUND": (404, "No such frequent passenger."),
     "PASSENGER_EXISTS": (409, "This person is already among your frequent passengers."),
     "TOO_MANY_PASSENGERS": (409, "You have the most frequent passengers allowed."),
+    # orders
+    "ORDER_NOT_FOUND": (404, "No such order."),
+    "TOO_MANY_PASSENGERS_IN_ORDER": (400, "An order has between one and five passengers."),
+    "TOO_MANY_CHILDREN": (400, "At most one accompanied child travels free per adult."),
+    "DUPLICATE_PASSENGER": (400, "The same person appears twice in this order."),
+    "PASSENGER_ALREADY_BOOKED": (409, "This person already has a ticket on this departure."),
+    "SALE_CLOSED": (409, "Online sale of this departure has closed."),
+    "NO_FARE": (409, "This trip has no fare for that ticket type."),
+    "SEAT_CHOICE_INCOMPLETE": (400, "Choose a seat for every passenger, or for none."),
+    "ORDER_NOT_CANCELLABLE": (409, "Only an unpaid order can be cancelled."),
+    "ORDER_STATE_CONFLICT": (409, "The order changed meanwhile; reload it."),
     # infrastructure
     "SERVICE_UNAVAILABLE": (503, "A backing service is unavailable; try again shortly."),
     "INTERNAL": (500, "Something went wrong on our side. Quote the request id when asking."),

@@ -26,6 +26,13 @@ async def make_departure(db: Any, *, seats: int = 8, stops: int = 3,
         {"_id": f"{route_id}-{i}", "route_id": route_id, "seq": i, "name": f"站{i}",
          "city": station["city"], "division": station["division"], "distance_km": 100 * i}
         for i in range(stops)])
+    await db.fares.insert_many([
+        {"_id": f"{route_id}-{i}-{j}", "route_id": route_id, "from_seq": i, "to_seq": j,
+         "guide_price": 3000 * (j - i), "station_fee": 100,
+         "prices": {"adult": 2800 * (j - i), "child": 1400 * (j - i),
+                    "student": 2100 * (j - i), "senior": 1400 * (j - i)},
+         "effective_from": NOW - dt.timedelta(days=30)}
+        for i in range(stops) for j in range(i + 1, stops)])
     departure_id = f"DT{tag}"
     await db.departures.insert_one({
         "_id": departure_id, "schedule_id": f"SCH{tag}", "route_id": route_id,

@@ -298,6 +298,11 @@ COLLECTIONS: list[CollectionSpec] = [
         outcome={"enum": ["ok", "failed", "running"]}), [
         _ix([("station_id", ASCENDING), ("started_at", DESCENDING)], "station_started"),
     ]),
+    CollectionSpec("refund_requests", _obj(
+        ["order_no", "amount", "status", "created_at"], order_no=NONEMPTY, amount=FEN,
+        status={"enum": ["requested", "processing", "done", "failed"]}, created_at=DATE), [
+        _ix([("status", ASCENDING), ("created_at", ASCENDING)], "status_created"),
+    ]),
     CollectionSpec("rules", _obj(["effective_from", "rules"], effective_from=DATE,
                                  rules={"bsonType": "object"}), [
         _ix([("effective_from", DESCENDING)], "effective_from"),

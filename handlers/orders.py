@@ -1,0 +1,104 @@
+"""Orders: create (seats held), read, list, cancel."""
+
+from __future__ import annotations
+
+from handlers.base import ApiHandler, api, route
+from server.errors import DomainError
+from server.schema import DATETIME, FEN, array, integer, obj, string
+from server.security.principal import AGENT, KIOSK, PASSENGER, PHONE_AGENT, STATION_STAFF
+from server.services.realname import ID_TYPES
+
+TICKET_TYPES = ["adult", "child", "student", "senior", "military", "disabled"]
+BUYERS = (PASSENGER, AGENT, PHONE_AGENT, KIOSK, STATION_STAFF)
+STAFF_CHANNEL = {AGENT: "agent", PHONE_AGENT: "phone", KIOSK: "kiosk",
+                 STATION_STAFF: "window"}
+MEMBER_CHANNELS = ["miniapp", "app", "web"]
+
+PASSENGER_IN = obj({
+    "passenger_id": string(1, 40, description="a frequent passenger instead of the fields"),
+    "name": string(1, 40), "id_type": string(enum=list(ID_TYPES)), "id_no": string(1, 20),
+    "ticket_type": string(enum=TICKET_TYPES), "seat": integer(1, 80)})
+CHILD_IN = obj({"name": string(1, 40), "id_type": string(enum=list(ID_TYPES)),
+                "id_no": string(1, 20)}, ["name"])
+CREATE = obj({
+    "departure_id": string(1, 64), "passengers": array(PASSENGER_IN, minItems=1),
+    "children": array(CHILD_IN, description="accompanied children (携童), no seat"),
+    "contact_phone": string(1, 20), "from_seq": integer(0), "to_seq": integer(1),
+    "channel": string(enum=MEMBER_CHANNELS, description="members: where they buy")},
+    ["departure_id", "passengers", "contact_phone"])
+TICKET_OUT = obj({"ticket_no": string(), "seat": integer(1), "ticket_type": string(),
+                  "price": FEN, "status": string(),
+                  "passenger": obj({"name": string(), "id_type": string(),
+                                    "id_no": string(description="masked")},
+                                   ["name", "id_type", "id_no"])},
+                 ["ticket_no", "seat", "price", "status", "passenger"])
+ORDER = obj({
+    "order_no": string(), "status": string(enum=[
+        "pending_payment", "paid", "issued", "completed", "cancelled", "expired",
+        "refunding", "refunded", "failed"]),
+    "departure_id": string(), "channel": string(), "from_seq": integer(0),
+    "to_seq": integer(1), "amount": FEN, "expires_at": DATETIME, "created_at": DATETIME,
+    "contact_phone": string(description="masked"), "children": array({"type": "object"}),
+    "tickets": array(TICKET_OUT), "history": array({"type": "object"})},
+    ["order_no", "status", "amount", "expires_at", "tickets"])
+ORDER_LIST = obj({"orders": array(ORDER)}, ["orders"])
+LIST_QUERY = obj({"status": string(), "limit": integer(1, 100),
+                  "before": string(description="order_no to page from")}, additional=True)
+ORDER_ERRORS = ("DEPARTURE_NOT_FOUND", "DEPARTURE_STOPPED", "NOT_ON_SALE_ONLINE",
+                "SALE_CLOSED", "INVALID_SEGMENT", "NO_FARE", "INVALID_ID_NUMBER",
+                "INVALID_PHONE", "TOO_MANY_PASSENGERS_IN_ORDER", "TOO_MANY_CHILDREN",
+                "DUPLICATE_PASSENGER", "PASSENGER_ALREADY_BOOKED", "PASSENGER_NOT_FOUND",
+                "SEAT_CHOICE_INCOMPLETE", "SEAT_TAKEN", "SOLD_OUT", "ALLOTMENT_EXHAUSTED",
+                "QUOTA_EXCEEDED", "CHANNEL_NOT_ALLOWED", "STATION_UNAVAILABLE",
+                "STATION_TIMEOUT")
+
+
+class OrdersHandler(ApiHandler):
+    @api("Create an order: real-name passengers, seats held until the payment timeout",
+         roles=BUYERS, body=CREATE, response=ORDER, status=201, tags=("orders",),
+         idempotent=True, errors=ORDER_ERRORS,
+         description="The amount comes from the fares; the client never sends one. "
+                     "Send Idempotency-Key to retry safely.")
+    async def post(self) -> None:
+        b = self.body
+        principal = self.principal
+        if principal.role == PASSENGER:
+            channel = b.get("channel", "web")
+        else:
+            if "channel" in b:
+                raise DomainError("UNKNOWN_FIELD", "Staff sell on their own channel.",
+                                  field="channel")
+            channel = STAFF_CHANNEL[principal.role]
+        order = await self.services.orders.create(
+            principal, channel, b["departure_id"], b["passengers"], b["contact_phone"],
+            children=b.get("children"), from_seq=b.get("from_seq"), to_seq=b.get("to_seq"))
+        self.write_json(order, 201)
+
+    @api("My orders, newest first (staff: their channel, outlet or station)", roles=BUYERS,
+         query=LIST_QUERY, response=ORDER_LIST, tags=("orders",))
+    async def get(self) -> None:
+        self.write_json({"orders": await self.services.orders.list(
+            self.principal, status=self.query.get("status"),
+            limit=self.query.get("limit", 20), before=self.query.get("before"))})
+
+
+class OrderHandler(ApiHandler):
+    @api("One order with its tickets (someone else's: 404)", roles=BUYERS, response=ORDER,
+         tags=("orders",), errors=("ORDER_NOT_FOUND",))
+    async def get(self, order_no: str) -> None:
+        self.write_json(await self.services.orders.get(self.principal, order_no))
+
+
+class OrderCancelHandler(ApiHandler):
+    @api("Cancel an unpaid order; its seats go back on sale", roles=BUYERS, response=ORDER,
+         tags=("orders",), idempotent=True,
+         errors=("ORDER_NOT_FOUND", "ORDER_NOT_CANCELLABLE"))
+    async def post(self, order_no: str) -> None:
+        self.write_json(await self.services.orders.cancel(self.principal, order_no))
+
+
+default_handlers = [
+    route("/api/v1/orders", OrdersHandler),
+    route("/api/v1/orders/{order_no}", OrderHandler),
+    route("/api/v1/orders/{order_no}/cancel", OrderCancelHandler),
+]

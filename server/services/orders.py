@@ -1,0 +1,459 @@
+"""Orders and real-name tickets (订单 / 车票), with an explicit state machine.
+
+    pending_payment ─pay→ paid ─issue→ issued ─(all boarded)→ completed
+          │ cancel / expire      └─station refuses→ failed ─→ refunded
+          ↓                                 issued ─refund→ refunding → refunded
+    cancelled / expired
+
+Every transition is one atomic update guarded by the state it leaves, recorded in the
+order's ``history`` with time, actor and reason; so of two racing transitions (expiry and
+payment, say) exactly one happens, and the loser learns it. Seats are held through the
+exchange layer with the payment timeout of the rules in force; the hold is released exactly
+once when an unpaid order ends. A paid order is issued at the station; if the station
+refuses, the order fails and a full refund is requested — never paid without a ticket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import secrets
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    OperationFailure,
+)
+from pymongo.read_concern import ReadConcern
+from pymongo.write_concern import WriteConcern
+from redis.asyncio import Redis
+
+from server.errors import DomainError
+from server.exchange.base import HoldRequest, TicketInfo
+from server.exchange.errors import ExchangeError, StationTimeout, StationUnreachable
+from server.security.pii import PiiVault, mask_id, mask_phone
+from server.security.principal import PASSENGER, Principal
+from server.services.members import MemberService, normalize_phone
+from server.services.planning import LOCAL_TZ, local_today
+from server.services.realname import validate
+from server.services.rules import RuleService
+from server.services.seats import SeatService
+
+log = logging.getLogger(__name__)
+
+TRANSITIONS: dict[str, set[str]] = {
+    "pending_payment": {"paid", "cancelled", "expired"},
+    "paid": {"issued", "failed"},
+    "issued": {"completed", "refunding", "refunded"},
+    "refunding": {"issued", "refunded"},
+    "failed": {"refunded"},
+    "cancelled": set(), "expired": set(), "completed": set(), "refunded": set(),
+}
+CHILD_TYPES = {"child"}
+ISSUE_RETRY_AFTER = dt.timedelta(seconds=10)
+
+
+def _now() -> dt.datetime:
+    """Now, at the millisecond precision BSON stores (so answers match what is kept)."""
+    now = dt.datetime.now(dt.UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def new_order_no(now: dt.datetime) -> str:
+    """``KY`` + local date + 10 random digits: unguessable, sortable by day."""
+    return f"KY{now.astimezone(LOCAL_TZ):%Y%m%d}{secrets.randbelow(10**10):010d}"
+
+
+class OrderService:
+    def __init__(self, db: AsyncDatabase[Any], redis: Redis, seats: SeatService,
+                 rules: RuleService, members: MemberService, vault: PiiVault) -> None:
+        self._db = db
+        self._redis = redis
+        self._seats = seats
+        self._rules = rules
+        self._members = members
+        self._vault = vault
+
+    # --- create -----------------------------------------------------------------------------
+    async def create(self, actor: Principal, channel: str, departure_id: str,
+                     passengers: list[dict[str, Any]], contact_phone: str, *,
+                     children: list[dict[str, Any]] | None = None,
+                     from_seq: int | None = None, to_seq: int | None = None
+                     ) -> dict[str, Any]:
+        rules = await self._rules.current()
+        children = children or []
+        if not 1 <= len(passengers) <= rules.max_passengers:
+            raise DomainError("TOO_MANY_PASSENGERS_IN_ORDER", limit=rules.max_passengers)
+        grown_ups = sum(1 for p in passengers if p.get("ticket_type", "adult")
+                        not in CHILD_TYPES)
+        if len(children) > grown_ups * rules.max_free_children_per_adult:
+            raise DomainError("TOO_MANY_CHILDREN", field="children")
+        phone = normalize_phone(contact_phone)
+        dep = await self._db.departures.find_one({"_id": departure_id})
+        if dep is None:
+            raise DomainError("DEPARTURE_NOT_FOUND", field="departure_id")
+        stops = await self._db.stops.count_documents({"route_id": dep["route_id"]})
+        frm = 0 if from_seq is None else from_seq
+        to = stops - 1 if to_seq is None else to_seq
+        if not 0 <= frm < to <= stops - 1:
+            raise DomainError("INVALID_SEGMENT", field="to_seq")
+        await self._check_on_sale(dep, rules)
+        fare = await self._db.fares.find_one(
+            {"route_id": dep["route_id"], "from_seq": frm, "to_seq": to,
+             "effective_from": {"$lte": _now()}}, sort=[("effective_from", -1)])
+        if fare is None:
+            raise DomainError("NO_FARE")
+
+        people = [await self._person(actor, p, i) for i, p in enumerate(passengers)]
+        seen: set[str] = set()
+        for person in people:
+            if person["id_no_index"] in seen:
+                raise DomainError("DUPLICATE_PASSENGER", field="passengers")
+            seen.add(person["id_no_index"])
+            price = fare["prices"].get(person["ticket_type"])
+            if price is None:
+                raise DomainError("NO_FARE", ticket_type=person["ticket_type"])
+            person["price"] = int(price)
+        chosen = [p.get("seat") for p in passengers]
+        if any(chosen) and not all(chosen):
+            raise DomainError("SEAT_CHOICE_INCOMPLETE", field="passengers")
+        # one person, one seat: refuse early with a clear answer (the unique index decides)
+        taken = await self._db.tickets.find_one(
+            {"departure_id": departure_id, "active": True,
+             "passenger.id_no_index": {"$in": list(seen)}})
+        if taken is not None:
+            raise DomainError("PASSENGER_ALREADY_BOOKED",
+                              passenger=taken["passenger"]["id_no_masked"])
+
+        now = _now()
+        order_no = new_order_no(now)
+        hold = await self._seats.hold(departure_id, HoldRequest(
+            hold_id=f"H{order_no}", channel=channel, count=len(people), from_seq=frm,
+            to_seq=to, seats=tuple(int(s) for s in chosen) if all(chosen) else (),
+            ttl_seconds=rules.payment_timeout_minutes * 60))
+        station = await self._db.stations.find_one({"_id": dep["station_id"]}, {"code": 1})
+        tickets = []
+        for person, seat in zip(people, hold.seats, strict=True):
+            tickets.append({
+                "ticket_no": await self._ticket_no(station["code"] if station else "000000000",
+                                                   dep["service_date"]),
+                "order_no": order_no, "departure_id": departure_id, "seat": seat,
+                "from_seq": frm, "to_seq": to, "ticket_type": person["ticket_type"],
+                "price": person["price"], "status": "held", "active": True,
+                "passenger": {k: person[k] for k in ("name", "id_type", "id_no_enc",
+                                                      "id_no_index", "id_no_masked")},
+                "created_at": now})
+        order = {
+            "order_no": order_no, "channel": channel, "departure_id": departure_id,
+            "route_id": dep["route_id"], "station_id": dep["station_id"], "from_seq": frm,
+            "to_seq": to, "status": "pending_payment",
+            "amount": sum(t["price"] for t in tickets), "hold_id": hold.hold_id,
+            "expires_at": hold.expires_at, "created_at": now,
+            "contact_phone_enc": self._vault.encrypt("phone", phone),
+            "contact_phone_masked": mask_phone(phone),
+            "children": [self._child(c) for c in children],
+            "actor": actor.audit_actor(), "rules_version": rules.version,
+            "history": [{"at": now, "from": None, "to": "pending_payment",
+                         "actor": _actor_label(actor), "reason": "created"}]}
+        if actor.kind == "member":
+            order["member_id"] = actor.id
+        if actor.outlet_id:
+            order["outlet_id"] = actor.outlet_id
+        try:
+            await self._write_order(order, tickets)
+        except DuplicateKeyError:
+            await self._seats.release(departure_id, hold.hold_id)
+            raise DomainError("PASSENGER_ALREADY_BOOKED") from None
+        except Exception:
+            await self._seats.release(departure_id, hold.hold_id)
+            raise
+        log.info("order created", extra={"fields": {"order_no": order_no,
+                                                     "departure_id": departure_id,
+                                                     "tickets": len(tickets)}})
+        return self.public(order, tickets)
+
+    async def _write_order(self, order: dict[str, Any], tickets: list[dict[str, Any]]) -> None:
+        """Order and tickets together or not at all (snapshot reads, majority writes)."""
+        client = self._db.client
+        for attempt in range(5):
+            try:
+                async with client.start_session() as session:
+                    async with await session.start_transaction(
+                            read_concern=ReadConcern("snapshot"),
+                            write_concern=WriteConcern("majority")):
+                        await self._db.orders.insert_one(order, session=session)
+                        await self._db.tickets.insert_many(tickets, session=session)
+                return
+            except DuplicateKeyError:
+                raise
+            except BulkWriteError as exc:
+                if any(e.get("code") == 11000 for e in exc.details.get("writeErrors", [])):
+                    raise DuplicateKeyError("one person one seat") from None
+                raise
+            except (OperationFailure, ConnectionFailure) as exc:
+                # a concurrent order touched the same index keys: retry, and the unique
+                # index gives the real answer
+                if not exc.has_error_label("TransientTransactionError") or attempt == 4:
+                    raise
+                await asyncio.sleep(0.01 * (attempt + 1))
+
+    async def _check_on_sale(self, dep: dict[str, Any], rules: Any) -> None:
+        if dep["status"] != "on_sale":
+            raise DomainError("DEPARTURE_STOPPED", status=dep["status"])
+        if dep.get("online") is False:
+            raise DomainError("NOT_ON_SALE_ONLINE")
+        left = dep["departs_at"] - _now()
+        if left < dt.timedelta(minutes=rules.online_cutoff_minutes):
+            raise DomainError("SALE_CLOSED")
+        if dt.date.fromisoformat(dep["service_date"]) >= local_today() + dt.timedelta(
+                days=rules.sale_days):
+            raise DomainError("SALE_CLOSED", message="Not on sale yet.")
+
+    async def _person(self, actor: Principal, p: dict[str, Any], index: int
+                      ) -> dict[str, Any]:
+        """A passenger entry → validated, encrypted, indexed (from a frequent passenger
+        or typed in)."""
+        if p.get("passenger_id"):
+            if actor.kind != "member":
+                raise DomainError("PASSENGER_NOT_FOUND", field=f"passengers[{index}]")
+            doc, id_no = await self._members.passenger_document(actor.id, p["passenger_id"])
+            name, id_type = doc["name"], doc["id_type"]
+        else:
+            missing = [k for k in ("name", "id_type", "id_no") if not p.get(k)]
+            if missing:
+                raise DomainError("MISSING_FIELD", f"Field 'passengers[{index}].{missing[0]}' "
+                                  "is required.", field=f"passengers[{index}].{missing[0]}")
+            name, id_type, id_no = p["name"].strip(), p["id_type"], p["id_no"]
+        try:
+            document = validate(id_type, id_no)
+        except DomainError as exc:
+            exc.details["field"] = f"passengers[{index}].{exc.details.get('field', 'id_no')}"
+            raise
+        return {"name": name, "id_type": document.id_type,
+                "id_no_enc": self._vault.encrypt("id_no", document.id_no),
+                "id_no_index": self._vault.index(f"id:{document.id_type}", document.id_no),
+                "id_no_masked": mask_id(document.id_no),
+                "ticket_type": p.get("ticket_type", "adult")}
+
+    def _child(self, c: dict[str, Any]) -> dict[str, Any]:
+        child: dict[str, Any] = {"name": str(c["name"]).strip()}
+        if c.get("id_no"):
+            document = validate(c.get("id_type", "resident_id"), c["id_no"])
+            child.update(id_type=document.id_type, id_no_masked=mask_id(document.id_no),
+                         id_no_enc=self._vault.encrypt("id_no", document.id_no))
+        return child
+
+    async def _ticket_no(self, station_code: str, service_date: str) -> str:
+        """Region + station code (9) + service date (yymmdd) + serial (5)."""
+        day = service_date.replace("-", "")[2:]
+        serial = await self._redis.incr(f"ticket_serial:{{{station_code}}}:{day}")
+        if serial == 1:
+            await self._redis.expire(f"ticket_serial:{{{station_code}}}:{day}", 40 * 86400)
+        return f"{station_code}{day}{serial:05d}"
+
+    # --- read -------------------------------------------------------------------------------
+    async def get(self, actor: Principal, order_no: str) -> dict[str, Any]:
+        order = await self._visible(actor, order_no)
+        tickets = await self._db.tickets.find({"order_no": order_no}).sort("seat", 1).to_list()
+        return self.public(order, tickets)
+
+    async def list(self, actor: Principal, *, status: str | None = None, limit: int = 20,
+                   before: str | None = None) -> list[dict[str, Any]]:
+        query = self._scope(actor)
+        if status:
+            query["status"] = status
+        if before:
+            query["order_no"] = {"$lt": before}
+        orders = await self._db.orders.find(query).sort("created_at", -1).limit(
+            limit).to_list()
+        numbers = [o["order_no"] for o in orders]
+        tickets: dict[str, list[dict[str, Any]]] = {}
+        async for t in self._db.tickets.find({"order_no": {"$in": numbers}}).sort("seat", 1):
+            tickets.setdefault(t["order_no"], []).append(t)
+        return [self.public(o, tickets.get(o["order_no"], [])) for o in orders]
+
+    def _scope(self, actor: Principal) -> dict[str, Any]:
+        if actor.kind == "member":
+            return {"member_id": actor.id}
+        if actor.outlet_id:  # an agent sees its own outlet's orders
+            return {"outlet_id": actor.outlet_id}
+        if actor.role in ("phone_agent",):
+            return {"channel": "phone"}
+        if actor.station_id:
+            return {"station_id": actor.station_id}
+        return {}
+
+    async def _visible(self, actor: Principal, order_no: str) -> dict[str, Any]:
+        """The order if the actor may see it; otherwise the same 404 as a missing one, so
+        order numbers cannot be probed."""
+        order = await self._db.orders.find_one({"order_no": order_no, **self._scope(actor)})
+        if order is None:
+            raise DomainError("ORDER_NOT_FOUND")
+        return order
+
+    # --- transitions --------------------------------------------------------------------------
+    async def transition(self, order_no: str, to: str, actor: str, reason: str,
+                         set_fields: dict[str, Any] | None = None,
+                         from_states: set[str] | None = None) -> dict[str, Any] | None:
+        """Move the order to ``to`` if it is in a state that may; None if it was not."""
+        allowed = from_states or {s for s, nxt in TRANSITIONS.items() if to in nxt}
+        now = _now()
+        doc = await self._db.orders.find_one_and_update(
+            {"order_no": order_no, "status": {"$in": sorted(allowed)}},
+            [{"$set": {"history": {"$concatArrays": ["$history", [
+                {"at": now, "from": "$status", "to": to, "actor": {"$literal": actor},
+                 "reason": {"$literal": reason}}]]},
+                "status": to, "updated_at": now,
+                **{k: {"$literal": v} for k, v in (set_fields or {}).items()}}}],
+            return_document=ReturnDocument.AFTER)
+        if doc is not None:
+            log.info("order %s → %s", order_no, to,
+                     extra={"fields": {"order_no": order_no, "to": to, "reason": reason}})
+        return doc  # type: ignore[no-any-return]
+
+    async def cancel(self, actor: Principal, order_no: str) -> dict[str, Any]:
+        order = await self._visible(actor, order_no)
+        done = await self.transition(order_no, "cancelled", _actor_label(actor),
+                                     "cancelled by buyer", from_states={"pending_payment"})
+        if done is None:
+            raise DomainError("ORDER_NOT_CANCELLABLE", status=order["status"])
+        await self._end_unpaid(done)
+        return await self.get(actor, order_no)
+
+    async def expire_due(self, limit: int = 100) -> int:
+        """Close unpaid orders whose time is up; each exactly once, seats released."""
+        due = await self._db.orders.find(
+            {"status": "pending_payment", "expires_at": {"$lte": _now()}},
+            {"order_no": 1}).limit(limit).to_list()
+        closed = 0
+        for row in due:
+            done = await self.transition(row["order_no"], "expired", "system",
+                                         "payment timeout", from_states={"pending_payment"})
+            if done is not None:  # this process won the race
+                await self._end_unpaid(done)
+                closed += 1
+        return closed
+
+    async def _end_unpaid(self, order: dict[str, Any]) -> None:
+        try:
+            await self._seats.release(order["departure_id"], order["hold_id"])
+        except ExchangeError as exc:  # the hold expires at the station by itself
+            log.warning("release failed: %s", exc.code,
+                        extra={"fields": {"order_no": order["order_no"]}})
+        await self._db.tickets.update_many(
+            {"order_no": order["order_no"], "status": "held"},
+            {"$set": {"status": "released", "active": False}})
+
+    # --- payment and issuing (the payments capability calls mark_paid) ----------------------
+    async def mark_paid(self, order_no: str, payment_ref: str, amount: int) -> str:
+        """A payment for this order succeeded. Returns what became of the order:
+        ``issued``, ``failed`` (a refund is requested), ``paid`` (issuing will be retried),
+        ``already`` (a repeated notice), or ``late`` (the order had ended: refund it)."""
+        order = await self._db.orders.find_one({"order_no": order_no})
+        if order is None:
+            raise DomainError("ORDER_NOT_FOUND")
+        if amount != order["amount"]:
+            raise DomainError("INVALID_VALUE", "Paid amount differs from the order amount.")
+        done = await self.transition(order_no, "paid", "payment", f"paid {payment_ref}",
+                                     {"payment_ref": payment_ref, "paid_at": _now()},
+                                     from_states={"pending_payment"})
+        if done is None:
+            current = order["status"] if order else "unknown"
+            fresh = await self._db.orders.find_one({"order_no": order_no}, {"status": 1,
+                                                                             "payment_ref": 1})
+            current = fresh["status"] if fresh else current
+            if fresh and fresh.get("payment_ref") == payment_ref:
+                return "already"
+            return "late"
+        return await self.issue(order_no)
+
+    async def issue(self, order_no: str) -> str:
+        """Sell the held seats at the station; paid → issued, or failed with a refund."""
+        order = await self._db.orders.find_one({"order_no": order_no})
+        if order is None or order["status"] != "paid":
+            return order["status"] if order else "unknown"
+        await self._db.orders.update_one({"order_no": order_no},
+                                         {"$set": {"issue_attempted_at": _now()}})
+        tickets = await self._db.tickets.find({"order_no": order_no}).sort("seat", 1).to_list()
+        infos = [TicketInfo(t["seat"], t["passenger"]["name"], t["ticket_type"], t["price"])
+                 for t in tickets]
+        try:
+            sale = await self._seats.sell(order["departure_id"], order["hold_id"], infos)
+        except (StationUnreachable, StationTimeout) as exc:
+            log.warning("issuing deferred: %s", exc.code,
+                        extra={"fields": {"order_no": order_no}})
+            return "paid"  # the issuing job tries again; a refund follows if it never can
+        except ExchangeError as exc:
+            await self._fail(order, f"station refused: {exc.code}")
+            return "failed"
+        numbers = dict(zip(sale.seats, sale.station_ticket_nos, strict=False))
+        for t in tickets:
+            await self._db.tickets.update_one(
+                {"_id": t["_id"]}, {"$set": {"status": "issued", "sale_id": sale.sale_id,
+                                             "station_ticket_no": numbers.get(t["seat"], ""),
+                                             "issued_at": _now()}})
+        await self.transition(order_no, "issued", "station", "tickets issued",
+                              {"sale_id": sale.sale_id}, from_states={"paid"})
+        return "issued"
+
+    async def _fail(self, order: dict[str, Any], reason: str) -> None:
+        done = await self.transition(order["order_no"], "failed", "station", reason,
+                                     from_states={"paid"})
+        if done is None:
+            return
+        await self._db.tickets.update_many({"order_no": order["order_no"]},
+                                           {"$set": {"status": "released", "active": False}})
+        # the payments capability pays it back through the original channel
+        await self._db.refund_requests.update_one(
+            {"_id": f"full:{order['order_no']}"},
+            {"$setOnInsert": {"order_no": order["order_no"], "amount": order["amount"],
+                              "reason": reason, "status": "requested",
+                              "payment_ref": order.get("payment_ref"),
+                              "created_at": _now()}}, upsert=True)
+        log.error("order failed after payment; refund requested",
+                  extra={"fields": {"order_no": order["order_no"], "reason": reason}})
+
+    async def retry_issuing(self) -> int:
+        """Paid orders the station could not be reached for: try again; when their hold
+        ran out meanwhile, the sale fails and the refund is requested."""
+        cutoff = _now() - ISSUE_RETRY_AFTER
+        stuck = await self._db.orders.find(
+            {"status": "paid", "$or": [{"issue_attempted_at": {"$lte": cutoff}},
+                                       {"issue_attempted_at": {"$exists": False}}]},
+            {"order_no": 1}).limit(50).to_list()
+        for row in stuck:
+            await self.issue(row["order_no"])
+        return len(stuck)
+
+    # --- views ------------------------------------------------------------------------------
+    def public(self, order: dict[str, Any], tickets: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "order_no": order["order_no"], "status": order["status"],
+            "departure_id": order["departure_id"], "channel": order["channel"],
+            "from_seq": order["from_seq"], "to_seq": order["to_seq"],
+            "amount": order["amount"],
+            "expires_at": order["expires_at"].astimezone(LOCAL_TZ).isoformat(),
+            "created_at": order["created_at"].astimezone(LOCAL_TZ).isoformat(),
+            "contact_phone": order["contact_phone_masked"],
+            "children": [{"name": c["name"], **({"id_no": c["id_no_masked"]}
+                                                if c.get("id_no_masked") else {})}
+                         for c in order.get("children", [])],
+            "tickets": [{"ticket_no": t["ticket_no"], "seat": t["seat"],
+                         "ticket_type": t["ticket_type"], "price": t["price"],
+                         "status": t["status"], "passenger": {
+                             "name": t["passenger"]["name"],
+                             "id_type": t["passenger"]["id_type"],
+                             "id_no": t["passenger"]["id_no_masked"]}} for t in tickets],
+            "history": [{"at": h["at"].astimezone(LOCAL_TZ).isoformat(), "from": h["from"],
+                         "to": h["to"], "reason": h["reason"]}
+                        for h in order.get("history", [])],
+        }
+
+
+def _actor_label(actor: Principal) -> str:
+    return f"{actor.role}:{actor.id}" if actor.role != PASSENGER else f"member:{actor.id}"

@@ -1,0 +1,294 @@
+"""Orders over real HTTP against the real stores and station simulators: the passenger
+journey, every bad input, idempotent create, expiry, expiry racing payment, a station that
+refuses after payment, and many buyers for the last seats."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import uuid
+from typing import Any
+
+import pytest
+
+from server.app import build_services, connect_mongo, connect_redis
+from server.config import load_settings
+from server.services.planning import local_today
+from server.services.realname import check_char
+from tests.inventory_support import make_departure
+from tests.support import TEST_SECRETS, ApiClient
+
+_rng = random.Random()
+
+
+def new_id() -> str:
+    birth = dt.date(1960, 1, 1) + dt.timedelta(days=_rng.randrange(15000))
+    first = f"440106{birth:%Y%m%d}{_rng.randrange(1000):03d}"
+    return first + check_char(first)
+
+
+async def member(api: ApiClient) -> str:
+    code = (await api.post("/sandbox/wechat/login-code",
+                           {"openid": "o-" + uuid.uuid4().hex})).body["code"]
+    return (await api.post("/api/v1/auth/wechat", {"code": code})).body["token"]
+
+
+def person(name: str = "王五", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "id_type": "resident_id", "id_no": new_id(), **extra}
+
+
+async def native_departure(db: Any, offset: int, index: int = 0) -> dict[str, Any]:
+    day = (local_today() + dt.timedelta(days=offset)).isoformat()
+    native = await db.stations.distinct("_id", {"system.vendor": "native"})
+    deps = await db.departures.find({"service_date": day, "station_id": {"$in": native},
+                                     "status": "on_sale"}).sort("_id", 1).to_list()
+    return deps[index]
+
+
+@pytest.fixture
+def services(stores, seeded, providers, io_loop):
+    settings = load_settings({"KEYUN_MONGO_URI": stores.mongo_uri, "KEYUN_MONGO_DB": seeded,
+                              "KEYUN_REDIS_URL": stores.redis_url, **TEST_SECRETS})
+    mongo, redis = connect_mongo(settings, stores.mongo_uri), connect_redis(stores.redis_url)
+    built = build_services(settings, mongo, redis)
+    yield built
+
+    async def close() -> None:
+        await built.inventory.close()
+        await mongo.close()
+        await redis.aclose()
+    io_loop.run_sync(close)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_passenger_journey_create_read_list_cancel(api: ApiClient, db) -> None:
+    token = await member(api)
+    saved = await api.post("/api/v1/me/passengers", person("张三"), token=token)
+    dep = await native_departure(db, 3)
+    before = (await api.get(f"/api/v1/departures/{dep['_id']}")).body
+    resp = await api.post("/api/v1/orders", {
+        "departure_id": dep["_id"], "contact_phone": "13812345678", "channel": "miniapp",
+        "passengers": [{"passenger_id": saved.body["id"]},
+                       person("李四", ticket_type="student")],
+        "children": [{"name": "张小宝"}]}, token=token)
+    assert resp.status == 201, resp.text
+    order = resp.body
+    assert order["status"] == "pending_payment" and order["channel"] == "miniapp"
+    fares = before["fares"]
+    assert order["amount"] == fares["adult"] + fares["student"]
+    assert [t["ticket_type"] for t in order["tickets"]] == ["adult", "student"]
+    assert all("**" in t["passenger"]["id_no"] for t in order["tickets"])
+    assert order["contact_phone"] == "138****5678" and order["children"] == [{"name": "张小宝"}]
+    assert len({t["ticket_no"] for t in order["tickets"]}) == 2
+    assert all(t["ticket_no"].startswith(dep["station_id"]) for t in order["tickets"])
+    expires = dt.datetime.fromisoformat(order["expires_at"])
+    assert dt.timedelta(minutes=14) < expires - dt.datetime.now(dt.UTC) <= \
+        dt.timedelta(minutes=15)
+    held = (await api.get(f"/api/v1/departures/{dep['_id']}")).body
+    assert held["remaining"] == before["remaining"] - 2
+    assert {s["seat"] for s in held["seat_map"] if s["state"] == "held"} >= \
+        {t["seat"] for t in order["tickets"]}
+
+    assert (await api.get(f"/api/v1/orders/{order['order_no']}", token=token)).body == order
+    listed = await api.get("/api/v1/orders", token=token)
+    assert [o["order_no"] for o in listed.body["orders"]] == [order["order_no"]]
+    stranger = await member(api)
+    hidden = await api.get(f"/api/v1/orders/{order['order_no']}", token=stranger)
+    assert hidden.status == 404 and hidden.error_code == "ORDER_NOT_FOUND"
+    assert (await api.post(f"/api/v1/orders/{order['order_no']}/cancel", token=stranger)
+            ).status == 404
+
+    cancelled = await api.post(f"/api/v1/orders/{order['order_no']}/cancel", token=token)
+    assert cancelled.status == 200 and cancelled.body["status"] == "cancelled"
+    assert [h["to"] for h in cancelled.body["history"]] == ["pending_payment", "cancelled"]
+    assert (await api.get(f"/api/v1/departures/{dep['_id']}")).body["remaining"] == \
+        before["remaining"]
+    again = await api.post(f"/api/v1/orders/{order['order_no']}/cancel", token=token)
+    assert again.status == 409 and again.error_code == "ORDER_NOT_CANCELLABLE"
+    # ID numbers are not stored in clear anywhere
+    stored = await db.tickets.find({"order_no": order["order_no"]}).to_list()
+    assert all(t["passenger"]["id_no_enc"].startswith("v1.") for t in stored)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_bad_orders_get_clear_errors_and_leave_nothing(api: ApiClient, db) -> None:
+    token = await member(api)
+    dep = await native_departure(db, 4)
+    base = {"departure_id": dep["_id"], "contact_phone": "13812345678"}
+    bad_id = person()
+    bad_id["id_no"] = bad_id["id_no"][:-1] + ("0" if bad_id["id_no"][-1] != "0" else "1")
+    twin = person()
+    soon = await make_departure(db, seats=10, departs_in=dt.timedelta(minutes=10))
+    cases = [
+        ({**base, "passengers": [bad_id]}, 400, "INVALID_ID_NUMBER"),
+        ({**base, "departure_id": "NOPE-1", "passengers": [person()]}, 404,
+         "DEPARTURE_NOT_FOUND"),
+        ({**base, "passengers": [person() for _ in range(6)]}, 400,
+         "TOO_MANY_PASSENGERS_IN_ORDER"),
+        ({**base, "passengers": [person()], "children": [{"name": "甲"}, {"name": "乙"}]}, 400,
+         "TOO_MANY_CHILDREN"),
+        ({**base, "passengers": [twin, dict(twin, name="双胞胎")]}, 400,
+         "DUPLICATE_PASSENGER"),
+        ({**base, "passengers": [person(seat=1), person()]}, 400, "SEAT_CHOICE_INCOMPLETE"),
+        ({**base, "passengers": [person()], "amount": 1}, 400, "UNKNOWN_FIELD"),
+        ({**base, "passengers": [person()], "contact_phone": "12345"}, 400, "INVALID_PHONE"),
+        ({**base, "passengers": []}, 400, "INVALID_VALUE"),
+        ({**base, "departure_id": soon, "passengers": [person()]}, 409, "SALE_CLOSED"),
+        ({**base, "passengers": [{"name": "无证"}]}, 400, "MISSING_FIELD"),
+    ]
+    for body, status, code in cases:
+        resp = await api.post("/api/v1/orders", body, token=token)
+        assert (resp.status, resp.error_code) == (status, code), (code, resp.text)
+    resp = await api.post("/api/v1/orders", {**base, "passengers": [bad_id]}, token=token)
+    assert resp.body["error"]["field"] == "passengers[0].id_no"
+    assert await db.orders.count_documents({"departure_id": dep["_id"]}) == 0
+    assert await db.tickets.count_documents({"departure_id": dep["_id"]}) == 0
+    staff = (await api.login("finance"))["token"]
+    assert (await api.post("/api/v1/orders", {**base, "passengers": [person()]},
+                           token=staff)).status == 403
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_one_person_one_seat_per_departure(api: ApiClient, db) -> None:
+    dep = await native_departure(db, 5)
+    someone = person()
+    first = await api.post("/api/v1/orders", {"departure_id": dep["_id"],
+                                              "contact_phone": "13812345678",
+                                              "passengers": [someone]},
+                           token=await member(api))
+    assert first.status == 201
+    second = await api.post("/api/v1/orders", {"departure_id": dep["_id"],
+                                               "contact_phone": "13912345678",
+                                               "passengers": [dict(someone, name="冒名")]},
+                            token=await member(api))
+    assert second.status == 409 and second.error_code == "PASSENGER_ALREADY_BOOKED"
+    other_day = await native_departure(db, 6)
+    ok = await api.post("/api/v1/orders", {"departure_id": other_day["_id"],
+                                           "contact_phone": "13812345678",
+                                           "passengers": [someone]}, token=await member(api))
+    assert ok.status == 201
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_idempotent_create(api: ApiClient, db) -> None:
+    token = await member(api)
+    dep = await native_departure(db, 3, 1)
+    body = {"departure_id": dep["_id"], "contact_phone": "13812345678",
+            "passengers": [person()]}
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    first = await api.post("/api/v1/orders", body, token=token, headers=key)
+    again = await api.post("/api/v1/orders", body, token=token, headers=key)
+    assert first.status == again.status == 201
+    assert again.body["order_no"] == first.body["order_no"]
+    assert await db.orders.count_documents({"departure_id": dep["_id"],
+                                            "member_id": {"$exists": True},
+                                            "order_no": first.body["order_no"]}) == 1
+    assert (await api.get("/api/v1/orders", token=token)).body["orders"][0]["order_no"] == \
+        first.body["order_no"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_unpaid_order_expires_and_seats_come_back(api: ApiClient, db) -> None:
+    token = await member(api)
+    dep = await native_departure(db, 4, 1)
+    before = (await api.get(f"/api/v1/departures/{dep['_id']}")).body["remaining"]
+    order = (await api.post("/api/v1/orders", {"departure_id": dep["_id"],
+                                               "contact_phone": "13812345678",
+                                               "passengers": [person(), person()]},
+                            token=token)).body
+    await db.orders.update_one({"order_no": order["order_no"]},
+                               {"$set": {"expires_at": dt.datetime.now(dt.UTC)}})
+    for _ in range(50):  # the server's expiry job runs every two seconds
+        got = (await api.get(f"/api/v1/orders/{order['order_no']}", token=token)).body
+        if got["status"] == "expired":
+            break
+        await asyncio.sleep(0.2)
+    assert got["status"] == "expired"
+    assert {t["status"] for t in got["tickets"]} == {"released"}
+    assert (await api.get(f"/api/v1/departures/{dep['_id']}")).body["remaining"] == before
+    history = await db.orders.find_one({"order_no": order["order_no"]})
+    assert [h["to"] for h in history["history"]].count("expired") == 1
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_paid_orders_are_issued_at_the_station(api: ApiClient, db, services) -> None:
+    token = await member(api)
+    for dep_id in [(await native_departure(db, 5, 1))["_id"],
+                   (await db.departures.find_one({"station_id": "440507001",
+                                                  "service_date": (local_today() + dt.timedelta(
+                                                      days=5)).isoformat()}))["_id"]]:
+        order = (await api.post("/api/v1/orders", {"departure_id": dep_id,
+                                                   "contact_phone": "13812345678",
+                                                   "passengers": [person()]},
+                                token=token)).body
+        assert order["status"] == "pending_payment", order
+        outcome = await services.orders.mark_paid(order["order_no"], "pay-1", order["amount"])
+        assert outcome == "issued"
+        assert await services.orders.mark_paid(order["order_no"], "pay-1",
+                                               order["amount"]) == "already"
+        got = (await api.get(f"/api/v1/orders/{order['order_no']}", token=token)).body
+        assert got["status"] == "issued" and got["tickets"][0]["status"] == "issued"
+        assert [h["to"] for h in got["history"]] == ["pending_payment", "paid", "issued"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_expiry_racing_payment_ends_one_way(api: ApiClient, db, services) -> None:
+    token = await member(api)
+    dep = await native_departure(db, 6, 1)
+    for _ in range(5):
+        order = (await api.post("/api/v1/orders", {"departure_id": dep["_id"],
+                                                   "contact_phone": "13812345678",
+                                                   "passengers": [person()]},
+                                token=token)).body
+        await db.orders.update_one({"order_no": order["order_no"]},
+                                   {"$set": {"expires_at": dt.datetime.now(dt.UTC)}})
+        paid, _ = await asyncio.gather(
+            services.orders.mark_paid(order["order_no"], "pay-race", order["amount"]),
+            services.orders.expire_due())
+        final = await db.orders.find_one({"order_no": order["order_no"]})
+        if paid == "late":  # expiry won: the payment must be given back
+            assert final["status"] == "expired"
+        else:
+            assert paid == "issued" and final["status"] == "issued"
+        tos = [h["to"] for h in final["history"]]
+        assert not ("expired" in tos and "paid" in tos)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_station_refusing_after_payment_fails_the_order_and_asks_a_refund(
+        api: ApiClient, db, services, simulators) -> None:
+    from tornado.httpclient import AsyncHTTPClient
+
+    token = await member(api)
+    day = (local_today() + dt.timedelta(days=6)).isoformat()
+    dep = await db.departures.find_one({"station_id": "440304001", "service_date": day})
+    order = (await api.post("/api/v1/orders", {"departure_id": dep["_id"],
+                                               "contact_phone": "13812345678",
+                                               "passengers": [person()]}, token=token)).body
+    assert order["status"] == "pending_payment", order
+    # the station loses the hold (restarted, cleaned up…) before the payment arrives
+    await AsyncHTTPClient().fetch(f"{simulators.url('rest')}/api/locks/H{order['order_no']}",
+                                  method="DELETE",
+                                  headers={"Authorization": "Bearer rest-token-for-tests"})
+    outcome = await services.orders.mark_paid(order["order_no"], "pay-2", order["amount"])
+    assert outcome == "failed"
+    got = (await api.get(f"/api/v1/orders/{order['order_no']}", token=token)).body
+    assert got["status"] == "failed"
+    request = await db.refund_requests.find_one({"order_no": order["order_no"]})
+    assert request["amount"] == order["amount"] and request["status"] == "requested"
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_concurrent_buyers_for_the_last_seats(api: ApiClient, db) -> None:
+    dep = await make_departure(db, seats=3, stops=2)
+    tokens = [await member(api) for _ in range(10)]
+    results = await asyncio.gather(*[
+        api.post("/api/v1/orders", {"departure_id": dep, "contact_phone": "13812345678",
+                                    "passengers": [person()]}, token=t) for t in tokens])
+    statuses = sorted(r.status for r in results)
+    assert statuses.count(201) == 3, [r.text for r in results][:2]
+    assert all(r.error_code == "SOLD_OUT" for r in results if r.status != 201)
+    seats = [r.body["tickets"][0]["seat"] for r in results if r.status == 201]
+    assert sorted(seats) == [1, 2, 3]
+    assert await db.orders.count_documents({"departure_id": dep}) == 3
