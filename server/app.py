@@ -27,6 +27,7 @@ from handlers import (
     sandbox,
     staff,
     stations,
+    tickets,
 )
 from handlers.base import NotFoundHandler, log_request
 from notify.sms import HttpSmsProvider
@@ -52,6 +53,7 @@ from server.services.seats import SeatService
 from server.services.stations import StationService
 from server.services.sync import SyncService
 from server.services.ticket_sources import TicketSourceService
+from server.services.tickets import TicketService
 
 
 @dataclass
@@ -73,6 +75,7 @@ class Services:
     rules: RuleService
     search: SearchService
     orders: OrderService
+    tickets: TicketService
     jobs: JobRunner
 
 
@@ -134,6 +137,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         search=SearchService(db, seats, rules, network),
         members=member_service,
         orders=order_service,
+        tickets=TicketService(db, seats, rules, order_service, audit),
         jobs=jobs,
     )
 
@@ -142,7 +146,7 @@ def api_routes() -> list[URLSpec]:
     """Every JSON route, in match order."""
     return [*health.default_handlers, *auth.default_handlers, *stations.default_handlers,
             *staff.default_handlers, *members.default_handlers, *departures.default_handlers,
-            *orders.default_handlers,
+            *orders.default_handlers, *tickets.default_handlers,
             *exchange.default_handlers, *docs.default_handlers]
 
 

@@ -82,6 +82,13 @@ ERRORS: dict[str, tuple[int, str]] = {
     "SEAT_CHOICE_INCOMPLETE": (400, "Choose a seat for every passenger, or for none."),
     "ORDER_NOT_CANCELLABLE": (409, "Only an unpaid order can be cancelled."),
     "ORDER_STATE_CONFLICT": (409, "The order changed meanwhile; reload it."),
+    # tickets after sale
+    "TICKET_NOT_FOUND": (404, "No such ticket."),
+    "NOT_REFUNDABLE": (409, "This ticket can no longer be refunded."),
+    "REFUND_FEE_CHANGED": (409, "The refund fee changed since the quote; ask for a new quote."),
+    "NOT_CHANGEABLE": (409, "This ticket cannot be changed."),
+    "CHANGE_FARE_DIFFERS": (409, "A change is possible only to a departure with the same fare."),
+    "TICKET_BUSY": (409, "Another operation on this ticket is in progress."),
     # infrastructure
     "SERVICE_UNAVAILABLE": (503, "A backing service is unavailable; try again shortly."),
     "INTERNAL": (500, "Something went wrong on our side. Quote the request id when asking."),

@@ -129,6 +129,24 @@ def keyun(stores: Stores, seeded: str, providers: str, workdir: Path,
 
 
 @pytest.fixture
+def services(stores: Stores, seeded: str, providers: str, io_loop: Any) -> Any:
+    """The services of a Keyun process, in this test's loop, on the session stores."""
+    from server.app import build_services, connect_mongo, connect_redis
+
+    settings = load_settings({"KEYUN_MONGO_URI": stores.mongo_uri, "KEYUN_MONGO_DB": seeded,
+                              "KEYUN_REDIS_URL": stores.redis_url, **TEST_SECRETS})
+    mongo, redis = connect_mongo(settings, stores.mongo_uri), connect_redis(stores.redis_url)
+    built = build_services(settings, mongo, redis)
+    yield built
+
+    async def close() -> None:
+        await built.inventory.close()
+        await mongo.close()
+        await redis.aclose()
+    io_loop.run_sync(close)
+
+
+@pytest.fixture
 def api(keyun: KeyunProcess, io_loop: Any) -> ApiClient:
     """An HTTP client for this module's Keyun server (use inside @pytest.mark.gen_test)."""
     return ApiClient(keyun.base_url)

@@ -9,6 +9,8 @@ import sys
 import uuid
 from typing import Any
 
+from server.services.planning import LOCAL_TZ
+
 NOW = dt.datetime.now(dt.UTC)
 
 
@@ -36,7 +38,8 @@ async def make_departure(db: Any, *, seats: int = 8, stops: int = 3,
     departure_id = f"DT{tag}"
     await db.departures.insert_one({
         "_id": departure_id, "schedule_id": f"SCH{tag}", "route_id": route_id,
-        "station_id": station["_id"], "carrier_id": "C44010001", "service_date": "2026-12-01",
+        "station_id": station["_id"], "carrier_id": "C44010001",
+        "service_date": (NOW + departs_in).astimezone(LOCAL_TZ).date().isoformat(),
         "departs_at": NOW + departs_in, "seats": seats, "status": "on_sale",
         "inventory": "native"})
     return departure_id

@@ -6,59 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import random
 import uuid
-from typing import Any
 
 import pytest
 
-from server.app import build_services, connect_mongo, connect_redis
-from server.config import load_settings
 from server.services.planning import local_today
-from server.services.realname import check_char
+from tests.booking_support import member, native_departure, person
 from tests.inventory_support import make_departure
-from tests.support import TEST_SECRETS, ApiClient
-
-_rng = random.Random()
-
-
-def new_id() -> str:
-    birth = dt.date(1960, 1, 1) + dt.timedelta(days=_rng.randrange(15000))
-    first = f"440106{birth:%Y%m%d}{_rng.randrange(1000):03d}"
-    return first + check_char(first)
-
-
-async def member(api: ApiClient) -> str:
-    code = (await api.post("/sandbox/wechat/login-code",
-                           {"openid": "o-" + uuid.uuid4().hex})).body["code"]
-    return (await api.post("/api/v1/auth/wechat", {"code": code})).body["token"]
-
-
-def person(name: str = "王五", **extra: Any) -> dict[str, Any]:
-    return {"name": name, "id_type": "resident_id", "id_no": new_id(), **extra}
-
-
-async def native_departure(db: Any, offset: int, index: int = 0) -> dict[str, Any]:
-    day = (local_today() + dt.timedelta(days=offset)).isoformat()
-    native = await db.stations.distinct("_id", {"system.vendor": "native"})
-    deps = await db.departures.find({"service_date": day, "station_id": {"$in": native},
-                                     "status": "on_sale"}).sort("_id", 1).to_list()
-    return deps[index]
-
-
-@pytest.fixture
-def services(stores, seeded, providers, io_loop):
-    settings = load_settings({"KEYUN_MONGO_URI": stores.mongo_uri, "KEYUN_MONGO_DB": seeded,
-                              "KEYUN_REDIS_URL": stores.redis_url, **TEST_SECRETS})
-    mongo, redis = connect_mongo(settings, stores.mongo_uri), connect_redis(stores.redis_url)
-    built = build_services(settings, mongo, redis)
-    yield built
-
-    async def close() -> None:
-        await built.inventory.close()
-        await mongo.close()
-        await redis.aclose()
-    io_loop.run_sync(close)
+from tests.support import ApiClient
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -58,7 +58,7 @@ CHILD_TYPES = {"child"}
 ISSUE_RETRY_AFTER = dt.timedelta(seconds=10)
 
 
-def _now() -> dt.datetime:
+def now_ms() -> dt.datetime:
     """Now, at the millisecond precision BSON stores (so answers match what is kept)."""
     now = dt.datetime.now(dt.UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
@@ -105,7 +105,7 @@ class OrderService:
         await self._check_on_sale(dep, rules)
         fare = await self._db.fares.find_one(
             {"route_id": dep["route_id"], "from_seq": frm, "to_seq": to,
-             "effective_from": {"$lte": _now()}}, sort=[("effective_from", -1)])
+             "effective_from": {"$lte": now_ms()}}, sort=[("effective_from", -1)])
         if fare is None:
             raise DomainError("NO_FARE")
 
@@ -130,7 +130,7 @@ class OrderService:
             raise DomainError("PASSENGER_ALREADY_BOOKED",
                               passenger=taken["passenger"]["id_no_masked"])
 
-        now = _now()
+        now = now_ms()
         order_no = new_order_no(now)
         hold = await self._seats.hold(departure_id, HoldRequest(
             hold_id=f"H{order_no}", channel=channel, count=len(people), from_seq=frm,
@@ -159,7 +159,7 @@ class OrderService:
             "children": [self._child(c) for c in children],
             "actor": actor.audit_actor(), "rules_version": rules.version,
             "history": [{"at": now, "from": None, "to": "pending_payment",
-                         "actor": _actor_label(actor), "reason": "created"}]}
+                         "actor": actor_label(actor), "reason": "created"}]}
         if actor.kind == "member":
             order["member_id"] = actor.id
         if actor.outlet_id:
@@ -207,7 +207,7 @@ class OrderService:
             raise DomainError("DEPARTURE_STOPPED", status=dep["status"])
         if dep.get("online") is False:
             raise DomainError("NOT_ON_SALE_ONLINE")
-        left = dep["departs_at"] - _now()
+        left = dep["departs_at"] - now_ms()
         if left < dt.timedelta(minutes=rules.online_cutoff_minutes):
             raise DomainError("SALE_CLOSED")
         if dt.date.fromisoformat(dep["service_date"]) >= local_today() + dt.timedelta(
@@ -264,7 +264,7 @@ class OrderService:
 
     async def list(self, actor: Principal, *, status: str | None = None, limit: int = 20,
                    before: str | None = None) -> list[dict[str, Any]]:
-        query = self._scope(actor)
+        query = self.scope(actor)
         if status:
             query["status"] = status
         if before:
@@ -277,7 +277,7 @@ class OrderService:
             tickets.setdefault(t["order_no"], []).append(t)
         return [self.public(o, tickets.get(o["order_no"], [])) for o in orders]
 
-    def _scope(self, actor: Principal) -> dict[str, Any]:
+    def scope(self, actor: Principal) -> dict[str, Any]:
         if actor.kind == "member":
             return {"member_id": actor.id}
         if actor.outlet_id:  # an agent sees its own outlet's orders
@@ -291,7 +291,7 @@ class OrderService:
     async def _visible(self, actor: Principal, order_no: str) -> dict[str, Any]:
         """The order if the actor may see it; otherwise the same 404 as a missing one, so
         order numbers cannot be probed."""
-        order = await self._db.orders.find_one({"order_no": order_no, **self._scope(actor)})
+        order = await self._db.orders.find_one({"order_no": order_no, **self.scope(actor)})
         if order is None:
             raise DomainError("ORDER_NOT_FOUND")
         return order
@@ -302,7 +302,7 @@ class OrderService:
                          from_states: set[str] | None = None) -> dict[str, Any] | None:
         """Move the order to ``to`` if it is in a state that may; None if it was not."""
         allowed = from_states or {s for s, nxt in TRANSITIONS.items() if to in nxt}
-        now = _now()
+        now = now_ms()
         doc = await self._db.orders.find_one_and_update(
             {"order_no": order_no, "status": {"$in": sorted(allowed)}},
             [{"$set": {"history": {"$concatArrays": ["$history", [
@@ -318,7 +318,7 @@ class OrderService:
 
     async def cancel(self, actor: Principal, order_no: str) -> dict[str, Any]:
         order = await self._visible(actor, order_no)
-        done = await self.transition(order_no, "cancelled", _actor_label(actor),
+        done = await self.transition(order_no, "cancelled", actor_label(actor),
                                      "cancelled by buyer", from_states={"pending_payment"})
         if done is None:
             raise DomainError("ORDER_NOT_CANCELLABLE", status=order["status"])
@@ -328,7 +328,7 @@ class OrderService:
     async def expire_due(self, limit: int = 100) -> int:
         """Close unpaid orders whose time is up; each exactly once, seats released."""
         due = await self._db.orders.find(
-            {"status": "pending_payment", "expires_at": {"$lte": _now()}},
+            {"status": "pending_payment", "expires_at": {"$lte": now_ms()}},
             {"order_no": 1}).limit(limit).to_list()
         closed = 0
         for row in due:
@@ -360,7 +360,7 @@ class OrderService:
         if amount != order["amount"]:
             raise DomainError("INVALID_VALUE", "Paid amount differs from the order amount.")
         done = await self.transition(order_no, "paid", "payment", f"paid {payment_ref}",
-                                     {"payment_ref": payment_ref, "paid_at": _now()},
+                                     {"payment_ref": payment_ref, "paid_at": now_ms()},
                                      from_states={"pending_payment"})
         if done is None:
             current = order["status"] if order else "unknown"
@@ -378,7 +378,7 @@ class OrderService:
         if order is None or order["status"] != "paid":
             return order["status"] if order else "unknown"
         await self._db.orders.update_one({"order_no": order_no},
-                                         {"$set": {"issue_attempted_at": _now()}})
+                                         {"$set": {"issue_attempted_at": now_ms()}})
         tickets = await self._db.tickets.find({"order_no": order_no}).sort("seat", 1).to_list()
         infos = [TicketInfo(t["seat"], t["passenger"]["name"], t["ticket_type"], t["price"])
                  for t in tickets]
@@ -396,7 +396,7 @@ class OrderService:
             await self._db.tickets.update_one(
                 {"_id": t["_id"]}, {"$set": {"status": "issued", "sale_id": sale.sale_id,
                                              "station_ticket_no": numbers.get(t["seat"], ""),
-                                             "issued_at": _now()}})
+                                             "issued_at": now_ms()}})
         await self.transition(order_no, "issued", "station", "tickets issued",
                               {"sale_id": sale.sale_id}, from_states={"paid"})
         return "issued"
@@ -414,14 +414,14 @@ class OrderService:
             {"$setOnInsert": {"order_no": order["order_no"], "amount": order["amount"],
                               "reason": reason, "status": "requested",
                               "payment_ref": order.get("payment_ref"),
-                              "created_at": _now()}}, upsert=True)
+                              "created_at": now_ms()}}, upsert=True)
         log.error("order failed after payment; refund requested",
                   extra={"fields": {"order_no": order["order_no"], "reason": reason}})
 
     async def retry_issuing(self) -> int:
         """Paid orders the station could not be reached for: try again; when their hold
         ran out meanwhile, the sale fails and the refund is requested."""
-        cutoff = _now() - ISSUE_RETRY_AFTER
+        cutoff = now_ms() - ISSUE_RETRY_AFTER
         stuck = await self._db.orders.find(
             {"status": "paid", "$or": [{"issue_attempted_at": {"$lte": cutoff}},
                                        {"issue_attempted_at": {"$exists": False}}]},
@@ -455,5 +455,5 @@ class OrderService:
         }
 
 
-def _actor_label(actor: Principal) -> str:
+def actor_label(actor: Principal) -> str:
     return f"{actor.role}:{actor.id}" if actor.role != PASSENGER else f"member:{actor.id}"

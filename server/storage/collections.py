@@ -41,7 +41,7 @@ TICKET_TYPES = ["adult", "child", "student", "senior", "military", "disabled"]
 ORDER_STATUSES = ["pending_payment", "paid", "issued", "completed", "cancelled", "expired",
                   "refunding", "refunded", "failed"]
 TICKET_STATUSES = ["held", "issued", "picked_up", "checked_in", "refunded", "voided", "changed",
-                   "released"]
+                   "released", "refunding", "voiding", "changing"]
 DEPARTURE_STATUSES = ["on_sale", "stopped", "departed", "cancelled"]
 ID_TYPES = ["resident_id", "passport", "hk_macau_permit", "taiwan_permit",
             "hmt_residence_permit", "foreign_permanent_residence"]

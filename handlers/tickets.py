@@ -1,0 +1,66 @@
+"""Tickets after the sale: refund quote and refund, void, change."""
+
+from __future__ import annotations
+
+from handlers.base import ApiHandler, api, route
+from handlers.orders import BUYERS
+from server.schema import DATETIME, FEN, integer, obj, string
+from server.security.principal import OPERATOR, STATION_STAFF
+
+QUOTE = obj({"ticket_no": string(), "price": FEN, "refundable": {"type": "boolean"},
+             "fee": FEN, "refund_amount": FEN, "explanation": string(), "reason": string(),
+             "rules_version": string(), "status": string()},
+            ["ticket_no", "price", "refundable"])
+REFUND = obj({"expected_fee": integer(0, description="the fee the passenger was shown; "
+                                                     "refused if it changed since")})
+VOID = obj({"reason": string(1, 200)}, ["reason"])
+VOIDED = obj({"ticket_no": string(), "status": string(), "refund_amount": FEN},
+             ["ticket_no", "status", "refund_amount"])
+CHANGE = obj({"departure_id": string(1, 64)}, ["departure_id"])
+CHANGED = obj({"ticket_no": string(), "departure_id": string(), "seat": integer(1),
+               "status": string(), "changed_from": string(), "departs_at": DATETIME},
+              ["ticket_no", "departure_id", "seat", "status"])
+
+
+class RefundQuoteHandler(ApiHandler):
+    @api("What a refund would cost now (rules in force), before confirming", roles=BUYERS,
+         response=QUOTE, tags=("tickets",), errors=("TICKET_NOT_FOUND",))
+    async def get(self, ticket_no: str) -> None:
+        self.write_json(await self.services.tickets.quote(self.principal, ticket_no))
+
+
+class RefundHandler(ApiHandler):
+    @api("Refund one ticket; the seat goes back on sale, the money back the way it came",
+         roles=BUYERS, body=REFUND, response=QUOTE, tags=("tickets",), idempotent=True,
+         errors=("TICKET_NOT_FOUND", "NOT_REFUNDABLE", "REFUND_FEE_CHANGED", "TICKET_BUSY",
+                 "STATION_UNAVAILABLE", "STATION_TIMEOUT"))
+    async def post(self, ticket_no: str) -> None:
+        self.write_json(await self.services.tickets.refund(
+            self.principal, ticket_no, self.body.get("expected_fee")))
+
+
+class VoidHandler(ApiHandler):
+    @api("Void a misissued ticket (废票): full amount back, audited",
+         roles=(STATION_STAFF, OPERATOR), body=VOID, response=VOIDED, tags=("tickets",),
+         idempotent=True, errors=("TICKET_NOT_FOUND", "NOT_REFUNDABLE", "TICKET_BUSY"))
+    async def post(self, ticket_no: str) -> None:
+        self.write_json(await self.services.tickets.void(self.principal, ticket_no,
+                                                         self.body["reason"]))
+
+
+class ChangeHandler(ApiHandler):
+    @api("Change to another departure of the same route (改签), once, same fare",
+         roles=BUYERS, body=CHANGE, response=CHANGED, tags=("tickets",), idempotent=True,
+         errors=("TICKET_NOT_FOUND", "NOT_CHANGEABLE", "CHANGE_FARE_DIFFERS", "SALE_CLOSED",
+                 "PASSENGER_ALREADY_BOOKED", "SOLD_OUT", "TICKET_BUSY"))
+    async def post(self, ticket_no: str) -> None:
+        self.write_json(await self.services.tickets.change(self.principal, ticket_no,
+                                                           self.body["departure_id"]))
+
+
+default_handlers = [
+    route("/api/v1/tickets/{ticket_no}/refund-quote", RefundQuoteHandler),
+    route("/api/v1/tickets/{ticket_no}/refund", RefundHandler),
+    route("/api/v1/tickets/{ticket_no}/void", VoidHandler),
+    route("/api/v1/tickets/{ticket_no}/change", ChangeHandler),
+]

@@ -1,0 +1,207 @@
+"""Tickets after the sale: refund (退票) with a quoted fee, void (废票), change (改签).
+
+Each operation first moves the ticket into a busy state with one guarded update, so two
+refunds of one ticket cannot both run; then gives the seat back at the station (or takes the
+new one); then records the outcome and, where money goes back, a refund request that the
+payments capability pays through the original channel. If the station step fails, the
+ticket returns to where it was and nothing else changed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+
+from server.errors import DomainError
+from server.exchange.base import HoldRequest, TicketInfo
+from server.exchange.errors import ExchangeError
+from server.security.principal import Principal
+from server.services.audit import AuditService
+from server.services.orders import OrderService, actor_label, now_ms
+from server.services.planning import LOCAL_TZ
+from server.services.rules import RuleService
+from server.services.seats import SeatService
+
+log = logging.getLogger(__name__)
+
+REFUNDABLE = ("issued", "picked_up")
+
+
+class TicketService:
+    def __init__(self, db: AsyncDatabase[Any], seats: SeatService, rules: RuleService,
+                 orders: OrderService, audit: AuditService) -> None:
+        self._db = db
+        self._seats = seats
+        self._rules = rules
+        self._orders = orders
+        self._audit = audit
+
+    async def _load(self, actor: Principal, ticket_no: str
+                    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        ticket = await self._db.tickets.find_one({"ticket_no": ticket_no})
+        if ticket is None:
+            raise DomainError("TICKET_NOT_FOUND")
+        order = await self._db.orders.find_one({"order_no": ticket["order_no"],
+                                                **self._orders.scope(actor)})
+        if order is None:  # someone else's ticket looks like no ticket
+            raise DomainError("TICKET_NOT_FOUND")
+        dep = await self._db.departures.find_one({"_id": ticket["departure_id"]})
+        return ticket, order, dep or {}
+
+    # --- refund -------------------------------------------------------------------------------
+    async def quote(self, actor: Principal, ticket_no: str) -> dict[str, Any]:
+        """The refund fee and amount under the rules in force, before anything happens."""
+        ticket, _, dep = await self._load(actor, ticket_no)
+        return await self._quote(ticket, dep)
+
+    async def _quote(self, ticket: dict[str, Any], dep: dict[str, Any]) -> dict[str, Any]:
+        rules = await self._rules.current()
+        cancelled = dep.get("status") == "cancelled"
+        fee = None
+        if ticket["status"] in REFUNDABLE:
+            fee = rules.refund_fee(ticket["price"], dep["departs_at"], now_ms(), cancelled)
+        out: dict[str, Any] = {"ticket_no": ticket["ticket_no"], "price": ticket["price"],
+                               "refundable": fee is not None, "rules_version": rules.version}
+        if fee is None:
+            out["reason"] = "departed" if ticket["status"] in REFUNDABLE else ticket["status"]
+            return out
+        hours = (dep["departs_at"] - now_ms()).total_seconds() / 3600
+        out.update(fee=fee, refund_amount=ticket["price"] - fee,
+                   explanation="班次取消，全额退款" if cancelled else
+                   f"距发车{'不足' if hours < 2 else ''}2小时，按规则收取退票费")
+        return out
+
+    async def refund(self, actor: Principal, ticket_no: str,
+                     expected_fee: int | None = None) -> dict[str, Any]:
+        ticket, order, dep = await self._load(actor, ticket_no)
+        quote = await self._quote(ticket, dep)
+        if not quote["refundable"]:
+            raise DomainError("NOT_REFUNDABLE", reason=quote.get("reason"))
+        if expected_fee is not None and expected_fee != quote["fee"]:
+            raise DomainError("REFUND_FEE_CHANGED", fee=quote["fee"])
+        busy = await self._begin(ticket, "refunding")
+        try:
+            await self._seats.refund(ticket["departure_id"], ticket["sale_id"],
+                                     (ticket["seat"],))
+        except ExchangeError:
+            await self._db.tickets.update_one({"_id": ticket["_id"]},
+                                              {"$set": {"status": busy["status"]}})
+            raise
+        await self._finish(ticket, order, "refunded", quote["fee"], quote["refund_amount"],
+                           actor_label(actor), "refund")
+        return {**quote, "status": "refunded"}
+
+    # --- void (废票) -------------------------------------------------------------------------
+    async def void(self, actor: Principal, ticket_no: str, reason: str) -> dict[str, Any]:
+        """Station staff cancel a misissued ticket: seat back on sale, full amount back."""
+        ticket, order, _ = await self._load(actor, ticket_no)
+        if ticket["status"] not in REFUNDABLE:
+            raise DomainError("NOT_REFUNDABLE", reason=ticket["status"])
+        busy = await self._begin(ticket, "voiding")
+        try:
+            await self._seats.void(ticket["departure_id"], ticket["sale_id"], (ticket["seat"],))
+        except ExchangeError:
+            await self._db.tickets.update_one({"_id": ticket["_id"]},
+                                              {"$set": {"status": busy["status"]}})
+            raise
+        await self._finish(ticket, order, "voided", 0, ticket["price"], actor_label(actor),
+                           f"void: {reason}")
+        await self._audit.record(actor, "ticket.void", target=ticket_no,
+                                 details={"reason": reason, "order_no": order["order_no"]})
+        return {"ticket_no": ticket_no, "status": "voided", "refund_amount": ticket["price"]}
+
+    async def _begin(self, ticket: dict[str, Any], busy: str) -> dict[str, Any]:
+        before = await self._db.tickets.find_one_and_update(
+            {"_id": ticket["_id"], "status": {"$in": list(REFUNDABLE)}},
+            {"$set": {"status": busy, "busy_since": now_ms()}},
+            return_document=ReturnDocument.BEFORE)
+        if before is None:
+            raise DomainError("TICKET_BUSY")
+        return before  # type: ignore[no-any-return]
+
+    async def _finish(self, ticket: dict[str, Any], order: dict[str, Any], status: str,
+                      fee: int, amount: int, actor: str, reason: str) -> None:
+        now = now_ms()
+        await self._db.tickets.update_one(
+            {"_id": ticket["_id"]},
+            {"$set": {"status": status, "active": False, "refund": {
+                "fee": fee, "amount": amount, "at": now, "reason": reason}}})
+        if amount > 0:
+            await self._db.refund_requests.update_one(
+                {"_id": f"ticket:{ticket['ticket_no']}"},
+                {"$setOnInsert": {"order_no": order["order_no"],
+                                  "ticket_no": ticket["ticket_no"], "amount": amount,
+                                  "fee": fee, "reason": reason, "status": "requested",
+                                  "payment_ref": order.get("payment_ref"),
+                                  "created_at": now}}, upsert=True)
+        left = await self._db.tickets.count_documents(
+            {"order_no": order["order_no"], "active": True})
+        if left == 0:
+            await self._orders.transition(order["order_no"], "refunded", actor, reason,
+                                          from_states={"issued", "refunding"})
+
+    # --- change (改签) -------------------------------------------------------------------------
+    async def change(self, actor: Principal, ticket_no: str, departure_id: str
+                     ) -> dict[str, Any]:
+        """To another departure of the same route and trip, once, when the fare is the
+        same: the new seat is taken and sold first, then the old one given back."""
+        ticket, order, dep = await self._load(actor, ticket_no)
+        rules = await self._rules.current()
+        if ticket["status"] not in REFUNDABLE or ticket.get("changes", 0) >= \
+                rules.changes_allowed:
+            raise DomainError("NOT_CHANGEABLE", reason="status or change count")
+        if dep["departs_at"] - now_ms() < dt.timedelta(minutes=rules.change_cutoff_minutes):
+            raise DomainError("NOT_CHANGEABLE", reason="too close to departure")
+        target = await self._db.departures.find_one({"_id": departure_id})
+        if target is None or target["route_id"] != dep["route_id"] or \
+                target["_id"] == dep["_id"]:
+            raise DomainError("NOT_CHANGEABLE", reason="another departure of the same route",
+                              field="departure_id")
+        if target["status"] != "on_sale" or target["departs_at"] - now_ms() < dt.timedelta(
+                minutes=rules.online_cutoff_minutes):
+            raise DomainError("SALE_CLOSED", field="departure_id")
+        fare = await self._db.fares.find_one(
+            {"route_id": target["route_id"], "from_seq": ticket["from_seq"],
+             "to_seq": ticket["to_seq"]}, sort=[("effective_from", -1)])
+        if fare is None or fare["prices"].get(ticket["ticket_type"]) != ticket["price"]:
+            raise DomainError("CHANGE_FARE_DIFFERS")
+        clash = await self._db.tickets.find_one(
+            {"departure_id": departure_id, "active": True,
+             "passenger.id_no_index": ticket["passenger"]["id_no_index"]})
+        if clash is not None:
+            raise DomainError("PASSENGER_ALREADY_BOOKED")
+        busy = await self._begin(ticket, "changing")
+        hold_id = f"C{ticket['ticket_no']}"
+        try:
+            hold = await self._seats.hold(departure_id, HoldRequest(
+                hold_id, order["channel"], 1, ticket["from_seq"], ticket["to_seq"],
+                ttl_seconds=300))
+            sale = await self._seats.sell(departure_id, hold_id, [TicketInfo(
+                hold.seats[0], ticket["passenger"]["name"], ticket["ticket_type"],
+                ticket["price"])])
+        except ExchangeError:
+            await self._db.tickets.update_one({"_id": ticket["_id"]},
+                                              {"$set": {"status": busy["status"]}})
+            raise
+        now = now_ms()
+        new = {k: v for k, v in ticket.items() if k not in ("_id", "refund")}
+        new.update(ticket_no=f"{ticket['ticket_no']}C", departure_id=departure_id,
+                   seat=hold.seats[0], status="issued", active=True, sale_id=sale.sale_id,
+                   station_ticket_no=(sale.station_ticket_nos or ("",))[0],
+                   changed_from=ticket["ticket_no"], changes=ticket.get("changes", 0) + 1,
+                   issued_at=now, created_at=now)
+        await self._db.tickets.update_one({"_id": ticket["_id"]}, {"$set": {
+            "status": "changed", "active": False, "changed_to": new["ticket_no"]}})
+        await self._db.tickets.insert_one(new)
+        try:
+            await self._seats.refund(dep["_id"], ticket["sale_id"], (ticket["seat"],))
+        except ExchangeError as exc:  # the new ticket stands; the old seat is settled later
+            log.error("old seat not returned after change: %s", exc.code,
+                      extra={"fields": {"ticket_no": ticket_no}})
+        return {"ticket_no": new["ticket_no"], "departure_id": departure_id,
+                "seat": new["seat"], "status": "issued", "changed_from": ticket_no,
+                "departs_at": target["departs_at"].astimezone(LOCAL_TZ).isoformat()}

@@ -1,0 +1,55 @@
+"""Helpers for booking tests: people with valid ID numbers, members, departures, issued
+orders."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import uuid
+from typing import Any
+
+from server.services.planning import local_today
+from server.services.realname import check_char
+from tests.support import ApiClient
+
+_rng = random.Random()
+
+
+def new_id() -> str:
+    birth = dt.date(1960, 1, 1) + dt.timedelta(days=_rng.randrange(15000))
+    first = f"440106{birth:%Y%m%d}{_rng.randrange(1000):03d}"
+    return first + check_char(first)
+
+
+async def member(api: ApiClient) -> str:
+    code = (await api.post("/sandbox/wechat/login-code",
+                           {"openid": "o-" + uuid.uuid4().hex})).body["code"]
+    return (await api.post("/api/v1/auth/wechat", {"code": code})).body["token"]
+
+
+def person(name: str = "王五", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "id_type": "resident_id", "id_no": new_id(), **extra}
+
+
+async def native_departure(db: Any, offset: int, index: int = 0) -> dict[str, Any]:
+    day = (local_today() + dt.timedelta(days=offset)).isoformat()
+    native = await db.stations.distinct("_id", {"system.vendor": "native"})
+    deps = await db.departures.find({"service_date": day, "station_id": {"$in": native},
+                                     "status": "on_sale"}).sort("_id", 1).to_list()
+    return deps[index]
+
+
+
+
+async def issued_order(api: ApiClient, services: Any, token: str, departure_id: str,
+                       passengers: list[dict[str, Any]]) -> dict[str, Any]:
+    """An order created over HTTP and paid (the payments capability's entry point)."""
+    resp = await api.post("/api/v1/orders", {"departure_id": departure_id,
+                                             "contact_phone": "13812345678",
+                                             "passengers": passengers}, token=token)
+    assert resp.status == 201, resp.text
+    outcome = await services.orders.mark_paid(resp.body["order_no"], "pay-" + uuid.uuid4().hex,
+                                              resp.body["amount"])
+    assert outcome == "issued", outcome
+    got = await api.get(f"/api/v1/orders/{resp.body['order_no']}", token=token)
+    return got.body  # type: ignore[no-any-return]

@@ -1,0 +1,134 @@
+"""Refund quote and refund, void and change, over real HTTP on native and proxied stations."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+
+from server.services.planning import local_today
+from tests.booking_support import issued_order, member, native_departure, person
+from tests.inventory_support import make_departure
+from tests.support import ApiClient
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_quote_then_refund_each_ticket(api: ApiClient, db, services) -> None:
+    token = await member(api)
+    dep = await native_departure(db, 7)
+    before = (await api.get(f"/api/v1/departures/{dep['_id']}")).body["remaining"]
+    order = await issued_order(api, services, token, dep["_id"], [person(), person()])
+    first, second = order["tickets"]
+    quote = await api.get(f"/api/v1/tickets/{first['ticket_no']}/refund-quote", token=token)
+    assert quote.status == 200 and quote.body["refundable"]
+    fee = max(50, first["price"] * 10 // 100)  # ≥ 2 h before departure: 10 %, at least ¥0.5
+    assert quote.body["fee"] == fee and quote.body["refund_amount"] == first["price"] - fee
+
+    wrong = await api.post(f"/api/v1/tickets/{first['ticket_no']}/refund",
+                           {"expected_fee": fee + 1}, token=token)
+    assert wrong.status == 409 and wrong.error_code == "REFUND_FEE_CHANGED"
+    done = await api.post(f"/api/v1/tickets/{first['ticket_no']}/refund",
+                          {"expected_fee": fee}, token=token)
+    assert done.status == 200 and done.body["status"] == "refunded"
+    after = (await api.get(f"/api/v1/orders/{order['order_no']}", token=token)).body
+    assert after["status"] == "issued"  # a partial refund: the other ticket stands
+    assert [t["status"] for t in after["tickets"]] == ["refunded", "issued"]
+    assert (await api.get(f"/api/v1/departures/{dep['_id']}")).body["remaining"] == before - 1
+    request = await db.refund_requests.find_one({"ticket_no": first["ticket_no"]})
+    assert (request["amount"], request["fee"]) == (first["price"] - fee, fee)
+    again = await api.post(f"/api/v1/tickets/{first['ticket_no']}/refund", {}, token=token)
+    assert again.status == 409 and again.error_code == "NOT_REFUNDABLE"
+
+    await api.post(f"/api/v1/tickets/{second['ticket_no']}/refund", {}, token=token)
+    final = (await api.get(f"/api/v1/orders/{order['order_no']}", token=token)).body
+    assert final["status"] == "refunded"
+    stranger = await member(api)
+    hidden = await api.get(f"/api/v1/tickets/{second['ticket_no']}/refund-quote",
+                           token=stranger)
+    assert hidden.status == 404 and hidden.error_code == "TICKET_NOT_FOUND"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_fee_tiers_and_operator_cancellation(api: ApiClient, db, services) -> None:
+    token = await member(api)
+    soon = await make_departure(db, seats=5, departs_in=dt.timedelta(minutes=90))
+    order = await issued_order(api, services, token, soon, [person()])
+    ticket = order["tickets"][0]
+    quote = (await api.get(f"/api/v1/tickets/{ticket['ticket_no']}/refund-quote",
+                           token=token)).body
+    assert quote["fee"] == max(100, ticket["price"] * 20 // 100)  # < 2 h: 20 %, at least ¥1
+    await db.departures.update_one({"_id": soon}, {"$set": {"status": "cancelled"}})
+    quote = (await api.get(f"/api/v1/tickets/{ticket['ticket_no']}/refund-quote",
+                           token=token)).body
+    assert quote["fee"] == 0 and quote["refund_amount"] == ticket["price"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_two_refunds_of_one_ticket_at_once(api: ApiClient, db, services) -> None:
+    token = await member(api)
+    dep = await native_departure(db, 8)
+    order = await issued_order(api, services, token, dep["_id"], [person()])
+    ticket_no = order["tickets"][0]["ticket_no"]
+    results = await asyncio.gather(*[api.post(f"/api/v1/tickets/{ticket_no}/refund", {},
+                                              token=token) for _ in range(4)])
+    assert [r.status for r in results].count(200) == 1
+    assert await db.refund_requests.count_documents({"ticket_no": ticket_no}) == 1
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_void_is_for_station_staff_and_audited(api: ApiClient, db, services) -> None:
+    day = (local_today() + dt.timedelta(days=7)).isoformat()
+    dep = await db.departures.find_one({"station_id": "440111001", "service_date": day,
+                                        "status": "on_sale"})
+    order = await issued_order(api, services, await member(api), dep["_id"], [person()])
+    ticket_no = order["tickets"][0]["ticket_no"]
+    passenger = await member(api)
+    assert (await api.post(f"/api/v1/tickets/{ticket_no}/void", {"reason": "x"},
+                           token=passenger)).status == 403
+    staff = (await api.login("station_staff"))["token"]
+    done = await api.post(f"/api/v1/tickets/{ticket_no}/void", {"reason": "售错班次"},
+                          token=staff)
+    assert done.status == 200 and done.body["refund_amount"] == order["amount"]
+    entry = await db.audit.find_one({"action": "ticket.void", "target": ticket_no})
+    assert entry["actor"]["username"] == "station_staff"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_change_to_another_departure_of_the_route(api: ApiClient, db, services) -> None:
+    token = await member(api)
+    dep = await native_departure(db, 6, 2)
+    later = await db.departures.find_one({"schedule_id": dep["schedule_id"],
+                                          "service_date": (dt.date.fromisoformat(
+                                              dep["service_date"]) + dt.timedelta(days=1)
+                                          ).isoformat()})
+    order = await issued_order(api, services, token, dep["_id"], [person()])
+    ticket_no = order["tickets"][0]["ticket_no"]
+    moved = await api.post(f"/api/v1/tickets/{ticket_no}/change",
+                           {"departure_id": later["_id"]}, token=token)
+    assert moved.status == 200, moved.text
+    assert moved.body["departure_id"] == later["_id"] and moved.body["changed_from"] == ticket_no
+    old = await db.tickets.find_one({"ticket_no": ticket_no})
+    assert old["status"] == "changed" and old["active"] is False
+    again = await api.post(f"/api/v1/tickets/{moved.body['ticket_no']}/change",
+                           {"departure_id": dep["_id"]}, token=token)
+    assert again.status == 409 and again.error_code == "NOT_CHANGEABLE"
+    other_route = await db.departures.find_one({"route_id": {"$ne": dep["route_id"]},
+                                                "service_date": dep["service_date"]})
+    order2 = await issued_order(api, services, token, dep["_id"], [person()])
+    bad = await api.post(f"/api/v1/tickets/{order2['tickets'][0]['ticket_no']}/change",
+                         {"departure_id": other_route["_id"]}, token=token)
+    assert bad.status == 409 and bad.error_code == "NOT_CHANGEABLE"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_refund_at_a_proxied_station(api: ApiClient, db, services) -> None:
+    token = await member(api)
+    day = (local_today() + dt.timedelta(days=7)).isoformat()
+    dep = await db.departures.find_one({"station_id": "441402001", "service_date": day})
+    order = await issued_order(api, services, token, dep["_id"], [person()])
+    before = (await api.get(f"/api/v1/departures/{dep['_id']}")).body["remaining"]
+    resp = await api.post(f"/api/v1/tickets/{order['tickets'][0]['ticket_no']}/refund", {},
+                          token=token)
+    assert resp.status == 200
+    assert (await api.get(f"/api/v1/departures/{dep['_id']}")).body["remaining"] == before + 1
