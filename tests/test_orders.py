@@ -247,3 +247,33 @@ async def test_concurrent_buyers_for_the_last_seats(api: ApiClient, db) -> None:
     seats = [r.body["tickets"][0]["seat"] for r in results if r.status == 201]
     assert sorted(seats) == [1, 2, 3]
     assert await db.orders.count_documents({"departure_id": dep}) == 3
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_agents_and_phone_agents_sell_on_their_channel_and_see_their_own(
+        api: ApiClient, db) -> None:
+    dep = await native_departure(db, 7, 3)
+    agent = (await api.login("agent"))["token"]
+    phone = (await api.login("phone_agent"))["token"]
+    sold = await api.post("/api/v1/orders", {"departure_id": dep["_id"],
+                                             "contact_phone": "13812345678",
+                                             "passengers": [person()]}, token=agent)
+    assert sold.status == 201 and sold.body["channel"] == "agent"
+    stored = await db.orders.find_one({"order_no": sold.body["order_no"]})
+    assert stored["outlet_id"] == "OUT440106001" and stored["actor"]["username"] == "agent"
+    by_phone = await api.post("/api/v1/orders", {"departure_id": dep["_id"],
+                                                 "contact_phone": "13912345678",
+                                                 "passengers": [person()]}, token=phone)
+    assert by_phone.status == 201 and by_phone.body["channel"] == "phone"
+    refused = await api.post("/api/v1/orders", {"departure_id": dep["_id"], "channel": "web",
+                                                "contact_phone": "13912345678",
+                                                "passengers": [person()]}, token=agent)
+    assert refused.status == 400 and refused.error_code == "UNKNOWN_FIELD"
+    mine = [o["order_no"] for o in (await api.get("/api/v1/orders", token=agent)).body[
+        "orders"]]
+    assert sold.body["order_no"] in mine and by_phone.body["order_no"] not in mine
+    hidden = await api.get(f"/api/v1/orders/{by_phone.body['order_no']}", token=agent)
+    assert hidden.status == 404
+    calls = [o["order_no"] for o in (await api.get("/api/v1/orders", token=phone)).body[
+        "orders"]]
+    assert by_phone.body["order_no"] in calls and sold.body["order_no"] not in calls

@@ -301,18 +301,21 @@ class NativeInventory:
 
     async def availability(self, departure_id: str) -> Availability:
         """Remaining seats and seat map, read from Redis (never a database scan)."""
-        r = await self._call("snapshot", departure_id)
-        occupancy = _seats(r[5]) if r[5] else ()
-        held = tuple(int(p.split(":")[0]) for p in r[6].split(",") if p)
-        return Availability(departure_id=departure_id, seats=int(r[1]), segments=int(r[2]),
-                            status=r[3], remaining=sum(1 for m in occupancy if m == 0),
-                            occupancy=occupancy, held=held, version=int(r[4]))
+        return _availability(departure_id, await self._call("snapshot", departure_id))
 
     async def availability_many(self, departure_ids: list[str]) -> dict[str, Availability]:
-        found = await asyncio.gather(*[self.availability(d) for d in departure_ids],
-                                     return_exceptions=True)
-        return {d: a for d, a in zip(departure_ids, found, strict=True)
-                if isinstance(a, Availability)}
+        """Many departures in one Redis round trip (departures not loaded yet load first)."""
+        answers = await self._scripts.call_many("snapshot", departure_ids)
+        out: dict[str, Availability] = {}
+        for departure_id, answer in zip(departure_ids, answers, strict=True):
+            if isinstance(answer, ScriptError) and answer.code == "NOT_LOADED":
+                try:
+                    out[departure_id] = await self.availability(departure_id)
+                except DepartureNotFound:
+                    continue
+            elif not isinstance(answer, Exception):
+                out[departure_id] = _availability(departure_id, answer)
+        return out
 
     # --- ticket sources ---------------------------------------------------------------------
     async def configure(self, departure_id: str) -> None:
@@ -369,6 +372,14 @@ class NativeInventory:
                 {"_id": {"$in": ids}, "status": "held"},
                 {"$set": {"status": "released", "released_at": dt.datetime.now(dt.UTC),
                           "release_reason": "expired"}})
+
+
+def _availability(departure_id: str, r: list[Any]) -> Availability:
+    occupancy = _seats(r[5]) if r[5] else ()
+    held = tuple(int(p.split(":")[0]) for p in r[6].split(",") if p)
+    return Availability(departure_id=departure_id, seats=int(r[1]), segments=int(r[2]),
+                        status=r[3], remaining=sum(1 for m in occupancy if m == 0),
+                        occupancy=occupancy, held=held, version=int(r[4]))
 
 
 def _hold_record(hold: Hold, channel: str, status: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from server.services.rules import RuleService
 from server.services.seats import SeatService
 
 REFRESH_SECONDS = 60.0
+DAY_CACHE_SECONDS = 3.0  # a day's departures: statuses change by sync, seats come from Redis
 AVERAGE_KMH = 60.0  # to estimate when a bus reaches an intermediate boarding stop
 
 
@@ -45,14 +46,23 @@ class NetworkCache:
         self._lock = asyncio.Lock()
 
     async def get(self) -> Network:
-        if time.monotonic() - self._network.loaded_at > REFRESH_SECONDS:
+        """The network; an old copy is served while one task reloads it in the background."""
+        age = time.monotonic() - self._network.loaded_at
+        if not self._network.stations:  # nothing yet: everyone waits for the first load
             async with self._lock:
-                if time.monotonic() - self._network.loaded_at > REFRESH_SECONDS:
+                if not self._network.stations:
                     self._network = await self._load()
+        elif age > REFRESH_SECONDS and not self._lock.locked():
+            asyncio.get_running_loop().create_task(self._refresh())
         return self._network
 
+    async def _refresh(self) -> None:
+        async with self._lock:
+            if time.monotonic() - self._network.loaded_at > REFRESH_SECONDS:
+                self._network = await self._load()
+
     def invalidate(self) -> None:
-        self._network.loaded_at = 0.0
+        self._network.loaded_at = -REFRESH_SECONDS
 
     async def _load(self) -> Network:
         net = Network(loaded_at=time.monotonic())
@@ -83,6 +93,35 @@ class SearchService:
         self._seats = seats
         self._rules = rules
         self.network = network
+        self._days: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self._reading: dict[str, asyncio.Task[list[dict[str, Any]]]] = {}
+
+    async def _departures_of(self, day: str) -> list[dict[str, Any]]:
+        """The day's departures, sorted by time: re-read every few seconds by one task while
+        the others keep using the copy they have (never one database read per search)."""
+        cached = self._days.get(day)
+        fresh = cached and time.monotonic() - cached[0] < DAY_CACHE_SECONDS
+        if fresh:
+            return cached[1]  # type: ignore[index]
+        task = self._reading.get(day)
+        if task is None:
+            task = self._reading[day] = asyncio.get_running_loop().create_task(
+                self._read_day(day))
+        if cached:
+            return cached[1]
+        return await asyncio.shield(task)
+
+    async def _read_day(self, day: str) -> list[dict[str, Any]]:
+        try:
+            found = await self._db.departures.find({"service_date": day}).sort(
+                "departs_at", 1).to_list()
+            now = time.monotonic()
+            self._days = {d: v for d, v in self._days.items()
+                          if now - v[0] < 10 * DAY_CACHE_SECONDS}
+            self._days[day] = (now, found)
+            return found
+        finally:
+            self._reading.pop(day, None)
 
     async def search(self, origin: str, destination: str, date: str, *,
                      after: str | None = None, before: str | None = None,
@@ -113,11 +152,8 @@ class SearchService:
                 trips[route_id] = (boarding["seq"], alighting["seq"])
         if not trips:
             return []
-        query: dict[str, Any] = {"service_date": day.isoformat(),
-                                 "route_id": {"$in": list(trips)}}
-        if station:
-            query["station_id"] = station
-        departures = await self._db.departures.find(query).sort("departs_at", 1).to_list()
+        departures = [d for d in await self._departures_of(day.isoformat())
+                      if d["route_id"] in trips and (not station or d["station_id"] == station)]
         now = dt.datetime.now(dt.UTC)
         results = []
         for dep in departures:

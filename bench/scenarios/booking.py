@@ -1,0 +1,126 @@
+"""Booking: search and order creation end to end, beside raw baselines of the same run."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime as dt
+import json
+import random
+import time
+import uuid
+from typing import Any
+from urllib.parse import quote
+
+from pymongo import AsyncMongoClient
+from tornado.httpclient import AsyncHTTPClient
+
+from bench.run import Bench, Row
+from server.services.planning import local_today
+from server.services.realname import check_char
+
+TITLE = "Booking: search and orders end to end"
+NOTES = [
+    "Search: `GET /api/v1/departures?from=广州&to=深圳&date=<tomorrow>` (≈18 results, "
+    "remaining seats from Redis per result) from the separate load generator, beside "
+    "`GET /healthz` measured in the same run.",
+    "Orders: 16 concurrent buyers (one member each) `POST /api/v1/orders` with one real-name "
+    "passenger on departures spread over the demo province: validation, fare, Redis hold, "
+    "MongoDB transaction (order + ticket), encryption. The baseline inserts the same order and "
+    "ticket documents straight into MongoDB with the same concurrency.",
+]
+BUYERS = 16
+
+
+def _person(rng: random.Random) -> dict[str, str]:
+    birth = dt.date(1960, 1, 1) + dt.timedelta(days=rng.randrange(15000))
+    first = f"440106{birth:%Y%m%d}{rng.randrange(1000):03d}"
+    return {"name": "压测", "id_type": "resident_id", "id_no": first + check_char(first)}
+
+
+async def _token(bench: Bench, http: AsyncHTTPClient) -> str:
+    code = json.loads((await http.fetch(bench.base_url + "/sandbox/wechat/login-code",
+                                        method="POST", body=json.dumps(
+                                            {"openid": "bench-" + uuid.uuid4().hex}))).body)
+    resp = await http.fetch(bench.base_url + "/api/v1/auth/wechat", method="POST",
+                            body=json.dumps(code))
+    return str(json.loads(resp.body)["token"])
+
+
+async def _orders(bench: Bench, departures: list[str]) -> tuple[float, float, list[Any]]:
+    http = AsyncHTTPClient(max_clients=BUYERS)
+    tokens = [await _token(bench, http) for _ in range(BUYERS)]
+    rng = random.Random(7)
+    latencies: list[float] = []
+    sample: list[Any] = []
+    deadline = time.perf_counter() + bench.seconds
+
+    async def buyer(token: str) -> None:
+        while time.perf_counter() < deadline:
+            body = {"departure_id": rng.choice(departures), "contact_phone": "13812345678",
+                    "passengers": [_person(rng)]}
+            started = time.perf_counter()
+            resp = await http.fetch(bench.base_url + "/api/v1/orders", method="POST",
+                                    body=json.dumps(body), raise_error=False,
+                                    headers={"Authorization": f"Bearer {token}"})
+            if resp.code == 201:
+                latencies.append(time.perf_counter() - started)
+                if len(sample) < 1:
+                    sample.append(json.loads(resp.body)["order_no"])
+
+    started = time.perf_counter()
+    await asyncio.gather(*[buyer(t) for t in tokens])
+    rate = len(latencies) / (time.perf_counter() - started)
+    latencies.sort()
+    p99 = 1000 * latencies[int(0.99 * (len(latencies) - 1))] if latencies else 0.0
+    return rate, p99, sample
+
+
+async def _raw_inserts(bench: Bench, order_no: str, seconds: float) -> float:
+    client: AsyncMongoClient[Any] = AsyncMongoClient(bench.mongo_uri, w="majority")
+    db = client[bench.db_name]
+    order = await db.orders.find_one({"order_no": order_no})
+    ticket = await db.tickets.find_one({"order_no": order_no})
+    raw = client.keyun_bench_raw
+    count = 0
+    deadline = time.perf_counter() + seconds
+
+    async def writer() -> None:
+        nonlocal count
+        while time.perf_counter() < deadline:
+            o, t = copy.deepcopy(order), copy.deepcopy(ticket)
+            o.pop("_id"), t.pop("_id")
+            o["order_no"] = t["order_no"] = uuid.uuid4().hex
+            await raw.orders.insert_one(o)
+            await raw.tickets.insert_one(t)
+            count += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*[writer() for _ in range(BUYERS)])
+    rate = count / (time.perf_counter() - started)
+    await client.drop_database("keyun_bench_raw")
+    await client.close()
+    return rate
+
+
+async def run(bench: Bench) -> list[Row]:
+    tomorrow = (local_today() + dt.timedelta(days=1)).isoformat()
+    bare = await bench.http_load("/healthz")
+    search = await bench.http_load(f"/api/v1/departures?from={quote('广州')}&to="
+                                   f"{quote('深圳')}&date={tomorrow}")
+    client: AsyncMongoClient[Any] = AsyncMongoClient(bench.mongo_uri)
+    native = await client[bench.db_name].stations.distinct("_id", {"system.vendor": "native"})
+    departures = await client[bench.db_name].departures.distinct(
+        "_id", {"station_id": {"$in": native}, "service_date": {"$gt": tomorrow}})
+    await client.close()
+    rate, p99, sample = await _orders(bench, departures)
+    raw = await _raw_inserts(bench, sample[0], bench.seconds) if sample else 0.0
+    return [
+        Row("search 广州→深圳 (GET /api/v1/departures)", search["rps"], "req/s",
+            "bare JSON endpoint", bare["rps"],
+            f"p99 {search['p99_ms']:.1f} ms (bare {bare['p99_ms']:.1f} ms); errors "
+            f"{int(search['errors'])}; server CPU {search['server_cpu_pct']:.0f} %"),
+        Row("orders created end to end (POST /api/v1/orders)", rate, "orders/s",
+            "raw MongoDB inserts of the same order + ticket", raw,
+            f"p99 {p99:.0f} ms; {BUYERS} concurrent buyers"),
+    ]
