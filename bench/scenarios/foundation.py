@@ -83,7 +83,7 @@ async def run(bench: Bench) -> list[Row]:
             "itself", bare["rps"], bare_note),
         Row("authenticated request (GET /api/v1/me, JWT verify)", me["rps"], "req/s",
             "bare JSON endpoint", bare["rps"], _http_note(me)),
-        Row("station search (GET /api/v1/stations?q=gz, MongoDB read)", search["rps"], "req/s",
+        Row("station look-up (GET /api/v1/stations?q=gz, cached network)", search["rps"], "req/s",
             "bare JSON endpoint", bare["rps"], _http_note(search)),
         Row("audit trail page (GET /api/v1/admin/audit, indexed sort)", audit["rps"], "req/s",
             "bare JSON endpoint", bare["rps"], _http_note(audit)),
