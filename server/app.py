@@ -47,6 +47,7 @@ from server.services.inventory import NativeInventory
 from server.services.jobs import JobRunner
 from server.services.members import MemberService, WeChatLogin
 from server.services.orders import OrderService
+from server.services.planning import local_today, plan_departures
 from server.services.rules import RuleService
 from server.services.search import NetworkCache, SearchService
 from server.services.seats import SeatService
@@ -54,6 +55,8 @@ from server.services.stations import StationService
 from server.services.sync import SyncService
 from server.services.ticket_sources import TicketSourceService
 from server.services.tickets import TicketService
+
+PLANNING_DAYS = 10
 
 
 @dataclass
@@ -116,6 +119,9 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     order_service = OrderService(db, redis, seats, rules, member_service, vault)
     jobs = JobRunner(redis)
     jobs.add("order-expiry", 2.0, order_service.expire_due)
+    # dated departures of native stations roll forward with the days (proxied: by sync)
+    jobs.add("departure-planning", 3600.0,
+             lambda: plan_departures(db, local_today(), PLANNING_DAYS))
     jobs.add("order-issuing", 10.0, order_service.retry_issuing)
     jobs.add("hold-sweeper", 1.0, inventory.sweep)
     jobs.add("station-sync", 30.0, sync.sync_all)

@@ -87,6 +87,15 @@ def simulators(workdir: Path) -> Iterator[Simulators]:
             sim.stop()
 
 
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[embedded.ChildServer]:
+    """A redis-server of this test alone (to stop and restart at will)."""
+    server = embedded.redis_server(tmp_path, persist=False)
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def seeded(stores: Stores, simulators: Simulators) -> str:
     """The session database: schema, demo province, and a first sync of the simulated

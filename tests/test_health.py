@@ -55,14 +55,6 @@ async def test_access_log_is_json_with_request_id_on_every_line(api: ApiClient,
         assert {"time", "level", "logger", "message", "request_id"} <= set(entry)
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path):
-    server = embedded.redis_server(tmp_path, persist=False)
-    server.start()
-    yield server
-    server.stop()
-
-
 def test_readiness_fails_when_redis_goes_down(stores, seeded, own_redis, tmp_path: Path) -> None:
     import json
     import urllib.error

@@ -7,7 +7,6 @@ import asyncio
 import datetime as dt
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -240,14 +239,6 @@ async def test_returned_seats_sell_again(inventory, db) -> None:
     assert again.seats == (2,)
     status, seats = await inventory.status_of(hold.hold_id)
     assert (status, seats) == ("sold", (1,))
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path):
-    server = embedded.redis_server(tmp_path, persist=False)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.gen_test(timeout=60)
