@@ -1,4 +1,4 @@
-"""Sandbox of the outside providers a passenger touches: WeChat login and the SMS gateway.
+"""Sandbox of the outside providers a passenger touches: WeChat login, SMS, WeChat Pay.
 
     STATION_SIM_SECRET=… python -m sandbox.providers --port 9200
 
@@ -122,14 +122,17 @@ class SmsLastHandler(Base):
         self.reply(found)
 
 
-def make_app(state: State) -> Application:
+def make_app(state: State, wxpay: Any = None) -> Application:
+    from sandbox.wechatpay import wxpay_routes
+
     return Application([
+        *(wxpay_routes() if wxpay is not None else []),
         (r"/cgi-bin/token", TokenHandler),
         (r"/sns/jscode2session", Code2SessionHandler),
         (r"/_sandbox/wechat/login-code", LoginCodeHandler),
         (r"/sms/v1/send", SmsSendHandler),
         (r"/_sandbox/sms/last", SmsLastHandler),
-    ], state=state)
+    ], state=state, wxpay=wxpay)
 
 
 def main() -> None:
@@ -138,7 +141,16 @@ def main() -> None:
     parser.add_argument("--appid", default="wx-keyun-sandbox")
     args = parser.parse_args()
     state = State(args.appid, os.environ["SANDBOX_WECHAT_SECRET"], os.environ["SANDBOX_SMS_KEY"])
-    serve(make_app(state), args.port)
+    wxpay = None
+    if os.environ.get("SANDBOX_WXPAY_MCHID"):
+        from sandbox.wechatpay import WxPayState
+
+        wxpay = WxPayState(os.environ["SANDBOX_WXPAY_MCHID"],
+                           os.environ["SANDBOX_WXPAY_MERCHANT_PUBLIC"],
+                           os.environ["SANDBOX_WXPAY_PLATFORM_PRIVATE"],
+                           os.environ["SANDBOX_WXPAY_PLATFORM_SERIAL"],
+                           os.environ["SANDBOX_WXPAY_V3_KEY"])
+    serve(make_app(state, wxpay), args.port)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from handlers import (
     health,
     members,
     orders,
+    payments,
     sandbox,
     staff,
     stations,
@@ -31,6 +32,9 @@ from handlers import (
 )
 from handlers.base import NotFoundHandler, log_request
 from notify.sms import HttpSmsProvider
+from payments.base import ProviderRegistry
+from payments.service import PaymentService
+from payments.wechatpay import WeChatPay, WeChatPayConfig
 from server.config import Settings
 from server.exchange.adapters.native import NativeExchange
 from server.exchange.registry import ExchangeRegistry
@@ -79,6 +83,7 @@ class Services:
     search: SearchService
     orders: OrderService
     tickets: TicketService
+    payments: PaymentService
     jobs: JobRunner
 
 
@@ -117,7 +122,12 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         HttpSmsProvider(settings.sms_api_base, settings.sms_api_key),
         WeChatLogin(settings.wechat_appid, settings.wechat_secret, settings.wechat_api_base))
     order_service = OrderService(db, redis, seats, rules, member_service, vault)
+    payment_service = PaymentService(db, payment_providers(settings), order_service,
+                                     sandbox_base=settings.wechatpay_api_base
+                                     if settings.sandbox else "")
     jobs = JobRunner(redis)
+    jobs.add("payment-query", 15.0, payment_service.query_pending)
+    jobs.add("refunds", 5.0, payment_service.execute_refunds)
     jobs.add("order-expiry", 2.0, order_service.expire_due)
     # dated departures of native stations roll forward with the days (proxied: by sync)
     jobs.add("departure-planning", 3600.0,
@@ -144,15 +154,33 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         members=member_service,
         orders=order_service,
         tickets=TicketService(db, seats, rules, order_service, audit),
+        payments=payment_service,
         jobs=jobs,
     )
+
+
+def payment_providers(settings: Settings) -> ProviderRegistry:
+    """The providers this configuration can use (config picks; code does not change)."""
+    registry = ProviderRegistry()
+    if settings.wechatpay_api_base and settings.wechatpay_private_key_file:
+        base = settings.public_url or f"http://{settings.host}:{settings.port}"
+        with open(settings.wechatpay_private_key_file) as key, \
+                open(settings.wechatpay_platform_public_key_file) as platform:
+            registry.register(WeChatPay(WeChatPayConfig(
+                api_base=settings.wechatpay_api_base, mchid=settings.wechatpay_mchid,
+                appid=settings.wechat_appid, serial_no=settings.wechatpay_serial,
+                private_key_pem=key.read(), api_v3_key=settings.wechatpay_api_v3_key,
+                platform_serial=settings.wechatpay_platform_serial,
+                platform_public_key_pem=platform.read(),
+                notify_url=f"{base}/api/v1/payments/notify/wechat")))
+    return registry
 
 
 def api_routes() -> list[URLSpec]:
     """Every JSON route, in match order."""
     return [*health.default_handlers, *auth.default_handlers, *stations.default_handlers,
             *staff.default_handlers, *members.default_handlers, *departures.default_handlers,
-            *orders.default_handlers, *tickets.default_handlers,
+            *orders.default_handlers, *tickets.default_handlers, *payments.default_handlers,
             *exchange.default_handlers, *docs.default_handlers]
 
 
@@ -161,7 +189,7 @@ def make_app(settings: Settings, mongo: AsyncMongoClient[Any], redis: aioredis.R
     """The Tornado Application with clients and services injected through its settings."""
     routes = [*api_routes(), *admin_pages.default_handlers, *(extra_routes or [])]
     if settings.sandbox:  # stand-ins for a person's phone; never in production
-        routes += sandbox.default_handlers
+        routes += [*sandbox.default_handlers, *payments.sandbox_handlers]
     return Application(
         routes,
         config=settings,

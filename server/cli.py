@@ -70,6 +70,7 @@ def _with_dev_secret(settings: Settings) -> Settings:
         "pii_index_key": lambda: secrets.token_urlsafe(32),
         "wechat_secret": lambda: secrets.token_hex(16),
         "sms_api_key": lambda: secrets.token_urlsafe(24),
+        "wechatpay_api_v3_key": lambda: secrets.token_hex(16),
     }
     values = {}
     for name, make in makers.items():
@@ -82,7 +83,26 @@ def _with_dev_secret(settings: Settings) -> Settings:
             with os.fdopen(fd, "w") as fh:
                 fh.write(make())
         values[name] = path.read_text().strip()
+    if not settings.wechatpay_private_key_file:
+        values.update(_dev_wechatpay_keys(settings.data_path / "secrets"))
     return dataclasses.replace(settings, **values)
+
+
+def _dev_wechatpay_keys(folder: Path) -> dict[str, str]:
+    """A merchant key pair and a platform key pair for the WeChat Pay sandbox (dev only)."""
+    from payments.wechatpay import new_rsa_key
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("wechatpay_merchant", "wechatpay_platform"):
+        private, public = folder / f"{name}.pem", folder / f"{name}.pub.pem"
+        if not private.exists():
+            key, pub = new_rsa_key()
+            fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(key)
+            public.write_text(pub)
+    return {"wechatpay_private_key_file": str(folder / "wechatpay_merchant.pem"),
+            "wechatpay_platform_public_key_file": str(folder / "wechatpay_platform.pub.pem")}
 
 
 def _start_stores(settings: Settings, children: list[embedded.ChildServer]) -> Settings:
@@ -123,16 +143,24 @@ def _start_station_simulators(settings: Settings, children: list[embedded.ChildS
 def _start_provider_sandbox(settings: Settings, children: list[embedded.ChildServer]
                             ) -> Settings:
     """Sandbox only: WeChat and the SMS gateway, unless real ones are configured."""
-    if settings.wechat_api_base and settings.sms_api_base:
+    if settings.wechat_api_base and settings.sms_api_base and settings.wechatpay_api_base:
         return settings
+    secrets_dir = settings.data_path / "secrets"
+    wxpay = {"mchid": settings.wechatpay_mchid,
+             "merchant_public": (secrets_dir / "wechatpay_merchant.pub.pem").read_text(),
+             "platform_private": (secrets_dir / "wechatpay_platform.pem").read_text(),
+             "platform_serial": settings.wechatpay_platform_serial,
+             "v3_key": settings.wechatpay_api_v3_key} \
+        if (secrets_dir / "wechatpay_platform.pem").exists() else None
     sandbox = embedded.provider_sandbox(settings.data_path, appid=settings.wechat_appid,
                                         wechat_secret=settings.wechat_secret,
-                                        sms_key=settings.sms_api_key)
+                                        sms_key=settings.sms_api_key, wxpay=wxpay)
     children.append(sandbox)
     sandbox.start()
     url = f"http://{sandbox.host}:{sandbox.port}"
     return dataclasses.replace(settings, wechat_api_base=settings.wechat_api_base or url,
-                               sms_api_base=settings.sms_api_base or url)
+                               sms_api_base=settings.sms_api_base or url,
+                               wechatpay_api_base=settings.wechatpay_api_base or url)
 
 
 def run(settings: Settings) -> int:

@@ -158,6 +158,21 @@ class Settings:
     sms_api_base: str = _opt("", _parse_optional_http,
                              "SMS provider base URL; unset in development: the sandbox")
     sms_api_key: str = _opt("", _parse_str, "SMS provider API key; dev generates one")
+    public_url: str = _opt("", _parse_optional_http,
+                           "how providers reach Keyun (notify URLs); default http://host:port")
+    wechatpay_api_base: str = _opt("", _parse_optional_http,
+                                   "WeChat Pay API base (https://api.mch.weixin.qq.com); "
+                                   "unset in development: the sandbox")
+    wechatpay_mchid: str = _opt("1900000001", _parse_str, "WeChat Pay merchant id")
+    wechatpay_serial: str = _opt("KEYUN-DEV-MERCHANT", _parse_str,
+                                 "serial number of the merchant API certificate")
+    wechatpay_private_key_file: str = _opt("", _parse_str,
+                                           "merchant API private key (PEM file); dev generates")
+    wechatpay_api_v3_key: str = _opt("", _parse_str, "APIv3 key (32 characters); dev generates")
+    wechatpay_platform_serial: str = _opt("PUB_KEY_ID_0000000000000001", _parse_str,
+                                          "WeChat Pay public key id (public-key mode)")
+    wechatpay_platform_public_key_file: str = _opt("", _parse_str,
+                                                   "WeChat Pay public key (PEM file)")
     access_token_ttl: int = _opt(900, _parse_int(60, 3600), "access token lifetime, seconds")
     refresh_token_ttl: int = _opt(30 * 86400, _parse_int(3600, 90 * 86400),
                                   "refresh token lifetime, seconds")

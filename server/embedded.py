@@ -175,11 +175,14 @@ def simulator_base_url(server: ChildServer, kind: str) -> str:
 
 
 def provider_sandbox(data_dir: Path, *, appid: str, wechat_secret: str, sms_key: str,
-                     port: int | None = None) -> ChildServer:
-    """The WeChat + SMS sandbox (``sandbox.providers``); only the sandbox configuration."""
+                     wxpay: dict[str, str] | None = None, port: int | None = None
+                     ) -> ChildServer:
+    """The WeChat + SMS + WeChat Pay sandbox (``sandbox.providers``); sandbox configuration
+    only. ``wxpay``: mchid, merchant public key, platform private key and serial, APIv3 key."""
     port = port or free_port()
     argv = [sys.executable, "-m", "sandbox.providers", "--port", str(port), "--appid", appid]
+    env = {"SANDBOX_WECHAT_SECRET": wechat_secret, "SANDBOX_SMS_KEY": sms_key}
+    if wxpay:
+        env.update({f"SANDBOX_WXPAY_{k.upper()}": v for k, v in wxpay.items()})
     return ChildServer("providers", argv, "127.0.0.1", port,
-                       data_dir / "log" / "providers.log", stop_timeout=10.0,
-                       env={"SANDBOX_WECHAT_SECRET": wechat_secret,
-                            "SANDBOX_SMS_KEY": sms_key})
+                       data_dir / "log" / "providers.log", stop_timeout=10.0, env=env)

@@ -89,6 +89,11 @@ ERRORS: dict[str, tuple[int, str]] = {
     "NOT_CHANGEABLE": (409, "This ticket cannot be changed."),
     "CHANGE_FARE_DIFFERS": (409, "A change is possible only to a departure with the same fare."),
     "TICKET_BUSY": (409, "Another operation on this ticket is in progress."),
+    # payments
+    "ORDER_NOT_PAYABLE": (409, "This order cannot be paid (it is not awaiting payment)."),
+    "PAYMENT_METHOD_NOT_ALLOWED": (400, "This sales channel does not take that payment method."),
+    "PAYMENT_PROVIDER_ERROR": (502, "The payment provider refused or could not be reached."),
+    "NOTIFICATION_REJECTED": (401, "The notification could not be verified."),
     # infrastructure
     "SERVICE_UNAVAILABLE": (503, "A backing service is unavailable; try again shortly."),
     "INTERNAL": (500, "Something went wrong on our side. Quote the request id when asking."),

@@ -107,28 +107,55 @@ def seeded(stores: Stores, simulators: Simulators) -> str:
     return TEST_DB
 
 
+@dataclasses.dataclass
+class Providers:
+    """The provider sandbox of the session and the settings that point Keyun at it."""
+
+    url: str
+    env: dict[str, str]
+    platform_private: str  # to forge notifications in tests
+    merchant_public: str  # to check what Keyun signed
+
+
 @pytest.fixture(scope="session")
-def providers(workdir: Path) -> Iterator[str]:
-    """The WeChat + SMS sandbox of the session; returns its base URL."""
-    server = embedded.provider_sandbox(workdir / "providers", appid="wx-keyun-sandbox",
-                                       wechat_secret=TEST_SECRETS["KEYUN_WECHAT_SECRET"],
-                                       sms_key=TEST_SECRETS["KEYUN_SMS_API_KEY"])
+def providers(workdir: Path) -> Iterator[Providers]:
+    """WeChat login, SMS and WeChat Pay sandbox, with a merchant and a platform key pair."""
+    from payments.wechatpay import new_rsa_key
+
+    keys = workdir / "wxpay"
+    keys.mkdir()
+    merchant, merchant_pub = new_rsa_key()
+    platform, platform_pub = new_rsa_key()
+    (keys / "merchant.pem").write_text(merchant)
+    (keys / "platform.pub.pem").write_text(platform_pub)
+    server = embedded.provider_sandbox(
+        workdir / "providers", appid="wx-keyun-sandbox",
+        wechat_secret=TEST_SECRETS["KEYUN_WECHAT_SECRET"],
+        sms_key=TEST_SECRETS["KEYUN_SMS_API_KEY"],
+        wxpay={"mchid": "1900000001", "merchant_public": merchant_pub,
+               "platform_private": platform, "platform_serial": "PUB_KEY_ID_0000000000000001",
+               "v3_key": TEST_SECRETS["KEYUN_WECHATPAY_API_V3_KEY"]})
     server.start()
+    url = f"http://{server.host}:{server.port}"
     try:
-        yield f"http://{server.host}:{server.port}"
+        yield Providers(url, {
+            "KEYUN_WECHAT_API_BASE": url, "KEYUN_SMS_API_BASE": url,
+            "KEYUN_WECHATPAY_API_BASE": url,
+            "KEYUN_WECHATPAY_PRIVATE_KEY_FILE": str(keys / "merchant.pem"),
+            "KEYUN_WECHATPAY_PLATFORM_PUBLIC_KEY_FILE": str(keys / "platform.pub.pem")},
+            platform, merchant_pub)
     finally:
         server.stop()
 
 
 @pytest.fixture(scope="module")
-def keyun(stores: Stores, seeded: str, providers: str, workdir: Path,
+def keyun(stores: Stores, seeded: str, providers: Providers, workdir: Path,
           request: pytest.FixtureRequest) -> Iterator[KeyunProcess]:
     """A Keyun server process for this test module, on the session stores and sandboxes."""
     name = request.module.__name__.rsplit(".", 1)[-1]
     env = keyun_env(KEYUN_MONGO_URI=stores.mongo_uri, KEYUN_REDIS_URL=stores.redis_url,
                     KEYUN_MONGO_DB=seeded, KEYUN_SEED_DEMO="false",
-                    KEYUN_WECHAT_API_BASE=providers, KEYUN_SMS_API_BASE=providers,
-                    KEYUN_DATA_DIR=str(workdir / name))
+                    KEYUN_DATA_DIR=str(workdir / name), **providers.env)
     server = KeyunProcess(env, workdir / "logs" / f"{name}.log", int(env["KEYUN_PORT"]))
     server.start()
     try:
@@ -138,12 +165,13 @@ def keyun(stores: Stores, seeded: str, providers: str, workdir: Path,
 
 
 @pytest.fixture
-def services(stores: Stores, seeded: str, providers: str, io_loop: Any) -> Any:
+def services(stores: Stores, seeded: str, providers: Providers, io_loop: Any) -> Any:
     """The services of a Keyun process, in this test's loop, on the session stores."""
     from server.app import build_services, connect_mongo, connect_redis
 
     settings = load_settings({"KEYUN_MONGO_URI": stores.mongo_uri, "KEYUN_MONGO_DB": seeded,
-                              "KEYUN_REDIS_URL": stores.redis_url, **TEST_SECRETS})
+                              "KEYUN_REDIS_URL": stores.redis_url, **TEST_SECRETS,
+                              **providers.env})
     mongo, redis = connect_mongo(settings, stores.mongo_uri), connect_redis(stores.redis_url)
     built = build_services(settings, mongo, redis)
     yield built

@@ -222,6 +222,7 @@ COLLECTIONS: list[CollectionSpec] = [
         _ix("out_trade_no", "out_trade_no_unique", unique=True),
         _ix([("order_no", ASCENDING)], "order"),
         _ix([("status", ASCENDING), ("created_at", ASCENDING)], "status_created"),
+        _ix([("status", ASCENDING), ("started_at", ASCENDING)], "status_started"),
     ]),
     CollectionSpec("channels", _obj(
         ["code", "name", "kind", "enabled", "payment_methods"],
@@ -297,6 +298,12 @@ COLLECTIONS: list[CollectionSpec] = [
         station_id=NONEMPTY, kind={"enum": ["full", "incremental"]}, started_at=DATE,
         outcome={"enum": ["ok", "failed", "running"]}), [
         _ix([("station_id", ASCENDING), ("started_at", DESCENDING)], "station_started"),
+    ]),
+    CollectionSpec("money_movements", _obj(
+        ["kind", "provider", "order_no", "amount", "at"], kind={"enum": ["payment", "refund"]},
+        provider=NONEMPTY, order_no=NONEMPTY, amount=FEN, at=DATE), [
+        _ix([("order_no", ASCENDING)], "order"),
+        _ix([("at", ASCENDING)], "at"),
     ]),
     CollectionSpec("refund_requests", _obj(
         ["order_no", "amount", "status", "created_at"], order_no=NONEMPTY, amount=FEN,

@@ -1,0 +1,61 @@
+"""Paying for an order, provider notifications, and the sandbox's payer confirmation."""
+
+from __future__ import annotations
+
+import logging
+
+from handlers.base import ApiHandler, api, route
+from handlers.orders import BUYERS
+from payments.base import NotificationRejected
+from server.errors import DomainError
+from server.schema import FEN, obj, string
+
+log = logging.getLogger(__name__)
+
+PAY = obj({"method": string(enum=["wechat_jsapi", "wechat_app", "alipay_app", "alipay_wap",
+                                  "agent_balance", "cash", "bank_card"])}, ["method"])
+PAY_OUT = obj({"order_no": string(), "out_trade_no": string(), "method": string(),
+               "amount": FEN, "params": {"type": "object",
+                                         "description": "what the client pays with"}},
+              ["order_no", "out_trade_no", "method", "amount", "params"])
+CONFIRMED = obj({"order_no": string(), "out_trade_no": string(),
+                 "confirmed": {"type": "boolean"}}, ["order_no", "confirmed"])
+
+
+class PayHandler(ApiHandler):
+    @api("Start paying an order: the provider's client parameters (e.g. wx.requestPayment)",
+         roles=BUYERS, body=PAY, response=PAY_OUT, tags=("payments",), idempotent=True,
+         errors=("ORDER_NOT_FOUND", "ORDER_NOT_PAYABLE", "PAYMENT_METHOD_NOT_ALLOWED",
+                 "PAYMENT_PROVIDER_ERROR"))
+    async def post(self, order_no: str) -> None:
+        self.write_json(await self.services.payments.start(self.principal, order_no,
+                                                           self.body["method"]))
+
+
+class WeChatNotifyHandler(ApiHandler):
+    @api("WeChat Pay notification (signed, encrypted); 204 when handled", status=204,
+         tags=("payments",), errors=("NOTIFICATION_REJECTED",),
+         description="4xx tells WeChat Pay to deliver again later (it retries on its "
+                     "schedule); a verified duplicate is answered 204 and changes nothing.")
+    async def post(self) -> None:
+        headers = dict(self.request.headers.get_all())
+        try:
+            await self.services.payments.notify("wechat", headers, self.request.body)
+        except NotificationRejected as exc:
+            log.warning("wechat notification rejected: %s", exc)
+            raise DomainError("NOTIFICATION_REJECTED", str(exc)) from None
+        self.write_json(None, 204)
+
+
+class SandboxConfirmHandler(ApiHandler):
+    @api("Sandbox: the payer confirms in WeChat; the provider sandbox pays and notifies",
+         response=CONFIRMED, tags=("sandbox",), errors=("NOT_FOUND",))
+    async def post(self, order_no: str) -> None:
+        self.write_json(await self.services.payments.sandbox_confirm(order_no))
+
+
+default_handlers = [
+    route("/api/v1/orders/{order_no}/pay", PayHandler),
+    route("/api/v1/payments/notify/wechat", WeChatNotifyHandler),
+]
+sandbox_handlers = [route("/sandbox/payments/{order_no}/confirm", SandboxConfirmHandler)]

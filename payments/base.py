@@ -1,0 +1,100 @@
+"""Payment providers: one interface, one module per provider, a registry (pretix-style).
+
+``prepare`` moves no money; ``start`` creates the provider's transaction and returns what the
+client needs to pay; ``query`` / ``close`` / ``refund`` act on it; ``parse_notification``
+verifies and decodes an asynchronous notice; ``matching_id`` is what reconciliation matches a
+statement line by. Amounts are integer fen everywhere.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class PaymentError(Exception):
+    """The provider refused or could not be reached; ``retry`` says whether to try again."""
+
+    def __init__(self, message: str, *, retry: bool = False) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+class NotificationRejected(Exception):
+    """A notification failed verification (signature, time window, decryption, identity)."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One payment try of an order (our ``payments`` document, as providers need it)."""
+
+    out_trade_no: str
+    order_no: str
+    amount: int
+    description: str
+    payer: dict[str, str] = field(default_factory=dict)  # e.g. {"openid": …}
+
+
+@dataclass(frozen=True)
+class ProviderState:
+    """What the provider says of a transaction."""
+
+    out_trade_no: str
+    state: str  # pending, paid, closed, refunded, failed
+    amount: int | None = None
+    transaction_id: str = ""
+    raw_state: str = ""
+
+
+@dataclass(frozen=True)
+class RefundResult:
+    out_refund_no: str
+    state: str  # processing, done, failed
+    refund_id: str = ""
+
+
+class BasePaymentProvider(abc.ABC):
+    identifier = ""
+    methods: tuple[str, ...] = ()
+
+    @abc.abstractmethod
+    async def start(self, attempt: Attempt, method: str) -> dict[str, Any]:
+        """Create the provider transaction; the parameters the client pays with."""
+
+    @abc.abstractmethod
+    async def query(self, out_trade_no: str) -> ProviderState:
+        """Ask the provider what became of a transaction (recovers lost notifications)."""
+
+    @abc.abstractmethod
+    async def close(self, out_trade_no: str) -> None:
+        """Close an unpaid transaction (then query: a close can race a payment)."""
+
+    @abc.abstractmethod
+    async def refund(self, out_trade_no: str, out_refund_no: str, amount: int,
+                     total: int) -> RefundResult:
+        """Refund; ``out_refund_no`` is stable, so a retried refund never pays twice."""
+
+    @abc.abstractmethod
+    def parse_notification(self, headers: dict[str, str], body: bytes) -> ProviderState:
+        """Verify and decode a notification; NotificationRejected if it is not genuine."""
+
+    def matching_id(self, attempt: dict[str, Any]) -> str:
+        """What a statement line is matched by."""
+        return str(attempt["out_trade_no"])
+
+
+class ProviderRegistry:
+    """Providers by identifier and by payment method."""
+
+    def __init__(self) -> None:
+        self._providers: dict[str, BasePaymentProvider] = {}
+
+    def register(self, provider: BasePaymentProvider) -> None:
+        self._providers[provider.identifier] = provider
+
+    def get(self, identifier: str) -> BasePaymentProvider:
+        return self._providers[identifier]
+
+    def for_method(self, method: str) -> BasePaymentProvider | None:
+        return next((p for p in self._providers.values() if method in p.methods), None)

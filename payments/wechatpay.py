@@ -1,0 +1,236 @@
+"""WeChat Pay API v3 (JSAPI for the mini-program, APP), with ``cryptography`` directly.
+
+- Requests: ``Authorization: WECHATPAY2-SHA256-RSA2048 mchid=…,nonce_str=…,signature=…,
+  timestamp=…,serial_no=…`` where the signature is SHA256-RSA (PKCS#1 v1.5) with the
+  merchant key over ``METHOD\\nURL\\nTIMESTAMP\\nNONCE\\nBODY\\n``.
+- Answers and notifications: SHA256-RSA over ``TIMESTAMP\\nNONCE\\nBODY\\n`` of the raw bytes,
+  checked with the platform key named by ``Wechatpay-Serial`` (public-key mode); a timestamp
+  more than five minutes off is refused (the SDKs lack this check).
+- Notification ``resource``: AEAD_AES_256_GCM with the APIv3 key, ``associated_data`` bound.
+- Mini-program ``paySign``: SHA256-RSA over ``appId\\ntimeStamp\\nnonceStr\\npackage\\n``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from payments.base import (
+    Attempt,
+    BasePaymentProvider,
+    NotificationRejected,
+    PaymentError,
+    ProviderState,
+    RefundResult,
+)
+
+MAX_SKEW = 300  # seconds
+STATES = {"SUCCESS": "paid", "NOTPAY": "pending", "USERPAYING": "pending", "CLOSED": "closed",
+          "REVOKED": "closed", "REFUND": "refunded", "PAYERROR": "failed"}
+
+
+def sign(private_key: rsa.RSAPrivateKey, message: str) -> str:
+    return base64.b64encode(private_key.sign(message.encode(), padding.PKCS1v15(),
+                                             hashes.SHA256())).decode()
+
+
+def verify(public_key: rsa.RSAPublicKey, message: bytes, signature: str) -> bool:
+    try:
+        public_key.verify(base64.b64decode(signature), message, padding.PKCS1v15(),
+                          hashes.SHA256())
+        return True
+    except (InvalidSignature, ValueError):
+        return False
+
+
+def load_private(pem: str) -> rsa.RSAPrivateKey:
+    key = serialization.load_pem_private_key(pem.encode(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return key
+
+
+def load_public(pem: str) -> rsa.RSAPublicKey:
+    key = serialization.load_pem_public_key(pem.encode())
+    assert isinstance(key, rsa.RSAPublicKey)
+    return key
+
+
+def decrypt_resource(api_v3_key: bytes, resource: dict[str, Any]) -> dict[str, Any]:
+    if resource.get("algorithm") != "AEAD_AES_256_GCM":
+        raise NotificationRejected("unsupported resource algorithm")
+    try:
+        plain = AESGCM(api_v3_key).decrypt(
+            str(resource["nonce"]).encode(), base64.b64decode(resource["ciphertext"]),
+            str(resource.get("associated_data", "")).encode())
+        return json.loads(plain)  # type: ignore[no-any-return]
+    except (InvalidTag, KeyError, ValueError) as exc:
+        raise NotificationRejected(f"resource does not decrypt: {type(exc).__name__}") \
+            from None
+
+
+def encrypt_resource(api_v3_key: bytes, payload: dict[str, Any], associated: str) -> dict[str,
+                                                                                            Any]:
+    """What the provider does (used by the sandbox)."""
+    nonce = secrets.token_hex(6)
+    ciphertext = AESGCM(api_v3_key).encrypt(nonce.encode(), json.dumps(payload).encode(),
+                                            associated.encode())
+    return {"algorithm": "AEAD_AES_256_GCM", "nonce": nonce, "associated_data": associated,
+            "ciphertext": base64.b64encode(ciphertext).decode(), "original_type": "transaction"}
+
+
+@dataclass
+class WeChatPayConfig:
+    api_base: str
+    mchid: str
+    appid: str
+    serial_no: str  # of the merchant key
+    private_key_pem: str
+    api_v3_key: str  # 32 characters
+    platform_serial: str  # public-key mode: PUB_KEY_ID_…
+    platform_public_key_pem: str
+    notify_url: str
+
+
+class WeChatPay(BasePaymentProvider):
+    identifier = "wechat"
+    methods = ("wechat_jsapi", "wechat_app")
+
+    def __init__(self, config: WeChatPayConfig, timeout: float = 5.0) -> None:
+        self.config = config
+        self._key = load_private(config.private_key_pem)
+        self._platform = {config.platform_serial: load_public(config.platform_public_key_pem)}
+        self._v3 = config.api_v3_key.encode()
+        self._timeout = timeout
+
+    # --- wire -------------------------------------------------------------------------------
+    def authorization(self, method: str, path: str, body: str) -> str:
+        nonce, ts = secrets.token_hex(16), str(int(time.time()))
+        signature = sign(self._key, f"{method}\n{path}\n{ts}\n{nonce}\n{body}\n")
+        return (f'WECHATPAY2-SHA256-RSA2048 mchid="{self.config.mchid}",nonce_str="{nonce}",'
+                f'signature="{signature}",timestamp="{ts}",serial_no="{self.config.serial_no}"')
+
+    def check_signed(self, headers: dict[str, str], body: bytes) -> None:
+        """The platform signed these bytes, recently (NotificationRejected otherwise)."""
+        lower = {k.lower(): v for k, v in headers.items()}
+        serial = lower.get("wechatpay-serial", "")
+        key = self._platform.get(serial)
+        if key is None:
+            raise NotificationRejected(f"unknown platform serial {serial!r}")
+        try:
+            ts = int(lower.get("wechatpay-timestamp", ""))
+        except ValueError:
+            raise NotificationRejected("no timestamp") from None
+        if abs(time.time() - ts) > MAX_SKEW:
+            raise NotificationRejected("timestamp outside the five-minute window")
+        message = f"{ts}\n{lower.get('wechatpay-nonce', '')}\n".encode() + body + b"\n"
+        if not verify(key, message, lower.get("wechatpay-signature", "")):
+            raise NotificationRejected("signature does not verify")
+
+    async def _call(self, method: str, path: str, payload: dict[str, Any] | None = None
+                    ) -> tuple[int, dict[str, Any]]:
+        body = json.dumps(payload) if payload is not None else ""
+        request = HTTPRequest(self.config.api_base + path, method=method,
+                              body=body if method != "GET" else None,
+                              headers={"Authorization": self.authorization(method, path, body),
+                                       "Content-Type": "application/json",
+                                       "Accept": "application/json"},
+                              request_timeout=self._timeout, connect_timeout=self._timeout)
+        try:
+            response = await AsyncHTTPClient().fetch(request, raise_error=False)
+        except (HTTPClientError, OSError) as exc:
+            raise PaymentError(f"WeChat Pay unreachable: {type(exc).__name__}", retry=True) \
+                from None
+        if response.code == 599 or response.code >= 500:
+            raise PaymentError(f"WeChat Pay HTTP {response.code}", retry=True)
+        raw = response.body or b""
+        try:
+            self.check_signed(dict(response.headers.get_all()), raw)
+        except NotificationRejected as exc:
+            raise PaymentError(f"answer not signed by WeChat Pay: {exc}") from None
+        data = json.loads(raw) if raw else {}
+        if response.code >= 400:
+            raise PaymentError(f"WeChat Pay refused: {data.get('code')} {data.get('message')}")
+        return response.code, data
+
+    # --- operations -------------------------------------------------------------------------
+    async def start(self, attempt: Attempt, method: str) -> dict[str, Any]:
+        kind = "jsapi" if method == "wechat_jsapi" else "app"
+        payload: dict[str, Any] = {
+            "appid": self.config.appid, "mchid": self.config.mchid,
+            "description": attempt.description[:127], "out_trade_no": attempt.out_trade_no,
+            "notify_url": self.config.notify_url,
+            "amount": {"total": attempt.amount, "currency": "CNY"}}
+        if kind == "jsapi":
+            if not attempt.payer.get("openid"):
+                raise PaymentError("JSAPI payment needs the payer's openid")
+            payload["payer"] = {"openid": attempt.payer["openid"]}
+        _, data = await self._call("POST", f"/v3/pay/transactions/{kind}", payload)
+        prepay_id = str(data["prepay_id"])
+        nonce, ts = secrets.token_hex(16), str(int(time.time()))
+        if kind == "jsapi":
+            package = f"prepay_id={prepay_id}"
+            return {"appId": self.config.appid, "timeStamp": ts, "nonceStr": nonce,
+                    "package": package, "signType": "RSA",
+                    "paySign": sign(self._key, f"{self.config.appid}\n{ts}\n{nonce}\n"
+                                               f"{package}\n")}
+        return {"appid": self.config.appid, "partnerid": self.config.mchid,
+                "prepayid": prepay_id, "package": "Sign=WXPay", "noncestr": nonce,
+                "timestamp": ts, "sign": sign(self._key, f"{self.config.appid}\n{ts}\n{nonce}\n"
+                                                         f"{prepay_id}\n")}
+
+    async def query(self, out_trade_no: str) -> ProviderState:
+        _, data = await self._call(
+            "GET", f"/v3/pay/transactions/out-trade-no/{out_trade_no}?mchid={self.config.mchid}")
+        return self._state(data)
+
+    async def close(self, out_trade_no: str) -> None:
+        await self._call("POST", f"/v3/pay/transactions/out-trade-no/{out_trade_no}/close",
+                         {"mchid": self.config.mchid})
+
+    async def refund(self, out_trade_no: str, out_refund_no: str, amount: int,
+                     total: int) -> RefundResult:
+        _, data = await self._call("POST", "/v3/refund/domestic/refunds", {
+            "out_trade_no": out_trade_no, "out_refund_no": out_refund_no,
+            "amount": {"refund": amount, "total": total, "currency": "CNY"}})
+        status = str(data.get("status", ""))
+        return RefundResult(out_refund_no, {"SUCCESS": "done", "PROCESSING": "processing"}.get(
+            status, "failed"), str(data.get("refund_id", "")))
+
+    def parse_notification(self, headers: dict[str, str], body: bytes) -> ProviderState:
+        self.check_signed(headers, body)
+        try:
+            envelope = json.loads(body)
+        except ValueError:
+            raise NotificationRejected("body is not JSON") from None
+        data = decrypt_resource(self._v3, envelope.get("resource") or {})
+        if data.get("mchid") != self.config.mchid or data.get("appid") != self.config.appid:
+            raise NotificationRejected("notification for another merchant or app")
+        return self._state(data)
+
+    @staticmethod
+    def _state(data: dict[str, Any]) -> ProviderState:
+        raw = str(data.get("trade_state", ""))
+        amount = (data.get("amount") or {}).get("total")
+        return ProviderState(str(data.get("out_trade_no", "")), STATES.get(raw, "pending"),
+                             int(amount) if isinstance(amount, int) else None,
+                             str(data.get("transaction_id", "")), raw)
+
+
+def new_rsa_key() -> tuple[str, str]:
+    """(private PEM, public PEM) of a fresh 2048-bit key."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return private, public

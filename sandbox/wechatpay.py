@@ -1,0 +1,228 @@
+"""WeChat Pay v3 sandbox: the merchant API's paths, signatures and notifications.
+
+It checks each request's ``WECHATPAY2-SHA256-RSA2048`` signature with the merchant's public
+key, signs every answer with its own platform key (public-key mode serial), and on
+``POST /_sandbox/wechatpay/confirm`` marks a transaction paid and POSTs the encrypted, signed
+``TRANSACTION.SUCCESS`` notice to the merchant's ``notify_url``, retrying on a non-2xx answer
+(the real schedule, compressed). Faults for tests: drop or duplicate the next notices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import re
+import secrets
+import time
+import uuid
+from typing import Any
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from tornado.web import RequestHandler
+
+from payments.wechatpay import encrypt_resource, load_private, load_public, sign, verify
+
+RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)  # real: 15 s, 15 s, 30 s, 3 min, 10 min, …
+
+
+class WxPayState:
+    def __init__(self, mchid: str, merchant_public_pem: str, platform_private_pem: str,
+                 platform_serial: str, api_v3_key: str) -> None:
+        self.mchid = mchid
+        self.merchant_key = load_public(merchant_public_pem)
+        self.platform_key = load_private(platform_private_pem)
+        self.platform_serial = platform_serial
+        self.v3 = api_v3_key.encode()
+        self.transactions: dict[str, dict[str, Any]] = {}
+        self.refunds: dict[str, dict[str, Any]] = {}
+        self.faults = {"drop": 0, "duplicate": 0}
+        self.delivered: list[str] = []
+
+    def signed_headers(self, body: bytes) -> dict[str, str]:
+        ts, nonce = str(int(time.time())), secrets.token_hex(16)
+        return {"Wechatpay-Timestamp": ts, "Wechatpay-Nonce": nonce,
+                "Wechatpay-Serial": self.platform_serial,
+                "Wechatpay-Signature": sign(self.platform_key,
+                                            f"{ts}\n{nonce}\n{body.decode()}\n")}
+
+
+class WxPayHandler(RequestHandler):
+    @property
+    def wx(self) -> WxPayState:
+        return self.application.settings["wxpay"]  # type: ignore[no-any-return]
+
+    def answer(self, status: int, payload: dict[str, Any] | None = None) -> None:
+        body = json.dumps(payload, ensure_ascii=False).encode() if payload is not None else b""
+        self.set_status(status)
+        for key, value in self.wx.signed_headers(body).items():
+            self.set_header(key, value)
+        if body:
+            self.set_header("Content-Type", "application/json")
+        self.finish(body)
+
+    def prepare(self) -> None:
+        header = self.request.headers.get("Authorization", "")
+        fields = dict(re.findall(r'(\w+)="([^"]*)"', header))
+        message = (f"{self.request.method}\n{self.request.uri}\n{fields.get('timestamp')}\n"
+                   f"{fields.get('nonce_str')}\n{self.request.body.decode()}\n")
+        ok = header.startswith("WECHATPAY2-SHA256-RSA2048 ") and \
+            fields.get("mchid") == self.wx.mchid and \
+            abs(time.time() - int(fields.get("timestamp") or 0)) < 300 and \
+            verify(self.wx.merchant_key, message.encode(), fields.get("signature", ""))
+        if not ok:
+            self.answer(401, {"code": "SIGN_ERROR", "message": "签名错误"})
+
+    def body(self) -> dict[str, Any]:
+        return json.loads(self.request.body or b"{}")  # type: ignore[no-any-return]
+
+
+class PrepayHandler(WxPayHandler):
+    def post(self, kind: str) -> None:
+        b = self.body()
+        no = str(b.get("out_trade_no", ""))
+        total = (b.get("amount") or {}).get("total")
+        if b.get("mchid") != self.wx.mchid or not no or not isinstance(total, int) or \
+                total <= 0 or (kind == "jsapi" and not (b.get("payer") or {}).get("openid")):
+            self.answer(400, {"code": "PARAM_ERROR", "message": "参数错误"})
+            return
+        tx = self.wx.transactions.get(no)
+        if tx is not None and tx["amount"] != total:
+            self.answer(400, {"code": "INVALID_REQUEST", "message": "订单号重复"})
+            return
+        if tx is None:
+            tx = self.wx.transactions[no] = {
+                "out_trade_no": no, "appid": b.get("appid"), "mchid": self.wx.mchid,
+                "amount": total, "state": "NOTPAY", "notify_url": b.get("notify_url"),
+                "openid": (b.get("payer") or {}).get("openid", ""),
+                "prepay_id": "wx" + uuid.uuid4().hex, "transaction_id": ""}
+        self.answer(200, {"prepay_id": tx["prepay_id"]})
+
+
+def transaction_view(tx: dict[str, Any]) -> dict[str, Any]:
+    view = {"appid": tx["appid"], "mchid": tx["mchid"], "out_trade_no": tx["out_trade_no"],
+            "transaction_id": tx["transaction_id"], "trade_state": tx["state"],
+            "trade_type": "JSAPI", "amount": {"total": tx["amount"],
+                                              "payer_total": tx["amount"], "currency": "CNY"},
+            "payer": {"openid": tx["openid"]}}
+    if tx["state"] == "SUCCESS":
+        view["success_time"] = tx["success_time"]
+    return view
+
+
+class QueryHandler(WxPayHandler):
+    def get(self, no: str) -> None:
+        tx = self.wx.transactions.get(no)
+        if tx is None:
+            self.answer(404, {"code": "ORDER_NOT_EXIST", "message": "订单不存在"})
+            return
+        self.answer(200, transaction_view(tx))
+
+
+class CloseHandler(WxPayHandler):
+    def post(self, no: str) -> None:
+        tx = self.wx.transactions.get(no)
+        if tx is None:
+            self.answer(404, {"code": "ORDER_NOT_EXIST", "message": "订单不存在"})
+        elif tx["state"] == "SUCCESS":
+            self.answer(400, {"code": "ORDERPAID", "message": "订单已支付"})
+        else:
+            tx["state"] = "CLOSED"
+            self.answer(204)
+
+
+class RefundHandler(WxPayHandler):
+    def post(self) -> None:
+        b = self.body()
+        out_refund_no = str(b.get("out_refund_no", ""))
+        tx = self.wx.transactions.get(str(b.get("out_trade_no", "")))
+        refund = (b.get("amount") or {}).get("refund")
+        if tx is None or tx["state"] not in ("SUCCESS", "REFUND"):
+            self.answer(400, {"code": "RESOURCE_NOT_EXISTS", "message": "订单不存在或未支付"})
+            return
+        existing = self.wx.refunds.get(out_refund_no)
+        if existing is None:  # the same out_refund_no never pays twice
+            already = sum(r["amount"] for r in self.wx.refunds.values()
+                          if r["out_trade_no"] == tx["out_trade_no"])
+            if not isinstance(refund, int) or refund <= 0 or already + refund > tx["amount"]:
+                self.answer(400, {"code": "INVALID_REQUEST", "message": "退款金额错误"})
+                return
+            existing = self.wx.refunds[out_refund_no] = {
+                "refund_id": "50" + uuid.uuid4().hex[:20], "out_refund_no": out_refund_no,
+                "out_trade_no": tx["out_trade_no"], "amount": refund, "status": "SUCCESS"}
+            if already + refund == tx["amount"]:
+                tx["state"] = "REFUND"
+        self.answer(200, {"refund_id": existing["refund_id"], "out_refund_no": out_refund_no,
+                          "status": existing["status"],
+                          "amount": {"refund": existing["amount"], "total": tx["amount"]}})
+
+
+class ControlHandler(RequestHandler):
+    """Sandbox-only: the payer confirms; faults; what was refunded."""
+
+    @property
+    def wx(self) -> WxPayState:
+        return self.application.settings["wxpay"]  # type: ignore[no-any-return]
+
+    def get(self, action: str) -> None:
+        self.finish({"refunds": list(self.wx.refunds.values()),
+                     "delivered": self.wx.delivered})
+
+    def post(self, action: str) -> None:
+        b = json.loads(self.request.body or b"{}")
+        if action == "faults":
+            self.wx.faults.update({k: int(b[k]) for k in ("drop", "duplicate") if k in b})
+            self.finish({"faults": self.wx.faults})
+            return
+        tx = self.wx.transactions.get(str(b.get("out_trade_no", "")))
+        if tx is None or tx["state"] not in ("NOTPAY", "SUCCESS"):
+            self.set_status(404)
+            self.finish({"error": "no payable transaction"})
+            return
+        if tx["state"] == "NOTPAY":
+            tx.update(state="SUCCESS", transaction_id="42" + uuid.uuid4().hex[:26],
+                      success_time=dt.datetime.now(dt.timezone(dt.timedelta(hours=8)))
+                      .isoformat(timespec="seconds"))
+        asyncio.get_running_loop().create_task(self._notify(tx))
+        self.finish({"out_trade_no": tx["out_trade_no"], "trade_state": tx["state"]})
+
+    async def _notify(self, tx: dict[str, Any]) -> None:
+        wx = self.wx
+        if wx.faults["drop"] > 0:
+            wx.faults["drop"] -= 1
+            return
+        copies = 1
+        if wx.faults["duplicate"] > 0:
+            copies, wx.faults["duplicate"] = wx.faults["duplicate"], 0
+        await asyncio.gather(*[self._deliver(tx) for _ in range(copies)])
+
+    async def _deliver(self, tx: dict[str, Any]) -> None:
+        wx = self.wx
+        payload = {**transaction_view(tx), "success_time": tx.get("success_time")}
+        body = json.dumps({
+            "id": str(uuid.uuid4()), "create_time": payload["success_time"],
+            "resource_type": "encrypt-resource", "event_type": "TRANSACTION.SUCCESS",
+            "summary": "支付成功",
+            "resource": encrypt_resource(wx.v3, payload, "transaction")}).encode()
+        for delay in (0.0, *RETRY_DELAYS):
+            await asyncio.sleep(delay)
+            headers = {**wx.signed_headers(body), "Content-Type": "application/json"}
+            try:
+                resp = await AsyncHTTPClient().fetch(tx["notify_url"], method="POST",
+                                                     body=body, headers=headers,
+                                                     raise_error=False, request_timeout=5)
+                if 200 <= resp.code < 300:
+                    wx.delivered.append(tx["out_trade_no"])
+                    return
+            except (HTTPClientError, OSError):
+                continue
+
+
+def wxpay_routes() -> list[tuple[str, type[RequestHandler]]]:
+    return [
+        (r"/v3/pay/transactions/(jsapi|app)", PrepayHandler),
+        (r"/v3/pay/transactions/out-trade-no/([^/?]+)", QueryHandler),
+        (r"/v3/pay/transactions/out-trade-no/([^/?]+)/close", CloseHandler),
+        (r"/v3/refund/domestic/refunds", RefundHandler),
+        (r"/_sandbox/wechatpay/([a-z]+)", ControlHandler),
+    ]

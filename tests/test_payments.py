@@ -1,0 +1,220 @@
+"""WeChat Pay v3 against its sandbox over real HTTP: the happy path, duplicate and forged
+notifications, a dropped notification recovered by query, a late payment refunded once, and
+a crash between the refund call and its record."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+import secrets
+import time
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+
+from payments.service import refund_no
+from payments.wechatpay import encrypt_resource, load_private, load_public, sign, verify
+from tests.booking_support import native_departure, person
+from tests.support import TEST_SECRETS, ApiClient
+
+V3 = TEST_SECRETS["KEYUN_WECHATPAY_API_V3_KEY"].encode()
+SERIAL = "PUB_KEY_ID_0000000000000001"
+
+
+async def wechat_member(api: ApiClient) -> str:
+    openid = "o-" + secrets.token_hex(8)
+    code = (await api.post("/sandbox/wechat/login-code", {"openid": openid})).body["code"]
+    return (await api.post("/api/v1/auth/wechat", {"code": code})).body["token"]
+
+
+async def pending_payment(api: ApiClient, db, offset: int = 8, index: int = 4
+                          ) -> tuple[str, dict, dict]:
+    token = await wechat_member(api)
+    dep = await native_departure(db, offset, index)
+    order = (await api.post("/api/v1/orders", {"departure_id": dep["_id"],
+                                               "contact_phone": "13812345678",
+                                               "channel": "miniapp",
+                                               "passengers": [person()]}, token=token)).body
+    pay = await api.post(f"/api/v1/orders/{order['order_no']}/pay",
+                         {"method": "wechat_jsapi"}, token=token)
+    assert pay.status == 200, pay.text
+    return token, order, pay.body
+
+
+async def wait_status(api: ApiClient, token: str, order_no: str, status: str) -> dict:
+    for _ in range(60):
+        got = (await api.get(f"/api/v1/orders/{order_no}", token=token)).body
+        if got["status"] == status:
+            return got
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"order stayed {got['status']}")
+
+
+async def sandbox(providers, action: str, body: dict | None = None) -> dict:
+    resp = await AsyncHTTPClient().fetch(f"{providers.url}/_sandbox/wechatpay/{action}",
+                                         method="POST" if body is not None else "GET",
+                                         body=json.dumps(body) if body is not None else None)
+    return json.loads(resp.body)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_jsapi_pay_confirm_notify_issue(api: ApiClient, db, providers) -> None:
+    token, order, pay = await pending_payment(api, db)
+    params = pay["params"]
+    assert params["package"].startswith("prepay_id=") and params["signType"] == "RSA"
+    merchant_public = load_public(providers.merchant_public)
+    message = f"{params['appId']}\n{params['timeStamp']}\n{params['nonceStr']}\n" \
+              f"{params['package']}\n".encode()
+    assert verify(merchant_public, message, params["paySign"])  # what wx.requestPayment needs
+    confirmed = await api.post(f"/sandbox/payments/{order['order_no']}/confirm")
+    assert confirmed.status == 200
+    issued = await wait_status(api, token, order["order_no"], "issued")
+    assert [h["to"] for h in issued["history"]] == ["pending_payment", "paid", "issued"]
+    movement = await db.money_movements.find_one({"_id": f"pay:{pay['out_trade_no']}"})
+    assert movement["amount"] == order["amount"] and movement["kind"] == "payment"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_method_must_suit_the_channel(api: ApiClient, db) -> None:
+    token = await wechat_member(api)
+    dep = await native_departure(db, 8, 5)
+    order = (await api.post("/api/v1/orders", {"departure_id": dep["_id"],
+                                               "contact_phone": "13812345678",
+                                               "channel": "miniapp",
+                                               "passengers": [person()]}, token=token)).body
+    resp = await api.post(f"/api/v1/orders/{order['order_no']}/pay", {"method": "cash"},
+                          token=token)
+    assert resp.status == 400 and resp.error_code == "PAYMENT_METHOD_NOT_ALLOWED"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_twenty_duplicate_notifications_change_the_order_once(api: ApiClient, db,
+                                                                    providers) -> None:
+    token, order, pay = await pending_payment(api, db, 8, 6)
+    await sandbox(providers, "faults", {"duplicate": 20})
+    await api.post(f"/sandbox/payments/{order['order_no']}/confirm")
+    await wait_status(api, token, order["order_no"], "issued")
+    await asyncio.sleep(1.0)  # let every copy arrive
+    stored = await db.orders.find_one({"order_no": order["order_no"]})
+    assert [h["to"] for h in stored["history"]].count("paid") == 1
+    assert await db.money_movements.count_documents({"order_no": order["order_no"]}) == 1
+    delivered = (await sandbox(providers, "state"))["delivered"]
+    assert delivered.count(pay["out_trade_no"]) == 20  # all answered 2xx
+
+
+def forged(providers, payload: dict, *, serial: str = SERIAL, skew: int = 0,
+           tamper_body: bool = False, tamper_tag: bool = False, key: bytes = V3
+           ) -> tuple[dict, bytes]:
+    resource = encrypt_resource(key, payload, "transaction")
+    if tamper_tag:
+        raw = bytearray(base64.b64decode(resource["ciphertext"]))
+        raw[-1] ^= 1
+        resource["ciphertext"] = base64.b64encode(bytes(raw)).decode()
+    body = json.dumps({"id": "x", "event_type": "TRANSACTION.SUCCESS",
+                       "resource_type": "encrypt-resource", "resource": resource}).encode()
+    ts, nonce = str(int(time.time()) + skew), secrets.token_hex(8)
+    signature = sign(load_private(providers.platform_private),
+                     f"{ts}\n{nonce}\n{body.decode()}\n")
+    if tamper_body:
+        body = body.replace(b'"x"', b'"y"')
+    return ({"Wechatpay-Timestamp": ts, "Wechatpay-Nonce": nonce, "Wechatpay-Serial": serial,
+             "Wechatpay-Signature": signature, "Content-Type": "application/json"}, body)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_forged_notifications_are_rejected_and_change_nothing(api: ApiClient, db,
+                                                                    providers) -> None:
+    token, order, pay = await pending_payment(api, db, 9, 4)
+    genuine = {"mchid": "1900000001", "appid": "wx-keyun-sandbox",
+               "out_trade_no": pay["out_trade_no"], "transaction_id": "4200",
+               "trade_state": "SUCCESS", "amount": {"total": order["amount"]}}
+    cases = {
+        "changed byte": forged(providers, genuine, tamper_body=True),
+        "wrong serial": forged(providers, genuine, serial="PUB_KEY_ID_9"),
+        "six minutes old": forged(providers, genuine, skew=-360),
+        "bad GCM tag": forged(providers, genuine, tamper_tag=True),
+        "wrong APIv3 key": forged(providers, genuine, key=b"f" * 32),
+        "wrong amount": forged(providers, {**genuine, "amount": {"total": 1}}),
+        "wrong appid": forged(providers, {**genuine, "appid": "wx-other"}),
+        "wrong mchid": forged(providers, {**genuine, "mchid": "1999999999"}),
+    }
+    for name, (headers, body) in cases.items():
+        resp = await api.request("POST", "/api/v1/payments/notify/wechat", raw=body,
+                                 headers=headers)
+        assert resp.status == 401 and resp.error_code == "NOTIFICATION_REJECTED", name
+    stored = await db.orders.find_one({"order_no": order["order_no"]})
+    assert stored["status"] == "pending_payment"
+    attempt = await db.payments.find_one({"out_trade_no": pay["out_trade_no"]})
+    assert attempt["status"] == "pending"
+    # and the genuine one, signed by the platform key, is accepted
+    headers, body = forged(providers, genuine)
+    ok = await api.request("POST", "/api/v1/payments/notify/wechat", raw=body, headers=headers)
+    assert ok.status == 204
+    await wait_status(api, token, order["order_no"], "issued")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_dropped_notification_is_recovered_by_query(api: ApiClient, db, providers,
+                                                          services) -> None:
+    token, order, pay = await pending_payment(api, db, 9, 5)
+    await sandbox(providers, "faults", {"drop": 1})
+    await api.post(f"/sandbox/payments/{order['order_no']}/confirm")
+    await asyncio.sleep(0.5)
+    assert (await db.orders.find_one({"order_no": order["order_no"]}))["status"] == \
+        "pending_payment"
+    await db.payments.update_one({"out_trade_no": pay["out_trade_no"]}, {"$set": {
+        "started_at": dt.datetime.now(dt.UTC) - dt.timedelta(minutes=2)}})
+    assert await services.payments.query_pending() >= 1
+    await wait_status(api, token, order["order_no"], "issued")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_payment_after_expiry_is_refunded_exactly_once(api: ApiClient, db, providers,
+                                                             services) -> None:
+    token, order, pay = await pending_payment(api, db, 9, 6)
+    await db.orders.update_one({"order_no": order["order_no"]},
+                               {"$set": {"expires_at": dt.datetime.now(dt.UTC)}})
+    await wait_status(api, token, order["order_no"], "expired")
+    await api.post(f"/sandbox/payments/{order['order_no']}/confirm")
+    for _ in range(50):
+        request = await db.refund_requests.find_one({"_id": f"late:{pay['out_trade_no']}"})
+        if request:
+            break
+        await asyncio.sleep(0.1)
+    assert request and request["amount"] == order["amount"]
+    await services.payments.execute_refunds()
+    await services.payments.execute_refunds()
+    refunds = [r for r in (await sandbox(providers, "state"))["refunds"]
+               if r["out_trade_no"] == pay["out_trade_no"]]
+    assert len(refunds) == 1 and refunds[0]["amount"] == order["amount"]
+    assert (await db.refund_requests.find_one({"_id": request["_id"]}))["status"] == "done"
+    assert await db.money_movements.count_documents({"order_no": order["order_no"],
+                                                     "kind": "refund"}) == 1
+    assert (await db.orders.find_one({"order_no": order["order_no"]}))["status"] == "expired"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_crash_between_refund_and_record_does_not_refund_twice(api: ApiClient, db,
+                                                                     providers,
+                                                                     services) -> None:
+    token, order, pay = await pending_payment(api, db, 9, 7)
+    await api.post(f"/sandbox/payments/{order['order_no']}/confirm")
+    issued = await wait_status(api, token, order["order_no"], "issued")
+    ticket = issued["tickets"][0]["ticket_no"]
+    resp = await api.post(f"/api/v1/tickets/{ticket}/refund", {}, token=token)
+    assert resp.status == 200
+    request = await db.refund_requests.find_one({"_id": f"ticket:{ticket}"})
+    # the refund reached the provider, then the process died before recording it
+    provider = services.payments.providers.get("wechat")
+    await provider.refund(pay["out_trade_no"], refund_no(request["_id"]), request["amount"],
+                          order["amount"])
+    await db.refund_requests.update_one({"_id": request["_id"]}, {"$set": {
+        "status": "processing",
+        "processing_at": dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)}})
+    await services.payments.execute_refunds()
+    refunds = [r for r in (await sandbox(providers, "state"))["refunds"]
+               if r["out_trade_no"] == pay["out_trade_no"]]
+    assert len(refunds) == 1 and refunds[0]["amount"] == request["amount"]
+    assert (await db.refund_requests.find_one({"_id": request["_id"]}))["status"] == "done"
