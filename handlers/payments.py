@@ -47,6 +47,22 @@ class WeChatNotifyHandler(ApiHandler):
         self.write_json(None, 204)
 
 
+class AlipayNotifyHandler(ApiHandler):
+    @api("Alipay notification (form, RSA2); answered exactly 'success' when handled",
+         tags=("payments",), content_type="text/plain", errors=("NOTIFICATION_REJECTED",))
+    async def post(self) -> None:
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        try:
+            await self.services.payments.notify("alipay", dict(self.request.headers.get_all()),
+                                                self.request.body)
+        except NotificationRejected as exc:
+            log.warning("alipay notification rejected: %s", exc)
+            self.set_status(400)
+            self.finish("fail")
+            return
+        self.finish("success")
+
+
 class SandboxConfirmHandler(ApiHandler):
     @api("Sandbox: the payer confirms in WeChat; the provider sandbox pays and notifies",
          response=CONFIRMED, tags=("sandbox",), errors=("NOT_FOUND",))
@@ -57,5 +73,6 @@ class SandboxConfirmHandler(ApiHandler):
 default_handlers = [
     route("/api/v1/orders/{order_no}/pay", PayHandler),
     route("/api/v1/payments/notify/wechat", WeChatNotifyHandler),
+    route("/api/v1/payments/notify/alipay", AlipayNotifyHandler),
 ]
 sandbox_handlers = [route("/sandbox/payments/{order_no}/confirm", SandboxConfirmHandler)]

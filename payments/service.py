@@ -41,11 +41,11 @@ def refund_no(request_id: str) -> str:
 
 class PaymentService:
     def __init__(self, db: AsyncDatabase[Any], providers: ProviderRegistry,
-                 orders: OrderService, sandbox_base: str = "") -> None:
+                 orders: OrderService, sandbox_bases: dict[str, str] | None = None) -> None:
         self._db = db
         self.providers = providers
         self._orders = orders
-        self._sandbox_base = sandbox_base
+        self._sandbox = sandbox_bases or {}
 
     # --- start ---------------------------------------------------------------------------------
     async def start(self, actor: Principal, order_no: str, method: str) -> dict[str, Any]:
@@ -81,7 +81,8 @@ class PaymentService:
                                                          "error": str(exc)[:200]}})
             raise DomainError("PAYMENT_PROVIDER_ERROR", str(exc)) from None
         await self._db.payments.update_one({"out_trade_no": out_trade_no},
-                                           {"$set": {"status": "pending", "started_at": now}})
+                                           {"$set": {"status": "pending", "started_at": now,
+                                                     "client_params": params}})
         return {"order_no": order_no, "out_trade_no": out_trade_no, "method": method,
                 "amount": order["amount"], "params": params}
 
@@ -220,11 +221,19 @@ class PaymentService:
         attempt = await self._db.payments.find_one({"order_no": order_no,
                                                     "status": "pending"},
                                                    sort=[("created_at", -1)])
-        if attempt is None or not self._sandbox_base:
+        base = self._sandbox.get(attempt["provider"], "") if attempt else ""
+        if attempt is None or not base:
             raise DomainError("NOT_FOUND", "No payment of this order is waiting.")
-        resp = await AsyncHTTPClient().fetch(
-            f"{self._sandbox_base}/_sandbox/wechatpay/confirm", method="POST",
-            body=json.dumps({"out_trade_no": attempt["out_trade_no"]}), raise_error=False)
+        if attempt["provider"] == "alipay":  # the payer's app hands Alipay the signed order
+            params = attempt.get("client_params") or {}
+            signed = params.get("order_string") or params.get("pay_url", "?").split("?", 1)[1]
+            resp = await AsyncHTTPClient().fetch(
+                base.removesuffix("/gateway.do") + "/_sandbox/alipay/pay", method="POST",
+                body=signed, raise_error=False)
+        else:
+            resp = await AsyncHTTPClient().fetch(
+                f"{base}/_sandbox/wechatpay/confirm", method="POST",
+                body=json.dumps({"out_trade_no": attempt["out_trade_no"]}), raise_error=False)
         if resp.code != 200:
             raise DomainError("NOT_FOUND", "The payment sandbox has no such transaction.")
         return {"order_no": order_no, "out_trade_no": attempt["out_trade_no"],

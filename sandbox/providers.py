@@ -122,17 +122,19 @@ class SmsLastHandler(Base):
         self.reply(found)
 
 
-def make_app(state: State, wxpay: Any = None) -> Application:
+def make_app(state: State, wxpay: Any = None, alipay: Any = None) -> Application:
+    from sandbox.alipay import alipay_routes
     from sandbox.wechatpay import wxpay_routes
 
     return Application([
         *(wxpay_routes() if wxpay is not None else []),
+        *(alipay_routes() if alipay is not None else []),
         (r"/cgi-bin/token", TokenHandler),
         (r"/sns/jscode2session", Code2SessionHandler),
         (r"/_sandbox/wechat/login-code", LoginCodeHandler),
         (r"/sms/v1/send", SmsSendHandler),
         (r"/_sandbox/sms/last", SmsLastHandler),
-    ], state=state, wxpay=wxpay)
+    ], state=state, wxpay=wxpay, alipay=alipay)
 
 
 def main() -> None:
@@ -150,7 +152,15 @@ def main() -> None:
                            os.environ["SANDBOX_WXPAY_PLATFORM_PRIVATE"],
                            os.environ["SANDBOX_WXPAY_PLATFORM_SERIAL"],
                            os.environ["SANDBOX_WXPAY_V3_KEY"])
-    serve(make_app(state, wxpay), args.port)
+    alipay = None
+    if os.environ.get("SANDBOX_ALIPAY_APP_ID"):
+        from sandbox.alipay import AlipayState
+
+        alipay = AlipayState(os.environ["SANDBOX_ALIPAY_APP_ID"],
+                             os.environ["SANDBOX_ALIPAY_SELLER_ID"],
+                             os.environ["SANDBOX_ALIPAY_APP_PUBLIC"],
+                             os.environ["SANDBOX_ALIPAY_PRIVATE"])
+    serve(make_app(state, wxpay, alipay), args.port)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from handlers import (
 )
 from handlers.base import NotFoundHandler, log_request
 from notify.sms import HttpSmsProvider
+from payments.alipay import Alipay, AlipayConfig
 from payments.base import ProviderRegistry
 from payments.service import PaymentService
 from payments.wechatpay import WeChatPay, WeChatPayConfig
@@ -123,8 +124,9 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         WeChatLogin(settings.wechat_appid, settings.wechat_secret, settings.wechat_api_base))
     order_service = OrderService(db, redis, seats, rules, member_service, vault)
     payment_service = PaymentService(db, payment_providers(settings), order_service,
-                                     sandbox_base=settings.wechatpay_api_base
-                                     if settings.sandbox else "")
+                                     sandbox_bases={"wechat": settings.wechatpay_api_base,
+                                                    "alipay": settings.alipay_gateway}
+                                     if settings.sandbox else {})
     jobs = JobRunner(redis)
     jobs.add("payment-query", 15.0, payment_service.query_pending)
     jobs.add("refunds", 5.0, payment_service.execute_refunds)
@@ -173,6 +175,15 @@ def payment_providers(settings: Settings) -> ProviderRegistry:
                 platform_serial=settings.wechatpay_platform_serial,
                 platform_public_key_pem=platform.read(),
                 notify_url=f"{base}/api/v1/payments/notify/wechat")))
+    if settings.alipay_gateway and settings.alipay_private_key_file:
+        base = settings.public_url or f"http://{settings.host}:{settings.port}"
+        with open(settings.alipay_private_key_file) as key, \
+                open(settings.alipay_public_key_file) as alipay_key:
+            registry.register(Alipay(AlipayConfig(
+                gateway=settings.alipay_gateway, app_id=settings.alipay_app_id,
+                seller_id=settings.alipay_seller_id, app_private_key=key.read().strip(),
+                alipay_public_key=alipay_key.read().strip(),
+                notify_url=f"{base}/api/v1/payments/notify/alipay")))
     return registry
 
 

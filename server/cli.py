@@ -101,8 +101,20 @@ def _dev_wechatpay_keys(folder: Path) -> dict[str, str]:
             with os.fdopen(fd, "w") as fh:
                 fh.write(key)
             public.write_text(pub)
+    from payments.alipay import new_alipay_keys
+
+    for name in ("alipay_app", "alipay_alipay"):
+        private, public = folder / f"{name}.key", folder / f"{name}.pub"
+        if not private.exists():
+            key, pub = new_alipay_keys()
+            fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(key)
+            public.write_text(pub)
     return {"wechatpay_private_key_file": str(folder / "wechatpay_merchant.pem"),
-            "wechatpay_platform_public_key_file": str(folder / "wechatpay_platform.pub.pem")}
+            "wechatpay_platform_public_key_file": str(folder / "wechatpay_platform.pub.pem"),
+            "alipay_private_key_file": str(folder / "alipay_app.key"),
+            "alipay_public_key_file": str(folder / "alipay_alipay.pub")}
 
 
 def _start_stores(settings: Settings, children: list[embedded.ChildServer]) -> Settings:
@@ -143,7 +155,8 @@ def _start_station_simulators(settings: Settings, children: list[embedded.ChildS
 def _start_provider_sandbox(settings: Settings, children: list[embedded.ChildServer]
                             ) -> Settings:
     """Sandbox only: WeChat and the SMS gateway, unless real ones are configured."""
-    if settings.wechat_api_base and settings.sms_api_base and settings.wechatpay_api_base:
+    if settings.wechat_api_base and settings.sms_api_base and settings.wechatpay_api_base \
+            and settings.alipay_gateway:
         return settings
     secrets_dir = settings.data_path / "secrets"
     wxpay = {"mchid": settings.wechatpay_mchid,
@@ -152,15 +165,22 @@ def _start_provider_sandbox(settings: Settings, children: list[embedded.ChildSer
              "platform_serial": settings.wechatpay_platform_serial,
              "v3_key": settings.wechatpay_api_v3_key} \
         if (secrets_dir / "wechatpay_platform.pem").exists() else None
+    alipay = {"app_id": settings.alipay_app_id, "seller_id": settings.alipay_seller_id,
+              "app_public": (secrets_dir / "alipay_app.pub").read_text(),
+              "private": (secrets_dir / "alipay_alipay.key").read_text()} \
+        if (secrets_dir / "alipay_alipay.key").exists() else None
     sandbox = embedded.provider_sandbox(settings.data_path, appid=settings.wechat_appid,
                                         wechat_secret=settings.wechat_secret,
-                                        sms_key=settings.sms_api_key, wxpay=wxpay)
+                                        sms_key=settings.sms_api_key, wxpay=wxpay,
+                                        alipay=alipay)
     children.append(sandbox)
     sandbox.start()
     url = f"http://{sandbox.host}:{sandbox.port}"
     return dataclasses.replace(settings, wechat_api_base=settings.wechat_api_base or url,
                                sms_api_base=settings.sms_api_base or url,
-                               wechatpay_api_base=settings.wechatpay_api_base or url)
+                               wechatpay_api_base=settings.wechatpay_api_base or url,
+                               alipay_gateway=settings.alipay_gateway
+                               or f"{url}/gateway.do")
 
 
 def run(settings: Settings) -> int:

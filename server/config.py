@@ -173,6 +173,14 @@ class Settings:
                                           "WeChat Pay public key id (public-key mode)")
     wechatpay_platform_public_key_file: str = _opt("", _parse_str,
                                                    "WeChat Pay public key (PEM file)")
+    alipay_gateway: str = _opt("", _parse_optional_http,
+                               "Alipay gateway (https://openapi.alipay.com/gateway.do); "
+                               "unset in development: the sandbox")
+    alipay_app_id: str = _opt("2021000000000001", _parse_str, "Alipay app id")
+    alipay_seller_id: str = _opt("2088000000000001", _parse_str, "Alipay merchant PID")
+    alipay_private_key_file: str = _opt("", _parse_str,
+                                        "app private key, PKCS#1 base64 body; dev generates")
+    alipay_public_key_file: str = _opt("", _parse_str, "Alipay public key, base64 body")
     access_token_ttl: int = _opt(900, _parse_int(60, 3600), "access token lifetime, seconds")
     refresh_token_ttl: int = _opt(30 * 86400, _parse_int(3600, 90 * 86400),
                                   "refresh token lifetime, seconds")

@@ -175,7 +175,8 @@ def simulator_base_url(server: ChildServer, kind: str) -> str:
 
 
 def provider_sandbox(data_dir: Path, *, appid: str, wechat_secret: str, sms_key: str,
-                     wxpay: dict[str, str] | None = None, port: int | None = None
+                     wxpay: dict[str, str] | None = None,
+                     alipay: dict[str, str] | None = None, port: int | None = None
                      ) -> ChildServer:
     """The WeChat + SMS + WeChat Pay sandbox (``sandbox.providers``); sandbox configuration
     only. ``wxpay``: mchid, merchant public key, platform private key and serial, APIv3 key."""
@@ -184,5 +185,7 @@ def provider_sandbox(data_dir: Path, *, appid: str, wechat_secret: str, sms_key:
     env = {"SANDBOX_WECHAT_SECRET": wechat_secret, "SANDBOX_SMS_KEY": sms_key}
     if wxpay:
         env.update({f"SANDBOX_WXPAY_{k.upper()}": v for k, v in wxpay.items()})
+    if alipay:
+        env.update({f"SANDBOX_ALIPAY_{k.upper()}": v for k, v in alipay.items()})
     return ChildServer("providers", argv, "127.0.0.1", port,
                        data_dir / "log" / "providers.log", stop_timeout=10.0, env=env)

@@ -115,11 +115,13 @@ class Providers:
     env: dict[str, str]
     platform_private: str  # to forge notifications in tests
     merchant_public: str  # to check what Keyun signed
+    alipay_private: str  # Alipay's key, to forge its notifications
 
 
 @pytest.fixture(scope="session")
 def providers(workdir: Path) -> Iterator[Providers]:
     """WeChat login, SMS and WeChat Pay sandbox, with a merchant and a platform key pair."""
+    from payments.alipay import new_alipay_keys
     from payments.wechatpay import new_rsa_key
 
     keys = workdir / "wxpay"
@@ -128,13 +130,19 @@ def providers(workdir: Path) -> Iterator[Providers]:
     platform, platform_pub = new_rsa_key()
     (keys / "merchant.pem").write_text(merchant)
     (keys / "platform.pub.pem").write_text(platform_pub)
+    app_key, app_pub = new_alipay_keys()
+    ali_key, ali_pub = new_alipay_keys()
+    (keys / "alipay_app.key").write_text(app_key)
+    (keys / "alipay.pub").write_text(ali_pub)
     server = embedded.provider_sandbox(
         workdir / "providers", appid="wx-keyun-sandbox",
         wechat_secret=TEST_SECRETS["KEYUN_WECHAT_SECRET"],
         sms_key=TEST_SECRETS["KEYUN_SMS_API_KEY"],
         wxpay={"mchid": "1900000001", "merchant_public": merchant_pub,
                "platform_private": platform, "platform_serial": "PUB_KEY_ID_0000000000000001",
-               "v3_key": TEST_SECRETS["KEYUN_WECHATPAY_API_V3_KEY"]})
+               "v3_key": TEST_SECRETS["KEYUN_WECHATPAY_API_V3_KEY"]},
+        alipay={"app_id": "2021000000000001", "seller_id": "2088000000000001",
+                "app_public": app_pub, "private": ali_key})
     server.start()
     url = f"http://{server.host}:{server.port}"
     try:
@@ -142,8 +150,11 @@ def providers(workdir: Path) -> Iterator[Providers]:
             "KEYUN_WECHAT_API_BASE": url, "KEYUN_SMS_API_BASE": url,
             "KEYUN_WECHATPAY_API_BASE": url,
             "KEYUN_WECHATPAY_PRIVATE_KEY_FILE": str(keys / "merchant.pem"),
-            "KEYUN_WECHATPAY_PLATFORM_PUBLIC_KEY_FILE": str(keys / "platform.pub.pem")},
-            platform, merchant_pub)
+            "KEYUN_WECHATPAY_PLATFORM_PUBLIC_KEY_FILE": str(keys / "platform.pub.pem"),
+            "KEYUN_ALIPAY_GATEWAY": f"{url}/gateway.do",
+            "KEYUN_ALIPAY_PRIVATE_KEY_FILE": str(keys / "alipay_app.key"),
+            "KEYUN_ALIPAY_PUBLIC_KEY_FILE": str(keys / "alipay.pub")},
+            platform, merchant_pub, ali_key)
     finally:
         server.stop()
 

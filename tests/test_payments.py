@@ -218,3 +218,59 @@ async def test_crash_between_refund_and_record_does_not_refund_twice(api: ApiCli
                if r["out_trade_no"] == pay["out_trade_no"]]
     assert len(refunds) == 1 and refunds[0]["amount"] == request["amount"]
     assert (await db.refund_requests.find_one({"_id": request["_id"]}))["status"] == "done"
+
+
+async def app_member(api: ApiClient) -> str:
+    number = "137" + str(secrets.randbelow(10**8)).zfill(8)
+    await api.post("/api/v1/auth/sms/send", {"phone": number})
+    code = (await api.get(f"/sandbox/sms/last?phone={number}")).body["code"]
+    return (await api.post("/api/v1/auth/sms/login", {"phone": number, "code": code})
+            ).body["token"]
+
+
+def alipay_notice(providers, fields: dict, sign_type: str = "RSA2") -> bytes:
+    from urllib.parse import urlencode
+
+    from alipay.aop.api.util.SignatureUtils import get_sign_content, sign_with_rsa, sign_with_rsa2
+
+    signer = sign_with_rsa2 if sign_type == "RSA2" else sign_with_rsa
+    body = dict(fields)
+    body["sign"] = signer(providers.alipay_private, get_sign_content(fields), "utf-8")
+    body["sign_type"] = sign_type
+    return urlencode(body).encode()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_alipay_app_pay_and_forged_notices(api: ApiClient, db, providers) -> None:
+    token = await app_member(api)
+    dep = await native_departure(db, 9, 8)
+    order = (await api.post("/api/v1/orders", {"departure_id": dep["_id"], "channel": "app",
+                                               "contact_phone": "13812345678",
+                                               "passengers": [person()]}, token=token)).body
+    pay = await api.post(f"/api/v1/orders/{order['order_no']}/pay", {"method": "alipay_app"},
+                         token=token)
+    assert pay.status == 200, pay.text
+    assert "sign_type=RSA2" in pay.body["params"]["order_string"]
+    genuine = {"app_id": "2021000000000001", "seller_id": "2088000000000001",
+               "out_trade_no": pay.body["out_trade_no"], "trade_no": "2026",
+               "trade_status": "TRADE_SUCCESS",
+               "total_amount": f"{order['amount'] / 100:.2f}", "notify_id": "n1"}
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    for name, body in {
+        "RSA1": alipay_notice(providers, genuine, "RSA"),
+        "other seller": alipay_notice(providers, {**genuine, "seller_id": "2088999"}),
+        "wrong amount": alipay_notice(providers, {**genuine, "total_amount": "0.01"}),
+        "changed after signing": alipay_notice(providers, genuine).replace(b"n1", b"n2"),
+    }.items():
+        resp = await api.request("POST", "/api/v1/payments/notify/alipay", raw=body,
+                                 headers=headers)
+        assert resp.status == 400 and resp.text == "fail", name
+    assert (await db.orders.find_one({"order_no": order["order_no"]}))["status"] == \
+        "pending_payment"
+    # the payer pays in the Alipay app: the sandbox notifies, Keyun answers "success"
+    assert (await api.post(f"/sandbox/payments/{order['order_no']}/confirm")).status == 200
+    issued = await wait_status(api, token, order["order_no"], "issued")
+    assert issued["tickets"][0]["status"] == "issued"
+    state = json.loads((await AsyncHTTPClient().fetch(
+        f"{providers.url}/_sandbox/alipay/state")).body)
+    assert pay.body["out_trade_no"] in state["delivered"]
