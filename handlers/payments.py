@@ -13,7 +13,9 @@ from server.schema import FEN, obj, string
 log = logging.getLogger(__name__)
 
 PAY = obj({"method": string(enum=["wechat_jsapi", "wechat_app", "alipay_app", "alipay_wap",
-                                  "agent_balance", "cash", "bank_card"])}, ["method"])
+                                  "agent_balance", "cash", "bank_card"]),
+           "tendered": FEN, "reference": string(1, 64, description="bank card slip")},
+          ["method"])
 PAY_OUT = obj({"order_no": string(), "out_trade_no": string(), "method": string(),
                "amount": FEN, "params": {"type": "object",
                                          "description": "what the client pays with"}},
@@ -26,10 +28,11 @@ class PayHandler(ApiHandler):
     @api("Start paying an order: the provider's client parameters (e.g. wx.requestPayment)",
          roles=BUYERS, body=PAY, response=PAY_OUT, tags=("payments",), idempotent=True,
          errors=("ORDER_NOT_FOUND", "ORDER_NOT_PAYABLE", "PAYMENT_METHOD_NOT_ALLOWED",
-                 "PAYMENT_PROVIDER_ERROR"))
+                 "PAYMENT_PROVIDER_ERROR", "INSUFFICIENT_BALANCE", "TENDER_TOO_LOW"))
     async def post(self, order_no: str) -> None:
-        self.write_json(await self.services.payments.start(self.principal, order_no,
-                                                           self.body["method"]))
+        self.write_json(await self.services.payments.start(
+            self.principal, order_no, self.body["method"], self.body.get("tendered"),
+            self.body.get("reference", "")))
 
 
 class WeChatNotifyHandler(ApiHandler):

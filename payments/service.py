@@ -31,6 +31,7 @@ from server.services.orders import OrderService, now_ms
 log = logging.getLogger(__name__)
 
 QUERY_AFTER = dt.timedelta(seconds=60)
+LOCAL_METHODS = ("agent_balance", "cash", "bank_card")
 REFUND_STUCK_AFTER = dt.timedelta(seconds=60)
 
 
@@ -48,7 +49,8 @@ class PaymentService:
         self._sandbox = sandbox_bases or {}
 
     # --- start ---------------------------------------------------------------------------------
-    async def start(self, actor: Principal, order_no: str, method: str) -> dict[str, Any]:
+    async def start(self, actor: Principal, order_no: str, method: str,
+                    tendered: int | None = None, reference: str = "") -> dict[str, Any]:
         order = await self._db.orders.find_one({"order_no": order_no,
                                                 **self._orders.scope(actor)})
         if order is None:
@@ -58,11 +60,14 @@ class PaymentService:
         if method not in channel(order["channel"]).payment_methods:
             raise DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="method",
                               allowed=list(channel(order["channel"]).payment_methods))
+        tries = await self._db.payments.count_documents({"order_no": order_no})
+        out_trade_no = f"{order_no}P{tries + 1:02d}"
+        if method in LOCAL_METHODS:
+            return await self._pay_locally(actor, order, method, out_trade_no, tendered,
+                                           reference)
         provider = self.providers.for_method(method)
         if provider is None:
             raise DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="method")
-        tries = await self._db.payments.count_documents({"order_no": order_no})
-        out_trade_no = f"{order_no}P{tries + 1:02d}"
         payer: dict[str, str] = {}
         if method == "wechat_jsapi" and order.get("member_id"):
             member = await self._db.members.find_one({"_id": order["member_id"]})
@@ -85,6 +90,47 @@ class PaymentService:
                                                      "client_params": params}})
         return {"order_no": order_no, "out_trade_no": out_trade_no, "method": method,
                 "amount": order["amount"], "params": params}
+
+    async def _pay_locally(self, actor: Principal, order: dict[str, Any], method: str,
+                           out_trade_no: str, tendered: int | None, reference: str
+                           ) -> dict[str, Any]:
+        """Money that never leaves the platform's hands: an agent's deposit (with credit),
+        or what a kiosk took in cash or by card. Paid at once, by the actor's identity."""
+        amount = order["amount"]
+        receipt: dict[str, Any] = {}
+        if method == "agent_balance":
+            if not actor.outlet_id:
+                raise DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="method")
+            outlet = await self._db.outlets.find_one({"_id": actor.outlet_id})
+            if outlet is None:
+                raise DomainError("OUTLET_NOT_FOUND")
+            # atomic: the balance may go down to minus the credit limit, never further
+            debited = await self._db.outlets.find_one_and_update(
+                {"_id": actor.outlet_id,
+                 "$expr": {"$gte": [{"$add": [{"$ifNull": ["$balance", 0]},
+                                              "$credit_limit"]}, amount]}},
+                {"$inc": {"balance": -amount}}, return_document=ReturnDocument.AFTER)
+            if debited is None:
+                raise DomainError("INSUFFICIENT_BALANCE", amount=amount)
+            receipt = {"balance": debited["balance"], "credit_limit": debited["credit_limit"]}
+        else:
+            if actor.role != "kiosk" and actor.role != "station_staff":
+                raise DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="method")
+            if method == "cash":
+                if tendered is None or tendered < amount:
+                    raise DomainError("TENDER_TOO_LOW", field="tendered")
+                receipt = {"tendered": tendered, "change": tendered - amount}
+            else:
+                receipt = {"reference": reference}
+        now = now_ms()
+        attempt = {"out_trade_no": out_trade_no, "order_no": order["order_no"],
+                   "provider": method, "method": method, "amount": amount, "status": "pending",
+                   "created_at": now, "started_at": now, "actor": actor.audit_actor(),
+                   "receipt": receipt}
+        attempt["_id"] = (await self._db.payments.insert_one(attempt)).inserted_id
+        outcome = await self.settle(attempt, "paid", amount, reference or out_trade_no)
+        return {"order_no": order["order_no"], "out_trade_no": out_trade_no, "method": method,
+                "amount": amount, "params": {**receipt, "outcome": outcome}}
 
     # --- notifications and queries --------------------------------------------------------
     async def notify(self, provider_id: str, headers: dict[str, str], body: bytes) -> str:
@@ -182,8 +228,11 @@ class PaymentService:
                 {"_id": request["_id"]}, {"$set": {"status": "failed",
                                                    "error": "no paid attempt to refund"}})
             return
-        provider = self.providers.get(attempt["provider"])
         out_refund_no = refund_no(str(request["_id"]))
+        if attempt["provider"] in LOCAL_METHODS:
+            await self._refund_locally(request, attempt, out_refund_no)
+            return
+        provider = self.providers.get(attempt["provider"])
         try:
             result = await provider.refund(attempt["out_trade_no"], out_refund_no,
                                            int(request["amount"]), int(attempt["amount"]))
@@ -205,6 +254,24 @@ class PaymentService:
             await self._orders.transition(request["order_no"], "refunded", "payment",
                                           "refunded after station failure",
                                           from_states={"failed"})
+
+    async def _refund_locally(self, request: dict[str, Any], attempt: dict[str, Any],
+                              out_refund_no: str) -> None:
+        """Back to the agent's deposit; cash and card refunds are paid at the window."""
+        movement = await self._db.money_movements.find_one({"_id": f"refund:{out_refund_no}"})
+        if movement is None and attempt["provider"] == "agent_balance":
+            outlet_id = attempt["actor"].get("outlet_id")
+            await self._movement(f"refund:{out_refund_no}", "refund", attempt,
+                                 int(request["amount"]), out_refund_no=out_refund_no)
+            await self._db.outlets.update_one({"_id": outlet_id},
+                                              {"$inc": {"balance": int(request["amount"])}})
+        elif movement is None:
+            await self._movement(f"refund:{out_refund_no}", "refund", attempt,
+                                 int(request["amount"]), out_refund_no=out_refund_no,
+                                 paid_out="at the station window")
+        await self._db.refund_requests.update_one(
+            {"_id": request["_id"]}, {"$set": {"status": "done", "out_refund_no": out_refund_no,
+                                               "done_at": now_ms()}})
 
     async def _movement(self, movement_id: str, kind: str, attempt: dict[str, Any],
                         amount: int, **extra: Any) -> None:

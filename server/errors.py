@@ -94,6 +94,9 @@ ERRORS: dict[str, tuple[int, str]] = {
     "PAYMENT_METHOD_NOT_ALLOWED": (400, "This sales channel does not take that payment method."),
     "PAYMENT_PROVIDER_ERROR": (502, "The payment provider refused or could not be reached."),
     "NOTIFICATION_REJECTED": (401, "The notification could not be verified."),
+    "INSUFFICIENT_BALANCE": (409, "The outlet's deposit and credit do not cover this order."),
+    "TENDER_TOO_LOW": (400, "The cash tendered is less than the amount due."),
+    "OUTLET_NOT_FOUND": (404, "No such agent outlet."),
     # infrastructure
     "SERVICE_UNAVAILABLE": (503, "A backing service is unavailable; try again shortly."),
     "INTERNAL": (500, "Something went wrong on our side. Quote the request id when asking."),

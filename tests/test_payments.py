@@ -274,3 +274,64 @@ async def test_alipay_app_pay_and_forged_notices(api: ApiClient, db, providers) 
     state = json.loads((await AsyncHTTPClient().fetch(
         f"{providers.url}/_sandbox/alipay/state")).body)
     assert pay.body["out_trade_no"] in state["delivered"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_agent_pays_from_its_deposit_within_credit(api: ApiClient, db,
+                                                         services) -> None:
+    agent = (await api.login("agent"))["token"]
+    outlet = "OUT440106001"
+    dep = await native_departure(db, 9, 9)
+    before = (await db.outlets.find_one({"_id": outlet})).get("balance", 0)
+    order = (await api.post("/api/v1/orders", {"departure_id": dep["_id"],
+                                               "contact_phone": "13812345678",
+                                               "passengers": [person()]}, token=agent)).body
+    paid = await api.post(f"/api/v1/orders/{order['order_no']}/pay",
+                          {"method": "agent_balance"}, token=agent)
+    assert paid.status == 200, paid.text
+    assert paid.body["params"]["balance"] == before - order["amount"]
+    assert (await api.get(f"/api/v1/orders/{order['order_no']}", token=agent)
+            ).body["status"] == "issued"
+    # a refund goes back to the deposit
+    ticket = (await api.get(f"/api/v1/orders/{order['order_no']}", token=agent)
+              ).body["tickets"][0]
+    await api.post(f"/api/v1/tickets/{ticket['ticket_no']}/refund", {}, token=agent)
+    await services.payments.execute_refunds()
+    request = await db.refund_requests.find_one({"_id": f"ticket:{ticket['ticket_no']}"})
+    assert request["status"] == "done"
+    after = (await db.outlets.find_one({"_id": outlet}))["balance"]
+    assert after == before - order["amount"] + request["amount"]
+    # beyond deposit and credit: refused, nothing taken
+    limits = await db.outlets.find_one({"_id": outlet})
+    await db.outlets.update_one({"_id": outlet}, {"$set": {"credit_limit": 0, "balance": 0}})
+    try:
+        order2 = (await api.post("/api/v1/orders", {"departure_id": dep["_id"],
+                                                    "contact_phone": "13812345678",
+                                                    "passengers": [person()]},
+                                 token=agent)).body
+        refused = await api.post(f"/api/v1/orders/{order2['order_no']}/pay",
+                                 {"method": "agent_balance"}, token=agent)
+        assert refused.status == 409 and refused.error_code == "INSUFFICIENT_BALANCE"
+        assert (await db.outlets.find_one({"_id": outlet}))["balance"] == 0
+    finally:
+        await db.outlets.update_one({"_id": outlet}, {"$set": {
+            "credit_limit": limits["credit_limit"], "balance": limits["balance"]}})
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_kiosk_takes_cash_and_gives_change(api: ApiClient, db) -> None:
+    kiosk = (await api.login("kiosk"))["token"]
+    dep = await native_departure(db, 8, 8)
+    order = (await api.post("/api/v1/orders", {"departure_id": dep["_id"],
+                                               "contact_phone": "13812345678",
+                                               "passengers": [person()]}, token=kiosk)).body
+    low = await api.post(f"/api/v1/orders/{order['order_no']}/pay",
+                         {"method": "cash", "tendered": order["amount"] - 1}, token=kiosk)
+    assert low.status == 400 and low.error_code == "TENDER_TOO_LOW"
+    wrong = await api.post(f"/api/v1/orders/{order['order_no']}/pay",
+                           {"method": "wechat_jsapi"}, token=kiosk)
+    assert wrong.error_code == "PAYMENT_METHOD_NOT_ALLOWED"
+    paid = await api.post(f"/api/v1/orders/{order['order_no']}/pay",
+                          {"method": "cash", "tendered": order["amount"] + 1000}, token=kiosk)
+    assert paid.status == 200 and paid.body["params"]["change"] == 1000
+    assert (await db.orders.find_one({"order_no": order["order_no"]}))["status"] == "issued"

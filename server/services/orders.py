@@ -284,6 +284,8 @@ class OrderService:
             return {"outlet_id": actor.outlet_id}
         if actor.role in ("phone_agent",):
             return {"channel": "phone"}
+        if actor.role == "kiosk":  # a kiosk sells any departure: it sees what it sold
+            return {"actor.id": actor.id}
         if actor.station_id:
             return {"station_id": actor.station_id}
         return {}
