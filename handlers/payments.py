@@ -9,6 +9,7 @@ from handlers.orders import BUYERS
 from payments.base import NotificationRejected
 from server.errors import DomainError
 from server.schema import FEN, obj, string
+from server.security.principal import FINANCE, OPERATOR
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,26 @@ class AlipayNotifyHandler(ApiHandler):
         self.finish("success")
 
 
+RECONCILIATION = obj({"provider": string(), "bill_date": string(format="date"),
+                      "lines": {"type": "integer"}, "matched": {"type": "array"},
+                      "amount_differs": {"type": "array"}, "only_provider": {"type": "array"},
+                      "only_ours": {"type": "array"}, "clean": {"type": "boolean"},
+                      "fees": FEN, "at": string(format="date-time")},
+                     ["provider", "bill_date", "matched", "clean"])
+
+
+class ReconcileHandler(ApiHandler):
+    @api("Match a provider's daily statement to our payments, line by line",
+         roles=(FINANCE, OPERATOR), response=RECONCILIATION, tags=("payments",),
+         errors=("NOT_FOUND", "PAYMENT_PROVIDER_ERROR"))
+    async def post(self, provider: str, bill_date: str) -> None:
+        report = await self.services.payments.reconcile(provider, bill_date)
+        await self.services.audit.record(self.principal, "payments.reconcile",
+                                         target=f"{provider}:{bill_date}",
+                                         details={"clean": report["clean"]})
+        self.write_json(report)
+
+
 class SandboxConfirmHandler(ApiHandler):
     @api("Sandbox: the payer confirms in WeChat; the provider sandbox pays and notifies",
          response=CONFIRMED, tags=("sandbox",), errors=("NOT_FOUND",))
@@ -77,5 +98,6 @@ default_handlers = [
     route("/api/v1/orders/{order_no}/pay", PayHandler),
     route("/api/v1/payments/notify/wechat", WeChatNotifyHandler),
     route("/api/v1/payments/notify/alipay", AlipayNotifyHandler),
+    route("/api/v1/admin/statements/{provider}/{bill_date}", ReconcileHandler),
 ]
 sandbox_handlers = [route("/sandbox/payments/{order_no}/confirm", SandboxConfirmHandler)]

@@ -161,6 +161,20 @@ class Alipay(BasePaymentProvider):
         return RefundResult(out_refund_no, "done" if data.get("fund_change") in ("Y", "N")
                             else "processing", str(data.get("trade_no", "")))
 
+    async def statement(self, bill_date: str) -> list[Any]:
+        """The day's trade bill: a download URL from the signed API, then a GBK CSV zip."""
+        from payments.statements import parse_alipay_bill
+
+        data = await self._call("alipay.data.dataservice.bill.downloadurl.query",
+                                {"bill_type": "trade", "bill_date": bill_date})
+        try:
+            response = await AsyncHTTPClient().fetch(str(data["bill_download_url"]),
+                                                     request_timeout=self._timeout)
+        except (HTTPClientError, OSError, KeyError) as exc:
+            raise PaymentError(f"bill download failed: {type(exc).__name__}", retry=True) \
+                from None
+        return parse_alipay_bill(response.body)
+
     def parse_notification(self, headers: dict[str, str], body: bytes) -> ProviderState:
         from urllib.parse import parse_qsl
 

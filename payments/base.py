@@ -79,6 +79,10 @@ class BasePaymentProvider(abc.ABC):
     def parse_notification(self, headers: dict[str, str], body: bytes) -> ProviderState:
         """Verify and decode a notification; NotificationRejected if it is not genuine."""
 
+    async def statement(self, bill_date: str) -> list[Any]:
+        """The provider's trade lines of a day (``payments.statements.StatementLine``)."""
+        raise PaymentError(f"{self.identifier} has no statements")
+
     def matching_id(self, attempt: dict[str, Any]) -> str:
         """What a statement line is matched by."""
         return str(attempt["out_trade_no"])

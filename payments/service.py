@@ -30,6 +30,7 @@ from server.services.orders import OrderService, now_ms
 
 log = logging.getLogger(__name__)
 
+LOCAL = dt.timezone(dt.timedelta(hours=8))
 QUERY_AFTER = dt.timedelta(seconds=60)
 LOCAL_METHODS = ("agent_balance", "cash", "bank_card")
 REFUND_STUCK_AFTER = dt.timedelta(seconds=60)
@@ -281,6 +282,35 @@ class PaymentService:
                               "order_no": attempt["order_no"],
                               "out_trade_no": attempt["out_trade_no"], "amount": amount,
                               "at": now_ms(), **extra}}, upsert=True)
+
+    # --- statements -----------------------------------------------------------------------
+    async def reconcile(self, provider_id: str, bill_date: str) -> dict[str, Any]:
+        """The provider's trade bill of a day matched line by line to our paid attempts."""
+        from payments.statements import match
+
+        try:
+            provider = self.providers.get(provider_id)
+        except KeyError:
+            raise DomainError("NOT_FOUND", "No such payment provider.") from None
+        try:
+            lines = await provider.statement(bill_date)
+        except PaymentError as exc:
+            raise DomainError("PAYMENT_PROVIDER_ERROR", str(exc)) from None
+        day = dt.date.fromisoformat(bill_date)
+        start = dt.datetime(day.year, day.month, day.day, tzinfo=LOCAL).astimezone(dt.UTC)
+        ours = await self._db.payments.find(
+            {"provider": provider_id, "status": {"$in": ["paid", "refunding", "refunded"]},
+             "paid_at": {"$gte": start, "$lt": start + dt.timedelta(days=1)}},
+            {"out_trade_no": 1, "amount": 1}).to_list()
+        result = match(lines, ours)
+        report = {"provider": provider_id, "bill_date": bill_date, "lines": len(lines),
+                  "matched": result.matched, "amount_differs": result.amount_differs,
+                  "only_provider": result.only_provider, "only_ours": result.only_ours,
+                  "clean": result.clean, "fees": sum(line.fee for line in lines),
+                  "at": now_ms()}
+        await self._db.reconciliations.replace_one(
+            {"_id": f"{provider_id}:{bill_date}"}, report, upsert=True)
+        return report
 
     # --- sandbox ----------------------------------------------------------------------------
     async def sandbox_confirm(self, order_no: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import secrets
 import time
@@ -205,6 +206,27 @@ class WeChatPay(BasePaymentProvider):
         status = str(data.get("status", ""))
         return RefundResult(out_refund_no, {"SUCCESS": "done", "PROCESSING": "processing"}.get(
             status, "failed"), str(data.get("refund_id", "")))
+
+    async def statement(self, bill_date: str) -> list[Any]:
+        """The day's trade bill: URL from the signed API, file checked against its SHA1."""
+        from payments.statements import parse_wechat_tradebill
+
+        _, meta = await self._call("GET", f"/v3/bill/tradebill?bill_date={bill_date}"
+                                          "&bill_type=ALL")
+        url = str(meta["download_url"])
+        path = url.split("://", 1)[1].split("/", 1)[1]
+        request = HTTPRequest(url, headers={"Authorization": self.authorization(
+            "GET", "/" + path, "")}, request_timeout=self._timeout)
+        try:
+            response = await AsyncHTTPClient().fetch(request)
+        except (HTTPClientError, OSError) as exc:
+            raise PaymentError(f"bill download failed: {type(exc).__name__}", retry=True) \
+                from None
+        if meta.get("hash_type") != "SHA1" or \
+                hashlib.sha1(response.body).hexdigest() != meta.get("hash_value"):  # noqa: S324
+            raise PaymentError("bill file does not match its SHA1")
+        lines, _ = parse_wechat_tradebill(response.body.decode("utf-8"))
+        return lines
 
     def parse_notification(self, headers: dict[str, str], body: bytes) -> ProviderState:
         self.check_signed(headers, body)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import io
 import json
 import uuid
+import zipfile
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -61,6 +63,13 @@ class GatewayHandler(Base):
                                "sub_code": "isv.invalid-signature", "sub_msg": "验签出错"})
             return
         biz = json.loads(params.get("biz_content") or "{}")
+        if method == "alipay.data.dataservice.bill.downloadurl.query":
+            token = uuid.uuid4().hex
+            self.application.settings["bills"][token] = bill_zip(self.ali, biz["bill_date"])
+            self.respond(key, {"code": "10000", "msg": "Success", "bill_download_url":
+                               f"{self.request.protocol}://{self.request.host}"
+                               f"/_sandbox/alipay/bill/{token}"})
+            return
         trade = self.ali.trades.get(str(biz.get("out_trade_no", "")))
         if trade is None:
             self.respond(key, {"code": "40004", "msg": "Business Failed",
@@ -160,6 +169,45 @@ class PayHandler(Base):
                 continue
 
 
+def bill_zip(ali: AlipayState, day: str) -> bytes:
+    """A trade bill as Alipay ships it: GBK CSV files in a zip, comment lines around."""
+    header = ("支付宝交易号,商户订单号,业务类型,商品名称,创建时间,完成时间,门店编号,门店名称,操作员,"
+              "终端号,对方账户,订单金额（元）,商家实收（元）,支付宝红包（元）,集分宝（元）,"
+              "支付宝优惠（元）,商家优惠（元）,券核销金额（元）,券名称,商家红包消费金额（元）,"
+              "卡消费金额（元）,退款批次号/请求号,服务费（元）,分润（元）,备注")
+    lines = ["#支付宝业务明细查询", f"#账号：[{ali.seller_id}]",
+             f"#起始日期：[{day} 00:00:00]   终止日期：[{day} 23:59:59]",
+             "#-----------------------------------------业务明细列表----------------------------------------",
+             header]
+    for trade in ali.trades.values():
+        if trade["status"] != "TRADE_SUCCESS":
+            continue
+        amount = yuan(trade["amount"])
+        lines.append(f"{trade['trade_no']},{trade['out_trade_no']},交易,客运车票,{day} 10:00:00,"
+                     f"{day} 10:00:05,,,,,159****5620,{amount},{amount},0.00,0.00,0.00,0.00,"
+                     f"0.00,,0.00,0.00,,{yuan(trade['amount'] * 6 // 1000)},0.00,")
+    lines += ["#-----------------------------------------业务明细列表结束------------------------------------",
+              f"#交易合计：{len(lines) - 5}笔"]
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr(f"{ali.seller_id}_{day.replace('-', '')}_业务明细.csv",
+                         "\r\n".join(lines).encode("gbk"))
+        archive.writestr(f"{ali.seller_id}_{day.replace('-', '')}_业务明细(汇总).csv",
+                         f"#交易合计：{len(lines) - 7}笔".encode("gbk"))
+    return out.getvalue()
+
+
+class BillHandler(RequestHandler):
+    def get(self, token: str) -> None:
+        content = self.application.settings["bills"].get(token)
+        if content is None:
+            self.set_status(404)
+            self.finish()
+            return
+        self.set_header("Content-Type", "application/zip")
+        self.finish(content)
+
+
 class StateHandler(Base):
     def get(self) -> None:
         self.finish({"refunds": list(self.ali.refunds.values()),
@@ -168,4 +216,5 @@ class StateHandler(Base):
 
 def alipay_routes() -> list[tuple[str, type[RequestHandler]]]:
     return [(r"/gateway.do", GatewayHandler), (r"/_sandbox/alipay/pay", PayHandler),
-            (r"/_sandbox/alipay/state", StateHandler)]
+            (r"/_sandbox/alipay/state", StateHandler),
+            (r"/_sandbox/alipay/bill/([0-9a-f]+)", BillHandler)]

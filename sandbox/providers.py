@@ -134,7 +134,7 @@ def make_app(state: State, wxpay: Any = None, alipay: Any = None) -> Application
         (r"/_sandbox/wechat/login-code", LoginCodeHandler),
         (r"/sms/v1/send", SmsSendHandler),
         (r"/_sandbox/sms/last", SmsLastHandler),
-    ], state=state, wxpay=wxpay, alipay=alipay)
+    ], state=state, wxpay=wxpay, alipay=alipay, bills={})
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import re
 import secrets
@@ -157,6 +158,51 @@ class RefundHandler(WxPayHandler):
                           "amount": {"refund": existing["amount"], "total": tx["amount"]}})
 
 
+BILL_HEADER = ("交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,"
+               "交易状态,付款银行,货币种类,应结订单金额,代金券金额,微信退款单号,商户退款单号,退款金额,"
+               "充值券退款金额,退款类型,退款状态,商品名称,商户数据包,手续费,费率,订单金额,申请退款金额,"
+               "费率备注")
+
+
+class TradeBillHandler(WxPayHandler):
+    """The day's trade bill: a download URL and the SHA1 of the file behind it."""
+
+    def get(self) -> None:
+        day = self.get_argument("bill_date", "")
+        rows = [BILL_HEADER]
+        total = 0
+        for tx in self.wx.transactions.values():
+            if tx["state"] not in ("SUCCESS", "REFUND") or \
+                    not str(tx.get("success_time", "")).startswith(day):
+                continue
+            total += tx["amount"]
+            fee = tx["amount"] * 6 // 1000
+            cells = [tx["success_time"][:19].replace("T", " "), tx["appid"], tx["mchid"], "0",
+                     "", tx["transaction_id"], tx["out_trade_no"], tx["openid"], "JSAPI",
+                     "SUCCESS", "OTHERS", "CNY", f"{tx['amount'] / 100:.2f}", "0.00", "0", "0",
+                     "0.00", "0.00", "", "", "客运车票", "", f"{fee / 100:.5f}", "0.60%",
+                     f"{tx['amount'] / 100:.2f}", "0.00", ""]
+            rows.append(",".join("`" + c for c in cells))
+        rows.append("总交易单数,应结订单总金额,退款总金额,充值券退款总金额,手续费总金额,订单总金额,申请退款总金额")
+        rows.append(f"`{len(rows) - 2},`{total / 100:.2f},`0.00,`0.00,`0.00,`{total / 100:.2f},`0.00")
+        content = ("\r\n".join(rows) + "\r\n").encode()
+        token = uuid.uuid4().hex
+        self.application.settings["bills"][token] = content
+        self.answer(200, {"hash_type": "SHA1", "hash_value": hashlib.sha1(content).hexdigest(),  # noqa: S324
+                          "download_url": f"{self.request.protocol}://{self.request.host}"
+                                          f"/v3/billdownload/file?token={token}"})
+
+
+class BillFileHandler(WxPayHandler):
+    def get(self) -> None:
+        content = self.application.settings["bills"].get(self.get_argument("token", ""))
+        if content is None:
+            self.answer(404, {"code": "NOT_FOUND", "message": "账单不存在"})
+            return
+        self.set_header("Content-Type", "text/csv; charset=utf-8")
+        self.finish(content)
+
+
 class ControlHandler(RequestHandler):
     """Sandbox-only: the payer confirms; faults; what was refunded."""
 
@@ -224,5 +270,7 @@ def wxpay_routes() -> list[tuple[str, type[RequestHandler]]]:
         (r"/v3/pay/transactions/out-trade-no/([^/?]+)", QueryHandler),
         (r"/v3/pay/transactions/out-trade-no/([^/?]+)/close", CloseHandler),
         (r"/v3/refund/domestic/refunds", RefundHandler),
+        (r"/v3/bill/tradebill", TradeBillHandler),
+        (r"/v3/billdownload/file", BillFileHandler),
         (r"/_sandbox/wechatpay/([a-z]+)", ControlHandler),
     ]
