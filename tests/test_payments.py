@@ -365,3 +365,44 @@ async def test_statements_are_parsed_and_matched(api: ApiClient, db, providers) 
     gate = (await api.login("gate"))["token"]
     assert (await api.post(f"/api/v1/admin/statements/wechat/{today}", {},
                            token=gate)).status == 403
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_app_wap_and_card_happy_paths_and_alipay_refund(api: ApiClient, db, providers,
+                                                              services) -> None:
+    token = await app_member(api)
+    for index, (channel, method) in enumerate([("app", "wechat_app"), ("web", "alipay_wap")]):
+        dep = await native_departure(db, 8, 11 + index)
+        order = (await api.post("/api/v1/orders", {"departure_id": dep["_id"],
+                                                   "channel": channel,
+                                                   "contact_phone": "13812345678",
+                                                   "passengers": [person()]},
+                                token=token)).body
+        pay = await api.post(f"/api/v1/orders/{order['order_no']}/pay", {"method": method},
+                             token=token)
+        assert pay.status == 200, pay.text
+        if method == "wechat_app":
+            assert pay.body["params"]["package"] == "Sign=WXPay"
+        else:
+            assert pay.body["params"]["pay_url"].startswith(providers.env[
+                "KEYUN_ALIPAY_GATEWAY"] + "?")
+        await api.post(f"/sandbox/payments/{order['order_no']}/confirm")
+        issued = await wait_status(api, token, order["order_no"], "issued")
+    # the Alipay ticket is refunded through Alipay with a stable out_request_no
+    ticket = issued["tickets"][0]["ticket_no"]
+    assert (await api.post(f"/api/v1/tickets/{ticket}/refund", {}, token=token)).status == 200
+    await services.payments.execute_refunds()
+    request = await db.refund_requests.find_one({"_id": f"ticket:{ticket}"})
+    assert request["status"] == "done"
+    state = json.loads((await AsyncHTTPClient().fetch(
+        f"{providers.url}/_sandbox/alipay/state")).body)
+    assert [r["amount"] for r in state["refunds"]
+            if r["out_request_no"] == request["out_refund_no"]] == [request["amount"]]
+    kiosk = (await api.login("kiosk"))["token"]
+    dep = await native_departure(db, 8, 13)
+    order = (await api.post("/api/v1/orders", {"departure_id": dep["_id"],
+                                               "contact_phone": "13812345678",
+                                               "passengers": [person()]}, token=kiosk)).body
+    card = await api.post(f"/api/v1/orders/{order['order_no']}/pay",
+                          {"method": "bank_card", "reference": "POS-778812"}, token=kiosk)
+    assert card.status == 200 and card.body["params"]["outcome"] == "issued"
