@@ -37,7 +37,8 @@ class WxPayState:
         self.v3 = api_v3_key.encode()
         self.transactions: dict[str, dict[str, Any]] = {}
         self.refunds: dict[str, dict[str, Any]] = {}
-        self.faults = {"drop": 0, "duplicate": 0}
+        self.faults = {"drop": 0, "duplicate": 0, "delay_ms": 0, "reorder": 0}
+        self.held: list[dict[str, Any]] = []  # notices kept back to be sent out of order
         self.delivered: list[str] = []
 
     def signed_headers(self, body: bytes) -> dict[str, str]:
@@ -217,7 +218,8 @@ class ControlHandler(RequestHandler):
     def post(self, action: str) -> None:
         b = json.loads(self.request.body or b"{}")
         if action == "faults":
-            self.wx.faults.update({k: int(b[k]) for k in ("drop", "duplicate") if k in b})
+            self.wx.faults.update({k: int(b[k]) for k in ("drop", "duplicate", "delay_ms",
+                                                          "reorder") if k in b})
             self.finish({"faults": self.wx.faults})
             return
         tx = self.wx.transactions.get(str(b.get("out_trade_no", "")))
@@ -236,6 +238,16 @@ class ControlHandler(RequestHandler):
         wx = self.wx
         if wx.faults["drop"] > 0:
             wx.faults["drop"] -= 1
+            return
+        if wx.faults["delay_ms"]:
+            await asyncio.sleep(wx.faults["delay_ms"] / 1000)
+        if wx.faults["reorder"] > 0:  # keep notices back, then send the newest first
+            wx.held.append(tx)
+            if len(wx.held) < wx.faults["reorder"]:
+                return
+            held, wx.held, wx.faults["reorder"] = list(reversed(wx.held)), [], 0
+            for earlier in held:
+                await self._deliver(earlier)
             return
         copies = 1
         if wx.faults["duplicate"] > 0:

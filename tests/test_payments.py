@@ -406,3 +406,18 @@ async def test_app_wap_and_card_happy_paths_and_alipay_refund(api: ApiClient, db
     card = await api.post(f"/api/v1/orders/{order['order_no']}/pay",
                           {"method": "bank_card", "reference": "POS-778812"}, token=kiosk)
     assert card.status == 200 and card.body["params"]["outcome"] == "issued"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_notices_out_of_order_and_late_still_settle_once(api: ApiClient, db,
+                                                               providers) -> None:
+    first = await pending_payment(api, db, 7, 9)
+    second = await pending_payment(api, db, 7, 10)
+    await sandbox(providers, "faults", {"reorder": 2, "delay_ms": 300})
+    for _, order, _ in (first, second):
+        await api.post(f"/sandbox/payments/{order['order_no']}/confirm")
+    for token, order, pay in (first, second):
+        await wait_status(api, token, order["order_no"], "issued")
+        assert await db.money_movements.count_documents({"_id": f"pay:{pay['out_trade_no']}"}) \
+            == 1
+    await sandbox(providers, "faults", {"delay_ms": 0})
