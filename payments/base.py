@@ -83,6 +83,11 @@ class BasePaymentProvider(abc.ABC):
         """The provider's trade lines of a day (``payments.statements.StatementLine``)."""
         raise PaymentError(f"{self.identifier} has no statements")
 
+    def scrub(self, attempt: dict[str, Any]) -> list[str]:
+        """Fields of an old attempt to forget (personal or no longer useful data). Attempts
+        never store the payer's identity; what a client paid with goes once it is stale."""
+        return ["client_params", "receipt.reference"]
+
     def matching_id(self, attempt: dict[str, Any]) -> str:
         """What a statement line is matched by."""
         return str(attempt["out_trade_no"])

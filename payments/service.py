@@ -283,6 +283,23 @@ class PaymentService:
                               "out_trade_no": attempt["out_trade_no"], "amount": amount,
                               "at": now_ms(), **extra}}, upsert=True)
 
+    async def scrub_old(self, older_than: dt.timedelta = dt.timedelta(days=30)) -> int:
+        """Drop what providers say to forget from attempts that are long settled."""
+        cutoff = now_ms() - older_than
+        count = 0
+        async for attempt in self._db.payments.find(
+                {"created_at": {"$lte": cutoff}, "scrubbed": {"$ne": True},
+                 "status": {"$nin": ["created", "pending"]}}).limit(500):
+            try:
+                fields = self.providers.get(attempt["provider"]).scrub(attempt)
+            except KeyError:  # local methods (deposit, cash, card)
+                fields = ["receipt.reference"]
+            await self._db.payments.update_one(
+                {"_id": attempt["_id"]},
+                {"$unset": dict.fromkeys(fields, ""), "$set": {"scrubbed": True}})
+            count += 1
+        return count
+
     # --- statements -----------------------------------------------------------------------
     async def reconcile(self, provider_id: str, bill_date: str) -> dict[str, Any]:
         """The provider's trade bill of a day matched line by line to our paid attempts."""

@@ -130,6 +130,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     jobs = JobRunner(redis)
     jobs.add("payment-query", 15.0, payment_service.query_pending)
     jobs.add("refunds", 5.0, payment_service.execute_refunds)
+    jobs.add("payment-scrub", 3600.0, payment_service.scrub_old)
     jobs.add("order-expiry", 2.0, order_service.expire_due)
     # dated departures of native stations roll forward with the days (proxied: by sync)
     jobs.add("departure-planning", 3600.0,

@@ -421,3 +421,17 @@ async def test_notices_out_of_order_and_late_still_settle_once(api: ApiClient, d
         assert await db.money_movements.count_documents({"_id": f"pay:{pay['out_trade_no']}"}) \
             == 1
     await sandbox(providers, "faults", {"delay_ms": 0})
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_old_attempts_are_scrubbed(api: ApiClient, db, services) -> None:
+    token, order, pay = await pending_payment(api, db, 6, 9)
+    await api.post(f"/sandbox/payments/{order['order_no']}/confirm")
+    await wait_status(api, token, order["order_no"], "issued")
+    attempt = await db.payments.find_one({"out_trade_no": pay["out_trade_no"]})
+    assert attempt["client_params"]["paySign"] and "openid" not in str(attempt)
+    await db.payments.update_one({"_id": attempt["_id"]}, {"$set": {
+        "created_at": dt.datetime.now(dt.UTC) - dt.timedelta(days=40)}})
+    assert await services.payments.scrub_old() >= 1
+    scrubbed = await db.payments.find_one({"_id": attempt["_id"]})
+    assert "client_params" not in scrubbed and scrubbed["status"] == "paid"
