@@ -87,6 +87,29 @@ class ReconcileHandler(ApiHandler):
         self.write_json(report)
 
 
+DEPOSIT = obj({"amount": {"type": "integer", "minimum": 1, "description": "fen"},
+               "reference": string(1, 64, description="bank slip; a repeat records nothing")},
+              ["amount", "reference"])
+DEPOSITED = obj({"outlet_id": string(), "balance": {"type": "integer"}, "credit_limit": FEN,
+                 "reference": string(), "recorded": {"type": "boolean"}},
+                ["outlet_id", "balance", "recorded"])
+
+
+class OutletDepositHandler(ApiHandler):
+    @api("Record an agent outlet's deposit (top-up of its prepaid balance)",
+         roles=(FINANCE, OPERATOR), body=DEPOSIT, response=DEPOSITED, tags=("payments",),
+         errors=("OUTLET_NOT_FOUND",))
+    async def post(self, outlet_id: str) -> None:
+        result = await self.services.payments.deposit(self.principal, outlet_id,
+                                                      self.body["amount"],
+                                                      self.body["reference"])
+        await self.services.audit.record(self.principal, "outlet.deposit", target=outlet_id,
+                                         details={"amount": self.body["amount"],
+                                                  "reference": self.body["reference"],
+                                                  "recorded": result["recorded"]})
+        self.write_json(result)
+
+
 class SandboxConfirmHandler(ApiHandler):
     @api("Sandbox: the payer confirms in WeChat; the provider sandbox pays and notifies",
          response=CONFIRMED, tags=("sandbox",), errors=("NOT_FOUND",))
@@ -99,5 +122,6 @@ default_handlers = [
     route("/api/v1/payments/notify/wechat", WeChatNotifyHandler),
     route("/api/v1/payments/notify/alipay", AlipayNotifyHandler),
     route("/api/v1/admin/statements/{provider}/{bill_date}", ReconcileHandler),
+    route("/api/v1/admin/outlets/{outlet_id}/deposits", OutletDepositHandler),
 ]
 sandbox_handlers = [route("/sandbox/payments/{order_no}/confirm", SandboxConfirmHandler)]

@@ -274,6 +274,29 @@ class PaymentService:
             {"_id": request["_id"]}, {"$set": {"status": "done", "out_refund_no": out_refund_no,
                                                "done_at": now_ms()}})
 
+    async def deposit(self, actor: Principal, outlet_id: str, amount: int,
+                      reference: str) -> dict[str, Any]:
+        """An agent outlet's top-up: the balance and its ledger row, once per reference."""
+        movement_id = f"deposit:{outlet_id}:{reference}"
+        inserted = await self._db.money_movements.update_one(
+            {"_id": movement_id},
+            {"$setOnInsert": {"kind": "deposit", "provider": "agent_balance",
+                              "order_no": f"outlet:{outlet_id}", "outlet_id": outlet_id,
+                              "amount": amount, "reference": reference, "at": now_ms(),
+                              "by": actor.id}}, upsert=True)
+        if inserted.upserted_id is not None:
+            outlet = await self._db.outlets.find_one_and_update(
+                {"_id": outlet_id}, {"$inc": {"balance": amount}},
+                return_document=ReturnDocument.AFTER)
+            if outlet is None:
+                await self._db.money_movements.delete_one({"_id": movement_id})
+                raise DomainError("OUTLET_NOT_FOUND")
+        else:
+            outlet = await self._db.outlets.find_one({"_id": outlet_id})
+        return {"outlet_id": outlet_id, "balance": outlet.get("balance", 0) if outlet else 0,
+                "credit_limit": outlet["credit_limit"] if outlet else 0,
+                "reference": reference, "recorded": inserted.upserted_id is not None}
+
     async def _movement(self, movement_id: str, kind: str, attempt: dict[str, Any],
                         amount: int, **extra: Any) -> None:
         await self._db.money_movements.update_one(

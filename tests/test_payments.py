@@ -435,3 +435,25 @@ async def test_old_attempts_are_scrubbed(api: ApiClient, db, services) -> None:
     assert await services.payments.scrub_old() >= 1
     scrubbed = await db.payments.find_one({"_id": attempt["_id"]})
     assert "client_params" not in scrubbed and scrubbed["status"] == "paid"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_outlet_deposits_are_recorded_once(api: ApiClient, db) -> None:
+    finance = (await api.login("finance"))["token"]
+    outlet = "OUT440304001"
+    before = (await db.outlets.find_one({"_id": outlet})).get("balance", 0)
+    reference = "BANK-" + secrets.token_hex(4)
+    first = await api.post(f"/api/v1/admin/outlets/{outlet}/deposits",
+                           {"amount": 100_000, "reference": reference}, token=finance)
+    again = await api.post(f"/api/v1/admin/outlets/{outlet}/deposits",
+                           {"amount": 100_000, "reference": reference}, token=finance)
+    assert first.body["recorded"] and not again.body["recorded"]
+    assert again.body["balance"] == before + 100_000
+    assert await db.money_movements.count_documents({"outlet_id": outlet,
+                                                     "reference": reference}) == 1
+    agent = (await api.login("agent"))["token"]
+    assert (await api.post(f"/api/v1/admin/outlets/{outlet}/deposits",
+                           {"amount": 1, "reference": "x"}, token=agent)).status == 403
+    missing = await api.post("/api/v1/admin/outlets/NOPE/deposits",
+                             {"amount": 1, "reference": "y"}, token=finance)
+    assert missing.status == 404 and missing.error_code == "OUTLET_NOT_FOUND"

@@ -300,7 +300,8 @@ COLLECTIONS: list[CollectionSpec] = [
         _ix([("station_id", ASCENDING), ("started_at", DESCENDING)], "station_started"),
     ]),
     CollectionSpec("money_movements", _obj(
-        ["kind", "provider", "order_no", "amount", "at"], kind={"enum": ["payment", "refund"]},
+        ["kind", "provider", "order_no", "amount", "at"],
+        kind={"enum": ["payment", "refund", "deposit"]},
         provider=NONEMPTY, order_no=NONEMPTY, amount=FEN, at=DATE), [
         _ix([("order_no", ASCENDING)], "order"),
         _ix([("at", ASCENDING)], "at"),
