@@ -175,7 +175,8 @@ class Alipay(BasePaymentProvider):
                 from None
         return parse_alipay_bill(response.body)
 
-    def parse_notification(self, headers: dict[str, str], body: bytes) -> ProviderState:
+    async def parse_notification(self, headers: dict[str, str], body: bytes
+                                 ) -> ProviderState:
         from urllib.parse import parse_qsl
 
         params = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))

@@ -76,7 +76,7 @@ class BasePaymentProvider(abc.ABC):
         """Refund; ``out_refund_no`` is stable, so a retried refund never pays twice."""
 
     @abc.abstractmethod
-    def parse_notification(self, headers: dict[str, str], body: bytes) -> ProviderState:
+    async def parse_notification(self, headers: dict[str, str], body: bytes) -> ProviderState:
         """Verify and decode a notification; NotificationRejected if it is not genuine."""
 
     async def statement(self, bill_date: str) -> list[Any]:

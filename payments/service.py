@@ -137,7 +137,7 @@ class PaymentService:
     async def notify(self, provider_id: str, headers: dict[str, str], body: bytes) -> str:
         """Verify and settle a provider notification (NotificationRejected if forged)."""
         provider = self.providers.get(provider_id)
-        state = provider.parse_notification(headers, body)
+        state = await provider.parse_notification(headers, body)
         attempt = await self._db.payments.find_one({"out_trade_no": state.out_trade_no,
                                                     "provider": provider_id})
         if attempt is None:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -20,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -36,6 +38,7 @@ from payments.base import (
 )
 
 MAX_SKEW = 300  # seconds
+CERT_REFRESH_INTERVAL = 60.0  # an unknown serial fetches certificates at most once a minute
 STATES = {"SUCCESS": "paid", "NOTPAY": "pending", "USERPAYING": "pending", "CLOSED": "closed",
           "REVOKED": "closed", "REFUND": "refunded", "PAYERROR": "failed"}
 
@@ -66,14 +69,15 @@ def load_public(pem: str) -> rsa.RSAPublicKey:
     return key
 
 
-def decrypt_resource(api_v3_key: bytes, resource: dict[str, Any]) -> dict[str, Any]:
+def decrypt_resource(api_v3_key: bytes, resource: dict[str, Any], raw: bool = False) -> Any:
+    """AEAD_AES_256_GCM with the APIv3 key; JSON (or the raw bytes, for certificates)."""
     if resource.get("algorithm") != "AEAD_AES_256_GCM":
         raise NotificationRejected("unsupported resource algorithm")
     try:
         plain = AESGCM(api_v3_key).decrypt(
             str(resource["nonce"]).encode(), base64.b64decode(resource["ciphertext"]),
             str(resource.get("associated_data", "")).encode())
-        return json.loads(plain)  # type: ignore[no-any-return]
+        return plain if raw else json.loads(plain)
     except (InvalidTag, KeyError, ValueError) as exc:
         raise NotificationRejected(f"resource does not decrypt: {type(exc).__name__}") \
             from None
@@ -97,8 +101,8 @@ class WeChatPayConfig:
     serial_no: str  # of the merchant key
     private_key_pem: str
     api_v3_key: str  # 32 characters
-    platform_serial: str  # public-key mode: PUB_KEY_ID_…
-    platform_public_key_pem: str
+    platform_serial: str  # public-key mode: PUB_KEY_ID_…; "" in certificate mode
+    platform_public_key_pem: str  # "" in certificate mode
     notify_url: str
 
 
@@ -109,9 +113,59 @@ class WeChatPay(BasePaymentProvider):
     def __init__(self, config: WeChatPayConfig, timeout: float = 5.0) -> None:
         self.config = config
         self._key = load_private(config.private_key_pem)
-        self._platform = {config.platform_serial: load_public(config.platform_public_key_pem)}
+        # public-key mode: one configured key; certificate mode: downloaded certificates
+        self._platform: dict[str, rsa.RSAPublicKey] = {}
+        if config.platform_serial and config.platform_public_key_pem:
+            self._platform[config.platform_serial] = load_public(config.platform_public_key_pem)
         self._v3 = config.api_v3_key.encode()
         self._timeout = timeout
+        self._last_refresh = -CERT_REFRESH_INTERVAL
+        self._refresh_lock = asyncio.Lock()
+        self.certificate_downloads = 0
+
+    async def platform_key(self, serial: str) -> rsa.RSAPublicKey | None:
+        """The key of a serial; an unknown one refreshes certificates, at most once a minute
+        (so forged serials cannot make us hammer the API)."""
+        if serial in self._platform:
+            return self._platform[serial]
+        if self.config.platform_public_key_pem:
+            return None  # public-key mode: nothing to download
+        async with self._refresh_lock:
+            if serial not in self._platform and \
+                    time.monotonic() - self._last_refresh >= CERT_REFRESH_INTERVAL:
+                self._last_refresh = time.monotonic()
+                await self._download_certificates()
+        return self._platform.get(serial)
+
+    async def _download_certificates(self) -> None:
+        path = "/v3/certificates"
+        request = HTTPRequest(self.config.api_base + path, headers={
+            "Authorization": self.authorization("GET", path, ""), "Accept": "application/json"},
+            request_timeout=self._timeout)
+        try:
+            response = await AsyncHTTPClient().fetch(request)
+        except (HTTPClientError, OSError) as exc:
+            raise PaymentError(f"certificate download failed: {type(exc).__name__}",
+                               retry=True) from None
+        self.certificate_downloads += 1
+        found: dict[str, rsa.RSAPublicKey] = {}
+        for item in json.loads(response.body).get("data", []):
+            pem = decrypt_resource(self._v3, {**item["encrypt_certificate"],
+                                              "algorithm": item["encrypt_certificate"].get(
+                                                  "algorithm")}, raw=True)
+            cert = x509.load_pem_x509_certificate(pem)
+            key = cert.public_key()
+            if isinstance(key, rsa.RSAPublicKey) and \
+                    format(cert.serial_number, "X") == str(item["serial_no"]).upper():
+                found[str(item["serial_no"]).upper()] = key
+        # the answer must itself be signed by one of the certificates it brings
+        headers = {k.lower(): v for k, v in response.headers.get_all()}
+        signer = found.get(headers.get("wechatpay-serial", "").upper())
+        message = (f"{headers.get('wechatpay-timestamp', '')}\n"
+                   f"{headers.get('wechatpay-nonce', '')}\n").encode() + response.body + b"\n"
+        if signer is None or not verify(signer, message, headers.get("wechatpay-signature", "")):
+            raise PaymentError("certificate list not signed by its own certificates")
+        self._platform.update(found)
 
     # --- wire -------------------------------------------------------------------------------
     def authorization(self, method: str, path: str, body: str) -> str:
@@ -120,11 +174,14 @@ class WeChatPay(BasePaymentProvider):
         return (f'WECHATPAY2-SHA256-RSA2048 mchid="{self.config.mchid}",nonce_str="{nonce}",'
                 f'signature="{signature}",timestamp="{ts}",serial_no="{self.config.serial_no}"')
 
-    def check_signed(self, headers: dict[str, str], body: bytes) -> None:
+    async def check_signed(self, headers: dict[str, str], body: bytes) -> None:
         """The platform signed these bytes, recently (NotificationRejected otherwise)."""
         lower = {k.lower(): v for k, v in headers.items()}
         serial = lower.get("wechatpay-serial", "")
-        key = self._platform.get(serial)
+        try:
+            key = await self.platform_key(serial)
+        except PaymentError as exc:
+            raise NotificationRejected(str(exc)) from None
         if key is None:
             raise NotificationRejected(f"unknown platform serial {serial!r}")
         try:
@@ -155,7 +212,7 @@ class WeChatPay(BasePaymentProvider):
             raise PaymentError(f"WeChat Pay HTTP {response.code}", retry=True)
         raw = response.body or b""
         try:
-            self.check_signed(dict(response.headers.get_all()), raw)
+            await self.check_signed(dict(response.headers.get_all()), raw)
         except NotificationRejected as exc:
             raise PaymentError(f"answer not signed by WeChat Pay: {exc}") from None
         data = json.loads(raw) if raw else {}
@@ -228,8 +285,9 @@ class WeChatPay(BasePaymentProvider):
         lines, _ = parse_wechat_tradebill(response.body.decode("utf-8"))
         return lines
 
-    def parse_notification(self, headers: dict[str, str], body: bytes) -> ProviderState:
-        self.check_signed(headers, body)
+    async def parse_notification(self, headers: dict[str, str], body: bytes
+                                 ) -> ProviderState:
+        await self.check_signed(headers, body)
         try:
             envelope = json.loads(body)
         except ValueError:

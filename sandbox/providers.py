@@ -151,7 +151,8 @@ def main() -> None:
                            os.environ["SANDBOX_WXPAY_MERCHANT_PUBLIC"],
                            os.environ["SANDBOX_WXPAY_PLATFORM_PRIVATE"],
                            os.environ["SANDBOX_WXPAY_PLATFORM_SERIAL"],
-                           os.environ["SANDBOX_WXPAY_V3_KEY"])
+                           os.environ["SANDBOX_WXPAY_V3_KEY"],
+                           os.environ.get("SANDBOX_WXPAY_CERT_SERIAL", ""))
     alipay = None
     if os.environ.get("SANDBOX_ALIPAY_APP_ID"):
         from sandbox.alipay import AlipayState

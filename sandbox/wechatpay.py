@@ -10,6 +10,7 @@ key, signs every answer with its own platform key (public-key mode serial), and 
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import hashlib
 import json
@@ -19,6 +20,7 @@ import time
 import uuid
 from typing import Any
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from tornado.web import RequestHandler
 
@@ -29,8 +31,10 @@ RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)  # real: 15 s, 15 s, 30 s, 3 min, 10 mi
 
 class WxPayState:
     def __init__(self, mchid: str, merchant_public_pem: str, platform_private_pem: str,
-                 platform_serial: str, api_v3_key: str) -> None:
+                 platform_serial: str, api_v3_key: str, cert_serial: str = "") -> None:
         self.mchid = mchid
+        # certificate mode: answers name the certificate's serial instead of the key id
+        self.cert_serial = cert_serial
         self.merchant_key = load_public(merchant_public_pem)
         self.platform_key = load_private(platform_private_pem)
         self.platform_serial = platform_serial
@@ -44,7 +48,7 @@ class WxPayState:
     def signed_headers(self, body: bytes) -> dict[str, str]:
         ts, nonce = str(int(time.time())), secrets.token_hex(16)
         return {"Wechatpay-Timestamp": ts, "Wechatpay-Nonce": nonce,
-                "Wechatpay-Serial": self.platform_serial,
+                "Wechatpay-Serial": self.cert_serial or self.platform_serial,
                 "Wechatpay-Signature": sign(self.platform_key,
                                             f"{ts}\n{nonce}\n{body.decode()}\n")}
 
@@ -204,6 +208,41 @@ class BillFileHandler(WxPayHandler):
         self.finish(content)
 
 
+def platform_certificate(state: WxPayState) -> bytes:
+    """A self-signed X.509 certificate of the platform key, serial = ``cert_serial``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Tenpay.com Root CA (sandbox)")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(state.platform_key.public_key())
+            .serial_number(int(state.cert_serial, 16))
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=365))
+            .sign(state.platform_key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+class CertificatesHandler(WxPayHandler):
+    def get(self) -> None:
+        if not self.wx.cert_serial:
+            self.answer(404, {"code": "NOT_FOUND", "message": "public-key mode"})
+            return
+        self.wx.certificate_requests = getattr(self.wx, "certificate_requests", 0) + 1
+        pem = platform_certificate(self.wx)
+        nonce = secrets.token_hex(6)
+        ciphertext = AESGCM(self.wx.v3).encrypt(nonce.encode(), pem, b"certificate")
+        now = dt.datetime.now(dt.timezone(dt.timedelta(hours=8)))
+        self.answer(200, {"data": [{
+            "serial_no": self.wx.cert_serial, "effective_time": now.isoformat(),
+            "expire_time": (now + dt.timedelta(days=365)).isoformat(),
+            "encrypt_certificate": {"algorithm": "AEAD_AES_256_GCM", "nonce": nonce,
+                                    "associated_data": "certificate",
+                                    "ciphertext": base64.b64encode(ciphertext).decode()}}]})
+
+
 class ControlHandler(RequestHandler):
     """Sandbox-only: the payer confirms; faults; what was refunded."""
 
@@ -213,7 +252,8 @@ class ControlHandler(RequestHandler):
 
     def get(self, action: str) -> None:
         self.finish({"refunds": list(self.wx.refunds.values()),
-                     "delivered": self.wx.delivered})
+                     "delivered": self.wx.delivered,
+                     "certificate_requests": getattr(self.wx, "certificate_requests", 0)})
 
     def post(self, action: str) -> None:
         b = json.loads(self.request.body or b"{}")
@@ -283,6 +323,7 @@ def wxpay_routes() -> list[tuple[str, type[RequestHandler]]]:
         (r"/v3/pay/transactions/out-trade-no/([^/?]+)/close", CloseHandler),
         (r"/v3/refund/domestic/refunds", RefundHandler),
         (r"/v3/bill/tradebill", TradeBillHandler),
+        (r"/v3/certificates", CertificatesHandler),
         (r"/v3/billdownload/file", BillFileHandler),
         (r"/_sandbox/wechatpay/([a-z]+)", ControlHandler),
     ]

@@ -167,14 +167,17 @@ def payment_providers(settings: Settings) -> ProviderRegistry:
     registry = ProviderRegistry()
     if settings.wechatpay_api_base and settings.wechatpay_private_key_file:
         base = settings.public_url or f"http://{settings.host}:{settings.port}"
-        with open(settings.wechatpay_private_key_file) as key, \
-                open(settings.wechatpay_platform_public_key_file) as platform:
+        platform_pem = ""  # no public key file: platform-certificate mode (downloaded)
+        if settings.wechatpay_platform_public_key_file:
+            with open(settings.wechatpay_platform_public_key_file) as platform:
+                platform_pem = platform.read()
+        with open(settings.wechatpay_private_key_file) as key:
             registry.register(WeChatPay(WeChatPayConfig(
                 api_base=settings.wechatpay_api_base, mchid=settings.wechatpay_mchid,
                 appid=settings.wechat_appid, serial_no=settings.wechatpay_serial,
                 private_key_pem=key.read(), api_v3_key=settings.wechatpay_api_v3_key,
-                platform_serial=settings.wechatpay_platform_serial,
-                platform_public_key_pem=platform.read(),
+                platform_serial=settings.wechatpay_platform_serial if platform_pem else "",
+                platform_public_key_pem=platform_pem,
                 notify_url=f"{base}/api/v1/payments/notify/wechat")))
     if settings.alipay_gateway and settings.alipay_private_key_file:
         base = settings.public_url or f"http://{settings.host}:{settings.port}"
