@@ -36,6 +36,7 @@ class AlipayState:
         self.trades: dict[str, dict[str, Any]] = {}
         self.refunds: dict[str, dict[str, Any]] = {}
         self.delivered: list[str] = []
+        self.faults = {"drop": 0, "duplicate": 0, "delay_ms": 0}
 
 
 class Base(RequestHandler):
@@ -141,10 +142,19 @@ class PayHandler(Base):
                 + uuid.uuid4().hex[:20], "amount": fen(biz["total_amount"]),
                 "status": "WAIT_BUYER_PAY", "notify_url": params.get("notify_url", "")}
         trade["status"] = "TRADE_SUCCESS"
-        asyncio.get_running_loop().create_task(self._notify(trade))
+        faults = self.ali.faults
+        if faults["drop"] > 0:
+            faults["drop"] -= 1
+        else:
+            copies = max(1, faults["duplicate"])
+            faults["duplicate"] = 0
+            for _ in range(copies):
+                asyncio.get_running_loop().create_task(self._notify(trade))
         self.finish({"out_trade_no": no, "trade_status": trade["status"]})
 
     async def _notify(self, trade: dict[str, Any]) -> None:
+        if self.ali.faults["delay_ms"]:
+            await asyncio.sleep(self.ali.faults["delay_ms"] / 1000)
         now = dt.datetime.now(LOCAL).strftime("%Y-%m-%d %H:%M:%S")
         fields = {"gmt_create": now, "gmt_payment": now, "notify_time": now,
                   "notify_type": "trade_status_sync", "notify_id": uuid.uuid4().hex,
@@ -209,6 +219,12 @@ class BillHandler(RequestHandler):
 
 
 class StateHandler(Base):
+    def post(self) -> None:
+        body = json.loads(self.request.body or b"{}")
+        self.ali.faults.update({k: int(body[k]) for k in ("drop", "duplicate", "delay_ms")
+                                if k in body})
+        self.finish({"faults": self.ali.faults})
+
     def get(self) -> None:
         self.finish({"refunds": list(self.ali.refunds.values()),
                      "delivered": self.ali.delivered})

@@ -457,3 +457,24 @@ async def test_outlet_deposits_are_recorded_once(api: ApiClient, db) -> None:
     missing = await api.post("/api/v1/admin/outlets/NOPE/deposits",
                              {"amount": 1, "reference": "y"}, token=finance)
     assert missing.status == 404 and missing.error_code == "OUTLET_NOT_FOUND"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_duplicate_alipay_notices_settle_once(api: ApiClient, db, providers) -> None:
+    token = await app_member(api)
+    dep = await native_departure(db, 6, 10)
+    order = (await api.post("/api/v1/orders", {"departure_id": dep["_id"], "channel": "app",
+                                               "contact_phone": "13812345678",
+                                               "passengers": [person()]}, token=token)).body
+    pay = (await api.post(f"/api/v1/orders/{order['order_no']}/pay", {"method": "alipay_app"},
+                          token=token)).body
+    await AsyncHTTPClient().fetch(f"{providers.url}/_sandbox/alipay/state", method="POST",
+                                  body=json.dumps({"duplicate": 8}))
+    await api.post(f"/sandbox/payments/{order['order_no']}/confirm")
+    await wait_status(api, token, order["order_no"], "issued")
+    await asyncio.sleep(1.0)
+    state = json.loads((await AsyncHTTPClient().fetch(
+        f"{providers.url}/_sandbox/alipay/state")).body)
+    assert state["delivered"].count(pay["out_trade_no"]) == 8  # every copy answered success
+    stored = await db.orders.find_one({"order_no": order["order_no"]})
+    assert [h["to"] for h in stored["history"]].count("paid") == 1
