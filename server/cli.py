@@ -59,9 +59,18 @@ def main(argv: list[str] | None = None) -> int:
     return seed_demo(settings, reset=args.reset)
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Create a file only its owner can read; never overwrite one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
 def _with_dev_secret(settings: Settings) -> Settings:
     """Development: every secret not configured is generated once and kept under the data
-    directory (mode 0600), so tokens and encrypted data survive restarts."""
+    directory (mode 0600), so tokens and encrypted data survive restarts. (Production
+    refuses to start without them: see ``server.config``.)"""
     from server.security.pii import new_key_spec
 
     makers = {
@@ -72,45 +81,34 @@ def _with_dev_secret(settings: Settings) -> Settings:
         "sms_api_key": lambda: secrets.token_urlsafe(24),
         "wechatpay_api_v3_key": lambda: secrets.token_hex(16),
     }
+    folder = settings.data_path / "secrets"
     values = {}
     for name, make in makers.items():
         if getattr(settings, name):
             continue
-        path = settings.data_path / "secrets" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(make())
-        values[name] = path.read_text().strip()
-    if not settings.wechatpay_private_key_file:
-        values.update(_dev_wechatpay_keys(settings.data_path / "secrets"))
+        if not (folder / name).exists():
+            _write_private(folder / name, make())
+        values[name] = (folder / name).read_text().strip()
+    if settings.env == "development" and not settings.wechatpay_private_key_file:
+        values.update(_dev_payment_keys(folder))
     return dataclasses.replace(settings, **values)
 
 
-def _dev_wechatpay_keys(folder: Path) -> dict[str, str]:
-    """A merchant key pair and a platform key pair for the WeChat Pay sandbox (dev only)."""
+def _dev_payment_keys(folder: Path) -> dict[str, str]:
+    """Key pairs for the payment sandboxes (development only): the merchant's and WeChat
+    Pay's platform key (PEM), the Alipay app's and Alipay's (base64 bodies)."""
+    from payments.alipay import new_alipay_keys
     from payments.wechatpay import new_rsa_key
 
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("wechatpay_merchant", "wechatpay_platform"):
-        private, public = folder / f"{name}.pem", folder / f"{name}.pub.pem"
-        if not private.exists():
-            key, pub = new_rsa_key()
-            fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(key)
-            public.write_text(pub)
-    from payments.alipay import new_alipay_keys
-
-    for name in ("alipay_app", "alipay_alipay"):
-        private, public = folder / f"{name}.key", folder / f"{name}.pub"
-        if not private.exists():
-            key, pub = new_alipay_keys()
-            fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(key)
-            public.write_text(pub)
+    pairs = {("wechatpay_merchant.pem", "wechatpay_merchant.pub.pem"): new_rsa_key,
+             ("wechatpay_platform.pem", "wechatpay_platform.pub.pem"): new_rsa_key,
+             ("alipay_app.key", "alipay_app.pub"): new_alipay_keys,
+             ("alipay_alipay.key", "alipay_alipay.pub"): new_alipay_keys}
+    for (private, public), make in pairs.items():
+        if not (folder / private).exists():
+            key, pub = make()
+            _write_private(folder / private, key)
+            (folder / public).write_text(pub)
     return {"wechatpay_private_key_file": str(folder / "wechatpay_merchant.pem"),
             "wechatpay_platform_public_key_file": str(folder / "wechatpay_platform.pub.pem"),
             "alipay_private_key_file": str(folder / "alipay_app.key"),
