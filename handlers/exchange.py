@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from handlers.base import ApiHandler, api, route
+from server.errors import DomainError
 from server.schema import array, integer, obj, string
 from server.security.principal import AUTHORITY, OPERATOR, STATION_STAFF
 
@@ -66,8 +67,6 @@ class TicketSourceHandler(ApiHandler):
 
 
 def _scope(scope: str) -> str:
-    from server.errors import DomainError
-
     if scope not in ("departure", "schedule"):
         raise DomainError("NOT_FOUND")
     return scope

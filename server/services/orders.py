@@ -364,11 +364,8 @@ class OrderService:
         done = await self.transition(order_no, "paid", "payment", f"paid {payment_ref}",
                                      {"payment_ref": payment_ref, "paid_at": now_ms()},
                                      from_states={"pending_payment"})
-        if done is None:
-            current = order["status"] if order else "unknown"
-            fresh = await self._db.orders.find_one({"order_no": order_no}, {"status": 1,
-                                                                             "payment_ref": 1})
-            current = fresh["status"] if fresh else current
+        if done is None:  # not awaiting payment any more: this payment, again, or too late
+            fresh = await self._db.orders.find_one({"order_no": order_no}, {"payment_ref": 1})
             if fresh and fresh.get("payment_ref") == payment_ref:
                 return "already"
             return "late"

@@ -60,7 +60,6 @@ class SeatService:
         self._db = db
         self._redis = redis
         self.registry = registry
-        self._segments: dict[str, int] = {}
 
     # --- resolution ---------------------------------------------------------------------
     async def resolve(self, departure_id: str) -> tuple[dict[str, Any], dict[str, Any],
@@ -71,10 +70,8 @@ class SeatService:
         station = await self._db.stations.find_one({"_id": dep["station_id"]})
         if station is None:
             raise DepartureNotFound(departure_id=departure_id)
-        if dep["route_id"] not in self._segments:
-            stops = await self._db.stops.count_documents({"route_id": dep["route_id"]})
-            self._segments[dep["route_id"]] = max(1, stops - 1)
-        ref = DepartureRef.from_doc(dep, self._segments[dep["route_id"]])
+        segments = await self.registry.native.inventory.segments_of(dep["route_id"])
+        ref = DepartureRef.from_doc(dep, segments)
         return dep, station, ref, self.registry.for_station(station)
 
     @staticmethod
@@ -158,12 +155,13 @@ class SeatService:
                                 stations: dict[str, dict[str, Any]]) -> dict[str, Availability]:
         """Remaining seats of many departures whose documents the caller already has:
         native ones straight from Redis, proxied ones through the cache (for search)."""
-        native = [d["_id"] for d in departures
-                  if not self.is_proxied(stations.get(d["station_id"], {}))]
+        native, proxied = [], []
+        for d in departures:
+            proxied_station = self.is_proxied(stations.get(d["station_id"], {}))
+            (proxied if proxied_station else native).append(d["_id"])
         found: dict[str, Availability] = {}
         if native:
             found.update(await self.registry.native.inventory.availability_many(native))
-        proxied = [d["_id"] for d in departures if d["_id"] not in set(native)]
         results = await asyncio.gather(*[self.availability(d) for d in proxied],
                                        return_exceptions=True)
         for departure_id, result in zip(proxied, results, strict=True):
