@@ -29,10 +29,11 @@ class HttpSmsProvider(SmsProvider):
         self._key = api_key
         self._timeout = timeout
 
-    async def send(self, phone: str, template: str, params: dict[str, Any]) -> str:
+    async def send(self, phone: str, template: str, params: dict[str, Any],
+                   out_id: str = "") -> str:
         request = HTTPRequest(self._url, method="POST",
                               body=json.dumps({"phone": phone, "template": template,
-                                               "params": params}),
+                                               "params": params, "out_id": out_id}),
                               headers={"Authorization": f"Bearer {self._key}",
                                        "Content-Type": "application/json"},
                               request_timeout=self._timeout, connect_timeout=self._timeout)

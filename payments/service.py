@@ -249,6 +249,7 @@ class PaymentService:
                                                "done_at": now_ms()}})
         await self._movement(f"refund:{out_refund_no}", "refund", attempt,
                              int(request["amount"]), out_refund_no=out_refund_no)
+        await self._refund_done(request, out_refund_no)
         order = await self._db.orders.find_one({"order_no": request["order_no"]},
                                                {"status": 1})
         if order and order["status"] == "failed":
@@ -273,6 +274,15 @@ class PaymentService:
         await self._db.refund_requests.update_one(
             {"_id": request["_id"]}, {"$set": {"status": "done", "out_refund_no": out_refund_no,
                                                "done_at": now_ms()}})
+        await self._refund_done(request, out_refund_no)
+
+    async def _refund_done(self, request: dict[str, Any], out_refund_no: str) -> None:
+        """The money is on its way back: tell the order's watchers and the passenger."""
+        details = {"refund_no": out_refund_no, "amount": int(request["amount"]),
+                   "ticket_no": request.get("ticket_no", "")}
+        await self._orders.announce(request["order_no"], "refund_done", details)
+        await self._orders.notices.enqueue(f"refund_done:{request['_id']}", "refund_done",
+                                           request["order_no"], details)
 
     async def deposit(self, actor: Principal, outlet_id: str, amount: int,
                       reference: str) -> dict[str, Any]:

@@ -9,12 +9,19 @@ WeChat (same paths, parameters and answers as api.weixin.qq.com):
   ``{"openid", "session_key"}``, or ``{"errcode": 40029, "errmsg": "invalid code"}``; a code
   works once and for five minutes, as ``wx.login()`` codes do.
 
+- ``POST /cgi-bin/message/subscribe/send?access_token=`` ``{"touser", "template_id", "page",
+  "data"}`` → ``{"errcode": 0, "errmsg": "ok", "msgid"}``; errcode 43101 when the user has
+  not accepted the template (``/_sandbox/wechat/refuse``), 40001 for a bad token.
+
 SMS gateway: ``POST /sms/v1/send`` with ``Authorization: Bearer <key>`` and
-``{"phone", "template", "params"}`` → ``{"message_id"}``.
+``{"phone", "template", "params", "out_id"}`` → ``{"message_id"}``; a second message with an
+``out_id`` already seen is not sent again (the first one's id comes back).
 
 Sandbox controls (what a person would do on a phone): ``POST /_sandbox/wechat/login-code``
 ``{"openid"}`` → ``{"code"}`` (``wx.login()``), ``GET /_sandbox/sms/last?phone=`` → the last
-message sent to that phone.
+message sent to that phone, ``GET /_sandbox/sms/messages?phone=`` → all of them,
+``POST /_sandbox/wechat/refuse`` ``{"openid"}`` (the passenger declines subscribe messages),
+``GET /_sandbox/wechat/messages?openid=`` → subscribe messages delivered to that user.
 """
 
 from __future__ import annotations
@@ -43,6 +50,10 @@ class State:
         self.tokens: set[str] = set()
         self.sms: dict[str, dict[str, Any]] = {}
         self.sms_count = 0
+        self.sms_log: list[dict[str, Any]] = []
+        self.sms_out_ids: dict[str, str] = {}
+        self.refused: set[str] = set()
+        self.subscribe_log: list[dict[str, Any]] = []
 
 
 class Base(RequestHandler):
@@ -105,11 +116,19 @@ class SmsSendHandler(Base):
         except (ValueError, KeyError):
             self.reply({"code": "BadRequest", "message": "phone and template required"}, 400)
             return
+        out_id = str(body.get("out_id") or "")
+        if out_id and out_id in self.state.sms_out_ids:
+            self.reply({"message_id": self.state.sms_out_ids[out_id]})
+            return
         self.state.sms_count += 1
         message_id = uuid.uuid4().hex
-        self.state.sms[phone] = {"message_id": message_id, "template": template,
-                                 "params": params, "code": params.get("code"),
-                                 "sent_at": dt.datetime.now(dt.UTC).isoformat()}
+        if out_id:
+            self.state.sms_out_ids[out_id] = message_id
+        message = {"message_id": message_id, "phone": phone, "template": template,
+                   "params": params, "code": params.get("code"), "out_id": out_id,
+                   "sent_at": dt.datetime.now(dt.UTC).isoformat()}
+        self.state.sms[phone] = message
+        self.state.sms_log.append(message)
         self.reply({"message_id": message_id})
 
 
@@ -120,6 +139,50 @@ class SmsLastHandler(Base):
             self.reply({"error": "no message to this phone"}, 404)
             return
         self.reply(found)
+
+
+class SmsMessagesHandler(Base):
+    def get(self) -> None:
+        phone = self.get_argument("phone", "")
+        self.reply({"messages": [m for m in self.state.sms_log if m["phone"] == phone]})
+
+
+class SubscribeSendHandler(Base):
+    def post(self) -> None:
+        if self.get_argument("access_token", "") not in self.state.tokens:
+            self.reply({"errcode": 40001, "errmsg": "invalid credential, access_token is invalid"})
+            return
+        try:
+            body = json.loads(self.request.body)
+            openid, template, data = body["touser"], body["template_id"], body["data"]
+        except (ValueError, KeyError):
+            self.reply({"errcode": 47001, "errmsg": "data format error"})
+            return
+        if openid in self.state.refused:
+            self.reply({"errcode": 43101, "errmsg": "user refuse to accept the msg"})
+            return
+        if not isinstance(data, dict) or not all(
+                isinstance(v, dict) and "value" in v for v in data.values()):
+            self.reply({"errcode": 47003, "errmsg": "argument invalid! data.value"})
+            return
+        msgid = secrets.randbelow(10**12)
+        self.state.subscribe_log.append({"openid": openid, "template_id": template,
+                                         "page": body.get("page", ""), "data": data,
+                                         "msgid": msgid})
+        self.reply({"errcode": 0, "errmsg": "ok", "msgid": msgid})
+
+
+class RefuseHandler(Base):
+    def post(self) -> None:
+        self.state.refused.add(str(json.loads(self.request.body or b"{}").get("openid", "")))
+        self.reply({"ok": True})
+
+
+class SubscribeMessagesHandler(Base):
+    def get(self) -> None:
+        openid = self.get_argument("openid", "")
+        self.reply({"messages": [m for m in self.state.subscribe_log
+                                 if m["openid"] == openid]})
 
 
 def make_app(state: State, wxpay: Any = None, alipay: Any = None) -> Application:
@@ -134,6 +197,10 @@ def make_app(state: State, wxpay: Any = None, alipay: Any = None) -> Application
         (r"/_sandbox/wechat/login-code", LoginCodeHandler),
         (r"/sms/v1/send", SmsSendHandler),
         (r"/_sandbox/sms/last", SmsLastHandler),
+        (r"/_sandbox/sms/messages", SmsMessagesHandler),
+        (r"/cgi-bin/message/subscribe/send", SubscribeSendHandler),
+        (r"/_sandbox/wechat/refuse", RefuseHandler),
+        (r"/_sandbox/wechat/messages", SubscribeMessagesHandler),
     ], state=state, wxpay=wxpay, alipay=alipay, bills={})
 
 

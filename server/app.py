@@ -29,9 +29,13 @@ from handlers import (
     staff,
     stations,
     tickets,
+    ws,
 )
 from handlers.base import NotFoundHandler, log_request
+from notify.hub import Hub
+from notify.notices import NoticeDispatcher, parse_templates
 from notify.sms import HttpSmsProvider
+from notify.wechat import WeChatSubscribe
 from payments.alipay import Alipay, AlipayConfig
 from payments.base import ProviderRegistry
 from payments.service import PaymentService
@@ -46,6 +50,7 @@ from server.security.tokens import AccessTokens
 from server.services.audit import AuditService
 from server.services.auth import AuthService
 from server.services.departures import DepartureService
+from server.services.events import EventLog
 from server.services.health import HealthService
 from server.services.idempotency import IdempotencyStore
 from server.services.inventory import NativeInventory
@@ -86,6 +91,8 @@ class Services:
     tickets: TicketService
     payments: PaymentService
     jobs: JobRunner
+    hub: Hub
+    notices: NoticeDispatcher
 
 
 def connect_mongo(settings: Settings, uri: str) -> AsyncMongoClient[Any]:
@@ -116,12 +123,17 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     network = NetworkCache(db)
     rules = RuleService(db)
     inventory = NativeInventory(db, redis)
-    seats = SeatService(db, redis, ExchangeRegistry(NativeExchange(inventory, redis)))
+    seats = SeatService(db, redis, ExchangeRegistry(NativeExchange(inventory, redis)),
+                        EventLog(redis))
     sync = SyncService(db, seats)
+    sms = HttpSmsProvider(settings.sms_api_base, settings.sms_api_key)
     member_service = MemberService(
-        db, redis, vault, auth_service,
-        HttpSmsProvider(settings.sms_api_base, settings.sms_api_key),
+        db, redis, vault, auth_service, sms,
         WeChatLogin(settings.wechat_appid, settings.wechat_secret, settings.wechat_api_base))
+    notices = NoticeDispatcher(
+        db, vault, sms,
+        WeChatSubscribe(settings.wechat_appid, settings.wechat_secret, settings.wechat_api_base),
+        parse_templates(settings.wechat_notice_templates))
     order_service = OrderService(db, redis, seats, rules, member_service, vault)
     payment_service = PaymentService(db, payment_providers(settings), order_service,
                                      sandbox_bases={"wechat": settings.wechatpay_api_base,
@@ -139,6 +151,8 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     jobs.add("hold-sweeper", 1.0, inventory.sweep)
     jobs.add("station-sync", 30.0, sync.sync_all)
     jobs.add("station-full-sync", 600.0, lambda: sync.sync_all(full=True))
+    jobs.add("notices", 2.0, notices.run)
+    jobs.add("payment-reminders", 30.0, order_service.warn_expiring)
     return Services(
         auth=auth_service,
         audit=audit,
@@ -159,6 +173,8 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         tickets=TicketService(db, seats, rules, order_service, audit),
         payments=payment_service,
         jobs=jobs,
+        hub=Hub(redis),
+        notices=notices,
     )
 
 
@@ -202,7 +218,8 @@ def api_routes() -> list[URLSpec]:
 def make_app(settings: Settings, mongo: AsyncMongoClient[Any], redis: aioredis.Redis,
              extra_routes: list[URLSpec] | None = None) -> Application:
     """The Tornado Application with clients and services injected through its settings."""
-    routes = [*api_routes(), *admin_pages.default_handlers, *(extra_routes or [])]
+    routes = [*api_routes(), *ws.default_handlers, *admin_pages.default_handlers,
+              *(extra_routes or [])]
     if settings.sandbox:  # stand-ins for a person's phone; never in production
         routes += [*sandbox.default_handlers, *payments.sandbox_handlers]
     return Application(
@@ -217,4 +234,7 @@ def make_app(settings: Settings, mongo: AsyncMongoClient[Any], redis: aioredis.R
         log_function=log_request,
         compress_response=True,
         xheaders=False,
+        websocket_ping_interval=settings.ws_ping_seconds,
+        websocket_ping_timeout=3 * settings.ws_ping_seconds,
+        websocket_max_message_size=64 * 1024,  # larger: closed (1009); above 4 KiB: error frame
     )

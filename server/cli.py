@@ -344,6 +344,7 @@ async def serve(settings: Settings, sockets: list[Any]) -> None:
     await stop.wait()
     log.info("stopping: no new connections, draining")
     server.stop()
+    await app.settings["services"].hub.close()  # WebSockets: 1001 going away
     try:
         await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE)
     except TimeoutError:

@@ -158,6 +158,14 @@ class Settings:
     sms_api_base: str = _opt("", _parse_optional_http,
                              "SMS provider base URL; unset in development: the sandbox")
     sms_api_key: str = _opt("", _parse_str, "SMS provider API key; dev generates one")
+    wechat_notice_templates: str = _opt(
+        "ticket_issued=KY-TICKET-ISSUED,refund_done=KY-REFUND-DONE,"
+        "departure_changed=KY-DEPARTURE-CHANGED,payment_expiring=KY-PAYMENT-EXPIRING",
+        _parse_str, "subscribe-message template id per notice kind, kind=id[,…]")
+    ws_ping_seconds: int = _opt(20, _parse_int(1, 600),
+                                "WebSocket ping interval; a peer silent for 3 of them is closed")
+    ws_idle_seconds: int = _opt(120, _parse_int(1, 86400),
+                                "a WebSocket watching no topic is closed after this long")
     public_url: str = _opt("", _parse_optional_http,
                            "how providers reach Keyun (notify URLs); default http://host:port")
     wechatpay_api_base: str = _opt("", _parse_optional_http,

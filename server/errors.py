@@ -20,6 +20,13 @@ ERRORS: dict[str, tuple[int, str]] = {
     "INVALID_QUERY": (400, "A query parameter is invalid."),
     "BODY_TOO_LARGE": (413, "The request body is too large."),
     "UNSUPPORTED_MEDIA_TYPE": (415, "Send the body as application/json."),
+    # WebSocket frames (sent as {"type": "error", "code", "message"}; the status is unused)
+    "WS_BAD_FRAME": (400, "A frame must be a JSON object with an op."),
+    "WS_UNKNOWN_OP": (400, "Unknown op: use auth, subscribe, unsubscribe or ping."),
+    "WS_FRAME_TOO_LARGE": (413, "Frames from clients are at most 4 KiB."),
+    "WS_TOPIC_INVALID": (400, "A topic is departure:<id> or order:<order_no>."),
+    "WS_TOO_MANY_TOPICS": (429, "Too many topics on one connection; unsubscribe from some."),
+    "WS_RATE_LIMITED": (429, "Too many frames; slow down."),
     # routing
     "NOT_FOUND": (404, "No such resource."),
     "METHOD_NOT_ALLOWED": (405, "This method is not allowed on this resource."),

@@ -26,6 +26,7 @@ from server.exchange.errors import (
     StationTimeout,
 )
 from server.exchange.registry import ExchangeRegistry
+from server.services.events import EventLog
 from server.services.inventory import NativeInventory, new_hold_id
 from server.services.planning import local_today
 from server.services.seats import SeatService
@@ -40,7 +41,7 @@ class Stack:
         self.redis = redis
         self.inventory = inventory = NativeInventory(db, redis)
         self.seats = SeatService(db, redis, ExchangeRegistry(NativeExchange(inventory, redis),
-                                                             timeout=timeout))
+                                                             timeout=timeout), EventLog(redis))
         self.sync = SyncService(db, self.seats)
 
 
@@ -72,7 +73,9 @@ async def pick(db: Any, vendor: str, index: int, min_stops: int = 2) -> dict[str
     day = (local_today() + dt.timedelta(days=2 + index % 7)).isoformat()
     found = []
     async for dep in db.departures.find({"station_id": {"$in": stations}, "service_date": day,
-                                         "status": "on_sale"}).sort("_id", 1):
+                                         "status": "on_sale",
+                                         "_id": {"$not": {"$regex": "^DT"}}}
+                                        ).sort("_id", 1):
         if await db.stops.count_documents({"route_id": dep["route_id"]}) >= min_stops:
             found.append(dep)
     assert found, f"no {vendor} departure on {day}"

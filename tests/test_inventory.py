@@ -332,7 +332,7 @@ async def test_seat_changes_are_published_per_departure(inventory, db, stores) -
     await inventory.availability(dep)
     listener = connect_redis(stores.redis_url)
     pubsub = listener.pubsub()
-    await pubsub.subscribe(f"seats:{dep}")
+    await pubsub.subscribe(f"ev:departure:{dep}")
     await pubsub.get_message(timeout=1)  # the subscribe confirmation
     try:
         hold = await inventory.hold(dep, req(2))
@@ -342,9 +342,13 @@ async def test_seat_changes_are_published_per_departure(inventory, db, stores) -
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
             assert message is not None, "no seat event"
             events.append(json.loads(message["data"]))
-        assert [e["event"] for e in events] == ["held", "sold"]
-        assert events[0]["remaining"] == 3 and sorted(events[0]["seats"]) == [1, 2]
-        assert events[1]["ver"] > events[0]["ver"]
+        assert [e["data"]["change"] for e in events] == ["held", "sold"]
+        assert {e["topic"] for e in events} == {f"departure:{dep}"}
+        assert events[0]["data"]["remaining"] == 3 and sorted(events[0]["data"]["seats"]) == [1, 2]
+        assert events[1]["seq"] == events[0]["seq"] + 1
+        # the same frames are kept for a client that reconnects
+        kept = await listener.xrange(f"ev:{{dep:{dep}}}")
+        assert [json.loads(f["f"]) for _, f in kept][-2:] == events
     finally:
         await pubsub.aclose()
         await listener.aclose()

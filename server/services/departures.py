@@ -8,6 +8,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from server.exchange.base import trip_mask
 from server.exchange.errors import DepartureNotFound, InvalidSegment
+from server.services.events import Topic
 from server.services.planning import LOCAL_TZ
 from server.services.seats import SeatService
 
@@ -55,3 +56,20 @@ class DepartureService:
             "fares": fare["prices"] if fare else {},
             "seat_map": seat_map if online else [],
         }
+
+    async def snapshot(self, departure_id: str) -> tuple[int, dict[str, Any]]:
+        """The seat state of a departure for a watcher, with the seq it is current as of:
+        native seats come with their version; proxied ones with the last event's seq, read
+        first (a later event may repeat what the snapshot shows, never miss something)."""
+        dep, station, _, _ = await self._seats.resolve(departure_id)
+        seq = await self._seats.events.last_seq(Topic("departure", departure_id))
+        seats = await self._seats.availability(departure_id)
+        if not self._seats.is_proxied(station):
+            seq = seats.version
+        online = seats.status != "offline" and dep.get("online", True)
+        return seq, {
+            "departure_id": departure_id, "status": dep["status"],
+            "on_sale_online": dep["status"] == "on_sale" and online,
+            "seats": dep["seats"], "segments": seats.segments,
+            "remaining": seats.remaining if online else 0,
+            "masks": list(seats.occupancy), "held": sorted(seats.held)}

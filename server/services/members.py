@@ -32,6 +32,7 @@ from server.security.pii import PiiVault, mask_id, mask_phone
 from server.security.principal import PASSENGER, Principal
 from server.services.auth import AuthService
 from server.services.realname import validate
+from server.wechat import wechat_client
 
 log = logging.getLogger(__name__)
 
@@ -68,26 +69,10 @@ class WeChatLogin:
         self._client: Any = None
 
     def _exchange(self, code: str) -> str:
-        from wechatpy import WeChatClient
         from wechatpy.exceptions import WeChatClientException
 
-        base = self._base
-
-        class Client(WeChatClient):  # type: ignore[misc]
-            """wechatpy fetches its access token from a fixed host; use the configured one
-            (it also sends the token along with code2session, which WeChat ignores)."""
-
-            def fetch_access_token(self) -> Any:
-                return self._fetch_access_token(
-                    url=f"{base}/cgi-bin/token",
-                    params={"grant_type": "client_credential", "appid": self.appid,
-                            "secret": self.secret})
-
         if self._client is None:
-            client = Client(self._appid, self._secret, timeout=5)
-            client.API_BASE_URL = f"{self._base}/cgi-bin/"
-            client.wxa.API_BASE_URL = f"{self._base}/"
-            self._client = client
+            self._client = wechat_client(self._appid, self._secret, self._base)
         try:
             result = self._client.wxa.code_to_session(code)
         except WeChatClientException as exc:

@@ -32,12 +32,15 @@ from pymongo.errors import (
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from server.errors import DomainError
 from server.exchange.base import HoldRequest, TicketInfo
 from server.exchange.errors import ExchangeError, StationTimeout, StationUnreachable
+from server.notices import NoticeOutbox
 from server.security.pii import PiiVault, mask_id, mask_phone
 from server.security.principal import PASSENGER, Principal
+from server.services.events import Topic
 from server.services.members import MemberService, normalize_phone
 from server.services.planning import LOCAL_TZ, local_today
 from server.services.realname import validate
@@ -56,6 +59,7 @@ TRANSITIONS: dict[str, set[str]] = {
 }
 CHILD_TYPES = {"child"}
 ISSUE_RETRY_AFTER = dt.timedelta(seconds=10)
+EXPIRY_WARNING = dt.timedelta(minutes=5)
 
 
 def now_ms() -> dt.datetime:
@@ -78,6 +82,7 @@ class OrderService:
         self._rules = rules
         self._members = members
         self._vault = vault
+        self.notices = NoticeOutbox(db)
 
     # --- create -----------------------------------------------------------------------------
     async def create(self, actor: Principal, channel: str, departure_id: str,
@@ -316,7 +321,18 @@ class OrderService:
         if doc is not None:
             log.info("order %s → %s", order_no, to,
                      extra={"fields": {"order_no": order_no, "to": to, "reason": reason}})
+            await self.announce(order_no, "status", {
+                "from": doc["history"][-1]["from"], "to": to, "status": to, "reason": reason})
         return doc  # type: ignore[no-any-return]
+
+    async def announce(self, order_no: str, event: str, data: dict[str, Any]) -> None:
+        """Tell the order's watchers, after the change is stored. Never fails the change: a
+        watcher that missed it gets a snapshot when it resubscribes."""
+        try:
+            await self._seats.events.emit(Topic("order", order_no), event, data)
+        except RedisError as exc:
+            log.warning("order event not published: %s", type(exc).__name__,
+                        extra={"fields": {"order_no": order_no, "event": event}})
 
     async def cancel(self, actor: Principal, order_no: str) -> dict[str, Any]:
         order = await self._visible(actor, order_no)
@@ -340,6 +356,23 @@ class OrderService:
                 await self._end_unpaid(done)
                 closed += 1
         return closed
+
+    async def warn_expiring(self, limit: int = 200) -> int:
+        """Unpaid orders with less than five minutes left: one reminder each (none for an
+        order younger than a minute — its buyer is still at the payment page)."""
+        now = now_ms()
+        due = await self._db.orders.find(
+            {"status": "pending_payment", "expiry_warned": {"$ne": True},
+             "expires_at": {"$gt": now, "$lte": now + EXPIRY_WARNING},
+             "created_at": {"$lte": now - dt.timedelta(minutes=1)}},
+            {"order_no": 1, "expires_at": 1}).limit(limit).to_list()
+        for row in due:
+            await self.notices.enqueue(
+                f"payment_expiring:{row['order_no']}", "payment_expiring", row["order_no"],
+                {"expires_at": row["expires_at"].astimezone(LOCAL_TZ).isoformat()})
+            await self._db.orders.update_one({"_id": row["_id"]},
+                                             {"$set": {"expiry_warned": True}})
+        return len(due)
 
     async def _end_unpaid(self, order: dict[str, Any]) -> None:
         try:
@@ -396,8 +429,11 @@ class OrderService:
                 {"_id": t["_id"]}, {"$set": {"status": "issued", "sale_id": sale.sale_id,
                                              "station_ticket_no": numbers.get(t["seat"], ""),
                                              "issued_at": now_ms()}})
-        await self.transition(order_no, "issued", "station", "tickets issued",
-                              {"sale_id": sale.sale_id}, from_states={"paid"})
+        done = await self.transition(order_no, "issued", "station", "tickets issued",
+                                     {"sale_id": sale.sale_id}, from_states={"paid"})
+        if done is not None:
+            await self.notices.enqueue(f"ticket_issued:{order_no}", "ticket_issued", order_no,
+                                       {"tickets": [t["ticket_no"] for t in tickets]})
         return "issued"
 
     async def _fail(self, order: dict[str, Any], reason: str) -> None:

@@ -42,7 +42,7 @@ from server.exchange.errors import (
     StationUnreachable,
 )
 from server.exchange.registry import ExchangeRegistry
-from server.storage.seats import seats_channel
+from server.services.events import EventLog, Topic
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,10 +56,12 @@ OUTCOME = {StationUnreachable: "unreachable", StationTimeout: "timeout",
 class SeatService:
     """Remaining seats, holds, sales and returns for any departure."""
 
-    def __init__(self, db: AsyncDatabase[Any], redis: Redis, registry: ExchangeRegistry) -> None:
+    def __init__(self, db: AsyncDatabase[Any], redis: Redis, registry: ExchangeRegistry,
+                 events: EventLog) -> None:
         self._db = db
         self._redis = redis
         self.registry = registry
+        self.events = events
 
     # --- resolution ---------------------------------------------------------------------
     async def resolve(self, departure_id: str) -> tuple[dict[str, Any], dict[str, Any],
@@ -146,9 +148,9 @@ class SeatService:
         previous = await self._redis.set(key, _to_cache(seats), ex=PROXIED_CACHE_SECONDS,
                                          get=True)
         if previous is None or _from_cache(previous).remaining != seats.remaining:
-            await self._redis.publish(seats_channel(departure_id), json.dumps({
-                "departure_id": departure_id, "event": "refreshed",
-                "remaining": seats.remaining}))
+            await self.events.emit(Topic("departure", departure_id), "seats", {
+                "change": "refreshed", "seats": [], "remaining": seats.remaining,
+                "status": seats.status})
         return seats
 
     async def availability_many(self, departures: list[dict[str, Any]],

@@ -22,6 +22,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 from server.errors import DomainError
 from server.exchange.base import SyncBatch
 from server.exchange.errors import BadStationResponse, ExchangeError
+from server.notices import NoticeOutbox
+from server.services.events import Topic
 from server.services.planning import local_today
 from server.services.seats import SeatService
 
@@ -63,6 +65,7 @@ class SyncService:
     def __init__(self, db: AsyncDatabase[Any], seats: SeatService) -> None:
         self._db = db
         self._seats = seats
+        self._notices = NoticeOutbox(db)
 
     async def proxied_stations(self) -> list[dict[str, Any]]:
         return await self._db.stations.find(
@@ -99,6 +102,7 @@ class SyncService:
                 lambda: exchange.pull(None if kind == "full" else cursor))
             self._check(set(served), batch, kind)
             counts, changes = await self._apply(station, batch, kind)
+            await self._announce(changes)
         except ExchangeError as exc:
             run.update(outcome="failed", error=exc.code, detail=str(exc.details)[:300],
                        duration_ms=round(1000 * (time.perf_counter() - clock), 1))
@@ -146,6 +150,22 @@ class SyncService:
                 "p50_ms": latencies[len(latencies) // 2] if latencies else None,
                 "p99_ms": latencies[int(len(latencies) * 0.99)] if latencies else None})
         return out
+
+    async def _announce(self, changes: list[dict[str, Any]]) -> None:
+        """A departure the station changed or withdrew (stored by now): tell its watchers, and
+        every passenger holding a ticket of it, once per change."""
+        for change in changes:
+            if change["kind"] not in ("departure_status", "departure_time", "withdrawn"):
+                continue
+            dep_id = change["id"]
+            details = {"change": change["kind"], "before": change.get("before", ""),
+                       "after": change.get("after", "cancelled")}
+            await self._seats.events.emit(Topic("departure", dep_id), "departure", details)
+            async for order in self._db.orders.find({"departure_id": dep_id,
+                                                     "status": "issued"}, {"order_no": 1}):
+                await self._notices.enqueue(
+                    f"departure_changed:{dep_id}:{change['kind']}:{details['after']}:"
+                    f"{order['order_no']}", "departure_changed", order["order_no"], details)
 
     @staticmethod
     def _check(served: set[str], batch: SyncBatch, kind: str) -> None:
@@ -216,6 +236,10 @@ class SyncService:
                 if name == "departures" and "status" in diff:
                     changes.append({"kind": "departure_status", "id": doc["_id"],
                                     "before": old.get("status"), "after": doc["status"]})
+                if name == "departures" and "departs_at" in diff:
+                    changes.append({"kind": "departure_time", "id": doc["_id"],
+                                    "before": _iso(old.get("departs_at")),
+                                    "after": _iso(doc["departs_at"])})
                 ops.append(UpdateOne({"_id": doc["_id"]},
                                      {"$set": {**diff, "synced_at": now}}))
             if ops:
@@ -236,6 +260,10 @@ class SyncService:
                 changes += [{"kind": "withdrawn", "id": i} for i in ids]
             counts["departures"]["withdrawn"] = len(withdrawn)
         return counts, changes
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat() if isinstance(value, dt.datetime) else str(value or "")
 
 
 def _system_key(station: dict[str, Any]) -> tuple[str, str]:

@@ -138,6 +138,8 @@ class TicketService:
                                   "fee": fee, "reason": reason, "status": "requested",
                                   "payment_ref": order.get("payment_ref"),
                                   "created_at": now}}, upsert=True)
+        await self._orders.announce(order["order_no"], "ticket", {
+            "ticket_no": ticket["ticket_no"], "status": status, "refund_amount": amount})
         left = await self._db.tickets.count_documents(
             {"order_no": order["order_no"], "active": True})
         if left == 0:

@@ -311,6 +311,15 @@ COLLECTIONS: list[CollectionSpec] = [
         status={"enum": ["requested", "processing", "done", "failed"]}, created_at=DATE), [
         _ix([("status", ASCENDING), ("created_at", ASCENDING)], "status_created"),
     ]),
+    CollectionSpec("notices", _obj(
+        ["kind", "order_no", "status", "attempts", "next_at", "created_at"],
+        kind={"enum": ["ticket_issued", "refund_done", "departure_changed",
+                       "payment_expiring"]},
+        order_no=NONEMPTY, status={"enum": ["pending", "sending", "sent", "failed"]},
+        attempts={"bsonType": "int", "minimum": 0}, next_at=DATE, created_at=DATE), [
+        _ix([("status", ASCENDING), ("next_at", ASCENDING)], "status_next"),
+        _ix([("order_no", ASCENDING)], "order"),
+    ]),
     CollectionSpec("rules", _obj(["effective_from", "rules"], effective_from=DATE,
                                  rules={"bsonType": "object"}), [
         _ix([("effective_from", DESCENDING)], "effective_from"),

@@ -1,6 +1,6 @@
 -- Native seat inventory of one departure (the platform's unified station system).
 --
--- Every script of this file gets the same five keys, all sharing the departure's hash tag so
+-- Every script of this file gets the same six keys, all sharing the departure's hash tag so
 -- a script stays on one Redis Cluster slot:
 --   KEYS[1] inv:{dep:D}        hash: n (seats), segs, status, release_at (ms), ver,
 --                               s:<seat> -> occupied segment mask (held or sold)
@@ -9,11 +9,15 @@
 --   KEYS[3] inv:{dep:D}:holds  hash: hold id -> "channel|expires_ms|from|to|s1,s2"
 --   KEYS[4] inv:{dep:D}:hexp   zset: hold id -> expires_ms
 --   KEYS[5] inv:{dep:D}:sold   hash: sale id -> "channel|from|to|s1,s2"
+--   KEYS[6] ev:{dep:D}         stream: the departure topic's last events (s = seq, f = frame),
+--                               for clients resuming with since=<seq>
 -- ARGV[1] is always the departure id. A sale from stop i to stop j occupies segments
 -- i .. j-1: a seat is free for a trip when its mask and the trip's mask share no bit.
 -- Errors come back as {'ERR', code, detail}; success as {'OK', ...}.
 -- @@PRELUDE@@ (everything above the first '-- @@SCRIPT' line is prepended to each script)
-local K, ALLOC, HOLDS, HEXP, SOLD = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local K, ALLOC, HOLDS, HEXP, SOLD, EV = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
+  KEYS[6]
+local EVENTS_KEPT = 500
 local DEP = ARGV[1]
 
 local function now_ms()
@@ -66,12 +70,37 @@ local function remaining_full(occ)
   return c
 end
 
+-- A seat event, written once as the final WebSocket frame: kept in the topic's stream and
+-- published on its channel (server processes forward the text as is). seq = ver.
 local function publish(kind, seats, from, to)
   local ver = redis.call('HINCRBY', K, 'ver', 1)
   local occ = occupancy()
-  redis.call('PUBLISH', 'seats:' .. DEP, cjson.encode({
-    departure_id = DEP, ver = ver, event = kind, seats = numbers(seats),
-    from_seq = from, to_seq = to, remaining = remaining_full(occ)}))
+  local masks = {}
+  for i, s in ipairs(seats) do masks[i] = occ[tonumber(s)] or 0 end
+  local limits = {}
+  local a = redis.call('HGETALL', ALLOC)
+  for i = 1, #a, 2 do
+    local what, ch = string.sub(a[i], 1, 1), string.sub(a[i], 3)
+    limits[ch] = limits[ch] or {}
+    if what == 'a' then limits[ch].allotment = tonumber(a[i + 1])
+    elseif what == 'u' then limits[ch].in_use = tonumber(a[i + 1])
+    elseif what == 'c' then limits[ch].cap = tonumber(a[i + 1])
+    elseif what == 'x' then limits[ch].closed = true end
+  end
+  local channels = next(limits) and cjson.encode(limits) or '{}'
+  local frame = '{"type":"event","topic":' .. cjson.encode('departure:' .. DEP) ..
+    ',"seq":' .. ver .. ',"event":"seats","data":{"change":"' .. kind ..
+    '","seats":[' .. table.concat(seats, ',') .. '],"masks":[' .. table.concat(masks, ',') ..
+    '],"from_seq":' .. from .. ',"to_seq":' .. to .. ',"remaining":' .. remaining_full(occ) ..
+    ',"status":' .. cjson.encode(redis.call('HGET', K, 'status')) ..
+    ',"release_at":' .. (redis.call('HGET', K, 'release_at') or '0') ..
+    ',"channels":' .. channels .. ',"at":' .. now_ms() .. '}}'
+  redis.call('XADD', EV, 'MAXLEN', '~', EVENTS_KEPT, '*', 's', ver, 'f', frame)
+  if redis.call('PTTL', EV) == -1 then
+    local ttl = redis.call('PTTL', K)
+    if ttl > 0 then redis.call('PEXPIRE', EV, ttl) end
+  end
+  redis.call('PUBLISH', 'ev:departure:' .. DEP, frame)
   return ver
 end
 
@@ -361,14 +390,19 @@ for _, rec in ipairs(cjson.decode(ARGV[11])) do
   redis.call('HSET', SOLD, rec.id, rec.channel .. '|' .. rec.from .. '|' .. rec.to .. '|' ..
              table.concat(rec.seats, ','))
 end
-redis.call('HSET', K, 'n', n, 'segs', segs, 'status', ARGV[4], 'release_at', ARGV[5], 'ver', 0)
+-- seq goes on from the topic's last kept event, so a client resuming never sees it go back
+local last = redis.call('XREVRANGE', EV, '+', '-', 'COUNT', 1)
+local ver = 0
+if last[1] then ver = tonumber(last[1][2][2]) or 0 end
+redis.call('HSET', K, 'n', n, 'segs', segs, 'status', ARGV[4], 'release_at', ARGV[5],
+           'ver', ver)
 for s = 1, n do redis.call('HSET', K, 's:' .. s, occ[s]) end
 for ch, q in pairs(used) do redis.call('HSET', ALLOC, 'u:' .. ch, q) end
 for ch, q in pairs(cjson.decode(ARGV[7])) do redis.call('HSET', ALLOC, 'a:' .. ch, q) end
 for ch, q in pairs(cjson.decode(ARGV[8])) do redis.call('HSET', ALLOC, 'c:' .. ch, q) end
 for _, ch in ipairs(cjson.decode(ARGV[9])) do redis.call('HSET', ALLOC, 'x:' .. ch, 1) end
 local expire_at = tonumber(ARGV[6])
-for _, key in ipairs({K, ALLOC, HOLDS, HEXP, SOLD}) do
+for _, key in ipairs({K, ALLOC, HOLDS, HEXP, SOLD, EV}) do
   if redis.call('EXISTS', key) == 1 then redis.call('PEXPIREAT', key, expire_at) end
 end
 return {'OK', 1}

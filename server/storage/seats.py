@@ -1,7 +1,7 @@
 """Redis side of native seat inventory: the Lua scripts of ``inventory.lua``, loaded once.
 
 Each script is registered with redis-py (EVALSHA, re-loaded only if Redis lost it) and is
-called with the departure's five keys, which share one hash tag (``{dep:<id>}``) so the
+called with the departure's six keys, which share one hash tag (``{dep:<id>}``) so the
 whole departure lives on one Redis Cluster slot.
 """
 
@@ -30,12 +30,7 @@ class ScriptError(Exception):
 def departure_keys(departure_id: str) -> list[str]:
     tag = f"{{dep:{departure_id}}}"
     return [f"inv:{tag}", f"inv:{tag}:alloc", f"inv:{tag}:holds", f"inv:{tag}:hexp",
-            f"inv:{tag}:sold"]
-
-
-def seats_channel(departure_id: str) -> str:
-    """The pub/sub channel that carries a departure's seat events."""
-    return f"seats:{departure_id}"
+            f"inv:{tag}:sold", f"ev:{tag}"]
 
 
 def _split_scripts(text: str) -> dict[str, str]:
