@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tornado.ioloop import IOLoop
+from tornado.web import URLSpec
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from server.errors import DomainError, error_body
@@ -334,4 +335,4 @@ def _encode(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str).encode()
 
 
-default_handlers = [(r"/ws", EventSocket)]
+default_handlers = [URLSpec(r"/ws", EventSocket)]

@@ -235,6 +235,6 @@ def make_app(settings: Settings, mongo: AsyncMongoClient[Any], redis: aioredis.R
         compress_response=True,
         xheaders=False,
         websocket_ping_interval=settings.ws_ping_seconds,
-        websocket_ping_timeout=3 * settings.ws_ping_seconds,
+        websocket_ping_timeout=settings.ws_ping_seconds,
         websocket_max_message_size=64 * 1024,  # larger: closed (1009); above 4 KiB: error frame
     )

@@ -163,7 +163,7 @@ class Settings:
         "departure_changed=KY-DEPARTURE-CHANGED,payment_expiring=KY-PAYMENT-EXPIRING",
         _parse_str, "subscribe-message template id per notice kind, kind=id[,…]")
     ws_ping_seconds: int = _opt(20, _parse_int(1, 600),
-                                "WebSocket ping interval; a peer silent for 3 of them is closed")
+                                "WebSocket ping interval; no pong within it closes the socket")
     ws_idle_seconds: int = _opt(120, _parse_int(1, 86400),
                                 "a WebSocket watching no topic is closed after this long")
     public_url: str = _opt("", _parse_optional_http,
