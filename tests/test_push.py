@@ -59,7 +59,7 @@ async def test_a_hold_on_one_process_reaches_a_watcher_on_the_other_within_a_sec
         order = await new_order(api, token, dep["_id"])  # on the first process
         placed = time.monotonic()
         event, _ = await watcher.until(lambda f: f["type"] == "event"
-                                       and f["data"]["change"] == "held", timeout=3)
+                                       and f["data"]["change"] == "held", within=3)
         assert time.monotonic() - placed < 1.0
         assert event["topic"] == f"departure:{dep['_id']}"
         assert event["seq"] > snapshot["seq"]
@@ -90,7 +90,7 @@ async def test_order_events_go_to_the_owner_only(api, keyun, other, db) -> None:
 
         resp = await api.post(f"/api/v1/orders/{order['order_no']}/cancel", {}, token=owner)
         assert resp.status == 200, resp.text
-        event, _ = await mine.until(lambda f: f["type"] == "event", timeout=3)
+        event, _ = await mine.until(lambda f: f["type"] == "event", within=3)
         assert event["event"] == "status" and event["topic"] == topic
         assert event["data"]["from"] == "pending_payment"
         assert event["data"]["to"] == "cancelled"
@@ -166,7 +166,7 @@ async def test_a_stalled_client_does_not_delay_a_fast_one(api, keyun, other, db,
         producer = asyncio.ensure_future(produce())
         got = []
         while len(got) < count:
-            frame = await fast.recv(timeout=10)
+            frame = await fast.recv(within=10)
             assert frame["type"] == "event", frame  # never told to resync
             got.append(frame)
         done = time.monotonic()
@@ -263,5 +263,5 @@ async def test_flooding_is_rate_limited_and_topics_are_capped(keyun, db) -> None
 async def test_a_connection_watching_nothing_is_closed_when_idle(other) -> None:
     ws = await Ws.connect(other.base_url)
     started = time.monotonic()
-    assert await ws.closed(timeout=10) == 4008
+    assert await ws.closed(within=10) == 4008
     assert 1.5 < time.monotonic() - started < 8

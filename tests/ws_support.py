@@ -33,16 +33,16 @@ class Ws:
         await self.conn.write_message(payload if isinstance(payload, str | bytes)
                                       else json.dumps(payload))
 
-    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
-        message = await asyncio.wait_for(self.conn.read_message(), timeout)
+    async def recv(self, within: float = 5.0) -> dict[str, Any]:
+        message = await asyncio.wait_for(self.conn.read_message(), within)
         assert message is not None, f"closed: {self.conn.close_code} {self.conn.close_reason}"
         return json.loads(message)  # type: ignore[no-any-return]
 
     async def until(self, match: Callable[[dict[str, Any]], bool],
-                    timeout: float = 5.0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                    within: float = 5.0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The first frame matching, and every frame before it."""
         seen = []
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while True:
             frame = await self.recv(max(0.01, deadline - time.monotonic()))
             if match(frame):
@@ -69,9 +69,9 @@ class Ws:
         return await self.until(lambda f: f["type"] in ("subscribed", "error")
                                 and f.get("topic") == topic)
 
-    async def closed(self, timeout: float = 10.0) -> int | None:
+    async def closed(self, within: float = 10.0) -> int | None:
         """Wait for the server to close; returns its close code."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             message = await asyncio.wait_for(self.conn.read_message(),
                                              deadline - time.monotonic())
