@@ -167,7 +167,7 @@ async def test_a_departure_the_station_cancels_tells_its_passengers_and_watchers
     order = await paid_order(api, token, dep["_id"])
     watcher = await Ws.connect(keyun.base_url)
     try:
-        subscribed, _ = await watcher.subscribe(f"departure:{dep['_id']}")
+        await watcher.subscribe(f"departure:{dep['_id']}")
         await control(simulators, "rest", "trip-status", {"tripId": dep["vendor_ref"],
                                                           "status": "cancelled"})
         await services.sync.sync_station("440304001")
