@@ -1,0 +1,102 @@
+"""Real-time push: events fanned out to many WebSocket watchers, beside a bare write loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from tornado.httpclient import AsyncHTTPClient
+
+from bench.run import Bench, Row
+from server.app import connect_redis
+from server.embedded import free_port
+from server.services.events import EventLog, Topic
+
+TITLE = "Real-time push: seat events to WebSocket watchers"
+CLIENTS = 100
+RATES = (50, 200, 600)  # events per second raised on one departure
+NOTES = [
+    f"Push: {CLIENTS} WebSocket clients (one separate process) watch one departure on one "
+    "Keyun process; a producer raises seat events through `EventLog.emit` (the Lua script "
+    "that seqs, keeps and publishes an event) at a fixed rate. Figures are event frames "
+    "delivered per second summed over the clients, and p99 from the producer's clock to a "
+    "client's receipt (same machine). The raw baseline is a bare Tornado server writing one "
+    "pre-built frame to the same number of sockets in a loop, awaiting each round of writes "
+    "(`bench/wsraw.py`): the most a Python process can push, with no Redis and no queues.",
+]
+
+
+async def _clients(url: str, topic: str, seconds: float) -> tuple[Any, asyncio.Task[bytes]]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.wsclients", "--url", url, "--topic", topic,
+        "--clients", str(CLIENTS), "--seconds", str(seconds),
+        stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 120)
+    assert line.strip() == b"ready", line
+    return proc, asyncio.ensure_future(proc.stdout.read())
+
+
+async def _keyun(bench: Bench, dep_id: str, rate: int) -> dict[str, float]:
+    redis = connect_redis(bench.redis_url)
+    events = EventLog(redis)
+    url = bench.base_url.replace("http://", "ws://") + "/ws"
+    proc, output = await _clients(url, f"departure:{dep_id}", bench.seconds)
+    try:
+        topic = Topic("departure", dep_id)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        i = 0
+        while not output.done():
+            due = started + i / rate
+            if due > loop.time():
+                await asyncio.sleep(due - loop.time())
+            await events.emit(topic, "seats", {"change": "bench", "i": i,
+                                               "t": time.time() * 1000})
+            i += 1
+        await proc.wait()
+        return json.loads(await output)  # type: ignore[no-any-return]
+    finally:
+        await redis.aclose()
+
+
+async def _raw(seconds: float) -> dict[str, float]:
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.wsraw",
+                                                  "--port", str(port))
+    try:
+        await asyncio.sleep(1.0)
+        proc, output = await _clients(f"ws://127.0.0.1:{port}/ws", "", seconds)
+        await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/go?seconds={seconds}",
+                                      method="POST", body=b"", request_timeout=seconds + 60)
+        await proc.wait()
+        return json.loads(await output)  # type: ignore[no-any-return]
+    finally:
+        server.terminate()
+        await server.wait()
+
+
+async def run(bench: Bench) -> list[Row]:
+    mongo: AsyncMongoClient[Any] = AsyncMongoClient(bench.mongo_uri, tz_aware=True)
+    try:
+        native = await mongo[bench.db_name].stations.distinct("_id",
+                                                              {"system.vendor": "native"})
+        dep = await mongo[bench.db_name].departures.find_one(
+            {"station_id": {"$in": native}, "status": "on_sale"})
+    finally:
+        await mongo.close()
+    raw = await _raw(bench.seconds)
+    rows = []
+    for rate in RATES:
+        got = await _keyun(bench, dep["_id"], rate)
+        rows.append(Row(
+            f"push, {rate} events/s on one departure → {CLIENTS} watchers", got["frames_per_s"],
+            "frames/s", f"raw pre-built frame write loop, {CLIENTS} sockets",
+            raw["frames_per_s"],
+            f"offered {rate * CLIENTS:,} frames/s; p50 {got['p50_ms']:.1f} ms, "
+            f"p99 {got['p99_ms']:.1f} ms event→client; resyncs {got['resyncs']}"))
+    return rows
