@@ -21,6 +21,7 @@ from handlers import (
     departures,
     docs,
     exchange,
+    gate,
     health,
     members,
     orders,
@@ -51,6 +52,7 @@ from server.services.audit import AuditService
 from server.services.auth import AuthService
 from server.services.departures import DepartureService
 from server.services.events import EventLog
+from server.services.gate import GateKeys, GateService
 from server.services.health import HealthService
 from server.services.idempotency import IdempotencyStore
 from server.services.inventory import NativeInventory
@@ -92,6 +94,7 @@ class Services:
     payments: PaymentService
     jobs: JobRunner
     hub: Hub
+    gate: GateService
     notices: NoticeDispatcher
 
 
@@ -174,6 +177,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         payments=payment_service,
         jobs=jobs,
         hub=Hub(redis),
+        gate=GateService(db, vault, GateKeys(db, vault)),
         notices=notices,
     )
 
@@ -212,7 +216,7 @@ def api_routes() -> list[URLSpec]:
     return [*health.default_handlers, *auth.default_handlers, *stations.default_handlers,
             *staff.default_handlers, *members.default_handlers, *departures.default_handlers,
             *orders.default_handlers, *tickets.default_handlers, *payments.default_handlers,
-            *exchange.default_handlers, *docs.default_handlers]
+            *exchange.default_handlers, *gate.default_handlers, *docs.default_handlers]
 
 
 def make_app(settings: Settings, mongo: AsyncMongoClient[Any], redis: aioredis.Redis,

@@ -91,6 +91,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "ORDER_STATE_CONFLICT": (409, "The order changed meanwhile; reload it."),
     # tickets after sale
     "TICKET_NOT_FOUND": (404, "No such ticket."),
+    "TICKET_NOT_VALID": (409, "This ticket cannot board (refunded, voided, changed or used)."),
     "NOT_REFUNDABLE": (409, "This ticket can no longer be refunded."),
     "REFUND_FEE_CHANGED": (409, "The refund fee changed since the quote; ask for a new quote."),
     "NOT_CHANGEABLE": (409, "This ticket cannot be changed."),

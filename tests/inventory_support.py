@@ -15,11 +15,12 @@ NOW = dt.datetime.now(dt.UTC)
 
 
 async def make_departure(db: Any, *, seats: int = 8, stops: int = 3,
-                         departs_in: dt.timedelta = dt.timedelta(days=2)) -> str:
+                         departs_in: dt.timedelta = dt.timedelta(days=2),
+                         station_id: str | None = None) -> str:
     """Insert a route with ``stops`` stops and one departure on it; returns its id."""
     tag = uuid.uuid4().hex[:10]
     route_id = f"RT{tag}"
-    station = await db.stations.find_one({})
+    station = await db.stations.find_one({"_id": station_id} if station_id else {})
     await db.routes.insert_one({
         "_id": route_id, "code": route_id, "name": "测试线", "origin_station_id": station["_id"],
         "destination_station_id": station["_id"], "distance_km": 100 * (stops - 1),

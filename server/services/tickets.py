@@ -52,6 +52,12 @@ class TicketService:
         dep = await self._db.departures.find_one({"_id": ticket["departure_id"]})
         return ticket, order, dep or {}
 
+    async def visible(self, actor: Principal, ticket_no: str
+                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A ticket the actor may see, with its departure (TICKET_NOT_FOUND otherwise)."""
+        ticket, _, dep = await self._load(actor, ticket_no)
+        return ticket, dep
+
     # --- refund -------------------------------------------------------------------------------
     async def quote(self, actor: Principal, ticket_no: str) -> dict[str, Any]:
         """The refund fee and amount under the rules in force, before anything happens."""

@@ -320,6 +320,21 @@ COLLECTIONS: list[CollectionSpec] = [
         _ix([("status", ASCENDING), ("next_at", ASCENDING)], "status_next"),
         _ix([("order_no", ASCENDING)], "order"),
     ]),
+    CollectionSpec("gate_keys", _obj(["alg", "public", "private_enc", "created_at"],
+                                     alg={"enum": ["Ed25519"]}, public=NONEMPTY,
+                                     private_enc=NONEMPTY, created_at=DATE), [
+        _ix([("created_at", DESCENDING)], "created"),
+    ]),
+    CollectionSpec("gate_scans", _obj(["at", "gate", "outcome", "source"], at=DATE,
+                                      gate=NONEMPTY, outcome=NONEMPTY,
+                                      source={"enum": ["online", "offline"]}), [
+        _ix([("ticket_no", ASCENDING), ("at", ASCENDING)], "ticket_at"),
+        _ix([("station_id", ASCENDING), ("at", DESCENDING)], "station_at"),
+    ]),
+    CollectionSpec("gate_conflicts", None, [
+        _ix([("station_id", ASCENDING), ("resolved", ASCENDING), ("found_at", DESCENDING)],
+            "station_open"),
+    ]),
     CollectionSpec("rules", _obj(["effective_from", "rules"], effective_from=DATE,
                                  rules={"bsonType": "object"}), [
         _ix([("effective_from", DESCENDING)], "effective_from"),

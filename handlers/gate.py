@@ -1,0 +1,147 @@
+"""E-tickets and gates: the passenger's dynamic code, scans, manifests, offline bundles."""
+
+from __future__ import annotations
+
+import io
+
+import segno
+
+from handlers.base import ApiHandler, api, route
+from handlers.orders import BUYERS
+from server.schema import DATETIME, array, integer, obj, string
+from server.security.principal import AUTHORITY, GATE, OPERATOR, STATION_STAFF
+from server.services.gate import OUTCOMES
+
+GATE_STAFF = (GATE, STATION_STAFF, OPERATOR)
+ROWS = array(obj({}, [], additional=True))
+
+CODE = obj({"ticket_no": string(), "code": string(description="what the QR carries"),
+            "step": integer(0), "refresh_in": {"type": "number"}, "valid_until": DATETIME,
+            "pickup_code": string(description="8 digits for kiosks and windows")},
+           ["ticket_no", "code", "step", "refresh_in", "pickup_code"])
+SCAN = obj({"code": string(1, 400), "departure_id": string(1, 64),
+            "gate_id": string(1, 64, description="which gate (default: the signed-in gate)"),
+            "id_no": string(1, 40, description="ID card read at the gate (票人证一致)"),
+            "id_type": string(1, 40)}, ["code"])
+OUTCOME = obj({"outcome": {"type": "string", "enum": list(OUTCOMES)},
+               "ticket_no": string(), "departure_id": string(),
+               "seat": {"type": ["integer", "null"]}, "passenger": string(),
+               "ticket_type": string(), "departs_at": DATETIME, "used_at": DATETIME,
+               "used_gate": string(), "opens_at": DATETIME, "realname": string()},
+              ["outcome"])
+MANIFEST = obj({"departure_id": string(), "station_id": string(), "departs_at": DATETIME,
+                "status": string(), "seats": integer(0), "sold": integer(0),
+                "checked_in": integer(0), "children": integer(0),
+                "passengers": ROWS},
+               ["departure_id", "passengers", "sold", "checked_in"])
+DAY = obj({"date": string(10, 10, description="YYYY-MM-DD")}, ["date"])
+BUNDLE_QUERY = obj({"station": string(1, 16), "date": string(10, 10)}, ["station", "date"])
+BUNDLE = obj({"payload": string(description="JSON text; the signature is over its UTF-8"),
+              "kid": integer(0), "signature": string(description="Ed25519, base64url")},
+             ["payload", "kid", "signature"])
+UPLOAD = obj({"gate_id": string(1, 64), "scans": array(obj({
+    "nonce": string(8, 64), "code": string(1, 400), "scanned_at": DATETIME,
+    "departure_id": string(1, 64), "local_outcome": string(1, 40)},
+    ["nonce", "code", "scanned_at"]), maxItems=2000)}, ["gate_id", "scans"])
+UPLOADED = obj({"accepted": integer(0), "duplicates": integer(0), "conflicts": ROWS,
+                "outcomes": ROWS},
+               ["accepted", "duplicates", "conflicts"])
+
+
+class TicketCodeHandler(ApiHandler):
+    @api("The ticket's current dynamic QR code (changes every 30 s) and pickup code",
+         roles=BUYERS, response=CODE, tags=("e-tickets",),
+         errors=("TICKET_NOT_FOUND", "TICKET_NOT_VALID"))
+    async def get(self, ticket_no: str) -> None:
+        ticket, dep = await self.services.tickets.visible(self.principal, ticket_no)
+        self.set_header("Cache-Control", "no-store")
+        self.write_json(await self.services.gate.code_for(ticket, dep))
+
+
+class TicketCodePngHandler(ApiHandler):
+    @api("The current dynamic code as a PNG QR image (for the app and H5)", roles=BUYERS,
+         tags=("e-tickets",), content_type="image/png",
+         errors=("TICKET_NOT_FOUND", "TICKET_NOT_VALID"))
+    async def get(self, ticket_no: str) -> None:
+        ticket, dep = await self.services.tickets.visible(self.principal, ticket_no)
+        code = await self.services.gate.code_for(ticket, dep)
+        out = io.BytesIO()
+        segno.make_qr(code["code"], error="m").save(out, kind="png", scale=6, border=2)
+        self.set_header("Content-Type", "image/png")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Refresh-In", str(code["refresh_in"]))
+        self.finish(out.getvalue())
+
+
+class ScanHandler(ApiHandler):
+    @api("Scan a code at a gate: verify, then admit at most once", roles=(GATE,),
+         body=SCAN, response=OUTCOME, tags=("gate",))
+    async def post(self) -> None:
+        b = self.body
+        self.write_json(await self.services.gate.scan(
+            self.principal, b["code"], departure_id=b.get("departure_id"),
+            gate_id=b.get("gate_id", ""), id_no=b.get("id_no"),
+            id_type=b.get("id_type", "resident_id")))
+
+
+class ManifestHandler(ApiHandler):
+    @api("Boarding manifest of a departure (passengers masked)",
+         roles=(*GATE_STAFF, AUTHORITY), response=MANIFEST, tags=("gate",),
+         errors=("DEPARTURE_NOT_FOUND",))
+    async def get(self, departure_id: str) -> None:
+        self.write_json(await self.services.gate.manifest(self.principal, departure_id))
+
+
+class GateDeparturesHandler(ApiHandler):
+    @api("The signed-in gate's station departures of a day", roles=GATE_STAFF, query=DAY,
+         tags=("gate",))
+    async def get(self) -> None:
+        self.write_json({"departures": await self.services.gate.departures(
+            self.principal, self.query["date"])})
+
+
+class BundleHandler(ApiHandler):
+    @api("Offline bundle: keys, valid tickets and revocations of a station's day, signed",
+         roles=GATE_STAFF, query=BUNDLE_QUERY, response=BUNDLE, tags=("gate",),
+         errors=("OUT_OF_SCOPE",))
+    async def get(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.write_json(await self.services.gate.bundle(self.principal, self.query["station"],
+                                                        self.query["date"]))
+
+
+class OfflineScansHandler(ApiHandler):
+    @api("Upload scans made offline (each nonce counts once; double admissions reported)",
+         roles=(GATE,), body=UPLOAD, response=UPLOADED, tags=("gate",))
+    async def post(self) -> None:
+        self.write_json(await self.services.gate.upload(self.principal, self.body["gate_id"],
+                                                        self.body["scans"]))
+
+
+class ConflictsHandler(ApiHandler):
+    @api("Tickets admitted by two gates while offline, for an operator to look at",
+         roles=(STATION_STAFF, OPERATOR), tags=("gate",))
+    async def get(self) -> None:
+        self.write_json({"conflicts": await self.services.gate.conflicts(self.principal)})
+
+
+class KeyRotateHandler(ApiHandler):
+    @api("Rotate the ticket signing key (the old one verifies two more days)",
+         roles=(OPERATOR,), tags=("gate",), status=201)
+    async def post(self) -> None:
+        kid = await self.services.gate.keys.rotate()
+        await self.services.audit.record(self.principal, "gate.key_rotated", target=str(kid))
+        self.write_json({"kid": kid, "keys": await self.services.gate.keys.public()})
+
+
+default_handlers = [
+    route("/api/v1/tickets/{ticket_no}/qr", TicketCodeHandler),
+    route("/api/v1/tickets/{ticket_no}/qr.png", TicketCodePngHandler),
+    route("/api/v1/gate/scan", ScanHandler),
+    route("/api/v1/gate/departures", GateDeparturesHandler),
+    route("/api/v1/gate/departures/{departure_id}/manifest", ManifestHandler),
+    route("/api/v1/gate/bundle", BundleHandler),
+    route("/api/v1/gate/offline-scans", OfflineScansHandler),
+    route("/api/v1/gate/conflicts", ConflictsHandler),
+    route("/api/v1/gate/keys/rotate", KeyRotateHandler),
+]

@@ -1,0 +1,373 @@
+"""E-tickets at the gate (检票): dynamic codes, admit-once scans, manifests, offline gates.
+
+Keys: Ed25519 signing keys live in ``gate_keys`` (the private half sealed with the PII
+vault). The newest signs; a rotated-out key still verifies for ``KEY_GRACE`` — longer than any
+code or offline bundle it signed lives — and is then dropped from the verifying set.
+
+A scan is judged in a fixed order and every scan is written to ``gate_scans``: forged →
+expired code → not a ticket of this station / departure → refunded, voided, cancelled →
+too early / departed → real name → admitted once (a guarded ``issued → checked_in`` update:
+of two gates scanning one ticket at once, exactly one wins; the other hears
+``already_used`` with when and which gate).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import secrets
+import time
+import uuid
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pymongo import ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from server.errors import DomainError
+from server.security import ticketcode
+from server.security.pii import PiiVault
+from server.security.principal import Principal
+from server.services.planning import LOCAL_TZ
+from server.services.realname import validate
+
+KEY_GRACE = dt.timedelta(days=2)
+KEY_CACHE_SECONDS = 30.0
+CHECKIN_OPENS = dt.timedelta(minutes=60)  # before departure
+CHECKIN_CLOSES = dt.timedelta(minutes=2)  # after departure: the bus is gone
+BUNDLE_TTL = dt.timedelta(hours=30)
+VALID_FOR_GATE = ("issued", "picked_up")
+REVOKED = {"refunded": "refunded", "voided": "voided", "changed": "voided",
+           "released": "voided", "refunding": "refunded", "voiding": "voided"}
+OUTCOMES = ("admitted", "already_used", "refunded", "voided", "departure_cancelled",
+            "wrong_departure", "wrong_station", "too_early", "departed", "expired_code",
+            "forged", "identity_mismatch")
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _raw_public(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _mask_name(name: str) -> str:
+    return name[:1] + "*" * max(1, len(name) - 1)
+
+
+def _local(value: dt.datetime | None) -> str | None:
+    return value.astimezone(LOCAL_TZ).isoformat() if value else None
+
+
+class GateKeys:
+    def __init__(self, db: AsyncDatabase[Any], vault: PiiVault) -> None:
+        self._db = db
+        self._vault = vault
+        self._signing: tuple[int, Ed25519PrivateKey] | None = None
+        self._verifying: dict[int, Ed25519PublicKey] = {}
+        self._loaded_at = 0.0
+
+    async def _load(self, force: bool = False) -> None:
+        if not force and self._signing and time.monotonic() - self._loaded_at < KEY_CACHE_SECONDS:
+            return
+        cutoff = dt.datetime.now(dt.UTC) - KEY_GRACE
+        docs = await self._db.gate_keys.find(
+            {"$or": [{"retired_at": None}, {"retired_at": {"$gt": cutoff}}]}).sort(
+            "created_at", -1).to_list()
+        if not docs:
+            await self.rotate()
+            return
+        current = next((d for d in docs if d.get("retired_at") is None), docs[0])
+        pem = self._vault.decrypt("gate_key", current["private_enc"]).encode()
+        private = serialization.load_pem_private_key(pem, None)
+        assert isinstance(private, Ed25519PrivateKey)
+        self._signing = (int(current["_id"]), private)
+        self._verifying = {int(d["_id"]): Ed25519PublicKey.from_public_bytes(
+            base64.urlsafe_b64decode(d["public"] + "==")) for d in docs}
+        self._loaded_at = time.monotonic()
+
+    async def rotate(self) -> int:
+        """A new signing key; the previous one keeps verifying for ``KEY_GRACE``."""
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+        now = dt.datetime.now(dt.UTC)
+        kid = secrets.randbelow(2**32 - 1) + 1
+        await self._db.gate_keys.insert_one({
+            "_id": kid, "alg": "Ed25519", "public": _b64(_raw_public(key.public_key())),
+            "private_enc": self._vault.encrypt("gate_key", pem), "created_at": now,
+            "retired_at": None})
+        await self._db.gate_keys.update_many({"_id": {"$ne": kid}, "retired_at": None},
+                                             {"$set": {"retired_at": now}})
+        await self._load(force=True)
+        return kid
+
+    async def signing(self) -> tuple[int, Ed25519PrivateKey]:
+        await self._load()
+        assert self._signing is not None
+        return self._signing
+
+    async def verifying(self) -> dict[int, Ed25519PublicKey]:
+        await self._load()
+        return self._verifying
+
+    async def public(self) -> list[dict[str, Any]]:
+        keys = await self.verifying()
+        return [{"kid": kid, "alg": "Ed25519", "x": _b64(_raw_public(k))}
+                for kid, k in keys.items()]
+
+
+class GateService:
+    def __init__(self, db: AsyncDatabase[Any], vault: PiiVault, keys: GateKeys) -> None:
+        self._db = db
+        self._vault = vault
+        self.keys = keys
+
+    # --- the passenger's code -----------------------------------------------------------------
+    async def code_for(self, ticket: dict[str, Any], departure: dict[str, Any],
+                       now: float | None = None) -> dict[str, Any]:
+        """The current dynamic code of an issued ticket, and its static pickup code."""
+        if ticket["status"] not in VALID_FOR_GATE:
+            raise DomainError("TICKET_NOT_VALID", status=ticket["status"])
+        now = time.time() if now is None else now
+        kid, key = await self.keys.signing()
+        step = ticketcode.step_at(now)
+        code = ticketcode.sign(ticketcode.TicketCode(
+            kid, ticket["ticket_no"], ticketcode.departure_hash(ticket["departure_id"]),
+            int(ticket.get("seat") or 0), int(departure["departs_at"].timestamp()), step), key)
+        pickup = ticket.get("pickup_code") or await self._pickup_code(ticket)
+        changes_at = (step + 1) * ticketcode.STEP_SECONDS
+        return {"ticket_no": ticket["ticket_no"], "code": code, "step": step,
+                "refresh_in": round(changes_at - now, 1),
+                "valid_until": dt.datetime.fromtimestamp(
+                    changes_at + ticketcode.STEP_SECONDS, LOCAL_TZ).isoformat(),
+                "pickup_code": pickup}
+
+    async def _pickup_code(self, ticket: dict[str, Any]) -> str:
+        """Eight digits for a kiosk or a window, given once per ticket."""
+        code = f"{secrets.randbelow(10**8):08d}"
+        doc = await self._db.tickets.find_one_and_update(
+            {"_id": ticket["_id"], "pickup_code": {"$exists": False}},
+            {"$set": {"pickup_code": code}}, return_document=ReturnDocument.AFTER)
+        if doc is None:
+            doc = await self._db.tickets.find_one({"_id": ticket["_id"]}, {"pickup_code": 1})
+        return str((doc or {}).get("pickup_code", code))
+
+    # --- scanning -----------------------------------------------------------------------------
+    async def scan(self, actor: Principal, code: str, *, departure_id: str | None = None,
+                   gate_id: str = "", id_no: str | None = None, id_type: str = "resident_id",
+                   at: dt.datetime | None = None, nonce: str | None = None,
+                   source: str = "online") -> dict[str, Any]:
+        """Judge one scan and admit at most once; the answer has a stable ``outcome``."""
+        now = at or dt.datetime.now(dt.UTC)
+        gate = gate_id or actor.id
+        record: dict[str, Any] = {"_id": nonce or uuid.uuid4().hex, "at": now,
+                                  "gate": gate, "station_id": actor.station_id,
+                                  "staff_id": actor.id, "source": source,
+                                  "departure_id": departure_id, "realname": "not_checked"}
+        result = await self._judge(actor, code, departure_id, gate, id_no, id_type, now, record)
+        record.update(outcome=result["outcome"], ticket_no=result.get("ticket_no"))
+        try:
+            await self._db.gate_scans.insert_one(record)
+        except DuplicateKeyError:
+            pass  # an offline scan uploaded again: the first record stands
+        return result
+
+    async def _judge(self, actor: Principal, text: str, departure_id: str | None, gate: str,
+                     id_no: str | None, id_type: str, now: dt.datetime,
+                     record: dict[str, Any]) -> dict[str, Any]:
+        try:
+            code = ticketcode.verify(text, await self.keys.verifying())
+        except ticketcode.CodeError as exc:
+            record["detail"] = str(exc)
+            return {"outcome": "forged"}
+        record["kid"], record["step"] = code.kid, code.step
+        current = ticketcode.step_at(now.timestamp())
+        if code.step < current - 1:
+            return {"outcome": "expired_code", "ticket_no": code.ticket_no}
+        if code.step > current + 1:  # not one we issued yet: clocks apart, or made up
+            return {"outcome": "forged", "ticket_no": code.ticket_no}
+        ticket = await self._db.tickets.find_one({"ticket_no": code.ticket_no})
+        if ticket is None or ticketcode.departure_hash(ticket["departure_id"]) != \
+                code.departure_hash:
+            return {"outcome": "forged", "ticket_no": code.ticket_no}
+        dep = await self._db.departures.find_one({"_id": ticket["departure_id"]}) or {}
+        base = {"ticket_no": ticket["ticket_no"], "departure_id": ticket["departure_id"],
+                "seat": ticket.get("seat"), "passenger": _mask_name(ticket["passenger"]["name"]),
+                "ticket_type": ticket["ticket_type"],
+                "departs_at": _local(dep.get("departs_at"))}
+        if actor.station_id and dep.get("station_id") != actor.station_id:
+            return {**base, "outcome": "wrong_station"}
+        if departure_id and ticket["departure_id"] != departure_id:
+            return {**base, "outcome": "wrong_departure"}
+        if ticket["status"] == "checked_in":
+            return {**base, **self._used(ticket)}
+        if ticket["status"] in REVOKED:
+            return {**base, "outcome": REVOKED[ticket["status"]]}
+        if dep.get("status") == "cancelled":
+            return {**base, "outcome": "departure_cancelled"}
+        departs = dep["departs_at"]
+        if now < departs - CHECKIN_OPENS:
+            return {**base, "outcome": "too_early",
+                    "opens_at": _local(departs - CHECKIN_OPENS)}
+        if now > departs + CHECKIN_CLOSES or dep.get("status") == "departed":
+            return {**base, "outcome": "departed"}
+        if id_no is not None:
+            record["realname"] = "match" if self._same_person(ticket, id_type, id_no) \
+                else "mismatch"
+            if record["realname"] == "mismatch":
+                return {**base, "outcome": "identity_mismatch", "realname": "mismatch"}
+        admitted = await self._db.tickets.find_one_and_update(
+            {"_id": ticket["_id"], "status": {"$in": list(VALID_FOR_GATE)}},
+            {"$set": {"status": "checked_in", "active": True, "checked_in": {
+                "at": now, "gate": gate, "station_id": actor.station_id,
+                "staff_id": actor.id, "realname": record["realname"]}}},
+            return_document=ReturnDocument.AFTER)
+        if admitted is None:  # another gate won, or it was refunded in between
+            ticket = await self._db.tickets.find_one({"_id": ticket["_id"]}) or ticket
+            if ticket["status"] == "checked_in":
+                return {**base, **self._used(ticket)}
+            return {**base, "outcome": REVOKED.get(ticket["status"], "voided")}
+        return {**base, "outcome": "admitted", "realname": record["realname"]}
+
+    def _same_person(self, ticket: dict[str, Any], id_type: str, id_no: str) -> bool:
+        try:
+            document = validate(id_type, id_no)
+        except DomainError:
+            return False
+        return bool(self._vault.index(f"id:{document.id_type}", document.id_no) ==
+                    ticket["passenger"]["id_no_index"])
+
+    @staticmethod
+    def _used(ticket: dict[str, Any]) -> dict[str, Any]:
+        checked = ticket.get("checked_in") or {}
+        return {"outcome": "already_used", "used_at": _local(checked.get("at")),
+                "used_gate": checked.get("gate", "")}
+
+    # --- manifest -----------------------------------------------------------------------------
+    async def manifest(self, actor: Principal, departure_id: str) -> dict[str, Any]:
+        dep = await self._db.departures.find_one({"_id": departure_id})
+        if dep is None or (actor.station_id and dep["station_id"] != actor.station_id):
+            raise DomainError("DEPARTURE_NOT_FOUND")
+        tickets = await self._db.tickets.find(
+            {"departure_id": departure_id,
+             "status": {"$in": [*VALID_FOR_GATE, "checked_in"]}}).sort("seat", 1).to_list()
+        orders = {o["order_no"]: o async for o in self._db.orders.find(
+            {"order_no": {"$in": sorted({t["order_no"] for t in tickets})}},
+            {"order_no": 1, "children": 1})}
+        rows = []
+        for t in tickets:
+            checked = t.get("checked_in") or {}
+            rows.append({
+                "ticket_no": t["ticket_no"], "seat": t.get("seat"),
+                "ticket_type": t["ticket_type"], "status": t["status"],
+                "passenger": {"name": _mask_name(t["passenger"]["name"]),
+                              "id_type": t["passenger"]["id_type"],
+                              "id_no": t["passenger"]["id_no_masked"]},
+                "children": [{"name": _mask_name(c["name"])} for c in
+                             (orders.get(t["order_no"]) or {}).get("children", [])],
+                "checked_in": bool(checked), "checked_in_at": _local(checked.get("at")),
+                "gate": checked.get("gate")})
+        # one order's children ride with its first ticket only
+        seen: set[str] = set()
+        for t, row in zip(tickets, rows, strict=True):
+            if t["order_no"] in seen:
+                row["children"] = []
+            seen.add(t["order_no"])
+        return {"departure_id": departure_id, "station_id": dep["station_id"],
+                "departs_at": _local(dep["departs_at"]), "status": dep["status"],
+                "seats": dep["seats"], "sold": len(rows),
+                "checked_in": sum(r["checked_in"] for r in rows),
+                "children": sum(len(r["children"]) for r in rows), "passengers": rows}
+
+    async def departures(self, actor: Principal, date: str) -> list[dict[str, Any]]:
+        """The station's departures of a day, for the gate page's picker."""
+        deps = await self._db.departures.find(
+            {"station_id": actor.station_id, "service_date": date}).sort(
+            "departs_at", 1).to_list()
+        routes = {r["_id"]: r.get("name", "") async for r in self._db.routes.find(
+            {"_id": {"$in": sorted({d["route_id"] for d in deps})}}, {"name": 1})}
+        return [{"id": d["_id"], "departs_at": _local(d["departs_at"]),
+                 "route_name": routes.get(d["route_id"], ""), "status": d["status"]}
+                for d in deps]
+
+    # --- offline gates ------------------------------------------------------------------------
+    async def bundle(self, actor: Principal, station_id: str, date: str) -> dict[str, Any]:
+        """What a gate needs to judge codes without the network, signed with the current key:
+        the verifying keys, the valid tickets of the day's departures and the revoked ones."""
+        if actor.station_id and station_id != actor.station_id:
+            raise DomainError("OUT_OF_SCOPE")
+        deps = await self._db.departures.find(
+            {"station_id": station_id, "service_date": date}).to_list()
+        by_id = {d["_id"]: d for d in deps}
+        tickets, revoked, used = [], [], []
+        async for t in self._db.tickets.find({"departure_id": {"$in": list(by_id)}}):
+            if t["status"] in VALID_FOR_GATE:
+                tickets.append({"t": t["ticket_no"], "d": t["departure_id"],
+                                "s": t.get("seat"), "p": _mask_name(t["passenger"]["name"]),
+                                "y": t["ticket_type"]})
+            elif t["status"] == "checked_in":
+                used.append(t["ticket_no"])
+            elif t["status"] in REVOKED:
+                revoked.append(t["ticket_no"])
+        now = dt.datetime.now(dt.UTC)
+        payload = {
+            "station_id": station_id, "date": date, "issued_at": now.isoformat(),
+            "valid_until": (now + BUNDLE_TTL).isoformat(), "keys": await self.keys.public(),
+            "step_seconds": ticketcode.STEP_SECONDS,
+            "checkin_opens_minutes": CHECKIN_OPENS.seconds // 60,
+            "checkin_closes_minutes": CHECKIN_CLOSES.seconds // 60,
+            "departures": [{"id": d["_id"], "h": ticketcode.departure_hash(d["_id"]),
+                            "at": int(d["departs_at"].timestamp()), "status": d["status"]}
+                           for d in deps],
+            "tickets": tickets, "used": used, "revoked": revoked}
+        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        kid, key = await self.keys.signing()
+        return {"payload": text, "kid": kid, "signature": _b64(key.sign(text.encode()))}
+
+    async def upload(self, actor: Principal, gate_id: str, scans: list[dict[str, Any]]
+                     ) -> dict[str, Any]:
+        """Scans a gate made offline, each with its nonce: a nonce already uploaded is skipped;
+        a ticket admitted by two different scans is a conflict for the operator."""
+        accepted, duplicates, conflicts = 0, 0, []
+        outcomes: list[dict[str, Any]] = []
+        for scan in scans:
+            nonce = f"offline:{gate_id}:{scan['nonce']}"
+            if await self._db.gate_scans.find_one({"_id": nonce}, {"_id": 1}):
+                duplicates += 1
+                continue
+            at = dt.datetime.fromisoformat(scan["scanned_at"])
+            if at.tzinfo is None:
+                raise DomainError("INVALID_VALUE", "scanned_at needs a UTC offset.",
+                                  field="scans.scanned_at")
+            result = await self.scan(actor, scan["code"], gate_id=gate_id, at=at, nonce=nonce,
+                                     source="offline", departure_id=scan.get("departure_id"))
+            accepted += 1
+            if result["outcome"] == "already_used" and scan.get("local_outcome") == "admitted":
+                conflict = {"_id": nonce, "ticket_no": result["ticket_no"],
+                            "first": {"gate": result["used_gate"], "at": result["used_at"]},
+                            "second": {"gate": gate_id, "at": _local(at)},
+                            "station_id": actor.station_id, "found_at": dt.datetime.now(dt.UTC),
+                            "resolved": False}
+                try:
+                    await self._db.gate_conflicts.insert_one(conflict)
+                except DuplicateKeyError:
+                    pass
+                conflicts.append({k: v for k, v in conflict.items()
+                                  if k not in ("_id", "found_at")})
+            outcomes.append({"nonce": scan["nonce"], "outcome": result["outcome"],
+                             "ticket_no": result.get("ticket_no")})
+        return {"accepted": accepted, "duplicates": duplicates, "conflicts": conflicts,
+                "outcomes": outcomes}
+
+    async def conflicts(self, actor: Principal) -> list[dict[str, Any]]:
+        query: dict[str, Any] = {"resolved": False}
+        if actor.station_id:
+            query["station_id"] = actor.station_id
+        docs = await self._db.gate_conflicts.find(query).sort("found_at", -1).to_list(200)
+        return [{k: v for k, v in d.items() if k not in ("_id", "found_at")} for d in docs]
+

@@ -1,0 +1,290 @@
+"""E-tickets and gates (C6) over real HTTP: signed dynamic codes, admit-once scans through two
+server processes, manifests, offline bundles and uploads."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from server.embedded import free_port
+from server.security import ticketcode
+from server.services.planning import LOCAL_TZ
+from tests.booking_support import issued_order, member, person
+from tests.inventory_support import make_departure
+from tests.support import ApiClient, KeyunProcess
+
+GATE_STATION = "440111001"  # the demo gate user's station
+
+
+@pytest.fixture(scope="module")
+def other(keyun: KeyunProcess, workdir: Path) -> Iterator[KeyunProcess]:
+    env = {**keyun.env, "KEYUN_PORT": str(free_port()),
+           "KEYUN_DATA_DIR": str(workdir / "test_gate-2")}
+    server = KeyunProcess(env, workdir / "logs" / "test_gate-2.log", int(env["KEYUN_PORT"]))
+    server.start()
+    yield server
+    server.stop()
+
+
+async def boarding(api: ApiClient, db, services, *, passengers: int = 1,
+                   departs_in: dt.timedelta = dt.timedelta(minutes=45),
+                   station: str = GATE_STATION) -> tuple[str, str, dict[str, Any]]:
+    """A member with an issued order on a fresh departure of ``station``."""
+    dep_id = await make_departure(db, seats=8, stops=2, departs_in=departs_in,
+                                  station_id=station)
+    token = await member(api)
+    people = [person(f"乘客{i}") for i in range(passengers)]
+    order = await issued_order(api, services, token, dep_id, people)
+    order["people"] = people
+    return token, dep_id, order
+
+
+async def qr(api: ApiClient, token: str, ticket_no: str) -> dict[str, Any]:
+    resp = await api.get(f"/api/v1/tickets/{ticket_no}/qr", token=token)
+    assert resp.status == 200, resp.text
+    return resp.body  # type: ignore[no-any-return]
+
+
+async def gate_token(api: ApiClient) -> str:
+    return str((await api.login("gate"))["token"])
+
+
+async def scan(api: ApiClient, token: str, code: str, **extra: Any) -> dict[str, Any]:
+    resp = await api.post("/api/v1/gate/scan", {"code": code, **extra}, token=token)
+    assert resp.status == 200, resp.text
+    return resp.body  # type: ignore[no-any-return]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_passenger_gets_a_rotating_signed_code_a_png_and_a_pickup_code(
+        api, db, services) -> None:
+    token, _, order = await boarding(api, db, services)
+    ticket_no = order["tickets"][0]["ticket_no"]
+    first = await qr(api, token, ticket_no)
+    assert first["code"].startswith("KY1:") and len(first["code"]) < 150
+    assert 0 < first["refresh_in"] <= 30
+    again = await qr(api, token, ticket_no)
+    assert again["pickup_code"] == first["pickup_code"] and len(first["pickup_code"]) == 8
+    # nothing personal inside: ticket, departure hash, seat, times, key
+    fields, _, _ = ticketcode.parse(first["code"])
+    assert fields.ticket_no == ticket_no and fields.seat == order["tickets"][0]["seat"]
+    assert order["people"][0]["id_no"] not in first["code"]
+
+    png = await api.get(f"/api/v1/tickets/{ticket_no}/qr.png", token=token)
+    assert png.status == 200 and png.headers["Content-Type"] == "image/png"
+    stranger = await member(api)
+    hidden = await api.get(f"/api/v1/tickets/{ticket_no}/qr", token=stranger)
+    assert hidden.status == 404 and hidden.error_code == "TICKET_NOT_FOUND"
+
+    # the step moves on: a code from two steps back no longer boards
+    ticket = await db.tickets.find_one({"ticket_no": ticket_no})
+    dep = await db.departures.find_one({"_id": ticket["departure_id"]})
+    old = await services.gate.code_for(ticket, dep, now=time.time() - 2 * 30 - 1)
+    gate = await gate_token(api)
+    assert (await scan(api, gate, old["code"]))["outcome"] == "expired_code"
+    previous = await services.gate.code_for(ticket, dep, now=time.time() - 30)
+    assert (await scan(api, gate, previous["code"]))["outcome"] == "admitted"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_ticket_is_admitted_once_and_then_reported_used(api, db, services) -> None:
+    token, dep_id, order = await boarding(api, db, services, passengers=2)
+    gate = await gate_token(api)
+    first, second = [await qr(api, token, t["ticket_no"]) for t in order["tickets"]]
+    admitted = await scan(api, gate, first["code"], departure_id=dep_id)
+    assert admitted["outcome"] == "admitted" and admitted["seat"] == order["tickets"][0]["seat"]
+    assert admitted["passenger"].startswith("乘") and "*" in admitted["passenger"]
+    used = await scan(api, gate, first["code"], departure_id=dep_id, gate_id="G2")
+    assert used["outcome"] == "already_used"
+    assert used["used_at"] and used["used_gate"]
+
+    manifest = await api.get(f"/api/v1/gate/departures/{dep_id}/manifest", token=gate)
+    assert manifest.status == 200, manifest.text
+    assert manifest.body["sold"] == 2 and manifest.body["checked_in"] == 1
+    rows = {r["ticket_no"]: r for r in manifest.body["passengers"]}
+    assert rows[first["ticket_no"]]["checked_in"] is True
+    assert rows[second["ticket_no"]]["checked_in"] is False
+    assert "*" in rows[second["ticket_no"]]["passenger"]["id_no"]
+    # a checked-in ticket can no longer be refunded
+    refused = await api.post(f"/api/v1/tickets/{first['ticket_no']}/refund", {}, token=token)
+    assert refused.status == 409
+    logged = await db.gate_scans.count_documents({"ticket_no": first["ticket_no"]})
+    assert logged == 2
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_every_flipped_byte_and_foreign_signatures_are_forged(api, db,
+                                                                    services) -> None:
+    token, _, order = await boarding(api, db, services)
+    gate = await gate_token(api)
+    code = (await qr(api, token, order["tickets"][0]["ticket_no"]))["code"]
+    raw = ticketcode.b45decode(code[4:])
+    outcomes = set()
+    for i in range(len(raw)):
+        tampered = bytearray(raw)
+        tampered[i] ^= 0x01
+        got = await scan(api, gate, "KY1:" + ticketcode.b45encode(bytes(tampered)))
+        outcomes.add(got["outcome"])
+    assert outcomes == {"forged"}
+    fields, _, _ = ticketcode.parse(code)
+    mallory = Ed25519PrivateKey.generate()  # same layout and key id, someone else's key
+    forged = ticketcode.sign(fields, mallory)
+    assert (await scan(api, gate, forged))["outcome"] == "forged"
+    for junk in ["", "KY1:", "hello", "KY1:" + "A" * 137, "KY2:" + code[4:], code[:-3]]:
+        if junk:
+            assert (await scan(api, gate, junk))["outcome"] == "forged", junk
+    # the genuine code still boards: none of the above used it up
+    assert (await scan(api, gate, code))["outcome"] == "admitted"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_refunded_wrong_station_wrong_departure_too_early_departed(
+        api, db, services) -> None:
+    gate = await gate_token(api)
+    token, dep_id, order = await boarding(api, db, services, passengers=2)
+    refunded, departing = order["tickets"]
+    code = (await qr(api, token, refunded["ticket_no"]))["code"]
+    done = await api.post(f"/api/v1/tickets/{refunded['ticket_no']}/refund", {}, token=token)
+    assert done.status == 200, done.text
+    assert (await scan(api, gate, code))["outcome"] == "refunded"
+    assert (await api.get(f"/api/v1/tickets/{refunded['ticket_no']}/qr",
+                          token=token)).status == 409
+
+    code = (await qr(api, token, departing["ticket_no"]))["code"]
+    other_dep = await make_departure(db, departs_in=dt.timedelta(minutes=50),
+                                     station_id=GATE_STATION)
+    assert (await scan(api, gate, code, departure_id=other_dep))["outcome"] == \
+        "wrong_departure"
+    await db.departures.update_one({"_id": dep_id}, {"$set": {
+        "departs_at": dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)}})
+    assert (await scan(api, gate, code))["outcome"] == "departed"
+
+    token, _, order = await boarding(api, db, services, departs_in=dt.timedelta(days=2))
+    early = await scan(api, gate, (await qr(api, token, order["tickets"][0]["ticket_no"])
+                                   )["code"])
+    assert early["outcome"] == "too_early" and early["opens_at"]
+
+    elsewhere = await db.stations.find_one({"_id": {"$ne": GATE_STATION},
+                                            "system.vendor": "native"})
+    token, _, order = await boarding(api, db, services, station=elsewhere["_id"])
+    code = (await qr(api, token, order["tickets"][0]["ticket_no"]))["code"]
+    assert (await scan(api, gate, code))["outcome"] == "wrong_station"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_passenger_must_be_the_person_on_the_ticket(api, db, services) -> None:
+    gate = await gate_token(api)
+    token, _, order = await boarding(api, db, services)
+    ticket_no = order["tickets"][0]["ticket_no"]
+    code = (await qr(api, token, ticket_no))["code"]
+    wrong = await scan(api, gate, code, id_no=person()["id_no"])
+    assert wrong["outcome"] == "identity_mismatch"
+    assert (await db.tickets.find_one({"ticket_no": ticket_no}))["status"] == "issued"
+    right = await scan(api, gate, code, id_no=order["people"][0]["id_no"].lower())
+    assert right["outcome"] == "admitted" and right["realname"] == "match"
+    checked = (await db.tickets.find_one({"ticket_no": ticket_no}))["checked_in"]
+    assert checked["realname"] == "match"
+    scans = await db.gate_scans.find({"ticket_no": ticket_no}).sort("at", 1).to_list()
+    assert [s["realname"] for s in scans] == ["mismatch", "match"]
+    assert all(order["people"][0]["id_no"] not in json.dumps(s, default=str) for s in scans)
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_two_gates_on_two_processes_scanning_at_once_admit_exactly_once(
+        api, db, services, other) -> None:
+    token, _, order = await boarding(api, db, services, passengers=5)
+    first, second = ApiClient(api.base_url), ApiClient(other.base_url)
+    gate_a, gate_b = await gate_token(first), await gate_token(second)
+    for ticket in order["tickets"]:
+        code = (await qr(api, token, ticket["ticket_no"]))["code"]
+        results = await asyncio.gather(
+            *[scan(first, gate_a, code, gate_id="A") for _ in range(3)],
+            *[scan(second, gate_b, code, gate_id="B") for _ in range(3)])
+        outcomes = sorted(r["outcome"] for r in results)
+        assert outcomes == ["admitted"] + ["already_used"] * 5, outcomes
+        winner = next(r for r in results if r["outcome"] == "admitted")
+        losers = [r for r in results if r["outcome"] == "already_used"]
+        assert {r["used_at"] for r in losers} == {
+            (await db.tickets.find_one({"ticket_no": ticket["ticket_no"]})
+             )["checked_in"]["at"].astimezone(LOCAL_TZ).isoformat()}
+        assert winner["ticket_no"] == ticket["ticket_no"]
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_offline_bundle_and_uploads_count_once_and_report_double_admissions(
+        api, db, services) -> None:
+    gate = await gate_token(api)
+    token, dep_id, order = await boarding(api, db, services, passengers=3)
+    valid, refunded, doubled = order["tickets"]
+    await api.post(f"/api/v1/tickets/{refunded['ticket_no']}/refund", {}, token=token)
+    date = (await db.departures.find_one({"_id": dep_id}))["service_date"]
+    resp = await api.get(f"/api/v1/gate/bundle?station={GATE_STATION}&date={date}", token=gate)
+    assert resp.status == 200, resp.text
+    bundle = resp.body
+    payload = json.loads(bundle["payload"])
+    keys = {k["kid"]: k["x"] for k in payload["keys"]}
+    public = Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(
+        keys[bundle["kid"]] + "=="))
+    public.verify(base64.urlsafe_b64decode(bundle["signature"] + "=="),
+                  bundle["payload"].encode())  # raises if tampered
+    listed = {t["t"] for t in payload["tickets"]}
+    assert valid["ticket_no"] in listed and refunded["ticket_no"] not in listed
+    assert refunded["ticket_no"] in payload["revoked"]
+    assert all("*" in t["p"] for t in payload["tickets"])
+    other = await api.get(f"/api/v1/gate/bundle?station=440303001&date={date}", token=gate)
+    assert other.status == 403
+
+    now = dt.datetime.now(dt.UTC)
+    codes = {t["ticket_no"]: (await qr(api, token, t["ticket_no"]))["code"]
+             for t in (valid, doubled)}
+    batch = [{"nonce": uuid.uuid4().hex, "code": codes[valid["ticket_no"]],
+              "scanned_at": now.isoformat(), "local_outcome": "admitted"},
+             {"nonce": uuid.uuid4().hex, "code": codes[doubled["ticket_no"]],
+              "scanned_at": now.isoformat(), "local_outcome": "admitted"}]
+    up = await api.post("/api/v1/gate/offline-scans", {"gate_id": "G-east", "scans": batch},
+                        token=gate)
+    assert up.status == 200, up.text
+    assert up.body["accepted"] == 2 and up.body["conflicts"] == []
+    again = await api.post("/api/v1/gate/offline-scans", {"gate_id": "G-east",
+                                                          "scans": batch}, token=gate)
+    assert again.body["accepted"] == 0 and again.body["duplicates"] == 2
+    assert await db.gate_scans.count_documents({"ticket_no": valid["ticket_no"]}) == 1
+
+    # another gate, also offline, admitted the same passenger a minute later
+    west = [{"nonce": uuid.uuid4().hex, "code": codes[doubled["ticket_no"]],
+             "scanned_at": (now + dt.timedelta(seconds=20)).isoformat(),
+             "local_outcome": "admitted"}]
+    up = await api.post("/api/v1/gate/offline-scans", {"gate_id": "G-west", "scans": west},
+                        token=gate)
+    [conflict] = up.body["conflicts"]
+    assert conflict["ticket_no"] == doubled["ticket_no"]
+    assert conflict["first"]["gate"] == "G-east" and conflict["second"]["gate"] == "G-west"
+    staff = (await api.login("station_staff"))["token"]
+    listed = (await api.get("/api/v1/gate/conflicts", token=staff)).body["conflicts"]
+    assert doubled["ticket_no"] in {c["ticket_no"] for c in listed}
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_rotated_keys_keep_verifying_old_codes(api, db, services) -> None:
+    gate = await gate_token(api)
+    token, _, order = await boarding(api, db, services, passengers=2)
+    old_code = (await qr(api, token, order["tickets"][0]["ticket_no"]))["code"]
+    operator = (await api.login("operator"))["token"]
+    rotated = await api.post("/api/v1/gate/keys/rotate", {}, token=operator)
+    assert rotated.status == 201, rotated.text
+    assert len(rotated.body["keys"]) >= 2
+    await asyncio.sleep(0.1)
+    assert (await scan(api, gate, old_code))["outcome"] == "admitted"
+    # the server process picks the new key up within its key cache time
+    fields, _, _ = ticketcode.parse(old_code)
+    assert fields.kid != rotated.body["kid"]
