@@ -18,11 +18,13 @@ import time
 from urllib.parse import urlsplit
 
 
-async def _connection(host: str, port: int, raw: bytes, deadline: float,
-                      latencies: list[float], errors: list[int]) -> None:
+async def _connection(host: str, port: int, requests: list[bytes], turn: list[int],
+                      deadline: float, latencies: list[float], errors: list[int]) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
         while time.perf_counter() < deadline:
+            raw = requests[turn[0] % len(requests)]
+            turn[0] += 1
             started = time.perf_counter()
             writer.write(raw)
             status_line = await reader.readline()
@@ -43,19 +45,26 @@ async def _connection(host: str, port: int, raw: bytes, deadline: float,
         writer.close()
 
 
-async def run(url: str, concurrency: int, seconds: float, headers: list[str]) -> dict[str, float]:
+async def run(url: str, concurrency: int, seconds: float, headers: list[str],
+              bodies: list[bytes] | None = None) -> dict[str, float]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = parts.path + (f"?{parts.query}" if parts.query else "")
-    head = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: keep-alive",
-            *headers, "", ""]
-    raw = "\r\n".join(head).encode()
+    if bodies:  # POST each body once, in turn (a body per request: distinct work)
+        requests = [("\r\n".join([f"POST {path} HTTP/1.1", f"Host: {host}:{port}",
+                                   "Connection: keep-alive", "Content-Type: application/json",
+                                   f"Content-Length: {len(b)}", *headers, "", ""])
+                     ).encode() + b for b in bodies]
+    else:
+        requests = ["\r\n".join([f"GET {path} HTTP/1.1", f"Host: {host}:{port}",
+                                  "Connection: keep-alive", *headers, "", ""]).encode()]
+    turn = [0]
     latencies: list[float] = []
     errors: list[int] = []
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     deadline = started + seconds
-    await asyncio.gather(*[_connection(host, port, raw, deadline, latencies, errors)
+    await asyncio.gather(*[_connection(host, port, requests, turn, deadline, latencies, errors)
                            for _ in range(concurrency)])
     elapsed = time.perf_counter() - started
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
@@ -77,8 +86,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--header", action="append", default=[])
+    parser.add_argument("--bodies", help="a file of JSON bodies, one per line: POST them")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.url, args.concurrency, args.seconds, args.header))))
+    bodies = None
+    if args.bodies:
+        with open(args.bodies, "rb") as f:
+            bodies = [line.rstrip(b"\n") for line in f if line.strip()]
+    print(json.dumps(asyncio.run(run(args.url, args.concurrency, args.seconds, args.header,
+                                     bodies))))
 
 
 if __name__ == "__main__":

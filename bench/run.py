@@ -70,7 +70,7 @@ class Bench:
     extra: dict[str, Any] = field(default_factory=dict)
 
     async def http_load(self, path: str, *, headers: list[str] | None = None,
-                        concurrency: int = 32) -> dict[str, float]:
+                        concurrency: int = 32, bodies: str | None = None) -> dict[str, float]:
         """Closed-loop HTTP load from a separate process; adds the server's CPU share."""
         server = psutil.Process(self.server_pid)
         procs = [server, *server.children(recursive=True)]
@@ -79,6 +79,8 @@ class Bench:
                 "--concurrency", str(concurrency), "--seconds", str(self.seconds)]
         for header in headers or []:
             args += ["--header", header]
+        if bodies:
+            args += ["--bodies", bodies]
         proc = await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE, cwd=ROOT)
         out, _ = await proc.communicate()
         result: dict[str, float] = json.loads(out)

@@ -23,7 +23,6 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -150,12 +149,11 @@ class GateService:
     async def _pickup_code(self, ticket: dict[str, Any]) -> str:
         """Eight digits for a kiosk or a window, given once per ticket."""
         code = f"{secrets.randbelow(10**8):08d}"
-        doc = await self._db.tickets.find_one_and_update(
+        await self._db.tickets.update_one(
             {"_id": ticket["_id"], "pickup_code": {"$exists": False}},
-            {"$set": {"pickup_code": code}}, return_document=ReturnDocument.AFTER)
-        if doc is None:
-            doc = await self._db.tickets.find_one({"_id": ticket["_id"]}, {"pickup_code": 1})
-        return str((doc or {}).get("pickup_code", code))
+            {"$set": {"pickup_code": code}})
+        doc = await self._db.tickets.find_one({"_id": ticket["_id"]}, {"pickup_code": 1})
+        return str((doc or {}).get("pickup_code", code))  # the first one given stands
 
     # --- scanning -----------------------------------------------------------------------------
     async def scan(self, actor: Principal, code: str, *, departure_id: str | None = None,
@@ -221,13 +219,15 @@ class GateService:
                 else "mismatch"
             if record["realname"] == "mismatch":
                 return {**base, "outcome": "identity_mismatch", "realname": "mismatch"}
-        admitted = await self._db.tickets.find_one_and_update(
+        # a guarded update: of concurrent scans exactly one matches (update_one rather than
+        # find_one_and_update: the same guarantee, and SecantusDB runs findAndModify as a
+        # collection scan — docs/secantusdb.md)
+        admitted = await self._db.tickets.update_one(
             {"_id": ticket["_id"], "status": {"$in": list(VALID_FOR_GATE)}},
             {"$set": {"status": "checked_in", "active": True, "checked_in": {
                 "at": now, "gate": gate, "station_id": actor.station_id,
-                "staff_id": actor.id, "realname": record["realname"]}}},
-            return_document=ReturnDocument.AFTER)
-        if admitted is None:  # another gate won, or it was refunded in between
+                "staff_id": actor.id, "realname": record["realname"]}}})
+        if admitted.modified_count != 1:  # another gate won, or it was refunded in between
             ticket = await self._db.tickets.find_one({"_id": ticket["_id"]}) or ticket
             if ticket["status"] == "checked_in":
                 return {**base, **self._used(ticket)}
