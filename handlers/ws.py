@@ -32,6 +32,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from pymongo.errors import PyMongoError
+from redis.exceptions import RedisError
 from tornado.ioloop import IOLoop
 from tornado.web import URLSpec
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
@@ -171,7 +173,12 @@ class EventSocket(WebSocketHandler):
         elif op == "auth":
             self._authenticate(frame.get("token"))
         elif op == "subscribe":
-            await self._subscribe(frame)
+            try:
+                await self._subscribe(frame)
+            except (RedisError, PyMongoError) as exc:  # a store is down: say so, stay open
+                log.warning("subscribe failed: %s", type(exc).__name__)
+                self.watches.pop(str(frame.get("topic")), None)
+                self._error("SERVICE_UNAVAILABLE", topic=frame.get("topic"))
         elif op == "unsubscribe":
             topic = frame.get("topic")
             if isinstance(topic, str) and self.watches.pop(topic, None) is not None:

@@ -189,3 +189,26 @@ async def test_a_departure_the_station_cancels_tells_its_passengers_and_watchers
         watcher.close()
         await control(simulators, "rest", "trip-status", {"tripId": dep["vendor_ref"],
                                                           "status": "on_sale"})
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_unpaid_order_near_its_timeout_is_reminded_once(api, keyun, db, providers,
+                                                                services) -> None:
+    openid, token = await wechat_member(api, providers)
+    dep = await native_departure(db, 9, 8)
+    order = (await api.post("/api/v1/orders", {"departure_id": dep["_id"],
+                                               "contact_phone": PHONE, "channel": "miniapp",
+                                               "passengers": [person()]}, token=token)).body
+    assert await services.orders.warn_expiring() == 0  # fresh: the buyer is still paying
+    now = dt.datetime.now(dt.UTC)
+    await db.orders.update_one({"order_no": order["order_no"]}, {"$set": {
+        "created_at": now - dt.timedelta(minutes=11),
+        "expires_at": now + dt.timedelta(minutes=4)}})
+    await services.orders.warn_expiring()  # (or the server's reminder job got there first)
+    assert await services.orders.warn_expiring() == 0  # once
+    notice = await sent_notice(db, f"payment_expiring:{order['order_no']}")
+    assert notice["via"] == "wechat"
+    delivered = (await sandbox_get(providers, f"/_sandbox/wechat/messages?openid={openid}")
+                 )["messages"]
+    assert [m["template_id"] for m in delivered] == ["KY-PAYMENT-EXPIRING"]
+    assert await db.notices.count_documents({"order_no": order["order_no"]}) == 1
