@@ -5,7 +5,7 @@ from __future__ import annotations
 from handlers.base import ApiHandler, api, route
 from handlers.orders import BUYERS
 from server.schema import DATETIME, FEN, integer, obj, string
-from server.security.principal import OPERATOR, STATION_STAFF
+from server.security.principal import KIOSK, OPERATOR, STATION_STAFF
 
 QUOTE = obj({"ticket_no": string(), "price": FEN, "refundable": {"type": "boolean"},
              "fee": FEN, "refund_amount": FEN, "explanation": string(), "reason": string(),
@@ -16,6 +16,13 @@ REFUND = obj({"expected_fee": integer(0, description="the fee the passenger was 
 VOID = obj({"reason": string(1, 200)}, ["reason"])
 VOIDED = obj({"ticket_no": string(), "status": string(), "refund_amount": FEN},
              ["ticket_no", "status", "refund_amount"])
+PICKUP = obj({"pickup_code": string(8, 8, pattern="^[0-9]{8}$"),
+              "id_no": string(1, 40, description="the passenger's ID card, when read"),
+              "id_type": string(1, 40)}, ["pickup_code"])
+PICKED = obj({"ticket_no": string(), "status": string(), "departure_id": string(),
+              "seat": integer(1), "departs_at": DATETIME, "passenger": string(),
+              "ticket_type": string(), "station_ticket_no": string()},
+             ["ticket_no", "status", "station_ticket_no"])
 CHANGE = obj({"departure_id": string(1, 64)}, ["departure_id"])
 CHANGED = obj({"ticket_no": string(), "departure_id": string(), "seat": integer(1),
                "status": string(), "changed_from": string(), "departs_at": DATETIME},
@@ -48,6 +55,18 @@ class VoidHandler(ApiHandler):
                                                          self.body["reason"]))
 
 
+class PickupHandler(ApiHandler):
+    @api("Pick up a ticket (取票) at a kiosk or window with its pickup code",
+         roles=(KIOSK, STATION_STAFF), body=PICKUP, response=PICKED, tags=("tickets",),
+         idempotent=True,
+         errors=("PICKUP_CODE_INVALID", "PICKUP_NEEDS_ID", "ALREADY_PICKED_UP",
+                 "STATION_UNAVAILABLE", "STATION_TIMEOUT"))
+    async def post(self) -> None:
+        b = self.body
+        self.write_json(await self.services.tickets.pickup(
+            self.principal, b["pickup_code"], b.get("id_no"), b.get("id_type", "resident_id")))
+
+
 class ChangeHandler(ApiHandler):
     @api("Change to another departure of the same route (改签), once, same fare",
          roles=BUYERS, body=CHANGE, response=CHANGED, tags=("tickets",), idempotent=True,
@@ -59,6 +78,7 @@ class ChangeHandler(ApiHandler):
 
 
 default_handlers = [
+    route("/api/v1/tickets/pickup", PickupHandler),
     route("/api/v1/tickets/{ticket_no}/refund-quote", RefundQuoteHandler),
     route("/api/v1/tickets/{ticket_no}/refund", RefundHandler),
     route("/api/v1/tickets/{ticket_no}/void", VoidHandler),

@@ -91,6 +91,9 @@ ERRORS: dict[str, tuple[int, str]] = {
     "ORDER_STATE_CONFLICT": (409, "The order changed meanwhile; reload it."),
     # tickets after sale
     "TICKET_NOT_FOUND": (404, "No such ticket."),
+    "PICKUP_CODE_INVALID": (404, "No ticket to pick up here with this code (and ID)."),
+    "PICKUP_NEEDS_ID": (409, "Several tickets have this code: read the passenger's ID card."),
+    "ALREADY_PICKED_UP": (409, "This ticket was already picked up."),
     "TICKET_NOT_VALID": (409, "This ticket cannot board (refunded, voided, changed or used)."),
     "NOT_REFUNDABLE": (409, "This ticket can no longer be refunded."),
     "REFUND_FEE_CHANGED": (409, "The refund fee changed since the quote; ask for a new quote."),

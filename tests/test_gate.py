@@ -288,3 +288,30 @@ async def test_rotated_keys_keep_verifying_old_codes(api, db, services) -> None:
     # the server process picks the new key up within its key cache time
     fields, _, _ = ticketcode.parse(old_code)
     assert fields.kid != rotated.body["kid"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_kiosk_hands_out_the_ticket_for_its_pickup_code_once(api, db,
+                                                                    services) -> None:
+    token, _, order = await boarding(api, db, services)
+    ticket_no = order["tickets"][0]["ticket_no"]
+    pickup_code = (await qr(api, token, ticket_no))["pickup_code"]
+    kiosk = (await api.login("kiosk"))["token"]
+    wrong = await api.post("/api/v1/tickets/pickup", {"pickup_code": pickup_code,
+                                                      "id_no": person()["id_no"]}, token=kiosk)
+    assert wrong.status == 404 and wrong.error_code == "PICKUP_CODE_INVALID"
+    done = await api.post("/api/v1/tickets/pickup", {"pickup_code": pickup_code,
+                                                     "id_no": order["people"][0]["id_no"]},
+                          token=kiosk)
+    assert done.status == 200, done.text
+    assert done.body["ticket_no"] == ticket_no and done.body["status"] == "picked_up"
+    again = await api.post("/api/v1/tickets/pickup", {"pickup_code": pickup_code},
+                           token=kiosk)
+    assert again.status == 409 and again.error_code == "ALREADY_PICKED_UP"
+    passenger = await api.post("/api/v1/tickets/pickup", {"pickup_code": pickup_code},
+                               token=token)
+    assert passenger.status == 403
+    # a paper ticket still boards through its code, once
+    gate = await gate_token(api)
+    code = (await qr(api, token, ticket_no))["code"]
+    assert (await scan(api, gate, code))["outcome"] == "admitted"

@@ -31,7 +31,7 @@ from server.security import ticketcode
 from server.security.pii import PiiVault
 from server.security.principal import Principal
 from server.services.planning import LOCAL_TZ
-from server.services.realname import validate
+from server.services.realname import same_person
 
 KEY_GRACE = dt.timedelta(days=2)
 KEY_CACHE_SECONDS = 30.0
@@ -215,8 +215,8 @@ class GateService:
         if now > departs + CHECKIN_CLOSES or dep.get("status") == "departed":
             return {**base, "outcome": "departed"}
         if id_no is not None:
-            record["realname"] = "match" if self._same_person(ticket, id_type, id_no) \
-                else "mismatch"
+            record["realname"] = "match" if same_person(self._vault, ticket["passenger"],
+                                                        id_type, id_no) else "mismatch"
             if record["realname"] == "mismatch":
                 return {**base, "outcome": "identity_mismatch", "realname": "mismatch"}
         # a guarded update: of concurrent scans exactly one matches (update_one rather than
@@ -233,14 +233,6 @@ class GateService:
                 return {**base, **self._used(ticket)}
             return {**base, "outcome": REVOKED.get(ticket["status"], "voided")}
         return {**base, "outcome": "admitted", "realname": record["realname"]}
-
-    def _same_person(self, ticket: dict[str, Any], id_type: str, id_no: str) -> bool:
-        try:
-            document = validate(id_type, id_no)
-        except DomainError:
-            return False
-        return bool(self._vault.index(f"id:{document.id_type}", document.id_no) ==
-                    ticket["passenger"]["id_no_index"])
 
     @staticmethod
     def _used(ticket: dict[str, Any]) -> dict[str, Any]:

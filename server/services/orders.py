@@ -282,6 +282,10 @@ class OrderService:
             tickets.setdefault(t["order_no"], []).append(t)
         return [self.public(o, tickets.get(o["order_no"], [])) for o in orders]
 
+    @property
+    def vault(self) -> PiiVault:
+        return self._vault
+
     def scope(self, actor: Principal) -> dict[str, Any]:
         if actor.kind == "member":
             return {"member_id": actor.id}

@@ -17,10 +17,13 @@ administrative reform and are not (a retired county code still prints on valid c
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from server.errors import DomainError
+from server.security.pii import PiiVault
 
 PROVINCES = {"11", "12", "13", "14", "15", "21", "22", "23", "31", "32", "33", "34", "35",
              "36", "37", "41", "42", "43", "44", "45", "46", "50", "51", "52", "53", "54",
@@ -101,3 +104,14 @@ def validate(id_type: str, id_no: str, today: dt.date | None = None) -> Document
     if not PATTERNS[id_type].fullmatch(value):
         raise _invalid(f"This is not a valid {id_type.replace('_', ' ')} number.")
     return Document(id_type, value)
+
+
+def same_person(vault: PiiVault, passenger: dict[str, Any], id_type: str, id_no: str) -> bool:
+    """票人证一致: whether an ID document read at a gate or kiosk is the ticket's passenger
+    (compared through the blind index; an invalid number is nobody's)."""
+    try:
+        document = validate(id_type, id_no)
+    except DomainError:
+        return False
+    return hmac.compare_digest(vault.index(f"id:{document.id_type}", document.id_no),
+                               str(passenger.get("id_no_index", "")))

@@ -23,6 +23,7 @@ from server.security.principal import Principal
 from server.services.audit import AuditService
 from server.services.orders import OrderService, actor_label, now_ms
 from server.services.planning import LOCAL_TZ
+from server.services.realname import same_person
 from server.services.rules import RuleService
 from server.services.seats import SeatService
 
@@ -57,6 +58,46 @@ class TicketService:
         """A ticket the actor may see, with its departure (TICKET_NOT_FOUND otherwise)."""
         ticket, _, dep = await self._load(actor, ticket_no)
         return ticket, dep
+
+    async def pickup(self, actor: Principal, pickup_code: str, id_no: str | None = None,
+                     id_type: str = "resident_id") -> dict[str, Any]:
+        """取票 at a kiosk or window with the ticket's 8-digit pickup code (and the passenger's
+        ID card when read): the station records the printed ticket. Only tickets of the
+        actor's station; an unknown code and a wrong person look the same."""
+        found = []
+        async for t in self._db.tickets.find({"pickup_code": pickup_code}):
+            if t["status"] not in ("issued", "picked_up"):
+                continue
+            dep = await self._db.departures.find_one({"_id": t["departure_id"]}) or {}
+            if actor.station_id and dep.get("station_id") != actor.station_id:
+                continue
+            if id_no is not None and not same_person(self._orders.vault, t["passenger"],
+                                                     id_type, id_no):
+                continue
+            found.append((t, dep))
+        if not found:
+            raise DomainError("PICKUP_CODE_INVALID")
+        if len(found) > 1:
+            raise DomainError("PICKUP_NEEDS_ID")
+        ticket, dep = found[0]
+        if ticket["status"] == "picked_up":
+            raise DomainError("ALREADY_PICKED_UP",
+                              at=ticket["picked_up"]["at"].astimezone(LOCAL_TZ).isoformat())
+        printed = await self._seats.pickup(ticket["departure_id"], ticket["sale_id"],
+                                           ticket["seat"])
+        done = await self._db.tickets.update_one(
+            {"_id": ticket["_id"], "status": "issued"},
+            {"$set": {"status": "picked_up", "picked_up": {
+                "at": now_ms(), "by": actor_label(actor), "station_ticket_no": printed}}})
+        if done.modified_count != 1:
+            raise DomainError("ALREADY_PICKED_UP")
+        await self._audit.record(actor, "ticket.pickup", target=ticket["ticket_no"])
+        return {"ticket_no": ticket["ticket_no"], "status": "picked_up",
+                "departure_id": ticket["departure_id"], "seat": ticket["seat"],
+                "departs_at": dep["departs_at"].astimezone(LOCAL_TZ).isoformat(),
+                "passenger": ticket["passenger"]["name"][:1] + "*",
+                "ticket_type": ticket["ticket_type"],
+                "station_ticket_no": printed or ticket["ticket_no"]}
 
     # --- refund -------------------------------------------------------------------------------
     async def quote(self, actor: Principal, ticket_no: str) -> dict[str, Any]:

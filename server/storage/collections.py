@@ -212,6 +212,7 @@ COLLECTIONS: list[CollectionSpec] = [
         _ix([("departure_id", ASCENDING), ("passenger.id_no_index", ASCENDING)],
             "one_person_one_seat", unique=True, partialFilterExpression={"active": True}),
         _ix([("departure_id", ASCENDING), ("status", ASCENDING)], "departure_status"),
+        _ix("pickup_code", "pickup_code", sparse=True),
     ]),
     CollectionSpec("payments", _obj(
         ["out_trade_no", "order_no", "provider", "amount", "status", "created_at"],
