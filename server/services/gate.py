@@ -69,6 +69,7 @@ class GateKeys:
         self._signing: tuple[int, Ed25519PrivateKey] | None = None
         self._verifying: dict[int, Ed25519PublicKey] = {}
         self._loaded_at = 0.0
+        self._forced_at = 0.0
 
     async def _load(self, force: bool = False) -> None:
         if not force and self._signing and time.monotonic() - self._loaded_at < KEY_CACHE_SECONDS:
@@ -110,8 +111,14 @@ class GateKeys:
         assert self._signing is not None
         return self._signing
 
-    async def verifying(self) -> dict[int, Ed25519PublicKey]:
+    async def verifying(self, kid: int | None = None) -> dict[int, Ed25519PublicKey]:
+        """The verifying keys; a key id we do not know (made by another process since our
+        last look) reloads them, at most once a second."""
         await self._load()
+        if kid is not None and kid not in self._verifying and \
+                time.monotonic() - self._forced_at > 1.0:
+            self._forced_at = time.monotonic()
+            await self._load(force=True)
         return self._verifying
 
     async def public(self) -> list[dict[str, Any]]:
@@ -179,7 +186,11 @@ class GateService:
                      id_no: str | None, id_type: str, now: dt.datetime,
                      record: dict[str, Any]) -> dict[str, Any]:
         try:
-            code = ticketcode.verify(text, await self.keys.verifying())
+            try:
+                kid = ticketcode.parse(text)[0].kid
+            except ticketcode.CodeError:
+                kid = None
+            code = ticketcode.verify(text, await self.keys.verifying(kid))
         except ticketcode.CodeError as exc:
             record["detail"] = str(exc)
             return {"outcome": "forged"}
