@@ -185,6 +185,18 @@ async def test_a_departure_the_station_cancels_tells_its_passengers_and_watchers
         await services.sync.sync_station("440304001")
         assert await db.notices.count_documents({"order_no": order["order_no"],
                                                  "kind": "departure_changed"}) == 1
+        assert (await db.departures.find_one({"_id": dep["_id"]})).get("unannounced") == []
+
+        # a process died after storing a change and before telling anyone: the change waits
+        # in the departure document, and the next sync run tells it
+        later = {"kind": "departure_time", "id": dep["_id"], "before": "08:00",
+                 "after": "2030-01-01T09:30:00+08:00"}
+        await db.departures.update_one({"_id": dep["_id"]}, {"$push": {"unannounced": later}})
+        await services.sync.sync_station("440304001")
+        key = f"departure_changed:{dep['_id']}:departure_time:{later['after']}:" \
+              f"{order['order_no']}"
+        assert (await sent_notice(db, key))["params"]["change"] == "departure_time"
+        assert (await db.departures.find_one({"_id": dep["_id"]})).get("unannounced") == []
     finally:
         watcher.close()
         await control(simulators, "rest", "trip-status", {"tripId": dep["vendor_ref"],

@@ -18,6 +18,8 @@ from typing import Any
 
 from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+from redis.exceptions import RedisError
 
 from server.errors import DomainError
 from server.exchange.base import SyncBatch
@@ -102,7 +104,6 @@ class SyncService:
                 lambda: exchange.pull(None if kind == "full" else cursor))
             self._check(set(served), batch, kind)
             counts, changes = await self._apply(station, batch, kind)
-            await self._announce(changes)
         except ExchangeError as exc:
             run.update(outcome="failed", error=exc.code, detail=str(exc.details)[:300],
                        duration_ms=round(1000 * (time.perf_counter() - clock), 1))
@@ -119,6 +120,10 @@ class SyncService:
                       "sync.last_kind": kind}})
         for sid in served:
             await self._seats.mark_online(sid)
+        try:
+            await self._announce()
+        except (RedisError, PyMongoError) as exc:  # kept in `unannounced` for the next run
+            log.warning("departure changes not announced yet: %s", type(exc).__name__)
         run.update(outcome="ok", counts=counts, changes=changes[:200],
                    duration_ms=round(1000 * (time.perf_counter() - clock), 1))
         await self._db.sync_runs.replace_one({"_id": run["_id"]}, run)
@@ -151,21 +156,25 @@ class SyncService:
                 "p99_ms": latencies[int(len(latencies) * 0.99)] if latencies else None})
         return out
 
-    async def _announce(self, changes: list[dict[str, Any]]) -> None:
-        """A departure the station changed or withdrew (stored by now): tell its watchers, and
-        every passenger holding a ticket of it, once per change."""
-        for change in changes:
-            if change["kind"] not in ("departure_status", "departure_time", "withdrawn"):
-                continue
-            dep_id = change["id"]
-            details = {"change": change["kind"], "before": change.get("before", ""),
-                       "after": change.get("after", "cancelled")}
-            await self._seats.events.emit(Topic("departure", dep_id), "departure", details)
-            async for order in self._db.orders.find({"departure_id": dep_id,
-                                                     "status": "issued"}, {"order_no": 1}):
-                await self._notices.enqueue(
-                    f"departure_changed:{dep_id}:{change['kind']}:{details['after']}:"
-                    f"{order['order_no']}", "departure_changed", order["order_no"], details)
+    async def _announce(self) -> None:
+        """Departures the station changed or withdrew: tell their watchers, and every
+        passenger holding a ticket of one, once per change. The changes wait in the
+        departure's ``unannounced`` list, written with the change itself, so a process that
+        dies half-way leaves them for the next run instead of losing them."""
+        async for dep in self._db.departures.find({"unannounced.kind": {"$exists": True}},
+                                                  {"unannounced": 1}):
+            for change in dep.get("unannounced") or []:
+                details = {"change": change["kind"], "before": change.get("before", ""),
+                           "after": change.get("after", "")}
+                async for order in self._db.orders.find({"departure_id": dep["_id"],
+                                                         "status": "issued"}, {"order_no": 1}):
+                    await self._notices.enqueue(
+                        f"departure_changed:{dep['_id']}:{change['kind']}:{details['after']}:"
+                        f"{order['order_no']}", "departure_changed", order["order_no"], details)
+                await self._seats.events.emit(Topic("departure", dep["_id"]), "departure",
+                                              details)
+                await self._db.departures.update_one({"_id": dep["_id"]},
+                                                     {"$pull": {"unannounced": change}})
 
     @staticmethod
     def _check(served: set[str], batch: SyncBatch, kind: str) -> None:
@@ -233,15 +242,19 @@ class SyncService:
                     changes.append({"kind": "fare", "id": doc["_id"],
                                     "adult_before": (old.get("prices") or {}).get("adult"),
                                     "adult_after": doc["prices"].get("adult")})
+                told = []  # what passengers hear of: stored with the change itself
                 if name == "departures" and "status" in diff:
-                    changes.append({"kind": "departure_status", "id": doc["_id"],
-                                    "before": old.get("status"), "after": doc["status"]})
+                    told.append({"kind": "departure_status", "id": doc["_id"],
+                                 "before": old.get("status"), "after": doc["status"]})
                 if name == "departures" and "departs_at" in diff:
-                    changes.append({"kind": "departure_time", "id": doc["_id"],
-                                    "before": _iso(old.get("departs_at")),
-                                    "after": _iso(doc["departs_at"])})
-                ops.append(UpdateOne({"_id": doc["_id"]},
-                                     {"$set": {**diff, "synced_at": now}}))
+                    told.append({"kind": "departure_time", "id": doc["_id"],
+                                 "before": _iso(old.get("departs_at")),
+                                 "after": _iso(doc["departs_at"])})
+                changes += told
+                update: dict[str, Any] = {"$set": {**diff, "synced_at": now}}
+                if told:
+                    update["$push"] = {"unannounced": {"$each": told}}
+                ops.append(UpdateOne({"_id": doc["_id"]}, update))
             if ops:
                 await self._db[name].bulk_write(ops, ordered=False)
 
@@ -254,10 +267,13 @@ class SyncService:
                 {"_id": 1}).to_list()
             if withdrawn:
                 ids = [d["_id"] for d in withdrawn]
-                await self._db.departures.update_many(
-                    {"_id": {"$in": ids}},
-                    {"$set": {"status": "cancelled", "withdrawn_at": dt.datetime.now(dt.UTC)}})
-                changes += [{"kind": "withdrawn", "id": i} for i in ids]
+                for i in ids:
+                    change = {"kind": "withdrawn", "id": i, "before": "", "after": "cancelled"}
+                    await self._db.departures.update_one(
+                        {"_id": i}, {"$set": {"status": "cancelled",
+                                              "withdrawn_at": dt.datetime.now(dt.UTC)},
+                                     "$push": {"unannounced": change}})
+                    changes.append(change)
             counts["departures"]["withdrawn"] = len(withdrawn)
         return counts, changes
 

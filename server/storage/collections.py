@@ -159,6 +159,8 @@ COLLECTIONS: list[CollectionSpec] = [
             "station_date_time"),
         _ix([("route_id", ASCENDING), ("service_date", ASCENDING)], "route_date"),
         _ix([("service_date", ASCENDING), ("status", ASCENDING)], "date_status"),
+        # changes a sync stored but has not told passengers of yet (few, short-lived)
+        _ix("unannounced.kind", "unannounced", sparse=True),
     ]),
     CollectionSpec("fares", _obj(
         ["route_id", "from_seq", "to_seq", "guide_price", "prices", "station_fee",
