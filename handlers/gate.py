@@ -32,8 +32,14 @@ OUTCOME = obj({"outcome": {"type": "string", "enum": list(OUTCOMES)},
 MANIFEST = obj({"departure_id": string(), "station_id": string(), "departs_at": DATETIME,
                 "status": string(), "seats": integer(0), "sold": integer(0),
                 "checked_in": integer(0), "children": integer(0),
-                "passengers": ROWS},
+                "signed_off": {"type": ["object", "null"]}, "passengers": ROWS},
                ["departure_id", "passengers", "sold", "checked_in"])
+SIGN_OFF = obj({"driver_name": string(1, 40), "vehicle_plate": string(1, 16)},
+               ["driver_name"])
+SIGNED = obj({"at": DATETIME, "by": string(), "driver_name": string(),
+              "vehicle_plate": string(), "sold": integer(0), "checked_in": integer(0),
+              "children": integer(0), "no_shows": array(string())},
+             ["at", "sold", "checked_in", "no_shows"])
 DAY = obj({"date": string(10, 10, description="YYYY-MM-DD")}, ["date"])
 BUNDLE_QUERY = obj({"station": string(1, 16), "date": string(10, 10)}, ["station", "date"])
 BUNDLE = obj({"payload": string(description="JSON text; the signature is over its UTF-8"),
@@ -92,6 +98,19 @@ class ManifestHandler(ApiHandler):
         self.write_json(await self.services.gate.manifest(self.principal, departure_id))
 
 
+class SignOffHandler(ApiHandler):
+    @api("Sign off the manifest at departure (发车签字): counts kept, departure departed",
+         roles=GATE_STAFF, body=SIGN_OFF, response=SIGNED, status=201, tags=("gate",),
+         errors=("DEPARTURE_NOT_FOUND", "ALREADY_SIGNED_OFF"))
+    async def post(self, departure_id: str) -> None:
+        result = await self.services.gate.sign_off(
+            self.principal, departure_id, self.body["driver_name"],
+            self.body.get("vehicle_plate", ""))
+        await self.services.audit.record(self.principal, "departure.signed_off",
+                                         target=departure_id, details=result)
+        self.write_json(result)
+
+
 class GateDeparturesHandler(ApiHandler):
     @api("The signed-in gate's station departures of a day", roles=GATE_STAFF, query=DAY,
          tags=("gate",))
@@ -140,6 +159,7 @@ default_handlers = [
     route("/api/v1/gate/scan", ScanHandler),
     route("/api/v1/gate/departures", GateDeparturesHandler),
     route("/api/v1/gate/departures/{departure_id}/manifest", ManifestHandler),
+    route("/api/v1/gate/departures/{departure_id}/sign-off", SignOffHandler),
     route("/api/v1/gate/bundle", BundleHandler),
     route("/api/v1/gate/offline-scans", OfflineScansHandler),
     route("/api/v1/gate/conflicts", ConflictsHandler),

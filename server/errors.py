@@ -94,6 +94,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "PICKUP_CODE_INVALID": (404, "No ticket to pick up here with this code (and ID)."),
     "PICKUP_NEEDS_ID": (409, "Several tickets have this code: read the passenger's ID card."),
     "ALREADY_PICKED_UP": (409, "This ticket was already picked up."),
+    "ALREADY_SIGNED_OFF": (409, "This departure's manifest is already signed off."),
     "TICKET_NOT_VALID": (409, "This ticket cannot board (refunded, voided, changed or used)."),
     "NOT_REFUNDABLE": (409, "This ticket can no longer be refunded."),
     "REFUND_FEE_CHANGED": (409, "The refund fee changed since the quote; ask for a new quote."),

@@ -121,6 +121,19 @@ async def test_a_ticket_is_admitted_once_and_then_reported_used(api, db, service
     logged = await db.gate_scans.count_documents({"ticket_no": first["ticket_no"]})
     assert logged == 2
 
+    # the station and the driver sign the manifest off: the bus has left
+    signed = await api.post(f"/api/v1/gate/departures/{dep_id}/sign-off",
+                            {"driver_name": "李师傅", "vehicle_plate": "粤A12345"}, token=gate)
+    assert signed.status == 201, signed.text
+    assert signed.body["sold"] == 2 and signed.body["checked_in"] == 1
+    assert signed.body["no_shows"] == [second["ticket_no"]]
+    again = await api.post(f"/api/v1/gate/departures/{dep_id}/sign-off",
+                           {"driver_name": "李师傅"}, token=gate)
+    assert again.status == 409 and again.error_code == "ALREADY_SIGNED_OFF"
+    assert (await scan(api, gate, second["code"]))["outcome"] == "departed"
+    shown = await api.get(f"/api/v1/gate/departures/{dep_id}/manifest", token=gate)
+    assert shown.body["signed_off"]["driver_name"] == "李师傅"
+
 
 @pytest.mark.gen_test(timeout=120)
 async def test_every_flipped_byte_and_foreign_signatures_are_forged(api, db,

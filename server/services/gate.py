@@ -62,6 +62,13 @@ def _local(value: dt.datetime | None) -> str | None:
     return value.astimezone(LOCAL_TZ).isoformat() if value else None
 
 
+def _signoff(doc: dict[str, Any]) -> dict[str, Any]:
+    return {"at": _local(doc["at"]), "by": doc["by"], "driver_name": doc["driver_name"],
+            "vehicle_plate": doc.get("vehicle_plate", ""), "sold": doc["sold"],
+            "checked_in": doc["checked_in"], "children": doc["children"],
+            "no_shows": doc["no_shows"]}
+
+
 class GateKeys:
     def __init__(self, db: AsyncDatabase[Any], vault: PiiVault) -> None:
         self._db = db
@@ -281,11 +288,35 @@ class GateService:
             if t["order_no"] in seen:
                 row["children"] = []
             seen.add(t["order_no"])
+        signed = await self._db.departure_signoffs.find_one({"_id": departure_id})
         return {"departure_id": departure_id, "station_id": dep["station_id"],
                 "departs_at": _local(dep["departs_at"]), "status": dep["status"],
+                "signed_off": _signoff(signed) if signed else None,
                 "seats": dep["seats"], "sold": len(rows),
                 "checked_in": sum(r["checked_in"] for r in rows),
                 "children": sum(len(r["children"]) for r in rows), "passengers": rows}
+
+    async def sign_off(self, actor: Principal, departure_id: str, driver_name: str,
+                       vehicle_plate: str) -> dict[str, Any]:
+        """发车签字: the station and the driver sign the manifest as it stands; the count is
+        kept, and a native departure is marked departed (gates answer ``departed``)."""
+        manifest = await self.manifest(actor, departure_id)
+        now = dt.datetime.now(dt.UTC)
+        record = {"_id": departure_id, "at": now, "by": actor.id, "station_id":
+                  manifest["station_id"], "driver_name": driver_name,
+                  "vehicle_plate": vehicle_plate, "sold": manifest["sold"],
+                  "checked_in": manifest["checked_in"], "children": manifest["children"],
+                  "no_shows": [r["ticket_no"] for r in manifest["passengers"]
+                               if not r["checked_in"]]}
+        try:
+            await self._db.departure_signoffs.insert_one(record)
+        except DuplicateKeyError:
+            raise DomainError("ALREADY_SIGNED_OFF") from None
+        await self._db.departures.update_one(
+            {"_id": departure_id, "inventory": "native", "status": {"$in": ["on_sale",
+                                                                            "stopped"]}},
+            {"$set": {"status": "departed", "departed_at": now}})
+        return _signoff(record)
 
     async def departures(self, actor: Principal, date: str) -> list[dict[str, Any]]:
         """The station's departures of a day, for the gate page's picker."""

@@ -334,6 +334,11 @@ COLLECTIONS: list[CollectionSpec] = [
         _ix([("ticket_no", ASCENDING), ("at", ASCENDING)], "ticket_at"),
         _ix([("station_id", ASCENDING), ("at", DESCENDING)], "station_at"),
     ]),
+    CollectionSpec("departure_signoffs", _obj(["at", "by", "driver_name", "sold",
+                                               "checked_in"], at=DATE, by=NONEMPTY,
+                                              driver_name=NONEMPTY), [
+        _ix([("station_id", ASCENDING), ("at", DESCENDING)], "station_at"),
+    ]),
     CollectionSpec("gate_conflicts", None, [
         _ix([("station_id", ASCENDING), ("resolved", ASCENDING), ("found_at", DESCENDING)],
             "station_open"),
