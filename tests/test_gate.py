@@ -268,6 +268,10 @@ async def test_offline_bundle_and_uploads_count_once_and_report_double_admission
                         token=gate)
     assert up.status == 200, up.text
     assert up.body["accepted"] == 2 and up.body["conflicts"] == []
+    for bad in ("yesterday", "2026-11-24T08:00:00"):  # no offset: whose 08:00?
+        refused = await api.post("/api/v1/gate/offline-scans", {"gate_id": "G-east", "scans": [
+            {**batch[0], "nonce": uuid.uuid4().hex, "scanned_at": bad}]}, token=gate)
+        assert refused.status == 400 and refused.error_code == "INVALID_VALUE", refused.text
     again = await api.post("/api/v1/gate/offline-scans", {"gate_id": "G-east",
                                                           "scans": batch}, token=gate)
     assert again.body["accepted"] == 0 and again.body["duplicates"] == 2

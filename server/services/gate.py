@@ -62,6 +62,17 @@ def _local(value: dt.datetime | None) -> str | None:
     return value.astimezone(LOCAL_TZ).isoformat() if value else None
 
 
+def _offset_time(text: str) -> dt.datetime:
+    try:
+        at = dt.datetime.fromisoformat(text)
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        raise DomainError("INVALID_VALUE", "scanned_at is an ISO 8601 time with its UTC "
+                          "offset.", field="scans.scanned_at")
+    return at
+
+
 def _signoff(doc: dict[str, Any]) -> dict[str, Any]:
     return {"at": _local(doc["at"]), "by": doc["by"], "driver_name": doc["driver_name"],
             "vehicle_plate": doc.get("vehicle_plate", ""), "sold": doc["sold"],
@@ -367,17 +378,14 @@ class GateService:
                      ) -> dict[str, Any]:
         """Scans a gate made offline, each with its nonce: a nonce already uploaded is skipped;
         a ticket admitted by two different scans is a conflict for the operator."""
+        times = [_offset_time(scan["scanned_at"]) for scan in scans]  # all, before any work
         accepted, duplicates, conflicts = 0, 0, []
         outcomes: list[dict[str, Any]] = []
-        for scan in scans:
+        for scan, at in zip(scans, times, strict=True):
             nonce = f"offline:{gate_id}:{scan['nonce']}"
             if await self._db.gate_scans.find_one({"_id": nonce}, {"_id": 1}):
                 duplicates += 1
                 continue
-            at = dt.datetime.fromisoformat(scan["scanned_at"])
-            if at.tzinfo is None:
-                raise DomainError("INVALID_VALUE", "scanned_at needs a UTC offset.",
-                                  field="scans.scanned_at")
             result = await self.scan(actor, scan["code"], gate_id=gate_id, at=at, nonce=nonce,
                                      source="offline", departure_id=scan.get("departure_id"))
             accepted += 1
