@@ -305,13 +305,21 @@ class EventSocket(WebSocketHandler):
             self.shut(4008, "too slow: events dropped")
             return
         self._lagging = True
-        self._queue.clear()
-        for watch in self.watches.values():
-            watch.stale = True
-            watch.pending.clear()
+        self.resync("slow_consumer")
+
+    def resync(self, reason: str, topics: list[str] | None = None) -> None:
+        """Tell the client to subscribe again to ``topics`` (default: all, dropping what
+        waits): it fell behind, or the server lost its event feed for a while."""
+        if topics is None:
+            self._queue.clear()
+        chosen = sorted(t for t in self.watches if topics is None or t in topics)
+        if not chosen:
+            return
+        for topic in chosen:
+            self.watches[topic].stale = True
+            self.watches[topic].pending.clear()
         self.application.settings["metrics"].ws_resyncs.inc()
-        self._queue.append(_encode({"type": "resync", "topics": sorted(self.watches),
-                                    "reason": "slow_consumer"}))
+        self._queue.append(_encode({"type": "resync", "topics": chosen, "reason": reason}))
         self._wake.set()
 
     def _send_control(self, payload: dict[str, Any]) -> None:

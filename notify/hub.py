@@ -30,6 +30,8 @@ class Watcher(Protocol):
 
     def shut(self, code: int, reason: str) -> None: ...
 
+    def resync(self, reason: str, topics: list[str] | None = None) -> None: ...
+
 
 class Hub:
     def __init__(self, redis: Redis) -> None:
@@ -38,6 +40,7 @@ class Hub:
         self._reader: asyncio.Task[None] | None = None
         self._watchers: dict[str, set[Watcher]] = {}
         self._lock = asyncio.Lock()
+        self._confirmed: set[str] = set()  # channels Redis confirmed subscribing to
         self.connections: set[Watcher] = set()
         self.received = 0  # messages from Redis
         self.handed = 0  # frames handed to watchers
@@ -74,14 +77,37 @@ class Hub:
     async def _read(self) -> None:
         assert self._pubsub is not None
         pubsub = self._pubsub
+        lost = False
         while True:
             try:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                message = await pubsub.get_message(timeout=1.0)
             except (RedisError, OSError) as exc:  # redis-py reconnects and re-subscribes
-                log.warning("pub/sub read failed: %s", type(exc).__name__)
+                if not lost:
+                    log.warning("pub/sub connection lost: %s", type(exc).__name__)
+                lost = True
                 await asyncio.sleep(0.5)
                 continue
-            if message is None or message.get("type") != "message":
+            if lost:  # events may have been missed, and a restarted Redis restarts seqs
+                lost = False
+                log.info("pub/sub connection back; watchers told to resync")
+                for watcher in list(self.connections):
+                    watcher.resync("store_reconnected")
+            if message is None:
+                continue
+            kind, channel = message.get("type"), message.get("channel")
+            if kind == "subscribe":
+                if channel in self._confirmed:  # redis-py re-subscribed after reconnecting
+                    topic = channel_topic(channel)
+                    log.info("pub/sub re-subscribed; watchers told to resync",
+                             extra={"fields": {"topic": topic}})
+                    for watcher in list(self._watchers.get(topic, ())):
+                        watcher.resync("store_reconnected", [topic])
+                self._confirmed.add(channel)
+                continue
+            if kind == "unsubscribe":
+                self._confirmed.discard(channel)
+                continue
+            if kind != "message":
                 continue
             self.received += 1
             data = message["data"]
@@ -89,7 +115,7 @@ class Hub:
             found = _SEQ.search(frame)
             if found is None:
                 continue
-            topic = channel_topic(message["channel"])
+            topic = channel_topic(channel)
             seq = int(found.group(1))
             for watcher in list(self._watchers.get(topic, ())):
                 watcher.deliver(topic, seq, frame)

@@ -12,6 +12,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from tornado.web import Application, URLSpec
 
 from admin import pages as admin_pages
@@ -107,10 +110,15 @@ def connect_mongo(settings: Settings, uri: str) -> AsyncMongoClient[Any]:
 
 def connect_redis(url: str, max_connections: int = 64) -> aioredis.Redis:
     """A Redis client (text replies, bounded timeouts). A burst waits for a pooled
-    connection instead of failing, and never opens more than ``max_connections``."""
+    connection instead of failing, and never opens more than ``max_connections``. A pooled
+    connection that Redis dropped (restart, failover) is reconnected and the command sent
+    again, twice at most: the seat scripts are keyed by hold / sale id, so a command that
+    did reach Redis before the connection broke does no harm when repeated."""
     pool = aioredis.BlockingConnectionPool.from_url(
         url, decode_responses=True, socket_timeout=5, socket_connect_timeout=3,
-        health_check_interval=30, max_connections=max_connections, timeout=10)
+        health_check_interval=30, max_connections=max_connections, timeout=10,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        retry_on_error=[RedisConnectionError])
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 

@@ -277,3 +277,33 @@ async def test_agents_and_phone_agents_sell_on_their_channel_and_see_their_own(
     calls = [o["order_no"] for o in (await api.get("/api/v1/orders", token=phone)).body[
         "orders"]]
     assert by_phone.body["order_no"] in calls and sold.body["order_no"] not in calls
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_ticket_numbers_stay_unique_when_redis_loses_the_serial_counter(
+        api: ApiClient, db, stores) -> None:
+    from server.app import connect_redis
+
+    dep_id = await make_departure(db, seats=8, stops=2)
+    token = await member(api)
+
+    async def book() -> str:
+        resp = await api.post("/api/v1/orders", {"departure_id": dep_id,
+                                                 "contact_phone": "13812345678",
+                                                 "passengers": [person()]}, token=token)
+        assert resp.status == 201, resp.text
+        return str(resp.body["tickets"][0]["ticket_no"])
+
+    first = await book()
+    second = await book()
+    key = f"ticket_serial:{{{first[:9]}}}:{first[9:15]}"
+    redis = connect_redis(stores.redis_url)
+    try:
+        await redis.delete(key)  # Redis lost it (restart without persistence)
+        third = await book()
+        await redis.set(key, 1)  # or came back from an old snapshot
+        fourth = await book()
+    finally:
+        await redis.aclose()
+    numbers = [first, second, third, fourth]
+    assert len(set(numbers)) == 4 and numbers == sorted(numbers), numbers

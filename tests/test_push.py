@@ -18,6 +18,7 @@ from server.app import connect_redis
 from server.embedded import free_port
 from server.services.events import EventLog, Topic
 from tests.booking_support import member, native_departure, person
+from tests.inventory_support import make_departure
 from tests.support import ApiClient, KeyunProcess
 from tests.ws_support import StalledClient, Ws
 
@@ -265,3 +266,38 @@ async def test_a_connection_watching_nothing_is_closed_when_idle(other) -> None:
     started = time.monotonic()
     assert await ws.closed(within=10) == 4008
     assert 1.5 < time.monotonic() - started < 8
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_watchers_are_told_to_resync_when_redis_comes_back(api, keyun, db, own_redis,
+                                                                 workdir) -> None:
+    from server.embedded import redis_url
+
+    env = {**keyun.env, "KEYUN_PORT": str(free_port()), "KEYUN_REDIS_URL": redis_url(own_redis),
+           "KEYUN_DATA_DIR": str(workdir / "test_push-3")}
+    server = KeyunProcess(env, workdir / "logs" / "test_push-3.log", int(env["KEYUN_PORT"]))
+    server.start()
+    watcher = None
+    try:
+        dep = {"_id": await make_departure(db, seats=6, stops=2)}  # this test's alone
+        topic = f"departure:{dep['_id']}"
+        watcher = await Ws.connect(server.base_url)
+        await watcher.subscribe(topic)
+        own_redis.stop()  # Redis restarts and forgets everything (no persistence here)
+        own_redis.start()
+        told, _ = await watcher.until(lambda f: f["type"] == "resync", within=20)
+        assert told["reason"] == "store_reconnected" and told["topics"] == [topic]
+        # Redis may have lost state without an event: the client takes a fresh snapshot
+        subscribed, frames = await watcher.subscribe(topic)
+        assert subscribed["type"] == "subscribed", subscribed
+        assert frames[0]["type"] == "snapshot"
+        # and events flow again (the seats rebuilt from MongoDB)
+        token = await member(ApiClient(server.base_url))
+        await new_order(ApiClient(server.base_url), token, dep["_id"])
+        event, _ = await watcher.until(lambda f: f["type"] == "event", within=5)
+        assert event["data"]["change"] == "held", event
+        assert event["seq"] == frames[0]["seq"] + 1
+    finally:
+        if watcher is not None:
+            watcher.close()
+        server.stop()

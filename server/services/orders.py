@@ -62,6 +62,19 @@ ISSUE_RETRY_AFTER = dt.timedelta(seconds=10)
 EXPIRY_WARNING = dt.timedelta(minutes=5)
 
 
+# KEYS: a ticket serial counter; ARGV: the highest serial in use. Raise it to that, take the next.
+_SERIAL_FROM = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return redis.call('INCR', KEYS[1])
+"""
+
+
+class TicketNumberTaken(Exception):
+    """A ticket number was in use already (the serial counter fell behind MongoDB)."""
+
+
 def now_ms() -> dt.datetime:
     """Now, at the millisecond precision BSON stores (so answers match what is kept)."""
     now = dt.datetime.now(dt.UTC)
@@ -83,6 +96,7 @@ class OrderService:
         self._members = members
         self._vault = vault
         self.notices = NoticeOutbox(db)
+        self._serial_from = redis.register_script(_SERIAL_FROM)
 
     # --- create -----------------------------------------------------------------------------
     async def create(self, actor: Principal, channel: str, departure_id: str,
@@ -170,7 +184,17 @@ class OrderService:
         if actor.outlet_id:
             order["outlet_id"] = actor.outlet_id
         try:
-            await self._write_order(order, tickets)
+            for attempt in range(3):
+                try:
+                    await self._write_order(order, tickets)
+                    break
+                except TicketNumberTaken:
+                    if attempt == 2:
+                        raise
+                    for t in tickets:  # the counter fell behind (Redis lost it): catch up
+                        t["ticket_no"] = await self._ticket_no(
+                            station["code"] if station else "000000000",
+                            dep["service_date"], recount=True)
         except DuplicateKeyError:
             await self._seats.release(departure_id, hold.hold_id)
             raise DomainError("PASSENGER_ALREADY_BOOKED") from None
@@ -197,7 +221,10 @@ class OrderService:
             except DuplicateKeyError:
                 raise
             except BulkWriteError as exc:
-                if any(e.get("code") == 11000 for e in exc.details.get("writeErrors", [])):
+                dups = [e for e in exc.details.get("writeErrors", []) if e.get("code") == 11000]
+                if any("ticket_no" in (e.get("keyPattern") or {}) for e in dups):
+                    raise TicketNumberTaken() from None
+                if dups:
                     raise DuplicateKeyError("one person one seat") from None
                 raise
             except (OperationFailure, ConnectionFailure) as exc:
@@ -253,13 +280,23 @@ class OrderService:
                          id_no_enc=self._vault.encrypt("id_no", document.id_no))
         return child
 
-    async def _ticket_no(self, station_code: str, service_date: str) -> str:
-        """Region + station code (9) + service date (yymmdd) + serial (5)."""
+    async def _ticket_no(self, station_code: str, service_date: str,
+                         recount: bool = False) -> str:
+        """Region + station code (9) + service date (yymmdd) + serial (5). The serial counter
+        lives in Redis; a new counter — or, with ``recount``, one that fell behind because
+        Redis lost it — goes on from the highest number MongoDB holds."""
         day = service_date.replace("-", "")[2:]
-        serial = await self._redis.incr(f"ticket_serial:{{{station_code}}}:{day}")
-        if serial == 1:
-            await self._redis.expire(f"ticket_serial:{{{station_code}}}:{day}", 40 * 86400)
-        return f"{station_code}{day}{serial:05d}"
+        prefix, key = f"{station_code}{day}", f"ticket_serial:{{{station_code}}}:{day}"
+        serial = int(await self._redis.incr(key))
+        if serial == 1 or recount:
+            last = await self._db.tickets.find_one(
+                {"ticket_no": {"$gte": f"{prefix}00000", "$lte": f"{prefix}99999"}},
+                {"ticket_no": 1}, sort=[("ticket_no", -1)])
+            floor = int(last["ticket_no"][-5:]) if last else 0
+            if floor >= serial:
+                serial = int(await self._serial_from(keys=[key], args=[floor]))
+            await self._redis.expire(key, 40 * 86400)
+        return f"{prefix}{serial:05d}"
 
     # --- read -------------------------------------------------------------------------------
     async def get(self, actor: Principal, order_no: str) -> dict[str, Any]:
