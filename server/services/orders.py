@@ -15,22 +15,16 @@ refuses, the order fails and a full refund is requested — never paid without a
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pymongo import ReturnDocument
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import (
-    BulkWriteError,
-    ConnectionFailure,
-    DuplicateKeyError,
-    OperationFailure,
-)
-from pymongo.read_concern import ReadConcern
-from pymongo.write_concern import WriteConcern
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -46,6 +40,7 @@ from server.services.planning import LOCAL_TZ, local_today
 from server.services.realname import validate
 from server.services.rules import RuleService
 from server.services.seats import SeatService
+from server.storage.transactions import transact
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +64,10 @@ if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
 end
 return redis.call('INCR', KEYS[1])
 """
+
+
+# writes that belong to an order's move to a new state: (the moved order, the transaction)
+Also = Callable[[dict[str, Any], "AsyncClientSession | None"], Awaitable[None]]
 
 
 class TicketNumberTaken(Exception):
@@ -207,32 +206,20 @@ class OrderService:
         return self.public(order, tickets)
 
     async def _write_order(self, order: dict[str, Any], tickets: list[dict[str, Any]]) -> None:
-        """Order and tickets together or not at all (snapshot reads, majority writes)."""
-        client = self._db.client
-        for attempt in range(5):
-            try:
-                async with client.start_session() as session:
-                    async with await session.start_transaction(
-                            read_concern=ReadConcern("snapshot"),
-                            write_concern=WriteConcern("majority")):
-                        await self._db.orders.insert_one(order, session=session)
-                        await self._db.tickets.insert_many(tickets, session=session)
-                return
-            except DuplicateKeyError:
-                raise
-            except BulkWriteError as exc:
-                dups = [e for e in exc.details.get("writeErrors", []) if e.get("code") == 11000]
-                if any("ticket_no" in (e.get("keyPattern") or {}) for e in dups):
-                    raise TicketNumberTaken() from None
-                if dups:
-                    raise DuplicateKeyError("one person one seat") from None
-                raise
-            except (OperationFailure, ConnectionFailure) as exc:
-                # a concurrent order touched the same index keys: retry, and the unique
-                # index gives the real answer
-                if not exc.has_error_label("TransientTransactionError") or attempt == 4:
-                    raise
-                await asyncio.sleep(0.01 * (attempt + 1))
+        """Order and tickets together or not at all; a concurrent order on the same index
+        keys is retried, and the unique index gives the real answer."""
+        async def write(session: AsyncClientSession) -> None:
+            await self._db.orders.insert_one(order, session=session)
+            await self._db.tickets.insert_many(tickets, session=session)
+        try:
+            await transact(self._db, write)
+        except BulkWriteError as exc:
+            dups = [e for e in exc.details.get("writeErrors", []) if e.get("code") == 11000]
+            if any("ticket_no" in (e.get("keyPattern") or {}) for e in dups):
+                raise TicketNumberTaken() from None
+            if dups:
+                raise DuplicateKeyError("one person one seat") from None
+            raise
 
     async def _check_on_sale(self, dep: dict[str, Any], rules: Any) -> None:
         if dep["status"] != "on_sale":
@@ -347,24 +334,36 @@ class OrderService:
     # --- transitions --------------------------------------------------------------------------
     async def transition(self, order_no: str, to: str, actor: str, reason: str,
                          set_fields: dict[str, Any] | None = None,
-                         from_states: set[str] | None = None) -> dict[str, Any] | None:
-        """Move the order to ``to`` if it is in a state that may; None if it was not."""
+                         from_states: set[str] | None = None,
+                         also: Also | None = None) -> dict[str, Any] | None:
+        """Move the order to ``to`` if it is in a state that may; None if it was not.
+
+        ``also(order, session)`` are the writes that belong to the move (tickets released, a
+        refund requested): stored in one transaction with it, so no reader sees the order
+        moved without them and no crash leaves one without the other."""
         allowed = from_states or {s for s, nxt in TRANSITIONS.items() if to in nxt}
         now = now_ms()
-        doc = await self._db.orders.find_one_and_update(
-            {"order_no": order_no, "status": {"$in": sorted(allowed)}},
-            [{"$set": {"history": {"$concatArrays": ["$history", [
-                {"at": now, "from": "$status", "to": to, "actor": {"$literal": actor},
-                 "reason": {"$literal": reason}}]]},
-                "status": to, "updated_at": now,
-                **{k: {"$literal": v} for k, v in (set_fields or {}).items()}}}],
-            return_document=ReturnDocument.AFTER)
+
+        async def move(session: AsyncClientSession | None) -> dict[str, Any] | None:
+            doc = await self._db.orders.find_one_and_update(
+                {"order_no": order_no, "status": {"$in": sorted(allowed)}},
+                [{"$set": {"history": {"$concatArrays": ["$history", [
+                    {"at": now, "from": "$status", "to": to, "actor": {"$literal": actor},
+                     "reason": {"$literal": reason}}]]},
+                    "status": to, "updated_at": now,
+                    **{k: {"$literal": v} for k, v in (set_fields or {}).items()}}}],
+                return_document=ReturnDocument.AFTER, session=session)
+            if doc is not None and also is not None:
+                await also(doc, session)
+            return doc  # type: ignore[no-any-return]
+
+        doc = await (move(None) if also is None else transact(self._db, move))
         if doc is not None:
             log.info("order %s → %s", order_no, to,
                      extra={"fields": {"order_no": order_no, "to": to, "reason": reason}})
             await self.announce(order_no, "status", {
                 "from": doc["history"][-1]["from"], "to": to, "status": to, "reason": reason})
-        return doc  # type: ignore[no-any-return]
+        return doc
 
     async def announce(self, order_no: str, event: str, data: dict[str, Any]) -> None:
         """Tell the order's watchers, after the change is stored. Never fails the change: a
@@ -378,10 +377,11 @@ class OrderService:
     async def cancel(self, actor: Principal, order_no: str) -> dict[str, Any]:
         order = await self._visible(actor, order_no)
         done = await self.transition(order_no, "cancelled", actor_label(actor),
-                                     "cancelled by buyer", from_states={"pending_payment"})
+                                     "cancelled by buyer", from_states={"pending_payment"},
+                                     also=self._release_tickets)
         if done is None:
             raise DomainError("ORDER_NOT_CANCELLABLE", status=order["status"])
-        await self._end_unpaid(done)
+        await self._release_seats(done)
         return await self.get(actor, order_no)
 
     async def expire_due(self, limit: int = 100) -> int:
@@ -392,9 +392,10 @@ class OrderService:
         closed = 0
         for row in due:
             done = await self.transition(row["order_no"], "expired", "system",
-                                         "payment timeout", from_states={"pending_payment"})
+                                         "payment timeout", from_states={"pending_payment"},
+                                         also=self._release_tickets)
             if done is not None:  # this process won the race
-                await self._end_unpaid(done)
+                await self._release_seats(done)
                 closed += 1
         return closed
 
@@ -415,15 +416,19 @@ class OrderService:
                                              {"$set": {"expiry_warned": True}})
         return len(due)
 
-    async def _end_unpaid(self, order: dict[str, Any]) -> None:
+    async def _release_tickets(self, order: dict[str, Any],
+                               session: AsyncClientSession | None) -> None:
+        """The order's unsold tickets end with it (and free their one-person-one-seat keys)."""
+        await self._db.tickets.update_many(
+            {"order_no": order["order_no"], "status": "held"},
+            {"$set": {"status": "released", "active": False}}, session=session)
+
+    async def _release_seats(self, order: dict[str, Any]) -> None:
         try:
             await self._seats.release(order["departure_id"], order["hold_id"])
         except ExchangeError as exc:  # the hold expires at the station by itself
             log.warning("release failed: %s", exc.code,
                         extra={"fields": {"order_no": order["order_no"]}})
-        await self._db.tickets.update_many(
-            {"order_no": order["order_no"], "status": "held"},
-            {"$set": {"status": "released", "active": False}})
 
     # --- payment and issuing (the payments capability calls mark_paid) ----------------------
     async def mark_paid(self, order_no: str, payment_ref: str, amount: int) -> str:
@@ -478,19 +483,22 @@ class OrderService:
         return "issued"
 
     async def _fail(self, order: dict[str, Any], reason: str) -> None:
+        async def refund_owed(done: dict[str, Any], session: AsyncClientSession | None
+                              ) -> None:
+            await self._db.tickets.update_many(
+                {"order_no": done["order_no"]},
+                {"$set": {"status": "released", "active": False}}, session=session)
+            # the payments capability pays it back through the original channel
+            await self._db.refund_requests.update_one(
+                {"_id": f"full:{done['order_no']}"},
+                {"$setOnInsert": {"order_no": done["order_no"], "amount": done["amount"],
+                                  "reason": reason, "status": "requested",
+                                  "payment_ref": done.get("payment_ref"),
+                                  "created_at": now_ms()}}, upsert=True, session=session)
         done = await self.transition(order["order_no"], "failed", "station", reason,
-                                     from_states={"paid"})
+                                     from_states={"paid"}, also=refund_owed)
         if done is None:
             return
-        await self._db.tickets.update_many({"order_no": order["order_no"]},
-                                           {"$set": {"status": "released", "active": False}})
-        # the payments capability pays it back through the original channel
-        await self._db.refund_requests.update_one(
-            {"_id": f"full:{order['order_no']}"},
-            {"$setOnInsert": {"order_no": order["order_no"], "amount": order["amount"],
-                              "reason": reason, "status": "requested",
-                              "payment_ref": order.get("payment_ref"),
-                              "created_at": now_ms()}}, upsert=True)
         log.error("order failed after payment; refund requested",
                   extra={"fields": {"order_no": order["order_no"], "reason": reason}})
 

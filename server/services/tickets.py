@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 from pymongo import ReturnDocument
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
 from server.errors import DomainError
@@ -26,6 +27,7 @@ from server.services.planning import LOCAL_TZ
 from server.services.realname import same_person
 from server.services.rules import RuleService
 from server.services.seats import SeatService
+from server.storage.transactions import transact
 
 log = logging.getLogger(__name__)
 
@@ -173,18 +175,23 @@ class TicketService:
     async def _finish(self, ticket: dict[str, Any], order: dict[str, Any], status: str,
                       fee: int, amount: int, actor: str, reason: str) -> None:
         now = now_ms()
-        await self._db.tickets.update_one(
-            {"_id": ticket["_id"]},
-            {"$set": {"status": status, "active": False, "refund": {
-                "fee": fee, "amount": amount, "at": now, "reason": reason}}})
-        if amount > 0:
-            await self._db.refund_requests.update_one(
-                {"_id": f"ticket:{ticket['ticket_no']}"},
-                {"$setOnInsert": {"order_no": order["order_no"],
-                                  "ticket_no": ticket["ticket_no"], "amount": amount,
-                                  "fee": fee, "reason": reason, "status": "requested",
-                                  "payment_ref": order.get("payment_ref"),
-                                  "created_at": now}}, upsert=True)
+
+        async def write(session: AsyncClientSession) -> None:
+            """The ticket ends and the money it is owed is asked for: both or neither."""
+            await self._db.tickets.update_one(
+                {"_id": ticket["_id"]},
+                {"$set": {"status": status, "active": False, "refund": {
+                    "fee": fee, "amount": amount, "at": now, "reason": reason}}},
+                session=session)
+            if amount > 0:
+                await self._db.refund_requests.update_one(
+                    {"_id": f"ticket:{ticket['ticket_no']}"},
+                    {"$setOnInsert": {"order_no": order["order_no"],
+                                      "ticket_no": ticket["ticket_no"], "amount": amount,
+                                      "fee": fee, "reason": reason, "status": "requested",
+                                      "payment_ref": order.get("payment_ref"),
+                                      "created_at": now}}, upsert=True, session=session)
+        await transact(self._db, write)
         await self._orders.announce(order["order_no"], "ticket", {
             "ticket_no": ticket["ticket_no"], "status": status, "refund_amount": amount})
         left = await self._db.tickets.count_documents(
