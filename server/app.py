@@ -145,7 +145,8 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         db, vault, sms,
         WeChatSubscribe(settings.wechat_appid, settings.wechat_secret, settings.wechat_api_base),
         parse_templates(settings.wechat_notice_templates))
-    order_service = OrderService(db, redis, seats, rules, member_service, vault)
+    order_service = OrderService(db, redis, seats, rules, member_service, vault,
+                                 orphan_after=settings.orphan_hold_seconds)
     payment_service = PaymentService(db, payment_providers(settings), order_service,
                                      sandbox_bases={"wechat": settings.wechatpay_api_base,
                                                     "alipay": settings.alipay_gateway}
@@ -159,6 +160,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     jobs.add("departure-planning", 3600.0,
              lambda: plan_departures(db, local_today(), PLANNING_DAYS))
     jobs.add("order-issuing", 10.0, order_service.retry_issuing)
+    jobs.add("orphan-holds", 5.0, order_service.release_orphan_holds)
     jobs.add("hold-sweeper", 1.0, inventory.sweep)
     jobs.add("station-sync", 30.0, sync.sync_all)
     jobs.add("station-full-sync", 600.0, lambda: sync.sync_all(full=True))

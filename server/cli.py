@@ -23,7 +23,7 @@ from typing import Any
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from server import embedded
+from server import embedded, failpoints
 from server.config import ConfigError, Settings, load_settings
 from server.logs import setup_logging
 
@@ -188,6 +188,7 @@ def run(settings: Settings) -> int:
     signal.signal(signal.SIGINT, _raise_stop)
     workers: list[int] = []
     try:
+        failpoints.configure(settings.failpoints)
         settings = _with_dev_secret(settings)
         settings = _start_stores(settings, children)
         systems = _start_station_simulators(settings, children) \

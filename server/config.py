@@ -125,6 +125,14 @@ def _parse_optional_http(raw: Any) -> str:
     return text
 
 
+def _parse_failpoints(raw: Any) -> str:
+    from server.failpoints import parse
+
+    text = str(raw).strip()
+    parse(text)  # ValueError names the wrong part
+    return text
+
+
 def _opt(default: Any, parse: Callable[[Any], Any], doc: str) -> Any:
     return field(default=default, metadata={"parse": parse, "doc": doc})
 
@@ -204,6 +212,11 @@ class Settings:
     login_max_failures: int = _opt(5, _parse_int(1, 100),
                                    "failed staff logins per user and address before a lockout")
     login_lockout_seconds: int = _opt(900, _parse_int(1, 86400), "lockout duration, seconds")
+    orphan_hold_seconds: int = _opt(60, _parse_int(1, 3600),
+                                    "a seat hold with no order after this long (its process "
+                                    "died mid-sale) is released")
+    failpoints: str = _opt("", _parse_failpoints,
+                           "tests only: name=pause:seconds[,…] (refused in production)")
     config_file: str = field(default="", metadata={"doc": "the TOML file read, if any"})
 
     @property
@@ -283,3 +296,5 @@ def _check_combination(s: Settings) -> None:
         if s.station_simulators:
             raise ConfigError("KEYUN_STATION_SIMULATORS: must be false when "
                               "KEYUN_ENV=production")
+        if s.failpoints:
+            raise ConfigError("KEYUN_FAILPOINTS: must be empty when KEYUN_ENV=production")

@@ -38,6 +38,10 @@ def test_defaults() -> None:
     ({**PRODUCTION, "KEYUN_PII_KEYS": ""}, "KEYUN_PII_KEYS"),
     ({"KEYUN_PII_KEYS": "k1:c2hvcnQ"}, "KEYUN_PII_KEYS"),
     ({"KEYUN_WECHAT_API_BASE": "ftp://x"}, "KEYUN_WECHAT_API_BASE"),
+    ({**PRODUCTION, "KEYUN_FAILPOINTS": "orders.after_hold=pause:5"}, "KEYUN_FAILPOINTS"),
+    ({"KEYUN_FAILPOINTS": "orders.after_lunch=pause:5"}, "KEYUN_FAILPOINTS"),
+    ({"KEYUN_FAILPOINTS": "orders.after_hold=crash"}, "KEYUN_FAILPOINTS"),
+    ({"KEYUN_ORPHAN_HOLD_SECONDS": "0"}, "KEYUN_ORPHAN_HOLD_SECONDS"),
 ])
 def test_bad_values_name_the_variable(env: dict[str, str], var: str) -> None:
     with pytest.raises(ConfigError) as info:

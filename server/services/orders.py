@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,9 +29,17 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from server import failpoints
 from server.errors import DomainError
 from server.exchange.base import HoldRequest, TicketInfo
-from server.exchange.errors import ExchangeError, StationTimeout, StationUnreachable
+from server.exchange.errors import (
+    DepartureNotFound,
+    ExchangeError,
+    HoldExpired,
+    HoldNotFound,
+    StationTimeout,
+    StationUnreachable,
+)
 from server.notices import NoticeOutbox
 from server.security.pii import PiiVault, mask_id, mask_phone
 from server.security.principal import PASSENGER, Principal
@@ -70,6 +79,14 @@ return redis.call('INCR', KEYS[1])
 Also = Callable[[dict[str, Any], "AsyncClientSession | None"], Awaitable[None]]
 
 
+# seat holds taken for orders not yet written: "departure|hold" scored by when (Unix s)
+HOLD_JOURNAL = "orders:hold-journal"
+
+
+class HoldClaimed(Exception):
+    """The sweeper released this order's hold before the order could be written."""
+
+
 class TicketNumberTaken(Exception):
     """A ticket number was in use already (the serial counter fell behind MongoDB)."""
 
@@ -87,7 +104,9 @@ def new_order_no(now: dt.datetime) -> str:
 
 class OrderService:
     def __init__(self, db: AsyncDatabase[Any], redis: Redis, seats: SeatService,
-                 rules: RuleService, members: MemberService, vault: PiiVault) -> None:
+                 rules: RuleService, members: MemberService, vault: PiiVault,
+                 orphan_after: float = 60.0) -> None:
+        self.orphan_after = orphan_after
         self._db = db
         self._redis = redis
         self._seats = seats
@@ -150,10 +169,19 @@ class OrderService:
 
         now = now_ms()
         order_no = new_order_no(now)
-        hold = await self._seats.hold(departure_id, HoldRequest(
-            hold_id=f"H{order_no}", channel=channel, count=len(people), from_seq=frm,
-            to_seq=to, seats=tuple(int(s) for s in chosen) if all(chosen) else (),
-            ttl_seconds=rules.payment_timeout_minutes * 60))
+        hold_id = f"H{order_no}"
+        # noted before the seats are taken: if this process dies before the order is
+        # written, the sweeper finds the hold here and gives the seats back
+        await self._redis.zadd(HOLD_JOURNAL, {f"{departure_id}|{hold_id}": time.time()})
+        try:
+            hold = await self._seats.hold(departure_id, HoldRequest(
+                hold_id=hold_id, channel=channel, count=len(people), from_seq=frm,
+                to_seq=to, seats=tuple(int(s) for s in chosen) if all(chosen) else (),
+                ttl_seconds=rules.payment_timeout_minutes * 60))
+        except Exception:
+            await self._redis.zrem(HOLD_JOURNAL, f"{departure_id}|{hold_id}")
+            raise
+        await failpoints.reach("orders.after_hold")
         station = await self._db.stations.find_one({"_id": dep["station_id"]}, {"code": 1})
         tickets = []
         for person, seat in zip(people, hold.seats, strict=True):
@@ -194,12 +222,19 @@ class OrderService:
                         t["ticket_no"] = await self._ticket_no(
                             station["code"] if station else "000000000",
                             dep["service_date"], recount=True)
+        except HoldClaimed:  # too late: the sweeper took this process for dead
+            raise DomainError("HOLD_EXPIRED") from None
         except DuplicateKeyError:
-            await self._seats.release(departure_id, hold.hold_id)
+            await self._give_back(departure_id, hold.hold_id)
             raise DomainError("PASSENGER_ALREADY_BOOKED") from None
         except Exception:
-            await self._seats.release(departure_id, hold.hold_id)
+            await self._give_back(departure_id, hold.hold_id)
             raise
+        await failpoints.reach("orders.after_write")
+        try:
+            await self._redis.zrem(HOLD_JOURNAL, f"{departure_id}|{hold.hold_id}")
+        except RedisError:  # the order stands; the sweeper finds it claimed and drops this
+            log.warning("hold journal entry left", extra={"fields": {"order_no": order_no}})
         log.info("order created", extra={"fields": {"order_no": order_no,
                                                      "departure_id": departure_id,
                                                      "tickets": len(tickets)}})
@@ -209,6 +244,13 @@ class OrderService:
         """Order and tickets together or not at all; a concurrent order on the same index
         keys is retried, and the unique index gives the real answer."""
         async def write(session: AsyncClientSession) -> None:
+            try:
+                await self._db.hold_claims.insert_one(
+                    {"_id": order["hold_id"], "owner": "order",
+                     "departure_id": order["departure_id"], "at": order["created_at"]},
+                    session=session)
+            except DuplicateKeyError:
+                raise HoldClaimed() from None
             await self._db.orders.insert_one(order, session=session)
             await self._db.tickets.insert_many(tickets, session=session)
         try:
@@ -415,6 +457,46 @@ class OrderService:
             await self._db.orders.update_one({"_id": row["_id"]},
                                              {"$set": {"expiry_warned": True}})
         return len(due)
+
+    async def _give_back(self, departure_id: str, hold_id: str) -> None:
+        """The order was not written: release its hold (left in the journal for the sweeper
+        if the station cannot be told now)."""
+        await self._seats.release(departure_id, hold_id)
+        await self._redis.zrem(HOLD_JOURNAL, f"{departure_id}|{hold_id}")
+
+    async def release_orphan_holds(self, limit: int = 100) -> int:
+        """Holds noted in the journal longer ago than ``orphan_after`` with no order: the
+        process taking them died between the hold and the order. Whoever claims the hold
+        first in ``hold_claims`` wins — the order being written or this sweeper — so a slow
+        order is never left without its seats."""
+        cutoff = time.time() - self.orphan_after
+        entries = await self._redis.zrangebyscore(HOLD_JOURNAL, "-inf", cutoff, start=0,
+                                                  num=limit)
+        released = 0
+        for entry in entries:
+            departure_id, _, hold_id = (entry.decode() if isinstance(entry, bytes)
+                                        else entry).rpartition("|")
+            try:
+                await self._db.hold_claims.insert_one(
+                    {"_id": hold_id, "owner": "sweeper", "departure_id": departure_id,
+                     "at": now_ms()})
+            except DuplicateKeyError:
+                claim = await self._db.hold_claims.find_one({"_id": hold_id}, {"owner": 1})
+                if claim and claim["owner"] == "order":  # written after all: not an orphan
+                    await self._redis.zrem(HOLD_JOURNAL, entry)
+                    continue
+            try:
+                await self._seats.release(departure_id, hold_id)
+            except ExchangeError as exc:  # the claim stays ours: tried again next run
+                if not isinstance(exc, (DepartureNotFound, HoldNotFound, HoldExpired)):
+                    log.warning("orphan hold not released yet: %s", exc.code,
+                                extra={"fields": {"hold_id": hold_id}})
+                    continue
+            await self._redis.zrem(HOLD_JOURNAL, entry)
+            released += 1
+            log.warning("orphan hold released (its order was never written)",
+                        extra={"fields": {"hold_id": hold_id, "departure_id": departure_id}})
+        return released
 
     async def _release_tickets(self, order: dict[str, Any],
                                session: AsyncClientSession | None) -> None:

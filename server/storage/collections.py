@@ -280,6 +280,13 @@ COLLECTIONS: list[CollectionSpec] = [
         _ix([("departure_id", ASCENDING), ("status", ASCENDING)], "departure_status"),
         _ix([("status", ASCENDING), ("expires_at", ASCENDING)], "status_expiry"),
     ]),
+    # who a seat hold belongs to: the order written with it, or the sweeper that released it
+    # because its process died before the order was written (the unique _id decides)
+    CollectionSpec("hold_claims", _obj(
+        ["owner", "departure_id", "at"],
+        owner={"enum": ["order", "sweeper"]}, departure_id=NONEMPTY, at=DATE), [
+        _ix([("at", ASCENDING)], "at_ttl", expireAfterSeconds=2 * 86400),
+    ]),
     CollectionSpec("ticket_sources", _obj(
         ["scope", "allotments", "updated_at"],
         scope={"enum": ["departure", "schedule"]},
