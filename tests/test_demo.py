@@ -46,8 +46,9 @@ async def test_demo_province_is_loaded_at_size(db) -> None:
     assert await db.carriers.count_documents({}) >= 10
     assert await db.vehicles.count_documents({}) >= 150
     assert await db.routes.count_documents({}) >= 60
-    route_ids = await db.routes.distinct("_id")
-    assert set(await db.stops.distinct("route_id")) == set(route_ids)
+    # the demo's own routes (tests add single-departure routes "RT…" without a timetable)
+    route_ids = await db.routes.distinct("_id", {"_id": {"$not": {"$regex": "^RT"}}})
+    assert set(await db.stops.distinct("route_id")) >= set(route_ids)
     assert set(await db.schedules.distinct("route_id")) == set(route_ids)
     assert await db.fares.count_documents({"prices.student": {"$exists": True},
                                            "prices.senior": {"$exists": True}}) >= 60
