@@ -33,6 +33,7 @@ from server import failpoints
 from server.errors import DomainError
 from server.exchange.base import HoldRequest, TicketInfo
 from server.exchange.errors import (
+    BadStationResponse,
     DepartureNotFound,
     ExchangeError,
     HoldExpired,
@@ -178,8 +179,11 @@ class OrderService:
                 hold_id=hold_id, channel=channel, count=len(people), from_seq=frm,
                 to_seq=to, seats=tuple(int(s) for s in chosen) if all(chosen) else (),
                 ttl_seconds=rules.payment_timeout_minutes * 60))
-        except Exception:
-            await self._redis.zrem(HOLD_JOURNAL, f"{departure_id}|{hold_id}")
+        except ExchangeError as exc:
+            # a clear refusal took nothing; after a timeout or a garbled answer the station
+            # may hold the seats all the same, so the entry stays for the sweeper to release
+            if not isinstance(exc, (StationTimeout, BadStationResponse)):
+                await self._redis.zrem(HOLD_JOURNAL, f"{departure_id}|{hold_id}")
             raise
         await failpoints.reach("orders.after_hold")
         station = await self._db.stations.find_one({"_id": dep["station_id"]}, {"code": 1})
