@@ -25,9 +25,10 @@ NOTES = [
     "remaining seats from Redis per result) from the separate load generator, beside "
     "`GET /healthz` measured in the same run.",
     "Orders: 16 concurrent buyers (one member each) `POST /api/v1/orders` with one real-name "
-    "passenger on departures spread over the demo province: validation, fare, Redis hold, "
-    "MongoDB transaction (order + ticket), encryption. The baseline inserts the same order and "
-    "ticket documents straight into MongoDB with the same concurrency.",
+    "passenger on departures spread over the demo province: validation, fare, the hold "
+    "journal entry (Redis), Redis hold, MongoDB transaction (hold claim + order + ticket), "
+    "encryption. The baseline inserts the same order and ticket documents straight into "
+    "MongoDB with the same concurrency.",
 ]
 BUYERS = 16
 
