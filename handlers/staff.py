@@ -6,7 +6,7 @@ import datetime as dt
 
 from handlers.auth import STAFF
 from handlers.base import ApiHandler, api, route
-from server.errors import DomainError
+from server.errors import aware_time
 from server.schema import DATETIME, DIVISION, array, integer, obj, string
 from server.security.principal import OPERATOR, STAFF_ROLES
 
@@ -53,14 +53,8 @@ class AuditHandler(ApiHandler):
 def _aware(text: str | None) -> dt.datetime | None:
     if not text:
         return None
-    try:
-        value = dt.datetime.fromisoformat(text)
-    except ValueError:
-        value = None
-    if value is None or value.tzinfo is None:
-        raise DomainError("INVALID_QUERY", "Query parameter 'before' must be an ISO 8601 time "
-                          "with an offset.", field="before")
-    return value
+    return aware_time(text, code="INVALID_QUERY", field="before", message=(
+        "Query parameter 'before' must be an ISO 8601 time with an offset."))
 
 
 default_handlers = [

@@ -7,6 +7,7 @@ contract with clients: never rename one, add a new one instead.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 # code -> (HTTP status, default message)
@@ -135,3 +136,14 @@ class DomainError(Exception):
 def error_body(code: str, message: str | None = None, **details: Any) -> dict[str, Any]:
     """The error body for a code without raising (used by the edge for HTTP-level errors)."""
     return DomainError(code, message, **details).body()
+
+
+def aware_time(text: str, *, code: str, message: str, field: str) -> dt.datetime:
+    """An ISO 8601 time with its UTC offset; anything else (a naive time too) is ``code``."""
+    try:
+        at = dt.datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        at = None
+    if at is None or at.tzinfo is None:
+        raise DomainError(code, message, field=field)
+    return at

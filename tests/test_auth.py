@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import time
+import urllib.parse
 import uuid
 
 import jwt
@@ -204,6 +205,12 @@ async def test_staff_creation_checks_scope_and_duplicates_and_is_audited(api: Ap
     assert any(e["details"]["username"] == username for e in trail.body["entries"])
     logins = await api.get("/api/v1/admin/audit?action=auth.staff_login&limit=5", token=operator)
     assert logins.status == 200 and len(logins.body["entries"]) == 5
+    older = await api.get("/api/v1/admin/audit?action=auth.staff_login&before="
+                          + urllib.parse.quote(logins.body["entries"][-1]["at"]), token=operator)
+    assert older.status == 200
+    assert all(e["at"] < logins.body["entries"][-1]["at"] for e in older.body["entries"])
+    naive = await api.get("/api/v1/admin/audit?before=2026-11-24T10:00:00", token=operator)
+    assert naive.status == 400 and naive.error_code == "INVALID_QUERY", naive.text
 
 
 @pytest.mark.gen_test

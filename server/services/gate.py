@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from server.errors import DomainError
+from server.errors import DomainError, aware_time
 from server.security import ticketcode
 from server.security.pii import PiiVault
 from server.security.principal import Principal
@@ -63,14 +63,8 @@ def _local(value: dt.datetime | None) -> str | None:
 
 
 def _offset_time(text: str) -> dt.datetime:
-    try:
-        at = dt.datetime.fromisoformat(text)
-    except ValueError:
-        at = None
-    if at is None or at.tzinfo is None:
-        raise DomainError("INVALID_VALUE", "scanned_at is an ISO 8601 time with its UTC "
-                          "offset.", field="scans.scanned_at")
-    return at
+    return aware_time(text, code="INVALID_VALUE", field="scans.scanned_at",
+                      message="scanned_at is an ISO 8601 time with its UTC offset.")
 
 
 def _signoff(doc: dict[str, Any]) -> dict[str, Any]:
