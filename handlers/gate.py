@@ -40,8 +40,10 @@ SIGNED = obj({"at": DATETIME, "by": string(), "driver_name": string(),
               "vehicle_plate": string(), "sold": integer(0), "checked_in": integer(0),
               "children": integer(0), "no_shows": array(string())},
              ["at", "sold", "checked_in", "no_shows"])
-DAY = obj({"date": string(10, 10, description="YYYY-MM-DD")}, ["date"])
-BUNDLE_QUERY = obj({"station": string(1, 16), "date": string(10, 10)}, ["station", "date"])
+SERVICE_DAY = string(10, 10, description="YYYY-MM-DD service day; without it, the current "
+                     "and the next service day (Beijing time)")
+DAY = obj({"date": SERVICE_DAY}, [])
+BUNDLE_QUERY = obj({"station": string(1, 16), "date": SERVICE_DAY}, ["station"])
 BUNDLE = obj({"payload": string(description="JSON text; the signature is over its UTF-8"),
               "kid": integer(0), "signature": string(description="Ed25519, base64url")},
              ["payload", "kid", "signature"])
@@ -116,7 +118,7 @@ class GateDeparturesHandler(ApiHandler):
          tags=("gate",))
     async def get(self) -> None:
         self.write_json({"departures": await self.services.gate.departures(
-            self.principal, self.query["date"])})
+            self.principal, self.query.get("date"))})
 
 
 class BundleHandler(ApiHandler):
@@ -126,7 +128,7 @@ class BundleHandler(ApiHandler):
     async def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
         self.write_json(await self.services.gate.bundle(self.principal, self.query["station"],
-                                                        self.query["date"]))
+                                                        self.query.get("date")))
 
 
 class OfflineScansHandler(ApiHandler):

@@ -233,6 +233,35 @@ async def test_two_gates_on_two_processes_scanning_at_once_admit_exactly_once(
         assert winner["ticket_no"] == ticket["ticket_no"]
 
 
+@pytest.mark.gen_test(timeout=60)
+async def test_without_a_day_the_gate_works_with_today_and_tomorrow(api, db, services) -> None:
+    # a bus on tomorrow's service day (here two hours after the coming midnight) must already
+    # be on the picker and in the offline bundle: one leaving at 00:10 boards before midnight
+    now = dt.datetime.now(LOCAL_TZ)
+    midnight = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), LOCAL_TZ)
+    _, dep_id, order = await boarding(api, db, services,
+                                      departs_in=midnight - now + dt.timedelta(hours=2))
+    tomorrow = (await db.departures.find_one({"_id": dep_id}))["service_date"]
+    assert tomorrow == (now.date() + dt.timedelta(days=1)).isoformat()
+    gate = await gate_token(api)
+
+    picker = await api.get("/api/v1/gate/departures", token=gate)
+    assert picker.status == 200, picker.text
+    assert dep_id in [d["id"] for d in picker.body["departures"]]
+    times = [d["departs_at"] for d in picker.body["departures"]]
+    assert times == sorted(times)
+    today_only = await api.get(f"/api/v1/gate/departures?date={now.date().isoformat()}",
+                               token=gate)
+    assert dep_id not in [d["id"] for d in today_only.body["departures"]]
+
+    bundle = await api.get(f"/api/v1/gate/bundle?station={GATE_STATION}", token=gate)
+    assert bundle.status == 200, bundle.text
+    payload = json.loads(bundle.body["payload"])
+    assert payload["dates"] == [now.date().isoformat(), tomorrow]
+    assert order["tickets"][0]["ticket_no"] in {t["t"] for t in payload["tickets"]}
+    assert dep_id in {d["id"] for d in payload["departures"]}
+
+
 @pytest.mark.gen_test(timeout=120)
 async def test_offline_bundle_and_uploads_count_once_and_report_double_admissions(
         api, db, services) -> None:
