@@ -62,7 +62,7 @@ from server.services.inventory import NativeInventory
 from server.services.jobs import JobRunner
 from server.services.members import MemberService, WeChatLogin
 from server.services.orders import OrderService
-from server.services.planning import local_today, plan_departures
+from server.services.planning import plan_sale_window
 from server.services.rules import RuleService
 from server.services.search import NetworkCache, SearchService
 from server.services.seats import SeatService
@@ -70,8 +70,6 @@ from server.services.stations import StationService
 from server.services.sync import SyncService
 from server.services.ticket_sources import TicketSourceService
 from server.services.tickets import TicketService
-
-PLANNING_DAYS = 10
 
 
 @dataclass
@@ -157,8 +155,9 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     jobs.add("payment-scrub", 3600.0, payment_service.scrub_old)
     jobs.add("order-expiry", 2.0, order_service.expire_due)
     # dated departures of native stations roll forward with the days (proxied: by sync)
-    jobs.add("departure-planning", 3600.0,
-             lambda: plan_departures(db, local_today(), PLANNING_DAYS))
+    async def plan() -> int:
+        return await plan_sale_window(db, (await rules.current()).sale_days)
+    jobs.add("departure-planning", 3600.0, plan)
     jobs.add("order-issuing", 10.0, order_service.retry_issuing)
     jobs.add("orphan-holds", 5.0, order_service.release_orphan_holds)
     jobs.add("hold-sweeper", 1.0, inventory.sweep)

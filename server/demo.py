@@ -24,7 +24,8 @@ from pypinyin import Style, lazy_pinyin
 from server.config import Settings
 from server.security.passwords import hash_password
 from server.security.principal import STAFF_ROLES
-from server.services.planning import LOCAL_TZ, local_today, plan_departures
+from server.services.planning import LOCAL_TZ, plan_sale_window
+from server.services.rules import RuleService
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,6 @@ DEMO_VERSION = 2
 # demo stations whose seats live in their own station system (a simulator under `make run`)
 DEMO_VENDORS = {"440304001": "rest", "440303001": "rest", "440507001": "xml",
                 "441402001": "xml"}
-PLAN_DAYS = 10
 ROUTE_COUNT = 72
 
 
@@ -327,7 +327,8 @@ def generate(today: dt.date | None = None) -> dict[str, list[dict[str, Any]]]:
 
 async def ensure_demo(db: AsyncDatabase[Any], settings: Settings, force: bool = False,
                       channels: list[Any] | None = None) -> None:
-    """Load the demo province unless already complete; always plan the next ten days."""
+    """Load the demo province unless already complete; always plan the days on sale
+    and the next one."""
     marker = await db.meta.find_one({"_id": "demo"})
     if force or not marker or not marker.get("complete") \
             or marker.get("version") != DEMO_VERSION:
@@ -335,8 +336,10 @@ async def ensure_demo(db: AsyncDatabase[Any], settings: Settings, force: bool = 
         await db.meta.update_one(
             {"_id": "demo"}, {"$set": {"complete": True, "version": DEMO_VERSION,
                                        "loaded_at": dt.datetime.now(dt.UTC)}}, upsert=True)
-    created = await plan_departures(db, local_today(), PLAN_DAYS)
-    log.info("departures planned", extra={"fields": {"created": created, "days": PLAN_DAYS}})
+    sale_days = (await RuleService(db).current()).sale_days
+    created = await plan_sale_window(db, sale_days)
+    log.info("departures planned", extra={"fields": {"created": created,
+                                                     "days": sale_days + 1}})
 
 
 async def _load(db: AsyncDatabase[Any], settings: Settings, channels: list[Any]) -> None:

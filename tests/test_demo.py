@@ -65,11 +65,12 @@ async def demo_service_dates(db) -> list[str]:
 
 
 @pytest.mark.gen_test
-async def test_departures_cover_the_next_ten_days(db) -> None:
+async def test_departures_cover_the_days_on_sale_and_the_next(db) -> None:
+    # ten days on sale (the default rules) and the one going on sale at the next midnight
     dates = await demo_service_dates(db)
     start = dt.date.fromisoformat(dates[0])
-    expected = [(start + dt.timedelta(days=i)).isoformat() for i in range(10)]
-    assert dates[:10] == expected
+    expected = [(start + dt.timedelta(days=i)).isoformat() for i in range(11)]
+    assert dates[:11] == expected
     schedules = await db.schedules.count_documents({"status": "active"})
     assert await db.departures.count_documents({"service_date": expected[0]}) == schedules
     dep = await db.departures.find_one({"service_date": expected[3]})
@@ -86,7 +87,7 @@ async def test_planning_again_creates_nothing_new(db) -> None:
 
     count = await db.departures.count_documents({})
     start = dt.date.fromisoformat((await demo_service_dates(db))[0])
-    assert await plan_departures(db, start, 10) == 0
+    assert await plan_departures(db, start, 11) == 0
     assert await db.departures.count_documents({}) == count
 
 

@@ -41,6 +41,12 @@ def _pick(options: list[Any], *key: str) -> Any:
     return options[int.from_bytes(digest[:4], "big") % len(options)]
 
 
+async def plan_sale_window(db: AsyncDatabase[Any], sale_days: int) -> int:
+    """Departures for every day on sale and for the day that goes on sale at the next local
+    midnight, so that day is bookable from its first minute, not from the next planning run."""
+    return await plan_departures(db, local_today(), sale_days + 1)
+
+
 async def plan_departures(db: AsyncDatabase[Any], start: dt.date, days: int) -> int:
     """Create missing departures for ``days`` days from ``start``; return how many were new."""
     vehicles: dict[str, list[dict[str, Any]]] = {}
