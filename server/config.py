@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+STATION_CALL_SECONDS = 5.0  # how long Keyun waits for a station system's answer
+
 
 class ConfigError(Exception):
     """A setting is missing or has a wrong value; the message names the variable."""
@@ -298,3 +300,8 @@ def _check_combination(s: Settings) -> None:
                               "KEYUN_ENV=production")
         if s.failpoints:
             raise ConfigError("KEYUN_FAILPOINTS: must be empty when KEYUN_ENV=production")
+        # a hold still being answered by a slow station must never be taken for an orphan
+        if s.orphan_hold_seconds < 2 * STATION_CALL_SECONDS:
+            raise ConfigError(f"KEYUN_ORPHAN_HOLD_SECONDS: at least "
+                              f"{2 * STATION_CALL_SECONDS:.0f} when KEYUN_ENV=production (twice "
+                              f"the station call timeout)")

@@ -42,6 +42,7 @@ def test_defaults() -> None:
     ({"KEYUN_FAILPOINTS": "orders.after_lunch=pause:5"}, "KEYUN_FAILPOINTS"),
     ({"KEYUN_FAILPOINTS": "orders.after_hold=crash"}, "KEYUN_FAILPOINTS"),
     ({"KEYUN_ORPHAN_HOLD_SECONDS": "0"}, "KEYUN_ORPHAN_HOLD_SECONDS"),
+    ({**PRODUCTION, "KEYUN_ORPHAN_HOLD_SECONDS": "9"}, "KEYUN_ORPHAN_HOLD_SECONDS"),
 ])
 def test_bad_values_name_the_variable(env: dict[str, str], var: str) -> None:
     with pytest.raises(ConfigError) as info:

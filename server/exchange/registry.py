@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from server.config import STATION_CALL_SECONDS
 from server.exchange.adapters.native import NativeExchange
 from server.exchange.adapters.rest import RestExchange
 from server.exchange.adapters.xml import XmlExchange
@@ -21,7 +22,8 @@ Factory = Callable[[dict[str, Any]], StationExchange]
 class ExchangeRegistry:
     """Adapters by vendor; ``for_station`` picks the one a station's config names."""
 
-    def __init__(self, native: NativeExchange, *, timeout: float = 5.0) -> None:
+    def __init__(self, native: NativeExchange, *, timeout: float = STATION_CALL_SECONDS
+                 ) -> None:
         self.native = native
         self._timeout = timeout
         self._factories: dict[str, Factory] = {
