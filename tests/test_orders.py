@@ -166,6 +166,47 @@ async def test_unpaid_order_expires_and_seats_come_back(api: ApiClient, db) -> N
     assert [h["to"] for h in history["history"]].count("expired") == 1
 
 
+@pytest.mark.gen_test(timeout=90)
+async def test_readers_never_see_an_order_moved_without_its_tickets(api: ApiClient,
+                                                                     db) -> None:
+    # readers poll one order and the list as hard as they can while orders are cancelled: each
+    # answer must show the order and its tickets at one moment
+    token = await member(api)
+    dep = await make_departure(db, seats=40, stops=2)
+    numbers = []
+    for _ in range(8):
+        resp = await api.post("/api/v1/orders", {"departure_id": dep,
+                                                 "contact_phone": "13812345678",
+                                                 "passengers": [person(), person()]},
+                              token=token)
+        assert resp.status == 201, resp.text
+        numbers.append(resp.body["order_no"])
+    expect = {"pending_payment": {"held"}, "cancelled": {"released"}}
+    seen: list[tuple[str, set[str]]] = []
+    done = asyncio.Event()
+
+    async def reader(path: str) -> None:
+        while not done.is_set():
+            body = (await api.get(path, token=token)).body
+            for order in body.get("orders", [body]):
+                if order["order_no"] in numbers:
+                    seen.append((order["status"], {t["status"] for t in order["tickets"]}))
+
+    async def canceller() -> None:
+        try:
+            for no in numbers:
+                await asyncio.sleep(0.05)
+                resp = await api.post(f"/api/v1/orders/{no}/cancel", token=token)
+                assert resp.status == 200, resp.text
+        finally:
+            done.set()
+
+    await asyncio.gather(canceller(), *[reader(f"/api/v1/orders/{no}") for no in numbers],
+                         reader("/api/v1/orders?limit=20"))
+    torn = [view for view in seen if view[1] != expect[view[0]]]
+    assert len(seen) > 100 and not torn, (len(seen), torn[:5])
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_paid_orders_are_issued_at_the_station(api: ApiClient, db, services) -> None:
     token = await member(api)

@@ -333,9 +333,14 @@ class OrderService:
 
     # --- read -------------------------------------------------------------------------------
     async def get(self, actor: Principal, order_no: str) -> dict[str, Any]:
-        order = await self._visible(actor, order_no)
-        tickets = await self._db.tickets.find({"order_no": order_no}).sort("seat", 1).to_list()
-        return self.public(order, tickets)
+        """The order and its tickets as of one moment (a read-only snapshot transaction): a
+        move and the ticket writes that belong to it are seen together or not at all."""
+        async def read(session: AsyncClientSession) -> dict[str, Any]:
+            order = await self._visible(actor, order_no, session)
+            tickets = await self._db.tickets.find({"order_no": order_no}, session=session).sort(
+                "seat", 1).to_list()
+            return self.public(order, tickets)
+        return await transact(self._db, read)
 
     async def list(self, actor: Principal, *, status: str | None = None, limit: int = 20,
                    before: str | None = None) -> list[dict[str, Any]]:
@@ -344,13 +349,17 @@ class OrderService:
             query["status"] = status
         if before:
             query["order_no"] = {"$lt": before}
-        orders = await self._db.orders.find(query).sort("created_at", -1).limit(
-            limit).to_list()
-        numbers = [o["order_no"] for o in orders]
-        tickets: dict[str, list[dict[str, Any]]] = {}
-        async for t in self._db.tickets.find({"order_no": {"$in": numbers}}).sort("seat", 1):
-            tickets.setdefault(t["order_no"], []).append(t)
-        return [self.public(o, tickets.get(o["order_no"], [])) for o in orders]
+
+        async def read(session: AsyncClientSession) -> list[dict[str, Any]]:
+            orders = await self._db.orders.find(query, session=session).sort(
+                "created_at", -1).limit(limit).to_list()
+            numbers = [o["order_no"] for o in orders]
+            tickets: dict[str, list[dict[str, Any]]] = {}
+            async for t in self._db.tickets.find({"order_no": {"$in": numbers}},
+                                                 session=session).sort("seat", 1):
+                tickets.setdefault(t["order_no"], []).append(t)
+            return [self.public(o, tickets.get(o["order_no"], [])) for o in orders]
+        return await transact(self._db, read)  # one moment, as for a single order
 
     @property
     def vault(self) -> PiiVault:
@@ -369,10 +378,12 @@ class OrderService:
             return {"station_id": actor.station_id}
         return {}
 
-    async def _visible(self, actor: Principal, order_no: str) -> dict[str, Any]:
+    async def _visible(self, actor: Principal, order_no: str,
+                       session: AsyncClientSession | None = None) -> dict[str, Any]:
         """The order if the actor may see it; otherwise the same 404 as a missing one, so
         order numbers cannot be probed."""
-        order = await self._db.orders.find_one({"order_no": order_no, **self.scope(actor)})
+        order = await self._db.orders.find_one({"order_no": order_no, **self.scope(actor)},
+                                               session=session)
         if order is None:
             raise DomainError("ORDER_NOT_FOUND")
         return order
