@@ -114,7 +114,8 @@ class SignOffHandler(ApiHandler):
 
 
 class GateDeparturesHandler(ApiHandler):
-    @api("The signed-in gate's station departures of a day", roles=GATE_STAFF, query=DAY,
+    @api("The signed-in gate's station departures of a day; without one, those it can still "
+         "board today and tomorrow", roles=GATE_STAFF, query=DAY,
          tags=("gate",))
     async def get(self) -> None:
         self.write_json({"departures": await self.services.gate.departures(

@@ -243,11 +243,17 @@ async def test_without_a_day_the_gate_works_with_today_and_tomorrow(api, db, ser
                                       departs_in=midnight - now + dt.timedelta(hours=2))
     tomorrow = (await db.departures.find_one({"_id": dep_id}))["service_date"]
     assert tomorrow == (now.date() + dt.timedelta(days=1)).isoformat()
+    gone = await make_departure(db, stops=2, departs_in=dt.timedelta(minutes=-10),
+                                station_id=GATE_STATION)
+    gone_day = (await db.departures.find_one({"_id": gone}))["service_date"]
     gate = await gate_token(api)
 
     picker = await api.get("/api/v1/gate/departures", token=gate)
     assert picker.status == 200, picker.text
     assert dep_id in [d["id"] for d in picker.body["departures"]]
+    assert gone not in [d["id"] for d in picker.body["departures"]]  # its bus has left
+    that_day = await api.get(f"/api/v1/gate/departures?date={gone_day}", token=gate)
+    assert gone in [d["id"] for d in that_day.body["departures"]]
     times = [d["departs_at"] for d in picker.body["departures"]]
     assert times == sorted(times)
     today_only = await api.get(f"/api/v1/gate/departures?date={now.date().isoformat()}",

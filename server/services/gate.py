@@ -333,8 +333,12 @@ class GateService:
 
     async def departures(self, actor: Principal, date: str | None) -> list[dict[str, Any]]:
         """The station's departures of a day, for the gate page's picker; without a day, those
-        of the current and the next service day (a bus leaving at 00:10 boards before midnight)."""
+        a gate can still board: of the current and the next service day (a bus leaving at 00:10
+        boards before midnight), not yet past the close of check-in."""
         deps = await self._station_days(actor.station_id, _days(date))
+        if date is None:
+            gone = dt.datetime.now(dt.UTC) - CHECKIN_CLOSES
+            deps = [d for d in deps if d["departs_at"] >= gone]
         routes = {r["_id"]: r.get("name", "") async for r in self._db.routes.find(
             {"_id": {"$in": sorted({d["route_id"] for d in deps})}}, {"name": 1})}
         return [{"id": d["_id"], "departs_at": _local(d["departs_at"]),
