@@ -40,8 +40,9 @@ SIGNED = obj({"at": DATETIME, "by": string(), "driver_name": string(),
               "vehicle_plate": string(), "sold": integer(0), "checked_in": integer(0),
               "children": integer(0), "no_shows": array(string())},
              ["at", "sold", "checked_in", "no_shows"])
-SERVICE_DAY = string(10, 10, description="YYYY-MM-DD service day; without it, the current "
-                     "and the next service day (Beijing time)")
+SERVICE_DAY = string(10, 10, pattern="^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+                     description="YYYY-MM-DD service day; without it, the current and the "
+                                 "next service day (Beijing time)")
 DAY = obj({"date": SERVICE_DAY}, [])
 BUNDLE_QUERY = obj({"station": string(1, 16), "date": SERVICE_DAY}, ["station"])
 BUNDLE = obj({"payload": string(description="JSON text; the signature is over its UTF-8"),
@@ -115,7 +116,7 @@ class SignOffHandler(ApiHandler):
 
 class GateDeparturesHandler(ApiHandler):
     @api("The signed-in gate's station departures of a day; without one, those it can still "
-         "board today and tomorrow", roles=GATE_STAFF, query=DAY,
+         "board today and tomorrow", roles=GATE_STAFF, query=DAY, errors=("INVALID_QUERY",),
          tags=("gate",))
     async def get(self) -> None:
         self.write_json({"departures": await self.services.gate.departures(
@@ -125,7 +126,7 @@ class GateDeparturesHandler(ApiHandler):
 class BundleHandler(ApiHandler):
     @api("Offline bundle: keys, valid tickets and revocations of a station's day, signed",
          roles=GATE_STAFF, query=BUNDLE_QUERY, response=BUNDLE, tags=("gate",),
-         errors=("OUT_OF_SCOPE",))
+         errors=("OUT_OF_SCOPE", "INVALID_QUERY"))
     async def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
         self.write_json(await self.services.gate.bundle(self.principal, self.query["station"],

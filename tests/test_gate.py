@@ -254,6 +254,11 @@ async def test_without_a_day_the_gate_works_with_today_and_tomorrow(api, db, ser
     assert gone not in [d["id"] for d in picker.body["departures"]]  # its bus has left
     that_day = await api.get(f"/api/v1/gate/departures?date={gone_day}", token=gate)
     assert gone in [d["id"] for d in that_day.body["departures"]]
+    for bad in ("2026-13-01", "tomorrow", "2026-1-1"):
+        for path in (f"/api/v1/gate/departures?date={bad}",
+                     f"/api/v1/gate/bundle?station={GATE_STATION}&date={bad}"):
+            resp = await api.get(path, token=gate)
+            assert resp.status == 400 and resp.error_code == "INVALID_QUERY", (path, resp.text)
     times = [d["departs_at"] for d in picker.body["departures"]]
     assert times == sorted(times)
     today_only = await api.get(f"/api/v1/gate/departures?date={now.date().isoformat()}",

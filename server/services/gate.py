@@ -61,7 +61,11 @@ def _mask_name(name: str) -> str:
 def _days(date: str | None) -> list[str]:
     """The service days a gate works with: the one asked for, else today's and tomorrow's."""
     if date:
-        return [date]
+        try:
+            return [dt.date.fromisoformat(date).isoformat()]
+        except ValueError:
+            raise DomainError("INVALID_QUERY", "date must be a day, YYYY-MM-DD.",
+                              field="date") from None
     today = dt.datetime.now(LOCAL_TZ).date()
     return [today.isoformat(), (today + dt.timedelta(days=1)).isoformat()]
 
