@@ -78,7 +78,7 @@ RECONCILIATION = obj({"provider": string(), "bill_date": string(format="date"),
 class ReconcileHandler(ApiHandler):
     @api("Match a provider's daily statement to our payments, line by line",
          roles=(FINANCE, OPERATOR), response=RECONCILIATION, tags=("payments",),
-         errors=("NOT_FOUND", "PAYMENT_PROVIDER_ERROR"))
+         errors=("NOT_FOUND", "INVALID_VALUE", "PAYMENT_PROVIDER_ERROR"))
     async def post(self, provider: str, bill_date: str) -> None:
         report = await self.services.payments.reconcile(provider, bill_date)
         await self.services.audit.record(self.principal, "payments.reconcile",

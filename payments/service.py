@@ -339,6 +339,12 @@ class PaymentService:
         from payments.statements import match
 
         try:
+            day = dt.date.fromisoformat(bill_date)
+            bill_date = day.isoformat()
+        except ValueError:
+            raise DomainError("INVALID_VALUE", "The bill date must be a day, YYYY-MM-DD.",
+                              field="bill_date") from None
+        try:
             provider = self.providers.get(provider_id)
         except KeyError:
             raise DomainError("NOT_FOUND", "No such payment provider.") from None
@@ -346,7 +352,6 @@ class PaymentService:
             lines = await provider.statement(bill_date)
         except PaymentError as exc:
             raise DomainError("PAYMENT_PROVIDER_ERROR", str(exc)) from None
-        day = dt.date.fromisoformat(bill_date)
         start = dt.datetime(day.year, day.month, day.day, tzinfo=LOCAL).astimezone(dt.UTC)
         ours = await self._db.payments.find(
             {"provider": provider_id, "status": {"$in": ["paid", "refunding", "refunded"]},

@@ -344,6 +344,11 @@ async def test_statements_are_parsed_and_matched(api: ApiClient, db, providers) 
     await wait_status(api, token, order["order_no"], "issued")
     finance = (await api.login("finance"))["token"]
     today = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date().isoformat()
+    for bad in ("2026-13-01", "today"):
+        resp = await api.post(f"/api/v1/admin/statements/wechat/{bad}", {}, token=finance)
+        assert resp.status == 400 and resp.error_code == "INVALID_VALUE", resp.text
+    assert (await api.post(f"/api/v1/admin/statements/paypal/{today}", {},
+                           token=finance)).status == 404
     for provider in ("wechat", "alipay"):
         resp = await api.post(f"/api/v1/admin/statements/{provider}/{today}", {},
                               token=finance)
