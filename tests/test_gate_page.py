@@ -9,6 +9,7 @@ import shutil
 import pytest
 from playwright.async_api import async_playwright
 
+from tests.booking_support import issued_order, person
 from tests.support import DEMO_PASSWORD
 from tests.test_gate import boarding, qr
 
@@ -56,6 +57,10 @@ async def test_gate_page_online_then_offline_then_upload(api, keyun, db, service
             assert await page.get_attribute("#result", "class") == "bad" and "检票" in why
             assert await page.text_content("#result-title") == "已检票"
 
+            # sold after the page fetched its bundle: not listed, but its code is signed
+            late = await issued_order(api, services, token, dep_id, [person("晚到")])
+            late_code = (await qr(api, token, late["tickets"][0]["ticket_no"]))["code"]
+
             # the network is gone: the bundle judges
             await context.set_offline(True)
             await page.fill("#code", codes[1])
@@ -74,7 +79,11 @@ async def test_gate_page_online_then_offline_then_upload(api, keyun, db, service
             await page.fill("#code", codes[0])
             await page.press("#code", "Enter")
             await outcome(page, "already_used")
-            assert "4 条待上传" in await page.text_content("#queue-state")
+            await page.fill("#code", late_code)
+            await page.press("#code", "Enter")
+            why = await outcome(page, "admitted")
+            assert "离线包之后售出" in why
+            assert "5 条待上传" in await page.text_content("#queue-state")
 
             # back online: the page uploads by itself
             await context.set_offline(False)
@@ -90,6 +99,9 @@ async def test_gate_page_online_then_offline_then_upload(api, keyun, db, service
             untouched = await db.tickets.find_one(
                 {"ticket_no": order["tickets"][2]["ticket_no"]})
             assert untouched["status"] == "issued"  # the tampered code admitted nobody
+            late_ticket = await db.tickets.find_one(
+                {"ticket_no": late["tickets"][0]["ticket_no"]})
+            assert late_ticket["status"] == "checked_in"
             assert errors == []
         finally:
             await context.close()
