@@ -29,6 +29,10 @@ NOTES = [
     "journal entry (Redis), Redis hold, MongoDB transaction (hold claim + order + ticket), "
     "encryption. The baseline inserts the same order and ticket documents straight into "
     "MongoDB with the same concurrency.",
+    "Order read: `GET /api/v1/orders/{no}` by its owner from the load generator (32 "
+    "connections): JWT, the order and its tickets in one read-only snapshot transaction, "
+    "decryption for masking. The baseline reads the same order and tickets straight from "
+    "MongoDB (32 concurrent readers, no transaction).",
 ]
 BUYERS = 16
 
@@ -67,7 +71,7 @@ async def _orders(bench: Bench, departures: list[str]) -> tuple[float, float, li
             if resp.code == 201:
                 latencies.append(time.perf_counter() - started)
                 if len(sample) < 1:
-                    sample.append(json.loads(resp.body)["order_no"])
+                    sample.append((json.loads(resp.body)["order_no"], token))
 
     started = time.perf_counter()
     await asyncio.gather(*[buyer(t) for t in tokens])
@@ -104,6 +108,26 @@ async def _raw_inserts(bench: Bench, order_no: str, seconds: float) -> float:
     return rate
 
 
+async def _raw_reads(bench: Bench, order_no: str, seconds: float) -> float:
+    client: AsyncMongoClient[Any] = AsyncMongoClient(bench.mongo_uri)
+    db = client[bench.db_name]
+    count = 0
+    deadline = time.perf_counter() + seconds
+
+    async def reader() -> None:
+        nonlocal count
+        while time.perf_counter() < deadline:
+            await db.orders.find_one({"order_no": order_no})
+            await db.tickets.find({"order_no": order_no}).sort("seat", 1).to_list()
+            count += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*[reader() for _ in range(32)])
+    rate = count / (time.perf_counter() - started)
+    await client.close()
+    return rate
+
+
 async def run(bench: Bench) -> list[Row]:
     tomorrow = (local_today() + dt.timedelta(days=1)).isoformat()
     bare = await bench.http_load("/healthz")
@@ -115,7 +139,13 @@ async def run(bench: Bench) -> list[Row]:
         "_id", {"station_id": {"$in": native}, "service_date": {"$gt": tomorrow}})
     await client.close()
     rate, p99, sample = await _orders(bench, departures)
-    raw = await _raw_inserts(bench, sample[0], bench.seconds) if sample else 0.0
+    if not sample:
+        raise RuntimeError("no order was created")
+    order_no, token = sample[0]
+    raw = await _raw_inserts(bench, order_no, bench.seconds)
+    read = await bench.http_load(f"/api/v1/orders/{order_no}",
+                                 headers=[f"Authorization: Bearer {token}"])
+    raw_read = await _raw_reads(bench, order_no, bench.seconds)
     return [
         Row("search 广州→深圳 (GET /api/v1/departures)", search["rps"], "req/s",
             "bare JSON endpoint", bare["rps"],
@@ -124,4 +154,8 @@ async def run(bench: Bench) -> list[Row]:
         Row("orders created end to end (POST /api/v1/orders)", rate, "orders/s",
             "raw MongoDB inserts of the same order + ticket", raw,
             f"p99 {p99:.0f} ms; {BUYERS} concurrent buyers"),
+        Row("order read by its owner (GET /api/v1/orders/{no})", read["rps"], "req/s",
+            "raw MongoDB reads of the same order + tickets", raw_read,
+            f"p99 {read['p99_ms']:.1f} ms; errors {int(read['errors'])}; server CPU "
+            f"{read['server_cpu_pct']:.0f} %; snapshot transaction per read"),
     ]
