@@ -354,6 +354,24 @@ async def test_rotated_keys_keep_verifying_old_codes(api, db, services) -> None:
 
 
 @pytest.mark.gen_test(timeout=60)
+async def test_processes_rotating_at_once_agree_on_one_signing_key(api, db, services) -> None:
+    # several processes rotating at the same moment (e.g. all starting on an empty store) must
+    # end with one current key they all sign with, not with every new key retired by another
+    from server.services.gate import GateKeys
+
+    processes = [GateKeys(db, services.gate._vault) for _ in range(4)]
+    made = await asyncio.gather(*[keys.rotate() for keys in processes])
+    current = await db.gate_keys.find({"retired_at": None}).to_list()
+    assert [k["_id"] for k in current] == [max(current, key=lambda k: (k["created_at"],
+                                                                       k["_id"]))["_id"]]
+    assert current[0]["_id"] in made
+    for keys in processes:
+        await keys._load(force=True)
+        assert (await keys.signing())[0] == current[0]["_id"]
+        assert set(made) <= set(await keys.verifying())  # the losers still verify
+
+
+@pytest.mark.gen_test(timeout=60)
 async def test_a_kiosk_hands_out_the_ticket_for_its_pickup_code_once(api, db,
                                                                     services) -> None:
     token, _, order = await boarding(api, db, services)

@@ -101,7 +101,7 @@ class GateKeys:
         cutoff = dt.datetime.now(dt.UTC) - KEY_GRACE
         docs = await self._db.gate_keys.find(
             {"$or": [{"retired_at": None}, {"retired_at": {"$gt": cutoff}}]}).sort(
-            "created_at", -1).to_list()
+            [("created_at", -1), ("_id", -1)]).to_list()
         if not docs:
             await self.rotate()
             return
@@ -115,18 +115,25 @@ class GateKeys:
         self._loaded_at = time.monotonic()
 
     async def rotate(self) -> int:
-        """A new signing key; the previous one keeps verifying for ``KEY_GRACE``."""
+        """A new signing key; the previous one keeps verifying for ``KEY_GRACE``.
+
+        Processes rotating at once (all starting on an empty store) agree without a lock: the
+        newest key by (created_at, id) is current; each rotation retires only the keys older
+        than its own, so the newest survives whatever order the writes land in."""
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption()).decode()
         now = dt.datetime.now(dt.UTC)
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # as stored (BSON ms)
         kid = secrets.randbelow(2**32 - 1) + 1
         await self._db.gate_keys.insert_one({
             "_id": kid, "alg": "Ed25519", "public": _b64(_raw_public(key.public_key())),
             "private_enc": self._vault.encrypt("gate_key", pem), "created_at": now,
             "retired_at": None})
-        await self._db.gate_keys.update_many({"_id": {"$ne": kid}, "retired_at": None},
-                                             {"$set": {"retired_at": now}})
+        await self._db.gate_keys.update_many(
+            {"retired_at": None, "$or": [{"created_at": {"$lt": now}},
+                                         {"created_at": now, "_id": {"$lt": kid}}]},
+            {"$set": {"retired_at": now}})
         await self._load(force=True)
         return kid
 
