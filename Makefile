@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench lint seed-demo clean chromium
+.PHONY: run test test-at bench lint seed-demo clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,14 @@ run: $(STAMP)
 ## Install what the tests need and run the whole suite.
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## The whole suite with every process's clock moved to AT (libfaketime, Debian `faketime`),
+## e.g. make test-at AT='2026-11-25 23:58 +08:00': service days change at Beijing midnight.
+test-at: $(STAMP) chromium
+	@test -n "$(AT)" || { echo "usage: make test-at AT='YYYY-MM-DD HH:MM +08:00'"; exit 2; }
+	@command -v faketime >/dev/null 2>&1 || $(SUDO) apt-get install -y -q faketime >/dev/null
+	off=$$(( $$(date -d '$(AT)' +%s) - $$(date +%s) )); case $$off in -*) ;; *) off=+$$off;; esac; \
+	  faketime -f "$$off" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The gate page is tested in headless Chromium from Debian (Playwright's own download does
 # not work here); installed once if missing.
