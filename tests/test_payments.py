@@ -343,7 +343,9 @@ async def test_statements_are_parsed_and_matched(api: ApiClient, db, providers) 
     await api.post(f"/sandbox/payments/{order['order_no']}/confirm")
     await wait_status(api, token, order["order_no"], "issued")
     finance = (await api.login("finance"))["token"]
-    today = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date().isoformat()
+    # the statement of the day it was paid (Beijing time), even if the suite crossed midnight
+    paid = await db.payments.find_one({"out_trade_no": pay["out_trade_no"]})
+    today = paid["paid_at"].astimezone(dt.timezone(dt.timedelta(hours=8))).date().isoformat()
     for bad in ("2026-13-01", "today"):
         resp = await api.post(f"/api/v1/admin/statements/wechat/{bad}", {}, token=finance)
         assert resp.status == 400 and resp.error_code == "INVALID_VALUE", resp.text
