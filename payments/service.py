@@ -24,7 +24,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from channels.base import get as channel
 from payments.base import Attempt, NotificationRejected, PaymentError, ProviderRegistry
-from server.errors import DomainError
+from server.errors import DomainError, calendar_day
 from server.security.principal import Principal
 from server.services.orders import OrderService, now_ms
 
@@ -338,12 +338,7 @@ class PaymentService:
         """The provider's trade bill of a day matched line by line to our paid attempts."""
         from payments.statements import match
 
-        try:
-            day = dt.date.fromisoformat(bill_date)
-            bill_date = day.isoformat()
-        except ValueError:
-            raise DomainError("INVALID_VALUE", "The bill date must be a day, YYYY-MM-DD.",
-                              field="bill_date") from None
+        day = calendar_day(bill_date, code="INVALID_VALUE", field="bill_date")
         try:
             provider = self.providers.get(provider_id)
         except KeyError:

@@ -138,6 +138,17 @@ def error_body(code: str, message: str | None = None, **details: Any) -> dict[st
     return DomainError(code, message, **details).body()
 
 
+def calendar_day(text: str, *, code: str, field: str) -> dt.date:
+    """A day written YYYY-MM-DD (service days, bill days); anything else is ``code``."""
+    try:
+        day = dt.date.fromisoformat(text)
+    except (TypeError, ValueError):
+        day = None
+    if day is not None and day.isoformat() == text:  # not 20261124 nor 2026-W48-2
+        return day
+    raise DomainError(code, f"{field} must be a day, YYYY-MM-DD.", field=field)
+
+
 def aware_time(text: str, *, code: str, message: str, field: str) -> dt.datetime:
     """An ISO 8601 time with its UTC offset; anything else (a naive time too) is ``code``."""
     try:

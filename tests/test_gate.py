@@ -369,6 +369,14 @@ async def test_processes_rotating_at_once_agree_on_one_signing_key(api, db, serv
         await keys._load(force=True)
         assert (await keys.signing())[0] == current[0]["_id"]
         assert set(made) <= set(await keys.verifying())  # the losers still verify
+    # a process whose clock read earlier but whose insert landed last: its own clean-up
+    # (which follows its insert) retires its key, not the newest
+    late = {**current[0], "_id": current[0]["_id"] ^ 0x5A5A5A5A,
+            "created_at": current[0]["created_at"] - dt.timedelta(seconds=1)}
+    await db.gate_keys.insert_one(late)
+    await processes[0]._retire_all_but_newest(dt.datetime.now(dt.UTC))
+    assert [k["_id"] for k in await db.gate_keys.find({"retired_at": None}).to_list()] == \
+        [current[0]["_id"]]
 
 
 @pytest.mark.gen_test(timeout=60)

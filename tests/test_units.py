@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.config import ConfigError, load_settings
-from server.errors import DomainError
+from server.errors import DomainError, calendar_day
 from server.logs import mask_pii
 from server.schema import coerce_query, obj, string, validate_body
 from server.security.principal import Principal, region_prefix
@@ -122,3 +122,12 @@ def test_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     for f in setting_fields():
         assert f"`{env_name(f.name)}`" in readme, env_name(f.name)
+
+
+@pytest.mark.parametrize("text", ["20261124", "2026-W48-2", "2026-13-01", "2026-02-30",
+                                  "2026-11-24T00:00", " 2026-11-24", ""])
+def test_a_calendar_day_is_written_one_way(text: str) -> None:
+    with pytest.raises(DomainError) as refused:
+        calendar_day(text, code="INVALID_QUERY", field="date")
+    assert refused.value.code == "INVALID_QUERY" and refused.value.details["field"] == "date"
+    assert str(calendar_day("2026-02-28", code="INVALID_QUERY", field="date")) == "2026-02-28"

@@ -26,11 +26,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from server.errors import DomainError, aware_time
+from server.errors import DomainError, aware_time, calendar_day
 from server.security import ticketcode
 from server.security.pii import PiiVault
 from server.security.principal import Principal
-from server.services.planning import LOCAL_TZ
+from server.services.planning import LOCAL_TZ, local_today
 from server.services.realname import same_person
 
 KEY_GRACE = dt.timedelta(days=2)
@@ -61,12 +61,8 @@ def _mask_name(name: str) -> str:
 def _days(date: str | None) -> list[str]:
     """The service days a gate works with: the one asked for, else today's and tomorrow's."""
     if date:
-        try:
-            return [dt.date.fromisoformat(date).isoformat()]
-        except ValueError:
-            raise DomainError("INVALID_QUERY", "date must be a day, YYYY-MM-DD.",
-                              field="date") from None
-    today = dt.datetime.now(LOCAL_TZ).date()
+        return [calendar_day(date, code="INVALID_QUERY", field="date").isoformat()]
+    today = local_today()
     return [today.isoformat(), (today + dt.timedelta(days=1)).isoformat()]
 
 
@@ -118,24 +114,32 @@ class GateKeys:
         """A new signing key; the previous one keeps verifying for ``KEY_GRACE``.
 
         Processes rotating at once (all starting on an empty store) agree without a lock: the
-        newest key by (created_at, id) is current; each rotation retires only the keys older
-        than its own, so the newest survives whatever order the writes land in."""
+        newest key by (created_at, id) is current. After its insert, each rotation retires the
+        keys older than the newest it sees; the newest of all is older than none, so nobody
+        retires it, and the last rotation to look sees every key and leaves it alone current
+        (however late an older key's insert lands)."""
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption()).decode()
         now = dt.datetime.now(dt.UTC)
-        now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # as stored (BSON ms)
         kid = secrets.randbelow(2**32 - 1) + 1
         await self._db.gate_keys.insert_one({
             "_id": kid, "alg": "Ed25519", "public": _b64(_raw_public(key.public_key())),
             "private_enc": self._vault.encrypt("gate_key", pem), "created_at": now,
             "retired_at": None})
-        await self._db.gate_keys.update_many(
-            {"retired_at": None, "$or": [{"created_at": {"$lt": now}},
-                                         {"created_at": now, "_id": {"$lt": kid}}]},
-            {"$set": {"retired_at": now}})
+        await self._retire_all_but_newest(now)
         await self._load(force=True)
         return kid
+
+    async def _retire_all_but_newest(self, now: dt.datetime) -> None:
+        newest = await self._db.gate_keys.find_one(
+            {"retired_at": None}, {"created_at": 1}, sort=[("created_at", -1), ("_id", -1)])
+        if newest is not None:
+            at, top = newest["created_at"], newest["_id"]
+            await self._db.gate_keys.update_many(
+                {"retired_at": None, "$or": [{"created_at": {"$lt": at}},
+                                             {"created_at": at, "_id": {"$lt": top}}]},
+                {"$set": {"retired_at": now}})
 
     async def signing(self) -> tuple[int, Ed25519PrivateKey]:
         await self._load()

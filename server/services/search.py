@@ -16,7 +16,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from server.errors import DomainError
+from server.errors import DomainError, calendar_day
 from server.services.planning import LOCAL_TZ, local_today
 from server.services.rules import RuleService
 from server.services.seats import SeatService
@@ -129,11 +129,7 @@ class SearchService:
                      limit: int = 100) -> list[dict[str, Any]]:
         """Departures serving the trip, sorted by departure time."""
         rules = await self._rules.current()
-        try:
-            day = dt.date.fromisoformat(date)
-        except ValueError:
-            raise DomainError("INVALID_QUERY", "date must be YYYY-MM-DD.", field="date") \
-                from None
+        day = calendar_day(date, code="INVALID_QUERY", field="date")
         today = local_today()
         if not today <= day < today + dt.timedelta(days=rules.sale_days):
             raise DomainError("INVALID_QUERY", f"Departures are on sale from today for "
