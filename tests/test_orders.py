@@ -118,6 +118,13 @@ async def test_one_person_one_seat_per_departure(api: ApiClient, db) -> None:
                                                "passengers": [dict(someone, name="冒名")]},
                             token=await member(api))
     assert second.status == 409 and second.error_code == "PASSENGER_ALREADY_BOOKED"
+    # the same number typed with full-width digits (a phone keyboard's) is the same person
+    wide = someone["id_no"].translate(str.maketrans("0123456789X", "０１２３４５６７８９Ｘ"))
+    third = await api.post("/api/v1/orders", {"departure_id": dep["_id"],
+                                              "contact_phone": "13912345678",
+                                              "passengers": [dict(someone, id_no=wide)]},
+                           token=await member(api))
+    assert third.status == 409 and third.error_code == "PASSENGER_ALREADY_BOOKED", third.text
     other_day = await native_departure(db, 6)
     ok = await api.post("/api/v1/orders", {"departure_id": other_day["_id"],
                                            "contact_phone": "13812345678",

@@ -112,3 +112,23 @@ def test_bad_keys_are_refused() -> None:
         PiiVault.from_config("k1:short", "x" * 44)
     with pytest.raises(PiiKeyError):
         PiiVault.from_config(new_key_spec(), "")
+
+
+FULL_WIDTH = str.maketrans("0123456789X", "０１２３４５６７８９Ｘ")
+
+
+def test_every_spelling_of_a_number_is_one_number() -> None:
+    """Full-width digits (a phone keyboard's) normalize to the ASCII number; digits of
+    other scripts are refused, for every document type."""
+    assert validate("resident_id", SAMPLE.translate(FULL_WIDTH), TODAY).id_no == SAMPLE
+    assert validate("passport", "Ｅ１２３４５６７８", TODAY).id_no == "E12345678"
+    arabic = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
+    for id_type, number in (("resident_id", SAMPLE), ("passport", "E12345678"),
+                            ("hk_macau_permit", "H12345678"), ("taiwan_permit", "12345678"),
+                            ("hmt_residence_permit", make_id("81000019800101123")),
+                            ("foreign_permanent_residence", "ABC123456789012")):
+        assert validate(id_type, number, TODAY).id_no == number
+        assert validate(id_type, number.translate(FULL_WIDTH), TODAY).id_no == number
+        with pytest.raises(DomainError) as err:
+            validate(id_type, number.translate(arabic), TODAY)
+        assert err.value.code == "INVALID_ID_NUMBER", id_type

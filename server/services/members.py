@@ -17,6 +17,7 @@ import hashlib
 import logging
 import re
 import secrets
+import unicodedata
 import uuid
 from typing import Any
 
@@ -36,7 +37,7 @@ from server.wechat import wechat_client
 
 log = logging.getLogger(__name__)
 
-PHONE = re.compile(r"^1[3-9]\d{9}$")
+PHONE = re.compile(r"^1[3-9][0-9]{9}$")
 CODE_TTL = 300
 SEND_INTERVAL = 60
 SENDS_PER_DAY = 10
@@ -55,7 +56,7 @@ return 0
 
 
 def normalize_phone(phone: str) -> str:
-    value = re.sub(r"[\s-]", "", phone or "").removeprefix("+86")
+    value = re.sub(r"[\s-]", "", unicodedata.normalize("NFKC", phone or "")).removeprefix("+86")
     if not PHONE.fullmatch(value):
         raise DomainError("INVALID_PHONE", field="phone")
     return value

@@ -1,4 +1,4 @@
-"""Real-name documents (实名制): validate and normalize the ID documents a ticket may name.
+r"""Real-name documents (实名制): validate and normalize the ID documents a ticket may name.
 
 - ``resident_id`` 居民身份证 (GB 11643-1999): 18 characters, a GB/T 2260 province prefix, a
   real birth date (not in the future, not before 1900), and the ISO 7064 MOD 11-2 check
@@ -10,6 +10,11 @@
 - ``passport`` 护照, ``hk_macau_permit`` 港澳居民来往内地通行证, ``taiwan_permit``
   台湾居民来往大陆通行证: by pattern.
 
+Input is NFKC-normalized first (full-width ``１１０１…`` is ``1101…``, as a phone keyboard may
+type it) and then checked with ASCII classes only: every spelling of one document is one
+number, so one person, one seat cannot be bypassed by writing the same digits another way,
+and digits of other scripts (``٣``) are refused rather than passed by ``\d``.
+
 Province codes are checked against GB/T 2260's table; finer prefixes change with every
 administrative reform and are not (a retired county code still prints on valid cards).
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,9 +38,9 @@ HMT_PREFIXES = {"810000", "820000", "830000"}
 _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CHECK = "10X98765432"
 PATTERNS = {
-    "passport": re.compile(r"^(?:[EG]\d{8}|[EG][A-Z]\d{7}|[A-Z0-9]{5,17})$"),
-    "hk_macau_permit": re.compile(r"^[HM]\d{8}(?:\d{2})?$"),
-    "taiwan_permit": re.compile(r"^(?:\d{8}|\d{10}|[A-Z]\d{9})$"),
+    "passport": re.compile(r"^(?:[EG][0-9]{8}|[EG][A-Z][0-9]{7}|[A-Z0-9]{5,17})$"),
+    "hk_macau_permit": re.compile(r"^[HM][0-9]{8}(?:[0-9]{2})?$"),
+    "taiwan_permit": re.compile(r"^(?:[0-9]{8}|[0-9]{10}|[A-Z][0-9]{9})$"),
 }
 ID_TYPES = ("resident_id", "passport", "hk_macau_permit", "taiwan_permit",
             "hmt_residence_permit", "foreign_permanent_residence")
@@ -53,6 +59,11 @@ class Document:
         return years - ((day.month, day.day) < (self.birth_date.month, self.birth_date.day))
 
 
+def normalize_id(id_no: str) -> str:
+    """One spelling per number: NFKC (full-width to ASCII), no spaces, upper case."""
+    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", id_no or "")).upper()
+
+
 def check_char(first17: str) -> str:
     """The GB 11643 check character of the first 17 characters."""
     return _CHECK[sum(int(c) * w for c, w in zip(first17, _WEIGHTS, strict=True)) % 11]
@@ -63,7 +74,7 @@ def _invalid(message: str) -> DomainError:
 
 
 def _eighteen(value: str, today: dt.date) -> dt.date:
-    if not re.fullmatch(r"\d{17}[\dX]", value):
+    if not re.fullmatch(r"[0-9]{17}[0-9X]", value):
         raise _invalid("An 18-character ID number has 17 digits and a digit or X.")
     if check_char(value[:17]) != value[17]:
         raise _invalid("The ID number's check character does not match.")
@@ -79,10 +90,12 @@ def _eighteen(value: str, today: dt.date) -> dt.date:
 def validate(id_type: str, id_no: str, today: dt.date | None = None) -> Document:
     """A normalized document, or INVALID_ID_NUMBER / INVALID_VALUE naming what is wrong."""
     today = today or dt.date.today()
-    value = re.sub(r"\s+", "", id_no or "").upper()
+    value = normalize_id(id_no)
     if id_type not in ID_TYPES:
         raise DomainError("INVALID_VALUE", f"Unknown document type {id_type!r}.",
                           field="id_type")
+    if not value.isascii():
+        raise _invalid("An ID number has Latin letters and the digits 0-9 only.")
     if id_type == "resident_id":
         birth = _eighteen(value, today)
         if value[:2] not in PROVINCES or value[:2] in {"71", "81", "82"}:
@@ -98,7 +111,7 @@ def validate(id_type: str, id_no: str, today: dt.date | None = None) -> Document
             if not value.startswith("9"):
                 raise _invalid("A 2023 permanent residence card number starts with 9.")
             return Document(id_type, value, _eighteen(value, today))
-        if re.fullmatch(r"[A-Z]{3}\d{12}", value):
+        if re.fullmatch(r"[A-Z]{3}[0-9]{12}", value):
             return Document(id_type, value)
         raise _invalid("A permanent residence card number has 18 or 15 characters.")
     if not PATTERNS[id_type].fullmatch(value):
