@@ -35,7 +35,7 @@ class ExchangeStatusHandler(ApiHandler):
     @api("Station systems: online state, last sync, call outcomes and latency (last hour)",
          roles=(OPERATOR, AUTHORITY, STATION_STAFF), response=STATUS_LIST, tags=("exchange",))
     async def get(self) -> None:
-        self.write_json({"stations": await self.services.sync.status()})
+        self.write_json({"stations": await self.services.sync.status(self.principal)})
 
 
 class StationSyncHandler(ApiHandler):
@@ -52,9 +52,10 @@ class StationSyncHandler(ApiHandler):
 
 class TicketSourceHandler(ApiHandler):
     @api("The ticket source of a schedule or a departure", roles=(OPERATOR, STATION_STAFF),
-         response=SOURCE, tags=("exchange",))
+         response=SOURCE, tags=("exchange",), errors=("NOT_FOUND",))
     async def get(self, scope: str, ref: str) -> None:
-        self.write_json(await self.services.ticket_sources.get(_scope(scope), ref))
+        self.write_json(await self.services.ticket_sources.get(self.principal, _scope(scope),
+                                                               ref))
 
     @api("Set allotments, caps and closed channels of a schedule or departure",
          roles=(OPERATOR,), body=SOURCE_BODY, response=SOURCE, tags=("exchange",),

@@ -58,6 +58,16 @@ class Principal:
             return True
         return bool(division) and str(division).startswith(region_prefix(self.region))
 
+    def station_query(self) -> dict[str, Any]:
+        """The stations this principal may see, as a filter of ``stations`` (empty when
+        unscoped): station roles their station, an authority the stations of its region."""
+        query: dict[str, Any] = {}
+        if self.station_id:
+            query["_id"] = self.station_id
+        if self.region:
+            query["division"] = {"$regex": "^" + region_prefix(self.region)}
+        return query
+
     def claims(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
 

@@ -289,7 +289,7 @@ class GateService:
     # --- manifest -----------------------------------------------------------------------------
     async def manifest(self, actor: Principal, departure_id: str) -> dict[str, Any]:
         dep = await self._db.departures.find_one({"_id": departure_id})
-        if dep is None or (actor.station_id and dep["station_id"] != actor.station_id):
+        if dep is None or not await self._may_see_station(actor, dep["station_id"]):
             raise DomainError("DEPARTURE_NOT_FOUND")
         tickets = await self._db.tickets.find(
             {"departure_id": departure_id,
@@ -436,6 +436,11 @@ class GateService:
                              "ticket_no": result.get("ticket_no")})
         return {"accepted": accepted, "duplicates": duplicates, "conflicts": conflicts,
                 "outcomes": outcomes}
+
+    async def _may_see_station(self, actor: Principal, station_id: str) -> bool:
+        limits = actor.station_query()
+        return not limits or bool(await self._db.stations.count_documents(
+            {"$and": [{"_id": station_id}, limits]}, limit=1))
 
     async def conflicts(self, actor: Principal) -> list[dict[str, Any]]:
         query: dict[str, Any] = {"resolved": False}

@@ -25,6 +25,7 @@ from server.errors import DomainError
 from server.exchange.base import SyncBatch
 from server.exchange.errors import BadStationResponse, ExchangeError
 from server.notices import NoticeOutbox
+from server.security.principal import Principal
 from server.services.events import Topic
 from server.services.planning import local_today
 from server.services.seats import SeatService
@@ -69,9 +70,10 @@ class SyncService:
         self._seats = seats
         self._notices = NoticeOutbox(db)
 
-    async def proxied_stations(self) -> list[dict[str, Any]]:
+    async def proxied_stations(self, scope: dict[str, Any] | None = None
+                               ) -> list[dict[str, Any]]:
         return await self._db.stations.find(
-            {"system.vendor": {"$in": ["rest", "xml"]}}).to_list()
+            {"system.vendor": {"$in": ["rest", "xml"]}, **(scope or {})}).to_list()
 
     async def sync_all(self, full: bool = False) -> list[dict[str, Any]]:
         """One run per station system (a system may serve several stations)."""
@@ -129,11 +131,12 @@ class SyncService:
         await self._db.sync_runs.replace_one({"_id": run["_id"]}, run)
         return run
 
-    async def status(self) -> list[dict[str, Any]]:
-        """Per proxied station: online or not, the last sync run, the last hour of calls."""
+    async def status(self, actor: Principal) -> list[dict[str, Any]]:
+        """Per proxied station the actor may see: online or not, the last sync run, the last
+        hour of calls."""
         since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
         out = []
-        for station in await self.proxied_stations():
+        for station in await self.proxied_stations(actor.station_query()):
             last = await self._db.sync_runs.find_one({"station_id": station["_id"]},
                                                      sort=[("started_at", -1)])
             calls: dict[str, int] = {}

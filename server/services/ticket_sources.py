@@ -31,7 +31,15 @@ class TicketSourceService:
         self._inventory = inventory
         self._audit = audit
 
-    async def get(self, scope: str, ref: str) -> dict[str, Any]:
+    async def get(self, actor: Principal, scope: str, ref: str) -> dict[str, Any]:
+        """The ticket source of a departure or schedule the actor may see (NOT_FOUND for
+        another station's, as for one that does not exist)."""
+        limits = actor.station_query()
+        if limits:
+            owner = await self._db[f"{scope}s"].find_one({"_id": ref}, {"station_id": 1})
+            if owner is None or not await self._db.stations.count_documents(
+                    {"$and": [{"_id": owner["station_id"]}, limits]}, limit=1):
+                raise DomainError("NOT_FOUND")
         doc = await self._db.ticket_sources.find_one({"_id": f"{scope}:{ref}"})
         if doc is None:
             return {"scope": scope, "ref": ref, "allotments": {}, "caps": {},
