@@ -8,7 +8,7 @@ from handlers.base import ApiHandler, api, route
 from handlers.orders import BUYERS
 from payments.base import NotificationRejected
 from server.errors import DomainError
-from server.schema import FEN, obj, string
+from server.schema import DATETIME, FEN, array, integer, obj, string
 from server.security.principal import FINANCE, OPERATOR
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ class PayHandler(ApiHandler):
     @api("Start paying an order: the provider's client parameters (e.g. wx.requestPayment)",
          roles=BUYERS, body=PAY, response=PAY_OUT, tags=("payments",), idempotent=True,
          errors=("ORDER_NOT_FOUND", "ORDER_NOT_PAYABLE", "PAYMENT_METHOD_NOT_ALLOWED",
+                 "PAYMENT_IN_PROGRESS", "OUTLET_NOT_FOUND",
                  "PAYMENT_PROVIDER_ERROR", "INSUFFICIENT_BALANCE", "TENDER_TOO_LOW"))
     async def post(self, order_no: str) -> None:
         self.write_json(await self.services.payments.start(
@@ -78,7 +79,8 @@ RECONCILIATION = obj({"provider": string(), "bill_date": string(format="date"),
 class ReconcileHandler(ApiHandler):
     @api("Match a provider's daily statement to our payments, line by line",
          roles=(FINANCE, OPERATOR), response=RECONCILIATION, tags=("payments",),
-         errors=("NOT_FOUND", "INVALID_VALUE", "PAYMENT_PROVIDER_ERROR"))
+         errors=("NOT_FOUND", "INVALID_VALUE", "PAYMENT_PROVIDER_ERROR",
+                 "STATEMENT_NOT_READY"))
     async def post(self, provider: str, bill_date: str) -> None:
         report = await self.services.payments.reconcile(provider, bill_date)
         await self.services.audit.record(self.principal, "payments.reconcile",
@@ -125,3 +127,71 @@ default_handlers = [
     route("/api/v1/admin/outlets/{outlet_id}/deposits", OutletDepositHandler),
 ]
 sandbox_handlers = [route("/sandbox/payments/{order_no}/confirm", SandboxConfirmHandler)]
+
+
+REFUND = obj({"refund_id": string(), "order_no": string(), "ticket_no": string(),
+              "amount": FEN, "status": string(enum=["requested", "sending", "processing",
+                                                    "done", "failed", "attention"]),
+              "reason": string(), "provider": string(), "provider_state": string(),
+              "out_refund_no": string(), "error": string(), "created_at": DATETIME,
+              "actions": array(obj({"action": string(), "note": string(), "at": DATETIME,
+                                    "by": string()}))},
+             ["refund_id", "order_no", "amount", "status"])
+REFUND_LIST = obj({"refunds": array(REFUND)}, ["refunds"])
+REFUND_QUERY = obj({"status": string(enum=["requested", "sending", "processing", "done",
+                                           "failed", "attention"]),
+                    "limit": integer(1, 500)})
+REFUND_ACTION = obj({"note": string(1, 500, description="what was done, for the record")},
+                    ["note"])
+
+
+class RefundsHandler(ApiHandler):
+    @api("Refunds, newest first; status=attention is finance's queue (closed, abnormal or "
+         "refused at the provider)", roles=(FINANCE, OPERATOR), query=REFUND_QUERY,
+         response=REFUND_LIST, tags=("payments",))
+    async def get(self) -> None:
+        self.write_json({"refunds": await self.services.payments.list_refunds(
+            self.query.get("status"), self.query.get("limit", 100))})
+
+
+class RefundRetryHandler(ApiHandler):
+    @api("Send a closed or refused refund again, under a new refund number",
+         roles=(FINANCE,), body=REFUND_ACTION, response=REFUND, tags=("payments",),
+         idempotent=True, errors=("REFUND_NOT_FOUND", "REFUND_NOT_RETRYABLE"))
+    async def post(self, refund_id: str) -> None:
+        self.write_json(await self.services.payments.retry_refund(
+            self.principal, refund_id, self.body["note"]))
+
+
+class RefundResolveHandler(ApiHandler):
+    @api("Record a refund finance paid back another way (e.g. after an ABNORMAL refund)",
+         roles=(FINANCE,), body=REFUND_ACTION, response=REFUND, tags=("payments",),
+         idempotent=True, errors=("REFUND_NOT_FOUND", "REFUND_NOT_RETRYABLE"))
+    async def post(self, refund_id: str) -> None:
+        self.write_json(await self.services.payments.resolve_refund(
+            self.principal, refund_id, self.body["note"]))
+
+
+ALERT = obj({"key": string(), "kind": string(), "message": string(), "status": string(),
+             "count": integer(1), "details": {"type": "object"}, "created_at": DATETIME,
+             "last_at": DATETIME}, ["key", "kind", "message", "status"])
+ALERT_QUERY = obj({"status": string(enum=["open", "closed"]), "kind": string(1, 64),
+                   "limit": integer(1, 500)})
+
+
+class AlertsHandler(ApiHandler):
+    @api("Operations alerts, newest first (open ones by default)",
+         roles=(OPERATOR, FINANCE), query=ALERT_QUERY,
+         response=obj({"alerts": array(ALERT)}, ["alerts"]), tags=("admin",))
+    async def get(self) -> None:
+        self.write_json({"alerts": await self.services.alerts.list(
+            self.query.get("status", "open"), self.query.get("kind"),
+            self.query.get("limit", 100))})
+
+
+default_handlers += [
+    route("/api/v1/admin/refunds", RefundsHandler),
+    route("/api/v1/admin/refunds/{refund_id}/retry", RefundRetryHandler),
+    route("/api/v1/admin/refunds/{refund_id}/resolve", RefundResolveHandler),
+    route("/api/v1/admin/alerts", AlertsHandler),
+]

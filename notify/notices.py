@@ -21,6 +21,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from server.logs import mask_pii
 from server.notices import SmsError, SmsProvider, SubscribeMessageError, SubscribeMessenger
 from server.security.pii import PiiVault
+from server.services.jobs import RecordFailures
 from server.services.planning import LOCAL_TZ
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,10 @@ WECHAT_FIELDS = {
 
 class NoticeDispatcher:
     def __init__(self, db: AsyncDatabase[Any], vault: PiiVault, sms: SmsProvider,
-                 wechat: SubscribeMessenger | None, templates: dict[str, str]) -> None:
+                 wechat: SubscribeMessenger | None, templates: dict[str, str],
+                 failures: RecordFailures | None = None) -> None:
         self._db = db
+        self.failures = failures or RecordFailures()
         self._vault = vault
         self._sms = sms
         self._wechat = wechat
@@ -111,7 +114,8 @@ class NoticeDispatcher:
                 sort=[("next_at", 1)], return_document=ReturnDocument.AFTER)
             if notice is None:
                 break
-            await self._deliver(notice)
+            with self.failures.record("notices", notice["_id"]):
+                await self._deliver(notice)  # a failure is retried once its claim times out
             handled += 1
         return handled
 

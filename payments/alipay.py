@@ -127,7 +127,8 @@ class Alipay(BasePaymentProvider):
         if data.get("code") != "10000":
             if data.get("sub_code") == "ACQ.TRADE_NOT_EXIST":
                 return {"trade_status": "NOT_EXIST", **data}
-            raise PaymentError(f"Alipay refused: {data.get('sub_code') or data.get('code')}")
+            raise PaymentError(f"Alipay refused: {data.get('sub_code') or data.get('code')}",
+                               code=str(data.get("sub_code") or data.get("code") or ""))
         return data
 
     async def start(self, attempt: Attempt, method: str) -> dict[str, Any]:
@@ -158,15 +159,31 @@ class Alipay(BasePaymentProvider):
         data = await self._call("alipay.trade.refund", {
             "out_trade_no": out_trade_no, "refund_amount": yuan(amount),
             "out_request_no": out_refund_no})
-        return RefundResult(out_refund_no, "done" if data.get("fund_change") in ("Y", "N")
-                            else "processing", str(data.get("trade_no", "")))
+        # fund_change Y: this call moved the money; N is no failure — only a refund query
+        # (refund_status REFUND_SUCCESS) says the money is back
+        return RefundResult(out_refund_no, "done" if data.get("fund_change") == "Y"
+                            else "processing", str(data.get("trade_no", "")), amount,
+                            str(data.get("fund_change", "")))
+
+    async def refund_query(self, out_trade_no: str, out_refund_no: str) -> RefundResult:
+        data = await self._call("alipay.trade.fastpay.refund.query", {
+            "out_trade_no": out_trade_no, "out_request_no": out_refund_no})
+        status = str(data.get("refund_status", ""))
+        amount = fen(data["refund_amount"]) if data.get("refund_amount") else None
+        return RefundResult(out_refund_no, "done" if status == "REFUND_SUCCESS"
+                            else "processing", str(data.get("trade_no", "")), amount, status)
 
     async def statement(self, bill_date: str) -> list[Any]:
         """The day's trade bill: a download URL from the signed API, then a GBK CSV zip."""
         from payments.statements import parse_alipay_bill
 
-        data = await self._call("alipay.data.dataservice.bill.downloadurl.query",
-                                {"bill_type": "trade", "bill_date": bill_date})
+        try:
+            data = await self._call("alipay.data.dataservice.bill.downloadurl.query",
+                                    {"bill_type": "trade", "bill_date": bill_date})
+        except PaymentError as exc:
+            if exc.code == "isp.bill_not_exist":  # a past day without trades
+                return []
+            raise
         try:
             response = await AsyncHTTPClient().fetch(str(data["bill_download_url"]),
                                                      request_timeout=self._timeout)
@@ -179,7 +196,12 @@ class Alipay(BasePaymentProvider):
                                  ) -> ProviderState:
         from urllib.parse import parse_qsl
 
-        params = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise NotificationRejected("body is not UTF-8 (we ask Alipay for charset=utf-8)") \
+                from None
+        params = dict(parse_qsl(text, keep_blank_values=True))
         if params.get("sign_type") != "RSA2":
             raise NotificationRejected("only RSA2 is accepted")
         signature = params.pop("sign", "")

@@ -16,9 +16,10 @@ from typing import Any
 class PaymentError(Exception):
     """The provider refused or could not be reached; ``retry`` says whether to try again."""
 
-    def __init__(self, message: str, *, retry: bool = False) -> None:
+    def __init__(self, message: str, *, retry: bool = False, code: str = "") -> None:
         super().__init__(message)
         self.retry = retry
+        self.code = code  # the provider's own error code, when it gave one
 
 
 class NotificationRejected(Exception):
@@ -45,13 +46,21 @@ class ProviderState:
     amount: int | None = None
     transaction_id: str = ""
     raw_state: str = ""
+    account: str = ""  # the app the transaction was made under, when the provider says
 
 
 @dataclass(frozen=True)
 class RefundResult:
+    """What the provider says of a refund: ``done`` (the money is back), ``processing``
+    (asynchronous: a notification or a query tells later), ``closed`` (the provider gave
+    up; a new refund may be made) or ``abnormal`` (the payer's account refused it: a person
+    must act)."""
+
     out_refund_no: str
-    state: str  # processing, done, failed
+    state: str  # processing, done, closed, abnormal
     refund_id: str = ""
+    amount: int | None = None
+    raw_state: str = ""
 
 
 class BasePaymentProvider(abc.ABC):
@@ -76,8 +85,14 @@ class BasePaymentProvider(abc.ABC):
         """Refund; ``out_refund_no`` is stable, so a retried refund never pays twice."""
 
     @abc.abstractmethod
-    async def parse_notification(self, headers: dict[str, str], body: bytes) -> ProviderState:
-        """Verify and decode a notification; NotificationRejected if it is not genuine."""
+    async def parse_notification(self, headers: dict[str, str], body: bytes
+                                 ) -> ProviderState | RefundResult:
+        """Verify and decode a notification — of a payment or of a refund;
+        NotificationRejected if it is not genuine."""
+
+    async def refund_query(self, out_trade_no: str, out_refund_no: str) -> RefundResult:
+        """Ask what became of a refund (recovers a lost refund notification)."""
+        raise PaymentError(f"{self.identifier} cannot query refunds")
 
     async def statement(self, bill_date: str) -> list[Any]:
         """The provider's trade lines of a day (``payments.statements.StatementLine``)."""
@@ -87,6 +102,10 @@ class BasePaymentProvider(abc.ABC):
         """Fields of an old attempt to forget (personal or no longer useful data). Attempts
         never store the payer's identity; what a client paid with goes once it is stale."""
         return ["client_params", "receipt.reference"]
+
+    def account_for(self, method: str) -> str:
+        """The app a payment by ``method`` is made under ("" when the provider has one)."""
+        return ""
 
     def matching_id(self, attempt: dict[str, Any]) -> str:
         """What a statement line is matched by."""

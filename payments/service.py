@@ -19,21 +19,36 @@ import logging
 from typing import Any
 
 from pymongo import ReturnDocument
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 from tornado.httpclient import AsyncHTTPClient
 
 from channels.base import get as channel
-from payments.base import Attempt, NotificationRejected, PaymentError, ProviderRegistry
+from payments.base import (
+    Attempt,
+    NotificationRejected,
+    PaymentError,
+    ProviderRegistry,
+    RefundResult,
+)
 from server.errors import DomainError, calendar_day
 from server.security.principal import Principal
+from server.services.alerts import AlertService
+from server.services.audit import AuditService
+from server.services.jobs import RecordFailures
 from server.services.orders import OrderService, now_ms
+from server.storage.transactions import transact
 
 log = logging.getLogger(__name__)
 
 LOCAL = dt.timezone(dt.timedelta(hours=8))
 QUERY_AFTER = dt.timedelta(seconds=60)
 LOCAL_METHODS = ("agent_balance", "cash", "bank_card")
-REFUND_STUCK_AFTER = dt.timedelta(seconds=60)
+REFUND_STUCK_AFTER = dt.timedelta(seconds=60)  # a refund being sent this long: its worker died
+REFUND_RETRY_AFTER = dt.timedelta(seconds=30)  # the provider was unreachable: wait, then again
+REFUND_QUERY_AFTER = dt.timedelta(seconds=60)  # processing this long with no notice: ask
+ATTEMPT_STARTING = dt.timedelta(seconds=30)  # a created attempt older than this was abandoned
 
 
 def refund_no(request_id: str) -> str:
@@ -41,17 +56,43 @@ def refund_no(request_id: str) -> str:
     return "RF" + hashlib.sha256(request_id.encode()).hexdigest()[:30]
 
 
+def refund_view(request: dict[str, Any]) -> dict[str, Any]:
+    """A refund request as finance sees it."""
+    return {"refund_id": str(request["_id"]), "order_no": request["order_no"],
+            "ticket_no": request.get("ticket_no", ""), "amount": int(request["amount"]),
+            "status": request["status"], "reason": request.get("reason", ""),
+            "provider": request.get("provider", ""),
+            "provider_state": request.get("provider_state", ""),
+            "out_refund_no": request.get("out_refund_no", ""),
+            "error": request.get("error", ""),
+            "created_at": request["created_at"].astimezone(LOCAL).isoformat(),
+            "actions": [{"action": a["action"], "note": a.get("note", ""),
+                         "at": a["at"].astimezone(LOCAL).isoformat(),
+                         "by": (a.get("by") or {}).get("username", "")}
+                        for a in request.get("actions", [])]}
+
+
 class PaymentService:
     def __init__(self, db: AsyncDatabase[Any], providers: ProviderRegistry,
-                 orders: OrderService, sandbox_bases: dict[str, str] | None = None) -> None:
+                 orders: OrderService, alerts: AlertService, audit: AuditService,
+                 failures: RecordFailures | None = None,
+                 sandbox_bases: dict[str, str] | None = None) -> None:
         self._db = db
         self.providers = providers
         self._orders = orders
+        self.alerts = alerts
+        self.audit = audit
+        self.failures = failures or RecordFailures()
         self._sandbox = sandbox_bases or {}
 
     # --- start ---------------------------------------------------------------------------------
     async def start(self, actor: Principal, order_no: str, method: str,
                     tendered: int | None = None, reference: str = "") -> dict[str, Any]:
+        """Start paying an order: one attempt at a time, recorded before any money moves.
+
+        A second pay while one is being started is ``PAYMENT_IN_PROGRESS``; paying again
+        with the method of an attempt still open gives that attempt's parameters back (one
+        provider order, not two); another method opens a new attempt."""
         order = await self._db.orders.find_one({"order_no": order_no,
                                                 **self._orders.scope(actor)})
         if order is None:
@@ -61,87 +102,153 @@ class PaymentService:
         if method not in channel(order["channel"]).payment_methods:
             raise DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="method",
                               allowed=list(channel(order["channel"]).payment_methods))
-        tries = await self._db.payments.count_documents({"order_no": order_no})
-        out_trade_no = f"{order_no}P{tries + 1:02d}"
-        if method in LOCAL_METHODS:
-            return await self._pay_locally(actor, order, method, out_trade_no, tendered,
-                                           reference)
-        provider = self.providers.for_method(method)
-        if provider is None:
+        local = method in LOCAL_METHODS
+        provider = None if local else self.providers.for_method(method)
+        if not local and provider is None:
             raise DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="method")
+        receipt = self._local_receipt(actor, order, method, tendered, reference) \
+            if local else {}
+        attempt, reuse = await self._open_attempt(order, method, actor,
+                                                  method if local else provider.identifier)
+        if reuse is not None:
+            return reuse
+        if local:
+            return await self._pay_locally(actor, order, attempt, receipt, reference)
         payer: dict[str, str] = {}
         if method == "wechat_jsapi" and order.get("member_id"):
             member = await self._db.members.find_one({"_id": order["member_id"]})
             payer = {"openid": (member or {}).get("openid", "")}
-        now = now_ms()
-        await self._db.payments.insert_one({
-            "out_trade_no": out_trade_no, "order_no": order_no, "provider": provider.identifier,
-            "method": method, "amount": order["amount"], "status": "created",
-            "created_at": now})
+        out_trade_no = attempt["out_trade_no"]
         try:
             params = await provider.start(Attempt(out_trade_no, order_no, order["amount"],
                                                   f"客运车票 {order_no}", payer), method)
         except PaymentError as exc:
-            await self._db.payments.update_one({"out_trade_no": out_trade_no},
+            await self._db.payments.update_one({"_id": attempt["_id"]},
                                                {"$set": {"status": "failed",
                                                          "error": str(exc)[:200]}})
             raise DomainError("PAYMENT_PROVIDER_ERROR", str(exc)) from None
-        await self._db.payments.update_one({"out_trade_no": out_trade_no},
-                                           {"$set": {"status": "pending", "started_at": now,
+        await self._db.payments.update_one({"_id": attempt["_id"], "status": "created"},
+                                           {"$set": {"status": "pending",
+                                                     "started_at": now_ms(),
                                                      "client_params": params}})
         return {"order_no": order_no, "out_trade_no": out_trade_no, "method": method,
                 "amount": order["amount"], "params": params}
 
-    async def _pay_locally(self, actor: Principal, order: dict[str, Any], method: str,
-                           out_trade_no: str, tendered: int | None, reference: str
-                           ) -> dict[str, Any]:
-        """Money that never leaves the platform's hands: an agent's deposit (with credit),
-        or what a kiosk took in cash or by card. Paid at once, by the actor's identity."""
-        amount = order["amount"]
-        receipt: dict[str, Any] = {}
+    async def _open_attempt(self, order: dict[str, Any], method: str, actor: Principal,
+                            provider_id: str
+                            ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Record a new attempt (status ``created``) under the next number, atomically: the
+        unique ``out_trade_no`` lets one of two concurrent starts win. Returns the attempt,
+        or the answer of an open attempt of the same method to give back instead."""
+        order_no = order["order_no"]
+        earlier = await self._db.payments.find({"order_no": order_no}).to_list()
+        fresh_after = now_ms() - ATTEMPT_STARTING
+        for a in earlier:
+            if a["status"] in ("paid", "refunding", "refunded"):
+                raise DomainError("ORDER_NOT_PAYABLE", status="paid")
+            if (a["status"] == "created" and a["created_at"] > fresh_after) or \
+                    (a["status"] == "pending" and a["provider"] in LOCAL_METHODS):
+                raise DomainError("PAYMENT_IN_PROGRESS")
+            if a["status"] == "pending" and a.get("method") == method and \
+                    method not in LOCAL_METHODS and a.get("client_params"):
+                return a, {"order_no": order_no, "out_trade_no": a["out_trade_no"],
+                           "method": method, "amount": a["amount"],
+                           "params": a["client_params"]}
+        now = now_ms()
+        attempt: dict[str, Any] = {
+            "out_trade_no": f"{order_no}P{len(earlier) + 1:02d}", "order_no": order_no,
+            "provider": provider_id, "method": method, "amount": order["amount"],
+            "status": "created", "created_at": now}
+        if method in LOCAL_METHODS:
+            attempt["actor"] = actor.audit_actor()
+        try:
+            attempt["_id"] = (await self._db.payments.insert_one(attempt)).inserted_id
+        except DuplicateKeyError:  # a concurrent start took this number first
+            raise DomainError("PAYMENT_IN_PROGRESS") from None
+        return attempt, None
+
+    @staticmethod
+    def _local_receipt(actor: Principal, order: dict[str, Any], method: str,
+                       tendered: int | None, reference: str) -> dict[str, Any]:
+        """Check a local tender before any attempt is recorded."""
         if method == "agent_balance":
             if not actor.outlet_id:
                 raise DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="method")
-            outlet = await self._db.outlets.find_one({"_id": actor.outlet_id})
-            if outlet is None:
-                raise DomainError("OUTLET_NOT_FOUND")
-            # atomic: the balance may go down to minus the credit limit, never further
-            debited = await self._db.outlets.find_one_and_update(
-                {"_id": actor.outlet_id,
-                 "$expr": {"$gte": [{"$add": [{"$ifNull": ["$balance", 0]},
-                                              "$credit_limit"]}, amount]}},
-                {"$inc": {"balance": -amount}}, return_document=ReturnDocument.AFTER)
-            if debited is None:
-                raise DomainError("INSUFFICIENT_BALANCE", amount=amount)
-            receipt = {"balance": debited["balance"], "credit_limit": debited["credit_limit"]}
-        else:
-            if actor.role != "kiosk" and actor.role != "station_staff":
-                raise DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="method")
-            if method == "cash":
-                if tendered is None or tendered < amount:
-                    raise DomainError("TENDER_TOO_LOW", field="tendered")
-                receipt = {"tendered": tendered, "change": tendered - amount}
-            else:
-                receipt = {"reference": reference}
-        now = now_ms()
-        attempt = {"out_trade_no": out_trade_no, "order_no": order["order_no"],
-                   "provider": method, "method": method, "amount": amount, "status": "pending",
-                   "created_at": now, "started_at": now, "actor": actor.audit_actor(),
-                   "receipt": receipt}
-        attempt["_id"] = (await self._db.payments.insert_one(attempt)).inserted_id
-        outcome = await self.settle(attempt, "paid", amount, reference or out_trade_no)
-        return {"order_no": order["order_no"], "out_trade_no": out_trade_no, "method": method,
-                "amount": amount, "params": {**receipt, "outcome": outcome}}
+            return {}
+        if actor.role not in ("kiosk", "station_staff"):
+            raise DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="method")
+        if method == "cash":
+            if tendered is None or tendered < order["amount"]:
+                raise DomainError("TENDER_TOO_LOW", field="tendered")
+            return {"tendered": tendered, "change": tendered - order["amount"]}
+        return {"reference": reference}
+
+    async def _pay_locally(self, actor: Principal, order: dict[str, Any],
+                           attempt: dict[str, Any], receipt: dict[str, Any], reference: str
+                           ) -> dict[str, Any]:
+        """Money that never leaves the platform's hands: an agent's deposit (with credit),
+        or what a kiosk took in cash or by card. The debit and the attempt's move to
+        ``pending`` are one transaction, so a crash never takes a deposit without a record
+        (the query job settles a pending local attempt)."""
+        amount, method = order["amount"], attempt["method"]
+        outlet_id = actor.outlet_id if method == "agent_balance" else None
+
+        async def debit(session: AsyncClientSession) -> dict[str, Any]:
+            found: dict[str, Any] = dict(receipt)
+            if outlet_id:
+                # the balance may go down to minus the credit limit, never further
+                debited = await self._db.outlets.find_one_and_update(
+                    {"_id": outlet_id,
+                     "$expr": {"$gte": [{"$add": [{"$ifNull": ["$balance", 0]},
+                                                  "$credit_limit"]}, amount]}},
+                    {"$inc": {"balance": -amount}}, return_document=ReturnDocument.AFTER,
+                    session=session)
+                if debited is None:
+                    return {}
+                found = {"balance": debited["balance"],
+                         "credit_limit": debited["credit_limit"]}
+            moved = await self._db.payments.update_one(
+                {"_id": attempt["_id"], "status": "created"},
+                {"$set": {"status": "pending", "started_at": now_ms(), "receipt": found,
+                          **({"outlet_id": outlet_id} if outlet_id else {})}},
+                session=session)
+            if moved.modified_count != 1:
+                raise DomainError("PAYMENT_IN_PROGRESS")  # aborts the debit with it
+            return found
+
+        found = await transact(self._db, debit)
+        if not found and outlet_id:
+            await self._db.payments.update_one({"_id": attempt["_id"], "status": "created"},
+                                               {"$set": {"status": "failed",
+                                                         "error": "insufficient balance"}})
+            outlet = await self._db.outlets.find_one({"_id": outlet_id}, {"_id": 1})
+            raise DomainError("OUTLET_NOT_FOUND" if outlet is None else
+                              "INSUFFICIENT_BALANCE", amount=amount)
+        attempt = {**attempt, "status": "pending", "receipt": found,
+                   **({"outlet_id": outlet_id} if outlet_id else {})}
+        outcome = await self.settle(attempt, "paid", amount,
+                                    reference or attempt["out_trade_no"])
+        return {"order_no": order["order_no"], "out_trade_no": attempt["out_trade_no"],
+                "method": method, "amount": amount, "params": {**found, "outcome": outcome}}
 
     # --- notifications and queries --------------------------------------------------------
     async def notify(self, provider_id: str, headers: dict[str, str], body: bytes) -> str:
-        """Verify and settle a provider notification (NotificationRejected if forged)."""
-        provider = self.providers.get(provider_id)
+        """Verify and apply a provider notification — of a payment or of a refund
+        (NotificationRejected if forged, or for a provider we do not use)."""
+        try:
+            provider = self.providers.get(provider_id)
+        except KeyError:
+            raise NotificationRejected(f"{provider_id} is not configured here") from None
         state = await provider.parse_notification(headers, body)
+        if isinstance(state, RefundResult):
+            return await self.refund_update(state)
         attempt = await self._db.payments.find_one({"out_trade_no": state.out_trade_no,
                                                     "provider": provider_id})
         if attempt is None:
             raise NotificationRejected(f"unknown out_trade_no {state.out_trade_no}")
+        expected = provider.account_for(attempt.get("method", ""))
+        if state.account and expected and state.account != expected:
+            raise NotificationRejected("notification names another app than the attempt's")
         return await self.settle(attempt, state.state, state.amount, state.transaction_id)
 
     async def settle(self, attempt: dict[str, Any], state: str, amount: int | None,
@@ -164,7 +271,7 @@ class PaymentService:
             return_document=ReturnDocument.AFTER)
         if won is None:
             return "already"
-        await self._movement(f"pay:{attempt['out_trade_no']}", "payment", attempt,
+        await self._movement(f"pay:{attempt['out_trade_no']}", "payment", won,
                              attempt["amount"])
         outcome = await self._orders.mark_paid(attempt["order_no"], attempt["out_trade_no"],
                                                attempt["amount"])
@@ -180,45 +287,81 @@ class PaymentService:
     async def query_pending(self) -> int:
         """Attempts pending past the provider's window: ask (a notice may have been lost);
         attempts of orders that ended: close at the provider, then ask (a close can race a
-        payment)."""
-        cutoff = now_ms() - QUERY_AFTER
+        payment); attempts left ``created`` by a crash: close and settle, or fail. One bad
+        attempt is logged and counted, never stops the others."""
+        cutoff, abandoned = now_ms() - QUERY_AFTER, now_ms() - ATTEMPT_STARTING
+        due = await self._db.payments.find(
+            {"$or": [{"status": "pending", "started_at": {"$lte": cutoff}},
+                     {"status": "created", "created_at": {"$lte": abandoned}}]}
+        ).limit(100).to_list()
         settled = 0
-        async for attempt in self._db.payments.find(
-                {"status": "pending", "started_at": {"$lte": cutoff}}).limit(100):
-            provider = self.providers.get(attempt["provider"])
-            order = await self._db.orders.find_one({"order_no": attempt["order_no"]},
-                                                   {"status": 1})
-            try:
-                if order and order["status"] != "pending_payment":
-                    try:
-                        await provider.close(attempt["out_trade_no"])
-                    except PaymentError:
-                        pass  # paid meanwhile (ORDERPAID): the query tells
-                state = await provider.query(attempt["out_trade_no"])
-            except PaymentError as exc:
-                log.warning("payment query failed: %s", exc)
-                continue
-            await self.settle(attempt, state.state, state.amount, state.transaction_id)
-            settled += 1
+        for attempt in due:
+            with self.failures.record("payment-query", attempt["out_trade_no"]):
+                settled += await self._follow_attempt(attempt)
         return settled
+
+    async def _follow_attempt(self, attempt: dict[str, Any]) -> int:
+        if attempt["provider"] in LOCAL_METHODS:
+            if attempt["status"] == "pending":  # debited (with the record), not yet settled
+                await self.settle(attempt, "paid", attempt["amount"], attempt["out_trade_no"])
+                return 1
+            await self._db.payments.update_one(  # created: nothing was taken
+                {"_id": attempt["_id"], "status": "created"},
+                {"$set": {"status": "failed", "error": "abandoned before any debit"}})
+            return 0
+        provider = self.providers.get(attempt["provider"])
+        order = await self._db.orders.find_one({"order_no": attempt["order_no"]},
+                                               {"status": 1})
+        created = attempt["status"] == "created"  # its payer never got the parameters
+        if created or (order and order["status"] != "pending_payment"):
+            try:
+                await provider.close(attempt["out_trade_no"])
+            except PaymentError:
+                pass  # paid meanwhile (ORDERPAID), or never created: the query tells
+        try:
+            state = await provider.query(attempt["out_trade_no"])
+        except PaymentError as exc:
+            if created and not exc.retry:  # the provider never heard of it
+                await self._db.payments.update_one(
+                    {"_id": attempt["_id"], "status": "created"},
+                    {"$set": {"status": "failed", "error": str(exc)[:200]}})
+            else:
+                log.warning("payment query failed: %s", exc)
+            return 0
+        if created and state.state == "pending":
+            await self._db.payments.update_one({"_id": attempt["_id"], "status": "created"},
+                                               {"$set": {"status": "closed"}})
+            return 0
+        await self.settle(attempt, state.state, state.amount, state.transaction_id)
+        return 1
 
     # --- refunds --------------------------------------------------------------------------
     async def execute_refunds(self) -> int:
-        """Pay out requested refunds through the original channel, each exactly once."""
-        stale = now_ms() - REFUND_STUCK_AFTER
-        await self._db.refund_requests.update_many(  # a worker died mid-refund: try again
-            {"status": "processing", "processing_at": {"$lte": stale}},
+        """Send requested refunds through the original channel, each exactly once; then
+        ask after those still processing at their provider."""
+        now = now_ms()
+        await self._db.refund_requests.update_many(  # a worker died mid-send: try again
+            {"status": "sending", "sending_at": {"$lte": now - REFUND_STUCK_AFTER}},
             {"$set": {"status": "requested"}})
-        done = 0
-        while True:
+        sent = 0
+        while sent < 200:  # what is due now; a retried one waits for its retry_at
             request = await self._db.refund_requests.find_one_and_update(
-                {"status": "requested"},
-                {"$set": {"status": "processing", "processing_at": now_ms()}},
+                {"status": "requested", "$or": [{"retry_at": {"$exists": False}},
+                                                {"retry_at": {"$lte": now}}]},
+                {"$set": {"status": "sending", "sending_at": now_ms()}},
                 return_document=ReturnDocument.AFTER)
             if request is None:
-                return done
-            await self._refund_one(request)
-            done += 1
+                break
+            with self.failures.record("refunds", request["_id"]):
+                await self._refund_one(request)
+            sent += 1
+        await self.follow_refunds()
+        return sent
+
+    def _out_refund_no(self, request: dict[str, Any]) -> str:
+        resubmits = int(request.get("resubmits", 0))
+        return refund_no(str(request["_id"]) if not resubmits
+                         else f"{request['_id']}#{resubmits}")
 
     async def _refund_one(self, request: dict[str, Any]) -> None:
         attempt = await self._db.payments.find_one({"out_trade_no": request.get("payment_ref"),
@@ -229,7 +372,11 @@ class PaymentService:
                 {"_id": request["_id"]}, {"$set": {"status": "failed",
                                                    "error": "no paid attempt to refund"}})
             return
-        out_refund_no = refund_no(str(request["_id"]))
+        out_refund_no = self._out_refund_no(request)
+        await self._db.refund_requests.update_one(
+            {"_id": request["_id"]}, {"$set": {"out_refund_no": out_refund_no,
+                                               "provider": attempt["provider"]}})
+        request = {**request, "out_refund_no": out_refund_no}
         if attempt["provider"] in LOCAL_METHODS:
             await self._refund_locally(request, attempt, out_refund_no)
             return
@@ -238,17 +385,91 @@ class PaymentService:
             result = await provider.refund(attempt["out_trade_no"], out_refund_no,
                                            int(request["amount"]), int(attempt["amount"]))
         except PaymentError as exc:
-            await self._db.refund_requests.update_one(
-                {"_id": request["_id"]},
-                {"$set": {"status": "requested" if exc.retry else "failed",
-                          "error": str(exc)[:200]}})
+            if exc.retry:
+                await self._db.refund_requests.update_one(
+                    {"_id": request["_id"], "status": "sending"},
+                    {"$set": {"status": "requested", "error": str(exc)[:200],
+                              "retry_at": now_ms() + REFUND_RETRY_AFTER}})
+            else:  # refused (e.g. the merchant's balance is short): a person must act
+                await self._refund_needs_attention(request, "refused", str(exc))
             return
-        await self._db.refund_requests.update_one(
-            {"_id": request["_id"]}, {"$set": {"status": "done", "out_refund_no": out_refund_no,
-                                               "refund_id": result.refund_id,
-                                               "done_at": now_ms()}})
-        await self._movement(f"refund:{out_refund_no}", "refund", attempt,
-                             int(request["amount"]), out_refund_no=out_refund_no)
+        await self._apply_refund(request, attempt, result)
+
+    async def _apply_refund(self, request: dict[str, Any], attempt: dict[str, Any],
+                            result: RefundResult) -> str:
+        """What the provider said of a refund, applied once: done, still processing, or a
+        refund a person must look at (closed, abnormal)."""
+        if result.state == "done":
+            await self._refund_finished(request, attempt, result.refund_id)
+        elif result.state in ("closed", "abnormal"):
+            await self._refund_needs_attention(request, result.state,
+                                               f"the provider says {result.raw_state}")
+        else:
+            await self._db.refund_requests.update_one(
+                {"_id": request["_id"], "status": {"$in": ["sending", "processing"]}},
+                {"$set": {"status": "processing", "processing_at": now_ms(),
+                          "refund_id": result.refund_id}})
+        return result.state
+
+    async def refund_update(self, result: RefundResult) -> str:
+        """A refund notification (verified by its provider): apply what it says."""
+        request = await self._db.refund_requests.find_one(
+            {"out_refund_no": result.out_refund_no})
+        if request is None:
+            raise NotificationRejected(f"unknown out_refund_no {result.out_refund_no}")
+        if result.amount is not None and result.amount != int(request["amount"]):
+            raise NotificationRejected("refund amount differs from the request")
+        attempt = await self._db.payments.find_one({"out_trade_no": request["payment_ref"]})
+        if attempt is None:
+            raise NotificationRejected("refund of an unknown payment")
+        return await self._apply_refund(request, attempt, result)
+
+    async def follow_refunds(self) -> int:
+        """Refunds processing at their provider longer than a notification takes: ask."""
+        due = await self._db.refund_requests.find(
+            {"status": "processing", "processing_at": {"$lte": now_ms() - REFUND_QUERY_AFTER}}
+        ).limit(100).to_list()
+        for request in due:
+            with self.failures.record("refund-query", request["_id"]):
+                attempt = await self._db.payments.find_one(
+                    {"out_trade_no": request["payment_ref"]})
+                provider = self.providers.get(attempt["provider"])
+                try:
+                    result = await provider.refund_query(attempt["out_trade_no"],
+                                                         request["out_refund_no"])
+                except PaymentError as exc:
+                    log.warning("refund query failed: %s", exc)
+                    await self._db.refund_requests.update_one(
+                        {"_id": request["_id"], "status": "processing"},
+                        {"$set": {"processing_at": now_ms()}})  # ask again later
+                    continue
+                if result.state == "processing":
+                    await self._db.refund_requests.update_one(
+                        {"_id": request["_id"], "status": "processing"},
+                        {"$set": {"processing_at": now_ms()}})
+                else:
+                    await self._apply_refund(request, attempt, result)
+        return len(due)
+
+    async def _refund_finished(self, request: dict[str, Any], attempt: dict[str, Any],
+                               refund_id: str) -> None:
+        """The money is back with the payer: record it once, then tell the passenger."""
+        out_refund_no = request["out_refund_no"]
+
+        async def record(session: AsyncClientSession) -> bool:
+            moved = await self._db.refund_requests.update_one(
+                {"_id": request["_id"], "status": {"$in": ["sending", "processing"]}},
+                {"$set": {"status": "done", "refund_id": refund_id, "done_at": now_ms()}},
+                session=session)
+            if moved.modified_count != 1:
+                return False  # a duplicate notice, or the query and a notice at once
+            await self._movement(f"refund:{out_refund_no}", "refund", attempt,
+                                 int(request["amount"]), session,
+                                 out_refund_no=out_refund_no)
+            return True
+
+        if not await transact(self._db, record):
+            return
         await self._refund_done(request, out_refund_no)
         order = await self._db.orders.find_one({"order_no": request["order_no"]},
                                                {"status": 1})
@@ -257,24 +478,52 @@ class PaymentService:
                                           "refunded after station failure",
                                           from_states={"failed"})
 
+    async def _refund_needs_attention(self, request: dict[str, Any], state: str,
+                                      detail: str) -> None:
+        """A refund the provider closed, could not deliver or refused: finance's queue,
+        and an operations alert."""
+        moved = await self._db.refund_requests.find_one_and_update(
+            {"_id": request["_id"], "status": {"$in": ["sending", "processing"]}},
+            {"$set": {"status": "attention", "provider_state": state,
+                      "error": detail[:200], "attention_at": now_ms()}})
+        if moved is None:
+            return
+        log.error("refund needs attention", extra={"fields": {
+            "refund": request["_id"], "order_no": request["order_no"], "state": state}})
+        await self.alerts.raise_alert(
+            "refund_attention", f"refund:{request['_id']}",
+            f"退款未完成（{state}）：订单 {request['order_no']}，{int(request['amount'])} 分",
+            {"refund": str(request["_id"]), "order_no": request["order_no"],
+             "amount": int(request["amount"]), "provider_state": state})
+
     async def _refund_locally(self, request: dict[str, Any], attempt: dict[str, Any],
                               out_refund_no: str) -> None:
-        """Back to the agent's deposit; cash and card refunds are paid at the window."""
-        movement = await self._db.money_movements.find_one({"_id": f"refund:{out_refund_no}"})
-        if movement is None and attempt["provider"] == "agent_balance":
-            outlet_id = attempt["actor"].get("outlet_id")
-            await self._movement(f"refund:{out_refund_no}", "refund", attempt,
-                                 int(request["amount"]), out_refund_no=out_refund_no)
-            await self._db.outlets.update_one({"_id": outlet_id},
-                                              {"$inc": {"balance": int(request["amount"])}})
-        elif movement is None:
-            await self._movement(f"refund:{out_refund_no}", "refund", attempt,
-                                 int(request["amount"]), out_refund_no=out_refund_no,
-                                 paid_out="at the station window")
-        await self._db.refund_requests.update_one(
-            {"_id": request["_id"]}, {"$set": {"status": "done", "out_refund_no": out_refund_no,
-                                               "done_at": now_ms()}})
-        await self._refund_done(request, out_refund_no)
+        """Back to the agent's deposit (the movement and the credit in one transaction);
+        cash and card refunds are paid at the window."""
+        amount = int(request["amount"])
+        outlet_id = attempt.get("outlet_id") or (attempt.get("actor") or {}).get("outlet_id")
+
+        async def credit(session: AsyncClientSession) -> bool:
+            moved = await self._db.refund_requests.update_one(
+                {"_id": request["_id"], "status": {"$in": ["sending", "attention"]}},
+                {"$set": {"status": "done", "out_refund_no": out_refund_no,
+                          "done_at": now_ms()}}, session=session)
+            if moved.modified_count != 1:
+                return False
+            if attempt["provider"] == "agent_balance":
+                await self._movement(f"refund:{out_refund_no}", "refund", attempt, amount,
+                                     session, out_refund_no=out_refund_no)
+                await self._db.outlets.update_one({"_id": outlet_id},
+                                                  {"$inc": {"balance": amount}},
+                                                  session=session)
+            else:
+                await self._movement(f"refund:{out_refund_no}", "refund", attempt, amount,
+                                     session, out_refund_no=out_refund_no,
+                                     paid_out="at the station window")
+            return True
+
+        if await transact(self._db, credit):
+            await self._refund_done(request, out_refund_no)
 
     async def _refund_done(self, request: dict[str, Any], out_refund_no: str) -> None:
         """The money is on its way back: tell the order's watchers and the passenger."""
@@ -284,37 +533,112 @@ class PaymentService:
         await self._orders.notices.enqueue(f"refund_done:{request['_id']}", "refund_done",
                                            request["order_no"], details)
 
+    # --- finance's refund queue -------------------------------------------------------------
+    async def list_refunds(self, status: str | None, limit: int = 100) -> list[dict[str, Any]]:
+        """Refund requests, newest first (``attention``: those a person must act on)."""
+        query = {"status": status} if status else {}
+        rows = await self._db.refund_requests.find(query).sort("created_at", -1) \
+            .limit(limit).to_list()
+        return [refund_view(r) for r in rows]
+
+    async def retry_refund(self, actor: Principal, refund_id: str, note: str
+                           ) -> dict[str, Any]:
+        """A refund the provider closed or refused: send it again under a new number."""
+        request = await self._db.refund_requests.find_one({"_id": refund_id})
+        if request is None:
+            raise DomainError("REFUND_NOT_FOUND")
+        if request["status"] != "attention" or request.get("provider_state") == "abnormal":
+            raise DomainError("REFUND_NOT_RETRYABLE", status=request["status"],
+                              provider_state=request.get("provider_state", ""))
+        moved = await self._db.refund_requests.find_one_and_update(
+            {"_id": refund_id, "status": "attention"},
+            {"$set": {"status": "requested"}, "$inc": {"resubmits": 1},
+             "$unset": {"retry_at": "", "out_refund_no": ""},
+             "$push": {"actions": {"action": "retry", "by": actor.audit_actor(),
+                                   "note": note, "at": now_ms()}}},
+            return_document=ReturnDocument.AFTER)
+        if moved is None:
+            raise DomainError("REFUND_NOT_RETRYABLE", status="changed")
+        await self.alerts.close(f"refund:{refund_id}", actor, "retried")
+        await self.audit.record(actor, "refund.retry", target=refund_id, details={"note": note})
+        return refund_view(moved)
+
+    async def resolve_refund(self, actor: Principal, refund_id: str, note: str
+                             ) -> dict[str, Any]:
+        """A refund finance paid back another way (e.g. to another bank account after an
+        ABNORMAL refund): done, recorded with who and how, the passenger told."""
+        request = await self._db.refund_requests.find_one({"_id": refund_id})
+        if request is None:
+            raise DomainError("REFUND_NOT_FOUND")
+        if request["status"] != "attention":
+            raise DomainError("REFUND_NOT_RETRYABLE", status=request["status"])
+        attempt = await self._db.payments.find_one({"out_trade_no": request["payment_ref"]})
+        out_refund_no = request.get("out_refund_no") or self._out_refund_no(request)
+
+        async def record(session: AsyncClientSession) -> bool:
+            moved = await self._db.refund_requests.update_one(
+                {"_id": refund_id, "status": "attention"},
+                {"$set": {"status": "done", "done_at": now_ms(), "resolved_manually": True},
+                 "$push": {"actions": {"action": "resolve", "by": actor.audit_actor(),
+                                       "note": note, "at": now_ms()}}}, session=session)
+            if moved.modified_count != 1:
+                return False
+            if attempt is not None:
+                await self._movement(f"refund:{out_refund_no}", "refund", attempt,
+                                     int(request["amount"]), session,
+                                     out_refund_no=out_refund_no, paid_out=note[:200])
+            return True
+
+        if not await transact(self._db, record):
+            raise DomainError("REFUND_NOT_RETRYABLE", status="changed")
+        await self.alerts.close(f"refund:{refund_id}", actor, "resolved")
+        await self.audit.record(actor, "refund.resolve", target=refund_id,
+                                details={"note": note})
+        await self._refund_done(request, out_refund_no)
+        return refund_view(await self._db.refund_requests.find_one({"_id": refund_id}))
+
     async def deposit(self, actor: Principal, outlet_id: str, amount: int,
                       reference: str) -> dict[str, Any]:
-        """An agent outlet's top-up: the balance and its ledger row, once per reference."""
+        """An agent outlet's top-up: the balance and its movement in one transaction, once
+        per reference."""
         movement_id = f"deposit:{outlet_id}:{reference}"
-        inserted = await self._db.money_movements.update_one(
-            {"_id": movement_id},
-            {"$setOnInsert": {"kind": "deposit", "provider": "agent_balance",
-                              "order_no": f"outlet:{outlet_id}", "outlet_id": outlet_id,
-                              "amount": amount, "reference": reference, "at": now_ms(),
-                              "by": actor.id}}, upsert=True)
-        if inserted.upserted_id is not None:
-            outlet = await self._db.outlets.find_one_and_update(
-                {"_id": outlet_id}, {"$inc": {"balance": amount}},
-                return_document=ReturnDocument.AFTER)
-            if outlet is None:
-                await self._db.money_movements.delete_one({"_id": movement_id})
+
+        async def top_up(session: AsyncClientSession) -> bool:
+            if await self._db.outlets.find_one({"_id": outlet_id}, {"_id": 1},
+                                               session=session) is None:
                 raise DomainError("OUTLET_NOT_FOUND")
-        else:
-            outlet = await self._db.outlets.find_one({"_id": outlet_id})
-        return {"outlet_id": outlet_id, "balance": outlet.get("balance", 0) if outlet else 0,
-                "credit_limit": outlet["credit_limit"] if outlet else 0,
-                "reference": reference, "recorded": inserted.upserted_id is not None}
+            inserted = await self._db.money_movements.update_one(
+                {"_id": movement_id},
+                {"$setOnInsert": {"kind": "deposit", "provider": "agent_balance",
+                                  "order_no": f"outlet:{outlet_id}", "outlet_id": outlet_id,
+                                  "amount": amount, "reference": reference, "at": now_ms(),
+                                  "by": actor.id}}, upsert=True, session=session)
+            if inserted.upserted_id is None:
+                return False
+            await self._db.outlets.update_one({"_id": outlet_id},
+                                              {"$inc": {"balance": amount}}, session=session)
+            return True
+
+        recorded = await transact(self._db, top_up)
+        outlet = await self._db.outlets.find_one({"_id": outlet_id}) or {}
+        return {"outlet_id": outlet_id, "balance": outlet.get("balance", 0),
+                "credit_limit": outlet.get("credit_limit", 0), "reference": reference,
+                "recorded": recorded}
 
     async def _movement(self, movement_id: str, kind: str, attempt: dict[str, Any],
-                        amount: int, **extra: Any) -> None:
-        await self._db.money_movements.update_one(
+                        amount: int, session: AsyncClientSession | None = None,
+                        **extra: Any) -> bool:
+        """Record a money movement once (by its id); True when this call recorded it."""
+        outlet_id = attempt.get("outlet_id") or (attempt.get("actor") or {}).get("outlet_id")
+        if attempt["provider"] == "agent_balance" and outlet_id:
+            extra["outlet_id"] = outlet_id
+        done = await self._db.money_movements.update_one(
             {"_id": movement_id},
             {"$setOnInsert": {"kind": kind, "provider": attempt["provider"],
                               "order_no": attempt["order_no"],
                               "out_trade_no": attempt["out_trade_no"], "amount": amount,
-                              "at": now_ms(), **extra}}, upsert=True)
+                              "at": now_ms(), **extra}}, upsert=True, session=session)
+        return done.upserted_id is not None
 
     async def scrub_old(self, older_than: dt.timedelta = dt.timedelta(days=30)) -> int:
         """Drop what providers say to forget from attempts that are long settled."""
@@ -343,6 +667,8 @@ class PaymentService:
             provider = self.providers.get(provider_id)
         except KeyError:
             raise DomainError("NOT_FOUND", "No such payment provider.") from None
+        if day >= now_ms().astimezone(LOCAL).date():
+            raise DomainError("STATEMENT_NOT_READY", bill_date=bill_date)
         try:
             lines = await provider.statement(bill_date)
         except PaymentError as exc:

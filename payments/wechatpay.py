@@ -8,6 +8,12 @@
   more than five minutes off is refused (the SDKs lack this check).
 - Notification ``resource``: AEAD_AES_256_GCM with the APIv3 key, ``associated_data`` bound.
 - Mini-program ``paySign``: SHA256-RSA over ``appId\\ntimeStamp\\nnonceStr\\npackage\\n``.
+- Two appids: the mini-program's (JSAPI) and the mobile app's (APP, WeChat Open Platform);
+  each attempt is made under one, and its notification must name that one.
+- Refunds are asynchronous: ``PROCESSING`` until a ``REFUND.*`` notification or a refund
+  query says ``SUCCESS``, ``CLOSED`` or ``ABNORMAL``.
+- Platform certificate serials are hexadecimal numbers and compared as such (a serial with
+  leading zeros is the same certificate).
 """
 
 from __future__ import annotations
@@ -38,7 +44,10 @@ from payments.base import (
 )
 
 MAX_SKEW = 300  # seconds
+SIGNATURE_TYPE = "WECHATPAY2-SHA256-RSA2048"
 CERT_REFRESH_INTERVAL = 60.0  # an unknown serial fetches certificates at most once a minute
+REFUND_STATES = {"SUCCESS": "done", "PROCESSING": "processing", "CLOSED": "closed",
+                 "ABNORMAL": "abnormal"}
 STATES = {"SUCCESS": "paid", "NOTPAY": "pending", "USERPAYING": "pending", "CLOSED": "closed",
           "REVOKED": "closed", "REFUND": "refunded", "PAYERROR": "failed"}
 
@@ -93,17 +102,27 @@ def encrypt_resource(api_v3_key: bytes, payload: dict[str, Any], associated: str
             "ciphertext": base64.b64encode(ciphertext).decode(), "original_type": "transaction"}
 
 
+def serial_key(serial: str) -> str:
+    """A serial as we key platform keys by: certificate serials are hex numbers (``0A1B`` and
+    ``A1B`` are one certificate); public-key ids (``PUB_KEY_ID_…``) are kept as they are."""
+    try:
+        return format(int(serial, 16), "X")
+    except ValueError:
+        return serial
+
+
 @dataclass
 class WeChatPayConfig:
     api_base: str
     mchid: str
-    appid: str
+    appid: str  # the mini-program's (JSAPI)
     serial_no: str  # of the merchant key
     private_key_pem: str
     api_v3_key: str  # 32 characters
     platform_serial: str  # public-key mode: PUB_KEY_ID_…; "" in certificate mode
     platform_public_key_pem: str  # "" in certificate mode
     notify_url: str
+    app_appid: str = ""  # the mobile app's (APP), from the WeChat Open Platform
 
 
 class WeChatPay(BasePaymentProvider):
@@ -116,7 +135,8 @@ class WeChatPay(BasePaymentProvider):
         # public-key mode: one configured key; certificate mode: downloaded certificates
         self._platform: dict[str, rsa.RSAPublicKey] = {}
         if config.platform_serial and config.platform_public_key_pem:
-            self._platform[config.platform_serial] = load_public(config.platform_public_key_pem)
+            self._platform[serial_key(config.platform_serial)] = \
+                load_public(config.platform_public_key_pem)
         self._v3 = config.api_v3_key.encode()
         self._timeout = timeout
         self._last_refresh = -CERT_REFRESH_INTERVAL
@@ -126,6 +146,7 @@ class WeChatPay(BasePaymentProvider):
     async def platform_key(self, serial: str) -> rsa.RSAPublicKey | None:
         """The key of a serial; an unknown one refreshes certificates, at most once a minute
         (so forged serials cannot make us hammer the API)."""
+        serial = serial_key(serial)
         if serial in self._platform:
             return self._platform[serial]
         if self.config.platform_public_key_pem:
@@ -155,12 +176,15 @@ class WeChatPay(BasePaymentProvider):
                                                   "algorithm")}, raw=True)
             cert = x509.load_pem_x509_certificate(pem)
             key = cert.public_key()
-            if isinstance(key, rsa.RSAPublicKey) and \
-                    format(cert.serial_number, "X") == str(item["serial_no"]).upper():
-                found[str(item["serial_no"]).upper()] = key
+            try:
+                listed = int(str(item["serial_no"]), 16)
+            except ValueError:
+                continue
+            if isinstance(key, rsa.RSAPublicKey) and cert.serial_number == listed:
+                found[format(listed, "X")] = key
         # the answer must itself be signed by one of the certificates it brings
         headers = {k.lower(): v for k, v in response.headers.get_all()}
-        signer = found.get(headers.get("wechatpay-serial", "").upper())
+        signer = found.get(serial_key(headers.get("wechatpay-serial", "")))
         message = (f"{headers.get('wechatpay-timestamp', '')}\n"
                    f"{headers.get('wechatpay-nonce', '')}\n").encode() + response.body + b"\n"
         if signer is None or not verify(signer, message, headers.get("wechatpay-signature", "")):
@@ -177,6 +201,8 @@ class WeChatPay(BasePaymentProvider):
     async def check_signed(self, headers: dict[str, str], body: bytes) -> None:
         """The platform signed these bytes, recently (NotificationRejected otherwise)."""
         lower = {k.lower(): v for k, v in headers.items()}
+        if lower.get("wechatpay-signature-type", SIGNATURE_TYPE) != SIGNATURE_TYPE:
+            raise NotificationRejected("unsupported signature type")
         serial = lower.get("wechatpay-serial", "")
         try:
             key = await self.platform_key(serial)
@@ -217,14 +243,16 @@ class WeChatPay(BasePaymentProvider):
             raise PaymentError(f"answer not signed by WeChat Pay: {exc}") from None
         data = json.loads(raw) if raw else {}
         if response.code >= 400:
-            raise PaymentError(f"WeChat Pay refused: {data.get('code')} {data.get('message')}")
+            raise PaymentError(f"WeChat Pay refused: {data.get('code')} {data.get('message')}",
+                               code=str(data.get("code", "")))
         return response.code, data
 
     # --- operations -------------------------------------------------------------------------
     async def start(self, attempt: Attempt, method: str) -> dict[str, Any]:
         kind = "jsapi" if method == "wechat_jsapi" else "app"
+        appid = self.account_for(method)
         payload: dict[str, Any] = {
-            "appid": self.config.appid, "mchid": self.config.mchid,
+            "appid": appid, "mchid": self.config.mchid,
             "description": attempt.description[:127], "out_trade_no": attempt.out_trade_no,
             "notify_url": self.config.notify_url,
             "amount": {"total": attempt.amount, "currency": "CNY"}}
@@ -237,14 +265,19 @@ class WeChatPay(BasePaymentProvider):
         nonce, ts = secrets.token_hex(16), str(int(time.time()))
         if kind == "jsapi":
             package = f"prepay_id={prepay_id}"
-            return {"appId": self.config.appid, "timeStamp": ts, "nonceStr": nonce,
+            return {"appId": appid, "timeStamp": ts, "nonceStr": nonce,
                     "package": package, "signType": "RSA",
-                    "paySign": sign(self._key, f"{self.config.appid}\n{ts}\n{nonce}\n"
-                                               f"{package}\n")}
-        return {"appid": self.config.appid, "partnerid": self.config.mchid,
+                    "paySign": sign(self._key, f"{appid}\n{ts}\n{nonce}\n{package}\n")}
+        return {"appid": appid, "partnerid": self.config.mchid,
                 "prepayid": prepay_id, "package": "Sign=WXPay", "noncestr": nonce,
-                "timestamp": ts, "sign": sign(self._key, f"{self.config.appid}\n{ts}\n{nonce}\n"
+                "timestamp": ts, "sign": sign(self._key, f"{appid}\n{ts}\n{nonce}\n"
                                                          f"{prepay_id}\n")}
+
+    def account_for(self, method: str) -> str:
+        """The appid a payment by ``method`` is made under (and notified for)."""
+        if method == "wechat_app":
+            return self.config.app_appid or self.config.appid
+        return self.config.appid
 
     async def query(self, out_trade_no: str) -> ProviderState:
         _, data = await self._call(
@@ -259,17 +292,34 @@ class WeChatPay(BasePaymentProvider):
                      total: int) -> RefundResult:
         _, data = await self._call("POST", "/v3/refund/domestic/refunds", {
             "out_trade_no": out_trade_no, "out_refund_no": out_refund_no,
+            "notify_url": self.config.notify_url,
             "amount": {"refund": amount, "total": total, "currency": "CNY"}})
-        status = str(data.get("status", ""))
-        return RefundResult(out_refund_no, {"SUCCESS": "done", "PROCESSING": "processing"}.get(
-            status, "failed"), str(data.get("refund_id", "")))
+        return self._refund_state(data)
+
+    async def refund_query(self, out_trade_no: str, out_refund_no: str) -> RefundResult:
+        _, data = await self._call("GET", f"/v3/refund/domestic/refunds/{out_refund_no}")
+        return self._refund_state(data)
+
+    @staticmethod
+    def _refund_state(data: dict[str, Any]) -> RefundResult:
+        raw = str(data.get("status") or data.get("refund_status") or "")
+        amount = (data.get("amount") or {}).get("refund")
+        return RefundResult(str(data.get("out_refund_no", "")),
+                            REFUND_STATES.get(raw, "processing"),
+                            str(data.get("refund_id", "")),
+                            int(amount) if isinstance(amount, int) else None, raw)
 
     async def statement(self, bill_date: str) -> list[Any]:
         """The day's trade bill: URL from the signed API, file checked against its SHA1."""
         from payments.statements import parse_wechat_tradebill
 
-        _, meta = await self._call("GET", f"/v3/bill/tradebill?bill_date={bill_date}"
-                                          "&bill_type=ALL")
+        try:
+            _, meta = await self._call("GET", f"/v3/bill/tradebill?bill_date={bill_date}"
+                                              "&bill_type=ALL")
+        except PaymentError as exc:
+            if exc.code == "NO_STATEMENT_EXIST":  # a day without trades has no bill
+                return []
+            raise
         url = str(meta["download_url"])
         path = url.split("://", 1)[1].split("/", 1)[1]
         request = HTTPRequest(url, headers={"Authorization": self.authorization(
@@ -286,15 +336,21 @@ class WeChatPay(BasePaymentProvider):
         return lines
 
     async def parse_notification(self, headers: dict[str, str], body: bytes
-                                 ) -> ProviderState:
+                                 ) -> ProviderState | RefundResult:
         await self.check_signed(headers, body)
         try:
             envelope = json.loads(body)
         except ValueError:
             raise NotificationRejected("body is not JSON") from None
+        if not isinstance(envelope, dict):
+            raise NotificationRejected("body is not a notification")
         data = decrypt_resource(self._v3, envelope.get("resource") or {})
-        if data.get("mchid") != self.config.mchid or data.get("appid") != self.config.appid:
-            raise NotificationRejected("notification for another merchant or app")
+        if not isinstance(data, dict) or data.get("mchid") != self.config.mchid:
+            raise NotificationRejected("notification for another merchant")
+        if str(envelope.get("event_type", "")).startswith("REFUND."):
+            return self._refund_state(data)  # refund notices carry no appid
+        if data.get("appid") not in {self.config.appid, self.config.app_appid} - {""}:
+            raise NotificationRejected("notification for another app")
         return self._state(data)
 
     @staticmethod
@@ -303,7 +359,8 @@ class WeChatPay(BasePaymentProvider):
         amount = (data.get("amount") or {}).get("total")
         return ProviderState(str(data.get("out_trade_no", "")), STATES.get(raw, "pending"),
                              int(amount) if isinstance(amount, int) else None,
-                             str(data.get("transaction_id", "")), raw)
+                             str(data.get("transaction_id", "")), raw,
+                             str(data.get("appid", "")))
 
 
 def new_rsa_key() -> tuple[str, str]:

@@ -4,7 +4,11 @@ The payer's side: ``POST /_sandbox/alipay/pay`` with the signed order parameters
 WAP page would hand to Alipay; the sandbox verifies the merchant's signature, records the
 trade as paid and POSTs the signed ``trade_status_sync`` notice to ``notify_url`` until it
 answers exactly ``success`` (retries compressed). Refunds are idempotent by
-``out_request_no``.
+``out_request_no`` and settle a moment after the call (answered ``fund_change: N``;
+``alipay.trade.fastpay.refund.query`` says ``REFUND_SUCCESS`` once the money is back); a test
+can make the next refund fail (``ACQ.SELLER_BALANCE_NOT_ENOUGH``). The gateway takes GET as
+well as POST, as the real one does. A day's bill exists from the next day on
+(``isp.bill_not_exist`` before, and for a day without trades).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ class AlipayState:
         self.refunds: dict[str, dict[str, Any]] = {}
         self.delivered: list[str] = []
         self.faults = {"drop": 0, "duplicate": 0, "delay_ms": 0}
+        self.refund_outcomes: list[str] = []  # the next refunds: FAIL refuses one
+        self.refund_delay = 0.3
 
 
 class Base(RequestHandler):
@@ -45,7 +51,12 @@ class Base(RequestHandler):
         return self.application.settings["alipay"]  # type: ignore[no-any-return]
 
     def verified_params(self) -> dict[str, str] | None:
-        params = dict(parse_qsl(self.request.body.decode("utf-8"), keep_blank_values=True))
+        raw = self.request.body if self.request.method == "POST" else \
+            self.request.query.encode()
+        try:
+            params = dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
+        except UnicodeDecodeError:
+            return None
         signature = params.pop("sign", "")
         if params.get("sign_type") != "RSA2" or params.get("app_id") != self.ali.app_id or \
                 not verify_rsa2(self.ali.app_public_key, get_sign_content(params).encode(),
@@ -55,6 +66,9 @@ class Base(RequestHandler):
 
 
 class GatewayHandler(Base):
+    def get(self) -> None:  # the SDKs and WAP pages may send the parameters as a query
+        self.post()
+
     def post(self) -> None:
         params = self.verified_params()
         method = (params or {}).get("method", "alipay.trade.query")
@@ -65,6 +79,12 @@ class GatewayHandler(Base):
             return
         biz = json.loads(params.get("biz_content") or "{}")
         if method == "alipay.data.dataservice.bill.downloadurl.query":
+            day = str(biz.get("bill_date", ""))
+            if day >= dt.datetime.now(LOCAL).date().isoformat() or not any(
+                    t.get("paid_at", "").startswith(day) for t in self.ali.trades.values()):
+                self.respond(key, {"code": "40004", "msg": "Business Failed",
+                                   "sub_code": "isp.bill_not_exist", "sub_msg": "账单不存在"})
+                return
             token = uuid.uuid4().hex
             self.application.settings["bills"][token] = bill_zip(self.ali, biz["bill_date"])
             self.respond(key, {"code": "10000", "msg": "Success", "bill_download_url":
@@ -88,6 +108,16 @@ class GatewayHandler(Base):
                                    "sub_code": "ACQ.TRADE_STATUS_ERROR"})
         elif method == "alipay.trade.refund":
             self.refund(key, trade, biz)
+        elif method == "alipay.trade.fastpay.refund.query":
+            refund = self.ali.refunds.get(str(biz.get("out_request_no", "")))
+            answer = {"code": "10000", "msg": "Success", "trade_no": trade["trade_no"],
+                      "out_trade_no": trade["out_trade_no"],
+                      "out_request_no": str(biz.get("out_request_no", ""))}
+            if refund is not None and refund["status"] == "REFUND_SUCCESS":
+                answer.update(refund_status="REFUND_SUCCESS",
+                              refund_amount=yuan(refund["amount"]),
+                              total_amount=yuan(trade["amount"]))
+            self.respond(key, answer)
         else:
             self.respond(key, {"code": "40004", "msg": "Business Failed",
                                "sub_code": "ACQ.SYSTEM_ERROR"})
@@ -104,11 +134,22 @@ class GatewayHandler(Base):
                 self.respond(key, {"code": "40004", "msg": "Business Failed",
                                    "sub_code": "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL"})
                 return
+            if self.ali.refund_outcomes and self.ali.refund_outcomes[0] == "FAIL":
+                self.ali.refund_outcomes.pop(0)
+                self.respond(key, {"code": "40004", "msg": "Business Failed",
+                                   "sub_code": "ACQ.SELLER_BALANCE_NOT_ENOUGH",
+                                   "sub_msg": "卖家余额不足"})
+                return
             existing = self.ali.refunds[request_no] = {
                 "out_trade_no": trade["out_trade_no"], "out_request_no": request_no,
-                "amount": amount}
+                "amount": amount, "status": "PROCESSING"}
+
+            async def settle() -> None:
+                await asyncio.sleep(self.ali.refund_delay)
+                existing["status"] = "REFUND_SUCCESS"
+            asyncio.get_running_loop().create_task(settle())
         self.respond(key, {"code": "10000", "msg": "Success", "trade_no": trade["trade_no"],
-                           "out_trade_no": trade["out_trade_no"], "fund_change": "Y",
+                           "out_trade_no": trade["out_trade_no"], "fund_change": "N",
                            "refund_fee": yuan(existing["amount"])})
 
     def respond(self, key: str, payload: dict[str, Any]) -> None:
@@ -142,6 +183,7 @@ class PayHandler(Base):
                 + uuid.uuid4().hex[:20], "amount": fen(biz["total_amount"]),
                 "status": "WAIT_BUYER_PAY", "notify_url": params.get("notify_url", "")}
         trade["status"] = "TRADE_SUCCESS"
+        trade.setdefault("paid_at", dt.datetime.now(LOCAL).strftime("%Y-%m-%d %H:%M:%S"))
         faults = self.ali.faults
         if faults["drop"] > 0:
             faults["drop"] -= 1
@@ -190,11 +232,12 @@ def bill_zip(ali: AlipayState, day: str) -> bytes:
              "#-----------------------------------------业务明细列表----------------------------------------",
              header]
     for trade in ali.trades.values():
-        if trade["status"] != "TRADE_SUCCESS":
+        if trade["status"] != "TRADE_SUCCESS" or not trade.get("paid_at", "").startswith(day):
             continue
         amount = yuan(trade["amount"])
-        lines.append(f"{trade['trade_no']},{trade['out_trade_no']},交易,客运车票,{day} 10:00:00,"
-                     f"{day} 10:00:05,,,,,159****5620,{amount},{amount},0.00,0.00,0.00,0.00,"
+        lines.append(f"{trade['trade_no']},{trade['out_trade_no']},交易,客运车票,"
+                     f"{trade['paid_at']},{trade['paid_at']},,,,,159****5620,{amount},{amount},"
+                     "0.00,0.00,0.00,0.00,"
                      f"0.00,,0.00,0.00,,{yuan(trade['amount'] * 6 // 1000)},0.00,")
     lines += ["#-----------------------------------------业务明细列表结束------------------------------------",
               f"#交易合计：{len(lines) - 5}笔"]
@@ -221,6 +264,14 @@ class BillHandler(RequestHandler):
 class StateHandler(Base):
     def post(self) -> None:
         body = json.loads(self.request.body or b"{}")
+        if "refund_outcomes" in body:  # e.g. ["FAIL"]: the next refund is refused
+            self.ali.refund_outcomes = [str(o) for o in body["refund_outcomes"]]
+        if "age" in body:  # {"age": {"out_trade_no", "days"}}: paid that many days earlier
+            trade = self.ali.trades.get(str(body["age"].get("out_trade_no", "")))
+            if trade is not None and trade.get("paid_at"):
+                paid = dt.datetime.strptime(trade["paid_at"], "%Y-%m-%d %H:%M:%S")
+                trade["paid_at"] = (paid - dt.timedelta(days=int(body["age"].get("days", 1)))
+                                    ).strftime("%Y-%m-%d %H:%M:%S")
         self.ali.faults.update({k: int(body[k]) for k in ("drop", "duplicate", "delay_ms")
                                 if k in body})
         self.finish({"faults": self.ali.faults})

@@ -219,7 +219,9 @@ def main() -> None:
                            os.environ["SANDBOX_WXPAY_PLATFORM_PRIVATE"],
                            os.environ["SANDBOX_WXPAY_PLATFORM_SERIAL"],
                            os.environ["SANDBOX_WXPAY_V3_KEY"],
-                           os.environ.get("SANDBOX_WXPAY_CERT_SERIAL", ""))
+                           os.environ.get("SANDBOX_WXPAY_CERT_SERIAL", ""),
+                           appids={"jsapi": os.environ.get("SANDBOX_WXPAY_APPID", args.appid),
+                                   "app": os.environ.get("SANDBOX_WXPAY_APP_APPID", "")})
     alipay = None
     if os.environ.get("SANDBOX_ALIPAY_APP_ID"):
         from sandbox.alipay import AlipayState

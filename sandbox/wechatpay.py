@@ -5,6 +5,14 @@ key, signs every answer with its own platform key (public-key mode serial), and 
 ``POST /_sandbox/wechatpay/confirm`` marks a transaction paid and POSTs the encrypted, signed
 ``TRANSACTION.SUCCESS`` notice to the merchant's ``notify_url``, retrying on a non-2xx answer
 (the real schedule, compressed). Faults for tests: drop or duplicate the next notices.
+
+Like the real platform it checks the appid of each prepay against the kind (the
+mini-program's for JSAPI, the mobile app's for APP); refunds are asynchronous (answered
+``PROCESSING``, settled a moment later and notified as ``REFUND.SUCCESS`` — or
+``REFUND.CLOSED`` / ``REFUND.ABNORMAL`` when a test asks for it), and queried at
+``GET /v3/refund/domestic/refunds/{out_refund_no}``; a day's trade bill exists from the next
+day on (``NO_STATEMENT_EXIST`` for a day without trades). ``POST /_sandbox/wechatpay/age``
+moves a paid transaction's time back by whole days, so tests can reconcile "yesterday".
 """
 
 from __future__ import annotations
@@ -31,8 +39,10 @@ RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)  # real: 15 s, 15 s, 30 s, 3 min, 10 mi
 
 class WxPayState:
     def __init__(self, mchid: str, merchant_public_pem: str, platform_private_pem: str,
-                 platform_serial: str, api_v3_key: str, cert_serial: str = "") -> None:
+                 platform_serial: str, api_v3_key: str, cert_serial: str = "",
+                 appids: dict[str, str] | None = None) -> None:
         self.mchid = mchid
+        self.appids = appids or {}  # kind (jsapi, app) -> the appid it must be made under
         # certificate mode: answers name the certificate's serial instead of the key id
         self.cert_serial = cert_serial
         self.merchant_key = load_public(merchant_public_pem)
@@ -42,6 +52,9 @@ class WxPayState:
         self.transactions: dict[str, dict[str, Any]] = {}
         self.refunds: dict[str, dict[str, Any]] = {}
         self.faults = {"drop": 0, "duplicate": 0, "delay_ms": 0, "reorder": 0}
+        self.refund_outcomes: list[str] = []  # the next refunds end so (CLOSED, ABNORMAL)
+        self.refund_delay = 0.3  # seconds from PROCESSING to the outcome
+        self.notices: list[dict[str, Any]] = []  # the last notices sent (headers, body)
         self.held: list[dict[str, Any]] = []  # notices kept back to be sent out of order
         self.delivered: list[str] = []
 
@@ -49,6 +62,7 @@ class WxPayState:
         ts, nonce = str(int(time.time())), secrets.token_hex(16)
         return {"Wechatpay-Timestamp": ts, "Wechatpay-Nonce": nonce,
                 "Wechatpay-Serial": self.cert_serial or self.platform_serial,
+                "Wechatpay-Signature-Type": "WECHATPAY2-SHA256-RSA2048",
                 "Wechatpay-Signature": sign(self.platform_key,
                                             f"{ts}\n{nonce}\n{body.decode()}\n")}
 
@@ -92,6 +106,12 @@ class PrepayHandler(WxPayHandler):
                 total <= 0 or (kind == "jsapi" and not (b.get("payer") or {}).get("openid")):
             self.answer(400, {"code": "PARAM_ERROR", "message": "参数错误"})
             return
+        expected = self.wx.appids.get(kind)
+        if expected and b.get("appid") != expected:  # an APP pay under the mini-program's
+            self.answer(400, {"code": "PARAM_ERROR",  # appid, or the other way round
+                              "message": "appid和mch_id不匹配" if b.get("appid") not in
+                              self.wx.appids.values() else "交易类型与appid不匹配"})
+            return
         tx = self.wx.transactions.get(no)
         if tx is not None and tx["amount"] != total:
             self.answer(400, {"code": "INVALID_REQUEST", "message": "订单号重复"})
@@ -100,7 +120,7 @@ class PrepayHandler(WxPayHandler):
             tx = self.wx.transactions[no] = {
                 "out_trade_no": no, "appid": b.get("appid"), "mchid": self.wx.mchid,
                 "amount": total, "state": "NOTPAY", "notify_url": b.get("notify_url"),
-                "openid": (b.get("payer") or {}).get("openid", ""),
+                "openid": (b.get("payer") or {}).get("openid", ""), "kind": kind,
                 "prepay_id": "wx" + uuid.uuid4().hex, "transaction_id": ""}
         self.answer(200, {"prepay_id": tx["prepay_id"]})
 
@@ -108,7 +128,7 @@ class PrepayHandler(WxPayHandler):
 def transaction_view(tx: dict[str, Any]) -> dict[str, Any]:
     view = {"appid": tx["appid"], "mchid": tx["mchid"], "out_trade_no": tx["out_trade_no"],
             "transaction_id": tx["transaction_id"], "trade_state": tx["state"],
-            "trade_type": "JSAPI", "amount": {"total": tx["amount"],
+            "trade_type": tx.get("kind", "jsapi").upper(), "amount": {"total": tx["amount"],
                                               "payer_total": tx["amount"], "currency": "CNY"},
             "payer": {"openid": tx["openid"]}}
     if tx["state"] == "SUCCESS":
@@ -137,6 +157,19 @@ class CloseHandler(WxPayHandler):
             self.answer(204)
 
 
+def refund_view(refund: dict[str, Any], total: int) -> dict[str, Any]:
+    view = {"refund_id": refund["refund_id"], "out_refund_no": refund["out_refund_no"],
+            "out_trade_no": refund["out_trade_no"], "transaction_id": refund["transaction_id"],
+            "channel": "ORIGINAL", "user_received_account": "支付用户零钱",
+            "create_time": refund["create_time"], "status": refund["status"],
+            "amount": {"refund": refund["amount"], "total": total,
+                       "payer_refund": refund["amount"], "payer_total": total,
+                       "currency": "CNY"}}
+    if refund["status"] == "SUCCESS":
+        view["success_time"] = refund["success_time"]
+    return view
+
+
 class RefundHandler(WxPayHandler):
     def post(self) -> None:
         b = self.body()
@@ -149,18 +182,87 @@ class RefundHandler(WxPayHandler):
         existing = self.wx.refunds.get(out_refund_no)
         if existing is None:  # the same out_refund_no never pays twice
             already = sum(r["amount"] for r in self.wx.refunds.values()
-                          if r["out_trade_no"] == tx["out_trade_no"])
+                          if r["out_trade_no"] == tx["out_trade_no"] and
+                          r["status"] in ("PROCESSING", "SUCCESS"))
             if not isinstance(refund, int) or refund <= 0 or already + refund > tx["amount"]:
                 self.answer(400, {"code": "INVALID_REQUEST", "message": "退款金额错误"})
                 return
             existing = self.wx.refunds[out_refund_no] = {
                 "refund_id": "50" + uuid.uuid4().hex[:20], "out_refund_no": out_refund_no,
-                "out_trade_no": tx["out_trade_no"], "amount": refund, "status": "SUCCESS"}
-            if already + refund == tx["amount"]:
+                "out_trade_no": tx["out_trade_no"], "transaction_id": tx["transaction_id"],
+                "amount": refund, "status": "PROCESSING", "notify_url": b.get("notify_url"),
+                "create_time": beijing_now()}
+            outcome = self.wx.refund_outcomes.pop(0) if self.wx.refund_outcomes else "SUCCESS"
+            asyncio.get_running_loop().create_task(self._settle(existing, tx, outcome))
+        self.answer(200, refund_view(existing, tx["amount"]))
+
+    async def _settle(self, refund: dict[str, Any], tx: dict[str, Any], outcome: str) -> None:
+        """The bank answers a moment later; the merchant hears it by notification."""
+        await asyncio.sleep(self.wx.refund_delay)
+        refund["status"] = outcome
+        if outcome == "SUCCESS":
+            refund["success_time"] = beijing_now()
+            refunded = sum(r["amount"] for r in self.wx.refunds.values()
+                           if r["out_trade_no"] == tx["out_trade_no"] and
+                           r["status"] == "SUCCESS")
+            if refunded == tx["amount"]:
                 tx["state"] = "REFUND"
-        self.answer(200, {"refund_id": existing["refund_id"], "out_refund_no": out_refund_no,
-                          "status": existing["status"],
-                          "amount": {"refund": existing["amount"], "total": tx["amount"]}})
+        if not refund.get("notify_url"):
+            return
+        if self.wx.faults["drop"] > 0:  # a lost notice: only a refund query tells
+            self.wx.faults["drop"] -= 1
+            return
+        payload = {"mchid": self.wx.mchid, "out_trade_no": refund["out_trade_no"],
+                   "transaction_id": refund["transaction_id"],
+                   "out_refund_no": refund["out_refund_no"], "refund_id": refund["refund_id"],
+                   "refund_status": outcome,
+                   "user_received_account": "支付用户零钱",
+                   "amount": {"total": tx["amount"], "refund": refund["amount"],
+                              "payer_total": tx["amount"], "payer_refund": refund["amount"]}}
+        if outcome == "SUCCESS":
+            payload["success_time"] = refund["success_time"]
+        body = json.dumps({
+            "id": str(uuid.uuid4()), "create_time": beijing_now(),
+            "resource_type": "encrypt-resource", "event_type": f"REFUND.{outcome}",
+            "summary": {"SUCCESS": "退款成功", "CLOSED": "退款关闭"}.get(outcome, "退款异常"),
+            "resource": {**encrypt_resource(self.wx.v3, payload, "refund"),
+                         "original_type": "refund"}}).encode()
+        await deliver(self.wx, refund["notify_url"], body, refund["out_refund_no"])
+
+
+class RefundQueryHandler(WxPayHandler):
+    def get(self, out_refund_no: str) -> None:
+        refund = self.wx.refunds.get(out_refund_no)
+        if refund is None:
+            self.answer(404, {"code": "RESOURCE_NOT_EXISTS", "message": "退款单不存在"})
+            return
+        tx = self.wx.transactions[refund["out_trade_no"]]
+        self.answer(200, refund_view(refund, tx["amount"]))
+
+
+def beijing_now() -> str:
+    return dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).isoformat(timespec="seconds")
+
+
+def beijing_today() -> dt.date:
+    return dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date()
+
+
+async def deliver(wx: WxPayState, url: str, body: bytes, what: str) -> None:
+    """POST a signed notice until the merchant answers 2xx (the real schedule, compressed)."""
+    for delay in (0.0, *RETRY_DELAYS):
+        await asyncio.sleep(delay)
+        headers = {**wx.signed_headers(body), "Content-Type": "application/json"}
+        wx.notices = [*wx.notices[-19:], {"headers": headers, "body": body.decode()}]
+        try:
+            resp = await AsyncHTTPClient().fetch(url, method="POST", body=body,
+                                                 headers=headers, raise_error=False,
+                                                 request_timeout=5)
+            if 200 <= resp.code < 300:
+                wx.delivered.append(what)
+                return
+        except (HTTPClientError, OSError):
+            continue
 
 
 BILL_HEADER = ("交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,"
@@ -174,6 +276,19 @@ class TradeBillHandler(WxPayHandler):
 
     def get(self) -> None:
         day = self.get_argument("bill_date", "")
+        try:
+            asked = dt.date.fromisoformat(day)
+        except ValueError:
+            self.answer(400, {"code": "PARAM_ERROR", "message": "bill_date格式错误"})
+            return
+        if asked >= beijing_today():  # a day's bill is made the next morning
+            self.answer(400, {"code": "INVALID_REQUEST", "message": "账单日期必须早于今天"})
+            return
+        if not any(tx["state"] in ("SUCCESS", "REFUND") and
+                   str(tx.get("success_time", "")).startswith(day)
+                   for tx in self.wx.transactions.values()):
+            self.answer(400, {"code": "NO_STATEMENT_EXIST", "message": "账单文件不存在"})
+            return
         rows = [BILL_HEADER]
         total = 0
         for tx in self.wx.transactions.values():
@@ -183,7 +298,8 @@ class TradeBillHandler(WxPayHandler):
             total += tx["amount"]
             fee = tx["amount"] * 6 // 1000
             cells = [tx["success_time"][:19].replace("T", " "), tx["appid"], tx["mchid"], "0",
-                     "", tx["transaction_id"], tx["out_trade_no"], tx["openid"], "JSAPI",
+                     "", tx["transaction_id"], tx["out_trade_no"], tx["openid"],
+                     tx.get("kind", "jsapi").upper(),
                      "SUCCESS", "OTHERS", "CNY", f"{tx['amount'] / 100:.2f}", "0.00", "0", "0",
                      "0.00", "0.00", "", "", "客运车票", "", f"{fee / 100:.5f}", "0.60%",
                      f"{tx['amount'] / 100:.2f}", "0.00", ""]
@@ -252,7 +368,7 @@ class ControlHandler(RequestHandler):
 
     def get(self, action: str) -> None:
         self.finish({"refunds": list(self.wx.refunds.values()),
-                     "delivered": self.wx.delivered,
+                     "delivered": self.wx.delivered, "notices": self.wx.notices,
                      "certificate_requests": getattr(self.wx, "certificate_requests", 0)})
 
     def post(self, action: str) -> None:
@@ -262,8 +378,22 @@ class ControlHandler(RequestHandler):
                                                           "reorder") if k in b})
             self.finish({"faults": self.wx.faults})
             return
+        if action == "refunds":  # how the next refunds end, e.g. {"outcomes": ["CLOSED"]}
+            self.wx.refund_outcomes = [str(o) for o in b.get("outcomes", [])]
+            self.finish({"outcomes": self.wx.refund_outcomes})
+            return
         tx = self.wx.transactions.get(str(b.get("out_trade_no", "")))
-        if tx is None or tx["state"] not in ("NOTPAY", "SUCCESS"):
+        if action == "age":
+            if tx is None or not tx.get("success_time"):
+                self.set_status(404)
+                self.finish({"error": "no paid transaction"})
+                return
+            paid = dt.datetime.fromisoformat(tx["success_time"])
+            tx["success_time"] = (paid - dt.timedelta(days=int(b.get("days", 1)))).isoformat()
+            self.finish({"out_trade_no": tx["out_trade_no"],
+                         "success_time": tx["success_time"]})
+            return
+        if action != "confirm" or tx is None or tx["state"] not in ("NOTPAY", "SUCCESS"):
             self.set_status(404)
             self.finish({"error": "no payable transaction"})
             return
@@ -295,25 +425,13 @@ class ControlHandler(RequestHandler):
         await asyncio.gather(*[self._deliver(tx) for _ in range(copies)])
 
     async def _deliver(self, tx: dict[str, Any]) -> None:
-        wx = self.wx
         payload = {**transaction_view(tx), "success_time": tx.get("success_time")}
         body = json.dumps({
             "id": str(uuid.uuid4()), "create_time": payload["success_time"],
             "resource_type": "encrypt-resource", "event_type": "TRANSACTION.SUCCESS",
             "summary": "支付成功",
-            "resource": encrypt_resource(wx.v3, payload, "transaction")}).encode()
-        for delay in (0.0, *RETRY_DELAYS):
-            await asyncio.sleep(delay)
-            headers = {**wx.signed_headers(body), "Content-Type": "application/json"}
-            try:
-                resp = await AsyncHTTPClient().fetch(tx["notify_url"], method="POST",
-                                                     body=body, headers=headers,
-                                                     raise_error=False, request_timeout=5)
-                if 200 <= resp.code < 300:
-                    wx.delivered.append(tx["out_trade_no"])
-                    return
-            except (HTTPClientError, OSError):
-                continue
+            "resource": encrypt_resource(self.wx.v3, payload, "transaction")}).encode()
+        await deliver(self.wx, tx["notify_url"], body, tx["out_trade_no"])
 
 
 def wxpay_routes() -> list[tuple[str, type[RequestHandler]]]:
@@ -322,6 +440,7 @@ def wxpay_routes() -> list[tuple[str, type[RequestHandler]]]:
         (r"/v3/pay/transactions/out-trade-no/([^/?]+)", QueryHandler),
         (r"/v3/pay/transactions/out-trade-no/([^/?]+)/close", CloseHandler),
         (r"/v3/refund/domestic/refunds", RefundHandler),
+        (r"/v3/refund/domestic/refunds/([^/?]+)", RefundQueryHandler),
         (r"/v3/bill/tradebill", TradeBillHandler),
         (r"/v3/certificates", CertificatesHandler),
         (r"/v3/billdownload/file", BillFileHandler),

@@ -51,6 +51,7 @@ from server.metrics import Metrics
 from server.security.authorizer import RoleAuthorizer
 from server.security.pii import PiiVault
 from server.security.tokens import AccessTokens
+from server.services.alerts import AlertService
 from server.services.audit import AuditService
 from server.services.auth import AuthService
 from server.services.departures import DepartureService
@@ -59,7 +60,7 @@ from server.services.gate import GateKeys, GateService
 from server.services.health import HealthService
 from server.services.idempotency import IdempotencyStore
 from server.services.inventory import NativeInventory
-from server.services.jobs import JobRunner
+from server.services.jobs import JobRunner, RecordFailures
 from server.services.members import MemberService, WeChatLogin
 from server.services.orders import OrderService
 from server.services.planning import plan_sale_window
@@ -97,6 +98,8 @@ class Services:
     hub: Hub
     gate: GateService
     notices: NoticeDispatcher
+    alerts: AlertService
+    failures: RecordFailures
 
 
 def connect_mongo(settings: Settings, uri: str) -> AsyncMongoClient[Any]:
@@ -139,16 +142,18 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     member_service = MemberService(
         db, redis, vault, auth_service, sms,
         WeChatLogin(settings.wechat_appid, settings.wechat_secret, settings.wechat_api_base))
+    failures = RecordFailures()
     notices = NoticeDispatcher(
         db, vault, sms,
         WeChatSubscribe(settings.wechat_appid, settings.wechat_secret, settings.wechat_api_base),
-        parse_templates(settings.wechat_notice_templates))
+        parse_templates(settings.wechat_notice_templates), failures)
     order_service = OrderService(db, redis, seats, rules, member_service, vault,
-                                 orphan_after=settings.orphan_hold_seconds)
-    payment_service = PaymentService(db, payment_providers(settings), order_service,
-                                     sandbox_bases={"wechat": settings.wechatpay_api_base,
-                                                    "alipay": settings.alipay_gateway}
-                                     if settings.sandbox else {})
+                                 orphan_after=settings.orphan_hold_seconds, failures=failures)
+    alerts = AlertService(db)
+    sandbox_bases = {"wechat": settings.wechatpay_api_base,
+                     "alipay": settings.alipay_gateway} if settings.sandbox else {}
+    payment_service = PaymentService(db, payment_providers(settings), order_service, alerts,
+                                     audit, failures, sandbox_bases=sandbox_bases)
     jobs = JobRunner(redis)
     jobs.add("payment-query", 15.0, payment_service.query_pending)
     jobs.add("refunds", 5.0, payment_service.execute_refunds)
@@ -188,6 +193,8 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         hub=Hub(redis),
         gate=GateService(db, vault, GateKeys(db, vault)),
         notices=notices,
+        alerts=alerts,
+        failures=failures,
     )
 
 
@@ -203,7 +210,8 @@ def payment_providers(settings: Settings) -> ProviderRegistry:
         with open(settings.wechatpay_private_key_file) as key:
             registry.register(WeChatPay(WeChatPayConfig(
                 api_base=settings.wechatpay_api_base, mchid=settings.wechatpay_mchid,
-                appid=settings.wechat_appid, serial_no=settings.wechatpay_serial,
+                appid=settings.wechat_appid, app_appid=settings.wechat_app_appid,
+                serial_no=settings.wechatpay_serial,
                 private_key_pem=key.read(), api_v3_key=settings.wechatpay_api_v3_key,
                 platform_serial=settings.wechatpay_platform_serial if platform_pem else "",
                 platform_public_key_pem=platform_pem,
@@ -235,11 +243,14 @@ def make_app(settings: Settings, mongo: AsyncMongoClient[Any], redis: aioredis.R
               *(extra_routes or [])]
     if settings.sandbox:  # stand-ins for a person's phone; never in production
         routes += [*sandbox.default_handlers, *payments.sandbox_handlers]
+    services = build_services(settings, mongo, redis)
+    metrics = Metrics()
+    metrics.watch_record_failures(services.failures.counts)
     return Application(
         routes,
         config=settings,
-        services=build_services(settings, mongo, redis),
-        metrics=Metrics(),
+        services=services,
+        metrics=metrics,
         mongo=mongo,
         redis=redis,
         openapi=docs.build_openapi(routes),

@@ -161,7 +161,8 @@ def _start_provider_sandbox(settings: Settings, children: list[embedded.ChildSer
              "merchant_public": (secrets_dir / "wechatpay_merchant.pub.pem").read_text(),
              "platform_private": (secrets_dir / "wechatpay_platform.pem").read_text(),
              "platform_serial": settings.wechatpay_platform_serial,
-             "v3_key": settings.wechatpay_api_v3_key} \
+             "v3_key": settings.wechatpay_api_v3_key, "appid": settings.wechat_appid,
+             "app_appid": settings.wechat_app_appid} \
         if (secrets_dir / "wechatpay_platform.pem").exists() else None
     alipay = {"app_id": settings.alipay_app_id, "seller_id": settings.alipay_seller_id,
               "app_public": (secrets_dir / "alipay_app.pub").read_text(),

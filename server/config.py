@@ -162,6 +162,8 @@ class Settings:
     pii_index_key: str = _opt("", _parse_index_key,
                               "HMAC key (base64, 32+ bytes) of the blind index; dev generates")
     wechat_appid: str = _opt("wx-keyun-sandbox", _parse_str, "mini-program appid")
+    wechat_app_appid: str = _opt("wx-keyun-app-sandbox", _parse_str,
+                                 "mobile app appid (WeChat Open Platform), for APP payments")
     wechat_secret: str = _opt("", _parse_str, "mini-program app secret; dev generates one")
     wechat_api_base: str = _opt("", _parse_optional_http,
                                 "WeChat API base URL; unset in development: the sandbox")

@@ -103,6 +103,8 @@ ERRORS: dict[str, tuple[int, str]] = {
     "CHANGE_FARE_DIFFERS": (409, "A change is possible only to a departure with the same fare."),
     "TICKET_BUSY": (409, "Another operation on this ticket is in progress."),
     # payments
+    "PAYMENT_IN_PROGRESS": (409, "A payment of this order is being started; wait a moment "
+                                 "and look at the order again."),
     "ORDER_NOT_PAYABLE": (409, "This order cannot be paid (it is not awaiting payment)."),
     "PAYMENT_METHOD_NOT_ALLOWED": (400, "This sales channel does not take that payment method."),
     "PAYMENT_PROVIDER_ERROR": (502, "The payment provider refused or could not be reached."),
@@ -110,6 +112,12 @@ ERRORS: dict[str, tuple[int, str]] = {
     "INSUFFICIENT_BALANCE": (409, "The outlet's deposit and credit do not cover this order."),
     "TENDER_TOO_LOW": (400, "The cash tendered is less than the amount due."),
     "OUTLET_NOT_FOUND": (404, "No such agent outlet."),
+    "REFUND_NOT_FOUND": (404, "No such refund."),
+    "REFUND_NOT_RETRYABLE": (409, "This refund is not waiting for finance (or cannot be sent "
+                                  "again: an abnormal refund is resolved by paying it "
+                                  "another way)."),
+    "STATEMENT_NOT_READY": (409, "Providers publish a day's statement the next morning; ask "
+                                 "for an earlier day."),
     # infrastructure
     "SERVICE_UNAVAILABLE": (503, "A backing service is unavailable; try again shortly."),
     "INTERNAL": (500, "Something went wrong on our side. Quote the request id when asking."),

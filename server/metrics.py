@@ -8,6 +8,7 @@ never by the raw path, to keep label cardinality bounded.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -35,9 +36,31 @@ class Metrics:
                                   "Slow WebSocket clients told to resync (queue full)",
                                   registry=self.registry)
 
+    def watch_record_failures(self, counts: dict[str, int]) -> None:
+        """Expose the records jobs skipped (``RecordFailures.counts``), read at scrape time."""
+        self.registry.register(_RecordFailuresCollector(counts))
+
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route, method).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _RecordFailuresCollector:
+    def __init__(self, counts: dict[str, int]) -> None:
+        self._counts = counts
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return [CounterMetricFamily("keyun_job_record_failures",
+                                    "Records a job skipped because handling them failed",
+                                    labels=["job"])]
+
+    def collect(self) -> list[CounterMetricFamily]:
+        family = CounterMetricFamily("keyun_job_record_failures",
+                                     "Records a job skipped because handling them failed",
+                                     labels=["job"])
+        for job, count in sorted(self._counts.items()):
+            family.add_metric([job], count)
+        return [family]

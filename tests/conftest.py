@@ -140,7 +140,8 @@ def providers(workdir: Path) -> Iterator[Providers]:
         sms_key=TEST_SECRETS["KEYUN_SMS_API_KEY"],
         wxpay={"mchid": "1900000001", "merchant_public": merchant_pub,
                "platform_private": platform, "platform_serial": "PUB_KEY_ID_0000000000000001",
-               "v3_key": TEST_SECRETS["KEYUN_WECHATPAY_API_V3_KEY"]},
+               "v3_key": TEST_SECRETS["KEYUN_WECHATPAY_API_V3_KEY"],
+               "appid": "wx-keyun-sandbox", "app_appid": "wx-keyun-app-sandbox"},
         alipay={"app_id": "2021000000000001", "seller_id": "2088000000000001",
                 "app_public": app_pub, "private": ali_key})
     server.start()
@@ -176,13 +177,18 @@ def keyun(stores: Stores, seeded: str, providers: Providers, workdir: Path,
 
 
 @pytest.fixture
-def services(stores: Stores, seeded: str, providers: Providers, io_loop: Any) -> Any:
-    """The services of a Keyun process, in this test's loop, on the session stores."""
+def services(stores: Stores, seeded: str, providers: Providers, io_loop: Any,
+             request: pytest.FixtureRequest) -> Any:
+    """The services of a Keyun process, in this test's loop, on the session stores. With the
+    module's Keyun server in the test too, providers notify that server (as they would the
+    public URL of the process calling them)."""
     from server.app import build_services, connect_mongo, connect_redis
 
+    public = {"KEYUN_PUBLIC_URL": request.getfixturevalue("keyun").base_url} \
+        if "keyun" in request.fixturenames else {}
     settings = load_settings({"KEYUN_MONGO_URI": stores.mongo_uri, "KEYUN_MONGO_DB": seeded,
                               "KEYUN_REDIS_URL": stores.redis_url, **TEST_SECRETS,
-                              **providers.env})
+                              **providers.env, **public})
     mongo, redis = connect_mongo(settings, stores.mongo_uri), connect_redis(stores.redis_url)
     built = build_services(settings, mongo, redis)
     yield built

@@ -52,6 +52,16 @@ async def wait_status(api: ApiClient, token: str, order_no: str, status: str) ->
     raise AssertionError(f"order stayed {got['status']}")
 
 
+async def wait_refund(db, request_id: str, status: str = "done") -> dict:
+    """Refunds are asynchronous: wait until the provider's notice (or a query) settles it."""
+    for _ in range(100):
+        request = await db.refund_requests.find_one({"_id": request_id})
+        if request and request["status"] == status:
+            return request
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"refund {request_id} stayed {request and request['status']}")
+
+
 async def sandbox(providers, action: str, body: dict | None = None) -> dict:
     resp = await AsyncHTTPClient().fetch(f"{providers.url}/_sandbox/wechatpay/{action}",
                                          method="POST" if body is not None else "GET",
@@ -105,14 +115,14 @@ async def test_twenty_duplicate_notifications_change_the_order_once(api: ApiClie
 
 
 def forged(providers, payload: dict, *, serial: str = SERIAL, skew: int = 0,
-           tamper_body: bool = False, tamper_tag: bool = False, key: bytes = V3
-           ) -> tuple[dict, bytes]:
+           tamper_body: bool = False, tamper_tag: bool = False, key: bytes = V3,
+           event: str = "TRANSACTION.SUCCESS") -> tuple[dict, bytes]:
     resource = encrypt_resource(key, payload, "transaction")
     if tamper_tag:
         raw = bytearray(base64.b64decode(resource["ciphertext"]))
         raw[-1] ^= 1
         resource["ciphertext"] = base64.b64encode(bytes(raw)).decode()
-    body = json.dumps({"id": "x", "event_type": "TRANSACTION.SUCCESS",
+    body = json.dumps({"id": "x", "event_type": event,
                        "resource_type": "encrypt-resource", "resource": resource}).encode()
     ts, nonce = str(int(time.time()) + skew), secrets.token_hex(8)
     signature = sign(load_private(providers.platform_private),
@@ -189,7 +199,7 @@ async def test_payment_after_expiry_is_refunded_exactly_once(api: ApiClient, db,
     refunds = [r for r in (await sandbox(providers, "state"))["refunds"]
                if r["out_trade_no"] == pay["out_trade_no"]]
     assert len(refunds) == 1 and refunds[0]["amount"] == order["amount"]
-    assert (await db.refund_requests.find_one({"_id": request["_id"]}))["status"] == "done"
+    await wait_refund(db, request["_id"])
     assert await db.money_movements.count_documents({"order_no": order["order_no"],
                                                      "kind": "refund"}) == 1
     assert (await db.orders.find_one({"order_no": order["order_no"]}))["status"] == "expired"
@@ -211,13 +221,15 @@ async def test_crash_between_refund_and_record_does_not_refund_twice(api: ApiCli
     await provider.refund(pay["out_trade_no"], refund_no(request["_id"]), request["amount"],
                           order["amount"])
     await db.refund_requests.update_one({"_id": request["_id"]}, {"$set": {
-        "status": "processing",
-        "processing_at": dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)}})
+        "status": "sending",
+        "sending_at": dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)}})
     await services.payments.execute_refunds()
     refunds = [r for r in (await sandbox(providers, "state"))["refunds"]
                if r["out_trade_no"] == pay["out_trade_no"]]
     assert len(refunds) == 1 and refunds[0]["amount"] == request["amount"]
-    assert (await db.refund_requests.find_one({"_id": request["_id"]}))["status"] == "done"
+    await wait_refund(db, request["_id"])
+    assert await db.money_movements.count_documents({"order_no": order["order_no"],
+                                                     "kind": "refund"}) == 1
 
 
 async def app_member(api: ApiClient) -> str:
@@ -343,9 +355,32 @@ async def test_statements_are_parsed_and_matched(api: ApiClient, db, providers) 
     await api.post(f"/sandbox/payments/{order['order_no']}/confirm")
     await wait_status(api, token, order["order_no"], "issued")
     finance = (await api.login("finance"))["token"]
-    # the statement of the day it was paid (Beijing time), even if the suite crossed midnight
+    # a day's bill exists from the next morning: today's is refused, here and at the provider
+    local = dt.timezone(dt.timedelta(hours=8))
+    now_day = dt.datetime.now(local).date()
+    refused = await api.post(f"/api/v1/admin/statements/wechat/{now_day.isoformat()}", {},
+                             token=finance)
+    assert refused.status == 409 and refused.error_code == "STATEMENT_NOT_READY", refused.text
+    # so the payment is moved back one day, with us and at the provider, and that day asked
+    # (everything paid so far today moves with it, so both sides still describe one day)
+    day_ago = dt.timedelta(days=1)
+    moved = await db.payments.find({"status": {"$in": ["paid", "refunding", "refunded"]},
+                                    "paid_at": {"$gte": dt.datetime.combine(
+                                        now_day, dt.time(), local)}}).to_list()
+    for attempt in moved:
+        await db.payments.update_one({"_id": attempt["_id"]},
+                                     {"$set": {"paid_at": attempt["paid_at"] - day_ago}})
+        if attempt["provider"] == "wechat":  # (404 for the one paid by a forged notice)
+            await AsyncHTTPClient().fetch(
+                f"{providers.url}/_sandbox/wechatpay/age", method="POST", raise_error=False,
+                body=json.dumps({"out_trade_no": attempt["out_trade_no"], "days": 1}))
+        elif attempt["provider"] == "alipay":
+            await AsyncHTTPClient().fetch(
+                f"{providers.url}/_sandbox/alipay/state", method="POST",
+                body=json.dumps({"age": {"out_trade_no": attempt["out_trade_no"],
+                                         "days": 1}}))
     paid = await db.payments.find_one({"out_trade_no": pay["out_trade_no"]})
-    today = paid["paid_at"].astimezone(dt.timezone(dt.timedelta(hours=8))).date().isoformat()
+    today = paid["paid_at"].astimezone(local).date().isoformat()
     for bad in ("2026-13-01", "today"):
         resp = await api.post(f"/api/v1/admin/statements/wechat/{bad}", {}, token=finance)
         assert resp.status == 400 and resp.error_code == "INVALID_VALUE", resp.text
@@ -363,7 +398,6 @@ async def test_statements_are_parsed_and_matched(api: ApiClient, db, providers) 
     # the notice forged in an earlier test was accepted for a trade WeChat never saw paid:
     # reconciliation is where such a line shows up
     wechat = await db.reconciliations.find_one({"_id": f"wechat:{today}"})
-    local = dt.timezone(dt.timedelta(hours=8))
     start = dt.datetime.fromisoformat(today).replace(tzinfo=local)
     paid_by_us = await db.payments.count_documents({
         "provider": "wechat", "status": {"$in": ["paid", "refunding", "refunded"]},
@@ -399,6 +433,13 @@ async def test_app_wap_and_card_happy_paths_and_alipay_refund(api: ApiClient, db
     ticket = issued["tickets"][0]["ticket_no"]
     assert (await api.post(f"/api/v1/tickets/{ticket}/refund", {}, token=token)).status == 200
     await services.payments.execute_refunds()
+    request = await db.refund_requests.find_one({"_id": f"ticket:{ticket}"})
+    # Alipay answers fund_change N: the money is back only when a refund query says so
+    assert request["status"] == "processing"
+    await asyncio.sleep(0.5)  # the sandbox settles it meanwhile
+    await db.refund_requests.update_one({"_id": request["_id"]}, {"$set": {
+        "processing_at": dt.datetime.now(dt.UTC) - dt.timedelta(minutes=2)}})
+    assert await services.payments.follow_refunds() == 1
     request = await db.refund_requests.find_one({"_id": f"ticket:{ticket}"})
     assert request["status"] == "done"
     state = json.loads((await AsyncHTTPClient().fetch(

@@ -1,6 +1,7 @@
 """WeChat Pay platform-certificate mode against a sandbox that serves /v3/certificates:
 certificates downloaded and decrypted on first need, an unknown serial refreshes at most
-once a minute, notifications verified with the certificate's key."""
+once a minute, notifications verified with the certificate's key — also for a serial
+written with leading zeros (serials are hex numbers, compared as such)."""
 
 from __future__ import annotations
 
@@ -22,18 +23,24 @@ from payments.wechatpay import (
 from server import embedded
 from tests.support import TEST_SECRETS
 
-CERT_SERIAL = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1"
+CERT_SERIALS = ["5157F09EFDC096DE15EBE81A47057A7232F1B8E1",
+                "0057F09EFDC096DE15EBE81A47057A7232F1B8E1"]
+
+
+@pytest.fixture(params=CERT_SERIALS, ids=["serial", "serial-with-leading-zeros"])
+def cert_serial(request: pytest.FixtureRequest) -> str:
+    return request.param  # type: ignore[no-any-return]
 
 
 @pytest.fixture
-def cert_sandbox(providers, tmp_path: Path):
+def cert_sandbox(providers, tmp_path: Path, cert_serial: str):
     server = embedded.provider_sandbox(
         tmp_path, appid="wx-keyun-sandbox", wechat_secret="w", sms_key="s",
         wxpay={"mchid": "1900000001", "merchant_public": providers.merchant_public,
                "platform_private": providers.platform_private,
                "platform_serial": "PUB_KEY_ID_0000000000000001",
                "v3_key": TEST_SECRETS["KEYUN_WECHATPAY_API_V3_KEY"],
-               "cert_serial": CERT_SERIAL})
+               "cert_serial": cert_serial})
     server.start()
     yield f"http://{server.host}:{server.port}"
     server.stop()
@@ -51,7 +58,8 @@ def notice(providers, serial: str, out_trade_no: str) -> tuple[dict, bytes]:
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_certificate_mode_downloads_once_and_verifies(providers, cert_sandbox) -> None:
+async def test_certificate_mode_downloads_once_and_verifies(providers, cert_sandbox,
+                                                            cert_serial: str) -> None:
     key_pem = Path(providers.env["KEYUN_WECHATPAY_PRIVATE_KEY_FILE"]).read_text()  # noqa: ASYNC240
     provider = WeChatPay(WeChatPayConfig(
         api_base=cert_sandbox, mchid="1900000001", appid="wx-keyun-sandbox",
@@ -70,6 +78,6 @@ async def test_certificate_mode_downloads_once_and_verifies(providers, cert_sand
         with pytest.raises(NotificationRejected):
             await provider.parse_notification(headers, body)
     assert provider.certificate_downloads == 1
-    headers, body = notice(providers, CERT_SERIAL, "CERT-1")
+    headers, body = notice(providers, cert_serial, "CERT-1")
     state = await provider.parse_notification(headers, body)
     assert state.state == "paid" and state.amount == 100

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -13,6 +13,23 @@ from redis.asyncio import Redis
 from server.storage.lease import Lease
 
 log = logging.getLogger(__name__)
+
+
+class RecordFailures:
+    """Jobs that walk many records skip a bad one instead of stopping: ``record`` logs its
+    failure and counts it per job (``keyun_job_record_failures_total`` in /metrics)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def record(self, job: str, key: object) -> Iterator[None]:
+        """Run one record's work; an exception is logged and counted, never raised."""
+        try:
+            yield
+        except Exception:  # CancelledError is a BaseException: it still stops the job
+            self.counts[job] = self.counts.get(job, 0) + 1
+            log.exception("job %s skipped record %s", job, key)
 
 
 @dataclass

@@ -45,6 +45,7 @@ from server.notices import NoticeOutbox
 from server.security.pii import PiiVault, mask_id, mask_phone
 from server.security.principal import PASSENGER, Principal
 from server.services.events import Topic
+from server.services.jobs import RecordFailures
 from server.services.members import MemberService, normalize_phone
 from server.services.planning import LOCAL_TZ, local_today
 from server.services.realname import validate
@@ -106,8 +107,9 @@ def new_order_no(now: dt.datetime) -> str:
 class OrderService:
     def __init__(self, db: AsyncDatabase[Any], redis: Redis, seats: SeatService,
                  rules: RuleService, members: MemberService, vault: PiiVault,
-                 orphan_after: float = 60.0) -> None:
+                 orphan_after: float = 60.0, failures: RecordFailures | None = None) -> None:
         self.orphan_after = orphan_after
+        self.failures = failures or RecordFailures()
         self._db = db
         self._redis = redis
         self._seats = seats
@@ -448,12 +450,13 @@ class OrderService:
             {"order_no": 1}).limit(limit).to_list()
         closed = 0
         for row in due:
-            done = await self.transition(row["order_no"], "expired", "system",
-                                         "payment timeout", from_states={"pending_payment"},
-                                         also=self._release_tickets)
-            if done is not None:  # this process won the race
-                await self._release_seats(done)
-                closed += 1
+            with self.failures.record("order-expiry", row["order_no"]):
+                done = await self.transition(row["order_no"], "expired", "system",
+                                             "payment timeout", from_states={"pending_payment"},
+                                             also=self._release_tickets)
+                if done is not None:  # this process won the race
+                    await self._release_seats(done)
+                    closed += 1
         return closed
 
     async def warn_expiring(self, limit: int = 200) -> int:
@@ -466,11 +469,13 @@ class OrderService:
              "created_at": {"$lte": now - dt.timedelta(minutes=1)}},
             {"order_no": 1, "expires_at": 1}).limit(limit).to_list()
         for row in due:
-            await self.notices.enqueue(
-                f"payment_expiring:{row['order_no']}", "payment_expiring", row["order_no"],
-                {"expires_at": row["expires_at"].astimezone(LOCAL_TZ).isoformat()})
-            await self._db.orders.update_one({"_id": row["_id"]},
-                                             {"$set": {"expiry_warned": True}})
+            with self.failures.record("payment-reminders", row["order_no"]):
+                await self.notices.enqueue(
+                    f"payment_expiring:{row['order_no']}", "payment_expiring",
+                    row["order_no"],
+                    {"expires_at": row["expires_at"].astimezone(LOCAL_TZ).isoformat()})
+                await self._db.orders.update_one({"_id": row["_id"]},
+                                                 {"$set": {"expiry_warned": True}})
         return len(due)
 
     async def _give_back(self, departure_id: str, hold_id: str) -> None:
@@ -608,7 +613,8 @@ class OrderService:
                                        {"issue_attempted_at": {"$exists": False}}]},
             {"order_no": 1}).limit(50).to_list()
         for row in stuck:
-            await self.issue(row["order_no"])
+            with self.failures.record("order-issuing", row["order_no"]):
+                await self.issue(row["order_no"])
         return len(stuck)
 
     # --- views ------------------------------------------------------------------------------

@@ -316,10 +316,20 @@ COLLECTIONS: list[CollectionSpec] = [
         _ix([("order_no", ASCENDING)], "order"),
         _ix([("at", ASCENDING)], "at"),
     ]),
+    # requested → sending (a worker has it) → processing (at the provider, awaiting its
+    # outcome) → done; attention: closed, abnormal or refused at the provider (finance acts)
     CollectionSpec("refund_requests", _obj(
         ["order_no", "amount", "status", "created_at"], order_no=NONEMPTY, amount=FEN,
-        status={"enum": ["requested", "processing", "done", "failed"]}, created_at=DATE), [
+        status={"enum": ["requested", "sending", "processing", "done", "failed",
+                         "attention"]}, created_at=DATE), [
         _ix([("status", ASCENDING), ("created_at", ASCENDING)], "status_created"),
+        _ix("out_refund_no", "out_refund_no", sparse=True),
+    ]),
+    CollectionSpec("alerts", _obj(
+        ["kind", "message", "status", "created_at", "last_at"], kind=NONEMPTY,
+        message=NONEMPTY, status={"enum": ["open", "closed"]}, created_at=DATE,
+        last_at=DATE), [
+        _ix([("status", ASCENDING), ("last_at", DESCENDING)], "status_last"),
     ]),
     CollectionSpec("notices", _obj(
         ["kind", "order_no", "status", "attempts", "next_at", "created_at"],
