@@ -148,16 +148,16 @@ class ApiHandler(RequestHandler):
         client_ip_var.set(self.request.remote_ip or "")
         self.set_header("X-Request-Id", request_id)
         self.metrics.in_flight.inc()
-        self.current_user = self._principal_from_header()
+        self.current_user = await self._principal_from_header()
 
-    def _principal_from_header(self) -> Principal | None:
+    async def _principal_from_header(self) -> Principal | None:
         header = self.request.headers.get("Authorization", "")
         if not header:
             return None
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise DomainError("TOKEN_INVALID", "Use Authorization: Bearer <token>.")
-        return self.services.auth.access.verify(token.strip())
+        return await self.services.auth.authenticate(token.strip())
 
     @property
     def principal(self) -> Principal:

@@ -15,6 +15,10 @@ CREATE_STAFF = obj({"username": string(3, 32, pattern="^[a-z][a-z0-9_.-]{2,31}$"
                     "name": string(0, 64), "region": DIVISION, "station_id": string(1, 64),
                     "outlet_id": string(1, 64)}, ["username", "password", "role"])
 STAFF_LIST = obj({"staff": array(STAFF)}, ["staff"])
+UPDATE_STAFF = obj({"status": string(enum=["active", "disabled"]),
+                    "role": string(enum=list(STAFF_ROLES)), "name": string(0, 64),
+                    "region": DIVISION, "station_id": string(1, 64),
+                    "outlet_id": string(1, 64)}, minProperties=1)
 STAFF_QUERY = obj({"role": string(enum=list(STAFF_ROLES))}, additional=True)
 AUDIT_ENTRY = obj({"at": DATETIME, "action": string(), "outcome": string(),
                    "actor": {"type": "object"}, "target": string(), "request_id": string(),
@@ -39,6 +43,16 @@ class StaffHandler(ApiHandler):
         self.write_json(staff, 201)
 
 
+class StaffMemberHandler(ApiHandler):
+    @api("Disable, enable, re-role or re-scope a staff account; its sign-ins end at once "
+         "(access tokens issued before are refused within a minute)", roles=(OPERATOR,),
+         body=UPDATE_STAFF, response=STAFF, tags=("admin",), idempotent=True,
+         errors=("NOT_FOUND", "SCOPE_REQUIRED", "STATION_NOT_FOUND"))
+    async def patch(self, staff_id: str) -> None:
+        self.write_json(await self.services.auth.update_staff(self.principal, staff_id,
+                                                              self.body))
+
+
 class AuditHandler(ApiHandler):
     @api("The audit trail, newest first", roles=(OPERATOR,), query=AUDIT_QUERY,
          response=AUDIT_LIST, tags=("admin",))
@@ -59,5 +73,6 @@ def _aware(text: str | None) -> dt.datetime | None:
 
 default_handlers = [
     route("/api/v1/admin/staff", StaffHandler),
+    route("/api/v1/admin/staff/{staff_id}", StaffMemberHandler),
     route("/api/v1/admin/audit", AuditHandler),
 ]

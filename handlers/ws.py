@@ -101,7 +101,7 @@ class EventSocket(WebSocketHandler):
         token = self.get_query_argument("access_token", None)
         if token is not None:
             try:
-                self.principal = self.services.auth.access.verify(token)
+                self.principal = await self.services.auth.authenticate(token)
             except DomainError as exc:
                 self.set_status(403)
                 self.set_header("Content-Type", "application/json; charset=UTF-8")
@@ -171,7 +171,7 @@ class EventSocket(WebSocketHandler):
         if op == "ping":
             self._send_control({"type": "pong", "at": int(time.time() * 1000)})
         elif op == "auth":
-            self._authenticate(frame.get("token"))
+            await self._authenticate(frame.get("token"))
         elif op == "subscribe":
             try:
                 await self._subscribe(frame)
@@ -201,11 +201,11 @@ class EventSocket(WebSocketHandler):
             self._error("WS_RATE_LIMITED")
         return False
 
-    def _authenticate(self, token: Any) -> None:
+    async def _authenticate(self, token: Any) -> None:
         try:
             if not isinstance(token, str):
                 raise DomainError("TOKEN_INVALID")
-            self.principal = self.services.auth.access.verify(token)
+            self.principal = await self.services.auth.authenticate(token)
         except DomainError as exc:
             self.shut(4401, exc.code)
             return

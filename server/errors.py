@@ -35,6 +35,8 @@ ERRORS: dict[str, tuple[int, str]] = {
     "AUTH_REQUIRED": (401, "Sign in first: send Authorization: Bearer <token>."),
     "TOKEN_INVALID": (401, "The access token is invalid."),
     "TOKEN_EXPIRED": (401, "The access token has expired; refresh it."),
+    "TOKEN_REVOKED": (401, "This sign-in has ended (the account was disabled or its role "
+                           "changed); sign in again."),
     "INVALID_CREDENTIALS": (401, "Wrong username or password."),
     "ACCOUNT_DISABLED": (403, "This account is disabled."),
     "TOO_MANY_ATTEMPTS": (429, "Too many failed attempts; try again later."),

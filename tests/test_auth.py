@@ -254,3 +254,58 @@ async def test_station_roles_see_only_their_station(api: ApiClient) -> None:
     gate = await api.login("gate")
     resp = await api.get("/api/v1/admin/stations", token=gate["token"])
     assert [s["id"] for s in resp.body["stations"]] == [gate["staff"]["station_id"]]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_refresh_and_tokens_follow_the_staff_record(api: ApiClient, db) -> None:
+    """A refresh carries the account's current role and scope; a disabled account's access
+    tokens stop working (well within a minute) and its refresh tokens give nothing."""
+    import secrets
+
+    operator = (await api.login("operator"))["token"]
+    username = "auth.follow." + secrets.token_hex(3)
+    created = await api.post("/api/v1/admin/staff", {
+        "username": username, "password": "follow-pass-1", "role": "authority",
+        "region": "440100"}, token=operator)
+    assert created.status == 201, created.text
+    staff_id = created.body["id"]
+    signed = await api.login(username, "follow-pass-1")
+    # the operator widens the scope to the province: the next refresh says so
+    changed = await api.request("PATCH", f"/api/v1/admin/staff/{staff_id}",
+                                json_body={"region": "440000"}, token=operator)
+    assert changed.status == 200 and changed.body["region"] == "440000", changed.text
+    # the change ended the sign-in: the old access token and refresh token are done
+    old = await api.get("/api/v1/me", token=signed["token"])
+    assert old.status == 401 and old.error_code == "TOKEN_REVOKED"
+    assert (await api.post("/api/v1/auth/refresh",
+                           {"refresh_token": signed["refresh_token"]})).status == 401
+    await asyncio.sleep(1.1)  # tokens carry whole seconds: sign in after the change's second
+    again = await api.login(username, "follow-pass-1")
+    me = (await api.get("/api/v1/me", token=again["token"])).body
+    assert me["region"] == "440000"
+    # a stale refresh-token subject is not trusted: what the record says wins
+    await db.staff.update_one({"_id": staff_id}, {"$set": {"region": "440300"}})
+    refreshed = await api.post("/api/v1/auth/refresh",
+                               {"refresh_token": again["refresh_token"]})
+    assert refreshed.status == 200
+    assert (await api.get("/api/v1/me", token=refreshed.body["token"])).body["region"] == \
+        "440300"
+    # disabled: access tokens refused at once, refresh refused
+    disabled = await api.request("PATCH", f"/api/v1/admin/staff/{staff_id}",
+                                 json_body={"status": "disabled"}, token=operator)
+    assert disabled.status == 200 and disabled.body["status"] == "disabled"
+    gone = await api.get("/api/v1/admin/stations", token=refreshed.body["token"])
+    assert gone.status == 401 and gone.error_code == "TOKEN_REVOKED"
+    assert (await api.post("/api/v1/auth/refresh",
+                           {"refresh_token": refreshed.body["refresh_token"]})).status == 401
+    assert (await api.post("/api/v1/auth/staff", {"username": username,
+                                                  "password": "follow-pass-1"})
+            ).error_code == "ACCOUNT_DISABLED"
+    # a role that needs a scope cannot lose it; nobody but an operator changes accounts
+    bad = await api.request("PATCH", f"/api/v1/admin/staff/{staff_id}",
+                            json_body={"role": "gate"}, token=operator)
+    assert bad.status == 400 and bad.error_code == "SCOPE_REQUIRED"
+    finance = (await api.login("finance"))["token"]
+    assert (await api.request("PATCH", f"/api/v1/admin/staff/{staff_id}",
+                              json_body={"status": "active"}, token=finance)).status == 403
+    assert await db.audit.count_documents({"action": "staff.update", "target": staff_id}) == 2

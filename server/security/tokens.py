@@ -36,14 +36,18 @@ class AccessTokens:
 
     def verify(self, token: str) -> Principal:
         """The principal of a valid token; TOKEN_EXPIRED or TOKEN_INVALID otherwise."""
+        return self.decode(token)[0]
+
+    def decode(self, token: str) -> tuple[Principal, int]:
+        """The principal of a valid token and when it was issued (Unix seconds)."""
         try:
             claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM], audience=AUDIENCE,
                                 issuer=ISSUER, leeway=5,
                                 options={"require": ["exp", "iat", "sub", "aud", "iss"]})
-            return Principal.from_claims(claims)
+            return Principal.from_claims(claims), int(claims["iat"])
         except jwt.ExpiredSignatureError:
             raise DomainError("TOKEN_EXPIRED") from None
-        except (jwt.InvalidTokenError, KeyError, ValueError):
+        except (jwt.InvalidTokenError, KeyError, ValueError, TypeError):
             raise DomainError("TOKEN_INVALID") from None
 
 

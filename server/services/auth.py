@@ -3,12 +3,19 @@
 Refresh tokens form a *family* per sign-in. Each refresh marks the presented token used and
 issues the next one of the family; presenting a used token again means it was stolen (or
 replayed), so the whole family is revoked and everyone holding it must sign in again.
+
+A refresh reads the staff record again: the new access token carries the account's current
+role and scope, and a disabled account gets none. When an operator disables a staff account
+or changes its role or scope, the moment is noted in Redis (``auth:staff-changed:<id>``);
+access tokens of that account issued before it are refused (``TOKEN_REVOKED``) — each process
+looks the note up at most every ``REVOCATION_CACHE_SECONDS``, so within a minute everywhere.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -25,6 +32,8 @@ from server.security.tokens import AccessTokens, hash_refresh_token, new_refresh
 from server.services.audit import AuditService
 
 log = logging.getLogger(__name__)
+
+REVOCATION_CACHE_SECONDS = 15.0
 
 
 def _now() -> dt.datetime:
@@ -44,6 +53,27 @@ class AuthService:
         self._refresh_ttl = refresh_ttl
         self._max_failures = max_failures
         self._lockout = lockout_seconds
+        self._changed: dict[str, tuple[float, int]] = {}  # staff id -> (looked at, changed)
+
+    # --- who is calling ---------------------------------------------------------------------
+    async def authenticate(self, token: str) -> Principal:
+        """The principal of an access token that is valid and still current: a staff token
+        issued before its account was disabled or re-scoped is TOKEN_REVOKED."""
+        principal, issued_at = self.access.decode(token)
+        if principal.is_staff and issued_at <= await self._changed_at(principal.id):
+            raise DomainError("TOKEN_REVOKED")
+        return principal
+
+    async def _changed_at(self, staff_id: str) -> int:
+        now = time.monotonic()
+        cached = self._changed.get(staff_id)
+        if cached is not None and now - cached[0] < REVOCATION_CACHE_SECONDS:
+            return cached[1]
+        value = int(await self._redis.get(f"auth:staff-changed:{staff_id}") or 0)
+        if len(self._changed) > 10_000:
+            self._changed.clear()
+        self._changed[staff_id] = (now, value)
+        return value
 
     # --- tokens ---------------------------------------------------------------------------
     async def issue_tokens(self, principal: Principal, family: str | None = None
@@ -91,8 +121,12 @@ class AuthService:
         if doc["expires_at"].replace(tzinfo=dt.UTC) <= now:
             raise DomainError("REFRESH_TOKEN_EXPIRED")
         principal = Principal.from_claims({**doc["subject"], "sub": doc["subject"]["id"]})
-        if principal.is_staff:
-            await self._ensure_staff_active(principal.id)
+        if principal.is_staff:  # the account as it is now, not as it was at sign-in
+            staff = await self._db.staff.find_one({"_id": principal.id})
+            if staff is None or staff.get("status") != "active":
+                await self._revoke_family(doc["family"], now)
+                raise DomainError("ACCOUNT_DISABLED")
+            principal = staff_principal(staff)
         return await self.issue_tokens(principal, family=doc["family"])
 
     async def logout(self, refresh_token: str, principal: Principal | None) -> None:
@@ -152,10 +186,6 @@ class AuthService:
         await self._audit.record(principal, "auth.staff_login")
         return {**tokens, "staff": public_staff(staff)}
 
-    async def _ensure_staff_active(self, staff_id: str) -> None:
-        staff = await self._db.staff.find_one({"_id": staff_id}, {"status": 1})
-        if staff is None or staff.get("status") != "active":
-            raise DomainError("ACCOUNT_DISABLED")
 
     # --- staff accounts ---------------------------------------------------------------------
     async def create_staff(self, actor: Principal, *, username: str, password: str, role: str,
@@ -188,6 +218,43 @@ class AuthService:
             raise DomainError("USERNAME_TAKEN", field="username") from None
         await self._audit.record(actor, "staff.create", target=doc["_id"],
                                  details={"username": doc["username"], "role": role})
+        return public_staff(doc)
+
+    async def update_staff(self, actor: Principal, staff_id: str, changes: dict[str, Any]
+                           ) -> dict[str, Any]:
+        """Disable, enable, re-role or re-scope a staff account. Its sign-ins end: refresh
+        tokens are revoked and access tokens issued before now are refused."""
+        staff = await self._db.staff.find_one({"_id": staff_id})
+        if staff is None:
+            raise DomainError("NOT_FOUND", "No such staff account.")
+        if staff_id == actor.id and changes.get("status") == "disabled":
+            raise DomainError("INVALID_VALUE", "You cannot disable your own account.",
+                              field="status")
+        updated = {**staff, **changes}
+        role = updated["role"]
+        needed = ROLE_SCOPE.get(role)
+        scope_fields = ("region", "station_id", "outlet_id")
+        if needed and not updated.get(needed):
+            raise DomainError("SCOPE_REQUIRED", f"Role {role} needs {needed}.", field=needed)
+        if changes.get("station_id") and await self._db.stations.count_documents(
+                {"_id": changes["station_id"]}, limit=1) == 0:
+            raise DomainError("STATION_NOT_FOUND", field="station_id")
+        unset = {k: "" for k in scope_fields if k != needed and updated.get(k)
+                 and k not in changes}  # a new role keeps only the scope it needs
+        update: dict[str, Any] = {"$set": {**changes, "updated_at": _now()}}
+        if unset:
+            update["$unset"] = unset
+        doc = await self._db.staff.find_one_and_update({"_id": staff_id}, update,
+                                                       return_document=ReturnDocument.AFTER)
+        ends_sign_ins = any(k in changes for k in ("status", "role", *scope_fields))
+        if ends_sign_ins:
+            await self._redis.set(f"auth:staff-changed:{staff_id}", int(time.time()),
+                                  ex=self.access.ttl + 120)
+            self._changed.pop(staff_id, None)
+            await self._db.refresh_tokens.update_many(
+                {"subject.id": staff_id, "revoked_at": None}, {"$set": {"revoked_at": _now()}})
+        await self._audit.record(actor, "staff.update", target=staff_id,
+                                 details={"changes": sorted(changes)})
         return public_staff(doc)
 
     async def list_staff(self, role: str | None = None) -> list[dict[str, Any]]:
