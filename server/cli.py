@@ -190,6 +190,9 @@ def run(settings: Settings) -> int:
     workers: list[int] = []
     try:
         failpoints.configure(settings.failpoints)
+        if settings.development_reason():
+            log.warning("development mode: sandboxes and demo users allowed because %s",
+                        settings.development_reason())
         settings = _with_dev_secret(settings)
         settings = _start_stores(settings, children)
         systems = _start_station_simulators(settings, children) \
@@ -380,6 +383,10 @@ def _print_banner(settings: Settings, children: list[embedded.ChildServer]) -> N
                      f"'{settings.demo_password}'")
     if settings.processes > 1:
         lines.append(f"  Processes {settings.processes}")
+    reason = settings.development_reason()
+    if reason:
+        lines.append(f"  DEVELOPMENT MODE ({reason}): /sandbox/* hands out SMS and login "
+                     "codes, demo users have a known password. Never expose this server.")
     lines += ["Press Ctrl-C to stop.", ""]
     print("\n".join(lines), flush=True)
 

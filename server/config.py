@@ -9,6 +9,7 @@ prints before exiting with status 2.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -222,6 +223,21 @@ class Settings:
     failpoints: str = _opt("", _parse_failpoints,
                            "tests only: name=pause:seconds[,…] (refused in production)")
     config_file: str = field(default="", metadata={"doc": "the TOML file read, if any"})
+    env_explicit: bool = field(default=False,
+                               metadata={"doc": "KEYUN_ENV was set, not taken by default"})
+
+    @property
+    def loopback_only(self) -> bool:
+        """True when the server listens on a loopback address only."""
+        return is_loopback(self.host)
+
+    def development_reason(self) -> str:
+        """Why sandboxes and demo users are allowed ("" when they are not in use)."""
+        if not (self.sandbox or self.seed_demo):
+            return ""
+        if self.env_explicit and self.env == "development":
+            return "KEYUN_ENV=development is set"
+        return f"the server listens on {self.host} (loopback) only"
 
     @property
     def embedded(self) -> bool:
@@ -231,6 +247,15 @@ class Settings:
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def setting_fields() -> list[dataclasses.Field[Any]]:
@@ -278,12 +303,22 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         values.setdefault("sandbox", False)
         values.setdefault("seed_demo", False)
         values.setdefault("station_simulators", False)
-    settings = Settings(config_file=config_file, **values)
+    settings = Settings(config_file=config_file, env_explicit="env" in values, **values)
     _check_combination(settings)
     return settings
 
 
 def _check_combination(s: Settings) -> None:
+    # The sandboxes hand anyone any phone's SMS code and the demo users have a known
+    # password: only on loopback, or when development is asked for by name.
+    if not s.env_explicit and not s.loopback_only:
+        for name in ("sandbox", "seed_demo"):
+            if getattr(s, name):
+                raise ConfigError(
+                    f"{env_name(name)}: refused while listening on {s.host} without "
+                    f"KEYUN_ENV: sandboxes and demo users are for development — set "
+                    f"KEYUN_ENV=development to mean it, KEYUN_ENV=production to serve, "
+                    f"or {env_name(name)}=false")
     if s.env == "production":
         if s.mongo_uri is None:
             raise ConfigError("KEYUN_MONGO_URI: required when KEYUN_ENV=production")

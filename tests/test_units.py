@@ -51,6 +51,24 @@ def test_bad_values_name_the_variable(env: dict[str, str], var: str) -> None:
     assert "\n" not in str(info.value)
 
 
+def test_development_mode_is_loopback_or_asked_for_by_name() -> None:
+    """The sandboxes hand out any phone's SMS code: never on a public address by default."""
+    for host in ("0.0.0.0", "10.0.0.5", "keyun.example.com"):  # noqa: S104
+        with pytest.raises(ConfigError) as info:
+            load_settings({"KEYUN_HOST": host})
+        assert str(info.value).startswith("KEYUN_SANDBOX:") and "KEYUN_ENV" in str(info.value)
+        with pytest.raises(ConfigError, match="KEYUN_SEED_DEMO"):
+            load_settings({"KEYUN_HOST": host, "KEYUN_SANDBOX": "false"})
+        quiet = load_settings({"KEYUN_HOST": host, "KEYUN_SANDBOX": "false",
+                               "KEYUN_SEED_DEMO": "false"})
+        assert quiet.development_reason() == ""
+        meant = load_settings({"KEYUN_HOST": host, "KEYUN_ENV": "development"})
+        assert meant.sandbox and "KEYUN_ENV=development" in meant.development_reason()
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        local = load_settings({"KEYUN_HOST": host})
+        assert local.sandbox and "loopback" in local.development_reason()
+
+
 def test_production_defaults_turn_sandboxes_and_demo_off() -> None:
     s = load_settings(PRODUCTION)
     assert not s.sandbox and not s.seed_demo and not s.embedded
