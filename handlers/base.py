@@ -25,6 +25,7 @@ from server.context import client_ip_var, request_id_var
 from server.errors import ERRORS, DomainError, error_body
 from server.logs import mask_pii
 from server.schema import coerce_query, validate_body
+from server.security.addresses import client_address
 from server.security.principal import ROLES, Principal
 
 if TYPE_CHECKING:
@@ -135,6 +136,13 @@ class ApiHandler(RequestHandler):
     def request_id(self) -> str:
         return request_id_var.get()
 
+    @property
+    def client_address(self) -> str:
+        """The client's address (X-Forwarded-For believed only from trusted proxies)."""
+        return client_address(self.request.remote_ip or "",
+                              self.request.headers.get("X-Forwarded-For", ""),
+                              self.application.settings["trusted_networks"])
+
     # --- lifecycle --------------------------------------------------------------------------
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")
@@ -145,8 +153,8 @@ class ApiHandler(RequestHandler):
         incoming = self.request.headers.get("X-Request-Id", "")
         request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         request_id_var.set(request_id)
-        client_ip_var.set(self.request.remote_ip or "")
         self.set_header("X-Request-Id", request_id)
+        client_ip_var.set(self.client_address)
         self.metrics.in_flight.inc()
         self.current_user = await self._principal_from_header()
 
@@ -264,7 +272,7 @@ class ApiHandler(RequestHandler):
                               field="Idempotency-Key")
         store = self.services.idempotency
         scope = f"{self.current_user.kind}:{self.current_user.id}" if self.current_user \
-            else f"ip:{self.request.remote_ip}"
+            else f"ip:{self.client_address}"
         fingerprint = store.fingerprint(self.request.method or "", self.request.path,
                                         self.request.body)
         replay = await store.begin(scope, key, fingerprint)
@@ -294,7 +302,9 @@ class PageHandler(RequestHandler):
     def prepare(self) -> None:
         request_id = uuid.uuid4().hex
         request_id_var.set(request_id)
-        client_ip_var.set(self.request.remote_ip or "")
+        client_ip_var.set(client_address(self.request.remote_ip or "",
+                                         self.request.headers.get("X-Forwarded-For", ""),
+                                         self.application.settings["trusted_networks"]))
         self.set_header("X-Request-Id", request_id)
 
     def on_finish(self) -> None:
@@ -333,7 +343,7 @@ def log_request(handler: RequestHandler) -> None:
         "route": getattr(handler, "route", "static"),
         "status": status,
         "duration_ms": round(1000 * handler.request.request_time(), 2),
-        "ip": handler.request.remote_ip,
+        "ip": client_ip_var.get() or handler.request.remote_ip,
     }
     if principal is not None:
         fields["actor"] = f"{principal.role}:{principal.id}"

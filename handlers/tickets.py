@@ -60,7 +60,10 @@ class PickupHandler(ApiHandler):
          roles=(KIOSK, STATION_STAFF), body=PICKUP, response=PICKED, tags=("tickets",),
          idempotent=True,
          errors=("PICKUP_CODE_INVALID", "PICKUP_NEEDS_ID", "ALREADY_PICKED_UP",
-                 "STATION_UNAVAILABLE", "STATION_TIMEOUT"))
+                 "TOO_MANY_ATTEMPTS", "STATION_UNAVAILABLE", "STATION_TIMEOUT"),
+         description="A used code read without the passenger's ID card answers like a wrong "
+                     "one; ten wrong codes from one kiosk or window in ten minutes (sixty "
+                     "per station) are a 429 until the window ends.")
     async def post(self) -> None:
         b = self.body
         self.write_json(await self.services.tickets.pickup(

@@ -121,6 +121,14 @@ def _parse_index_key(raw: Any) -> str:
     return text
 
 
+def _parse_networks(raw: Any) -> str:
+    from server.security.addresses import parse_networks
+
+    text = str(raw).strip()
+    parse_networks(text)  # ValueError names the bad entry
+    return text
+
+
 def _parse_optional_http(raw: Any) -> str:
     text = str(raw).strip().rstrip("/")
     if text and not text.startswith(("http://", "https://")):
@@ -214,6 +222,9 @@ class Settings:
     log_level: str = _opt("info", _parse_choice("debug", "info", "warning", "error"),
                           "log level")
     log_format: str = _opt("json", _parse_choice("json", "text"), "log line format")
+    trusted_proxies: str = _opt("", _parse_networks,
+                                "load balancers whose X-Forwarded-For is believed: IPs or "
+                                "networks, comma-separated")
     login_max_failures: int = _opt(5, _parse_int(1, 100),
                                    "failed staff logins per user and address before a lockout")
     login_lockout_seconds: int = _opt(900, _parse_int(1, 86400), "lockout duration, seconds")
@@ -225,6 +236,12 @@ class Settings:
     config_file: str = field(default="", metadata={"doc": "the TOML file read, if any"})
     env_explicit: bool = field(default=False,
                                metadata={"doc": "KEYUN_ENV was set, not taken by default"})
+
+    @property
+    def trusted_networks(self) -> tuple[Any, ...]:
+        from server.security.addresses import parse_networks
+
+        return parse_networks(self.trusted_proxies)
 
     @property
     def loopback_only(self) -> bool:

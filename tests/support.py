@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -47,16 +48,22 @@ class Response:
 
 
 class ApiClient:
-    """An async client for one Keyun base URL; never raises on HTTP error statuses."""
+    """An async client for one Keyun base URL; never raises on HTTP error statuses.
 
-    def __init__(self, base_url: str) -> None:
+    Test servers trust 127.0.0.1 as a proxy (``KEYUN_TRUSTED_PROXIES``), and each client
+    speaks from an address of its own (``X-Forwarded-For``, the benchmark range 198.18/15):
+    one test's failed sign-ins never slow another test down, as one person's would not."""
+
+    def __init__(self, base_url: str, address: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.http = AsyncHTTPClient()
+        self.address = address or \
+            f"198.18.{secrets.randbelow(256)}.{1 + secrets.randbelow(254)}"
 
     async def request(self, method: str, path: str, *, json_body: Any = None,
                       raw: bytes | str | None = None, token: str | None = None,
                       headers: dict[str, str] | None = None) -> Response:
-        hdrs = dict(headers or {})
+        hdrs = {"X-Forwarded-For": self.address, **(headers or {})}
         body: bytes | None = None
         if json_body is not None:
             body = json.dumps(json_body).encode()
@@ -154,7 +161,7 @@ class KeyunProcess:
 def keyun_env(**overrides: str) -> dict[str, str]:
     """The environment of a test Keyun process: inherited, minus any KEYUN_* of the caller."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYUN_")}
-    env.update({**TEST_SECRETS, "KEYUN_LOG_FORMAT": "json",
+    env.update({**TEST_SECRETS, "KEYUN_LOG_FORMAT": "json", "KEYUN_TRUSTED_PROXIES": "127.0.0.1",
                 "KEYUN_STATION_SIMULATORS": "false",
                 "KEYUN_PORT": str(free_port()), "PYTHONUNBUFFERED": "1"})
     env.update(overrides)

@@ -170,6 +170,43 @@ async def test_repeated_failures_lock_the_account_out_for_that_address(api: ApiC
     assert int(locked.headers["Retry-After"]) > 0
 
 
+@pytest.mark.gen_test(timeout=60)
+async def test_a_stranger_cannot_lock_a_user_out_from_elsewhere(api: ApiClient) -> None:
+    username, password = await _new_staff(api)
+    stranger = ApiClient(api.base_url, address="203.0.113.66")
+    for _ in range(5):
+        resp = await stranger.post(LOGIN, {"username": username, "password": "guess-guess"})
+        assert resp.error_code == "INVALID_CREDENTIALS"
+    locked = await stranger.post(LOGIN, {"username": username, "password": password})
+    assert locked.status == 429 and locked.error_code == "TOO_MANY_ATTEMPTS"
+    # the real user, at the station's own address, is not locked out
+    at_work = ApiClient(api.base_url, address="198.51.100.20")
+    assert (await at_work.post(LOGIN, {"username": username, "password": password})
+            ).status == 200
+    # a forged X-Forwarded-For from an untrusted source is not believed
+    assert stranger.address != at_work.address
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_address_that_keeps_failing_is_slowed_down(api: ApiClient) -> None:
+    spray = ApiClient(api.base_url, address="203.0.113.77")
+    for n in range(10):  # ten usernames, twice each: within the free failures
+        resp = await spray.post(LOGIN, {"username": f"nobody{n}", "password": "x" * 10})
+        assert resp.error_code == "INVALID_CREDENTIALS"
+    first = await spray.post(LOGIN, {"username": "nobody-a", "password": "x" * 10})
+    assert first.error_code == "INVALID_CREDENTIALS"  # the eleventh: a 2-second wait begins
+    wait = await spray.post(LOGIN, {"username": "operator", "password": "keyun-demo"})
+    assert wait.status == 429 and 0 < int(wait.headers["Retry-After"]) <= 2
+    await asyncio.sleep(2.1)
+    second = await spray.post(LOGIN, {"username": "nobody-b", "password": "x" * 10})
+    assert second.error_code == "INVALID_CREDENTIALS"
+    longer = await spray.post(LOGIN, {"username": "nobody-c", "password": "x" * 10})
+    assert longer.status == 429 and 2 < int(longer.headers["Retry-After"]) <= 4
+    # everyone else signs in as usual
+    assert (await api.post(LOGIN, {"username": "operator", "password": "keyun-demo"})
+            ).status == 200
+
+
 @pytest.mark.gen_test
 async def test_disabled_account_cannot_sign_in_or_refresh(api: ApiClient, db) -> None:
     username, password = await _new_staff(api)
@@ -200,7 +237,7 @@ async def test_staff_creation_checks_scope_and_duplicates_and_is_audited(api: Ap
     username, _ = await _new_staff(api, "gate", station_id="440106001")
     entry = await db.audit.find_one({"action": "staff.create", "details.username": username})
     assert entry["actor"]["username"] == "operator"
-    assert entry["request_id"] and entry["ip"] == "127.0.0.1"
+    assert entry["request_id"] and entry["ip"] == api.address  # the client, not the proxy
     trail = await api.get("/api/v1/admin/audit?action=staff.create", token=operator)
     assert any(e["details"]["username"] == username for e in trail.body["entries"])
     logins = await api.get("/api/v1/admin/audit?action=auth.staff_login&limit=5", token=operator)

@@ -395,7 +395,11 @@ async def test_a_kiosk_hands_out_the_ticket_for_its_pickup_code_once(api, db,
     assert done.status == 200, done.text
     assert done.body["ticket_no"] == ticket_no and done.body["status"] == "picked_up"
     again = await api.post("/api/v1/tickets/pickup", {"pickup_code": pickup_code},
-                           token=kiosk)
+                           token=kiosk)  # a bare code: used and wrong look alike
+    assert again.status == 404 and again.error_code == "PICKUP_CODE_INVALID"
+    again = await api.post("/api/v1/tickets/pickup", {"pickup_code": pickup_code,
+                                                      "id_no": order["people"][0]["id_no"]},
+                           token=kiosk)  # the passenger's own card: told why
     assert again.status == 409 and again.error_code == "ALREADY_PICKED_UP"
     passenger = await api.post("/api/v1/tickets/pickup", {"pickup_code": pickup_code},
                                token=token)
@@ -404,3 +408,34 @@ async def test_a_kiosk_hands_out_the_ticket_for_its_pickup_code_once(api, db,
     gate = await gate_token(api)
     code = (await qr(api, token, ticket_no))["code"]
     assert (await scan(api, gate, code))["outcome"] == "admitted"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_pickup_codes_cannot_be_guessed_without_limit(api, db, services) -> None:
+    """Eight digits are guessable: wrong codes are limited per device (and per station)."""
+    import secrets
+
+    token, _, order = await boarding(api, db, services)
+    pickup_code = (await qr(api, token, order["tickets"][0]["ticket_no"]))["pickup_code"]
+    operator = (await api.login("operator"))["token"]
+    devices = []
+    for _ in range(2):
+        username = "kiosk." + secrets.token_hex(3)
+        made = await api.post("/api/v1/admin/staff", {
+            "username": username, "password": "kiosk-pass-1", "role": "kiosk",
+            "station_id": "440111001"}, token=operator)
+        assert made.status == 201, made.text
+        devices.append((await api.login(username, "kiosk-pass-1"))["token"])
+    guesser, neighbour = devices
+    for guess in range(10):
+        wrong = await api.post("/api/v1/tickets/pickup",
+                               {"pickup_code": f"{guess:08d}"}, token=guesser)
+        assert wrong.status == 404 and wrong.error_code == "PICKUP_CODE_INVALID"
+    blocked = await api.post("/api/v1/tickets/pickup", {"pickup_code": pickup_code},
+                             token=guesser)
+    assert blocked.status == 429 and blocked.error_code == "TOO_MANY_ATTEMPTS"
+    assert int(blocked.headers["Retry-After"]) > 0
+    # the station's other kiosk still serves passengers
+    served = await api.post("/api/v1/tickets/pickup", {"pickup_code": pickup_code},
+                            token=neighbour)
+    assert served.status == 200, served.text

@@ -149,3 +149,19 @@ def test_a_calendar_day_is_written_one_way(text: str) -> None:
         calendar_day(text, code="INVALID_QUERY", field="date")
     assert refused.value.code == "INVALID_QUERY" and refused.value.details["field"] == "date"
     assert str(calendar_day("2026-02-28", code="INVALID_QUERY", field="date")) == "2026-02-28"
+
+
+def test_the_client_address_is_believed_only_from_trusted_proxies() -> None:
+    from server.security.addresses import client_address, parse_networks
+
+    lb = parse_networks("10.0.0.0/8, 127.0.0.1")
+    assert client_address("203.0.113.5", "1.2.3.4", lb) == "203.0.113.5"  # not via a proxy
+    assert client_address("10.0.0.2", "1.2.3.4", lb) == "1.2.3.4"
+    # the client forged an entry; our balancer appended what it saw: the rightmost wins
+    assert client_address("10.0.0.2", "6.6.6.6, 198.51.100.9", lb) == "198.51.100.9"
+    assert client_address("10.0.0.2", "198.51.100.9, 10.0.0.7", lb) == "198.51.100.9"
+    assert client_address("10.0.0.2", "", lb) == "10.0.0.2"
+    assert client_address("10.0.0.2", "not-an-ip", lb) == "10.0.0.2"
+    assert client_address("10.0.0.2", "1.2.3.4", ()) == "10.0.0.2"  # none configured
+    with pytest.raises(ValueError, match="nope"):
+        parse_networks("10.0.0.0/8,nope")

@@ -30,6 +30,7 @@ from server.security.passwords import hash_password, verify_password
 from server.security.principal import ROLE_SCOPE, STAFF_ROLES, Principal
 from server.security.tokens import AccessTokens, hash_refresh_token, new_refresh_token
 from server.services.audit import AuditService
+from server.storage.attempts import Backoff, FailureLimit
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,10 @@ class AuthService:
         self.access = access
         self._audit = audit
         self._refresh_ttl = refresh_ttl
-        self._max_failures = max_failures
-        self._lockout = lockout_seconds
+        self._failures = FailureLimit(redis, "login", max_failures, lockout_seconds)
+        # an address may fail a few times freely, then waits longer after each failure
+        self._slow = Backoff(redis, "login-ip", free=max_failures * 2,
+                             cap=lockout_seconds, memory=lockout_seconds)
         self._changed: dict[str, tuple[float, int]] = {}  # staff id -> (looked at, changed)
 
     # --- who is calling ---------------------------------------------------------------------
@@ -147,30 +150,25 @@ class AuthService:
 
     # --- staff sign-in ----------------------------------------------------------------------
     async def staff_login(self, username: str, password: str) -> dict[str, Any]:
-        """Check the password (argon2), rate-limit failures per user and address, audit."""
+        """Check the password (argon2), audit. Failures lock a username out only from the
+        address they came from (a stranger elsewhere cannot lock ``gate`` out of its
+        station), and an address that keeps failing — whatever the usernames — waits
+        2, 4, 8 … seconds between tries."""
         username = username.strip().lower()
         ip = client_ip_var.get() or "-"
-        fail_key = f"login:fail:{{{username}}}:{ip}"
-        user_key = f"login:fail:{{{username}}}"
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.get(fail_key)
-        pipe.get(user_key)
-        per_ip, per_user = await pipe.execute()
-        if int(per_ip or 0) >= self._max_failures or \
-                int(per_user or 0) >= self._max_failures * 4:
+        wait = max(await self._failures.blocked(f"{username}|{ip}"),
+                   await self._slow.wait(ip))
+        if wait:
             await self._audit.record({"kind": "anonymous", "username": username},
                                      "auth.staff_login", outcome="denied",
                                      details={"reason": "locked_out"})
-            raise DomainError("TOO_MANY_ATTEMPTS", retry_after=self._lockout)
+            raise DomainError("TOO_MANY_ATTEMPTS", retry_after=wait)
 
         staff = await self._db.staff.find_one({"username": username})
         ok = await verify_password(staff["password_hash"] if staff else None, password)
         if not ok:
-            pipe = self._redis.pipeline(transaction=True)
-            for key in (fail_key, user_key):
-                pipe.incr(key)
-                pipe.expire(key, self._lockout)
-            await pipe.execute()
+            await self._failures.fail(f"{username}|{ip}")
+            await self._slow.fail(ip)
             await self._audit.record({"kind": "anonymous", "username": username},
                                      "auth.staff_login", outcome="denied",
                                      details={"reason": "bad_credentials"})
@@ -181,11 +179,10 @@ class AuthService:
             await self._audit.record(principal, "auth.staff_login", outcome="denied",
                                      details={"reason": "disabled"})
             raise DomainError("ACCOUNT_DISABLED")
-        await self._redis.delete(fail_key)
+        await self._failures.clear(f"{username}|{ip}")
         tokens = await self.issue_tokens(principal)
         await self._audit.record(principal, "auth.staff_login")
         return {**tokens, "staff": public_staff(staff)}
-
 
     # --- staff accounts ---------------------------------------------------------------------
     async def create_staff(self, actor: Principal, *, username: str, password: str, role: str,

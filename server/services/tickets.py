@@ -16,6 +16,7 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
+from redis.asyncio import Redis
 
 from server.errors import DomainError
 from server.exchange.base import HoldRequest, TicketInfo
@@ -27,16 +28,25 @@ from server.services.planning import LOCAL_TZ
 from server.services.realname import same_person
 from server.services.rules import RuleService
 from server.services.seats import SeatService
+from server.storage.attempts import FailureLimit
 from server.storage.transactions import transact
 
 log = logging.getLogger(__name__)
 
 REFUNDABLE = ("issued", "picked_up")
+PICKUP_FAILURES_PER_DEVICE = 10  # wrong pickup codes per kiosk or window in the window below
+PICKUP_FAILURES_PER_STATION = 60
+PICKUP_WINDOW_SECONDS = 600
 
 
 class TicketService:
     def __init__(self, db: AsyncDatabase[Any], seats: SeatService, rules: RuleService,
-                 orders: OrderService, audit: AuditService) -> None:
+                 orders: OrderService, audit: AuditService, redis: Redis) -> None:
+        self._pickup_by_device = FailureLimit(redis, "pickup-device",
+                                              PICKUP_FAILURES_PER_DEVICE, PICKUP_WINDOW_SECONDS)
+        self._pickup_by_station = FailureLimit(redis, "pickup-station",
+                                               PICKUP_FAILURES_PER_STATION,
+                                               PICKUP_WINDOW_SECONDS)
         self._db = db
         self._seats = seats
         self._rules = rules
@@ -65,7 +75,26 @@ class TicketService:
                      id_type: str = "resident_id") -> dict[str, Any]:
         """取票 at a kiosk or window with the ticket's 8-digit pickup code (and the passenger's
         ID card when read): the station records the printed ticket. Only tickets of the
-        actor's station; an unknown code and a wrong person look the same."""
+        actor's station; an unknown code and a wrong person look the same, and so does a
+        used code unless the passenger's ID card was read. Wrong codes are limited per
+        device and per station (8 digits are guessable without a limit)."""
+        device, station = actor.id, actor.station_id or "-"
+        wait = max(await self._pickup_by_device.blocked(device),
+                   await self._pickup_by_station.blocked(station))
+        if wait:
+            raise DomainError("TOO_MANY_ATTEMPTS", retry_after=wait)
+        try:
+            return await self._pickup(actor, pickup_code, id_no, id_type)
+        except DomainError as exc:
+            if exc.code == "PICKUP_CODE_INVALID":
+                await self._pickup_by_device.fail(device)
+                await self._pickup_by_station.fail(station)
+                await self._audit.record(actor, "ticket.pickup", outcome="denied",
+                                         details={"reason": "wrong code"})
+            raise
+
+    async def _pickup(self, actor: Principal, pickup_code: str, id_no: str | None,
+                      id_type: str) -> dict[str, Any]:
         found = []
         async for t in self._db.tickets.find({"pickup_code": pickup_code}):
             if t["status"] not in ("issued", "picked_up"):
@@ -83,6 +112,8 @@ class TicketService:
             raise DomainError("PICKUP_NEEDS_ID")
         ticket, dep = found[0]
         if ticket["status"] == "picked_up":
+            if id_no is None:  # a bare guess learns nothing from a used code
+                raise DomainError("PICKUP_CODE_INVALID")
             raise DomainError("ALREADY_PICKED_UP",
                               at=ticket["picked_up"]["at"].astimezone(LOCAL_TZ).isoformat())
         printed = await self._seats.pickup(ticket["departure_id"], ticket["sale_id"],
