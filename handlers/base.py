@@ -24,7 +24,7 @@ from tornado.web import HTTPError, RequestHandler, URLSpec
 from server.context import client_ip_var, request_id_var
 from server.errors import ERRORS, DomainError, error_body
 from server.logs import mask_pii
-from server.schema import coerce_query, validate_body
+from server.schema import coerce_query, json_number, validate_body, validate_path
 from server.security.addresses import client_address
 from server.security.principal import ROLES, Principal
 
@@ -63,6 +63,7 @@ class Operation:
     idempotent: bool = False
     description: str = ""
     content_type: str = "application/json"
+    path: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -70,25 +71,29 @@ def api(summary: str, *, roles: tuple[str, ...] | None = PUBLIC,
         body: dict[str, Any] | None = None, query: dict[str, Any] | None = None,
         response: dict[str, Any] | None = None, status: int = 200,
         errors: tuple[str, ...] = (), tags: tuple[str, ...] = (), idempotent: bool = False,
-        description: str = "", content_type: str = "application/json") -> Callable[[F], F]:
-    """Declare an operation: authorize, validate body and query, honour Idempotency-Key."""
+        description: str = "", content_type: str = "application/json",
+        path: dict[str, Any] | None = None) -> Callable[[F], F]:
+    """Declare an operation: authorize, validate path, body and query, honour
+    Idempotency-Key. ``path`` gives a schema to path parameters that are not any string."""
     for code in errors:
         if code not in ERRORS:
             raise KeyError(f"unknown error code {code!r} in @api({summary!r})")
     op = Operation(summary=summary, roles=roles, body=body, query=query, response=response,
                    status=status, errors=errors, tags=tags, idempotent=idempotent,
-                   description=description, content_type=content_type)
+                   description=description, content_type=content_type, path=path or {})
 
     def wrap(method: F) -> F:
         @functools.wraps(method)
         async def wrapper(self: ApiHandler, *args: Any, **kwargs: Any) -> None:
             self.operation = op
             await self.authorize(op.roles)
+            for name, schema in op.path.items():
+                validate_path(name, schema, kwargs.get(name))
             if op.query is not None:
                 self.query = coerce_query(op.query, self.query_strings())
             if op.body is not None:
                 self.body = self.get_json_body(op.body)
-            if op.idempotent and self.request.headers.get("Idempotency-Key"):
+            if op.idempotent and "Idempotency-Key" in self.request.headers:
                 await self._run_idempotent(method, *args, **kwargs)
             else:
                 await method(self, *args, **kwargs)
@@ -118,6 +123,9 @@ class ApiHandler(RequestHandler):
         self.body = None
         self._started = time.perf_counter()
         self._payload: Any = None
+        self._counted = False
+        self._hold_answer = False
+        self._held = False
 
     # --- typed access to what app.py injected ---------------------------------------------
     @property
@@ -156,6 +164,7 @@ class ApiHandler(RequestHandler):
         self.set_header("X-Request-Id", request_id)
         client_ip_var.set(self.client_address)
         self.metrics.in_flight.inc()
+        self._counted = True
         self.current_user = await self._principal_from_header()
 
     async def _principal_from_header(self) -> Principal | None:
@@ -187,7 +196,8 @@ class ApiHandler(RequestHandler):
             raise DomainError("FORBIDDEN")
 
     def on_finish(self) -> None:
-        self.metrics.in_flight.dec()
+        if self._counted:  # a request refused before prepare (a 405) was never counted in
+            self.metrics.in_flight.dec()
         self.metrics.observe(self.route, self.request.method or "-", self.get_status(),
                              time.perf_counter() - self._started)
 
@@ -211,7 +221,7 @@ class ApiHandler(RequestHandler):
             value: Any = None
         else:
             try:
-                value = json.loads(raw)
+                value = json.loads(raw, parse_float=json_number)
             except (ValueError, UnicodeDecodeError) as exc:
                 raise DomainError("MALFORMED_JSON", f"The body is not valid JSON: {exc}.") \
                     from None
@@ -223,10 +233,14 @@ class ApiHandler(RequestHandler):
 
     # --- responses --------------------------------------------------------------------------
     def write_json(self, payload: Any, status: int | None = None) -> None:
-        """Serialize ``payload`` and finish the response."""
+        """Serialize ``payload`` and finish the response (an idempotent operation's answer
+        is sent only once it is stored, so a client repeating the call replays it)."""
         status = status or (self.operation.status if self.operation else 200)
         self._payload = payload
         self.set_status(status)
+        if self._hold_answer:
+            self._held = True
+            return
         if status == 204:
             self.finish()
             return
@@ -243,6 +257,7 @@ class ApiHandler(RequestHandler):
             body = error_body("NOT_FOUND")
         elif status_code == 405:
             body = error_body("METHOD_NOT_ALLOWED")
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         elif status_code < 500:
             reason = getattr(exc, "log_message", None) or httputil.responses.get(status_code)
             body = error_body("INVALID_VALUE", str(reason))
@@ -253,6 +268,11 @@ class ApiHandler(RequestHandler):
         self.set_header("X-Request-Id", self.request_id)  # send_error cleared the headers
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(json.dumps(body, ensure_ascii=False))
+
+    def allowed_methods(self) -> list[str]:
+        """The methods this route answers (RFC 9110: a 405 names them in ``Allow``)."""
+        return [m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+                if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower())]
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, DomainError):
@@ -281,15 +301,20 @@ class ApiHandler(RequestHandler):
             self.set_header("Idempotent-Replayed", "true")
             self.write_json(payload, status)
             return
+        self._hold_answer = True
         try:
             await method(self, *args, **kwargs)
         except BaseException:
             await store.abandon(scope, key)
             raise
+        finally:
+            self._hold_answer = False
         if self.get_status() < 400:
             await store.complete(scope, key, self.get_status(), self._payload)
         else:
             await store.abandon(scope, key)
+        if self._held:
+            self.write_json(self._payload, self.get_status())
 
 
 class PageHandler(RequestHandler):

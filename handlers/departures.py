@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from handlers.base import ApiHandler, api, route
-from server.schema import array, integer, obj, string
+from server.schema import DAY, array, integer, obj, string
 
 SEAT = obj({"seat": integer(1), "state": string(enum=["free", "held", "sold"])},
            ["seat", "state"])
@@ -41,7 +41,7 @@ RESULT = obj({
 SEARCH = obj({
     "from": string(1, 40, description="station id, city, or city pinyin/initials"),
     "to": string(1, 40, description="city, stop name or station id"),
-    "date": string(pattern=r"^\d{4}-\d{2}-\d{2}$", description="local service date"),
+    "date": {**DAY, "description": "local service date, YYYY-MM-DD"},
     "after": string(pattern="^([01]\\d|2[0-3]):[0-5]\\d$", description="HH:MM, boarding"),
     "before": string(pattern="^([01]\\d|2[0-3]):[0-5]\\d$"),
     "station": string(1, 20, description="only departures from this station"),
@@ -52,7 +52,8 @@ SEARCH_RESULTS = obj({"departures": array(RESULT)}, ["departures"])
 
 class DepartureSearchHandler(ApiHandler):
     @api("Search departures: from a station or city to a city or stop on a date",
-         query=SEARCH, response=SEARCH_RESULTS, tags=("search",))
+         query=SEARCH, response=SEARCH_RESULTS, tags=("search",),
+         errors=("DATE_NOT_ON_SALE",))
     async def get(self) -> None:
         q = self.query
         self.write_json({"departures": await self.services.search.search(

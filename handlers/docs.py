@@ -51,10 +51,14 @@ def _error_codes(op: Operation) -> dict[int, list[str]]:
                   "UNKNOWN_FIELD"]
     if op.query is not None:
         codes.append("INVALID_QUERY")
+    if op.path:
+        codes.append("INVALID_VALUE")
+    # any request may carry a token, and a bad one is refused wherever it is sent
+    codes += ["TOKEN_INVALID", "TOKEN_EXPIRED", "TOKEN_REVOKED"]
     if op.roles:
-        codes += ["AUTH_REQUIRED", "TOKEN_INVALID", "TOKEN_EXPIRED", "FORBIDDEN"]
+        codes += ["AUTH_REQUIRED", "FORBIDDEN"]
     if op.idempotent:
-        codes += ["IDEMPOTENCY_KEY_REUSED", "IDEMPOTENCY_IN_PROGRESS"]
+        codes += ["INVALID_VALUE", "IDEMPOTENCY_KEY_REUSED", "IDEMPOTENCY_IN_PROGRESS"]
     by_status: dict[int, list[str]] = {}
     for code in dict.fromkeys(codes):
         by_status.setdefault(ERRORS[code][0], []).append(code)
@@ -64,7 +68,8 @@ def _error_codes(op: Operation) -> dict[int, list[str]]:
 def _operation_object(template: str, method: str, handler: type[RequestHandler],
                       op: Operation) -> dict[str, Any]:
     params: list[dict[str, Any]] = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        {"name": name, "in": "path", "required": True,
+         "schema": op.path.get(name, {"type": "string", "minLength": 1})}
         for name in _path_params(template)]
     if op.query:
         required = set(op.query.get("required", []))
@@ -75,7 +80,8 @@ def _operation_object(template: str, method: str, handler: type[RequestHandler],
                               if "description" in schema else {})})
     if op.idempotent:
         params.append({"name": "Idempotency-Key", "in": "header", "required": False,
-                       "schema": {"type": "string", "maxLength": 128},
+                       "schema": {"type": "string", "minLength": 1, "maxLength": 128,
+                                  "pattern": r"^\S(.*\S)?$"},
                        "description": "Repeat the call safely: the same key returns the "
                                       "first answer."})
     ok: dict[str, Any] = {"description": op.summary}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from channels.base import all_channels
 from handlers.base import ApiHandler, api, route
 from server.errors import DomainError
 from server.schema import array, integer, obj, string
@@ -20,9 +21,12 @@ SYNC_RUN = obj({"station_id": string(), "kind": string(), "outcome": string(),
                 "counts": {"type": "object"}, "changes": {"type": "array"},
                 "duration_ms": {"type": "number"}, "error": string()},
                ["station_id", "kind", "outcome"], additional=True)
-COUNTS = {"type": "object", "additionalProperties": integer(0)}
+# the channels a ticket source can limit (never the station's own window)
+LIMITED = sorted(c.identifier for c in all_channels() if c.identifier != "window")
+COUNTS = {"type": "object", "propertyNames": {"enum": LIMITED},
+          "additionalProperties": integer(0, 10_000)}
 SOURCE_BODY = obj({"allotments": COUNTS, "caps": COUNTS,
-                   "closed_channels": array(string(1)),
+                   "closed_channels": array(string(enum=LIMITED), uniqueItems=True),
                    "release_before_minutes": integer(0, 7 * 24 * 60)},
                   ["allotments"])
 SOURCE = obj({"scope": string(enum=["departure", "schedule"]), "ref": string(),

@@ -40,7 +40,7 @@ SIGNED = obj({"at": DATETIME, "by": string(), "driver_name": string(),
               "vehicle_plate": string(), "sold": integer(0), "checked_in": integer(0),
               "children": integer(0), "no_shows": array(string())},
              ["at", "sold", "checked_in", "no_shows"])
-SERVICE_DAY = string(10, 10, pattern="^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+SERVICE_DAY = string(10, 10, format="date",
                      description="YYYY-MM-DD service day; without it, the current and the "
                                  "next service day (Beijing time)")
 DAY = obj({"date": SERVICE_DAY}, [])
@@ -50,7 +50,9 @@ BUNDLE = obj({"payload": string(description="JSON text; the signature is over it
              ["payload", "kid", "signature"])
 UPLOAD = obj({"gate_id": string(1, 64), "scans": array(obj({
     "nonce": string(8, 64), "code": string(1, 400), "scanned_at": DATETIME,
-    "departure_id": string(1, 64), "local_outcome": string(1, 40)},
+    "departure_id": string(1, 64), "local_outcome": string(1, 40),
+    "bundle_issued_at": {**DATETIME, "description": "issued_at of the bundle the scan was "
+                                                    "judged with"}},
     ["nonce", "code", "scanned_at"]), maxItems=2000)}, ["gate_id", "scans"])
 UPLOADED = obj({"accepted": integer(0), "duplicates": integer(0), "conflicts": ROWS,
                 "outcomes": ROWS},
@@ -135,7 +137,12 @@ class BundleHandler(ApiHandler):
 
 class OfflineScansHandler(ApiHandler):
     @api("Upload scans made offline (each nonce counts once; double admissions reported)",
-         roles=(GATE,), body=UPLOAD, response=UPLOADED, tags=("gate",))
+         roles=(GATE,), body=UPLOAD, response=UPLOADED, tags=("gate",),
+         errors=("INVALID_VALUE", "OFFLINE_SCAN_OUT_OF_BUNDLE"),
+         description="Every scanned_at must lie within a bundle's validity: not in the "
+                     "future, not older than a bundle lives (30 h), and inside the validity "
+                     "of the bundle named by bundle_issued_at; otherwise the whole upload is "
+                     "refused (422) and nothing of it is applied.")
     async def post(self) -> None:
         self.write_json(await self.services.gate.upload(self.principal, self.body["gate_id"],
                                                         self.body["scans"]))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from handlers.base import ApiHandler, api, route
+from server.config import is_loopback
+from server.errors import DomainError
 from server.metrics import CONTENT_TYPE
 from server.schema import obj
+from server.security.addresses import in_networks
 
 _CHECK = {"type": "object", "properties": {"ok": {"type": "boolean"},
                                            "latency_ms": {"type": "number"},
@@ -30,9 +33,13 @@ class ReadyzHandler(ApiHandler):
 
 
 class MetricsHandler(ApiHandler):
-    @api("Prometheus metrics of this process (text format)", tags=("ops",),
-         content_type="text/plain")
+    @api("Prometheus metrics of this process (text format); only to loopback or the "
+         "scrapers of KEYUN_METRICS_SCRAPERS (others get a 404)", tags=("ops",),
+         content_type="text/plain", errors=("NOT_FOUND",))
     async def get(self) -> None:
+        peer = self.request.remote_ip or ""  # the socket's peer: a scraper connects directly
+        if not (is_loopback(peer) or in_networks(peer, self.config.metrics_networks)):
+            raise DomainError("NOT_FOUND")
         self.set_header("Content-Type", CONTENT_TYPE)
         self.finish(self.metrics.render())
 

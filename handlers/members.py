@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from handlers.auth import TOKENS
 from handlers.base import ApiHandler, api, route
-from server.schema import DATETIME, array, obj, string
+from server.schema import DATETIME, PHONE, array, obj, string
 from server.security.principal import PASSENGER
 from server.services.realname import ID_TYPES
 
@@ -16,13 +16,13 @@ MEMBER = obj({"id": string(), "phone": {"type": ["string", "null"],
 MEMBER_TOKENS = {**TOKENS, "properties": {**TOKENS["properties"], "member": MEMBER},
                  "required": [*TOKENS["required"], "member"]}
 WECHAT_LOGIN = obj({"code": string(1, 128, description="from wx.login()")}, ["code"])
-SMS_SEND = obj({"phone": string(1, 20)}, ["phone"])
+SMS_SEND = obj({"phone": PHONE}, ["phone"])
 SMS_SENT = obj({"sent": {"type": "boolean"}, "expires_in": {"type": "integer"},
                 "retry_after": {"type": "integer"}}, ["sent"])
-SMS_LOGIN = obj({"phone": string(1, 20), "code": string(4, 8)}, ["phone", "code"])
+SMS_LOGIN = obj({"phone": PHONE, "code": string(4, 8)}, ["phone", "code"])
 NEW_PASSENGER = obj({"name": string(1, 40), "id_type": string(enum=list(ID_TYPES)),
                      "id_no": string(5, 20), "ticket_type": string(enum=TICKET_TYPES),
-                     "phone": string(1, 20)}, ["name", "id_type", "id_no"])
+                     "phone": PHONE}, ["name", "id_type", "id_no"])
 PASSENGER_OUT = obj({"id": string(), "name": string(), "id_type": string(),
                      "id_no": string(description="masked"), "ticket_type": string(),
                      "phone": string(description="masked")},

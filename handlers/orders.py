@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from handlers.base import ApiHandler, api, route
 from server.errors import DomainError
-from server.schema import DATETIME, FEN, array, integer, obj, string
+from server.schema import DATETIME, FEN, PHONE, array, integer, obj, string
 from server.security.principal import AGENT, KIOSK, PASSENGER, PHONE_AGENT, STATION_STAFF
 from server.services.realname import ID_TYPES
 
@@ -23,7 +23,7 @@ CHILD_IN = obj({"name": string(1, 40), "id_type": string(enum=list(ID_TYPES)),
 CREATE = obj({
     "departure_id": string(1, 64), "passengers": array(PASSENGER_IN, minItems=1),
     "children": array(CHILD_IN, description="accompanied children (携童), no seat"),
-    "contact_phone": string(1, 20), "from_seq": integer(0), "to_seq": integer(1),
+    "contact_phone": PHONE, "from_seq": integer(0), "to_seq": integer(1),
     "channel": string(enum=MEMBER_CHANNELS, description="members: where they buy")},
     ["departure_id", "passengers", "contact_phone"])
 TICKET_OUT = obj({"ticket_no": string(), "seat": integer(1), "ticket_type": string(),

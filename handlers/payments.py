@@ -54,17 +54,17 @@ class WeChatNotifyHandler(ApiHandler):
 
 class AlipayNotifyHandler(ApiHandler):
     @api("Alipay notification (form, RSA2); answered exactly 'success' when handled",
-         tags=("payments",), content_type="text/plain", errors=("NOTIFICATION_REJECTED",))
+         tags=("payments",), content_type="text/plain", errors=("NOTIFICATION_REJECTED",),
+         description="Anything but 'success' makes Alipay deliver again later; a refused "
+                     "notification is a JSON 401 like every other error.")
     async def post(self) -> None:
-        self.set_header("Content-Type", "text/plain; charset=utf-8")
         try:
             await self.services.payments.notify("alipay", dict(self.request.headers.get_all()),
                                                 self.request.body)
         except NotificationRejected as exc:
             log.warning("alipay notification rejected: %s", exc)
-            self.set_status(400)
-            self.finish("fail")
-            return
+            raise DomainError("NOTIFICATION_REJECTED", str(exc)) from None
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish("success")
 
 
@@ -79,6 +79,7 @@ RECONCILIATION = obj({"provider": string(), "bill_date": string(format="date"),
 class ReconcileHandler(ApiHandler):
     @api("Match a provider's daily statement to our payments, line by line",
          roles=(FINANCE, OPERATOR), response=RECONCILIATION, tags=("payments",),
+         path={"bill_date": string(format="date")},
          errors=("NOT_FOUND", "INVALID_VALUE", "PAYMENT_PROVIDER_ERROR",
                  "STATEMENT_NOT_READY"))
     async def post(self, provider: str, bill_date: str) -> None:
@@ -89,7 +90,7 @@ class ReconcileHandler(ApiHandler):
         self.write_json(report)
 
 
-DEPOSIT = obj({"amount": {"type": "integer", "minimum": 1, "description": "fen"},
+DEPOSIT = obj({"amount": integer(1, 10**12, description="fen"),
                "reference": string(1, 64, description="bank slip; a repeat records nothing")},
               ["amount", "reference"])
 DEPOSITED = obj({"outlet_id": string(), "balance": {"type": "integer"}, "credit_limit": FEN,

@@ -13,11 +13,11 @@ from tornado.httpclient import AsyncHTTPClient
 
 from handlers.base import ApiHandler, api, route
 from server.errors import DomainError
-from server.schema import obj, string
+from server.schema import PHONE, obj, string
 
 LOGIN_CODE = obj({"openid": string(1, 64)}, ["openid"])
 CODE = obj({"code": string()}, ["code"])
-SMS_QUERY = obj({"phone": string(11, 16)}, ["phone"], additional=True)
+SMS_QUERY = obj({"phone": PHONE}, ["phone"], additional=True)
 
 
 class SandboxHandler(ApiHandler):

@@ -47,7 +47,8 @@ class StaffMemberHandler(ApiHandler):
     @api("Disable, enable, re-role or re-scope a staff account; its sign-ins end at once "
          "(access tokens issued before are refused within a minute)", roles=(OPERATOR,),
          body=UPDATE_STAFF, response=STAFF, tags=("admin",), idempotent=True,
-         errors=("NOT_FOUND", "SCOPE_REQUIRED", "STATION_NOT_FOUND"))
+         errors=("NOT_FOUND", "SCOPE_REQUIRED", "STATION_NOT_FOUND",
+                 "CANNOT_CHANGE_OWN_ACCOUNT"))
     async def patch(self, staff_id: str) -> None:
         self.write_json(await self.services.auth.update_staff(self.principal, staff_id,
                                                               self.body))

@@ -466,6 +466,7 @@ class PaymentService:
             await self._movement(f"refund:{out_refund_no}", "refund", attempt,
                                  int(request["amount"]), session,
                                  out_refund_no=out_refund_no)
+            await self._refund_notice(request, out_refund_no, session)
             return True
 
         if not await transact(self._db, record):
@@ -520,18 +521,29 @@ class PaymentService:
                 await self._movement(f"refund:{out_refund_no}", "refund", attempt, amount,
                                      session, out_refund_no=out_refund_no,
                                      paid_out="at the station window")
+            await self._refund_notice(request, out_refund_no, session)
             return True
 
         if await transact(self._db, credit):
             await self._refund_done(request, out_refund_no)
 
-    async def _refund_done(self, request: dict[str, Any], out_refund_no: str) -> None:
-        """The money is on its way back: tell the order's watchers and the passenger."""
-        details = {"refund_no": out_refund_no, "amount": int(request["amount"]),
-                   "ticket_no": request.get("ticket_no", "")}
-        await self._orders.announce(request["order_no"], "refund_done", details)
+    async def _refund_notice(self, request: dict[str, Any], out_refund_no: str,
+                             session: AsyncClientSession) -> None:
+        """The passenger's notice that the money is back, stored with the refund's end."""
         await self._orders.notices.enqueue(f"refund_done:{request['_id']}", "refund_done",
-                                           request["order_no"], details)
+                                           request["order_no"],
+                                           self._refund_details(request, out_refund_no),
+                                           session=session)
+
+    async def _refund_done(self, request: dict[str, Any], out_refund_no: str) -> None:
+        """The money is on its way back: tell the order's watchers (after the commit)."""
+        await self._orders.announce(request["order_no"], "refund_done",
+                                    self._refund_details(request, out_refund_no))
+
+    @staticmethod
+    def _refund_details(request: dict[str, Any], out_refund_no: str) -> dict[str, Any]:
+        return {"refund_no": out_refund_no, "amount": int(request["amount"]),
+                "ticket_no": request.get("ticket_no", "")}
 
     # --- finance's refund queue -------------------------------------------------------------
     async def list_refunds(self, status: str | None, limit: int = 100) -> list[dict[str, Any]]:
@@ -587,6 +599,7 @@ class PaymentService:
                 await self._movement(f"refund:{out_refund_no}", "refund", attempt,
                                      int(request["amount"]), session,
                                      out_refund_no=out_refund_no, paid_out=note[:200])
+            await self._refund_notice(request, out_refund_no, session)
             return True
 
         if not await transact(self._db, record):

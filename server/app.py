@@ -154,7 +154,9 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
                      "alipay": settings.alipay_gateway} if settings.sandbox else {}
     payment_service = PaymentService(db, payment_providers(settings), order_service, alerts,
                                      audit, failures, sandbox_bases=sandbox_bases)
+    tickets = TicketService(db, seats, rules, order_service, audit, redis, alerts, failures)
     jobs = JobRunner(redis)
+    jobs.add("ticket-recovery", 30.0, tickets.resolve_stuck)
     jobs.add("payment-query", 15.0, payment_service.query_pending)
     jobs.add("refunds", 5.0, payment_service.execute_refunds)
     jobs.add("payment-scrub", 3600.0, payment_service.scrub_old)
@@ -187,7 +189,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         search=SearchService(db, seats, rules, network),
         members=member_service,
         orders=order_service,
-        tickets=TicketService(db, seats, rules, order_service, audit, redis),
+        tickets=tickets,
         payments=payment_service,
         jobs=jobs,
         hub=Hub(redis),

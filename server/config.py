@@ -225,6 +225,8 @@ class Settings:
     trusted_proxies: str = _opt("", _parse_networks,
                                 "load balancers whose X-Forwarded-For is believed: IPs or "
                                 "networks, comma-separated")
+    metrics_scrapers: str = _opt("", _parse_networks,
+                                 "who may read /metrics besides loopback: IPs or networks")
     login_max_failures: int = _opt(5, _parse_int(1, 100),
                                    "failed staff logins per user and address before a lockout")
     login_lockout_seconds: int = _opt(900, _parse_int(1, 86400), "lockout duration, seconds")
@@ -242,6 +244,12 @@ class Settings:
         from server.security.addresses import parse_networks
 
         return parse_networks(self.trusted_proxies)
+
+    @property
+    def metrics_networks(self) -> tuple[Any, ...]:
+        from server.security.addresses import parse_networks
+
+        return parse_networks(self.metrics_scrapers)
 
     @property
     def loopback_only(self) -> bool:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-# code -> (HTTP status, default message)
+# code -> (HTTP status, default message). 400: the request does not match the OpenAPI
+# document (malformed); 422: it does, but what it says is refused (a check character, a rule,
+# a combination); 409: the state of things does not allow it now.
 ERRORS: dict[str, tuple[int, str]] = {
     # request shape
     "MALFORMED_JSON": (400, "The request body is not valid JSON."),
@@ -51,7 +53,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "IDEMPOTENCY_IN_PROGRESS": (409, "A request with this Idempotency-Key is still running."),
     # staff administration
     "USERNAME_TAKEN": (409, "A staff account with this username exists."),
-    "SCOPE_REQUIRED": (400, "This role needs a scope (region, station or outlet)."),
+    "SCOPE_REQUIRED": (422, "This role needs a scope (region, station or outlet)."),
     "STATION_NOT_FOUND": (404, "No such station."),
     # seats and stations (the exchange layer)
     "SEAT_TAKEN": (409, "A requested seat is no longer free."),
@@ -62,17 +64,17 @@ ERRORS: dict[str, tuple[int, str]] = {
     "DEPARTURE_STOPPED": (409, "This departure is not on sale."),
     "DEPARTURE_NOT_FOUND": (404, "No such departure."),
     "NOT_ON_SALE_ONLINE": (409, "This departure is not on sale online right now."),
-    "INVALID_SEGMENT": (400, "The boarding and alighting stops do not make a trip of this route."),
-    "NO_SUCH_SEAT": (400, "This departure has no such seat."),
+    "INVALID_SEGMENT": (422, "The boarding and alighting stops do not make a trip of this route."),
+    "NO_SUCH_SEAT": (422, "This departure has no such seat."),
     "HOLD_NOT_FOUND": (404, "No such seat hold."),
     "HOLD_EXPIRED": (410, "The seat hold has expired; the seats went back on sale."),
     "SALE_NOT_FOUND": (404, "No such sale at the station."),
     "STATION_UNAVAILABLE": (503, "The station's system cannot be reached; try again later."),
     "STATION_TIMEOUT": (504, "The station's system did not answer in time."),
     "STATION_BAD_RESPONSE": (502, "The station's system gave an answer we cannot use."),
-    "TICKET_SOURCE_INVALID": (400, "The ticket source settings are inconsistent."),
+    "TICKET_SOURCE_INVALID": (422, "The ticket source settings are inconsistent."),
     # real name and members
-    "INVALID_ID_NUMBER": (400, "The ID document number is not valid."),
+    "INVALID_ID_NUMBER": (422, "The ID document number is not valid."),
     "INVALID_PHONE": (400, "Give a mainland mobile number (11 digits starting with 1)."),
     "SMS_TOO_FREQUENT": (429, "A code was sent recently; wait before asking again."),
     "SMS_CODE_INVALID": (401, "The SMS code is wrong or has expired; ask for a new one."),
@@ -83,13 +85,13 @@ ERRORS: dict[str, tuple[int, str]] = {
     "TOO_MANY_PASSENGERS": (409, "You have the most frequent passengers allowed."),
     # orders
     "ORDER_NOT_FOUND": (404, "No such order."),
-    "TOO_MANY_PASSENGERS_IN_ORDER": (400, "An order has between one and five passengers."),
-    "TOO_MANY_CHILDREN": (400, "At most one accompanied child travels free per adult."),
-    "DUPLICATE_PASSENGER": (400, "The same person appears twice in this order."),
+    "TOO_MANY_PASSENGERS_IN_ORDER": (422, "An order has between one and five passengers."),
+    "TOO_MANY_CHILDREN": (422, "At most one accompanied child travels free per adult."),
+    "DUPLICATE_PASSENGER": (422, "The same person appears twice in this order."),
     "PASSENGER_ALREADY_BOOKED": (409, "This person already has a ticket on this departure."),
     "SALE_CLOSED": (409, "Online sale of this departure has closed."),
     "NO_FARE": (409, "This trip has no fare for that ticket type."),
-    "SEAT_CHOICE_INCOMPLETE": (400, "Choose a seat for every passenger, or for none."),
+    "SEAT_CHOICE_INCOMPLETE": (422, "Choose a seat for every passenger, or for none."),
     "ORDER_NOT_CANCELLABLE": (409, "Only an unpaid order can be cancelled."),
     "ORDER_STATE_CONFLICT": (409, "The order changed meanwhile; reload it."),
     # tickets after sale
@@ -108,16 +110,21 @@ ERRORS: dict[str, tuple[int, str]] = {
     "PAYMENT_IN_PROGRESS": (409, "A payment of this order is being started; wait a moment "
                                  "and look at the order again."),
     "ORDER_NOT_PAYABLE": (409, "This order cannot be paid (it is not awaiting payment)."),
-    "PAYMENT_METHOD_NOT_ALLOWED": (400, "This sales channel does not take that payment method."),
+    "PAYMENT_METHOD_NOT_ALLOWED": (422, "This sales channel does not take that payment method."),
     "PAYMENT_PROVIDER_ERROR": (502, "The payment provider refused or could not be reached."),
     "NOTIFICATION_REJECTED": (401, "The notification could not be verified."),
     "INSUFFICIENT_BALANCE": (409, "The outlet's deposit and credit do not cover this order."),
-    "TENDER_TOO_LOW": (400, "The cash tendered is less than the amount due."),
+    "TENDER_TOO_LOW": (422, "The cash tendered is less than the amount due."),
     "OUTLET_NOT_FOUND": (404, "No such agent outlet."),
     "REFUND_NOT_FOUND": (404, "No such refund."),
     "REFUND_NOT_RETRYABLE": (409, "This refund is not waiting for finance (or cannot be sent "
                                   "again: an abnormal refund is resolved by paying it "
                                   "another way)."),
+    "DATE_NOT_ON_SALE": (422, "Departures are on sale from today for the days the rules say."),
+    "OFFLINE_SCAN_OUT_OF_BUNDLE": (422, "A scan's time lies outside the validity of the offline "
+                                        "bundle it was judged with."),
+    "CANNOT_CHANGE_OWN_ACCOUNT": (403, "You cannot disable, re-role or re-scope your own "
+                                       "account; ask another operator."),
     "STATEMENT_NOT_READY": (409, "Providers publish a day's statement the next morning; ask "
                                  "for an earlier day."),
     # infrastructure
@@ -160,11 +167,11 @@ def calendar_day(text: str, *, code: str, field: str) -> dt.date:
 
 
 def aware_time(text: str, *, code: str, message: str, field: str) -> dt.datetime:
-    """An ISO 8601 time with its UTC offset; anything else (a naive time too) is ``code``."""
-    try:
-        at = dt.datetime.fromisoformat(text)
-    except (TypeError, ValueError):
-        at = None
-    if at is None or at.tzinfo is None:
+    """An RFC 3339 time with its UTC offset (as the API documents ``date-time``); anything
+    else (a naive time too) is ``code``."""
+    from server.schema import parse_instant
+
+    at = parse_instant(text) if isinstance(text, str) else None
+    if at is None:
         raise DomainError(code, message, field=field)
     return at

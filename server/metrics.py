@@ -12,6 +12,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class Metrics:
@@ -41,6 +42,8 @@ class Metrics:
         self.registry.register(_RecordFailuresCollector(counts))
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        if method not in KNOWN_METHODS:  # anyone can send any method: keep labels bounded
+            method = "other"
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route, method).observe(seconds)
 

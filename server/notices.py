@@ -58,8 +58,10 @@ class NoticeOutbox:
         self._db = db
 
     async def enqueue(self, key: str, kind: str, order_no: str,
-                      params: dict[str, Any]) -> bool:
-        """Queue the notice of one event; False if that event was already queued."""
+                      params: dict[str, Any], session: Any = None) -> bool:
+        """Queue the notice of one event (inside the caller's transaction when given a
+        session, so the event and its notice are stored together); False if that event was
+        already queued."""
         if kind not in KINDS:
             raise ValueError(f"unknown notice kind {kind!r}")
         now = dt.datetime.now(dt.UTC)
@@ -67,5 +69,5 @@ class NoticeOutbox:
             {"_id": key},
             {"$setOnInsert": {"kind": kind, "order_no": order_no, "params": params,
                               "status": "pending", "attempts": 0, "next_at": now,
-                              "created_at": now}}, upsert=True)
+                              "created_at": now}}, upsert=True, session=session)
         return result.upserted_id is not None

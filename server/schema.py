@@ -8,13 +8,16 @@ UNKNOWN_FIELD, INVALID_VALUE for bodies and INVALID_QUERY for query strings.
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from collections.abc import Iterable
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, FormatChecker, validators
 from jsonschema.exceptions import ValidationError
 
-from server.errors import DomainError
+from server.errors import ERRORS, DomainError
 
 
 def obj(properties: dict[str, Any], required: Iterable[str] = (), *,
@@ -37,7 +40,10 @@ def string(min_length: int = 0, max_length: int | None = None, **extra: Any) -> 
     return schema
 
 
-def integer(minimum: int | None = None, maximum: int | None = None, **extra: Any
+MAX_INTEGER = 2**53 - 1  # what every JSON client can hold exactly, and MongoDB can store
+
+
+def integer(minimum: int | None = None, maximum: int | None = MAX_INTEGER, **extra: Any
             ) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "integer", **extra}
     if minimum is not None:
@@ -47,24 +53,97 @@ def integer(minimum: int | None = None, maximum: int | None = None, **extra: Any
     return schema
 
 
+def json_number(text: str) -> int | float:
+    """``parse_float`` of request bodies: a number written ``3.0`` or ``3e2`` is the integer
+    it equals (JSON has one number type, and clients write integers either way), so money
+    never reaches the database as a float; anything else stays a float."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        return float(text)
+    if value.is_finite() and value == value.to_integral_value() and abs(value) <= MAX_INTEGER:
+        return int(value)
+    return float(text)
+
+
 def array(items: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"type": "array", "items": items, **extra}
 
 
 DIVISION = string(pattern="^[1-9][0-9]{5}$", description="GB/T 2260 admin division code")
-FEN = integer(0, description="money in integer fen (分)")
+FEN = integer(0, 10**12, description="money in integer fen (分)")
+PHONE = string(11, 14, pattern=r"^(\+86)?1[3-9][0-9]{9}$",
+               description="mainland mobile number, optionally +86",
+               **{"x-error-code": "INVALID_PHONE"})
+DAY = string(10, 10, format="date", description="YYYY-MM-DD")
 DATETIME = string(format="date-time", description="ISO 8601 with offset")
 
 
-_validators: dict[int, Draft202012Validator] = {}
+def _strict_integer(_checker: Any, instance: Any) -> bool:
+    # JSON Schema counts 1.0 as an integer; money and counts are integers, never floats
+    return isinstance(instance, int) and not isinstance(instance, bool)
 
 
-def validator(schema: dict[str, Any]) -> Draft202012Validator:
-    """A compiled validator per schema object (schemas are module constants, never freed)."""
+_FORMATS = FormatChecker(formats=())
+
+
+@_FORMATS.checks("date")
+def _is_day(instance: object) -> bool:
+    """YYYY-MM-DD, a real day (what ``server.errors.calendar_day`` takes)."""
+    if not isinstance(instance, str):
+        return True
+    try:
+        return dt.date.fromisoformat(instance).isoformat() == instance
+    except ValueError:
+        return False
+
+
+_RFC3339 = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+                      r"([Zz]|[+-][0-9]{2}:[0-9]{2})$")
+
+
+@_FORMATS.checks("date-time")
+def _is_instant(instance: object) -> bool:
+    """RFC 3339 with its offset (what ``server.errors.aware_time`` takes)."""
+    if not isinstance(instance, str):
+        return True
+    return bool(_RFC3339.match(instance)) and parse_instant(instance) is not None
+
+
+def parse_instant(text: str) -> dt.datetime | None:
+    """An RFC 3339 time with its offset (``t``/``z`` in either case, any fraction), or
+    None for anything else — a time without an offset too."""
+    if not _RFC3339.match(text):
+        return None
+    text = text.replace("t", "T").replace("z", "Z")
+    if text[17:19] == "60":  # a leap second (RFC 3339 has them, Python does not)
+        text = text[:17] + "59.999999" + re.sub(r"^\.[0-9]+", "", text[19:])
+    head, _, rest = text.partition(".")
+    if rest:  # Python takes at most six digits of a fraction
+        digits = re.match(r"[0-9]+", rest)
+        assert digits is not None
+        head += "." + digits.group()[:6].ljust(6, "0") + rest[digits.end():]
+    try:
+        at = dt.datetime.fromisoformat(head.replace(" ", "T"))
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else None
+
+
+StrictValidator = validators.extend(
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_integer))
+
+_validators: dict[int, Any] = {}
+
+
+def validator(schema: dict[str, Any]) -> Any:
+    """A compiled validator per schema object (schemas are module constants, never freed):
+    integers are integers (not 1.0), ``date`` and ``date-time`` formats are checked."""
     found = _validators.get(id(schema))
     if found is None:
         Draft202012Validator.check_schema(schema)
-        found = _validators[id(schema)] = Draft202012Validator(schema)
+        found = _validators[id(schema)] = StrictValidator(schema, format_checker=_FORMATS)
     return found
 
 
@@ -97,6 +176,9 @@ def _describe(error: ValidationError) -> tuple[str, str, str]:
         where = f"Field '{base}'" if base else "The body"
         return "INVALID_TYPE", base, f"{where} must be of type {expected}."
     where = f"Field '{base}'" if base else "The body"
+    code = error.schema.get("x-error-code") if isinstance(error.schema, dict) else None
+    if code:  # a pattern with a code of its own (e.g. INVALID_PHONE)
+        return code, base, f"{where}: {ERRORS[code][1]}"
     return "INVALID_VALUE", base, f"{where}: {error.message}"
 
 
@@ -110,6 +192,14 @@ def validate_body(schema: dict[str, Any], value: Any) -> None:
                                e.validator != "type"))
     code, field, message = _describe(errors[0])
     raise DomainError(code, message, field=field)
+
+
+def validate_path(name: str, schema: dict[str, Any], value: Any) -> None:
+    """A path parameter against its schema (INVALID_VALUE naming it)."""
+    errors = list(validator(schema).iter_errors(value))
+    if errors:
+        raise DomainError("INVALID_VALUE", f"Path parameter '{name}': {errors[0].message}",
+                          field=name)
 
 
 def coerce_query(schema: dict[str, Any], raw: dict[str, list[str]]) -> dict[str, Any]:

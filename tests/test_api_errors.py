@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.support import ApiClient
@@ -74,6 +76,43 @@ async def test_unknown_route_is_a_json_404(api: ApiClient) -> None:
 async def test_wrong_method_is_a_json_405(api: ApiClient) -> None:
     resp = await api.request("DELETE", "/api/v1/auth/staff")
     assert_error(resp, 405, "METHOD_NOT_ALLOWED")
+    assert resp.headers["Allow"] == "POST"
+
+
+@pytest.mark.gen_test
+async def test_every_route_names_its_methods_on_a_405(api: ApiClient) -> None:
+    """RFC 9110: a 405 carries Allow, and Allow lists exactly the documented methods."""
+    spec = (await api.get("/api/openapi.json")).body
+    for path, ops in spec["paths"].items():
+        documented = {m.upper() for m in ops}
+        url = re.sub(r"\{\w+\}", "x", path)
+        for method in {"GET", "POST", "PUT", "PATCH", "DELETE"} - documented:
+            resp = await api.request(method, url)
+            assert resp.status == 405, (method, path, resp.status)
+            assert set(resp.headers["Allow"].split(", ")) == documented, (method, path)
+
+
+@pytest.mark.gen_test
+async def test_deposit_with_an_odd_outlet_and_number_forms_is_never_a_500(api: ApiClient,
+                                                                          db) -> None:
+    finance = (await api.login("finance"))["token"]
+    outlet = "OUT440304001"
+    for odd in ("%C3%86%29%C3%91", "x" * 300, "OUT%00X", "%E4%B8%AD"):
+        resp = await api.post(f"/api/v1/admin/outlets/{odd}/deposits",
+                              {"amount": 100, "reference": "odd"}, token=finance)
+        assert resp.status == 404 and resp.error_code == "OUTLET_NOT_FOUND", (odd, resp.text)
+    for amount in ("1.5", "1e400", str(10**20), "-1", '"100"', "NaN"):
+        resp = await api.request("POST", f"/api/v1/admin/outlets/{outlet}/deposits",
+                                 raw=f'{{"amount": {amount}, "reference": "num"}}',
+                                 token=finance)
+        assert 400 <= resp.status < 500, (amount, resp.text)
+    before = (await db.outlets.find_one({"_id": outlet})).get("balance", 0)
+    written = await api.request("POST", f"/api/v1/admin/outlets/{outlet}/deposits",
+                                raw='{"amount": 2.0e2, "reference": "REF-FLOAT-FORM"}',
+                                token=finance)  # one number, however it is written
+    assert written.status == 200, written.text
+    stored = await db.outlets.find_one({"_id": outlet})
+    assert stored["balance"] == before + 200 and isinstance(stored["balance"], int)
 
 
 @pytest.mark.gen_test

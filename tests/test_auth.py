@@ -224,7 +224,7 @@ async def test_staff_creation_checks_scope_and_duplicates_and_is_audited(api: Ap
     operator = (await api.login("operator"))["token"]
     resp = await api.post("/api/v1/admin/staff", {"username": "gate2x", "password": "x" * 12,
                                                   "role": "gate"}, token=operator)
-    assert resp.status == 400 and resp.error_code == "SCOPE_REQUIRED"
+    assert resp.status == 422 and resp.error_code == "SCOPE_REQUIRED"
     assert resp.body["error"]["field"] == "station_id"
     resp = await api.post("/api/v1/admin/staff", {"username": "gate2x", "password": "x" * 12,
                                                   "role": "gate", "station_id": "nope"},
@@ -341,7 +341,7 @@ async def test_refresh_and_tokens_follow_the_staff_record(api: ApiClient, db) ->
     # a role that needs a scope cannot lose it; nobody but an operator changes accounts
     bad = await api.request("PATCH", f"/api/v1/admin/staff/{staff_id}",
                             json_body={"role": "gate"}, token=operator)
-    assert bad.status == 400 and bad.error_code == "SCOPE_REQUIRED"
+    assert bad.status == 422 and bad.error_code == "SCOPE_REQUIRED"
     finance = (await api.login("finance"))["token"]
     assert (await api.request("PATCH", f"/api/v1/admin/staff/{staff_id}",
                               json_body={"status": "active"}, token=finance)).status == 403

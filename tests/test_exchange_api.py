@@ -38,7 +38,7 @@ async def test_departure_detail_with_seat_map_and_trip_segments(api: ApiClient, 
     part = await api.get(f"/api/v1/departures/{dep['_id']}?from_seq=1")
     assert part.body["from_seq"] == 1 and part.body["fares"] != body["fares"]
     bad = await api.get(f"/api/v1/departures/{dep['_id']}?from_seq=2&to_seq=1")
-    assert bad.status == 400 and bad.error_code == "INVALID_SEGMENT"
+    assert bad.status == 422 and bad.error_code == "INVALID_SEGMENT"
     missing = await api.get("/api/v1/departures/NOPE-20260101")
     assert missing.status == 404 and missing.error_code == "DEPARTURE_NOT_FOUND"
 
@@ -77,7 +77,7 @@ async def test_ticket_source_over_the_api_limits_holds(api: ApiClient, db, store
     assert (await api.get(path, token=operator)).body["configured"] is False
     too_many = await api.request("PUT", path, json_body={"allotments": {"agent": 500}},
                                  token=operator)
-    assert too_many.status == 400 and too_many.error_code == "TICKET_SOURCE_INVALID"
+    assert too_many.status == 422 and too_many.error_code == "TICKET_SOURCE_INVALID"
     unknown = await api.request("PUT", path, json_body={"allotments": {"pigeon": 1}},
                                 token=operator)
     assert unknown.status == 400

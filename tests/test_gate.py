@@ -301,7 +301,8 @@ async def test_offline_bundle_and_uploads_count_once_and_report_double_admission
     codes = {t["ticket_no"]: (await qr(api, token, t["ticket_no"]))["code"]
              for t in (valid, doubled)}
     batch = [{"nonce": uuid.uuid4().hex, "code": codes[valid["ticket_no"]],
-              "scanned_at": now.isoformat(), "local_outcome": "admitted"},
+              "scanned_at": now.isoformat(), "local_outcome": "admitted",
+              "bundle_issued_at": payload["issued_at"]},
              {"nonce": uuid.uuid4().hex, "code": codes[doubled["ticket_no"]],
               "scanned_at": now.isoformat(), "local_outcome": "admitted"}]
     up = await api.post("/api/v1/gate/offline-scans", {"gate_id": "G-east", "scans": batch},
@@ -312,6 +313,21 @@ async def test_offline_bundle_and_uploads_count_once_and_report_double_admission
         refused = await api.post("/api/v1/gate/offline-scans", {"gate_id": "G-east", "scans": [
             {**batch[0], "nonce": uuid.uuid4().hex, "scanned_at": bad}]}, token=gate)
         assert refused.status == 400 and refused.error_code == "INVALID_VALUE", refused.text
+    # times no bundle was valid at: before it was made, after it expired, in the future
+    issued = payload["issued_at"]
+    made = dt.datetime.fromisoformat(issued)
+    for bad, named in (((made - dt.timedelta(hours=2)).isoformat(), issued),
+                       ((made + dt.timedelta(hours=31)).isoformat(), issued),
+                       ((now - dt.timedelta(hours=31)).isoformat(), None),
+                       ((now + dt.timedelta(hours=1)).isoformat(), None)):
+        scan = {**batch[1], "nonce": uuid.uuid4().hex, "scanned_at": bad,
+                **({"bundle_issued_at": named} if named else {})}
+        refused = await api.post("/api/v1/gate/offline-scans", {"gate_id": "G-east", "scans": [
+            scan]}, token=gate)
+        assert refused.status == 422, (bad, named)
+        assert refused.error_code == "OFFLINE_SCAN_OUT_OF_BUNDLE"
+        assert refused.body["error"]["field"] == "scans[0].scanned_at"
+    assert await db.gate_scans.count_documents({"ticket_no": doubled["ticket_no"]}) == 1
     again = await api.post("/api/v1/gate/offline-scans", {"gate_id": "G-east",
                                                           "scans": batch}, token=gate)
     assert again.body["accepted"] == 0 and again.body["duplicates"] == 2

@@ -81,3 +81,29 @@ def test_readiness_fails_when_redis_goes_down(stores, seeded, own_redis, tmp_pat
             assert r.status == 200
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.gen_test
+async def test_unknown_methods_cannot_grow_metrics_or_unbalance_in_flight(api: ApiClient
+                                                                          ) -> None:
+    for method in ("FOO", "BREW", "PROPFIND", "DELETE"):
+        await api.request(method, "/api/v1/stations")
+    text = (await api.get("/metrics")).text
+    assert 'method="FOO"' not in text and 'method="BREW"' not in text
+    assert 'method="other"' in text
+    in_flight = [line for line in text.splitlines()
+                 if line.startswith("keyun_http_requests_in_flight ")]
+    assert float(in_flight[0].split()[1]) >= 1  # this very request; never negative
+
+
+@pytest.mark.gen_test
+async def test_metrics_only_to_loopback_or_configured_scrapers() -> None:
+    from server.config import load_settings
+    from server.security.addresses import in_networks
+
+    # the handler decides by the socket's peer (a scraper connects directly, not through a
+    # balancer): loopback always, others only from KEYUN_METRICS_SCRAPERS
+    settings = load_settings({"KEYUN_METRICS_SCRAPERS": "10.1.0.0/16"})
+    assert in_networks("10.1.2.3", settings.metrics_networks)
+    assert not in_networks("10.2.0.1", settings.metrics_networks)
+    assert not load_settings({}).metrics_networks

@@ -109,7 +109,7 @@ async def test_frequent_passengers_real_name_masked_and_private(api: ApiClient, 
     assert dup.status == 409 and dup.error_code == "PASSENGER_EXISTS"
     bad = await api.post("/api/v1/me/passengers", {"name": "李四", "id_type": "resident_id",
                                                    "id_no": "110105194912310021"}, token=mine)
-    assert bad.status == 400 and bad.error_code == "INVALID_ID_NUMBER"
+    assert bad.status == 422 and bad.error_code == "INVALID_ID_NUMBER"
     listed = await api.get("/api/v1/me/passengers", token=mine)
     assert [p["name"] for p in listed.body["passengers"]] == ["张三", "张小明"]
     assert (await api.get("/api/v1/me/passengers", token=theirs)).body["passengers"] == []

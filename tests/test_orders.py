@@ -76,16 +76,16 @@ async def test_bad_orders_get_clear_errors_and_leave_nothing(api: ApiClient, db)
     twin = person()
     soon = await make_departure(db, seats=10, departs_in=dt.timedelta(minutes=10))
     cases = [
-        ({**base, "passengers": [bad_id]}, 400, "INVALID_ID_NUMBER"),
+        ({**base, "passengers": [bad_id]}, 422, "INVALID_ID_NUMBER"),
         ({**base, "departure_id": "NOPE-1", "passengers": [person()]}, 404,
          "DEPARTURE_NOT_FOUND"),
-        ({**base, "passengers": [person() for _ in range(6)]}, 400,
+        ({**base, "passengers": [person() for _ in range(6)]}, 422,
          "TOO_MANY_PASSENGERS_IN_ORDER"),
-        ({**base, "passengers": [person()], "children": [{"name": "甲"}, {"name": "乙"}]}, 400,
+        ({**base, "passengers": [person()], "children": [{"name": "甲"}, {"name": "乙"}]}, 422,
          "TOO_MANY_CHILDREN"),
-        ({**base, "passengers": [twin, dict(twin, name="双胞胎")]}, 400,
+        ({**base, "passengers": [twin, dict(twin, name="双胞胎")]}, 422,
          "DUPLICATE_PASSENGER"),
-        ({**base, "passengers": [person(seat=1), person()]}, 400, "SEAT_CHOICE_INCOMPLETE"),
+        ({**base, "passengers": [person(seat=1), person()]}, 422, "SEAT_CHOICE_INCOMPLETE"),
         ({**base, "passengers": [person()], "amount": 1}, 400, "UNKNOWN_FIELD"),
         ({**base, "passengers": [person()], "contact_phone": "12345"}, 400, "INVALID_PHONE"),
         ({**base, "passengers": []}, 400, "INVALID_VALUE"),

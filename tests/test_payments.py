@@ -96,7 +96,7 @@ async def test_method_must_suit_the_channel(api: ApiClient, db) -> None:
                                                "passengers": [person()]}, token=token)).body
     resp = await api.post(f"/api/v1/orders/{order['order_no']}/pay", {"method": "cash"},
                           token=token)
-    assert resp.status == 400 and resp.error_code == "PAYMENT_METHOD_NOT_ALLOWED"
+    assert resp.status == 422 and resp.error_code == "PAYMENT_METHOD_NOT_ALLOWED"
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -276,7 +276,7 @@ async def test_alipay_app_pay_and_forged_notices(api: ApiClient, db, providers) 
     }.items():
         resp = await api.request("POST", "/api/v1/payments/notify/alipay", raw=body,
                                  headers=headers)
-        assert resp.status == 400 and resp.text == "fail", name
+        assert resp.status == 401 and resp.error_code == "NOTIFICATION_REJECTED", name
     assert (await db.orders.find_one({"order_no": order["order_no"]}))["status"] == \
         "pending_payment"
     # the payer pays in the Alipay app: the sandbox notifies, Keyun answers "success"
@@ -339,7 +339,7 @@ async def test_kiosk_takes_cash_and_gives_change(api: ApiClient, db) -> None:
                                                "passengers": [person()]}, token=kiosk)).body
     low = await api.post(f"/api/v1/orders/{order['order_no']}/pay",
                          {"method": "cash", "tendered": order["amount"] - 1}, token=kiosk)
-    assert low.status == 400 and low.error_code == "TENDER_TOO_LOW"
+    assert low.status == 422 and low.error_code == "TENDER_TOO_LOW"
     wrong = await api.post(f"/api/v1/orders/{order['order_no']}/pay",
                            {"method": "wechat_jsapi"}, token=kiosk)
     assert wrong.error_code == "PAYMENT_METHOD_NOT_ALLOWED"

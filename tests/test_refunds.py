@@ -242,4 +242,4 @@ async def test_alipay_gateway_takes_get_and_odd_notices_are_4xx(api: ApiClient,
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     gbk = await api.request("POST", "/api/v1/payments/notify/alipay",
                             raw="out_trade_no=单号".encode("gbk") + b"\xff", headers=headers)
-    assert gbk.status == 400 and gbk.text == "fail"
+    assert gbk.status == 401 and gbk.error_code == "NOTIFICATION_REJECTED"

@@ -73,9 +73,10 @@ async def test_proxied_departures_come_with_station_seats(api: ApiClient) -> Non
 
 @pytest.mark.gen_test
 async def test_bad_search_queries(api: ApiClient) -> None:
-    for query, field in [(f"from=广州&to=深圳&date={day(-1)}", "date"),
-                         (f"from=广州&to=深圳&date={day(30)}", "date"),
-                         ("from=广州&to=深圳&date=tomorrow", "date"),
+    for query in (f"from=广州&to=深圳&date={day(-1)}", f"from=广州&to=深圳&date={day(30)}"):
+        resp = await api.get(f"/api/v1/departures?{query}")  # a day, but not one on sale
+        assert resp.status == 422 and resp.error_code == "DATE_NOT_ON_SALE", query
+    for query, field in [("from=广州&to=深圳&date=tomorrow", "date"),
                          (f"from=广州&date={day(1)}", "to"),
                          (f"from=广州&to=深圳&date={day(1)}&after=25:00", "after")]:
         resp = await api.get(f"/api/v1/departures?{query}")

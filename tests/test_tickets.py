@@ -132,3 +132,48 @@ async def test_refund_at_a_proxied_station(api: ApiClient, db, services) -> None
                           token=token)
     assert resp.status == 200
     assert (await api.get(f"/api/v1/departures/{dep['_id']}")).body["remaining"] == before + 1
+
+
+async def _stuck(db, ticket_no: str, status: str, plan: dict) -> None:
+    """What a process that died mid-operation (or a station that never answered) leaves."""
+    ticket = await db.tickets.find_one({"ticket_no": ticket_no})
+    await db.tickets.update_one({"_id": ticket["_id"]}, {"$set": {
+        "status": status, "busy": {**plan, "from": ticket["status"]},
+        "busy_since": dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)}})
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_tickets_stuck_mid_refund_are_settled_by_asking_the_station(api: ApiClient, db,
+                                                                         services) -> None:
+    token = await member(api)
+    dep = await native_departure(db, 8, 2)
+    order = await issued_order(api, services, token, dep["_id"],
+                               [person(), person(), person()])
+    done_there, never_sent, changing = order["tickets"]
+    remaining = (await api.get(f"/api/v1/departures/{dep['_id']}")).body["remaining"]
+    plan = {"fee": 50, "amount": done_there["price"] - 50, "actor": "member:x",
+            "reason": "refund"}
+    # 1. the station refunded, then the process died before writing it down
+    ticket = await db.tickets.find_one({"ticket_no": done_there["ticket_no"]})
+    await services.seats.refund(dep["_id"], ticket["sale_id"], (ticket["seat"],))
+    await _stuck(db, done_there["ticket_no"], "refunding", plan)
+    # 2. the process died before the station heard of it
+    await _stuck(db, never_sent["ticket_no"], "refunding", plan)
+    # 3. a change that never wrote its new ticket
+    other = await native_departure(db, 8, 3)
+    await _stuck(db, changing["ticket_no"], "changing",
+                 {"target": other["_id"], "hold_id": f"C{changing['ticket_no']}",
+                  "actor": "member:x"})
+    assert await services.tickets.resolve_stuck() >= 3
+    view = {t["ticket_no"]: t for t in (await api.get(f"/api/v1/orders/{order['order_no']}",
+                                                      token=token)).body["tickets"]}
+    assert view[done_there["ticket_no"]]["status"] == "refunded"
+    assert view[never_sent["ticket_no"]]["status"] == "refunded"
+    assert view[changing["ticket_no"]]["status"] == "issued"  # undone, as it was
+    for t in (done_there, never_sent):
+        request = await db.refund_requests.find_one({"_id": f"ticket:{t['ticket_no']}"})
+        assert request and request["amount"] == t["price"] - 50 and request["fee"] == 50
+    # both seats are back on sale, each once
+    assert (await api.get(f"/api/v1/departures/{dep['_id']}")).body["remaining"] == \
+        remaining + 2
+    assert await services.tickets.resolve_stuck() == 0

@@ -28,21 +28,22 @@ def parse_networks(text: str) -> tuple[Network, ...]:
     return tuple(networks)
 
 
-def _trusted(address: str, trusted: Iterable[Network]) -> bool:
+def in_networks(address: str, networks: Iterable[Network]) -> bool:
+    """Whether an address lies in one of the networks (an invalid address lies in none)."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
-    return any(ip in network for network in trusted)
+    return any(ip in network for network in networks)
 
 
 def client_address(remote: str, forwarded_for: str, trusted: tuple[Network, ...]) -> str:
     """The client's address: ``remote`` unless it is a trusted proxy, then the first
     address of ``X-Forwarded-For`` from the right that is not one."""
-    if not trusted or not _trusted(remote, trusted):
+    if not trusted or not in_networks(remote, trusted):
         return remote
     for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
-        if _trusted(hop, trusted):
+        if in_networks(hop, trusted):
             continue
         try:
             return str(ipaddress.ip_address(hop))

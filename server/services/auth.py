@@ -224,9 +224,9 @@ class AuthService:
         staff = await self._db.staff.find_one({"_id": staff_id})
         if staff is None:
             raise DomainError("NOT_FOUND", "No such staff account.")
-        if staff_id == actor.id and changes.get("status") == "disabled":
-            raise DomainError("INVALID_VALUE", "You cannot disable your own account.",
-                              field="status")
+        if staff_id == actor.id and any(k in changes for k in ("status", "role", "region",
+                                                                "station_id", "outlet_id")):
+            raise DomainError("CANNOT_CHANGE_OWN_ACCOUNT")
         updated = {**staff, **changes}
         role = updated["role"]
         needed = ROLE_SCOPE.get(role)

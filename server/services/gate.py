@@ -38,6 +38,7 @@ KEY_CACHE_SECONDS = 30.0
 CHECKIN_OPENS = dt.timedelta(minutes=60)  # before departure
 CHECKIN_CLOSES = dt.timedelta(minutes=2)  # after departure: the bus is gone
 BUNDLE_TTL = dt.timedelta(hours=30)
+OFFLINE_CLOCK_SKEW = dt.timedelta(minutes=5)  # a gate's clock may be this far off
 VALID_FOR_GATE = ("issued", "picked_up")
 REVOKED = {"refunded": "refunded", "voided": "voided", "changed": "voided",
            "released": "voided", "refunding": "refunded", "voiding": "voided"}
@@ -70,9 +71,24 @@ def _local(value: dt.datetime | None) -> str | None:
     return value.astimezone(LOCAL_TZ).isoformat() if value else None
 
 
-def _offset_time(text: str) -> dt.datetime:
-    return aware_time(text, code="INVALID_VALUE", field="scans.scanned_at",
-                      message="scanned_at is an ISO 8601 time with its UTC offset.")
+def _scan_time(scan: dict[str, Any], index: int) -> dt.datetime:
+    """When an offline scan was made — only a time some bundle was valid at is believed: a
+    gate cannot have judged a code offline before its bundle was made, after it expired, or
+    in the future."""
+    field = f"scans[{index}].scanned_at"
+    at = aware_time(scan["scanned_at"], code="INVALID_VALUE", field=field,
+                    message="scanned_at is an ISO 8601 time with its UTC offset.")
+    now = dt.datetime.now(dt.UTC)
+    earliest, latest = now - BUNDLE_TTL, now + OFFLINE_CLOCK_SKEW
+    if scan.get("bundle_issued_at"):
+        issued = aware_time(scan["bundle_issued_at"], code="INVALID_VALUE",
+                            field=f"scans[{index}].bundle_issued_at",
+                            message="bundle_issued_at is an ISO 8601 time with its offset.")
+        earliest = max(earliest, issued - OFFLINE_CLOCK_SKEW)
+        latest = min(latest, issued + BUNDLE_TTL)
+    if not earliest <= at <= latest:
+        raise DomainError("OFFLINE_SCAN_OUT_OF_BUNDLE", field=field)
+    return at
 
 
 def _signoff(doc: dict[str, Any]) -> dict[str, Any]:
@@ -409,7 +425,7 @@ class GateService:
                      ) -> dict[str, Any]:
         """Scans a gate made offline, each with its nonce: a nonce already uploaded is skipped;
         a ticket admitted by two different scans is a conflict for the operator."""
-        times = [_offset_time(scan["scanned_at"]) for scan in scans]  # all, before any work
+        times = [_scan_time(scan, index) for index, scan in enumerate(scans)]  # all first
         accepted, duplicates, conflicts = 0, 0, []
         outcomes: list[dict[str, Any]] = []
         for scan, at in zip(scans, times, strict=True):

@@ -132,7 +132,7 @@ class SearchService:
         day = calendar_day(date, code="INVALID_QUERY", field="date")
         today = local_today()
         if not today <= day < today + dt.timedelta(days=rules.sale_days):
-            raise DomainError("INVALID_QUERY", f"Departures are on sale from today for "
+            raise DomainError("DATE_NOT_ON_SALE", f"Departures are on sale from today for "
                               f"{rules.sale_days} days.", field="date")
         net = await self.network.get()
         trips: dict[str, tuple[int, int]] = {}  # route → (from_seq, to_seq)

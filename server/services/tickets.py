@@ -20,9 +20,11 @@ from redis.asyncio import Redis
 
 from server.errors import DomainError
 from server.exchange.base import HoldRequest, TicketInfo
-from server.exchange.errors import ExchangeError
+from server.exchange.errors import DepartureNotFound, ExchangeError
 from server.security.principal import Principal
+from server.services.alerts import AlertService
 from server.services.audit import AuditService
+from server.services.jobs import RecordFailures
 from server.services.orders import OrderService, actor_label, now_ms
 from server.services.planning import LOCAL_TZ
 from server.services.realname import same_person
@@ -34,6 +36,8 @@ from server.storage.transactions import transact
 log = logging.getLogger(__name__)
 
 REFUNDABLE = ("issued", "picked_up")
+STUCK_AFTER = dt.timedelta(minutes=2)  # busy this long: its process died or the station hung
+STUCK_ALERT_AFTER = dt.timedelta(hours=1)  # and still not settled: an operator looks
 PICKUP_FAILURES_PER_DEVICE = 10  # wrong pickup codes per kiosk or window in the window below
 PICKUP_FAILURES_PER_STATION = 60
 PICKUP_WINDOW_SECONDS = 600
@@ -41,7 +45,10 @@ PICKUP_WINDOW_SECONDS = 600
 
 class TicketService:
     def __init__(self, db: AsyncDatabase[Any], seats: SeatService, rules: RuleService,
-                 orders: OrderService, audit: AuditService, redis: Redis) -> None:
+                 orders: OrderService, audit: AuditService, redis: Redis,
+                 alerts: AlertService, failures: RecordFailures | None = None) -> None:
+        self.alerts = alerts
+        self.failures = failures or RecordFailures()
         self._pickup_by_device = FailureLimit(redis, "pickup-device",
                                               PICKUP_FAILURES_PER_DEVICE, PICKUP_WINDOW_SECONDS)
         self._pickup_by_station = FailureLimit(redis, "pickup-station",
@@ -163,7 +170,9 @@ class TicketService:
             raise DomainError("NOT_REFUNDABLE", reason=quote.get("reason"))
         if expected_fee is not None and expected_fee != quote["fee"]:
             raise DomainError("REFUND_FEE_CHANGED", fee=quote["fee"])
-        busy = await self._begin(ticket, "refunding")
+        busy = await self._begin(ticket, "refunding", {
+            "fee": quote["fee"], "amount": quote["refund_amount"],
+            "actor": actor_label(actor), "reason": "refund"})
         try:
             await self._seats.refund(ticket["departure_id"], ticket["sale_id"],
                                      (ticket["seat"],))
@@ -181,7 +190,9 @@ class TicketService:
         ticket, order, _ = await self._load(actor, ticket_no)
         if ticket["status"] not in REFUNDABLE:
             raise DomainError("NOT_REFUNDABLE", reason=ticket["status"])
-        busy = await self._begin(ticket, "voiding")
+        busy = await self._begin(ticket, "voiding", {
+            "fee": 0, "amount": ticket["price"], "actor": actor_label(actor),
+            "reason": f"void: {reason}"})
         try:
             await self._seats.void(ticket["departure_id"], ticket["sale_id"], (ticket["seat"],))
         except ExchangeError:
@@ -194,10 +205,14 @@ class TicketService:
                                  details={"reason": reason, "order_no": order["order_no"]})
         return {"ticket_no": ticket_no, "status": "voided", "refund_amount": ticket["price"]}
 
-    async def _begin(self, ticket: dict[str, Any], busy: str) -> dict[str, Any]:
+    async def _begin(self, ticket: dict[str, Any], busy: str, plan: dict[str, Any]
+                     ) -> dict[str, Any]:
+        """Mark the ticket busy with what is being done to it, so that if this process dies
+        or the station does not answer, ``resolve_stuck`` can finish or undo it."""
         before = await self._db.tickets.find_one_and_update(
             {"_id": ticket["_id"], "status": {"$in": list(REFUNDABLE)}},
-            {"$set": {"status": busy, "busy_since": now_ms()}},
+            {"$set": {"status": busy, "busy_since": now_ms(),
+                      "busy": {**plan, "from": ticket["status"]}}},
             return_document=ReturnDocument.BEFORE)
         if before is None:
             raise DomainError("TICKET_BUSY")
@@ -231,6 +246,68 @@ class TicketService:
             await self._orders.transition(order["order_no"], "refunded", actor, reason,
                                           from_states={"issued", "refunding"})
 
+    # --- recovery ----------------------------------------------------------------------------
+    async def resolve_stuck(self, limit: int = 50) -> int:
+        """Tickets left refunding, voiding or changing — the process died, or the station did
+        not answer in time, mid-operation: ask the station what it did and finish or undo,
+        never leave them so. One that cannot be settled now waits for the next run."""
+        due = await self._db.tickets.find(
+            {"status": {"$in": ["refunding", "voiding", "changing"]},
+             "busy_since": {"$lte": now_ms() - STUCK_AFTER}}).limit(limit).to_list()
+        settled = 0
+        for ticket in due:
+            with self.failures.record("ticket-recovery", ticket["ticket_no"]):
+                settled += await self._resolve(ticket)
+        return settled
+
+    async def _resolve(self, ticket: dict[str, Any]) -> int:
+        busy = ticket.get("busy") or {}
+        order = await self._db.orders.find_one({"order_no": ticket["order_no"]})
+        if order is None:
+            return 0
+        back = busy.get("from", "issued")
+        if ticket["status"] == "changing":
+            # the new ticket would have been written with the old one's end (one transaction):
+            # it was not, so the change is undone — a seat taken at the target goes back
+            target, hold_id = busy.get("target", ""), busy.get("hold_id", "")
+            try:
+                taken = await self._seats.query(target, hold_id)
+                if taken.status == "sold" and taken.seats:
+                    await self._seats.refund(target, taken.sale_id, taken.seats)
+                elif taken.status == "held":
+                    await self._seats.release(target, hold_id)
+            except DepartureNotFound:
+                pass
+            except ExchangeError as exc:
+                log.warning("stuck change not undone yet: %s", exc.code,
+                            extra={"fields": {"ticket_no": ticket["ticket_no"]}})
+                return 0
+            await self._db.tickets.update_one({"_id": ticket["_id"], "status": "changing"},
+                                              {"$set": {"status": back},
+                                               "$unset": {"busy": "", "busy_since": ""}})
+            return 1
+        try:
+            sale = await self._seats.query(ticket["departure_id"], ticket["sale_id"])
+            still_sold = sale.status in ("sold", "held") and ticket["seat"] in sale.seats
+            if still_sold:  # the station never did it: do it now (the passenger asked)
+                call = self._seats.refund if ticket["status"] == "refunding" \
+                    else self._seats.void
+                await call(ticket["departure_id"], ticket["sale_id"], (ticket["seat"],))
+        except ExchangeError as exc:
+            log.warning("stuck ticket not settled yet: %s", exc.code,
+                        extra={"fields": {"ticket_no": ticket["ticket_no"]}})
+            if ticket["busy_since"] <= now_ms() - STUCK_ALERT_AFTER:
+                await self.alerts.raise_alert(
+                    "ticket_stuck", f"ticket:{ticket['ticket_no']}",
+                    f"车票 {ticket['ticket_no']} 退票/废票未完成：车站系统无应答（{exc.code}）",
+                    {"ticket_no": ticket["ticket_no"], "status": ticket["status"]})
+            return 0
+        final = "refunded" if ticket["status"] == "refunding" else "voided"
+        await self._finish(ticket, order, final, int(busy.get("fee", 0)),
+                           int(busy.get("amount", ticket["price"])),
+                           busy.get("actor", "system"), busy.get("reason", final))
+        return 1
+
     # --- change (改签) -------------------------------------------------------------------------
     async def change(self, actor: Principal, ticket_no: str, departure_id: str
                      ) -> dict[str, Any]:
@@ -261,8 +338,10 @@ class TicketService:
              "passenger.id_no_index": ticket["passenger"]["id_no_index"]})
         if clash is not None:
             raise DomainError("PASSENGER_ALREADY_BOOKED")
-        busy = await self._begin(ticket, "changing")
         hold_id = f"C{ticket['ticket_no']}"
+        busy = await self._begin(ticket, "changing", {"target": departure_id,
+                                                      "hold_id": hold_id,
+                                                      "actor": actor_label(actor)})
         try:
             hold = await self._seats.hold(departure_id, HoldRequest(
                 hold_id, order["channel"], 1, ticket["from_seq"], ticket["to_seq"],
@@ -281,9 +360,17 @@ class TicketService:
                    station_ticket_no=(sale.station_ticket_nos or ("",))[0],
                    changed_from=ticket["ticket_no"], changes=ticket.get("changes", 0) + 1,
                    issued_at=now, created_at=now)
-        await self._db.tickets.update_one({"_id": ticket["_id"]}, {"$set": {
-            "status": "changed", "active": False, "changed_to": new["ticket_no"]}})
-        await self._db.tickets.insert_one(new)
+        new.pop("busy", None)
+        new.pop("busy_since", None)
+
+        async def write(session: AsyncClientSession) -> None:
+            """The old ticket ends and the new one exists: both or neither."""
+            await self._db.tickets.update_one({"_id": ticket["_id"]}, {"$set": {
+                "status": "changed", "active": False, "changed_to": new["ticket_no"]}},
+                session=session)
+            await self._db.tickets.insert_one(new, session=session)
+
+        await transact(self._db, write)
         try:
             await self._seats.refund(dep["_id"], ticket["sale_id"], (ticket["seat"],))
         except ExchangeError as exc:  # the new ticket stands; the old seat is settled later
