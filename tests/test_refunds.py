@@ -243,3 +243,30 @@ async def test_alipay_gateway_takes_get_and_odd_notices_are_4xx(api: ApiClient,
     gbk = await api.request("POST", "/api/v1/payments/notify/alipay",
                             raw="out_trade_no=单号".encode("gbk") + b"\xff", headers=headers)
     assert gbk.status == 401 and gbk.error_code == "NOTIFICATION_REJECTED"
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_bad_refund_does_not_stop_the_others(api: ApiClient, db, providers,
+                                                     services) -> None:
+    """A record the job cannot handle is logged and counted (/metrics), and the job goes on
+    with the rest."""
+    good = await issued_and_refunded(api, db, 5, 10)
+    # a refund owed on a payment made through a provider this deployment no longer has
+    await db.payments.insert_one({
+        "out_trade_no": "BAD-PROVIDER-1", "order_no": good["order_no"], "provider": "unionpay",
+        "method": "unionpay", "amount": 100, "status": "paid",
+        "created_at": dt.datetime.now(dt.UTC)})
+    await db.refund_requests.insert_one({
+        "_id": "late:BAD-PROVIDER-1", "order_no": good["order_no"], "amount": 100,
+        "status": "requested", "payment_ref": "BAD-PROVIDER-1",
+        "created_at": dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)})  # first in line
+    await services.payments.execute_refunds()
+    await wait_refund(db, good["_id"])  # the good one went through all the same
+    bad = await db.refund_requests.find_one({"_id": "late:BAD-PROVIDER-1"})
+    assert bad["status"] == "sending"  # left for a person or the next run, not lost
+    text = (await api.get("/metrics")).text
+    counted = [line for line in text.splitlines()
+               if line.startswith('keyun_job_record_failures_total{job="refunds"}')]
+    ours = services.failures.counts.get("refunds", 0)
+    assert ours + sum(float(line.split()[-1]) for line in counted) >= 1
+    await db.refund_requests.delete_one({"_id": "late:BAD-PROVIDER-1"})
