@@ -21,6 +21,15 @@ def new_id() -> str:
     return first + check_char(first)
 
 
+async def app_member(api: ApiClient) -> str:
+    """A passenger signed in to the app with phone and SMS code (a fresh number)."""
+    number = "137" + str(_rng.randrange(10**8)).zfill(8)
+    await api.post("/api/v1/auth/sms/send", {"phone": number})
+    code = (await api.get(f"/sandbox/sms/last?phone={number}")).body["code"]
+    return (await api.post("/api/v1/auth/sms/login", {"phone": number, "code": code})
+            ).body["token"]  # type: ignore[no-any-return]
+
+
 async def member(api: ApiClient) -> str:
     code = (await api.post("/sandbox/wechat/login-code",
                            {"openid": "o-" + uuid.uuid4().hex})).body["code"]

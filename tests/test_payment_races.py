@@ -13,7 +13,7 @@ import secrets
 
 import pytest
 
-from tests.booking_support import member, native_departure, person
+from tests.booking_support import app_member, member, native_departure, person
 from tests.support import ApiClient
 
 CONCURRENT = 20
@@ -41,12 +41,6 @@ def outlet_movements_sum(movements: list[dict]) -> int:
     return sum(sign[m["kind"]] * m["amount"] for m in movements)
 
 
-async def app_member(api: ApiClient) -> str:
-    number = "136" + str(secrets.randbelow(10**8)).zfill(8)
-    await api.post("/api/v1/auth/sms/send", {"phone": number})
-    code = (await api.get(f"/sandbox/sms/last?phone={number}")).body["code"]
-    return (await api.post("/api/v1/auth/sms/login", {"phone": number, "code": code})
-            ).body["token"]
 
 
 @pytest.mark.gen_test(timeout=120)

@@ -16,7 +16,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from payments.service import refund_no
 from payments.wechatpay import encrypt_resource, load_private, load_public, sign, verify
-from tests.booking_support import native_departure, person
+from tests.booking_support import app_member, native_departure, person
 from tests.support import TEST_SECRETS, ApiClient
 
 V3 = TEST_SECRETS["KEYUN_WECHATPAY_API_V3_KEY"].encode()
@@ -232,12 +232,6 @@ async def test_crash_between_refund_and_record_does_not_refund_twice(api: ApiCli
                                                      "kind": "refund"}) == 1
 
 
-async def app_member(api: ApiClient) -> str:
-    number = "137" + str(secrets.randbelow(10**8)).zfill(8)
-    await api.post("/api/v1/auth/sms/send", {"phone": number})
-    code = (await api.get(f"/sandbox/sms/last?phone={number}")).body["code"]
-    return (await api.post("/api/v1/auth/sms/login", {"phone": number, "code": code})
-            ).body["token"]
 
 
 def alipay_notice(providers, fields: dict, sign_type: str = "RSA2") -> bytes:

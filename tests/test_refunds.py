@@ -16,8 +16,9 @@ from tornado.httpclient import AsyncHTTPClient
 
 from payments.base import Attempt, PaymentError
 from payments.wechatpay import WeChatPay, WeChatPayConfig
+from tests.booking_support import app_member
 from tests.support import TEST_SECRETS, ApiClient
-from tests.test_payments import app_member, pending_payment, sandbox, wait_refund, wait_status
+from tests.test_payments import pending_payment, sandbox, wait_refund, wait_status
 
 
 async def issued_and_refunded(api: ApiClient, db, offset: int, index: int) -> dict:
