@@ -400,6 +400,11 @@ async def test_statements_are_parsed_and_matched(api: ApiClient, db, providers) 
     gate = (await api.login("gate"))["token"]
     assert (await api.post(f"/api/v1/admin/statements/wechat/{today}", {},
                            token=gate)).status == 403
+    # a past day without trades has no bill at either provider: a clean, empty match
+    for provider in ("wechat", "alipay"):
+        quiet = await api.post(f"/api/v1/admin/statements/{provider}/2026-01-01", {},
+                               token=finance)
+        assert quiet.status == 200 and quiet.body["lines"] == 0, quiet.text
 
 
 @pytest.mark.gen_test(timeout=90)

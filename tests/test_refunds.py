@@ -271,3 +271,11 @@ async def test_a_bad_refund_does_not_stop_the_others(api: ApiClient, db, provide
     ours = services.failures.counts.get("refunds", 0)
     assert ours + sum(float(line.split()[-1]) for line in counted) >= 1
     await db.refund_requests.delete_one({"_id": "late:BAD-PROVIDER-1"})
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_notification_for_a_provider_not_configured_is_refused(services) -> None:
+    from payments.base import NotificationRejected
+
+    with pytest.raises(NotificationRejected, match="not configured"):
+        await services.payments.notify("unionpay", {}, b"anything")
