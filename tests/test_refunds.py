@@ -279,3 +279,38 @@ async def test_a_notification_for_a_provider_not_configured_is_refused(services)
 
     with pytest.raises(NotificationRejected, match="not configured"):
         await services.payments.notify("unionpay", {}, b"anything")
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_an_alipay_refund_the_provider_refuses_goes_to_finance(api: ApiClient, db,
+                                                                     providers,
+                                                                     services) -> None:
+    from tests.booking_support import native_departure, person
+
+    token = await app_member(api)
+    dep = await native_departure(db, 5, 11)
+    order = (await api.post("/api/v1/orders", {"departure_id": dep["_id"], "channel": "app",
+                                               "contact_phone": "13812345678",
+                                               "passengers": [person()]}, token=token)).body
+    assert (await api.post(f"/api/v1/orders/{order['order_no']}/pay",
+                           {"method": "alipay_app"}, token=token)).status == 200
+    await api.post(f"/sandbox/payments/{order['order_no']}/confirm")
+    issued = await wait_status(api, token, order["order_no"], "issued")
+    ticket = issued["tickets"][0]["ticket_no"]
+    assert (await api.post(f"/api/v1/tickets/{ticket}/refund", {}, token=token)).status == 200
+    await AsyncHTTPClient().fetch(f"{providers.url}/_sandbox/alipay/state", method="POST",
+                                  body=json.dumps({"refund_outcomes": ["FAIL"]}))
+    await services.payments.execute_refunds()
+    held = await wait_refund(db, f"ticket:{ticket}", "attention")
+    assert held["provider_state"] == "refused" and "SELLER_BALANCE" in held["error"]
+    assert await refund_notices(db, order["order_no"]) == 0
+    finance = (await api.login("finance"))["token"]
+    retried = await api.post(f"/api/v1/admin/refunds/ticket:{ticket}/retry",
+                             {"note": "余额已补足"}, token=finance)
+    assert retried.status == 200, retried.text
+    await services.payments.execute_refunds()  # fund_change N: processing until a query
+    await asyncio.sleep(0.5)
+    await db.refund_requests.update_one({"_id": f"ticket:{ticket}"}, {"$set": {
+        "processing_at": dt.datetime.now(dt.UTC) - dt.timedelta(minutes=2)}})
+    await services.payments.follow_refunds()
+    await wait_refund(db, f"ticket:{ticket}")
