@@ -5,8 +5,9 @@
   ``pending → paid`` in one guarded update, so 20 copies of one notice (or a notice and the
   active query) change it once; only the winner tells the order (``OrderService.mark_paid``).
 - A payment that finds its order ended (expired, cancelled) is queued for refund, once.
-- Refunds are ``refund_requests`` paid by a job with a stable ``out_refund_no`` derived from
-  the request, so a crash between the provider's refund and our record refunds only once.
+- Refunds are requests of ``server.storage.refunds`` (their one owner), paid by a job with a
+  stable ``out_refund_no`` derived from the request, so a crash between the provider's
+  refund and our record refunds only once.
 - Every money movement lands in ``money_movements`` (idempotent ids) for the ledger.
 """
 
@@ -38,6 +39,7 @@ from server.services.alerts import AlertService
 from server.services.audit import AuditService
 from server.services.jobs import RecordFailures
 from server.services.orders import OrderService, now_ms
+from server.storage import refunds
 from server.storage.transactions import transact
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,7 @@ class PaymentService:
         self._db = db
         self.providers = providers
         self._orders = orders
+        self.refunds = orders.refunds  # the refund aggregate's one owner
         self.alerts = alerts
         self.audit = audit
         self.failures = failures or RecordFailures()
@@ -276,12 +279,10 @@ class PaymentService:
         outcome = await self._orders.mark_paid(attempt["order_no"], attempt["out_trade_no"],
                                                attempt["amount"])
         if outcome == "late":  # the order ended before the money came: give it back, once
-            await self._db.refund_requests.update_one(
-                {"_id": f"late:{attempt['out_trade_no']}"},
-                {"$setOnInsert": {"order_no": attempt["order_no"], "amount": attempt["amount"],
-                                  "reason": "paid after the order ended", "status": "requested",
-                                  "payment_ref": attempt["out_trade_no"],
-                                  "created_at": now_ms()}}, upsert=True)
+            await self.refunds.owe(refunds.for_late_payment(attempt["out_trade_no"]),
+                                   order_no=attempt["order_no"], amount=attempt["amount"],
+                                   reason="paid after the order ended",
+                                   payment_ref=attempt["out_trade_no"])
         return outcome
 
     async def query_pending(self) -> int:
@@ -340,16 +341,10 @@ class PaymentService:
         """Send requested refunds through the original channel, each exactly once; then
         ask after those still processing at their provider."""
         now = now_ms()
-        await self._db.refund_requests.update_many(  # a worker died mid-send: try again
-            {"status": "sending", "sending_at": {"$lte": now - REFUND_STUCK_AFTER}},
-            {"$set": {"status": "requested"}})
+        await self.refunds.requeue_abandoned(now - REFUND_STUCK_AFTER)  # a worker died
         sent = 0
         while sent < 200:  # what is due now; a retried one waits for its retry_at
-            request = await self._db.refund_requests.find_one_and_update(
-                {"status": "requested", "$or": [{"retry_at": {"$exists": False}},
-                                                {"retry_at": {"$lte": now}}]},
-                {"$set": {"status": "sending", "sending_at": now_ms()}},
-                return_document=ReturnDocument.AFTER)
+            request = await self.refunds.claim(now)
             if request is None:
                 break
             with self.failures.record("refunds", request["_id"]):
@@ -368,14 +363,10 @@ class PaymentService:
                                                     "status": {"$in": ["paid", "refunding",
                                                                        "refunded"]}})
         if attempt is None:
-            await self._db.refund_requests.update_one(
-                {"_id": request["_id"]}, {"$set": {"status": "failed",
-                                                   "error": "no paid attempt to refund"}})
+            await self.refunds.nothing_to_refund(request["_id"], "no paid attempt to refund")
             return
         out_refund_no = self._out_refund_no(request)
-        await self._db.refund_requests.update_one(
-            {"_id": request["_id"]}, {"$set": {"out_refund_no": out_refund_no,
-                                               "provider": attempt["provider"]}})
+        await self.refunds.numbered(request["_id"], out_refund_no, attempt["provider"])
         request = {**request, "out_refund_no": out_refund_no}
         if attempt["provider"] in LOCAL_METHODS:
             await self._refund_locally(request, attempt, out_refund_no)
@@ -386,10 +377,8 @@ class PaymentService:
                                            int(request["amount"]), int(attempt["amount"]))
         except PaymentError as exc:
             if exc.retry:
-                await self._db.refund_requests.update_one(
-                    {"_id": request["_id"], "status": "sending"},
-                    {"$set": {"status": "requested", "error": str(exc)[:200],
-                              "retry_at": now_ms() + REFUND_RETRY_AFTER}})
+                await self.refunds.retry_later(request["_id"], str(exc),
+                                               now_ms() + REFUND_RETRY_AFTER)
             else:  # refused (e.g. the merchant's balance is short): a person must act
                 await self._refund_needs_attention(request, "refused", str(exc))
             return
@@ -405,16 +394,12 @@ class PaymentService:
             await self._refund_needs_attention(request, result.state,
                                                f"the provider says {result.raw_state}")
         else:
-            await self._db.refund_requests.update_one(
-                {"_id": request["_id"], "status": {"$in": ["sending", "processing"]}},
-                {"$set": {"status": "processing", "processing_at": now_ms(),
-                          "refund_id": result.refund_id}})
+            await self.refunds.accepted(request["_id"], result.refund_id)
         return result.state
 
     async def refund_update(self, result: RefundResult) -> str:
         """A refund notification (verified by its provider): apply what it says."""
-        request = await self._db.refund_requests.find_one(
-            {"out_refund_no": result.out_refund_no})
+        request = await self.refunds.by_refund_no(result.out_refund_no)
         if request is None:
             raise NotificationRejected(f"unknown out_refund_no {result.out_refund_no}")
         if result.amount is not None and result.amount != int(request["amount"]):
@@ -426,9 +411,7 @@ class PaymentService:
 
     async def follow_refunds(self) -> int:
         """Refunds processing at their provider longer than a notification takes: ask."""
-        due = await self._db.refund_requests.find(
-            {"status": "processing", "processing_at": {"$lte": now_ms() - REFUND_QUERY_AFTER}}
-        ).limit(100).to_list()
+        due = await self.refunds.processing_since(now_ms() - REFUND_QUERY_AFTER)
         for request in due:
             with self.failures.record("refund-query", request["_id"]):
                 attempt = await self._db.payments.find_one(
@@ -439,14 +422,10 @@ class PaymentService:
                                                          request["out_refund_no"])
                 except PaymentError as exc:
                     log.warning("refund query failed: %s", exc)
-                    await self._db.refund_requests.update_one(
-                        {"_id": request["_id"], "status": "processing"},
-                        {"$set": {"processing_at": now_ms()}})  # ask again later
+                    await self.refunds.asked(request["_id"])  # ask again later
                     continue
                 if result.state == "processing":
-                    await self._db.refund_requests.update_one(
-                        {"_id": request["_id"], "status": "processing"},
-                        {"$set": {"processing_at": now_ms()}})
+                    await self.refunds.asked(request["_id"])
                 else:
                     await self._apply_refund(request, attempt, result)
         return len(due)
@@ -457,11 +436,7 @@ class PaymentService:
         out_refund_no = request["out_refund_no"]
 
         async def record(session: AsyncClientSession) -> bool:
-            moved = await self._db.refund_requests.update_one(
-                {"_id": request["_id"], "status": {"$in": ["sending", "processing"]}},
-                {"$set": {"status": "done", "refund_id": refund_id, "done_at": now_ms()}},
-                session=session)
-            if moved.modified_count != 1:
+            if not await self.refunds.settle(request["_id"], session, refund_id=refund_id):
                 return False  # a duplicate notice, or the query and a notice at once
             await self._movement(f"refund:{out_refund_no}", "refund", attempt,
                                  int(request["amount"]), session,
@@ -483,11 +458,7 @@ class PaymentService:
                                       detail: str) -> None:
         """A refund the provider closed, could not deliver or refused: finance's queue,
         and an operations alert."""
-        moved = await self._db.refund_requests.find_one_and_update(
-            {"_id": request["_id"], "status": {"$in": ["sending", "processing"]}},
-            {"$set": {"status": "attention", "provider_state": state,
-                      "error": detail[:200], "attention_at": now_ms()}})
-        if moved is None:
+        if await self.refunds.needs_attention(request["_id"], state, detail) is None:
             return
         log.error("refund needs attention", extra={"fields": {
             "refund": request["_id"], "order_no": request["order_no"], "state": state}})
@@ -505,11 +476,9 @@ class PaymentService:
         outlet_id = attempt.get("outlet_id") or (attempt.get("actor") or {}).get("outlet_id")
 
         async def credit(session: AsyncClientSession) -> bool:
-            moved = await self._db.refund_requests.update_one(
-                {"_id": request["_id"], "status": {"$in": ["sending", "attention"]}},
-                {"$set": {"status": "done", "out_refund_no": out_refund_no,
-                          "done_at": now_ms()}}, session=session)
-            if moved.modified_count != 1:
+            if not await self.refunds.settle(request["_id"], session,
+                                             from_states=("sending", "attention"),
+                                             out_refund_no=out_refund_no):
                 return False
             if attempt["provider"] == "agent_balance":
                 await self._movement(f"refund:{out_refund_no}", "refund", attempt, amount,
@@ -548,27 +517,18 @@ class PaymentService:
     # --- finance's refund queue -------------------------------------------------------------
     async def list_refunds(self, status: str | None, limit: int = 100) -> list[dict[str, Any]]:
         """Refund requests, newest first (``attention``: those a person must act on)."""
-        query = {"status": status} if status else {}
-        rows = await self._db.refund_requests.find(query).sort("created_at", -1) \
-            .limit(limit).to_list()
-        return [refund_view(r) for r in rows]
+        return [refund_view(r) for r in await self.refunds.listed(status, limit)]
 
     async def retry_refund(self, actor: Principal, refund_id: str, note: str
                            ) -> dict[str, Any]:
         """A refund the provider closed or refused: send it again under a new number."""
-        request = await self._db.refund_requests.find_one({"_id": refund_id})
+        request = await self.refunds.get(refund_id)
         if request is None:
             raise DomainError("REFUND_NOT_FOUND")
         if request["status"] != "attention" or request.get("provider_state") == "abnormal":
             raise DomainError("REFUND_NOT_RETRYABLE", status=request["status"],
                               provider_state=request.get("provider_state", ""))
-        moved = await self._db.refund_requests.find_one_and_update(
-            {"_id": refund_id, "status": "attention"},
-            {"$set": {"status": "requested"}, "$inc": {"resubmits": 1},
-             "$unset": {"retry_at": "", "out_refund_no": ""},
-             "$push": {"actions": {"action": "retry", "by": actor.audit_actor(),
-                                   "note": note, "at": now_ms()}}},
-            return_document=ReturnDocument.AFTER)
+        moved = await self.refunds.resend(refund_id, actor.audit_actor(), note)
         if moved is None:
             raise DomainError("REFUND_NOT_RETRYABLE", status="changed")
         await self.alerts.close(f"refund:{refund_id}", actor, "retried")
@@ -579,7 +539,7 @@ class PaymentService:
                              ) -> dict[str, Any]:
         """A refund finance paid back another way (e.g. to another bank account after an
         ABNORMAL refund): done, recorded with who and how, the passenger told."""
-        request = await self._db.refund_requests.find_one({"_id": refund_id})
+        request = await self.refunds.get(refund_id)
         if request is None:
             raise DomainError("REFUND_NOT_FOUND")
         if request["status"] != "attention":
@@ -588,12 +548,7 @@ class PaymentService:
         out_refund_no = request.get("out_refund_no") or self._out_refund_no(request)
 
         async def record(session: AsyncClientSession) -> bool:
-            moved = await self._db.refund_requests.update_one(
-                {"_id": refund_id, "status": "attention"},
-                {"$set": {"status": "done", "done_at": now_ms(), "resolved_manually": True},
-                 "$push": {"actions": {"action": "resolve", "by": actor.audit_actor(),
-                                       "note": note, "at": now_ms()}}}, session=session)
-            if moved.modified_count != 1:
+            if not await self.refunds.resolved(refund_id, actor.audit_actor(), note, session):
                 return False
             if attempt is not None:
                 await self._movement(f"refund:{out_refund_no}", "refund", attempt,
@@ -608,7 +563,7 @@ class PaymentService:
         await self.audit.record(actor, "refund.resolve", target=refund_id,
                                 details={"note": note})
         await self._refund_done(request, out_refund_no)
-        return refund_view(await self._db.refund_requests.find_one({"_id": refund_id}))
+        return refund_view(await self.refunds.get(refund_id) or request)
 
     async def deposit(self, actor: Principal, outlet_id: str, amount: int,
                       reference: str) -> dict[str, Any]:

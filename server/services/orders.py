@@ -51,6 +51,7 @@ from server.services.planning import LOCAL_TZ, local_today
 from server.services.realname import validate
 from server.services.rules import RuleService
 from server.services.seats import SeatService
+from server.storage import refunds
 from server.storage.transactions import transact
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ class OrderService:
         self._members = members
         self._vault = vault
         self.notices = NoticeOutbox(db)
+        self.refunds = refunds.RefundRequests(db)
         self._serial_from = redis.register_script(_SERIAL_FROM)
 
     # --- create -----------------------------------------------------------------------------
@@ -591,12 +593,10 @@ class OrderService:
                 {"order_no": done["order_no"]},
                 {"$set": {"status": "released", "active": False}}, session=session)
             # the payments capability pays it back through the original channel
-            await self._db.refund_requests.update_one(
-                {"_id": f"full:{done['order_no']}"},
-                {"$setOnInsert": {"order_no": done["order_no"], "amount": done["amount"],
-                                  "reason": reason, "status": "requested",
-                                  "payment_ref": done.get("payment_ref"),
-                                  "created_at": now_ms()}}, upsert=True, session=session)
+            await self.refunds.owe(refunds.for_order(done["order_no"]),
+                                   order_no=done["order_no"], amount=done["amount"],
+                                   reason=reason, payment_ref=done.get("payment_ref"),
+                                   session=session)
         done = await self.transition(order["order_no"], "failed", "station", reason,
                                      from_states={"paid"}, also=refund_owed)
         if done is None:

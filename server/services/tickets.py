@@ -30,6 +30,7 @@ from server.services.planning import LOCAL_TZ
 from server.services.realname import same_person
 from server.services.rules import RuleService
 from server.services.seats import SeatService
+from server.storage import refunds
 from server.storage.attempts import FailureLimit
 from server.storage.transactions import transact
 
@@ -230,13 +231,10 @@ class TicketService:
                     "fee": fee, "amount": amount, "at": now, "reason": reason}}},
                 session=session)
             if amount > 0:
-                await self._db.refund_requests.update_one(
-                    {"_id": f"ticket:{ticket['ticket_no']}"},
-                    {"$setOnInsert": {"order_no": order["order_no"],
-                                      "ticket_no": ticket["ticket_no"], "amount": amount,
-                                      "fee": fee, "reason": reason, "status": "requested",
-                                      "payment_ref": order.get("payment_ref"),
-                                      "created_at": now}}, upsert=True, session=session)
+                await self._orders.refunds.owe(
+                    refunds.for_ticket(ticket["ticket_no"]), order_no=order["order_no"],
+                    amount=amount, reason=reason, payment_ref=order.get("payment_ref"),
+                    session=session, ticket_no=ticket["ticket_no"], fee=fee)
         await transact(self._db, write)
         await self._orders.announce(order["order_no"], "ticket", {
             "ticket_no": ticket["ticket_no"], "status": status, "refund_amount": amount})

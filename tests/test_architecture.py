@@ -1,0 +1,151 @@
+"""The layer map, checked: dependencies point inward, and each collection has one writer.
+
+Pure units over the source text (AST), so they run in milliseconds. Known departures from
+the rule are listed by name with the issue that removes them (issue 12: one owner per
+aggregate); the lists may only shrink — a new second writer or a new back-arrow fails here.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.support import ROOT
+
+OUTER = ("handlers", "payments", "notify", "channels", "admin", "sandbox", "tests", "bench")
+CORE_ROOTS = {"server/app.py"}  # the composition root: the one module that imports all
+DEV_TOOLING = {"server/cli.py", "server/demo.py", "server/embedded.py"}  # → devstack/ (#12)
+# server.storage and server.exchange are below the services: they never import one
+BACK_ARROWS = {("server/exchange/adapters/native.py", "server.services.inventory"),
+               ("server/exchange/adapters/rest.py", "server.services.planning")}  # #12
+
+WRITES = {"insert_one", "insert_many", "update_one", "update_many", "replace_one",
+          "delete_one", "delete_many", "find_one_and_update", "find_one_and_replace",
+          "find_one_and_delete", "bulk_write"}
+# collection -> the modules that write it. One module each is the goal (issue 12); where
+# more are listed, the first is the owner and the others still have to move into it.
+WRITERS = {
+    "orders": {"server/services/orders.py"},
+    "tickets": {"server/services/orders.py", "server/services/tickets.py",
+                "server/services/gate.py"},
+    "refund_requests": {"server/storage/refunds.py"},
+    "payments": {"payments/service.py"},
+    "money_movements": {"payments/service.py"},
+    "outlets": {"payments/service.py"},
+    "reconciliations": {"payments/service.py"},
+    "hold_claims": {"server/services/orders.py"},
+    "seat_holds": {"server/services/inventory.py"},
+    "members": {"server/services/members.py"},
+    "passengers": {"server/services/members.py"},
+    "staff": {"server/services/auth.py", "server/demo.py"},
+    "refresh_tokens": {"server/services/auth.py"},
+    "notices": {"server/notices.py", "notify/notices.py"},
+    "gate_keys": {"server/services/gate.py"},
+    "gate_scans": {"server/services/gate.py"},
+    "gate_conflicts": {"server/services/gate.py"},
+    "departure_signoffs": {"server/services/gate.py"},
+    "departures": {"server/services/sync.py", "server/services/planning.py",
+                   "server/services/seats.py", "server/services/gate.py", "server/demo.py"},
+    "stations": {"server/services/sync.py", "server/services/seats.py", "server/cli.py"},
+    "station_calls": {"server/services/seats.py"},
+    "sync_runs": {"server/services/sync.py"},
+    "ticket_sources": {"server/services/ticket_sources.py"},
+    "channels": {"server/demo.py"},
+    "alerts": {"server/services/alerts.py"},
+    "audit": {"server/services/audit.py"},
+    "idempotency": {"server/services/idempotency.py"},
+    "meta": {"server/demo.py"},
+}
+
+
+def _sources() -> dict[str, ast.Module]:
+    out = {}
+    for top in ("server", *OUTER[:5]):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            out[rel] = ast.parse(path.read_text(), rel)
+    return out
+
+
+def _imports(tree: ast.Module) -> set[str]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+    return found
+
+
+def test_dependencies_point_inward() -> None:
+    wrong = []
+    for rel, tree in _sources().items():
+        if not rel.startswith("server/") or rel in CORE_ROOTS | DEV_TOOLING:
+            continue
+        for module in _imports(tree):
+            if module.split(".")[0] in OUTER:
+                wrong.append(f"{rel} imports {module}")
+            low = rel.startswith(("server/storage/", "server/exchange/"))
+            if low and module.startswith("server.services") and \
+                    (rel, module) not in BACK_ARROWS:
+                wrong.append(f"{rel} imports {module} (storage and adapters sit below)")
+    assert not wrong, wrong
+
+
+def _collection_of(node: ast.expr) -> str | None:
+    """``db.<name>``, ``self._db.<name>`` or ``db["<name>"]`` → ``<name>``."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, (ast.Name, ast.Attribute)):
+        holder = node.value.attr if isinstance(node.value, ast.Attribute) else node.value.id
+        if holder in ("db", "_db"):
+            return node.attr
+    if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and \
+            isinstance(node.value, (ast.Name, ast.Attribute)):
+        return str(node.slice.value)
+    return None
+
+
+def _collection_writes(tree: ast.Module) -> set[str]:
+    """Collections a module writes: ``db.<name>.<write>(…)`` and the like, also through an
+    attribute bound to one (``self._requests = db.refund_requests``)."""
+    bound: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and \
+                isinstance(node.targets[0], ast.Attribute):
+            name = _collection_of(node.value)
+            if name:
+                bound[node.targets[0].attr] = name
+    found = set()
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in WRITES):
+            continue
+        target = node.func.value
+        name = _collection_of(target)
+        if name is None and isinstance(target, ast.Attribute) and target.attr in bound:
+            name = bound[target.attr]
+        if name:
+            found.add(name)
+    return found
+
+
+def test_each_collection_has_its_writers_and_no_others() -> None:
+    seen: dict[str, set[str]] = {}
+    for rel, tree in _sources().items():
+        for name in _collection_writes(tree):
+            seen.setdefault(name, set()).add(rel)
+    unexpected = {name: sorted(mods - WRITERS.get(name, set()))
+                  for name, mods in seen.items() if mods - WRITERS.get(name, set())}
+    assert not unexpected, f"a new writer of a collection (go through its owner): {unexpected}"
+    stale = {name: sorted(WRITERS[name] - seen.get(name, set())) for name in WRITERS
+             if WRITERS[name] - seen.get(name, set())}
+    assert not stale, f"these no longer write: shrink WRITERS {stale}"
+
+
+def test_refund_requests_are_written_only_by_their_owner() -> None:
+    """The refund aggregate's one module (it was upserted from three places with three id
+    schemes): every other module asks it."""
+    owner = Path(ROOT / "server/storage/refunds.py").read_text()
+    assert "refund_requests" in owner
+    for rel, tree in _sources().items():
+        if rel != "server/storage/refunds.py":
+            assert "refund_requests" not in _collection_writes(tree), rel
