@@ -6,9 +6,8 @@ from handlers.auth import TOKENS
 from handlers.base import ApiHandler, api, route
 from server.schema import DATETIME, PHONE, array, obj, string
 from server.security.principal import PASSENGER
-from server.services.realname import ID_TYPES
+from server.vocabulary import ID_TYPES, TICKET_TYPES
 
-TICKET_TYPES = ["adult", "child", "student", "senior", "military", "disabled"]
 MEMBER = obj({"id": string(), "phone": {"type": ["string", "null"],
                                         "description": "masked"},
               "wechat": {"type": "boolean"}, "nickname": string(), "created_at": DATETIME},
@@ -21,7 +20,7 @@ SMS_SENT = obj({"sent": {"type": "boolean"}, "expires_in": {"type": "integer"},
                 "retry_after": {"type": "integer"}}, ["sent"])
 SMS_LOGIN = obj({"phone": PHONE, "code": string(4, 8)}, ["phone", "code"])
 NEW_PASSENGER = obj({"name": string(1, 40), "id_type": string(enum=list(ID_TYPES)),
-                     "id_no": string(5, 20), "ticket_type": string(enum=TICKET_TYPES),
+                     "id_no": string(5, 20), "ticket_type": string(enum=list(TICKET_TYPES)),
                      "phone": PHONE}, ["name", "id_type", "id_no"])
 PASSENGER_OUT = obj({"id": string(), "name": string(), "id_type": string(),
                      "id_no": string(description="masked"), "ticket_type": string(),

@@ -6,9 +6,8 @@ from handlers.base import ApiHandler, api, route
 from server.errors import DomainError
 from server.schema import DATETIME, FEN, PHONE, array, integer, obj, string
 from server.security.principal import AGENT, KIOSK, PASSENGER, PHONE_AGENT, STATION_STAFF
-from server.services.realname import ID_TYPES
+from server.vocabulary import ID_TYPES, TICKET_TYPES
 
-TICKET_TYPES = ["adult", "child", "student", "senior", "military", "disabled"]
 BUYERS = (PASSENGER, AGENT, PHONE_AGENT, KIOSK, STATION_STAFF)
 STAFF_CHANNEL = {AGENT: "agent", PHONE_AGENT: "phone", KIOSK: "kiosk",
                  STATION_STAFF: "window"}
@@ -17,7 +16,7 @@ MEMBER_CHANNELS = ["miniapp", "app", "web"]
 PASSENGER_IN = obj({
     "passenger_id": string(1, 40, description="a frequent passenger instead of the fields"),
     "name": string(1, 40), "id_type": string(enum=list(ID_TYPES)), "id_no": string(1, 20),
-    "ticket_type": string(enum=TICKET_TYPES), "seat": integer(1, 80)})
+    "ticket_type": string(enum=list(TICKET_TYPES)), "seat": integer(1, 80)})
 CHILD_IN = obj({"name": string(1, 40), "id_type": string(enum=list(ID_TYPES)),
                 "id_no": string(1, 20)}, ["name"])
 CREATE = obj({

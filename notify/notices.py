@@ -18,11 +18,11 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
+from server.clock import LOCAL_TZ
 from server.logs import mask_pii
 from server.notices import SmsError, SmsProvider, SubscribeMessageError, SubscribeMessenger
 from server.security.pii import PiiVault
 from server.services.jobs import RecordFailures
-from server.services.planning import LOCAL_TZ
 
 log = logging.getLogger(__name__)
 

@@ -40,8 +40,8 @@ from payments.base import (
     ProviderState,
     RefundResult,
 )
+from server.clock import LOCAL_TZ
 
-LOCAL = dt.timezone(dt.timedelta(hours=8))
 STATES = {"TRADE_SUCCESS": "paid", "TRADE_FINISHED": "paid", "WAIT_BUYER_PAY": "pending",
           "TRADE_CLOSED": "closed"}
 
@@ -91,7 +91,7 @@ class Alipay(BasePaymentProvider):
     async def _signed(self, method: str, biz: dict[str, Any], **extra: str) -> dict[str, str]:
         params = {"app_id": self.config.app_id, "method": method, "format": "JSON",
                   "charset": "utf-8", "sign_type": "RSA2", "version": "1.0",
-                  "timestamp": dt.datetime.now(LOCAL).strftime("%Y-%m-%d %H:%M:%S"),
+                  "timestamp": dt.datetime.now(LOCAL_TZ).strftime("%Y-%m-%d %H:%M:%S"),
                   "biz_content": json.dumps(biz, ensure_ascii=False, separators=(",", ":")),
                   **extra}
         content = get_sign_content(params)

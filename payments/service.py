@@ -33,18 +33,18 @@ from payments.base import (
     ProviderRegistry,
     RefundResult,
 )
+from server.clock import LOCAL_TZ, now_ms
 from server.errors import DomainError, calendar_day
 from server.security.principal import Principal
 from server.services.alerts import AlertService
 from server.services.audit import AuditService
 from server.services.jobs import RecordFailures
-from server.services.orders import OrderService, now_ms
+from server.services.orders import OrderService
 from server.storage import refunds
 from server.storage.transactions import transact
 
 log = logging.getLogger(__name__)
 
-LOCAL = dt.timezone(dt.timedelta(hours=8))
 QUERY_AFTER = dt.timedelta(seconds=60)
 LOCAL_METHODS = ("agent_balance", "cash", "bank_card")
 REFUND_STUCK_AFTER = dt.timedelta(seconds=60)  # a refund being sent this long: its worker died
@@ -67,9 +67,9 @@ def refund_view(request: dict[str, Any]) -> dict[str, Any]:
             "provider_state": request.get("provider_state", ""),
             "out_refund_no": request.get("out_refund_no", ""),
             "error": request.get("error", ""),
-            "created_at": request["created_at"].astimezone(LOCAL).isoformat(),
+            "created_at": request["created_at"].astimezone(LOCAL_TZ).isoformat(),
             "actions": [{"action": a["action"], "note": a.get("note", ""),
-                         "at": a["at"].astimezone(LOCAL).isoformat(),
+                         "at": a["at"].astimezone(LOCAL_TZ).isoformat(),
                          "by": (a.get("by") or {}).get("username", "")}
                         for a in request.get("actions", [])]}
 
@@ -635,13 +635,13 @@ class PaymentService:
             provider = self.providers.get(provider_id)
         except KeyError:
             raise DomainError("NOT_FOUND", "No such payment provider.") from None
-        if day >= now_ms().astimezone(LOCAL).date():
+        if day >= now_ms().astimezone(LOCAL_TZ).date():
             raise DomainError("STATEMENT_NOT_READY", bill_date=bill_date)
         try:
             lines = await provider.statement(bill_date)
         except PaymentError as exc:
             raise DomainError("PAYMENT_PROVIDER_ERROR", str(exc)) from None
-        start = dt.datetime(day.year, day.month, day.day, tzinfo=LOCAL).astimezone(dt.UTC)
+        start = dt.datetime(day.year, day.month, day.day, tzinfo=LOCAL_TZ).astimezone(dt.UTC)
         ours = await self._db.payments.find(
             {"provider": provider_id, "status": {"$in": ["paid", "refunding", "refunded"]},
              "paid_at": {"$gte": start, "$lt": start + dt.timedelta(days=1)}},

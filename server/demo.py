@@ -21,10 +21,11 @@ from pymongo import ReplaceOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pypinyin import Style, lazy_pinyin
 
+from server.clock import LOCAL_TZ
 from server.config import Settings
 from server.security.passwords import hash_password
 from server.security.principal import STAFF_ROLES
-from server.services.planning import LOCAL_TZ, plan_sale_window
+from server.services.planning import plan_sale_window
 from server.services.rules import RuleService
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import random
 import uuid
 from typing import Any
 
-from server.services.planning import local_today
+from server.clock import local_today
 from server.services.realname import check_char
 from tests.support import ApiClient
 

@@ -9,7 +9,7 @@ import sys
 import uuid
 from typing import Any
 
-from server.services.planning import LOCAL_TZ
+from server.clock import LOCAL_TZ
 
 NOW = dt.datetime.now(dt.UTC)
 

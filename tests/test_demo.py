@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from server import demo
-from server.services.planning import LOCAL_TZ, local_today
+from server.clock import LOCAL_TZ, local_today
 
 
 def test_generation_is_reproducible() -> None:

@@ -13,6 +13,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from server.app import connect_redis
+from server.clock import local_today
 from server.demo import DEMO_VENDORS
 from server.errors import DomainError
 from server.exchange.adapters import xmlcodec
@@ -28,7 +29,6 @@ from server.exchange.errors import (
 from server.exchange.registry import ExchangeRegistry
 from server.services.events import EventLog
 from server.services.inventory import NativeInventory, new_hold_id
-from server.services.planning import local_today
 from server.services.seats import SeatService
 from server.services.sync import SyncService
 

@@ -9,8 +9,8 @@ import datetime as dt
 import pytest
 
 from server.app import connect_redis
+from server.clock import local_today
 from server.services.jobs import JobRunner
-from server.services.planning import local_today
 from tests.support import ApiClient
 
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from server.clock import LOCAL_TZ
 from server.embedded import free_port
 from server.security import ticketcode
-from server.services.planning import LOCAL_TZ
 from tests.booking_support import issued_order, member, person
 from tests.inventory_support import make_departure
 from tests.support import ApiClient, KeyunProcess

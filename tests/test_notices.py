@@ -15,8 +15,8 @@ from tornado.httpclient import AsyncHTTPClient
 
 from notify.notices import NoticeDispatcher
 from notify.sms import HttpSmsProvider
+from server.clock import local_today
 from server.embedded import free_port
-from server.services.planning import local_today
 from tests.booking_support import native_departure, person
 from tests.support import ApiClient
 from tests.test_exchange import control

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from server.services.planning import local_today
+from server.clock import local_today
 from tests.booking_support import member, native_departure, person
 from tests.inventory_support import make_departure
 from tests.support import ApiClient

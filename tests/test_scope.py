@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from server.services.planning import local_today
+from server.clock import local_today
 from tests.booking_support import issued_order, person
 from tests.support import ApiClient
 

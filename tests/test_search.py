@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from server.services.planning import local_today
+from server.clock import local_today
 from tests.support import ApiClient
 
 

@@ -7,7 +7,7 @@ import datetime as dt
 
 import pytest
 
-from server.services.planning import local_today
+from server.clock import local_today
 from tests.booking_support import issued_order, member, native_departure, person
 from tests.inventory_support import make_departure
 from tests.support import ApiClient

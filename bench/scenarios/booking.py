@@ -16,7 +16,7 @@ from pymongo import AsyncMongoClient
 from tornado.httpclient import AsyncHTTPClient
 
 from bench.run import Bench, Row
-from server.services.planning import local_today
+from server.clock import local_today
 from server.services.realname import check_char
 
 TITLE = "Booking: search and orders end to end"

@@ -11,10 +11,10 @@ from typing import Any
 from pymongo import AsyncMongoClient
 
 from bench.run import Bench, Row
+from server.clock import LOCAL_TZ
 from server.security import ticketcode
 from server.security.pii import PiiVault
 from server.services.gate import GateKeys, GateService
-from server.services.planning import LOCAL_TZ
 from tests.support import TEST_SECRETS
 
 TITLE = "Gate scans: signed codes admitted once"

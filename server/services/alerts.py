@@ -13,9 +13,8 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
+from server.clock import LOCAL_TZ
 from server.security.principal import Principal
-
-LOCAL_TZ = dt.timezone(dt.timedelta(hours=8))
 
 
 class AlertService:

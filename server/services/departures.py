@@ -6,10 +6,10 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from server.clock import LOCAL_TZ
 from server.exchange.base import trip_mask
 from server.exchange.errors import DepartureNotFound, InvalidSegment
 from server.services.events import Topic
-from server.services.planning import LOCAL_TZ
 from server.services.seats import SeatService
 
 

@@ -26,11 +26,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from server.clock import LOCAL_TZ, local_today
 from server.errors import DomainError, aware_time, calendar_day
 from server.security import ticketcode
 from server.security.pii import PiiVault
 from server.security.principal import Principal
-from server.services.planning import LOCAL_TZ, local_today
 from server.services.realname import same_person
 
 KEY_GRACE = dt.timedelta(days=2)

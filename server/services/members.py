@@ -32,7 +32,7 @@ from server.notices import SmsError, SmsProvider
 from server.security.pii import PiiVault, mask_id, mask_phone
 from server.security.principal import PASSENGER, Principal
 from server.services.auth import AuthService
-from server.services.realname import validate
+from server.services.realname import id_index, validate
 from server.wechat import wechat_client
 
 log = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ class MemberService:
             "_id": "psg_" + uuid.uuid4().hex[:20], "member_id": member_id,
             "name": name.strip(), "id_type": document.id_type,
             "id_no_enc": self.vault.encrypt("id_no", document.id_no),
-            "id_no_index": self.vault.index(f"id:{document.id_type}", document.id_no),
+            "id_no_index": id_index(self.vault, document),
             "id_no_masked": mask_id(document.id_no), "ticket_type": ticket_type,
             "created_at": dt.datetime.now(dt.UTC)}
         if phone:

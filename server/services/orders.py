@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from server import failpoints
+from server.clock import LOCAL_TZ, local_today, now_ms
 from server.errors import DomainError
 from server.exchange.base import HoldRequest, TicketInfo
 from server.exchange.errors import (
@@ -47,8 +48,7 @@ from server.security.principal import PASSENGER, Principal
 from server.services.events import Topic
 from server.services.jobs import RecordFailures
 from server.services.members import MemberService, normalize_phone
-from server.services.planning import LOCAL_TZ, local_today
-from server.services.realname import validate
+from server.services.realname import id_index, validate
 from server.services.rules import RuleService
 from server.services.seats import SeatService
 from server.storage import refunds
@@ -92,12 +92,6 @@ class HoldClaimed(Exception):
 
 class TicketNumberTaken(Exception):
     """A ticket number was in use already (the serial counter fell behind MongoDB)."""
-
-
-def now_ms() -> dt.datetime:
-    """Now, at the millisecond precision BSON stores (so answers match what is kept)."""
-    now = dt.datetime.now(dt.UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def new_order_no(now: dt.datetime) -> str:
@@ -305,7 +299,7 @@ class OrderService:
             raise
         return {"name": name, "id_type": document.id_type,
                 "id_no_enc": self._vault.encrypt("id_no", document.id_no),
-                "id_no_index": self._vault.index(f"id:{document.id_type}", document.id_no),
+                "id_no_index": id_index(self._vault, document),
                 "id_no_masked": mask_id(document.id_no),
                 "ticket_type": p.get("ticket_type", "adult")}
 

@@ -10,17 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
-LOCAL_TZ = ZoneInfo("Asia/Shanghai")
-
-
-def local_today(now: dt.datetime | None = None) -> dt.date:
-    """Today in Asia/Shanghai (service dates are local dates)."""
-    return (now or dt.datetime.now(dt.UTC)).astimezone(LOCAL_TZ).date()
+from server.clock import LOCAL_TZ, local_today
 
 
 def departs_at(service_date: dt.date, local_time: str) -> dt.datetime:

@@ -30,6 +30,7 @@ from typing import Any
 
 from server.errors import DomainError
 from server.security.pii import PiiVault
+from server.vocabulary import ID_TYPES
 
 PROVINCES = {"11", "12", "13", "14", "15", "21", "22", "23", "31", "32", "33", "34", "35",
              "36", "37", "41", "42", "43", "44", "45", "46", "50", "51", "52", "53", "54",
@@ -42,8 +43,6 @@ PATTERNS = {
     "hk_macau_permit": re.compile(r"^[HM][0-9]{8}(?:[0-9]{2})?$"),
     "taiwan_permit": re.compile(r"^(?:[0-9]{8}|[0-9]{10}|[A-Z][0-9]{9})$"),
 }
-ID_TYPES = ("resident_id", "passport", "hk_macau_permit", "taiwan_permit",
-            "hmt_residence_permit", "foreign_permanent_residence")
 
 
 @dataclass(frozen=True)
@@ -119,6 +118,12 @@ def validate(id_type: str, id_no: str, today: dt.date | None = None) -> Document
     return Document(id_type, value)
 
 
+def id_index(vault: PiiVault, document: Document) -> str:
+    """The blind index of a document: what one person, one seat (a unique index on it) and
+    every look-up by ID compare. Built here only, so every writer and reader agrees."""
+    return vault.index(f"id:{document.id_type}", document.id_no)
+
+
 def same_person(vault: PiiVault, passenger: dict[str, Any], id_type: str, id_no: str) -> bool:
     """票人证一致: whether an ID document read at a gate or kiosk is the ticket's passenger
     (compared through the blind index; an invalid number is nobody's)."""
@@ -126,5 +131,5 @@ def same_person(vault: PiiVault, passenger: dict[str, Any], id_type: str, id_no:
         document = validate(id_type, id_no)
     except DomainError:
         return False
-    return hmac.compare_digest(vault.index(f"id:{document.id_type}", document.id_no),
+    return hmac.compare_digest(id_index(vault, document),
                                str(passenger.get("id_no_index", "")))

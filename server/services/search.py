@@ -16,8 +16,8 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from server.clock import LOCAL_TZ, local_today
 from server.errors import DomainError, calendar_day
-from server.services.planning import LOCAL_TZ, local_today
 from server.services.rules import RuleService
 from server.services.seats import SeatService
 

@@ -21,13 +21,13 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
+from server.clock import local_today
 from server.errors import DomainError
 from server.exchange.base import SyncBatch
 from server.exchange.errors import BadStationResponse, ExchangeError
 from server.notices import NoticeOutbox
 from server.security.principal import Principal
 from server.services.events import Topic
-from server.services.planning import local_today
 from server.services.seats import SeatService
 
 log = logging.getLogger(__name__)

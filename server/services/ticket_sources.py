@@ -13,12 +13,12 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from server.clock import local_today
 from server.errors import DomainError
 from server.exchange.errors import DepartureNotFound
 from server.security.principal import Principal
 from server.services.audit import AuditService
 from server.services.inventory import NativeInventory
-from server.services.planning import local_today
 
 DEFAULT_RELEASE_MINUTES = 120
 

@@ -18,6 +18,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
 
+from server.clock import LOCAL_TZ, now_ms
 from server.errors import DomainError
 from server.exchange.base import HoldRequest, TicketInfo
 from server.exchange.errors import DepartureNotFound, ExchangeError
@@ -25,8 +26,7 @@ from server.security.principal import Principal
 from server.services.alerts import AlertService
 from server.services.audit import AuditService
 from server.services.jobs import RecordFailures
-from server.services.orders import OrderService, actor_label, now_ms
-from server.services.planning import LOCAL_TZ
+from server.services.orders import OrderService, actor_label
 from server.services.realname import same_person
 from server.services.rules import RuleService
 from server.services.seats import SeatService

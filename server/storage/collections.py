@@ -17,6 +17,9 @@ from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import CollectionInvalid, OperationFailure
 
+from server.security.principal import STAFF_ROLES
+from server.vocabulary import ID_TYPES, TICKET_TYPES
+
 log = logging.getLogger(__name__)
 
 # --- reusable field schemas -------------------------------------------------------------------
@@ -35,16 +38,11 @@ GEO_POINT = {
                    "coordinates": {"bsonType": "array", "minItems": 2, "maxItems": 2,
                                    "items": {"bsonType": ["double", "int"]}}},
 }
-ROLES = ["passenger", "agent", "phone_agent", "kiosk", "gate", "station_staff", "operator",
-         "finance", "authority"]
-TICKET_TYPES = ["adult", "child", "student", "senior", "military", "disabled"]
 ORDER_STATUSES = ["pending_payment", "paid", "issued", "completed", "cancelled", "expired",
                   "refunding", "refunded", "failed"]
 TICKET_STATUSES = ["held", "issued", "picked_up", "checked_in", "refunded", "voided", "changed",
                    "released", "refunding", "voiding", "changing"]
 DEPARTURE_STATUSES = ["on_sale", "stopped", "departed", "cancelled"]
-ID_TYPES = ["resident_id", "passport", "hk_macau_permit", "taiwan_permit",
-            "hmt_residence_permit", "foreign_permanent_residence"]
 
 
 def _obj(required: list[str], **properties: Any) -> dict[str, Any]:
@@ -184,9 +182,9 @@ COLLECTIONS: list[CollectionSpec] = [
     ]),
     CollectionSpec("passengers", _obj(
         ["member_id", "name", "id_type", "id_no_enc", "id_no_index", "id_no_masked"],
-        member_id=NONEMPTY, name=NONEMPTY, id_type={"enum": ID_TYPES},
+        member_id=NONEMPTY, name=NONEMPTY, id_type={"enum": list(ID_TYPES)},
         id_no_enc=NONEMPTY, id_no_index=NONEMPTY, id_no_masked=NONEMPTY,
-        phone_enc=STR, ticket_type={"enum": TICKET_TYPES}), [
+        phone_enc=STR, ticket_type={"enum": list(TICKET_TYPES)}), [
         _ix([("member_id", ASCENDING), ("id_type", ASCENDING), ("id_no_index", ASCENDING)],
             "member_document_unique", unique=True),
     ]),
@@ -204,7 +202,7 @@ COLLECTIONS: list[CollectionSpec] = [
         ["ticket_no", "order_no", "departure_id", "ticket_type", "price", "status",
          "passenger"],
         ticket_no=NONEMPTY, order_no=NONEMPTY, departure_id=NONEMPTY,
-        ticket_type={"enum": TICKET_TYPES}, price=FEN, status={"enum": TICKET_STATUSES},
+        ticket_type={"enum": list(TICKET_TYPES)}, price=FEN, status={"enum": TICKET_STATUSES},
         seat={"bsonType": ["int", "null"]}, active=BOOL,
         passenger={"bsonType": "object",
                    "required": ["name", "id_type", "id_no_index", "id_no_masked"]}), [
@@ -246,7 +244,7 @@ COLLECTIONS: list[CollectionSpec] = [
         ["username", "password_hash", "role", "status", "created_at"],
         username={"bsonType": "string", "pattern": "^[a-z][a-z0-9_.-]{2,31}$"},
         password_hash=NONEMPTY, name=STR,
-        role={"enum": [r for r in ROLES if r != "passenger"]},
+        role={"enum": list(STAFF_ROLES)},
         region=DIVISION, station_id=STR, outlet_id=STR,
         status={"enum": ["active", "disabled"]}, created_at=DATE), [
         _ix("username", "username_unique", unique=True),

@@ -7,6 +7,7 @@ import json
 import time
 from typing import Any
 
+from server.clock import LOCAL_TZ
 from server.exchange.adapters.http import HttpStationExchange, need
 from server.exchange.base import (
     VEHICLE_GRADES,
@@ -32,7 +33,6 @@ from server.exchange.errors import (
     SoldOut,
     StationUnreachable,
 )
-from server.services.planning import LOCAL_TZ
 
 STATUS_IN = {"SELLING": "on_sale", "STOPPED": "stopped", "CANCELLED": "cancelled"}
 ERRORS: dict[str, type[ExchangeError]] = {

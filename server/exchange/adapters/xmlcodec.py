@@ -22,8 +22,9 @@ from typing import Any
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as safe_fromstring
 
+from server.clock import LOCAL_TZ
+
 ENCODING = "GBK"
-LOCAL = dt.timezone(dt.timedelta(hours=8))
 TIME_FORMAT = "%Y%m%d%H%M%S"
 MAX_SKEW = dt.timedelta(minutes=5)
 
@@ -37,11 +38,11 @@ class XmlFormatError(ValueError):
 
 
 def local_time(value: dt.datetime) -> str:
-    return value.astimezone(LOCAL).strftime(TIME_FORMAT)
+    return value.astimezone(LOCAL_TZ).strftime(TIME_FORMAT)
 
 
 def parse_local_time(text: str) -> dt.datetime:
-    return dt.datetime.strptime(text, TIME_FORMAT).replace(tzinfo=LOCAL)
+    return dt.datetime.strptime(text, TIME_FORMAT).replace(tzinfo=LOCAL_TZ)
 
 
 def _list_digest(items: list[dict[str, str]]) -> str:
