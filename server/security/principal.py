@@ -68,6 +68,11 @@ class Principal:
             query["division"] = {"$regex": "^" + region_prefix(self.region)}
         return query
 
+    @property
+    def label(self) -> str:
+        """How history entries name the actor: ``member:<id>`` or ``<role>:<id>``."""
+        return f"member:{self.id}" if self.role == PASSENGER else f"{self.role}:{self.id}"
+
     def claims(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
 

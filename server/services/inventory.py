@@ -41,7 +41,7 @@ from server.exchange.errors import (
     HoldNotFound,
     InvalidSegment,
 )
-from server.storage.seats import EXPIRING, ScriptError, SeatScripts
+from server.storage.seats import EXPIRING, ScriptError, SeatScripts, holds_key, seats_key
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ class NativeInventory:
                                  now: dt.datetime) -> dict[str, Any] | None:
         """The hold's record is not in MongoDB (another process's journal had not written it,
         or it was lost): record the sell intent from the hold Redis still has."""
-        raw = await self._redis.hget(f"inv:{{dep:{departure_id}}}:holds", hold_id)
+        raw = await self._redis.hget(holds_key(departure_id), hold_id)
         if raw is None:
             return None
         channel, expires_ms, frm, to, seats = raw.split("|")
@@ -323,7 +323,7 @@ class NativeInventory:
         dep = await self._db.departures.find_one({"_id": departure_id})
         if dep is None:
             raise DepartureNotFound(departure_id=departure_id)
-        if not await self._redis.exists(f"inv:{{dep:{departure_id}}}"):
+        if not await self._redis.exists(seats_key(departure_id)):
             return  # the next load reads the new settings
         source = await self.ticket_source(dep)
         await self._call("configure", departure_id,

@@ -44,7 +44,7 @@ from server.exchange.errors import (
 )
 from server.notices import NoticeOutbox
 from server.security.pii import PiiVault, mask_id, mask_phone
-from server.security.principal import PASSENGER, Principal
+from server.security.principal import Principal
 from server.services.events import Topic
 from server.services.jobs import RecordFailures
 from server.services.members import MemberService, normalize_phone
@@ -207,7 +207,7 @@ class OrderService:
             "children": [self._child(c) for c in children],
             "actor": actor.audit_actor(), "rules_version": rules.version,
             "history": [{"at": now, "from": None, "to": "pending_payment",
-                         "actor": actor_label(actor), "reason": "created"}]}
+                         "actor": actor.label, "reason": "created"}]}
         if actor.kind == "member":
             order["member_id"] = actor.id
         if actor.outlet_id:
@@ -431,7 +431,7 @@ class OrderService:
 
     async def cancel(self, actor: Principal, order_no: str) -> dict[str, Any]:
         order = await self._visible(actor, order_no)
-        done = await self.transition(order_no, "cancelled", actor_label(actor),
+        done = await self.transition(order_no, "cancelled", actor.label,
                                      "cancelled by buyer", from_states={"pending_payment"},
                                      also=self._release_tickets)
         if done is None:
@@ -635,6 +635,3 @@ class OrderService:
                         for h in order.get("history", [])],
         }
 
-
-def actor_label(actor: Principal) -> str:
-    return f"{actor.role}:{actor.id}" if actor.role != PASSENGER else f"member:{actor.id}"

@@ -26,7 +26,7 @@ from server.security.principal import Principal
 from server.services.alerts import AlertService
 from server.services.audit import AuditService
 from server.services.jobs import RecordFailures
-from server.services.orders import OrderService, actor_label
+from server.services.orders import OrderService
 from server.services.realname import same_person
 from server.services.rules import RuleService
 from server.services.seats import SeatService
@@ -129,7 +129,7 @@ class TicketService:
         done = await self._db.tickets.update_one(
             {"_id": ticket["_id"], "status": "issued"},
             {"$set": {"status": "picked_up", "picked_up": {
-                "at": now_ms(), "by": actor_label(actor), "station_ticket_no": printed}}})
+                "at": now_ms(), "by": actor.label, "station_ticket_no": printed}}})
         if done.modified_count != 1:
             raise DomainError("ALREADY_PICKED_UP")
         await self._audit.record(actor, "ticket.pickup", target=ticket["ticket_no"])
@@ -173,7 +173,7 @@ class TicketService:
             raise DomainError("REFUND_FEE_CHANGED", fee=quote["fee"])
         busy = await self._begin(ticket, "refunding", {
             "fee": quote["fee"], "amount": quote["refund_amount"],
-            "actor": actor_label(actor), "reason": "refund"})
+            "actor": actor.label, "reason": "refund"})
         try:
             await self._seats.refund(ticket["departure_id"], ticket["sale_id"],
                                      (ticket["seat"],))
@@ -182,7 +182,7 @@ class TicketService:
                                               {"$set": {"status": busy["status"]}})
             raise
         await self._finish(ticket, order, "refunded", quote["fee"], quote["refund_amount"],
-                           actor_label(actor), "refund")
+                           actor.label, "refund")
         return {**quote, "status": "refunded"}
 
     # --- void (废票) -------------------------------------------------------------------------
@@ -192,7 +192,7 @@ class TicketService:
         if ticket["status"] not in REFUNDABLE:
             raise DomainError("NOT_REFUNDABLE", reason=ticket["status"])
         busy = await self._begin(ticket, "voiding", {
-            "fee": 0, "amount": ticket["price"], "actor": actor_label(actor),
+            "fee": 0, "amount": ticket["price"], "actor": actor.label,
             "reason": f"void: {reason}"})
         try:
             await self._seats.void(ticket["departure_id"], ticket["sale_id"], (ticket["seat"],))
@@ -200,7 +200,7 @@ class TicketService:
             await self._db.tickets.update_one({"_id": ticket["_id"]},
                                               {"$set": {"status": busy["status"]}})
             raise
-        await self._finish(ticket, order, "voided", 0, ticket["price"], actor_label(actor),
+        await self._finish(ticket, order, "voided", 0, ticket["price"], actor.label,
                            f"void: {reason}")
         await self._audit.record(actor, "ticket.void", target=ticket_no,
                                  details={"reason": reason, "order_no": order["order_no"]})
@@ -339,7 +339,7 @@ class TicketService:
         hold_id = f"C{ticket['ticket_no']}"
         busy = await self._begin(ticket, "changing", {"target": departure_id,
                                                       "hold_id": hold_id,
-                                                      "actor": actor_label(actor)})
+                                                      "actor": actor.label})
         try:
             hold = await self._seats.hold(departure_id, HoldRequest(
                 hold_id, order["channel"], 1, ticket["from_seq"], ticket["to_seq"],

@@ -28,9 +28,20 @@ class ScriptError(Exception):
 
 
 def departure_keys(departure_id: str) -> list[str]:
+    """The six keys of a departure's seats, in the order the scripts take them."""
     tag = f"{{dep:{departure_id}}}"
     return [f"inv:{tag}", f"inv:{tag}:alloc", f"inv:{tag}:holds", f"inv:{tag}:hexp",
             f"inv:{tag}:sold", f"ev:{tag}"]
+
+
+def seats_key(departure_id: str) -> str:
+    """The hash of a departure's seats (exists once the departure is loaded in Redis)."""
+    return departure_keys(departure_id)[0]
+
+
+def holds_key(departure_id: str) -> str:
+    """The hash of a departure's live holds, by hold id."""
+    return departure_keys(departure_id)[2]
 
 
 def _split_scripts(text: str) -> dict[str, str]:
