@@ -30,6 +30,17 @@ async def app_member(api: ApiClient) -> str:
             ).body["token"]  # type: ignore[no-any-return]
 
 
+async def app_order(api: ApiClient, db: Any, token: str, offset: int, index: int
+                    ) -> dict[str, Any]:
+    """An app order of one passenger on a native departure ``offset`` days ahead."""
+    dep = await native_departure(db, offset, index)
+    resp = await api.post("/api/v1/orders", {"departure_id": dep["_id"], "channel": "app",
+                                             "contact_phone": "13812345678",
+                                             "passengers": [person()]}, token=token)
+    assert resp.status == 201, resp.text
+    return resp.body  # type: ignore[no-any-return]
+
+
 async def member(api: ApiClient) -> str:
     code = (await api.post("/sandbox/wechat/login-code",
                            {"openid": "o-" + uuid.uuid4().hex})).body["code"]

@@ -16,7 +16,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from payments.service import refund_no
 from payments.wechatpay import encrypt_resource, load_private, load_public, sign, verify
-from tests.booking_support import app_member, native_departure, person
+from tests.booking_support import app_member, app_order, native_departure, person
 from tests.support import TEST_SECRETS, ApiClient
 
 V3 = TEST_SECRETS["KEYUN_WECHATPAY_API_V3_KEY"].encode()
@@ -249,10 +249,7 @@ def alipay_notice(providers, fields: dict, sign_type: str = "RSA2") -> bytes:
 @pytest.mark.gen_test(timeout=60)
 async def test_alipay_app_pay_and_forged_notices(api: ApiClient, db, providers) -> None:
     token = await app_member(api)
-    dep = await native_departure(db, 9, 8)
-    order = (await api.post("/api/v1/orders", {"departure_id": dep["_id"], "channel": "app",
-                                               "contact_phone": "13812345678",
-                                               "passengers": [person()]}, token=token)).body
+    order = await app_order(api, db, token, 9, 8)
     pay = await api.post(f"/api/v1/orders/{order['order_no']}/pay", {"method": "alipay_app"},
                          token=token)
     assert pay.status == 200, pay.text
@@ -509,10 +506,7 @@ async def test_outlet_deposits_are_recorded_once(api: ApiClient, db) -> None:
 @pytest.mark.gen_test(timeout=60)
 async def test_duplicate_alipay_notices_settle_once(api: ApiClient, db, providers) -> None:
     token = await app_member(api)
-    dep = await native_departure(db, 6, 10)
-    order = (await api.post("/api/v1/orders", {"departure_id": dep["_id"], "channel": "app",
-                                               "contact_phone": "13812345678",
-                                               "passengers": [person()]}, token=token)).body
+    order = await app_order(api, db, token, 6, 10)
     pay = (await api.post(f"/api/v1/orders/{order['order_no']}/pay", {"method": "alipay_app"},
                           token=token)).body
     await AsyncHTTPClient().fetch(f"{providers.url}/_sandbox/alipay/state", method="POST",

@@ -16,7 +16,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from payments.base import Attempt, PaymentError
 from payments.wechatpay import WeChatPay, WeChatPayConfig
-from tests.booking_support import app_member
+from tests.booking_support import app_member, app_order
 from tests.support import TEST_SECRETS, ApiClient
 from tests.test_payments import pending_payment, sandbox, wait_refund, wait_status
 
@@ -151,14 +151,10 @@ async def test_forged_refund_notices_are_rejected(api: ApiClient, db, providers,
 
 @pytest.mark.gen_test(timeout=90)
 async def test_app_payments_use_the_mobile_apps_appid(api: ApiClient, db, providers) -> None:
-    from tests.booking_support import native_departure, person
     from tests.test_payments import forged
 
     token = await app_member(api)
-    dep = await native_departure(db, 5, 9)
-    order = (await api.post("/api/v1/orders", {"departure_id": dep["_id"], "channel": "app",
-                                               "contact_phone": "13812345678",
-                                               "passengers": [person()]}, token=token)).body
+    order = await app_order(api, db, token, 5, 9)
     pay = await api.post(f"/api/v1/orders/{order['order_no']}/pay", {"method": "wechat_app"},
                          token=token)
     assert pay.status == 200, pay.text
@@ -285,13 +281,9 @@ async def test_a_notification_for_a_provider_not_configured_is_refused(services)
 async def test_an_alipay_refund_the_provider_refuses_goes_to_finance(api: ApiClient, db,
                                                                      providers,
                                                                      services) -> None:
-    from tests.booking_support import native_departure, person
 
     token = await app_member(api)
-    dep = await native_departure(db, 5, 11)
-    order = (await api.post("/api/v1/orders", {"departure_id": dep["_id"], "channel": "app",
-                                               "contact_phone": "13812345678",
-                                               "passengers": [person()]}, token=token)).body
+    order = await app_order(api, db, token, 5, 11)
     assert (await api.post(f"/api/v1/orders/{order['order_no']}/pay",
                            {"method": "alipay_app"}, token=token)).status == 200
     await api.post(f"/sandbox/payments/{order['order_no']}/confirm")
