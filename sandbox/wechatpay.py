@@ -9,7 +9,9 @@ key, signs every answer with its own platform key (public-key mode serial), and 
 Like the real platform it checks the appid of each prepay against the kind (the
 mini-program's for JSAPI, the mobile app's for APP); refunds are asynchronous (answered
 ``PROCESSING``, settled a moment later and notified as ``REFUND.SUCCESS`` — or
-``REFUND.CLOSED`` / ``REFUND.ABNORMAL`` when a test asks for it), and queried at
+``REFUND.CLOSED`` / ``REFUND.ABNORMAL`` when a test asks for it, after the delay it sets, its
+notice lost if it says so — ``POST /_sandbox/wechatpay/refunds`` ``{"outcomes", "delay_ms",
+"drop_notices"}``; payment-notice faults never touch refund notices), and queried at
 ``GET /v3/refund/domestic/refunds/{out_refund_no}``; a day's trade bill exists from the next
 day on (``NO_STATEMENT_EXIST`` for a day without trades). ``POST /_sandbox/wechatpay/age``
 moves a paid transaction's time back by whole days, so tests can reconcile "yesterday".
@@ -54,6 +56,7 @@ class WxPayState:
         self.faults = {"drop": 0, "duplicate": 0, "delay_ms": 0, "reorder": 0}
         self.refund_outcomes: list[str] = []  # the next refunds end so (CLOSED, ABNORMAL)
         self.refund_delay = 0.3  # seconds from PROCESSING to the outcome
+        self.drop_refund_notices = 0  # refund notices to lose (payment notices: faults)
         self.notices: list[dict[str, Any]] = []  # the last notices sent (headers, body)
         self.held: list[dict[str, Any]] = []  # notices kept back to be sent out of order
         self.delivered: list[str] = []
@@ -209,8 +212,8 @@ class RefundHandler(WxPayHandler):
                 tx["state"] = "REFUND"
         if not refund.get("notify_url"):
             return
-        if self.wx.faults["drop"] > 0:  # a lost notice: only a refund query tells
-            self.wx.faults["drop"] -= 1
+        if self.wx.drop_refund_notices > 0:  # a lost notice: only a refund query tells
+            self.wx.drop_refund_notices -= 1
             return
         payload = {"mchid": self.wx.mchid, "out_trade_no": refund["out_trade_no"],
                    "transaction_id": refund["transaction_id"],
@@ -378,9 +381,16 @@ class ControlHandler(RequestHandler):
                                                           "reorder") if k in b})
             self.finish({"faults": self.wx.faults})
             return
-        if action == "refunds":  # how the next refunds end, e.g. {"outcomes": ["CLOSED"]}
-            self.wx.refund_outcomes = [str(o) for o in b.get("outcomes", [])]
-            self.finish({"outcomes": self.wx.refund_outcomes})
+        if action == "refunds":  # how the next refunds end, e.g. {"outcomes": ["CLOSED"]},
+            if "outcomes" in b:  # how long they take, how many of their notices are lost
+                self.wx.refund_outcomes = [str(o) for o in b["outcomes"]]
+            if "delay_ms" in b:
+                self.wx.refund_delay = int(b["delay_ms"]) / 1000
+            if "drop_notices" in b:
+                self.wx.drop_refund_notices = int(b["drop_notices"])
+            self.finish({"outcomes": self.wx.refund_outcomes,
+                         "delay_ms": int(self.wx.refund_delay * 1000),
+                         "drop_notices": self.wx.drop_refund_notices})
             return
         tx = self.wx.transactions.get(str(b.get("out_trade_no", "")))
         if action == "age":
