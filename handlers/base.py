@@ -144,13 +144,6 @@ class ApiHandler(RequestHandler):
     def request_id(self) -> str:
         return request_id_var.get()
 
-    @property
-    def client_address(self) -> str:
-        """The client's address (X-Forwarded-For believed only from trusted proxies)."""
-        return client_address(self.request.remote_ip or "",
-                              self.request.headers.get("X-Forwarded-For", ""),
-                              self.application.settings["trusted_networks"])
-
     # --- lifecycle --------------------------------------------------------------------------
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")
@@ -162,7 +155,7 @@ class ApiHandler(RequestHandler):
         request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         request_id_var.set(request_id)
         self.set_header("X-Request-Id", request_id)
-        client_ip_var.set(self.client_address)
+        client_ip_var.set(request_client(self))
         self.metrics.in_flight.inc()
         self._counted = True
         self.current_user = await self._principal_from_header()
@@ -292,7 +285,7 @@ class ApiHandler(RequestHandler):
                               field="Idempotency-Key")
         store = self.services.idempotency
         scope = f"{self.current_user.kind}:{self.current_user.id}" if self.current_user \
-            else f"ip:{self.client_address}"
+            else f"ip:{client_ip_var.get()}"
         fingerprint = store.fingerprint(self.request.method or "", self.request.path,
                                         self.request.body)
         replay = await store.begin(scope, key, fingerprint)
@@ -327,9 +320,7 @@ class PageHandler(RequestHandler):
     def prepare(self) -> None:
         request_id = uuid.uuid4().hex
         request_id_var.set(request_id)
-        client_ip_var.set(client_address(self.request.remote_ip or "",
-                                         self.request.headers.get("X-Forwarded-For", ""),
-                                         self.application.settings["trusted_networks"]))
+        client_ip_var.set(request_client(self))
         self.set_header("X-Request-Id", request_id)
 
     def on_finish(self) -> None:
@@ -349,6 +340,13 @@ class NotFoundHandler(ApiHandler):
     async def prepare(self) -> None:
         await super().prepare()
         raise HTTPError(404)
+
+
+def request_client(handler: RequestHandler) -> str:
+    """The client's address: X-Forwarded-For believed only from KEYUN_TRUSTED_PROXIES."""
+    return client_address(handler.request.remote_ip or "",
+                          handler.request.headers.get("X-Forwarded-For", ""),
+                          handler.application.settings["config"].trusted_networks)
 
 
 def _json_default(value: Any) -> Any:

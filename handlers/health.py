@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from handlers.base import ApiHandler, api, route
-from server.config import is_loopback
 from server.errors import DomainError
 from server.metrics import CONTENT_TYPE
 from server.schema import obj
-from server.security.addresses import in_networks
+from server.security.addresses import in_networks, is_loopback
 
 _CHECK = {"type": "object", "properties": {"ok": {"type": "boolean"},
                                            "latency_ms": {"type": "number"},

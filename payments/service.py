@@ -33,7 +33,7 @@ from payments.base import (
     ProviderRegistry,
     RefundResult,
 )
-from server.clock import LOCAL_TZ, now_ms
+from server.clock import LOCAL_TZ, local_today, now_ms
 from server.errors import DomainError, calendar_day
 from server.security.principal import Principal
 from server.services.alerts import AlertService
@@ -56,6 +56,11 @@ ATTEMPT_STARTING = dt.timedelta(seconds=30)  # a created attempt older than this
 def refund_no(request_id: str) -> str:
     """The out_refund_no of a refund request: the same request, the same number, forever."""
     return "RF" + hashlib.sha256(request_id.encode()).hexdigest()[:30]
+
+
+def _outlet_of(attempt: dict[str, Any]) -> str | None:
+    """The outlet whose deposit paid an attempt (older attempts name it in their actor)."""
+    return attempt.get("outlet_id") or (attempt.get("actor") or {}).get("outlet_id")
 
 
 def refund_view(request: dict[str, Any]) -> dict[str, Any]:
@@ -473,23 +478,20 @@ class PaymentService:
         """Back to the agent's deposit (the movement and the credit in one transaction);
         cash and card refunds are paid at the window."""
         amount = int(request["amount"])
-        outlet_id = attempt.get("outlet_id") or (attempt.get("actor") or {}).get("outlet_id")
+        to_deposit = attempt["provider"] == "agent_balance"
 
         async def credit(session: AsyncClientSession) -> bool:
             if not await self.refunds.settle(request["_id"], session,
                                              from_states=("sending", "attention"),
                                              out_refund_no=out_refund_no):
                 return False
-            if attempt["provider"] == "agent_balance":
-                await self._movement(f"refund:{out_refund_no}", "refund", attempt, amount,
-                                     session, out_refund_no=out_refund_no)
-                await self._db.outlets.update_one({"_id": outlet_id},
+            await self._movement(f"refund:{out_refund_no}", "refund", attempt, amount,
+                                 session, out_refund_no=out_refund_no,
+                                 **({} if to_deposit else {"paid_out": "at the station window"}))
+            if to_deposit:
+                await self._db.outlets.update_one({"_id": _outlet_of(attempt)},
                                                   {"$inc": {"balance": amount}},
                                                   session=session)
-            else:
-                await self._movement(f"refund:{out_refund_no}", "refund", attempt, amount,
-                                     session, out_refund_no=out_refund_no,
-                                     paid_out="at the station window")
             await self._refund_notice(request, out_refund_no, session)
             return True
 
@@ -597,7 +599,7 @@ class PaymentService:
                         amount: int, session: AsyncClientSession | None = None,
                         **extra: Any) -> bool:
         """Record a money movement once (by its id); True when this call recorded it."""
-        outlet_id = attempt.get("outlet_id") or (attempt.get("actor") or {}).get("outlet_id")
+        outlet_id = _outlet_of(attempt)
         if attempt["provider"] == "agent_balance" and outlet_id:
             extra["outlet_id"] = outlet_id
         done = await self._db.money_movements.update_one(
@@ -635,7 +637,7 @@ class PaymentService:
             provider = self.providers.get(provider_id)
         except KeyError:
             raise DomainError("NOT_FOUND", "No such payment provider.") from None
-        if day >= now_ms().astimezone(LOCAL_TZ).date():
+        if day >= local_today():
             raise DomainError("STATEMENT_NOT_READY", bill_date=bill_date)
         try:
             lines = await provider.statement(bill_date)

@@ -256,7 +256,6 @@ def make_app(settings: Settings, mongo: AsyncMongoClient[Any], redis: aioredis.R
         mongo=mongo,
         redis=redis,
         openapi=docs.build_openapi(routes),
-        trusted_networks=settings.trusted_networks,
         default_handler_class=NotFoundHandler,
         log_function=log_request,
         compress_response=True,

@@ -9,13 +9,15 @@ prints before exiting with status 2.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
+import functools
 import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from server.security.addresses import Network, is_loopback, parse_networks
 
 STATION_CALL_SECONDS = 5.0  # how long Keyun waits for a station system's answer
 
@@ -122,8 +124,6 @@ def _parse_index_key(raw: Any) -> str:
 
 
 def _parse_networks(raw: Any) -> str:
-    from server.security.addresses import parse_networks
-
     text = str(raw).strip()
     parse_networks(text)  # ValueError names the bad entry
     return text
@@ -239,16 +239,12 @@ class Settings:
     env_explicit: bool = field(default=False,
                                metadata={"doc": "KEYUN_ENV was set, not taken by default"})
 
-    @property
-    def trusted_networks(self) -> tuple[Any, ...]:
-        from server.security.addresses import parse_networks
-
+    @functools.cached_property
+    def trusted_networks(self) -> tuple[Network, ...]:
         return parse_networks(self.trusted_proxies)
 
-    @property
-    def metrics_networks(self) -> tuple[Any, ...]:
-        from server.security.addresses import parse_networks
-
+    @functools.cached_property
+    def metrics_networks(self) -> tuple[Network, ...]:
         return parse_networks(self.metrics_scrapers)
 
     @property
@@ -272,15 +268,6 @@ class Settings:
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def setting_fields() -> list[dataclasses.Field[Any]]:

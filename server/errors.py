@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from server.clock import parse_day, parse_instant
+
 # code -> (HTTP status, default message). 400: the request does not match the OpenAPI
 # document (malformed); 422: it does, but what it says is refused (a check character, a rule,
 # a combination); 409: the state of things does not allow it now.
@@ -157,11 +159,8 @@ def error_body(code: str, message: str | None = None, **details: Any) -> dict[st
 
 def calendar_day(text: str, *, code: str, field: str) -> dt.date:
     """A day written YYYY-MM-DD (service days, bill days); anything else is ``code``."""
-    try:
-        day = dt.date.fromisoformat(text)
-    except (TypeError, ValueError):
-        day = None
-    if day is not None and day.isoformat() == text:  # not 20261124 nor 2026-W48-2
+    day = parse_day(text) if isinstance(text, str) else None
+    if day is not None:
         return day
     raise DomainError(code, f"{field} must be a day, YYYY-MM-DD.", field=field)
 
@@ -169,8 +168,6 @@ def calendar_day(text: str, *, code: str, field: str) -> dt.date:
 def aware_time(text: str, *, code: str, message: str, field: str) -> dt.datetime:
     """An RFC 3339 time with its UTC offset (as the API documents ``date-time``); anything
     else (a naive time too) is ``code``."""
-    from server.schema import parse_instant
-
     at = parse_instant(text) if isinstance(text, str) else None
     if at is None:
         raise DomainError(code, message, field=field)

@@ -28,6 +28,16 @@ def parse_networks(text: str) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address is this machine's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def in_networks(address: str, networks: Iterable[Network]) -> bool:
     """Whether an address lies in one of the networks (an invalid address lies in none)."""
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from server.clock import LOCAL_TZ
@@ -27,12 +26,12 @@ class AlertService:
                           details: dict[str, Any] | None = None) -> None:
         """Open the alert of ``key`` (or count one more occurrence of it while open)."""
         now = dt.datetime.now(dt.UTC)
-        await self._alerts.find_one_and_update(
+        await self._alerts.update_one(
             {"_id": key},
             {"$setOnInsert": {"created_at": now},
              "$set": {"kind": kind, "message": message, "details": details or {},
                       "status": "open", "last_at": now},
-             "$inc": {"count": 1}}, upsert=True, return_document=ReturnDocument.AFTER)
+             "$inc": {"count": 1}}, upsert=True)
 
     async def close(self, key: str, actor: Principal, outcome: str) -> None:
         await self._alerts.update_one(

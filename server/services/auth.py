@@ -35,6 +35,12 @@ from server.storage.attempts import Backoff, FailureLimit
 log = logging.getLogger(__name__)
 
 REVOCATION_CACHE_SECONDS = 15.0
+SCOPE_FIELDS = ("region", "station_id", "outlet_id")
+
+
+def _changed_key(staff_id: str) -> str:
+    """When the account last changed in a way that ends its sign-ins (Unix seconds)."""
+    return f"auth:staff-changed:{staff_id}"
 
 
 def _now() -> dt.datetime:
@@ -72,7 +78,7 @@ class AuthService:
         cached = self._changed.get(staff_id)
         if cached is not None and now - cached[0] < REVOCATION_CACHE_SECONDS:
             return cached[1]
-        value = int(await self._redis.get(f"auth:staff-changed:{staff_id}") or 0)
+        value = int(await self._redis.get(_changed_key(staff_id)) or 0)
         if len(self._changed) > 10_000:
             self._changed.clear()
         self._changed[staff_id] = (now, value)
@@ -193,12 +199,7 @@ class AuthService:
         if role not in STAFF_ROLES:
             raise DomainError("INVALID_VALUE", f"Unknown staff role {role!r}.", field="role")
         scope = {"region": region, "station_id": station_id, "outlet_id": outlet_id}
-        needed = ROLE_SCOPE.get(role)
-        if needed and not scope[needed]:
-            raise DomainError("SCOPE_REQUIRED", f"Role {role} needs {needed}.", field=needed)
-        if station_id and await self._db.stations.count_documents({"_id": station_id},
-                                                                   limit=1) == 0:
-            raise DomainError("STATION_NOT_FOUND", field="station_id")
+        await self._check_scope(role, scope, station_id)
         doc: dict[str, Any] = {
             "_id": "stf_" + uuid.uuid4().hex[:16],
             "username": username.strip().lower(),
@@ -224,28 +225,20 @@ class AuthService:
         staff = await self._db.staff.find_one({"_id": staff_id})
         if staff is None:
             raise DomainError("NOT_FOUND", "No such staff account.")
-        if staff_id == actor.id and any(k in changes for k in ("status", "role", "region",
-                                                                "station_id", "outlet_id")):
+        ends_sign_ins = any(k in changes for k in ("status", "role", *SCOPE_FIELDS))
+        if staff_id == actor.id and ends_sign_ins:
             raise DomainError("CANNOT_CHANGE_OWN_ACCOUNT")
         updated = {**staff, **changes}
-        role = updated["role"]
-        needed = ROLE_SCOPE.get(role)
-        scope_fields = ("region", "station_id", "outlet_id")
-        if needed and not updated.get(needed):
-            raise DomainError("SCOPE_REQUIRED", f"Role {role} needs {needed}.", field=needed)
-        if changes.get("station_id") and await self._db.stations.count_documents(
-                {"_id": changes["station_id"]}, limit=1) == 0:
-            raise DomainError("STATION_NOT_FOUND", field="station_id")
-        unset = {k: "" for k in scope_fields if k != needed and updated.get(k)
+        needed = await self._check_scope(updated["role"], updated, changes.get("station_id"))
+        unset = {k: "" for k in SCOPE_FIELDS if k != needed and updated.get(k)
                  and k not in changes}  # a new role keeps only the scope it needs
         update: dict[str, Any] = {"$set": {**changes, "updated_at": _now()}}
         if unset:
             update["$unset"] = unset
         doc = await self._db.staff.find_one_and_update({"_id": staff_id}, update,
                                                        return_document=ReturnDocument.AFTER)
-        ends_sign_ins = any(k in changes for k in ("status", "role", *scope_fields))
         if ends_sign_ins:
-            await self._redis.set(f"auth:staff-changed:{staff_id}", int(time.time()),
+            await self._redis.set(_changed_key(staff_id), int(time.time()),
                                   ex=self.access.ttl + 120)
             self._changed.pop(staff_id, None)
             await self._db.refresh_tokens.update_many(
@@ -253,6 +246,18 @@ class AuthService:
         await self._audit.record(actor, "staff.update", target=staff_id,
                                  details={"changes": sorted(changes)})
         return public_staff(doc)
+
+    async def _check_scope(self, role: str, scope: dict[str, Any], new_station: str | None
+                           ) -> str | None:
+        """The scope field the role needs (SCOPE_REQUIRED if missing); a station named
+        anew must exist. Returns the field's name (None for unscoped roles)."""
+        needed = ROLE_SCOPE.get(role)
+        if needed and not scope.get(needed):
+            raise DomainError("SCOPE_REQUIRED", f"Role {role} needs {needed}.", field=needed)
+        if new_station and await self._db.stations.count_documents({"_id": new_station},
+                                                                   limit=1) == 0:
+            raise DomainError("STATION_NOT_FOUND", field="station_id")
+        return needed
 
     async def list_staff(self, role: str | None = None) -> list[dict[str, Any]]:
         query = {"role": role} if role else {}
@@ -269,7 +274,7 @@ def public_staff(staff: dict[str, Any]) -> dict[str, Any]:
     """What the API shows of a staff account (never the hash)."""
     out = {"id": str(staff["_id"]), "username": staff["username"], "name": staff.get("name", ""),
            "role": staff["role"], "status": staff["status"]}
-    for key in ("region", "station_id", "outlet_id"):
+    for key in SCOPE_FIELDS:
         if staff.get(key):
             out[key] = staff[key]
     return out

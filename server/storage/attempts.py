@@ -47,9 +47,6 @@ class FailureLimit:
         values = await pipe.execute()
         return [int(v) for v in values[1::2]]
 
-    async def count(self, subject: str) -> int:
-        return int(await self.redis.get(self._key(subject)) or 0)
-
     async def clear(self, *subjects: str) -> None:
         await self.redis.delete(*(self._key(s) for s in subjects))
 
@@ -86,6 +83,3 @@ class Backoff:
         wait = min(self.cap, 2 ** (count - self.free))
         await self.redis.set(wait_key, 1, ex=wait)
         return wait
-
-    async def clear(self, subject: str) -> None:
-        await self.redis.delete(*self._keys(subject))
