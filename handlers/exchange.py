@@ -11,6 +11,7 @@ from server.security.principal import AUTHORITY, OPERATOR, STATION_STAFF
 STATION_STATUS = obj({"station_id": string(), "name": string(), "vendor": string(),
                       "online": {"type": "boolean"}, "offline_reason": string(),
                       "last_sync": {"type": ["object", "null"]},
+                      "sync_running": {"type": ["object", "null"]},
                       "calls_last_hour": {"type": "object"},
                       "p50_ms": {"type": ["number", "null"]},
                       "p99_ms": {"type": ["number", "null"]}},

@@ -21,7 +21,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
-from server.clock import local_today
+from server.clock import local_today, now_ms
 from server.errors import DomainError
 from server.exchange.base import SyncBatch
 from server.exchange.errors import BadStationResponse, ExchangeError
@@ -94,7 +94,7 @@ class SyncService:
                   if _system_key(s) == _system_key(station)] or [station_id]
         cursor = (station.get("sync") or {}).get("cursor")
         kind = "full" if full or not cursor else "incremental"
-        started = dt.datetime.now(dt.UTC)
+        started = now_ms()  # as stored, so the answer and the record agree
         clock = time.perf_counter()
         run: dict[str, Any] = {"station_id": station_id, "station_ids": served, "kind": kind,
                                "started_at": started, "outcome": "running"}
@@ -132,13 +132,17 @@ class SyncService:
         return run
 
     async def status(self, actor: Principal) -> list[dict[str, Any]]:
-        """Per proxied station the actor may see: online or not, the last sync run, the last
-        hour of calls."""
+        """Per proxied station the actor may see: online or not, the last finished sync run
+        and the one under way (if any), the last hour of calls."""
         since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
         out = []
         for station in await self.proxied_stations(actor.station_query()):
-            last = await self._db.sync_runs.find_one({"station_id": station["_id"]},
-                                                     sort=[("started_at", -1)])
+            last = await self._db.sync_runs.find_one(
+                {"station_id": station["_id"], "outcome": {"$ne": "running"}},
+                sort=[("started_at", -1)])
+            running = await self._db.sync_runs.find_one(
+                {"station_id": station["_id"], "outcome": "running"},
+                {"kind": 1, "started_at": 1}, sort=[("started_at", -1)])
             calls: dict[str, int] = {}
             latencies: list[float] = []
             async for call in self._db.station_calls.find(
@@ -154,6 +158,8 @@ class SyncService:
                 "last_sync": {k: last.get(k) for k in ("kind", "started_at", "outcome",
                                                         "duration_ms", "counts", "error")}
                 if last else None,
+                "sync_running": {"kind": running["kind"], "started_at": running["started_at"]}
+                if running else None,
                 "calls_last_hour": calls,
                 "p50_ms": latencies[len(latencies) // 2] if latencies else None,
                 "p99_ms": latencies[int(len(latencies) * 0.99)] if latencies else None})
