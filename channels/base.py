@@ -1,51 +1,83 @@
-"""Sales channels: each knows its code, its name and which payment methods it allows.
+"""Sales channels (渠道): one class per way to sell, and the registry that holds them.
 
-A channel is a way to sell (SPEC §1 渠道). Business rules per channel (allotments, quotas,
-credit limits) hang off these identifiers; new channels register with :func:`register`.
+Each channel says which principal sells on it (``sold_by``), the payment methods it takes
+(each one a provider of ``payments``), which orders its sellers may see (``order_scope``)
+and its booking rules: whether the buyer names the channel (members pick among the online
+ones) and whether ticket sources may limit it (``limited``: the station's own window never
+is). The core asks through ``server.sales``; the channel list of a deployment is here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from server.errors import DomainError
+from server.security.principal import Principal
 
 
-@dataclass(frozen=True)
 class SalesChannel:
-    """One way to sell seats."""
+    """One way to sell seats. Subclasses set the class attributes."""
 
-    identifier: str
-    name: str
-    kind: str
-    payment_methods: tuple[str, ...]
-    # whether each sale must come from a signed-in member (vs. staff acting for a caller)
-    member_required: bool = False
+    identifier: ClassVar[str]
+    name: ClassVar[str]  # as staff and reports show it
+    kind: ClassVar[str]
+    payment_methods: ClassVar[tuple[str, ...]]
+    limited: ClassVar[bool] = True
+    # a signed-in member buys on it (vs. staff selling for a caller at the counter or phone)
+    member_required: ClassVar[bool] = False
+    roles: ClassVar[tuple[str, ...]] = ()  # the staff roles that sell on it
 
+    def sold_by(self, actor: Principal) -> bool:
+        if self.member_required:
+            return actor.kind == "member"
+        return actor.is_staff and actor.role in self.roles
 
-_REGISTRY: dict[str, SalesChannel] = {}
+    def order_scope(self, actor: Principal) -> dict[str, Any]:
+        raise NotImplementedError
 
-
-def register(channel: SalesChannel) -> SalesChannel:
-    """Add a channel to the registry (identifiers are unique)."""
-    if channel.identifier in _REGISTRY:
-        raise ValueError(f"channel {channel.identifier!r} registered twice")
-    _REGISTRY[channel.identifier] = channel
-    return channel
-
-
-def get(identifier: str) -> SalesChannel:
-    return _REGISTRY[identifier]
+    def __repr__(self) -> str:
+        return f"<SalesChannel {self.identifier}>"
 
 
-def all_channels() -> list[SalesChannel]:
-    return list(_REGISTRY.values())
+class SalesChannels:
+    """The channels of a deployment, by identifier."""
 
+    def __init__(self, channels: list[SalesChannel], default_online: str) -> None:
+        self._by_id: dict[str, SalesChannel] = {}
+        for channel in channels:
+            if channel.identifier in self._by_id:
+                raise ValueError(f"channel {channel.identifier!r} registered twice")
+            self._by_id[channel.identifier] = channel
+        self._default_online = self._by_id[default_online]
 
-MINIAPP = register(SalesChannel("miniapp", "微信小程序", "miniapp", ("wechat_jsapi",), True))
-APP = register(SalesChannel("app", "手机APP", "app", ("wechat_app", "alipay_app"), True))
-WEB = register(SalesChannel("web", "网站(H5)", "web", ("alipay_wap", "wechat_jsapi"), True))
-AGENT = register(SalesChannel("agent", "代售点", "agent", ("agent_balance",)))
-KIOSK = register(SalesChannel("kiosk", "自助售票机", "kiosk", ("cash", "bank_card")))
-PHONE = register(SalesChannel("phone", "电话订票", "phone", ("alipay_wap", "wechat_jsapi",
-                                                              "pay_at_pickup")))
-PARTNER = register(SalesChannel("partner", "第三方合作方", "partner", ("partner_settlement",)))
-WINDOW = register(SalesChannel("window", "车站窗口", "window", ("cash", "bank_card")))
+    def get(self, identifier: str) -> SalesChannel:
+        return self._by_id[identifier]
+
+    def all(self) -> list[SalesChannel]:
+        return list(self._by_id.values())
+
+    def online(self) -> list[str]:
+        """The channels a member picks among."""
+        return [c.identifier for c in self._by_id.values() if c.member_required]
+
+    def limited(self) -> list[str]:
+        return sorted(c.identifier for c in self._by_id.values() if c.limited)
+
+    def of(self, actor: Principal) -> SalesChannel | None:
+        if actor.kind == "member":
+            return self._default_online
+        return next((c for c in self._by_id.values() if c.sold_by(actor)), None)
+
+    def selling(self, actor: Principal, requested: str | None = None) -> SalesChannel:
+        if actor.kind == "member":
+            channel = self._by_id.get(requested or self._default_online.identifier)
+            if channel is None or not channel.sold_by(actor):
+                raise DomainError("CHANNEL_NOT_ALLOWED", field="channel")
+            return channel
+        if requested is not None:
+            raise DomainError("UNKNOWN_FIELD", "Staff sell on their own channel.",
+                              field="channel")
+        channel = self.of(actor)
+        if channel is None:
+            raise DomainError("FORBIDDEN", "This account sells on no channel.")
+        return channel

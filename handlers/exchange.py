@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from channels.base import all_channels
+from channels import CHANNELS
 from handlers.base import ApiHandler, api, route
 from server.errors import DomainError
 from server.schema import array, integer, obj, string
@@ -23,7 +23,7 @@ SYNC_RUN = obj({"station_id": string(), "kind": string(), "outcome": string(),
                 "duration_ms": {"type": "number"}, "error": string()},
                ["station_id", "kind", "outcome"], additional=True)
 # the channels a ticket source can limit (never the station's own window)
-LIMITED = sorted(c.identifier for c in all_channels() if c.identifier != "window")
+LIMITED = CHANNELS.limited()
 COUNTS = {"type": "object", "propertyNames": {"enum": LIMITED},
           "additionalProperties": integer(0, 10_000)}
 SOURCE_BODY = obj({"allotments": COUNTS, "caps": COUNTS,

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
+from channels import CHANNELS
 from handlers.base import ApiHandler, api, route
-from server.errors import DomainError
 from server.schema import DATETIME, FEN, PHONE, array, integer, obj, string
 from server.security.principal import AGENT, KIOSK, PASSENGER, PHONE_AGENT, STATION_STAFF
 from server.vocabulary import ID_TYPES, TICKET_TYPES
 
 BUYERS = (PASSENGER, AGENT, PHONE_AGENT, KIOSK, STATION_STAFF)
-STAFF_CHANNEL = {AGENT: "agent", PHONE_AGENT: "phone", KIOSK: "kiosk",
-                 STATION_STAFF: "window"}
-MEMBER_CHANNELS = ["miniapp", "app", "web"]
 
 PASSENGER_IN = obj({
     "passenger_id": string(1, 40, description="a frequent passenger instead of the fields"),
@@ -23,7 +20,7 @@ CREATE = obj({
     "departure_id": string(1, 64), "passengers": array(PASSENGER_IN, minItems=1),
     "children": array(CHILD_IN, description="accompanied children (携童), no seat"),
     "contact_phone": PHONE, "from_seq": integer(0), "to_seq": integer(1),
-    "channel": string(enum=MEMBER_CHANNELS, description="members: where they buy")},
+    "channel": string(enum=CHANNELS.online(), description="members: where they buy")},
     ["departure_id", "passengers", "contact_phone"])
 TICKET_OUT = obj({"ticket_no": string(), "seat": integer(1), "ticket_type": string(),
                   "price": FEN, "status": string(),
@@ -60,16 +57,9 @@ class OrdersHandler(ApiHandler):
                      "Send Idempotency-Key to retry safely.")
     async def post(self) -> None:
         b = self.body
-        principal = self.principal
-        if principal.role == PASSENGER:
-            channel = b.get("channel", "web")
-        else:
-            if "channel" in b:
-                raise DomainError("UNKNOWN_FIELD", "Staff sell on their own channel.",
-                                  field="channel")
-            channel = STAFF_CHANNEL[principal.role]
         order = await self.services.orders.create(
-            principal, channel, b["departure_id"], b["passengers"], b["contact_phone"],
+            self.principal, b.get("channel"), b["departure_id"], b["passengers"],
+            b["contact_phone"],
             children=b.get("children"), from_seq=b.get("from_seq"), to_seq=b.get("to_seq"))
         self.write_json(order, 201)
 

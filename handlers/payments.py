@@ -1,9 +1,10 @@
-"""Paying for an order, provider notifications, and the sandbox's payer confirmation."""
+"""Paying for an order, provider notifications, statements, outlet deposits, refunds."""
 
 from __future__ import annotations
 
 import logging
 
+from channels import CHANNELS
 from handlers.base import ApiHandler, api, route
 from handlers.orders import BUYERS
 from payments.base import NotificationRejected
@@ -13,16 +14,15 @@ from server.security.principal import FINANCE, OPERATOR
 
 log = logging.getLogger(__name__)
 
-PAY = obj({"method": string(enum=["wechat_jsapi", "wechat_app", "alipay_app", "alipay_wap",
-                                  "agent_balance", "cash", "bank_card"]),
+# every method some channel takes (each one a provider of the registry)
+METHODS = sorted({m for c in CHANNELS.all() for m in c.payment_methods})
+PAY = obj({"method": string(enum=METHODS),
            "tendered": FEN, "reference": string(1, 64, description="bank card slip")},
           ["method"])
 PAY_OUT = obj({"order_no": string(), "out_trade_no": string(), "method": string(),
                "amount": FEN, "params": {"type": "object",
                                          "description": "what the client pays with"}},
               ["order_no", "out_trade_no", "method", "amount", "params"])
-CONFIRMED = obj({"order_no": string(), "out_trade_no": string(),
-                 "confirmed": {"type": "boolean"}}, ["order_no", "confirmed"])
 
 
 class PayHandler(ApiHandler):
@@ -103,21 +103,8 @@ class OutletDepositHandler(ApiHandler):
          roles=(FINANCE, OPERATOR), body=DEPOSIT, response=DEPOSITED, tags=("payments",),
          errors=("OUTLET_NOT_FOUND",))
     async def post(self, outlet_id: str) -> None:
-        result = await self.services.payments.deposit(self.principal, outlet_id,
-                                                      self.body["amount"],
-                                                      self.body["reference"])
-        await self.services.audit.record(self.principal, "outlet.deposit", target=outlet_id,
-                                         details={"amount": self.body["amount"],
-                                                  "reference": self.body["reference"],
-                                                  "recorded": result["recorded"]})
-        self.write_json(result)
-
-
-class SandboxConfirmHandler(ApiHandler):
-    @api("Sandbox: the payer confirms in WeChat; the provider sandbox pays and notifies",
-         response=CONFIRMED, tags=("sandbox",), errors=("NOT_FOUND",))
-    async def post(self, order_no: str) -> None:
-        self.write_json(await self.services.payments.sandbox_confirm(order_no))
+        self.write_json(await self.services.payments.deposit(
+            self.principal, outlet_id, self.body["amount"], self.body["reference"]))
 
 
 default_handlers = [
@@ -127,7 +114,6 @@ default_handlers = [
     route("/api/v1/admin/statements/{provider}/{bill_date}", ReconcileHandler),
     route("/api/v1/admin/outlets/{outlet_id}/deposits", OutletDepositHandler),
 ]
-sandbox_handlers = [route("/sandbox/payments/{order_no}/confirm", SandboxConfirmHandler)]
 
 
 REFUND = obj({"refund_id": string(), "order_no": string(), "ticket_no": string(),

@@ -18,6 +18,8 @@ from server.schema import PHONE, obj, string
 LOGIN_CODE = obj({"openid": string(1, 64)}, ["openid"])
 CODE = obj({"code": string()}, ["code"])
 SMS_QUERY = obj({"phone": PHONE}, ["phone"], additional=True)
+CONFIRMED = obj({"order_no": string(), "out_trade_no": string(),
+                 "confirmed": {"type": "boolean"}}, ["order_no", "confirmed"])
 
 
 class SandboxHandler(ApiHandler):
@@ -53,7 +55,31 @@ class SmsLastHandler(SandboxHandler):
         self.write_json({"code": str(got.get("code") or "")})
 
 
+class PaymentConfirmHandler(ApiHandler):
+    @api("Sandbox: the payer confirms in WeChat or Alipay; the provider sandbox pays and "
+         "notifies", response=CONFIRMED, tags=("sandbox",), errors=("NOT_FOUND",))
+    async def post(self, order_no: str) -> None:
+        attempt = await self.services.payments.waiting_attempt(order_no)
+        if attempt is None or attempt["provider"] not in ("wechat", "alipay"):
+            raise DomainError("NOT_FOUND", "No payment of this order is waiting.")
+        if attempt["provider"] == "alipay":  # the payer's app hands Alipay the signed order
+            params = attempt.get("client_params") or {}
+            signed = params.get("order_string") or params.get("pay_url", "?").split("?", 1)[1]
+            resp = await AsyncHTTPClient().fetch(
+                self.config.alipay_gateway.removesuffix("/gateway.do") + "/_sandbox/alipay/pay",
+                method="POST", body=signed, raise_error=False)
+        else:
+            resp = await AsyncHTTPClient().fetch(
+                f"{self.config.wechatpay_api_base}/_sandbox/wechatpay/confirm", method="POST",
+                body=json.dumps({"out_trade_no": attempt["out_trade_no"]}), raise_error=False)
+        if resp.code != 200:
+            raise DomainError("NOT_FOUND", "The payment sandbox has no such transaction.")
+        self.write_json({"order_no": order_no, "out_trade_no": attempt["out_trade_no"],
+                         "confirmed": True})
+
+
 default_handlers = [
     route("/sandbox/wechat/login-code", WeChatLoginCodeHandler),
     route("/sandbox/sms/last", SmsLastHandler),
+    route("/sandbox/payments/{order_no}/confirm", PaymentConfirmHandler),
 ]

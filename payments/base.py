@@ -12,6 +12,8 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any
 
+from payments.local import LocalProvider
+
 
 class PaymentError(Exception):
     """The provider refused or could not be reached; ``retry`` says whether to try again."""
@@ -112,17 +114,29 @@ class BasePaymentProvider(abc.ABC):
         return str(attempt["out_trade_no"])
 
 
+Provider = BasePaymentProvider | LocalProvider
+
+
 class ProviderRegistry:
-    """Providers by identifier and by payment method."""
+    """Every way to pay, by identifier and by payment method: the remote providers this
+    configuration has keys for, and the local ones (deposit, cash, card) always."""
 
     def __init__(self) -> None:
-        self._providers: dict[str, BasePaymentProvider] = {}
+        self._providers: dict[str, Provider] = {}
 
-    def register(self, provider: BasePaymentProvider) -> None:
+    def register(self, provider: Provider) -> None:
+        if provider.identifier in self._providers:
+            raise ValueError(f"payment provider {provider.identifier!r} registered twice")
         self._providers[provider.identifier] = provider
 
-    def get(self, identifier: str) -> BasePaymentProvider:
+    def get(self, identifier: str) -> Provider:
         return self._providers[identifier]
 
-    def for_method(self, method: str) -> BasePaymentProvider | None:
+    def find(self, identifier: str) -> Provider | None:
+        return self._providers.get(identifier)
+
+    def methods(self) -> list[str]:
+        return [m for p in self._providers.values() for m in p.methods]
+
+    def for_method(self, method: str) -> Provider | None:
         return next((p for p in self._providers.values() if method in p.methods), None)

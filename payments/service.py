@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import logging
 from typing import Any
 
@@ -23,16 +22,16 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
-from tornado.httpclient import AsyncHTTPClient
 
-from channels.base import get as channel
 from payments.base import (
     Attempt,
+    BasePaymentProvider,
     NotificationRejected,
     PaymentError,
     ProviderRegistry,
     RefundResult,
 )
+from payments.local import AgentDeposit, LocalProvider
 from server.clock import LOCAL_TZ, local_today, now_ms
 from server.errors import DomainError, calendar_day
 from server.security.principal import Principal
@@ -46,7 +45,6 @@ from server.storage.transactions import transact
 log = logging.getLogger(__name__)
 
 QUERY_AFTER = dt.timedelta(seconds=60)
-LOCAL_METHODS = ("agent_balance", "cash", "bank_card")
 REFUND_STUCK_AFTER = dt.timedelta(seconds=60)  # a refund being sent this long: its worker died
 REFUND_RETRY_AFTER = dt.timedelta(seconds=30)  # the provider was unreachable: wait, then again
 REFUND_QUERY_AFTER = dt.timedelta(seconds=60)  # processing this long with no notice: ask
@@ -56,11 +54,6 @@ ATTEMPT_STARTING = dt.timedelta(seconds=30)  # a created attempt older than this
 def refund_no(request_id: str) -> str:
     """The out_refund_no of a refund request: the same request, the same number, forever."""
     return "RF" + hashlib.sha256(request_id.encode()).hexdigest()[:30]
-
-
-def _outlet_of(attempt: dict[str, Any]) -> str | None:
-    """The outlet whose deposit paid an attempt (older attempts name it in their actor)."""
-    return attempt.get("outlet_id") or (attempt.get("actor") or {}).get("outlet_id")
 
 
 def refund_view(request: dict[str, Any]) -> dict[str, Any]:
@@ -82,8 +75,7 @@ def refund_view(request: dict[str, Any]) -> dict[str, Any]:
 class PaymentService:
     def __init__(self, db: AsyncDatabase[Any], providers: ProviderRegistry,
                  orders: OrderService, alerts: AlertService, audit: AuditService,
-                 failures: RecordFailures | None = None,
-                 sandbox_bases: dict[str, str] | None = None) -> None:
+                 failures: RecordFailures | None = None) -> None:
         self._db = db
         self.providers = providers
         self._orders = orders
@@ -91,7 +83,9 @@ class PaymentService:
         self.alerts = alerts
         self.audit = audit
         self.failures = failures or RecordFailures()
-        self._sandbox = sandbox_bases or {}
+        deposits = providers.get("agent_balance")
+        assert isinstance(deposits, AgentDeposit)
+        self.deposits = deposits
 
     # --- start ---------------------------------------------------------------------------------
     async def start(self, actor: Principal, order_no: str, method: str,
@@ -107,21 +101,19 @@ class PaymentService:
             raise DomainError("ORDER_NOT_FOUND")
         if order["status"] != "pending_payment" or order["expires_at"] <= now_ms():
             raise DomainError("ORDER_NOT_PAYABLE", status=order["status"])
-        if method not in channel(order["channel"]).payment_methods:
+        allowed = self._orders.channel_of(order).payment_methods
+        provider = self.providers.for_method(method) if method in allowed else None
+        if provider is None:
             raise DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="method",
-                              allowed=list(channel(order["channel"]).payment_methods))
-        local = method in LOCAL_METHODS
-        provider = None if local else self.providers.for_method(method)
-        if not local and provider is None:
-            raise DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="method")
-        receipt = self._local_receipt(actor, order, method, tendered, reference) \
-            if local else {}
-        attempt, reuse = await self._open_attempt(order, method, actor,
-                                                  method if local else provider.identifier)
+                              allowed=[m for m in allowed if self.providers.for_method(m)])
+        if isinstance(provider, LocalProvider):  # checked before any attempt is recorded
+            receipt = provider.receipt(actor, order["amount"], tendered, reference)
+            attempt, _ = await self._open_attempt(order, method, actor, provider)
+            return await self._pay_locally(actor, order, attempt, provider, receipt,
+                                           reference)
+        attempt, reuse = await self._open_attempt(order, method, actor, provider)
         if reuse is not None:
             return reuse
-        if local:
-            return await self._pay_locally(actor, order, attempt, receipt, reference)
         payer: dict[str, str] = {}
         if method == "wechat_jsapi" and order.get("member_id"):
             member = await self._db.members.find_one({"_id": order["member_id"]})
@@ -143,7 +135,7 @@ class PaymentService:
                 "amount": order["amount"], "params": params}
 
     async def _open_attempt(self, order: dict[str, Any], method: str, actor: Principal,
-                            provider_id: str
+                            provider: BasePaymentProvider | LocalProvider
                             ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Record a new attempt (status ``created``) under the next number, atomically: the
         unique ``out_trade_no`` lets one of two concurrent starts win. Returns the attempt,
@@ -151,23 +143,24 @@ class PaymentService:
         order_no = order["order_no"]
         earlier = await self._db.payments.find({"order_no": order_no}).to_list()
         fresh_after = now_ms() - ATTEMPT_STARTING
+        local = isinstance(provider, LocalProvider)
         for a in earlier:
             if a["status"] in ("paid", "refunding", "refunded"):
                 raise DomainError("ORDER_NOT_PAYABLE", status="paid")
             if (a["status"] == "created" and a["created_at"] > fresh_after) or \
-                    (a["status"] == "pending" and a["provider"] in LOCAL_METHODS):
+                    (a["status"] == "pending" and self._is_local(a)):
                 raise DomainError("PAYMENT_IN_PROGRESS")
             if a["status"] == "pending" and a.get("method") == method and \
-                    method not in LOCAL_METHODS and a.get("client_params"):
+                    not local and a.get("client_params"):
                 return a, {"order_no": order_no, "out_trade_no": a["out_trade_no"],
                            "method": method, "amount": a["amount"],
                            "params": a["client_params"]}
         now = now_ms()
         attempt: dict[str, Any] = {
             "out_trade_no": f"{order_no}P{len(earlier) + 1:02d}", "order_no": order_no,
-            "provider": provider_id, "method": method, "amount": order["amount"],
+            "provider": provider.identifier, "method": method, "amount": order["amount"],
             "status": "created", "created_at": now}
-        if method in LOCAL_METHODS:
+        if local:
             attempt["actor"] = actor.audit_actor()
         try:
             attempt["_id"] = (await self._db.payments.insert_one(attempt)).inserted_id
@@ -175,69 +168,43 @@ class PaymentService:
             raise DomainError("PAYMENT_IN_PROGRESS") from None
         return attempt, None
 
-    @staticmethod
-    def _local_receipt(actor: Principal, order: dict[str, Any], method: str,
-                       tendered: int | None, reference: str) -> dict[str, Any]:
-        """Check a local tender before any attempt is recorded."""
-        if method == "agent_balance":
-            if not actor.outlet_id:
-                raise DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="method")
-            return {}
-        if actor.role not in ("kiosk", "station_staff"):
-            raise DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="method")
-        if method == "cash":
-            if tendered is None or tendered < order["amount"]:
-                raise DomainError("TENDER_TOO_LOW", field="tendered")
-            return {"tendered": tendered, "change": tendered - order["amount"]}
-        return {"reference": reference}
+    def _is_local(self, attempt: dict[str, Any]) -> bool:
+        return isinstance(self.providers.get(attempt["provider"]), LocalProvider)
 
     async def _pay_locally(self, actor: Principal, order: dict[str, Any],
-                           attempt: dict[str, Any], receipt: dict[str, Any], reference: str
-                           ) -> dict[str, Any]:
-        """Money that never leaves the platform's hands: an agent's deposit (with credit),
-        or what a kiosk took in cash or by card. The debit and the attempt's move to
-        ``pending`` are one transaction, so a crash never takes a deposit without a record
-        (the query job settles a pending local attempt)."""
-        amount, method = order["amount"], attempt["method"]
-        outlet_id = actor.outlet_id if method == "agent_balance" else None
+                           attempt: dict[str, Any], provider: LocalProvider,
+                           receipt: dict[str, Any], reference: str) -> dict[str, Any]:
+        """Money that never leaves the platform's hands (an agent's deposit, what a kiosk or
+        window took in cash or by card): the provider takes it and the attempt moves to
+        ``pending`` in one transaction, so a crash never takes money without a record (the
+        query job settles a pending local attempt)."""
+        amount = order["amount"]
+        mine = provider.attempt_fields(actor)
 
-        async def debit(session: AsyncClientSession) -> dict[str, Any]:
-            found: dict[str, Any] = dict(receipt)
-            if outlet_id:
-                # the balance may go down to minus the credit limit, never further
-                debited = await self._db.outlets.find_one_and_update(
-                    {"_id": outlet_id,
-                     "$expr": {"$gte": [{"$add": [{"$ifNull": ["$balance", 0]},
-                                                  "$credit_limit"]}, amount]}},
-                    {"$inc": {"balance": -amount}}, return_document=ReturnDocument.AFTER,
-                    session=session)
-                if debited is None:
-                    return {}
-                found = {"balance": debited["balance"],
-                         "credit_limit": debited["credit_limit"]}
+        async def take(session: AsyncClientSession) -> dict[str, Any] | None:
+            found = await provider.take(actor, amount, receipt, session)
+            if found is None:
+                return None
             moved = await self._db.payments.update_one(
                 {"_id": attempt["_id"], "status": "created"},
                 {"$set": {"status": "pending", "started_at": now_ms(), "receipt": found,
-                          **({"outlet_id": outlet_id} if outlet_id else {})}},
-                session=session)
+                          **mine}}, session=session)
             if moved.modified_count != 1:
-                raise DomainError("PAYMENT_IN_PROGRESS")  # aborts the debit with it
+                raise DomainError("PAYMENT_IN_PROGRESS")  # aborts the taking with it
             return found
 
-        found = await transact(self._db, debit)
-        if not found and outlet_id:
+        found = await transact(self._db, take)
+        if found is None:
             await self._db.payments.update_one({"_id": attempt["_id"], "status": "created"},
                                                {"$set": {"status": "failed",
-                                                         "error": "insufficient balance"}})
-            outlet = await self._db.outlets.find_one({"_id": outlet_id}, {"_id": 1})
-            raise DomainError("OUTLET_NOT_FOUND" if outlet is None else
-                              "INSUFFICIENT_BALANCE", amount=amount)
-        attempt = {**attempt, "status": "pending", "receipt": found,
-                   **({"outlet_id": outlet_id} if outlet_id else {})}
+                                                         "error": "refused by the provider"}})
+            raise await provider.refusal(actor, amount)
+        attempt = {**attempt, "status": "pending", "receipt": found, **mine}
         outcome = await self.settle(attempt, "paid", amount,
                                     reference or attempt["out_trade_no"])
         return {"order_no": order["order_no"], "out_trade_no": attempt["out_trade_no"],
-                "method": method, "amount": amount, "params": {**found, "outcome": outcome}}
+                "method": attempt["method"], "amount": amount,
+                "params": {**found, "outcome": outcome}}
 
     # --- notifications and queries --------------------------------------------------------
     async def notify(self, provider_id: str, headers: dict[str, str], body: bytes) -> str:
@@ -307,7 +274,8 @@ class PaymentService:
         return settled
 
     async def _follow_attempt(self, attempt: dict[str, Any]) -> int:
-        if attempt["provider"] in LOCAL_METHODS:
+        provider = self.providers.get(attempt["provider"])
+        if isinstance(provider, LocalProvider):
             if attempt["status"] == "pending":  # debited (with the record), not yet settled
                 await self.settle(attempt, "paid", attempt["amount"], attempt["out_trade_no"])
                 return 1
@@ -315,7 +283,6 @@ class PaymentService:
                 {"_id": attempt["_id"], "status": "created"},
                 {"$set": {"status": "failed", "error": "abandoned before any debit"}})
             return 0
-        provider = self.providers.get(attempt["provider"])
         order = await self._db.orders.find_one({"order_no": attempt["order_no"]},
                                                {"status": 1})
         created = attempt["status"] == "created"  # its payer never got the parameters
@@ -373,10 +340,10 @@ class PaymentService:
         out_refund_no = self._out_refund_no(request)
         await self.refunds.numbered(request["_id"], out_refund_no, attempt["provider"])
         request = {**request, "out_refund_no": out_refund_no}
-        if attempt["provider"] in LOCAL_METHODS:
-            await self._refund_locally(request, attempt, out_refund_no)
-            return
         provider = self.providers.get(attempt["provider"])
+        if isinstance(provider, LocalProvider):
+            await self._refund_locally(request, attempt, provider, out_refund_no)
+            return
         try:
             result = await provider.refund(attempt["out_trade_no"], out_refund_no,
                                            int(request["amount"]), int(attempt["amount"]))
@@ -474,24 +441,19 @@ class PaymentService:
              "amount": int(request["amount"]), "provider_state": state})
 
     async def _refund_locally(self, request: dict[str, Any], attempt: dict[str, Any],
-                              out_refund_no: str) -> None:
-        """Back to the agent's deposit (the movement and the credit in one transaction);
-        cash and card refunds are paid at the window."""
+                              provider: LocalProvider, out_refund_no: str) -> None:
+        """Paid back by the provider in the refund's transaction, with its movement: to the
+        agent's deposit, or out at the window for cash and card."""
         amount = int(request["amount"])
-        to_deposit = attempt["provider"] == "agent_balance"
 
         async def credit(session: AsyncClientSession) -> bool:
             if not await self.refunds.settle(request["_id"], session,
                                              from_states=("sending", "attention"),
                                              out_refund_no=out_refund_no):
                 return False
+            paid_back = await provider.give_back(attempt, amount, session)
             await self._movement(f"refund:{out_refund_no}", "refund", attempt, amount,
-                                 session, out_refund_no=out_refund_no,
-                                 **({} if to_deposit else {"paid_out": "at the station window"}))
-            if to_deposit:
-                await self._db.outlets.update_one({"_id": _outlet_of(attempt)},
-                                                  {"$inc": {"balance": amount}},
-                                                  session=session)
+                                 session, out_refund_no=out_refund_no, **paid_back)
             await self._refund_notice(request, out_refund_no, session)
             return True
 
@@ -570,44 +532,44 @@ class PaymentService:
     async def deposit(self, actor: Principal, outlet_id: str, amount: int,
                       reference: str) -> dict[str, Any]:
         """An agent outlet's top-up: the balance and its movement in one transaction, once
-        per reference."""
+        per reference; audited."""
         movement_id = f"deposit:{outlet_id}:{reference}"
 
         async def top_up(session: AsyncClientSession) -> bool:
-            if await self._db.outlets.find_one({"_id": outlet_id}, {"_id": 1},
-                                               session=session) is None:
+            if not await self.deposits.exists(outlet_id, session):
                 raise DomainError("OUTLET_NOT_FOUND")
-            inserted = await self._db.money_movements.update_one(
-                {"_id": movement_id},
-                {"$setOnInsert": {"kind": "deposit", "provider": "agent_balance",
-                                  "order_no": f"outlet:{outlet_id}", "outlet_id": outlet_id,
-                                  "amount": amount, "reference": reference, "at": now_ms(),
-                                  "by": actor.id}}, upsert=True, session=session)
-            if inserted.upserted_id is None:
+            if not await self._record_movement(movement_id, {
+                    "kind": "deposit", "provider": self.deposits.identifier,
+                    "order_no": f"outlet:{outlet_id}", "outlet_id": outlet_id,
+                    "amount": amount, "reference": reference, "by": actor.id}, session):
                 return False
-            await self._db.outlets.update_one({"_id": outlet_id},
-                                              {"$inc": {"balance": amount}}, session=session)
+            await self.deposits.credit(outlet_id, amount, session)
             return True
 
         recorded = await transact(self._db, top_up)
-        outlet = await self._db.outlets.find_one({"_id": outlet_id}) or {}
-        return {"outlet_id": outlet_id, "balance": outlet.get("balance", 0),
-                "credit_limit": outlet.get("credit_limit", 0), "reference": reference,
-                "recorded": recorded}
+        await self.audit.record(actor, "outlet.deposit", target=outlet_id,
+                                details={"amount": amount, "reference": reference,
+                                         "recorded": recorded})
+        return {"outlet_id": outlet_id, **await self.deposits.balance(outlet_id),
+                "reference": reference, "recorded": recorded}
 
     async def _movement(self, movement_id: str, kind: str, attempt: dict[str, Any],
                         amount: int, session: AsyncClientSession | None = None,
                         **extra: Any) -> bool:
-        """Record a money movement once (by its id); True when this call recorded it."""
-        outlet_id = _outlet_of(attempt)
-        if attempt["provider"] == "agent_balance" and outlet_id:
-            extra["outlet_id"] = outlet_id
+        """Record a money movement of an attempt once (by its id); True when this call
+        recorded it."""
+        provider = self.providers.get(attempt["provider"])
+        if isinstance(provider, LocalProvider):
+            extra = {**provider.movement_fields(attempt), **extra}
+        return await self._record_movement(movement_id, {
+            "kind": kind, "provider": attempt["provider"], "order_no": attempt["order_no"],
+            "out_trade_no": attempt["out_trade_no"], "amount": amount, **extra}, session)
+
+    async def _record_movement(self, movement_id: str, fields: dict[str, Any],
+                               session: AsyncClientSession | None) -> bool:
         done = await self._db.money_movements.update_one(
-            {"_id": movement_id},
-            {"$setOnInsert": {"kind": kind, "provider": attempt["provider"],
-                              "order_no": attempt["order_no"],
-                              "out_trade_no": attempt["out_trade_no"], "amount": amount,
-                              "at": now_ms(), **extra}}, upsert=True, session=session)
+            {"_id": movement_id}, {"$setOnInsert": {**fields, "at": now_ms()}}, upsert=True,
+            session=session)
         return done.upserted_id is not None
 
     async def scrub_old(self, older_than: dt.timedelta = dt.timedelta(days=30)) -> int:
@@ -619,8 +581,8 @@ class PaymentService:
                  "status": {"$nin": ["created", "pending"]}}).limit(500):
             try:
                 fields = self.providers.get(attempt["provider"]).scrub(attempt)
-            except KeyError:  # local methods (deposit, cash, card)
-                fields = ["receipt.reference"]
+            except KeyError:  # a provider no longer configured: what every one forgets
+                fields = ["client_params", "receipt.reference"]
             await self._db.payments.update_one(
                 {"_id": attempt["_id"]},
                 {"$unset": dict.fromkeys(fields, ""), "$set": {"scrubbed": True}})
@@ -633,10 +595,9 @@ class PaymentService:
         from payments.statements import match
 
         day = calendar_day(bill_date, code="INVALID_VALUE", field="bill_date")
-        try:
-            provider = self.providers.get(provider_id)
-        except KeyError:
-            raise DomainError("NOT_FOUND", "No such payment provider.") from None
+        provider = self.providers.find(provider_id)
+        if not isinstance(provider, BasePaymentProvider):  # unknown, or one with no bills
+            raise DomainError("NOT_FOUND", "No such payment provider.")
         if day >= local_today():
             raise DomainError("STATEMENT_NOT_READY", bill_date=bill_date)
         try:
@@ -658,26 +619,7 @@ class PaymentService:
             {"_id": f"{provider_id}:{bill_date}"}, report, upsert=True)
         return report
 
-    # --- sandbox ----------------------------------------------------------------------------
-    async def sandbox_confirm(self, order_no: str) -> dict[str, Any]:
-        """Stand-in for the payer confirming in WeChat: the sandbox pays and notifies."""
-        attempt = await self._db.payments.find_one({"order_no": order_no,
-                                                    "status": "pending"},
-                                                   sort=[("created_at", -1)])
-        base = self._sandbox.get(attempt["provider"], "") if attempt else ""
-        if attempt is None or not base:
-            raise DomainError("NOT_FOUND", "No payment of this order is waiting.")
-        if attempt["provider"] == "alipay":  # the payer's app hands Alipay the signed order
-            params = attempt.get("client_params") or {}
-            signed = params.get("order_string") or params.get("pay_url", "?").split("?", 1)[1]
-            resp = await AsyncHTTPClient().fetch(
-                base.removesuffix("/gateway.do") + "/_sandbox/alipay/pay", method="POST",
-                body=signed, raise_error=False)
-        else:
-            resp = await AsyncHTTPClient().fetch(
-                f"{base}/_sandbox/wechatpay/confirm", method="POST",
-                body=json.dumps({"out_trade_no": attempt["out_trade_no"]}), raise_error=False)
-        if resp.code != 200:
-            raise DomainError("NOT_FOUND", "The payment sandbox has no such transaction.")
-        return {"order_no": order_no, "out_trade_no": attempt["out_trade_no"],
-                "confirmed": True}
+    async def waiting_attempt(self, order_no: str) -> dict[str, Any] | None:
+        """The newest attempt of an order waiting for its payer, if any."""
+        return await self._db.payments.find_one({"order_no": order_no, "status": "pending"},
+                                                sort=[("created_at", -1)])

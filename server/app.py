@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from tornado.web import Application, URLSpec
 
 from admin import pages as admin_pages
-from channels.base import all_channels
+from channels import CHANNELS
 from handlers import (
     auth,
     departures,
@@ -42,6 +42,7 @@ from notify.sms import HttpSmsProvider
 from notify.wechat import WeChatSubscribe
 from payments.alipay import Alipay, AlipayConfig
 from payments.base import ProviderRegistry
+from payments.local import AgentDeposit, BankCard, Cash
 from payments.service import PaymentService
 from payments.wechatpay import WeChatPay, WeChatPayConfig
 from server.config import Settings
@@ -147,13 +148,11 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         db, vault, sms,
         WeChatSubscribe(settings.wechat_appid, settings.wechat_secret, settings.wechat_api_base),
         parse_templates(settings.wechat_notice_templates), failures)
-    order_service = OrderService(db, redis, seats, rules, member_service, vault,
+    order_service = OrderService(db, redis, seats, rules, member_service, vault, CHANNELS,
                                  orphan_after=settings.orphan_hold_seconds, failures=failures)
     alerts = AlertService(db)
-    sandbox_bases = {"wechat": settings.wechatpay_api_base,
-                     "alipay": settings.alipay_gateway} if settings.sandbox else {}
-    payment_service = PaymentService(db, payment_providers(settings), order_service, alerts,
-                                     audit, failures, sandbox_bases=sandbox_bases)
+    payment_service = PaymentService(db, payment_providers(settings, db), order_service,
+                                     alerts, audit, failures)
     tickets = TicketService(db, seats, rules, order_service, audit, redis, alerts, failures)
     jobs = JobRunner(redis)
     jobs.add("ticket-recovery", 30.0, tickets.resolve_stuck)
@@ -183,7 +182,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         seats=seats,
         sync=sync,
         ticket_sources=TicketSourceService(db, inventory, audit,
-                                           {c.identifier for c in all_channels()}),
+                                           CHANNELS.limited()),
         departures=DepartureService(db, seats),
         rules=rules,
         search=SearchService(db, seats, rules, network),
@@ -200,9 +199,12 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     )
 
 
-def payment_providers(settings: Settings) -> ProviderRegistry:
-    """The providers this configuration can use (config picks; code does not change)."""
+def payment_providers(settings: Settings, db: AsyncDatabase[Any]) -> ProviderRegistry:
+    """Every way to pay: the local ones always, the remote providers this configuration
+    has keys for (config picks; code does not change)."""
     registry = ProviderRegistry()
+    for local in (AgentDeposit(db), Cash(), BankCard()):
+        registry.register(local)
     if settings.wechatpay_api_base and settings.wechatpay_private_key_file:
         base = settings.public_url or f"http://{settings.host}:{settings.port}"
         platform_pem = ""  # no public key file: platform-certificate mode (downloaded)
@@ -244,7 +246,7 @@ def make_app(settings: Settings, mongo: AsyncMongoClient[Any], redis: aioredis.R
     routes = [*api_routes(), *ws.default_handlers, *admin_pages.default_handlers,
               *(extra_routes or [])]
     if settings.sandbox:  # stand-ins for a person's phone; never in production
-        routes += [*sandbox.default_handlers, *payments.sandbox_handlers]
+        routes += sandbox.default_handlers
     services = build_services(settings, mongo, redis)
     metrics = Metrics()
     metrics.watch_record_failures(services.failures.counts)

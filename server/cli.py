@@ -317,9 +317,9 @@ async def prepare_database(settings: Settings,
         db = mongo[settings.mongo_db]
         await ensure_schema(db)
         if settings.seed_demo:
-            from channels.base import all_channels
+            from channels import CHANNELS
 
-            await demo.ensure_demo(db, settings, channels=all_channels())
+            await demo.ensure_demo(db, settings, channels=CHANNELS.all())
         for station_id, system in (station_systems or {}).items():
             await db.stations.update_one({"_id": station_id}, {"$set": {"system": system}})
         if station_systems:
@@ -417,9 +417,9 @@ async def _seed(settings: Settings, reset: bool) -> None:
             await mongo.drop_database(settings.mongo_db)
         db = mongo[settings.mongo_db]
         await ensure_schema(db)
-        from channels.base import all_channels
+        from channels import CHANNELS
 
-        await demo.ensure_demo(db, settings, force=True, channels=all_channels())
+        await demo.ensure_demo(db, settings, force=True, channels=CHANNELS.all())
     finally:
         await mongo.close()
         await redis.aclose()

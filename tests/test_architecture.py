@@ -30,7 +30,7 @@ WRITERS = {
     "refund_requests": {"server/storage/refunds.py"},
     "payments": {"payments/service.py"},
     "money_movements": {"payments/service.py"},
-    "outlets": {"payments/service.py"},
+    "outlets": {"payments/local.py"},
     "reconciliations": {"payments/service.py"},
     "hold_claims": {"server/services/orders.py"},
     "seat_holds": {"server/services/inventory.py"},

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from channels import CHANNELS
 from server import embedded
 from server.app import connect_redis
 from server.exchange.base import HoldRequest, trip_mask
@@ -31,7 +32,8 @@ from tests.support import ROOT
 
 def req(count: int = 1, frm: int = 0, to: int = 2, seats=(), channel: str = "miniapp",
         ttl: int = 300) -> HoldRequest:
-    return HoldRequest(new_hold_id(), channel, count, frm, to, tuple(seats), ttl)
+    return HoldRequest(new_hold_id(), channel, count, frm, to, tuple(seats), ttl,
+                       limited=CHANNELS.get(channel).limited)  # as the order service asks
 
 
 @pytest.fixture

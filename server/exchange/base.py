@@ -42,6 +42,7 @@ class HoldRequest:
     to_seq: int
     seats: tuple[int, ...] = ()
     ttl_seconds: int = 900
+    limited: bool = True  # the channel's allotments and caps apply (not at the window)
 
 
 @dataclass(frozen=True)

@@ -200,7 +200,7 @@ class NativeInventory:
         result = await self._call(
             "hold", departure_id, request.hold_id, request.channel, request.from_seq,
             request.to_seq, request.ttl_seconds * 1000, request.count,
-            ",".join(str(s) for s in request.seats))
+            ",".join(str(s) for s in request.seats), "1" if request.limited else "0")
         seats, expires_ms, released, fresh = _seats(result[1]), int(result[2]), result[4], \
             result[5] == "NEW"
         await self._mark_released(_split_ids(released))

@@ -43,6 +43,7 @@ from server.exchange.errors import (
     StationUnreachable,
 )
 from server.notices import NoticeOutbox
+from server.sales import SalesChannel, SalesChannels
 from server.security.pii import PiiVault, mask_id, mask_phone
 from server.security.principal import Principal
 from server.services.events import Topic
@@ -102,7 +103,8 @@ def new_order_no(now: dt.datetime) -> str:
 class OrderService:
     def __init__(self, db: AsyncDatabase[Any], redis: Redis, seats: SeatService,
                  rules: RuleService, members: MemberService, vault: PiiVault,
-                 orphan_after: float = 60.0, failures: RecordFailures | None = None) -> None:
+                 channels: SalesChannels, orphan_after: float = 60.0,
+                 failures: RecordFailures | None = None) -> None:
         self.orphan_after = orphan_after
         self.failures = failures or RecordFailures()
         self._db = db
@@ -111,16 +113,18 @@ class OrderService:
         self._rules = rules
         self._members = members
         self._vault = vault
+        self._channels = channels
         self.notices = NoticeOutbox(db)
         self.refunds = refunds.RefundRequests(db)
         self._serial_from = redis.register_script(_SERIAL_FROM)
 
     # --- create -----------------------------------------------------------------------------
-    async def create(self, actor: Principal, channel: str, departure_id: str,
+    async def create(self, actor: Principal, channel: str | None, departure_id: str,
                      passengers: list[dict[str, Any]], contact_phone: str, *,
                      children: list[dict[str, Any]] | None = None,
                      from_seq: int | None = None, to_seq: int | None = None
                      ) -> dict[str, Any]:
+        sold_on = self._channels.selling(actor, channel)
         rules = await self._rules.current()
         children = children or []
         if not 1 <= len(passengers) <= rules.max_passengers:
@@ -174,9 +178,10 @@ class OrderService:
         await self._redis.zadd(HOLD_JOURNAL, {f"{departure_id}|{hold_id}": time.time()})
         try:
             hold = await self._seats.hold(departure_id, HoldRequest(
-                hold_id=hold_id, channel=channel, count=len(people), from_seq=frm,
-                to_seq=to, seats=tuple(int(s) for s in chosen) if all(chosen) else (),
-                ttl_seconds=rules.payment_timeout_minutes * 60))
+                hold_id=hold_id, channel=sold_on.identifier, count=len(people),
+                from_seq=frm, to_seq=to,
+                seats=tuple(int(s) for s in chosen) if all(chosen) else (),
+                ttl_seconds=rules.payment_timeout_minutes * 60, limited=sold_on.limited))
         except ExchangeError as exc:
             # a clear refusal took nothing; after a timeout or a garbled answer the station
             # may hold the seats all the same, so the entry stays for the sweeper to release
@@ -197,7 +202,7 @@ class OrderService:
                                                       "id_no_index", "id_no_masked")},
                 "created_at": now})
         order = {
-            "order_no": order_no, "channel": channel, "departure_id": departure_id,
+            "order_no": order_no, "channel": sold_on.identifier, "departure_id": departure_id,
             "route_id": dep["route_id"], "station_id": dep["station_id"], "from_seq": frm,
             "to_seq": to, "status": "pending_payment",
             "amount": sum(t["price"] for t in tickets), "hold_id": hold.hold_id,
@@ -364,17 +369,16 @@ class OrderService:
         return self._vault
 
     def scope(self, actor: Principal) -> dict[str, Any]:
-        if actor.kind == "member":
-            return {"member_id": actor.id}
-        if actor.outlet_id:  # an agent sees its own outlet's orders
-            return {"outlet_id": actor.outlet_id}
-        if actor.role in ("phone_agent",):
-            return {"channel": "phone"}
-        if actor.role == "kiosk":  # a kiosk sells any departure: it sees what it sold
-            return {"actor.id": actor.id}
-        if actor.station_id:
-            return {"station_id": actor.station_id}
-        return {}
+        """The orders the actor may see, as a filter: a seller what its channel lets it see;
+        back-office staff their station's, or all."""
+        channel = self._channels.of(actor)
+        if channel is not None:
+            return channel.order_scope(actor)
+        return {"station_id": actor.station_id} if actor.station_id else {}
+
+    def channel_of(self, order: dict[str, Any]) -> SalesChannel:
+        """The channel an order was sold on."""
+        return self._channels.get(order["channel"])
 
     async def _visible(self, actor: Principal, order_no: str,
                        session: AsyncClientSession | None = None) -> dict[str, Any]:

@@ -25,8 +25,8 @@ DEFAULT_RELEASE_MINUTES = 120
 
 class TicketSourceService:
     def __init__(self, db: AsyncDatabase[Any], inventory: NativeInventory,
-                 audit: AuditService, channel_codes: set[str]) -> None:
-        self._channels = channel_codes
+                 audit: AuditService, limited_channels: list[str]) -> None:
+        self._limited = set(limited_channels)  # the channels a ticket source may limit
         self._db = db
         self._inventory = inventory
         self._audit = audit
@@ -52,7 +52,7 @@ class TicketSourceService:
                   release_before_minutes: int) -> dict[str, Any]:
         """Validate, store, and apply to every affected departure already in Redis."""
         for name in [*allotments, *caps, *closed_channels]:
-            if name not in self._channels or name == "window":
+            if name not in self._limited:
                 raise DomainError("TICKET_SOURCE_INVALID",
                                   f"{name!r} is not a channel that can be limited.",
                                   field="channels")

@@ -343,7 +343,7 @@ class TicketService:
         try:
             hold = await self._seats.hold(departure_id, HoldRequest(
                 hold_id, order["channel"], 1, ticket["from_seq"], ticket["to_seq"],
-                ttl_seconds=300))
+                ttl_seconds=300, limited=self._orders.channel_of(order).limited))
             sale = await self._seats.sell(departure_id, hold_id, [TicketInfo(
                 hold.seats[0], ticket["passenger"]["name"], ticket["ticket_type"],
                 ticket["price"])])

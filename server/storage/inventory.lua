@@ -149,8 +149,10 @@ local function next_expiry()
 end
 
 -- @@SCRIPT hold
--- ARGV: dep, hold_id, channel, from, to, ttl_ms, count, seats_csv ('' = choose)
-local hold_id, channel = ARGV[2], ARGV[3]
+-- ARGV: dep, hold_id, channel, from, to, ttl_ms, count, seats_csv ('' = choose),
+--       limited ('0': the channel's allotments and caps do not apply, e.g. the window)
+local hold_id, channel, limited = ARGV[2], ARGV[3], ARGV[9] ~= '0'
+
 local from, to, ttl, count = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
                              tonumber(ARGV[7])
 if redis.call('EXISTS', K) == 0 then return {'ERR', 'NOT_LOADED', ''} end
@@ -179,7 +181,7 @@ for s = 1, n do
 end
 if count > nfree then return {'ERR', 'SOLD_OUT', tostring(nfree)} end
 
-if channel ~= 'window' then  -- the station's own window is never limited
+if limited then  -- the station's own window is never limited
   local used_me = tonumber(redis.call('HGET', ALLOC, 'u:' .. channel) or '0')
   local cap = redis.call('HGET', ALLOC, 'c:' .. channel)
   if cap and used_me + count > tonumber(cap) then

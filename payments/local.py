@@ -1,0 +1,163 @@
+"""Money taken in the platform's own hands: an agent outlet's deposit, cash and bank card at
+a kiosk or a station window. Providers of the registry like WeChat Pay and Alipay, but with
+no transaction elsewhere to start, query or close: the money moves in the same MongoDB
+transaction that moves the attempt to ``pending`` (``take``), and goes back in the one that
+ends the refund (``give_back``).
+
+- ``AgentDeposit`` owns the outlets' balances (debit with credit, credit, top-up).
+- ``Cash`` and ``BankCard`` take what the seller keyed in; their refunds are paid at the
+  window.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+
+from server.errors import DomainError
+from server.security.principal import Principal
+
+
+class LocalProvider(abc.ABC):
+    """A way to pay that settles at once, inside our own transaction."""
+
+    identifier = ""
+    methods: tuple[str, ...] = ()
+
+    @abc.abstractmethod
+    def receipt(self, actor: Principal, amount: int, tendered: int | None,
+                reference: str) -> dict[str, Any]:
+        """Check the tender before any attempt is recorded (DomainError if refused); what
+        the attempt's receipt says."""
+
+    async def take(self, actor: Principal, amount: int, receipt: dict[str, Any],
+                   session: AsyncClientSession) -> dict[str, Any] | None:
+        """Take the money inside the attempt's transaction: the receipt to record, or None
+        when it cannot be taken (the transaction then records nothing)."""
+        return receipt
+
+    async def refusal(self, actor: Principal, amount: int) -> DomainError:
+        """Why ``take`` gave None."""
+        return DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="method")
+
+    @abc.abstractmethod
+    async def give_back(self, attempt: dict[str, Any], amount: int,
+                        session: AsyncClientSession) -> dict[str, Any]:
+        """Pay a refund back inside the refund's transaction; what its movement records."""
+
+    def attempt_fields(self, actor: Principal) -> dict[str, Any]:
+        """What the attempt records of whose money it is."""
+        return {}
+
+    def movement_fields(self, attempt: dict[str, Any]) -> dict[str, Any]:
+        """What a money movement of this attempt records beside the amount."""
+        return {}
+
+    def scrub(self, attempt: dict[str, Any]) -> list[str]:
+        return ["receipt.reference"]
+
+
+def outlet_of(attempt: dict[str, Any]) -> str | None:
+    """The outlet whose deposit paid an attempt (older attempts name it in their actor)."""
+    return attempt.get("outlet_id") or (attempt.get("actor") or {}).get("outlet_id")
+
+
+class AgentDeposit(LocalProvider):
+    """An agent outlet's prepaid deposit, which may go down to minus its credit limit."""
+
+    identifier = "agent_balance"
+    methods = ("agent_balance",)
+
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
+        self._outlets = db.outlets
+
+    def receipt(self, actor: Principal, amount: int, tendered: int | None,
+                reference: str) -> dict[str, Any]:
+        if not actor.outlet_id:
+            raise DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="method")
+        return {}
+
+    async def take(self, actor: Principal, amount: int, receipt: dict[str, Any],
+                   session: AsyncClientSession) -> dict[str, Any] | None:
+        debited = await self._outlets.find_one_and_update(
+            {"_id": actor.outlet_id,
+             "$expr": {"$gte": [{"$add": [{"$ifNull": ["$balance", 0]}, "$credit_limit"]},
+                                amount]}},
+            {"$inc": {"balance": -amount}}, return_document=ReturnDocument.AFTER,
+            session=session)
+        if debited is None:
+            return None
+        return {"balance": debited["balance"], "credit_limit": debited["credit_limit"]}
+
+    async def refusal(self, actor: Principal, amount: int) -> DomainError:
+        if await self._outlets.find_one({"_id": actor.outlet_id}, {"_id": 1}) is None:
+            return DomainError("OUTLET_NOT_FOUND")
+        return DomainError("INSUFFICIENT_BALANCE", amount=amount)
+
+    async def give_back(self, attempt: dict[str, Any], amount: int,
+                        session: AsyncClientSession) -> dict[str, Any]:
+        await self.credit(outlet_of(attempt) or "", amount, session)
+        return {}
+
+    def attempt_fields(self, actor: Principal) -> dict[str, Any]:
+        return {"outlet_id": actor.outlet_id}
+
+    def movement_fields(self, attempt: dict[str, Any]) -> dict[str, Any]:
+        outlet_id = outlet_of(attempt)
+        return {"outlet_id": outlet_id} if outlet_id else {}
+
+    async def exists(self, outlet_id: str, session: AsyncClientSession | None = None
+                     ) -> bool:
+        return await self._outlets.find_one({"_id": outlet_id}, {"_id": 1},
+                                            session=session) is not None
+
+    async def credit(self, outlet_id: str, amount: int,
+                     session: AsyncClientSession | None = None) -> None:
+        """Money back onto the deposit: a refund, or a top-up."""
+        await self._outlets.update_one({"_id": outlet_id}, {"$inc": {"balance": amount}},
+                                       session=session)
+
+    async def balance(self, outlet_id: str) -> dict[str, int]:
+        outlet = await self._outlets.find_one({"_id": outlet_id}) or {}
+        return {"balance": outlet.get("balance", 0),
+                "credit_limit": outlet.get("credit_limit", 0)}
+
+
+class AtTheCounter(LocalProvider):
+    """Money a kiosk or a station window took; refunds are paid out at the window."""
+
+    def receipt(self, actor: Principal, amount: int, tendered: int | None,
+                reference: str) -> dict[str, Any]:
+        if actor.role not in ("kiosk", "station_staff"):
+            raise DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="method")
+        return self.tender(amount, tendered, reference)
+
+    @abc.abstractmethod
+    def tender(self, amount: int, tendered: int | None, reference: str) -> dict[str, Any]:
+        ...
+
+    async def give_back(self, attempt: dict[str, Any], amount: int,
+                        session: AsyncClientSession) -> dict[str, Any]:
+        return {"paid_out": "at the station window"}
+
+
+class Cash(AtTheCounter):
+    identifier = "cash"
+    methods = ("cash",)
+
+    def tender(self, amount: int, tendered: int | None, reference: str) -> dict[str, Any]:
+        if tendered is None or tendered < amount:
+            raise DomainError("TENDER_TOO_LOW", field="tendered")
+        return {"tendered": tendered, "change": tendered - amount}
+
+
+class BankCard(AtTheCounter):
+    identifier = "bank_card"
+    methods = ("bank_card",)
+
+    def tender(self, amount: int, tendered: int | None, reference: str) -> dict[str, Any]:
+        return {"reference": reference}
