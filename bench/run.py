@@ -27,8 +27,8 @@ from typing import Any
 
 import psutil
 
-from server import embedded
-from server.cli import prepare_database
+from devstack import embedded
+from devstack.cli import prepare_database
 from server.config import load_settings
 from tests.support import TEST_SECRETS, KeyunProcess, keyun_env
 

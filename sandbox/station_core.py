@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from server import demo
+from devstack import demo
 from server.services.planning import departs_at, local_today
 
 PLAN_DAYS = 10

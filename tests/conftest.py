@@ -1,6 +1,6 @@
 """Fixtures: real SecantusDB and redis-server once per session, a real Keyun per module.
 
-The stores are started by the same launcher ``make run`` uses (``server.embedded``), on free
+The stores are started by the same launcher ``make run`` uses (``devstack.embedded``), on free
 loopback ports. The demo province is loaded once into the session database; every test
 module gets its own Keyun server process over real HTTP pointed at it.
 """
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from server import embedded
-from server.cli import prepare_database
+from devstack import embedded
+from devstack.cli import prepare_database
 from server.config import load_settings
 from tests.support import TEST_SECRETS, ApiClient, KeyunProcess, keyun_env
 
@@ -68,7 +68,7 @@ SIM_SECRETS = {"rest": "rest-token-for-tests", "xml": "xml-secret-for-tests"}
 @pytest.fixture(scope="session")
 def simulators(workdir: Path) -> Iterator[Simulators]:
     """A REST and an XML station simulator for the demo stations on those dialects."""
-    from server.demo import DEMO_VENDORS
+    from devstack.demo import DEMO_VENDORS
 
     started: dict[str, embedded.ChildServer] = {}
     systems: dict[str, dict[str, str]] = {}

@@ -17,7 +17,7 @@ from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from server.embedded import free_port
+from devstack.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_JWT_SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
@@ -116,7 +116,7 @@ class KeyunProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "run", *self.extra_args],
+            [sys.executable, "-m", "devstack.cli", "run", *self.extra_args],
             env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd or ROOT)
         out.close()
         deadline = time.monotonic() + timeout

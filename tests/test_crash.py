@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from tornado.simple_httpclient import HTTPStreamClosedError
 
-from server.embedded import free_port
+from devstack.embedded import free_port
 from tests.booking_support import member, person
 from tests.inventory_support import make_departure
 from tests.support import ApiClient, KeyunProcess, keyun_env

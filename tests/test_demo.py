@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from server import demo
+from devstack import demo
 from server.clock import LOCAL_TZ, local_today
 
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from devstack.demo import DEMO_VENDORS
 from server.app import connect_redis
 from server.clock import local_today
-from server.demo import DEMO_VENDORS
 from server.errors import DomainError
 from server.exchange.adapters import xmlcodec
 from server.exchange.adapters.native import NativeExchange

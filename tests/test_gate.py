@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from devstack.embedded import free_port
 from server.clock import LOCAL_TZ
-from server.embedded import free_port
 from server.security import ticketcode
 from tests.booking_support import issued_order, member, person
 from tests.inventory_support import make_departure

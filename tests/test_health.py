@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server import embedded
+from devstack import embedded
 from tests.support import ApiClient, KeyunProcess, keyun_env
 
 

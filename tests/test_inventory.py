@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from channels import CHANNELS
-from server import embedded
+from devstack import embedded
 from server.app import connect_redis
 from server.exchange.base import HoldRequest, trip_mask
 from server.exchange.errors import (

@@ -119,7 +119,7 @@ def test_bad_configuration_stops_start_up_with_one_clear_line(tmp_path: Path) ->
              "KEYUN_LOG_LEVEL": "chatty", "KEYUN_JWT_SECRET": "short"}
     for var, value in cases.items():
         env = keyun_env(**{var: value, "KEYUN_DATA_DIR": str(tmp_path)})
-        result = subprocess.run([sys.executable, "-m", "server.cli", "run"], env=env, cwd=ROOT,
+        result = subprocess.run([sys.executable, "-m", "devstack.cli", "run"], env=env, cwd=ROOT,
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 2, (var, result.stderr)
         lines = result.stderr.strip().splitlines()

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from devstack.embedded import free_port
 from notify.notices import NoticeDispatcher
 from notify.sms import HttpSmsProvider
 from server.clock import local_today
-from server.embedded import free_port
 from tests.booking_support import native_departure, person
 from tests.support import ApiClient
 from tests.test_exchange import control

@@ -14,8 +14,8 @@ import pytest
 from tornado.httpclient import HTTPClientError
 from tornado.websocket import websocket_connect
 
+from devstack.embedded import free_port
 from server.app import connect_redis
-from server.embedded import free_port
 from server.services.events import EventLog, Topic
 from tests.booking_support import member, native_departure, person
 from tests.inventory_support import make_departure
@@ -271,7 +271,7 @@ async def test_a_connection_watching_nothing_is_closed_when_idle(other) -> None:
 @pytest.mark.gen_test(timeout=120)
 async def test_watchers_are_told_to_resync_when_redis_comes_back(api, keyun, db, own_redis,
                                                                  workdir) -> None:
-    from server.embedded import redis_url
+    from devstack.embedded import redis_url
 
     env = {**keyun.env, "KEYUN_PORT": str(free_port()), "KEYUN_REDIS_URL": redis_url(own_redis),
            "KEYUN_DATA_DIR": str(workdir / "test_push-3")}

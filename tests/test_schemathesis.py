@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from server import embedded
+from devstack import embedded
 from tests.support import ROOT, KeyunProcess, keyun_env
 
 SEED = 20261128

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from devstack import embedded
 from payments.base import Attempt, NotificationRejected
 from payments.wechatpay import (
     WeChatPay,
@@ -20,7 +21,6 @@ from payments.wechatpay import (
     load_private,
     sign,
 )
-from server import embedded
 from tests.support import TEST_SECRETS
 
 CERT_SERIALS = ["5157F09EFDC096DE15EBE81A47057A7232F1B8E1",

@@ -12,8 +12,8 @@ from pymongo import AsyncMongoClient
 from tornado.httpclient import AsyncHTTPClient
 
 from bench.run import Bench, Row
+from devstack.embedded import free_port
 from server.app import connect_redis
-from server.embedded import free_port
 from server.services.events import EventLog, Topic
 
 TITLE = "Real-time push: seat events to WebSocket watchers"

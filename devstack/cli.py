@@ -16,22 +16,18 @@ import os
 import secrets
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from server import embedded, failpoints
+from devstack import embedded
+from server import failpoints
 from server.config import ConfigError, Settings, load_settings
 from server.logs import setup_logging
+from server.main import fork_workers, serve_here, stop_workers, wait_for_stores
 
 log = logging.getLogger("keyun")
-
-MAX_BODY = 4 * 1024 * 1024
-SHUTDOWN_GRACE = 10.0
-
 
 class _Stop(Exception):
     """Raised by the signal handlers while the process is not in its event loop."""
@@ -134,7 +130,7 @@ def _start_station_simulators(settings: Settings, children: list[embedded.ChildS
                               window_interval: float = 20.0) -> dict[str, dict[str, str]]:
     """Sandbox only: one simulator per vendor dialect for the demo stations on it; returns
     the station-system configuration to store on those stations."""
-    from server.demo import DEMO_VENDORS
+    from devstack.demo import DEMO_VENDORS
 
     systems: dict[str, dict[str, str]] = {}
     for kind in ("rest", "xml"):
@@ -203,9 +199,9 @@ def run(settings: Settings) -> int:
         sockets = bind_sockets(settings.port, settings.host, reuse_port=False)
         if settings.processes == 1:
             _print_banner(settings, children)
-            _serve_in_this_process(settings, sockets)
+            serve_here(settings, sockets)
             return 0
-        workers = _fork_workers(settings, sockets)
+        workers = fork_workers(settings, sockets)
         if not workers:  # in a worker: it served and stopped
             return 0
         for sock in sockets:
@@ -226,7 +222,7 @@ def run(settings: Settings) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _stop_workers(workers)
+        stop_workers(workers)
         for child in reversed(children):
             child.stop()
         if children:
@@ -234,85 +230,14 @@ def run(settings: Settings) -> int:
     return 0
 
 
-def _serve_in_this_process(settings: Settings, sockets: list[Any]) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    asyncio.run(serve(settings, sockets))
-
-
-def _fork_workers(settings: Settings, sockets: list[Any]) -> list[int]:
-    """Fork the workers; returns their pids in the parent and [] in a worker after it ran."""
-    pids = []
-    for index in range(settings.processes):
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                os.environ["KEYUN_WORKER"] = str(index)
-                _serve_in_this_process(settings, sockets)
-            except BaseException:
-                log.exception("worker %s failed", index)
-                code = 1
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        pids.append(pid)
-    return pids
-
-
-def _stop_workers(workers: list[int]) -> None:
-    for pid in workers:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + SHUTDOWN_GRACE + 5
-    for pid in workers:
-        while time.monotonic() < deadline:
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if done:
-                break
-            time.sleep(0.05)
-        else:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
-
-
-async def _wait_for_stores(settings: Settings) -> tuple[Any, Any]:
-    from server.app import connect_mongo, connect_redis
-
-    assert settings.mongo_uri and settings.redis_url
-    mongo = connect_mongo(settings, settings.mongo_uri)
-    redis = connect_redis(settings.redis_url)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            await mongo.admin.command("ping")
-            await redis.ping()
-            return mongo, redis
-        except Exception as exc:
-            if time.monotonic() > deadline:
-                await mongo.close()
-                await redis.aclose()
-                raise RuntimeError(f"stores not reachable: {type(exc).__name__}: {exc}") \
-                    from None
-            await asyncio.sleep(0.5)
-
-
 async def prepare_database(settings: Settings,
                            station_systems: dict[str, dict[str, str]] | None = None) -> None:
     """Once per start, before serving: schema, demo data (first start), departure plan,
     station-system addresses (sandbox), and a first full sync of proxied stations."""
-    from server import demo
+    from devstack import demo
     from server.storage.collections import ensure_schema
 
-    mongo, redis = await _wait_for_stores(settings)
+    mongo, redis = await wait_for_stores(settings)
     try:
         db = mongo[settings.mongo_db]
         await ensure_schema(db)
@@ -329,36 +254,6 @@ async def prepare_database(settings: Settings,
     finally:
         await mongo.close()
         await redis.aclose()
-
-
-async def serve(settings: Settings, sockets: list[Any]) -> None:
-    """Serve HTTP on already-bound sockets until SIGINT/SIGTERM, then drain and close."""
-    from server.app import make_app
-
-    mongo, redis = await _wait_for_stores(settings)
-    app = make_app(settings, mongo, redis)
-    jobs = app.settings["services"].jobs
-    jobs.start()
-    server = HTTPServer(app, max_body_size=MAX_BODY, idle_connection_timeout=60)
-    server.add_sockets(sockets)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    log.info("serving", extra={"fields": {"port": settings.port, "pid": os.getpid()}})
-    await stop.wait()
-    log.info("stopping: no new connections, draining")
-    server.stop()
-    await app.settings["services"].hub.close()  # WebSockets: 1001 going away
-    try:
-        await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE)
-    except TimeoutError:
-        log.warning("connections still open after %ss; closing anyway", SHUTDOWN_GRACE)
-    await jobs.stop()
-    await app.settings["services"].inventory.close()
-    await mongo.close()
-    await redis.aclose()
-    log.info("stopped")
 
 
 def _print_banner(settings: Settings, children: list[embedded.ChildServer]) -> None:
@@ -408,10 +303,10 @@ def seed_demo(settings: Settings, reset: bool = False) -> int:
 
 
 async def _seed(settings: Settings, reset: bool) -> None:
-    from server import demo
+    from devstack import demo
     from server.storage.collections import ensure_schema
 
-    mongo, redis = await _wait_for_stores(settings)
+    mongo, redis = await wait_for_stores(settings)
     try:
         if reset:
             await mongo.drop_database(settings.mongo_db)

@@ -1,0 +1,122 @@
+"""Serving Keyun: HTTP on bound sockets in this process or in forked workers, drained on
+SIGINT/SIGTERM. What the ``keyun`` command (``devstack.cli``) runs once the stores are there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+from tornado.httpserver import HTTPServer
+
+from server.config import Settings
+
+log = logging.getLogger("keyun")
+
+MAX_BODY = 4 * 1024 * 1024
+SHUTDOWN_GRACE = 10.0
+
+
+def serve_here(settings: Settings, sockets: list[Any]) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    asyncio.run(serve(settings, sockets))
+
+
+def fork_workers(settings: Settings, sockets: list[Any]) -> list[int]:
+    """Fork the workers; returns their pids in the parent and [] in a worker after it ran."""
+    pids = []
+    for index in range(settings.processes):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                os.environ["KEYUN_WORKER"] = str(index)
+                serve_here(settings, sockets)
+            except BaseException:
+                log.exception("worker %s failed", index)
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        pids.append(pid)
+    return pids
+
+
+def stop_workers(workers: list[int]) -> None:
+    for pid in workers:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + SHUTDOWN_GRACE + 5
+    for pid in workers:
+        while time.monotonic() < deadline:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+
+
+async def wait_for_stores(settings: Settings) -> tuple[Any, Any]:
+    from server.app import connect_mongo, connect_redis
+
+    assert settings.mongo_uri and settings.redis_url
+    mongo = connect_mongo(settings, settings.mongo_uri)
+    redis = connect_redis(settings.redis_url)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            await mongo.admin.command("ping")
+            await redis.ping()
+            return mongo, redis
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                await mongo.close()
+                await redis.aclose()
+                raise RuntimeError(f"stores not reachable: {type(exc).__name__}: {exc}") \
+                    from None
+            await asyncio.sleep(0.5)
+
+
+async def serve(settings: Settings, sockets: list[Any]) -> None:
+    """Serve HTTP on already-bound sockets until SIGINT/SIGTERM, then drain and close."""
+    from server.app import make_app
+
+    mongo, redis = await wait_for_stores(settings)
+    app = make_app(settings, mongo, redis)
+    jobs = app.settings["services"].jobs
+    jobs.start()
+    server = HTTPServer(app, max_body_size=MAX_BODY, idle_connection_timeout=60)
+    server.add_sockets(sockets)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("serving", extra={"fields": {"port": settings.port, "pid": os.getpid()}})
+    await stop.wait()
+    log.info("stopping: no new connections, draining")
+    server.stop()
+    await app.settings["services"].hub.close()  # WebSockets: 1001 going away
+    try:
+        await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE)
+    except TimeoutError:
+        log.warning("connections still open after %ss; closing anyway", SHUTDOWN_GRACE)
+    await jobs.stop()
+    await app.settings["services"].inventory.close()
+    await mongo.close()
+    await redis.aclose()
+    log.info("stopped")
