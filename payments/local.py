@@ -2,7 +2,7 @@
 a kiosk or a station window. Providers of the registry like WeChat Pay and Alipay, but with
 no transaction elsewhere to start, query or close: the money moves in the same MongoDB
 transaction that moves the attempt to ``pending`` (``take``), and goes back in the one that
-ends the refund (``give_back``).
+ends the refund (``pay_back``).
 
 - ``AgentDeposit`` owns the outlets' balances (debit with credit, credit, top-up).
 - ``Cash`` and ``BankCard`` take what the seller keyed in; their refunds are paid at the
@@ -45,7 +45,7 @@ class LocalProvider(abc.ABC):
         return DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="method")
 
     @abc.abstractmethod
-    async def give_back(self, attempt: dict[str, Any], amount: int,
+    async def pay_back(self, attempt: dict[str, Any], amount: int,
                         session: AsyncClientSession) -> dict[str, Any]:
         """Pay a refund back inside the refund's transaction; what its movement records."""
 
@@ -98,7 +98,7 @@ class AgentDeposit(LocalProvider):
             return DomainError("OUTLET_NOT_FOUND")
         return DomainError("INSUFFICIENT_BALANCE", amount=amount)
 
-    async def give_back(self, attempt: dict[str, Any], amount: int,
+    async def pay_back(self, attempt: dict[str, Any], amount: int,
                         session: AsyncClientSession) -> dict[str, Any]:
         await self.credit(outlet_of(attempt) or "", amount, session)
         return {}
@@ -140,7 +140,7 @@ class AtTheCounter(LocalProvider):
     def tender(self, amount: int, tendered: int | None, reference: str) -> dict[str, Any]:
         ...
 
-    async def give_back(self, attempt: dict[str, Any], amount: int,
+    async def pay_back(self, attempt: dict[str, Any], amount: int,
                         session: AsyncClientSession) -> dict[str, Any]:
         return {"paid_out": "at the station window"}
 

@@ -451,7 +451,7 @@ class PaymentService:
                                              from_states=("sending", "attention"),
                                              out_refund_no=out_refund_no):
                 return False
-            paid_back = await provider.give_back(attempt, amount, session)
+            paid_back = await provider.pay_back(attempt, amount, session)
             await self._movement(f"refund:{out_refund_no}", "refund", attempt, amount,
                                  session, out_refund_no=out_refund_no, **paid_back)
             await self._refund_notice(request, out_refund_no, session)

@@ -214,7 +214,7 @@ class StationSystem:
         except KeyError:
             raise SimError("NO_ORDER", order_id) from None
 
-    def give_back(self, order_id: str, seats: list[int], status: str) -> list[int]:
+    def return_seats(self, order_id: str, seats: list[int], status: str) -> list[int]:
         with self._lock:
             order = self.order(order_id)
             trip = self.trips[order.trip_id]

@@ -203,7 +203,7 @@ class OrderActionHandler(SimHandler):
             self.reply({"ticketNo": self.system.pickup(order_id, int(b["seatNo"]))})
             return
         status = "refunded" if action == "refund" else "voided"
-        freed = self.system.give_back(order_id, [int(s) for s in b.get("seatNos", [])], status)
+        freed = self.system.return_seats(order_id, [int(s) for s in b.get("seatNos", [])], status)
         self.reply({"orderId": order_id, "seatNos": freed})
 
 

@@ -166,12 +166,12 @@ class ServiceHandler(SimHandler):
 
     def op_refund(self, body: dict[str, Any]) -> dict[str, Any]:
         seats = [int(s) for s in body.get("zwh", "").split(",") if s]
-        return {"zwh": ",".join(map(str, self.system.give_back(body["ddh"], seats,
+        return {"zwh": ",".join(map(str, self.system.return_seats(body["ddh"], seats,
                                                                "refunded")))}
 
     def op_void(self, body: dict[str, Any]) -> dict[str, Any]:
         seats = [int(s) for s in body.get("zwh", "").split(",") if s]
-        return {"zwh": ",".join(map(str, self.system.give_back(body["ddh"], seats,
+        return {"zwh": ",".join(map(str, self.system.return_seats(body["ddh"], seats,
                                                                "voided")))}
 
     def op_pickup(self, body: dict[str, Any]) -> dict[str, Any]:

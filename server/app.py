@@ -59,6 +59,7 @@ from server.services.departures import DepartureService
 from server.services.events import EventLog
 from server.services.gate import GateKeys, GateService
 from server.services.health import HealthService
+from server.services.holds import SeatHolds
 from server.services.idempotency import IdempotencyStore
 from server.services.inventory import NativeInventory
 from server.services.jobs import JobRunner, RecordFailures
@@ -148,8 +149,9 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         db, vault, sms,
         WeChatSubscribe(settings.wechat_appid, settings.wechat_secret, settings.wechat_api_base),
         parse_templates(settings.wechat_notice_templates), failures)
-    order_service = OrderService(db, redis, seats, rules, member_service, vault, CHANNELS,
-                                 orphan_after=settings.orphan_hold_seconds, failures=failures)
+    holds = SeatHolds(db, redis, seats, orphan_after=settings.orphan_hold_seconds)
+    order_service = OrderService(db, redis, holds, seats.events, rules, member_service, vault,
+                                 CHANNELS, failures=failures)
     alerts = AlertService(db)
     payment_service = PaymentService(db, payment_providers(settings, db), order_service,
                                      alerts, audit, failures)
@@ -165,7 +167,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         return await plan_sale_window(db, (await rules.current()).sale_days)
     jobs.add("departure-planning", 3600.0, plan)
     jobs.add("order-issuing", 10.0, order_service.retry_issuing)
-    jobs.add("orphan-holds", 5.0, order_service.release_orphan_holds)
+    jobs.add("orphan-holds", 5.0, holds.release_orphans)
     jobs.add("hold-sweeper", 1.0, inventory.sweep)
     jobs.add("station-sync", 30.0, sync.sync_all)
     jobs.add("station-full-sync", 600.0, lambda: sync.sync_all(full=True))

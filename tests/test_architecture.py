@@ -32,7 +32,7 @@ WRITERS = {
     "money_movements": {"payments/service.py"},
     "outlets": {"payments/local.py"},
     "reconciliations": {"payments/service.py"},
-    "hold_claims": {"server/services/orders.py"},
+    "hold_claims": {"server/services/holds.py"},
     "seat_holds": {"server/services/inventory.py"},
     "members": {"server/services/members.py"},
     "passengers": {"server/services/members.py"},

@@ -273,7 +273,7 @@ class NativeInventory:
             {"_id": hold_id, "status": {"$in": ["held", "selling"]}},
             {"$set": {"status": "selling", "selling_at": now}})
 
-    async def give_back(self, departure_id: str, sale_id: str, seats: tuple[int, ...],
+    async def return_seats(self, departure_id: str, sale_id: str, seats: tuple[int, ...],
                         reason: str) -> tuple[int, ...]:
         """Return sold seats to sale (refund, void, change); returns the seats freed."""
         result = await self._call("unsell", departure_id, sale_id,

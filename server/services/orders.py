@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,11 +33,7 @@ from server.clock import LOCAL_TZ, local_today, now_ms
 from server.errors import DomainError
 from server.exchange.base import HoldRequest, TicketInfo
 from server.exchange.errors import (
-    BadStationResponse,
-    DepartureNotFound,
     ExchangeError,
-    HoldExpired,
-    HoldNotFound,
     StationTimeout,
     StationUnreachable,
 )
@@ -46,12 +41,12 @@ from server.notices import NoticeOutbox
 from server.sales import SalesChannel, SalesChannels
 from server.security.pii import PiiVault, mask_id, mask_phone
 from server.security.principal import Principal
-from server.services.events import Topic
+from server.services.events import EventLog, Topic
+from server.services.holds import HoldClaimed, SeatHolds
 from server.services.jobs import RecordFailures
 from server.services.members import MemberService, normalize_phone
 from server.services.realname import id_index, validate
 from server.services.rules import RuleService
-from server.services.seats import SeatService
 from server.storage import refunds
 from server.storage.transactions import transact
 
@@ -83,14 +78,6 @@ return redis.call('INCR', KEYS[1])
 Also = Callable[[dict[str, Any], "AsyncClientSession | None"], Awaitable[None]]
 
 
-# seat holds taken for orders not yet written: "departure|hold" scored by when (Unix s)
-HOLD_JOURNAL = "orders:hold-journal"
-
-
-class HoldClaimed(Exception):
-    """The sweeper released this order's hold before the order could be written."""
-
-
 class TicketNumberTaken(Exception):
     """A ticket number was in use already (the serial counter fell behind MongoDB)."""
 
@@ -101,15 +88,15 @@ def new_order_no(now: dt.datetime) -> str:
 
 
 class OrderService:
-    def __init__(self, db: AsyncDatabase[Any], redis: Redis, seats: SeatService,
-                 rules: RuleService, members: MemberService, vault: PiiVault,
-                 channels: SalesChannels, orphan_after: float = 60.0,
+    def __init__(self, db: AsyncDatabase[Any], redis: Redis, holds: SeatHolds,
+                 events: EventLog, rules: RuleService, members: MemberService,
+                 vault: PiiVault, channels: SalesChannels,
                  failures: RecordFailures | None = None) -> None:
-        self.orphan_after = orphan_after
         self.failures = failures or RecordFailures()
         self._db = db
         self._redis = redis
-        self._seats = seats
+        self.holds = holds  # the hold lifecycle's one owner
+        self._events = events
         self._rules = rules
         self._members = members
         self._vault = vault
@@ -173,21 +160,11 @@ class OrderService:
         now = now_ms()
         order_no = new_order_no(now)
         hold_id = f"H{order_no}"
-        # noted before the seats are taken: if this process dies before the order is
-        # written, the sweeper finds the hold here and gives the seats back
-        await self._redis.zadd(HOLD_JOURNAL, {f"{departure_id}|{hold_id}": time.time()})
-        try:
-            hold = await self._seats.hold(departure_id, HoldRequest(
-                hold_id=hold_id, channel=sold_on.identifier, count=len(people),
-                from_seq=frm, to_seq=to,
-                seats=tuple(int(s) for s in chosen) if all(chosen) else (),
-                ttl_seconds=rules.payment_timeout_minutes * 60, limited=sold_on.limited))
-        except ExchangeError as exc:
-            # a clear refusal took nothing; after a timeout or a garbled answer the station
-            # may hold the seats all the same, so the entry stays for the sweeper to release
-            if not isinstance(exc, (StationTimeout, BadStationResponse)):
-                await self._redis.zrem(HOLD_JOURNAL, f"{departure_id}|{hold_id}")
-            raise
+        hold = await self.holds.hold(departure_id, HoldRequest(
+            hold_id=hold_id, channel=sold_on.identifier, count=len(people),
+            from_seq=frm, to_seq=to,
+            seats=tuple(int(s) for s in chosen) if all(chosen) else (),
+            ttl_seconds=rules.payment_timeout_minutes * 60, limited=sold_on.limited))
         await failpoints.reach("orders.after_hold")
         station = await self._db.stations.find_one({"_id": dep["station_id"]}, {"code": 1})
         tickets = []
@@ -232,16 +209,13 @@ class OrderService:
         except HoldClaimed:  # too late: the sweeper took this process for dead
             raise DomainError("HOLD_EXPIRED") from None
         except DuplicateKeyError:
-            await self._give_back(departure_id, hold.hold_id)
+            await self.holds.release_unwritten(departure_id, hold.hold_id)
             raise DomainError("PASSENGER_ALREADY_BOOKED") from None
         except Exception:
-            await self._give_back(departure_id, hold.hold_id)
+            await self.holds.release_unwritten(departure_id, hold.hold_id)
             raise
         await failpoints.reach("orders.after_write")
-        try:
-            await self._redis.zrem(HOLD_JOURNAL, f"{departure_id}|{hold.hold_id}")
-        except RedisError:  # the order stands; the sweeper finds it claimed and drops this
-            log.warning("hold journal entry left", extra={"fields": {"order_no": order_no}})
+        await self.holds.written(departure_id, hold.hold_id)
         log.info("order created", extra={"fields": {"order_no": order_no,
                                                      "departure_id": departure_id,
                                                      "tickets": len(tickets)}})
@@ -251,13 +225,7 @@ class OrderService:
         """Order and tickets together or not at all; a concurrent order on the same index
         keys is retried, and the unique index gives the real answer."""
         async def write(session: AsyncClientSession) -> None:
-            try:
-                await self._db.hold_claims.insert_one(
-                    {"_id": order["hold_id"], "owner": "order",
-                     "departure_id": order["departure_id"], "at": order["created_at"]},
-                    session=session)
-            except DuplicateKeyError:
-                raise HoldClaimed() from None
+            await self.holds.claim(order["departure_id"], order["hold_id"], session)
             await self._db.orders.insert_one(order, session=session)
             await self._db.tickets.insert_many(tickets, session=session)
         try:
@@ -428,7 +396,7 @@ class OrderService:
         """Tell the order's watchers, after the change is stored. Never fails the change: a
         watcher that missed it gets a snapshot when it resubscribes."""
         try:
-            await self._seats.events.emit(Topic("order", order_no), event, data)
+            await self._events.emit(Topic("order", order_no), event, data)
         except RedisError as exc:
             log.warning("order event not published: %s", type(exc).__name__,
                         extra={"fields": {"order_no": order_no, "event": event}})
@@ -440,7 +408,7 @@ class OrderService:
                                      also=self._release_tickets)
         if done is None:
             raise DomainError("ORDER_NOT_CANCELLABLE", status=order["status"])
-        await self._release_seats(done)
+        await self.holds.release_ended(done)
         return await self.get(actor, order_no)
 
     async def expire_due(self, limit: int = 100) -> int:
@@ -455,7 +423,7 @@ class OrderService:
                                              "payment timeout", from_states={"pending_payment"},
                                              also=self._release_tickets)
                 if done is not None:  # this process won the race
-                    await self._release_seats(done)
+                    await self.holds.release_ended(done)
                     closed += 1
         return closed
 
@@ -478,59 +446,12 @@ class OrderService:
                                                  {"$set": {"expiry_warned": True}})
         return len(due)
 
-    async def _give_back(self, departure_id: str, hold_id: str) -> None:
-        """The order was not written: release its hold (left in the journal for the sweeper
-        if the station cannot be told now)."""
-        await self._seats.release(departure_id, hold_id)
-        await self._redis.zrem(HOLD_JOURNAL, f"{departure_id}|{hold_id}")
-
-    async def release_orphan_holds(self, limit: int = 100) -> int:
-        """Holds noted in the journal longer ago than ``orphan_after`` with no order: the
-        process taking them died between the hold and the order. Whoever claims the hold
-        first in ``hold_claims`` wins — the order being written or this sweeper — so a slow
-        order is never left without its seats."""
-        cutoff = time.time() - self.orphan_after
-        entries = await self._redis.zrangebyscore(HOLD_JOURNAL, "-inf", cutoff, start=0,
-                                                  num=limit)
-        released = 0
-        for entry in entries:
-            departure_id, _, hold_id = (entry.decode() if isinstance(entry, bytes)
-                                        else entry).rpartition("|")
-            try:
-                await self._db.hold_claims.insert_one(
-                    {"_id": hold_id, "owner": "sweeper", "departure_id": departure_id,
-                     "at": now_ms()})
-            except DuplicateKeyError:
-                claim = await self._db.hold_claims.find_one({"_id": hold_id}, {"owner": 1})
-                if claim and claim["owner"] == "order":  # written after all: not an orphan
-                    await self._redis.zrem(HOLD_JOURNAL, entry)
-                    continue
-            try:
-                await self._seats.release(departure_id, hold_id)
-            except ExchangeError as exc:  # the claim stays ours: tried again next run
-                if not isinstance(exc, (DepartureNotFound, HoldNotFound, HoldExpired)):
-                    log.warning("orphan hold not released yet: %s", exc.code,
-                                extra={"fields": {"hold_id": hold_id}})
-                    continue
-            await self._redis.zrem(HOLD_JOURNAL, entry)
-            released += 1
-            log.warning("orphan hold released (its order was never written)",
-                        extra={"fields": {"hold_id": hold_id, "departure_id": departure_id}})
-        return released
-
     async def _release_tickets(self, order: dict[str, Any],
                                session: AsyncClientSession | None) -> None:
         """The order's unsold tickets end with it (and free their one-person-one-seat keys)."""
         await self._db.tickets.update_many(
             {"order_no": order["order_no"], "status": "held"},
             {"$set": {"status": "released", "active": False}}, session=session)
-
-    async def _release_seats(self, order: dict[str, Any]) -> None:
-        try:
-            await self._seats.release(order["departure_id"], order["hold_id"])
-        except ExchangeError as exc:  # the hold expires at the station by itself
-            log.warning("release failed: %s", exc.code,
-                        extra={"fields": {"order_no": order["order_no"]}})
 
     # --- payment and issuing (the payments capability calls mark_paid) ----------------------
     async def mark_paid(self, order_no: str, payment_ref: str, amount: int) -> str:
@@ -563,7 +484,7 @@ class OrderService:
         infos = [TicketInfo(t["seat"], t["passenger"]["name"], t["ticket_type"], t["price"])
                  for t in tickets]
         try:
-            sale = await self._seats.sell(order["departure_id"], order["hold_id"], infos)
+            sale = await self.holds.sell(order["departure_id"], order["hold_id"], infos)
         except (StationUnreachable, StationTimeout) as exc:
             log.warning("issuing deferred: %s", exc.code,
                         extra={"fields": {"order_no": order_no}})

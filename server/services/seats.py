@@ -209,13 +209,13 @@ class SeatService:
 
     async def refund(self, departure_id: str, sale_id: str, seats: tuple[int, ...]
                      ) -> tuple[int, ...]:
-        return await self._give_back("refund", departure_id, sale_id, seats)
+        return await self._return_seats("refund", departure_id, sale_id, seats)
 
     async def void(self, departure_id: str, sale_id: str, seats: tuple[int, ...]
                    ) -> tuple[int, ...]:
-        return await self._give_back("void", departure_id, sale_id, seats)
+        return await self._return_seats("void", departure_id, sale_id, seats)
 
-    async def _give_back(self, operation: str, departure_id: str, sale_id: str,
+    async def _return_seats(self, operation: str, departure_id: str, sale_id: str,
                          seats: tuple[int, ...]) -> tuple[int, ...]:
         _, station, ref, exchange = await self.resolve(departure_id)
         method = exchange.refund if operation == "refund" else exchange.void

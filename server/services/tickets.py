@@ -59,6 +59,7 @@ class TicketService:
         self._seats = seats
         self._rules = rules
         self._orders = orders
+        self._holds = orders.holds  # hold, sell, release and return go through it
         self._audit = audit
 
     async def _load(self, actor: Principal, ticket_no: str
@@ -175,8 +176,8 @@ class TicketService:
             "fee": quote["fee"], "amount": quote["refund_amount"],
             "actor": actor.label, "reason": "refund"})
         try:
-            await self._seats.refund(ticket["departure_id"], ticket["sale_id"],
-                                     (ticket["seat"],))
+            await self._holds.return_seats(ticket["departure_id"], ticket["sale_id"],
+                                           (ticket["seat"],), "refund")
         except ExchangeError:
             await self._db.tickets.update_one({"_id": ticket["_id"]},
                                               {"$set": {"status": busy["status"]}})
@@ -195,7 +196,8 @@ class TicketService:
             "fee": 0, "amount": ticket["price"], "actor": actor.label,
             "reason": f"void: {reason}"})
         try:
-            await self._seats.void(ticket["departure_id"], ticket["sale_id"], (ticket["seat"],))
+            await self._holds.return_seats(ticket["departure_id"], ticket["sale_id"],
+                                           (ticket["seat"],), "void")
         except ExchangeError:
             await self._db.tickets.update_one({"_id": ticket["_id"]},
                                               {"$set": {"status": busy["status"]}})
@@ -271,9 +273,9 @@ class TicketService:
             try:
                 taken = await self._seats.query(target, hold_id)
                 if taken.status == "sold" and taken.seats:
-                    await self._seats.refund(target, taken.sale_id, taken.seats)
+                    await self._holds.return_seats(target, taken.sale_id, taken.seats)
                 elif taken.status == "held":
-                    await self._seats.release(target, hold_id)
+                    await self._holds.release_change(target, hold_id)
             except DepartureNotFound:
                 pass
             except ExchangeError as exc:
@@ -288,9 +290,9 @@ class TicketService:
             sale = await self._seats.query(ticket["departure_id"], ticket["sale_id"])
             still_sold = sale.status in ("sold", "held") and ticket["seat"] in sale.seats
             if still_sold:  # the station never did it: do it now (the passenger asked)
-                call = self._seats.refund if ticket["status"] == "refunding" \
-                    else self._seats.void
-                await call(ticket["departure_id"], ticket["sale_id"], (ticket["seat"],))
+                await self._holds.return_seats(
+                    ticket["departure_id"], ticket["sale_id"], (ticket["seat"],),
+                    "refund" if ticket["status"] == "refunding" else "void")
         except ExchangeError as exc:
             log.warning("stuck ticket not settled yet: %s", exc.code,
                         extra={"fields": {"ticket_no": ticket["ticket_no"]}})
@@ -341,10 +343,11 @@ class TicketService:
                                                       "hold_id": hold_id,
                                                       "actor": actor.label})
         try:
-            hold = await self._seats.hold(departure_id, HoldRequest(
+            hold = await self._holds.hold(departure_id, HoldRequest(
                 hold_id, order["channel"], 1, ticket["from_seq"], ticket["to_seq"],
-                ttl_seconds=300, limited=self._orders.channel_of(order).limited))
-            sale = await self._seats.sell(departure_id, hold_id, [TicketInfo(
+                ttl_seconds=300, limited=self._orders.channel_of(order).limited),
+                for_order=False)
+            sale = await self._holds.sell(departure_id, hold_id, [TicketInfo(
                 hold.seats[0], ticket["passenger"]["name"], ticket["ticket_type"],
                 ticket["price"])])
         except ExchangeError:
@@ -370,7 +373,7 @@ class TicketService:
 
         await transact(self._db, write)
         try:
-            await self._seats.refund(dep["_id"], ticket["sale_id"], (ticket["seat"],))
+            await self._holds.return_seats(dep["_id"], ticket["sale_id"], (ticket["seat"],))
         except ExchangeError as exc:  # the new ticket stands; the old seat is settled later
             log.error("old seat not returned after change: %s", exc.code,
                       extra={"fields": {"ticket_no": ticket_no}})

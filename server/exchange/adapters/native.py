@@ -55,11 +55,11 @@ class NativeExchange(StationExchange):
 
     async def refund(self, departure: DepartureRef, sale_id: str,
                      seats: tuple[int, ...]) -> tuple[int, ...]:
-        return await self.inventory.give_back(departure.id, sale_id, seats, "refund")
+        return await self.inventory.return_seats(departure.id, sale_id, seats, "refund")
 
     async def void(self, departure: DepartureRef, sale_id: str,
                    seats: tuple[int, ...]) -> tuple[int, ...]:
-        return await self.inventory.give_back(departure.id, sale_id, seats, "void")
+        return await self.inventory.return_seats(departure.id, sale_id, seats, "void")
 
     async def pickup(self, departure: DepartureRef, sale_id: str, seat: int) -> str:
         return ""  # our own tickets: the ticket number is Keyun's (see the booking service)

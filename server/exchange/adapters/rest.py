@@ -135,18 +135,18 @@ class RestExchange(HttpStationExchange):
         return SaleStatus(sale_id, ORDER_STATES.get(str(p.get("state")), "unknown"),
                           tuple(int(s) for s in need(p, "seatNos", list)))
 
-    async def _give_back(self, action: str, sale_id: str, seats: tuple[int, ...]
+    async def _return_seats(self, action: str, sale_id: str, seats: tuple[int, ...]
                          ) -> tuple[int, ...]:
         p = await self._json("POST", f"/api/orders/{sale_id}/{action}", {"seatNos": list(seats)})
         return tuple(int(s) for s in need(p, "seatNos", list))
 
     async def refund(self, departure: DepartureRef, sale_id: str,
                      seats: tuple[int, ...]) -> tuple[int, ...]:
-        return await self._give_back("refund", sale_id, seats)
+        return await self._return_seats("refund", sale_id, seats)
 
     async def void(self, departure: DepartureRef, sale_id: str,
                    seats: tuple[int, ...]) -> tuple[int, ...]:
-        return await self._give_back("void", sale_id, seats)
+        return await self._return_seats("void", sale_id, seats)
 
     async def pickup(self, departure: DepartureRef, sale_id: str, seat: int) -> str:
         p = await self._json("POST", f"/api/orders/{sale_id}/pickup", {"seatNo": seat})
