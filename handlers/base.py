@@ -180,13 +180,8 @@ class ApiHandler(RequestHandler):
         """Refuse unless the principal's role is among ``roles`` (PUBLIC: anyone)."""
         if not roles:
             return
-        principal = self.principal
-        if not self.services.authorizer.allows(principal, roles, self.route):
-            if principal.is_staff:
-                await self.services.audit.record(principal, "access.denied", target=self.route,
-                                                 outcome="denied",
-                                                 details={"method": self.request.method})
-            raise DomainError("FORBIDDEN")
+        await self.services.authorizer.check(self.principal, roles, self.route,
+                                             self.request.method or "-")
 
     def on_finish(self) -> None:
         if self._counted:  # a request refused before prepare (a 405) was never counted in

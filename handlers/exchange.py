@@ -47,10 +47,8 @@ class StationSyncHandler(ApiHandler):
     @api("Sync one station now (full or incremental)", roles=(OPERATOR,), body=SYNC_BODY,
          response=SYNC_RUN, tags=("exchange",), errors=("STATION_NOT_FOUND",))
     async def post(self, station_id: str) -> None:
-        run = await self.services.sync.sync_station(station_id,
-                                                    full=bool(self.body.get("full")))
-        await self.services.audit.record(self.principal, "station.sync", target=station_id,
-                                         details={"outcome": run["outcome"]})
+        run = await self.services.sync.sync_on_demand(self.principal, station_id,
+                                                      full=bool(self.body.get("full")))
         run.pop("_id", None)
         self.write_json(run)
 

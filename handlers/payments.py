@@ -83,11 +83,8 @@ class ReconcileHandler(ApiHandler):
          errors=("NOT_FOUND", "INVALID_VALUE", "PAYMENT_PROVIDER_ERROR",
                  "STATEMENT_NOT_READY"))
     async def post(self, provider: str, bill_date: str) -> None:
-        report = await self.services.payments.reconcile(provider, bill_date)
-        await self.services.audit.record(self.principal, "payments.reconcile",
-                                         target=f"{provider}:{bill_date}",
-                                         details={"clean": report["clean"]})
-        self.write_json(report)
+        self.write_json(await self.services.payments.reconcile(self.principal, provider,
+                                                               bill_date))
 
 
 DEPOSIT = obj({"amount": integer(1, 10**12, description="fen"),

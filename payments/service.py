@@ -199,6 +199,9 @@ class PaymentService:
                                                {"$set": {"status": "failed",
                                                          "error": "refused by the provider"}})
             raise await provider.refusal(actor, amount)
+        await self.audit.staff_action(actor, "payment.take", target=order["order_no"],
+                                      details={"method": attempt["method"], "amount": amount,
+                                               "out_trade_no": attempt["out_trade_no"]})
         attempt = {**attempt, "status": "pending", "receipt": found, **mine}
         outcome = await self.settle(attempt, "paid", amount,
                                     reference or attempt["out_trade_no"])
@@ -590,8 +593,10 @@ class PaymentService:
         return count
 
     # --- statements -----------------------------------------------------------------------
-    async def reconcile(self, provider_id: str, bill_date: str) -> dict[str, Any]:
-        """The provider's trade bill of a day matched line by line to our paid attempts."""
+    async def reconcile(self, actor: Principal, provider_id: str, bill_date: str
+                        ) -> dict[str, Any]:
+        """The provider's trade bill of a day matched line by line to our paid attempts
+        (audited)."""
         from payments.statements import match
 
         day = calendar_day(bill_date, code="INVALID_VALUE", field="bill_date")
@@ -617,6 +622,8 @@ class PaymentService:
                   "at": now_ms()}
         await self._db.reconciliations.replace_one(
             {"_id": f"{provider_id}:{bill_date}"}, report, upsert=True)
+        await self.audit.record(actor, "payments.reconcile", target=f"{provider_id}:{bill_date}",
+                                details={"clean": report["clean"]})
         return report
 
     async def waiting_attempt(self, order_no: str) -> dict[str, Any] | None:

@@ -139,7 +139,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     inventory = NativeInventory(db, redis)
     seats = SeatService(db, redis, ExchangeRegistry(NativeExchange(inventory, redis)),
                         EventLog(redis))
-    sync = SyncService(db, seats)
+    sync = SyncService(db, seats, audit)
     sms = HttpSmsProvider(settings.sms_api_base, settings.sms_api_key)
     member_service = MemberService(
         db, redis, vault, auth_service, sms,
@@ -151,7 +151,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         parse_templates(settings.wechat_notice_templates), failures)
     holds = SeatHolds(db, redis, seats, orphan_after=settings.orphan_hold_seconds)
     order_service = OrderService(db, redis, holds, seats.events, rules, member_service, vault,
-                                 CHANNELS, failures=failures)
+                                 CHANNELS, audit, failures=failures)
     alerts = AlertService(db)
     payment_service = PaymentService(db, payment_providers(settings, db), order_service,
                                      alerts, audit, failures)
@@ -179,7 +179,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         health=HealthService(mongo, redis),
         stations=StationService(db, network),
         idempotency=IdempotencyStore(db),
-        authorizer=RoleAuthorizer(),
+        authorizer=RoleAuthorizer(audit),
         inventory=inventory,
         seats=seats,
         sync=sync,
@@ -194,7 +194,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         payments=payment_service,
         jobs=jobs,
         hub=Hub(redis),
-        gate=GateService(db, vault, GateKeys(db, vault)),
+        gate=GateService(db, vault, GateKeys(db, vault), audit),
         notices=notices,
         alerts=alerts,
         failures=failures,

@@ -148,3 +148,15 @@ def test_refund_requests_are_written_only_by_their_owner() -> None:
     for rel, tree in _sources().items():
         if rel != "server/storage/refunds.py":
             assert "refund_requests" not in _collection_writes(tree), rel
+
+
+def test_audit_entries_are_written_by_services() -> None:
+    """Handlers ask services, and the service that acts writes the audit entry — so no way
+    into an action (API, job, console) can skip it."""
+    for rel, tree in _sources().items():
+        if not rel.startswith(("handlers/", "admin/")):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in ("record", "staff_action") \
+                    and isinstance(node.value, ast.Attribute) and node.value.attr == "audit":
+                raise AssertionError(f"{rel}:{node.lineno} writes an audit entry")

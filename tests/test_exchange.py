@@ -27,6 +27,7 @@ from server.exchange.errors import (
     StationTimeout,
 )
 from server.exchange.registry import ExchangeRegistry
+from server.services.audit import AuditService
 from server.services.events import EventLog
 from server.services.inventory import NativeInventory, new_hold_id
 from server.services.seats import SeatService
@@ -42,7 +43,7 @@ class Stack:
         self.inventory = inventory = NativeInventory(db, redis)
         self.seats = SeatService(db, redis, ExchangeRegistry(NativeExchange(inventory, redis),
                                                              timeout=timeout), EventLog(redis))
-        self.sync = SyncService(db, self.seats)
+        self.sync = SyncService(db, self.seats, AuditService(db))
 
 
 @pytest.fixture

@@ -303,6 +303,13 @@ async def test_agent_pays_from_its_deposit_within_credit(api: ApiClient, db,
     request = await wait_refund(db, f"ticket:{ticket['ticket_no']}")  # (either process)
     after = (await db.outlets.find_one({"_id": outlet}))["balance"]
     assert after == before - order["amount"] + request["amount"]
+    # what the agent did for its customer is in the audit trail, written by the services
+    operator = (await api.login("operator"))["token"]
+    trail = (await api.get("/api/v1/admin/audit?actor=stf_demo_agent&limit=100",
+                           token=operator)).body["entries"]
+    done = {(e["action"], e.get("target")) for e in trail}
+    assert {("order.create", order["order_no"]), ("payment.take", order["order_no"]),
+            ("ticket.refund", ticket["ticket_no"])} <= done
     # beyond deposit and credit: refused, nothing taken
     limits = await db.outlets.find_one({"_id": outlet})
     await db.outlets.update_one({"_id": outlet}, {"$set": {"credit_limit": 0, "balance": 0}})

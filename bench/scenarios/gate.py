@@ -14,6 +14,7 @@ from bench.run import Bench, Row
 from server.clock import LOCAL_TZ
 from server.security import ticketcode
 from server.security.pii import PiiVault
+from server.services.audit import AuditService
 from server.services.gate import GateKeys, GateService
 from tests.support import TEST_SECRETS
 
@@ -70,7 +71,7 @@ async def run(bench: Bench) -> list[Row]:
         pairs = await _seed(db)
         vault = PiiVault.from_config(TEST_SECRETS["KEYUN_PII_KEYS"],
                                      TEST_SECRETS["KEYUN_PII_INDEX_KEY"])
-        gate = GateService(db, vault, GateKeys(db, vault))
+        gate = GateService(db, vault, GateKeys(db, vault), AuditService(db))
         clock = time.perf_counter()
         codes = [(await gate.code_for(t, d))["code"] for t, d in pairs]
         print(f"   {len(codes)} codes in {time.perf_counter() - clock:.1f} s", flush=True)

@@ -40,6 +40,13 @@ class AuditService:
         log.info("audit %s", action, extra={"fields": {"action": action, "outcome": outcome,
                                                         "target": target}})
 
+    async def staff_action(self, actor: Principal, action: str, *, target: str | None = None,
+                           details: dict[str, Any] | None = None) -> None:
+        """Record what staff did for a passenger (selling, cancelling, refunding, changing);
+        a member's own acts are in their order's history instead."""
+        if actor.is_staff:
+            await self.record(actor, action, target=target, details=details)
+
     async def list(self, *, action: str | None = None, actor_id: str | None = None,
                    limit: int = 50, before: dt.datetime | None = None) -> list[dict[str, Any]]:
         """Newest first, optionally filtered by action or actor."""

@@ -31,6 +31,7 @@ from server.errors import DomainError, aware_time, calendar_day
 from server.security import ticketcode
 from server.security.pii import PiiVault
 from server.security.principal import Principal
+from server.services.audit import AuditService
 from server.services.realname import same_person
 
 KEY_GRACE = dt.timedelta(days=2)
@@ -179,10 +180,18 @@ class GateKeys:
 
 
 class GateService:
-    def __init__(self, db: AsyncDatabase[Any], vault: PiiVault, keys: GateKeys) -> None:
+    def __init__(self, db: AsyncDatabase[Any], vault: PiiVault, keys: GateKeys,
+                 audit: AuditService) -> None:
         self._db = db
         self._vault = vault
+        self._audit = audit
         self.keys = keys
+
+    async def rotate_key(self, actor: Principal) -> int:
+        """An operator rotates the signing key (audited); the new key's id."""
+        kid = await self.keys.rotate()
+        await self._audit.record(actor, "gate.key_rotated", target=str(kid))
+        return kid
 
     # --- the passenger's code -----------------------------------------------------------------
     async def code_for(self, ticket: dict[str, Any], departure: dict[str, Any],
@@ -360,7 +369,10 @@ class GateService:
             {"_id": departure_id, "inventory": "native", "status": {"$in": ["on_sale",
                                                                             "stopped"]}},
             {"$set": {"status": "departed", "departed_at": now}})
-        return _signoff(record)
+        signed = _signoff(record)
+        await self._audit.record(actor, "departure.signed_off", target=departure_id,
+                                 details=signed)
+        return signed
 
     async def departures(self, actor: Principal, date: str | None) -> list[dict[str, Any]]:
         """The station's departures of a day, for the gate page's picker; without a day, those

@@ -41,6 +41,7 @@ from server.notices import NoticeOutbox
 from server.sales import SalesChannel, SalesChannels
 from server.security.pii import PiiVault, mask_id, mask_phone
 from server.security.principal import Principal
+from server.services.audit import AuditService
 from server.services.events import EventLog, Topic
 from server.services.holds import HoldClaimed, SeatHolds
 from server.services.jobs import RecordFailures
@@ -90,7 +91,7 @@ def new_order_no(now: dt.datetime) -> str:
 class OrderService:
     def __init__(self, db: AsyncDatabase[Any], redis: Redis, holds: SeatHolds,
                  events: EventLog, rules: RuleService, members: MemberService,
-                 vault: PiiVault, channels: SalesChannels,
+                 vault: PiiVault, channels: SalesChannels, audit: AuditService,
                  failures: RecordFailures | None = None) -> None:
         self.failures = failures or RecordFailures()
         self._db = db
@@ -101,6 +102,7 @@ class OrderService:
         self._members = members
         self._vault = vault
         self._channels = channels
+        self._audit = audit
         self.notices = NoticeOutbox(db)
         self.refunds = refunds.RefundRequests(db)
         self._serial_from = redis.register_script(_SERIAL_FROM)
@@ -216,6 +218,10 @@ class OrderService:
             raise
         await failpoints.reach("orders.after_write")
         await self.holds.written(departure_id, hold.hold_id)
+        await self._audit.staff_action(actor, "order.create", target=order_no,
+                                       details={"channel": sold_on.identifier,
+                                                "departure_id": departure_id,
+                                                "amount": order["amount"]})
         log.info("order created", extra={"fields": {"order_no": order_no,
                                                      "departure_id": departure_id,
                                                      "tickets": len(tickets)}})
@@ -409,6 +415,7 @@ class OrderService:
         if done is None:
             raise DomainError("ORDER_NOT_CANCELLABLE", status=order["status"])
         await self.holds.release_ended(done)
+        await self._audit.staff_action(actor, "order.cancel", target=order_no)
         return await self.get(actor, order_no)
 
     async def expire_due(self, limit: int = 100) -> int:

@@ -27,6 +27,7 @@ from server.exchange.base import SyncBatch
 from server.exchange.errors import BadStationResponse, ExchangeError
 from server.notices import NoticeOutbox
 from server.security.principal import Principal
+from server.services.audit import AuditService
 from server.services.events import Topic
 from server.services.seats import SeatService
 
@@ -65,7 +66,9 @@ FARES_EFFECTIVE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 class SyncService:
     """Pulls station data through the exchange layer."""
 
-    def __init__(self, db: AsyncDatabase[Any], seats: SeatService) -> None:
+    def __init__(self, db: AsyncDatabase[Any], seats: SeatService,
+                 audit: AuditService) -> None:
+        self._audit = audit
         self._db = db
         self._seats = seats
         self._notices = NoticeOutbox(db)
@@ -84,6 +87,14 @@ class SyncService:
                 seen.add(system)
                 runs.append(await self.sync_station(station["_id"], full=full))
         return runs
+
+    async def sync_on_demand(self, actor: Principal, station_id: str, full: bool = False
+                             ) -> dict[str, Any]:
+        """An operator syncs one station now (audited)."""
+        run = await self.sync_station(station_id, full)
+        await self._audit.record(actor, "station.sync", target=station_id,
+                                 details={"outcome": run["outcome"]})
+        return run
 
     async def sync_station(self, station_id: str, full: bool = False) -> dict[str, Any]:
         """One sync run of the system serving this station (and its sibling stations)."""

@@ -184,6 +184,9 @@ class TicketService:
             raise
         await self._finish(ticket, order, "refunded", quote["fee"], quote["refund_amount"],
                            actor.label, "refund")
+        await self._audit.staff_action(actor, "ticket.refund", target=ticket_no,
+                                       details={"fee": quote["fee"],
+                                                "amount": quote["refund_amount"]})
         return {**quote, "status": "refunded"}
 
     # --- void (废票) -------------------------------------------------------------------------
@@ -377,6 +380,9 @@ class TicketService:
         except ExchangeError as exc:  # the new ticket stands; the old seat is settled later
             log.error("old seat not returned after change: %s", exc.code,
                       extra={"fields": {"ticket_no": ticket_no}})
+        await self._audit.staff_action(actor, "ticket.change", target=ticket_no,
+                                       details={"to": new["ticket_no"],
+                                                "departure_id": departure_id})
         return {"ticket_no": new["ticket_no"], "departure_id": departure_id,
                 "seat": new["seat"], "status": "issued", "changed_from": ticket_no,
                 "departs_at": target["departs_at"].astimezone(LOCAL_TZ).isoformat()}
