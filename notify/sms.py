@@ -1,4 +1,4 @@
-"""SMS: the HTTP gateway implementation of ``server.notices.SmsProvider`` (the sandbox
+"""SMS: the HTTP gateway implementation of ``server.outbox.SmsProvider`` (the sandbox
 speaks it).
 
 Messages are sent only after the change they announce is stored; the provider never sees
@@ -14,7 +14,7 @@ from typing import Any
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from server.logs import mask_pii
-from server.notices import SmsError, SmsProvider
+from server.outbox import SmsError, SmsProvider
 
 log = logging.getLogger(__name__)
 

@@ -36,10 +36,10 @@ from handlers import (
     ws,
 )
 from handlers.base import NotFoundHandler, log_request
+from notify.dispatch import NoticeDispatcher, parse_templates
 from notify.hub import Hub
-from notify.notices import NoticeDispatcher, parse_templates
 from notify.sms import HttpSmsProvider
-from notify.wechat import WeChatSubscribe
+from notify.subscribe import WeChatSubscribe
 from payments.alipay import Alipay, AlipayConfig
 from payments.base import ProviderRegistry
 from payments.local import AgentDeposit, BankCard, Cash

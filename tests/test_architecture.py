@@ -38,7 +38,7 @@ WRITERS = {
     "passengers": {"server/services/members.py"},
     "staff": {"server/services/auth.py", "devstack/demo.py"},
     "refresh_tokens": {"server/services/auth.py"},
-    "notices": {"server/notices.py", "notify/notices.py"},
+    "notices": {"server/outbox.py", "notify/dispatch.py"},
     "gate_keys": {"server/services/gate.py"},
     "gate_scans": {"server/services/gate.py"},
     "gate_conflicts": {"server/services/gate.py"},

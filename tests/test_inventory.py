@@ -13,7 +13,7 @@ import pytest
 from channels import CHANNELS
 from devstack import embedded
 from server.app import connect_redis
-from server.exchange.base import HoldRequest, trip_mask
+from server.exchange.base import HoldRequest, segment_mask
 from server.exchange.errors import (
     AllotmentExhausted,
     ChannelNotAllowed,
@@ -105,7 +105,7 @@ async def test_segments_free_again_after_the_alighting_stop(inventory, db) -> No
     assert seats.remaining_between(0, 1) == 0 and seats.remaining_between(1, 2) == 4
     b_to_c = await inventory.hold(dep, req(4, frm=1, to=2))
     assert sorted(b_to_c.seats) == [1, 2, 3, 4]
-    assert all(m == trip_mask(0, 2) for m in (await inventory.availability(dep)).occupancy)
+    assert all(m == segment_mask(0, 2) for m in (await inventory.availability(dep)).occupancy)
 
 
 @pytest.mark.gen_test
@@ -294,7 +294,7 @@ async def test_thousands_of_concurrent_holds_from_several_processes(stores, seed
     assert {r["_id"] for r in records} == set(sold_ids)
     per_seat: dict[int, int] = {}
     for rec in records:
-        mask = trip_mask(rec["from_seq"], rec["to_seq"])
+        mask = segment_mask(rec["from_seq"], rec["to_seq"])
         for entry in rec["seats"]:
             assert per_seat.get(entry["seat"], 0) & mask == 0, "a seat segment sold twice"
             per_seat[entry["seat"]] = per_seat.get(entry["seat"], 0) | mask

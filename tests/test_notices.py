@@ -14,7 +14,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from devstack.embedded import free_port
-from notify.notices import NoticeDispatcher
+from notify.dispatch import NoticeDispatcher
 from notify.sms import HttpSmsProvider
 from server.clock import local_today
 from tests.booking_support import native_departure, person

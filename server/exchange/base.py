@@ -83,7 +83,7 @@ class SaleStatus:
 
 @dataclass(frozen=True)
 class Availability:
-    """Remaining seats of a departure, per trip segment, and the seat map."""
+    """Remaining seats of a departure, per segment, and the seat map."""
 
     departure_id: str
     seats: int
@@ -99,7 +99,7 @@ class Availability:
         """Seats free on every segment from stop ``from_seq`` to stop ``to_seq``."""
         if not self.occupancy:
             return self.remaining
-        mask = trip_mask(from_seq, to_seq)
+        mask = segment_mask(from_seq, to_seq)
         return sum(1 for m in self.occupancy if m & mask == 0)
 
 
@@ -131,8 +131,8 @@ VEHICLE_GRADES = {"高一级": "high_1", "高二级": "high_2", "高三级": "hi
                   "普通级": "normal"}
 
 
-def trip_mask(from_seq: int, to_seq: int) -> int:
-    """Bits of the segments a trip from stop ``from_seq`` to stop ``to_seq`` occupies."""
+def segment_mask(from_seq: int, to_seq: int) -> int:
+    """Bits of the segments a journey from stop ``from_seq`` to stop ``to_seq`` occupies."""
     return ((1 << to_seq) - 1) & ~((1 << from_seq) - 1)
 
 

@@ -30,7 +30,7 @@ from server.security.passwords import hash_password, verify_password
 from server.security.principal import ROLE_SCOPE, STAFF_ROLES, Principal
 from server.security.tokens import AccessTokens, hash_refresh_token, new_refresh_token
 from server.services.audit import AuditService
-from server.storage.attempts import Backoff, FailureLimit
+from server.storage.attempts import Backoff, WindowLimit
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class AuthService:
         self.access = access
         self._audit = audit
         self._refresh_ttl = refresh_ttl
-        self._failures = FailureLimit(redis, "login", max_failures, lockout_seconds)
+        self._failures = WindowLimit(redis, "login", max_failures, lockout_seconds)
         # an address may fail a few times freely, then waits longer after each failure
         self._slow = Backoff(redis, "login-ip", free=max_failures * 2,
                              cap=lockout_seconds, memory=lockout_seconds)
@@ -173,7 +173,7 @@ class AuthService:
         staff = await self._db.staff.find_one({"username": username})
         ok = await verify_password(staff["password_hash"] if staff else None, password)
         if not ok:
-            await self._failures.fail(f"{username}|{ip}")
+            await self._failures.count(f"{username}|{ip}")
             await self._slow.fail(ip)
             await self._audit.record({"kind": "anonymous", "username": username},
                                      "auth.staff_login", outcome="denied",

@@ -1,4 +1,4 @@
-"""Departures as passengers see them: times, stops, fares and the seat map of one trip."""
+"""Departures as passengers see them: times, stops, fares and the seat map of one journey."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 
 from server.clock import LOCAL_TZ
-from server.exchange.base import trip_mask
+from server.exchange.base import segment_mask
 from server.exchange.errors import DepartureNotFound, InvalidSegment
 from server.services.events import Topic
 from server.services.seats import SeatService
@@ -20,7 +20,7 @@ class DepartureService:
 
     async def detail(self, departure_id: str, from_seq: int = 0,
                      to_seq: int | None = None) -> dict[str, Any]:
-        """One departure with the seat map of the trip ``from_seq`` → ``to_seq``."""
+        """One departure with the seat map between stops ``from_seq`` → ``to_seq``."""
         dep = await self._db.departures.find_one({"_id": departure_id})
         if dep is None:
             raise DepartureNotFound(departure_id=departure_id)
@@ -35,7 +35,7 @@ class DepartureService:
             {"route_id": dep["route_id"], "from_seq": from_seq, "to_seq": to_seq},
             sort=[("effective_from", -1)])
         seats = await self._seats.availability(departure_id)
-        mask = trip_mask(from_seq, to_seq)
+        mask = segment_mask(from_seq, to_seq)
         held = set(seats.held)
         seat_map = [{"seat": i + 1,
                      "state": "free" if m & mask == 0 else ("held" if i + 1 in held

@@ -41,7 +41,7 @@ from server.exchange.errors import (
     HoldNotFound,
     InvalidSegment,
 )
-from server.storage.seats import EXPIRING, ScriptError, SeatScripts, holds_key, seats_key
+from server.storage.seat_scripts import EXPIRING, ScriptError, SeatScripts, holds_key, seats_key
 
 log = logging.getLogger(__name__)
 

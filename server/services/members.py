@@ -28,12 +28,13 @@ from redis.asyncio import Redis
 
 from server.context import client_ip_var
 from server.errors import DomainError
-from server.notices import SmsError, SmsProvider
+from server.miniprogram import wechat_client
+from server.outbox import SmsError, SmsProvider
 from server.security.pii import PiiVault, mask_id, mask_phone
 from server.security.principal import PASSENGER, Principal
 from server.services.auth import AuthService
 from server.services.realname import id_index, validate
-from server.wechat import wechat_client
+from server.storage.attempts import WindowLimit
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,9 @@ class MemberService:
         self._sms = sms
         self._wechat = wechat
         self._check_code = redis.register_script(_CHECK_CODE)
+        self._sms_interval = WindowLimit(redis, "sms-phone-minute", 1, SEND_INTERVAL)
+        self._sms_per_phone = WindowLimit(redis, "sms-phone-day", SENDS_PER_DAY, 86400)
+        self._sms_per_ip = WindowLimit(redis, "sms-ip-hour", SENDS_PER_IP_HOUR, 3600)
 
     # --- sign-in --------------------------------------------------------------------------
     async def wechat_login(self, code: str) -> dict[str, Any]:
@@ -119,19 +123,14 @@ class MemberService:
         phone = normalize_phone(phone)
         index = self.vault.index("phone", phone)
         ip = client_ip_var.get() or "-"
-        if not await self._redis.set(f"sms:sent:{{{index}}}", 1, nx=True, ex=SEND_INTERVAL):
-            ttl = await self._redis.ttl(f"sms:sent:{{{index}}}")
-            raise DomainError("SMS_TOO_FREQUENT", retry_after=max(1, ttl))
-        day_key = f"sms:day:{{{index}}}:{dt.date.today().isoformat()}"
-        ip_key = f"sms:ip:{ip}:{dt.datetime.now(dt.UTC):%Y%m%d%H}"
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.incr(day_key)
-        pipe.expire(day_key, 86400)
-        pipe.incr(ip_key)
-        pipe.expire(ip_key, 3600)
-        per_day, _, per_ip, _ = await pipe.execute()
-        if per_day > SENDS_PER_DAY or per_ip > SENDS_PER_IP_HOUR:
-            raise DomainError("SMS_TOO_FREQUENT", retry_after=3600)
+        if (await self._sms_interval.count(index))[0] > 1:  # one a minute, counted first
+            raise DomainError("SMS_TOO_FREQUENT",
+                              retry_after=max(1, await self._sms_interval.wait(index)))
+        over = max(await self._sms_per_phone.blocked(index), await self._sms_per_ip.blocked(ip))
+        if over:
+            raise DomainError("SMS_TOO_FREQUENT", retry_after=over)
+        await self._sms_per_phone.count(index)
+        await self._sms_per_ip.count(ip)
         code = f"{secrets.randbelow(10**6):06d}"
         key = f"sms:code:{{{index}}}"
         pipe = self._redis.pipeline(transaction=True)
@@ -142,7 +141,8 @@ class MemberService:
         try:
             await self._sms.send(phone, "login_code", {"code": code, "minutes": CODE_TTL // 60})
         except SmsError:
-            await self._redis.delete(key, f"sms:sent:{{{index}}}")
+            await self._redis.delete(key)
+            await self._sms_interval.clear(index)  # not sent: the phone may ask again
             raise DomainError("SERVICE_UNAVAILABLE", "The SMS could not be sent; try again.") \
                 from None
         return {"sent": True, "expires_in": CODE_TTL, "retry_after": SEND_INTERVAL}

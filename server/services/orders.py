@@ -37,7 +37,7 @@ from server.exchange.errors import (
     StationTimeout,
     StationUnreachable,
 )
-from server.notices import NoticeOutbox
+from server.outbox import NoticeOutbox
 from server.sales import SalesChannel, SalesChannels
 from server.security.pii import PiiVault, mask_id, mask_phone
 from server.security.principal import Principal

@@ -127,7 +127,7 @@ class SearchService:
                      after: str | None = None, before: str | None = None,
                      station: str | None = None, has_seats: bool = False,
                      limit: int = 100) -> list[dict[str, Any]]:
-        """Departures serving the trip, sorted by departure time."""
+        """Departures serving the journey between the two stations, by departure time."""
         rules = await self._rules.current()
         day = calendar_day(date, code="INVALID_QUERY", field="date")
         today = local_today()
@@ -135,7 +135,7 @@ class SearchService:
             raise DomainError("DATE_NOT_ON_SALE", f"Departures are on sale from today for "
                               f"{rules.sale_days} days.", field="date")
         net = await self.network.get()
-        trips: dict[str, tuple[int, int]] = {}  # route → (from_seq, to_seq)
+        journeys: dict[str, tuple[int, int]] = {}  # route → (from_seq, to_seq)
         for route_id, stops in net.stops.items():
             boarding = next((s for s in stops if s.get("boarding", s["seq"] == 0)
                              and _matches_place(s, origin, net)), None)
@@ -145,15 +145,15 @@ class SearchService:
                               and s.get("alighting", True)
                               and _matches_place(s, destination, net)), None)
             if alighting is not None:
-                trips[route_id] = (boarding["seq"], alighting["seq"])
-        if not trips:
+                journeys[route_id] = (boarding["seq"], alighting["seq"])
+        if not journeys:
             return []
         departures = [d for d in await self._departures_of(day.isoformat())
-                      if d["route_id"] in trips and (not station or d["station_id"] == station)]
+                      if d["route_id"] in journeys and (not station or d["station_id"] == station)]
         now = dt.datetime.now(dt.UTC)
         results = []
         for dep in departures:
-            frm, to = trips[dep["route_id"]]
+            frm, to = journeys[dep["route_id"]]
             stops = net.stops[dep["route_id"]]
             boards_at = dep["departs_at"] + dt.timedelta(
                 hours=stops[frm]["distance_km"] / AVERAGE_KMH)

@@ -25,7 +25,7 @@ from server.clock import local_today, now_ms
 from server.errors import DomainError
 from server.exchange.base import SyncBatch
 from server.exchange.errors import BadStationResponse, ExchangeError
-from server.notices import NoticeOutbox
+from server.outbox import NoticeOutbox
 from server.security.principal import Principal
 from server.services.audit import AuditService
 from server.services.events import Topic

@@ -31,7 +31,7 @@ from server.services.realname import same_person
 from server.services.rules import RuleService
 from server.services.seats import SeatService
 from server.storage import refunds
-from server.storage.attempts import FailureLimit
+from server.storage.attempts import WindowLimit
 from server.storage.transactions import transact
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,9 @@ class TicketService:
                  alerts: AlertService, failures: RecordFailures | None = None) -> None:
         self.alerts = alerts
         self.failures = failures or RecordFailures()
-        self._pickup_by_device = FailureLimit(redis, "pickup-device",
+        self._pickup_by_device = WindowLimit(redis, "pickup-device",
                                               PICKUP_FAILURES_PER_DEVICE, PICKUP_WINDOW_SECONDS)
-        self._pickup_by_station = FailureLimit(redis, "pickup-station",
+        self._pickup_by_station = WindowLimit(redis, "pickup-station",
                                                PICKUP_FAILURES_PER_STATION,
                                                PICKUP_WINDOW_SECONDS)
         self._db = db
@@ -96,8 +96,8 @@ class TicketService:
             return await self._pickup(actor, pickup_code, id_no, id_type)
         except DomainError as exc:
             if exc.code == "PICKUP_CODE_INVALID":
-                await self._pickup_by_device.fail(device)
-                await self._pickup_by_station.fail(station)
+                await self._pickup_by_device.count(device)
+                await self._pickup_by_station.count(station)
                 await self._audit.record(actor, "ticket.pickup", outcome="denied",
                                          details={"reason": "wrong code"})
             raise
@@ -314,7 +314,7 @@ class TicketService:
     # --- change (改签) -------------------------------------------------------------------------
     async def change(self, actor: Principal, ticket_no: str, departure_id: str
                      ) -> dict[str, Any]:
-        """To another departure of the same route and trip, once, when the fare is the
+        """To another departure of the same route and stops, once, when the fare is the
         same: the new seat is taken and sold first, then the old one given back."""
         ticket, order, dep = await self._load(actor, ticket_no)
         rules = await self._rules.current()

@@ -1,9 +1,10 @@
-"""Counting failed attempts in Redis, for rate limits and lockouts (one implementation).
+"""Counting attempts in Redis, for rate limits and lockouts (the one implementation).
 
-A :class:`FailureLimit` counts failures per key in a window that starts with the first
-failure; ``blocked`` says how long a key must wait once it reached its limit. Keys are
-spelled here, so services name the thing counted (a user, an address, a device, a station),
-never the Redis key.
+A :class:`WindowLimit` counts events per key (failed logins, failed pickups, SMS sent) in a
+window that starts with the first; ``blocked`` says how long a key must wait once it reached
+its limit. :class:`Backoff` slows a key down exponentially. Keys are spelled here, so
+services name the thing counted (a user, an address, a phone, a device, a station), never
+the Redis key.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from redis.asyncio import Redis
 
 
 @dataclass(frozen=True)
-class FailureLimit:
-    """At most ``limit`` failures per ``window`` seconds for each key of ``name``."""
+class WindowLimit:
+    """At most ``limit`` events per ``window`` seconds for each key of ``name``."""
 
     redis: Redis
     name: str
@@ -23,7 +24,7 @@ class FailureLimit:
     window: int
 
     def _key(self, subject: str) -> str:
-        return f"fail:{self.name}:{{{subject}}}"
+        return f"limit:{self.name}:{{{subject}}}"
 
     async def blocked(self, *subjects: str) -> int:
         """Seconds to wait if any subject reached its limit, else 0."""
@@ -38,14 +39,20 @@ class FailureLimit:
                 wait = max(wait, int(ttl) if int(ttl) > 0 else self.window)
         return wait
 
-    async def fail(self, *subjects: str) -> list[int]:
-        """Count one failure of each subject; their counts now."""
+    async def count(self, *subjects: str) -> list[int]:
+        """Count one event of each subject; their counts now (atomically: of two racing
+        callers, one sees the higher count)."""
         pipe = self.redis.pipeline(transaction=True)
-        for subject in subjects:  # the window starts with the first failure (Redis 6.2:
+        for subject in subjects:  # the window starts with the first event (Redis 6.2:
             pipe.set(self._key(subject), 0, ex=self.window, nx=True)  # no EXPIRE NX)
             pipe.incr(self._key(subject))
         values = await pipe.execute()
         return [int(v) for v in values[1::2]]
+
+    async def wait(self, subject: str) -> int:
+        """Seconds left of a subject's window (0 when none is open)."""
+        ttl = int(await self.redis.ttl(self._key(subject)))
+        return ttl if ttl > 0 else 0
 
     async def clear(self, *subjects: str) -> None:
         await self.redis.delete(*(self._key(s) for s in subjects))

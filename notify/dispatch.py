@@ -1,4 +1,4 @@
-"""The notice dispatcher: sends what ``server.notices.NoticeOutbox`` queued.
+"""The notice dispatcher: sends what ``server.outbox.NoticeOutbox`` queued.
 
 Each notice is claimed by one worker (pending → sending), sent by WeChat subscribe message
 when the passenger signed in with WeChat and the kind has a template, else — or when WeChat
@@ -20,7 +20,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from server.clock import LOCAL_TZ
 from server.logs import mask_pii
-from server.notices import SmsError, SmsProvider, SubscribeMessageError, SubscribeMessenger
+from server.outbox import SmsError, SmsProvider, SubscribeMessageError, SubscribeMessenger
 from server.security.pii import PiiVault
 from server.services.jobs import RecordFailures
 

@@ -4,7 +4,7 @@ that carry them (implementations live in ``notify/`` and are chosen in ``server.
 A notice is written to the ``notices`` collection once its change is stored, under a key
 naming the event (``ticket_issued:<order>``, ``refund_done:<refund request>``, …): writing
 the same event again changes nothing, so a notice is never queued twice. The dispatcher in
-``notify.notices`` sends it, retrying with back-off.
+``notify.dispatch`` sends it, retrying with back-off.
 """
 
 from __future__ import annotations

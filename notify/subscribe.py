@@ -11,8 +11,8 @@ import asyncio
 import logging
 from typing import Any
 
-from server.notices import SubscribeMessageError, SubscribeMessenger
-from server.wechat import wechat_client
+from server.miniprogram import wechat_client
+from server.outbox import SubscribeMessageError, SubscribeMessenger
 
 log = logging.getLogger(__name__)
 
