@@ -33,6 +33,7 @@ from server.security.pii import PiiVault
 from server.security.principal import Principal
 from server.services.audit import AuditService
 from server.services.realname import same_person
+from server.storage.orders import OrderBook
 
 KEY_GRACE = dt.timedelta(days=2)
 KEY_CACHE_SECONDS = 30.0
@@ -185,6 +186,7 @@ class GateService:
         self._db = db
         self._vault = vault
         self._audit = audit
+        self._book = OrderBook(db)  # tickets are written by their aggregate's owner
         self.keys = keys
 
     async def rotate_key(self, actor: Principal) -> int:
@@ -215,12 +217,7 @@ class GateService:
 
     async def _pickup_code(self, ticket: dict[str, Any]) -> str:
         """Eight digits for a kiosk or a window, given once per ticket."""
-        code = f"{secrets.randbelow(10**8):08d}"
-        await self._db.tickets.update_one(
-            {"_id": ticket["_id"], "pickup_code": {"$exists": False}},
-            {"$set": {"pickup_code": code}})
-        doc = await self._db.tickets.find_one({"_id": ticket["_id"]}, {"pickup_code": 1})
-        return str((doc or {}).get("pickup_code", code))  # the first one given stands
+        return await self._book.pickup_code(ticket["_id"], f"{secrets.randbelow(10**8):08d}")
 
     # --- scanning -----------------------------------------------------------------------------
     async def scan(self, actor: Principal, code: str, *, departure_id: str | None = None,
@@ -290,15 +287,10 @@ class GateService:
                                                         id_type, id_no) else "mismatch"
             if record["realname"] == "mismatch":
                 return {**base, "outcome": "identity_mismatch", "realname": "mismatch"}
-        # a guarded update: of concurrent scans exactly one matches (update_one rather than
-        # find_one_and_update: the same guarantee, and SecantusDB runs findAndModify as a
-        # collection scan — docs/secantusdb.md)
-        admitted = await self._db.tickets.update_one(
-            {"_id": ticket["_id"], "status": {"$in": list(VALID_FOR_GATE)}},
-            {"$set": {"status": "checked_in", "active": True, "checked_in": {
-                "at": now, "gate": gate, "station_id": actor.station_id,
-                "staff_id": actor.id, "realname": record["realname"]}}})
-        if admitted.modified_count != 1:  # another gate won, or it was refunded in between
+        admitted = await self._book.check_in(ticket["_id"], list(VALID_FOR_GATE), {
+            "at": now, "gate": gate, "station_id": actor.station_id, "staff_id": actor.id,
+            "realname": record["realname"]})
+        if not admitted:  # another gate won, or it was refunded in between
             ticket = await self._db.tickets.find_one({"_id": ticket["_id"]}) or ticket
             if ticket["status"] == "checked_in":
                 return {**base, **self._used(ticket)}

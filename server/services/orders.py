@@ -21,7 +21,6 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pymongo import ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
@@ -49,18 +48,11 @@ from server.services.members import MemberService, normalize_phone
 from server.services.realname import id_index, validate
 from server.services.rules import RuleService
 from server.storage import refunds
+from server.storage.orders import TRANSITIONS, OrderBook
 from server.storage.transactions import transact
 
 log = logging.getLogger(__name__)
 
-TRANSITIONS: dict[str, set[str]] = {
-    "pending_payment": {"paid", "cancelled", "expired"},
-    "paid": {"issued", "failed"},
-    "issued": {"completed", "refunding", "refunded"},
-    "refunding": {"issued", "refunded"},
-    "failed": {"refunded"},
-    "cancelled": set(), "expired": set(), "completed": set(), "refunded": set(),
-}
 CHILD_TYPES = {"child"}
 ISSUE_RETRY_AFTER = dt.timedelta(seconds=10)
 EXPIRY_WARNING = dt.timedelta(minutes=5)
@@ -105,6 +97,7 @@ class OrderService:
         self._audit = audit
         self.notices = NoticeOutbox(db)
         self.refunds = refunds.RefundRequests(db)
+        self.book = OrderBook(db)  # the order aggregate's writes
         self._serial_from = redis.register_script(_SERIAL_FROM)
 
     # --- create -----------------------------------------------------------------------------
@@ -232,8 +225,7 @@ class OrderService:
         keys is retried, and the unique index gives the real answer."""
         async def write(session: AsyncClientSession) -> None:
             await self.holds.claim(order["departure_id"], order["hold_id"], session)
-            await self._db.orders.insert_one(order, session=session)
-            await self._db.tickets.insert_many(tickets, session=session)
+            await self.book.insert(order, tickets, session)
         try:
             await transact(self._db, write)
         except BulkWriteError as exc:
@@ -378,14 +370,9 @@ class OrderService:
         now = now_ms()
 
         async def move(session: AsyncClientSession | None) -> dict[str, Any] | None:
-            doc = await self._db.orders.find_one_and_update(
-                {"order_no": order_no, "status": {"$in": sorted(allowed)}},
-                [{"$set": {"history": {"$concatArrays": ["$history", [
-                    {"at": now, "from": "$status", "to": to, "actor": {"$literal": actor},
-                     "reason": {"$literal": reason}}]]},
-                    "status": to, "updated_at": now,
-                    **{k: {"$literal": v} for k, v in (set_fields or {}).items()}}}],
-                return_document=ReturnDocument.AFTER, session=session)
+            doc = await self.book.move(order_no, to, allowed,
+                                       {"at": now, "actor": actor, "reason": reason},
+                                       set_fields, session)
             if doc is not None and also is not None:
                 await also(doc, session)
             return doc  # type: ignore[no-any-return]
@@ -449,16 +436,13 @@ class OrderService:
                     f"payment_expiring:{row['order_no']}", "payment_expiring",
                     row["order_no"],
                     {"expires_at": row["expires_at"].astimezone(LOCAL_TZ).isoformat()})
-                await self._db.orders.update_one({"_id": row["_id"]},
-                                                 {"$set": {"expiry_warned": True}})
+                await self.book.expiry_warned(row["order_no"])
         return len(due)
 
     async def _release_tickets(self, order: dict[str, Any],
                                session: AsyncClientSession | None) -> None:
         """The order's unsold tickets end with it (and free their one-person-one-seat keys)."""
-        await self._db.tickets.update_many(
-            {"order_no": order["order_no"], "status": "held"},
-            {"$set": {"status": "released", "active": False}}, session=session)
+        await self.book.release_tickets(order["order_no"], session)
 
     # --- payment and issuing (the payments capability calls mark_paid) ----------------------
     async def mark_paid(self, order_no: str, payment_ref: str, amount: int) -> str:
@@ -485,8 +469,7 @@ class OrderService:
         order = await self._db.orders.find_one({"order_no": order_no})
         if order is None or order["status"] != "paid":
             return order["status"] if order else "unknown"
-        await self._db.orders.update_one({"order_no": order_no},
-                                         {"$set": {"issue_attempted_at": now_ms()}})
+        await self.book.issue_attempted(order_no, now_ms())
         tickets = await self._db.tickets.find({"order_no": order_no}).sort("seat", 1).to_list()
         infos = [TicketInfo(t["seat"], t["passenger"]["name"], t["ticket_type"], t["price"])
                  for t in tickets]
@@ -501,10 +484,8 @@ class OrderService:
             return "failed"
         numbers = dict(zip(sale.seats, sale.station_ticket_nos, strict=False))
         for t in tickets:
-            await self._db.tickets.update_one(
-                {"_id": t["_id"]}, {"$set": {"status": "issued", "sale_id": sale.sale_id,
-                                             "station_ticket_no": numbers.get(t["seat"], ""),
-                                             "issued_at": now_ms()}})
+            await self.book.issued(t["_id"], sale.sale_id, numbers.get(t["seat"], ""),
+                                   now_ms())
         done = await self.transition(order_no, "issued", "station", "tickets issued",
                                      {"sale_id": sale.sale_id}, from_states={"paid"})
         if done is not None:
@@ -515,9 +496,7 @@ class OrderService:
     async def _fail(self, order: dict[str, Any], reason: str) -> None:
         async def refund_owed(done: dict[str, Any], session: AsyncClientSession | None
                               ) -> None:
-            await self._db.tickets.update_many(
-                {"order_no": done["order_no"]},
-                {"$set": {"status": "released", "active": False}}, session=session)
+            await self.book.release_tickets(done["order_no"], session, only_held=False)
             # the payments capability pays it back through the original channel
             await self.refunds.owe(refunds.for_order(done["order_no"]),
                                    order_no=done["order_no"], amount=done["amount"],

@@ -13,7 +13,6 @@ import datetime as dt
 import logging
 from typing import Any
 
-from pymongo import ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
@@ -60,6 +59,7 @@ class TicketService:
         self._rules = rules
         self._orders = orders
         self._holds = orders.holds  # hold, sell, release and return go through it
+        self._book = orders.book  # and every write of a ticket
         self._audit = audit
 
     async def _load(self, actor: Principal, ticket_no: str
@@ -127,11 +127,8 @@ class TicketService:
                               at=ticket["picked_up"]["at"].astimezone(LOCAL_TZ).isoformat())
         printed = await self._seats.pickup(ticket["departure_id"], ticket["sale_id"],
                                            ticket["seat"])
-        done = await self._db.tickets.update_one(
-            {"_id": ticket["_id"], "status": "issued"},
-            {"$set": {"status": "picked_up", "picked_up": {
-                "at": now_ms(), "by": actor.label, "station_ticket_no": printed}}})
-        if done.modified_count != 1:
+        if not await self._book.picked_up(ticket["_id"], {
+                "at": now_ms(), "by": actor.label, "station_ticket_no": printed}):
             raise DomainError("ALREADY_PICKED_UP")
         await self._audit.record(actor, "ticket.pickup", target=ticket["ticket_no"])
         return {"ticket_no": ticket["ticket_no"], "status": "picked_up",
@@ -179,8 +176,7 @@ class TicketService:
             await self._holds.return_seats(ticket["departure_id"], ticket["sale_id"],
                                            (ticket["seat"],), "refund")
         except ExchangeError:
-            await self._db.tickets.update_one({"_id": ticket["_id"]},
-                                              {"$set": {"status": busy["status"]}})
+            await self._book.back_to(ticket["_id"], busy["status"])
             raise
         await self._finish(ticket, order, "refunded", quote["fee"], quote["refund_amount"],
                            actor.label, "refund")
@@ -202,8 +198,7 @@ class TicketService:
             await self._holds.return_seats(ticket["departure_id"], ticket["sale_id"],
                                            (ticket["seat"],), "void")
         except ExchangeError:
-            await self._db.tickets.update_one({"_id": ticket["_id"]},
-                                              {"$set": {"status": busy["status"]}})
+            await self._book.back_to(ticket["_id"], busy["status"])
             raise
         await self._finish(ticket, order, "voided", 0, ticket["price"], actor.label,
                            f"void: {reason}")
@@ -215,11 +210,9 @@ class TicketService:
                      ) -> dict[str, Any]:
         """Mark the ticket busy with what is being done to it, so that if this process dies
         or the station does not answer, ``resolve_stuck`` can finish or undo it."""
-        before = await self._db.tickets.find_one_and_update(
-            {"_id": ticket["_id"], "status": {"$in": list(REFUNDABLE)}},
-            {"$set": {"status": busy, "busy_since": now_ms(),
-                      "busy": {**plan, "from": ticket["status"]}}},
-            return_document=ReturnDocument.BEFORE)
+        before = await self._book.begin(ticket["_id"], busy,
+                                        {**plan, "from": ticket["status"]},
+                                        list(REFUNDABLE), now_ms())
         if before is None:
             raise DomainError("TICKET_BUSY")
         return before  # type: ignore[no-any-return]
@@ -230,11 +223,8 @@ class TicketService:
 
         async def write(session: AsyncClientSession) -> None:
             """The ticket ends and the money it is owed is asked for: both or neither."""
-            await self._db.tickets.update_one(
-                {"_id": ticket["_id"]},
-                {"$set": {"status": status, "active": False, "refund": {
-                    "fee": fee, "amount": amount, "at": now, "reason": reason}}},
-                session=session)
+            await self._book.end(ticket["_id"], status, {
+                "fee": fee, "amount": amount, "at": now, "reason": reason}, session)
             if amount > 0:
                 await self._orders.refunds.owe(
                     refunds.for_ticket(ticket["ticket_no"]), order_no=order["order_no"],
@@ -285,9 +275,8 @@ class TicketService:
                 log.warning("stuck change not undone yet: %s", exc.code,
                             extra={"fields": {"ticket_no": ticket["ticket_no"]}})
                 return 0
-            await self._db.tickets.update_one({"_id": ticket["_id"], "status": "changing"},
-                                              {"$set": {"status": back},
-                                               "$unset": {"busy": "", "busy_since": ""}})
+            await self._book.back_to(ticket["_id"], back, from_status="changing",
+                                     clear_busy=True)
             return 1
         try:
             sale = await self._seats.query(ticket["departure_id"], ticket["sale_id"])
@@ -354,8 +343,7 @@ class TicketService:
                 hold.seats[0], ticket["passenger"]["name"], ticket["ticket_type"],
                 ticket["price"])])
         except ExchangeError:
-            await self._db.tickets.update_one({"_id": ticket["_id"]},
-                                              {"$set": {"status": busy["status"]}})
+            await self._book.back_to(ticket["_id"], busy["status"])
             raise
         now = now_ms()
         new = {k: v for k, v in ticket.items() if k not in ("_id", "refund")}
@@ -369,10 +357,7 @@ class TicketService:
 
         async def write(session: AsyncClientSession) -> None:
             """The old ticket ends and the new one exists: both or neither."""
-            await self._db.tickets.update_one({"_id": ticket["_id"]}, {"$set": {
-                "status": "changed", "active": False, "changed_to": new["ticket_no"]}},
-                session=session)
-            await self._db.tickets.insert_one(new, session=session)
+            await self._book.change(ticket["_id"], new, session)
 
         await transact(self._db, write)
         try:
