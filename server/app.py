@@ -61,7 +61,6 @@ from server.services.gate import GateKeys, GateService
 from server.services.health import HealthService
 from server.services.holds import SeatHolds
 from server.services.idempotency import IdempotencyStore
-from server.services.inventory import NativeInventory
 from server.services.jobs import JobRunner, RecordFailures
 from server.services.members import MemberService, WeChatLogin
 from server.services.orders import OrderService
@@ -73,6 +72,7 @@ from server.services.stations import StationService
 from server.services.sync import SyncService
 from server.services.ticket_sources import TicketSourceService
 from server.services.tickets import TicketService
+from server.storage.inventory import NativeInventory
 
 
 @dataclass

@@ -53,7 +53,7 @@ async def _hammer(mongo_uri: str, redis_url: str, db_name: str, departure_id: st
     from server.app import connect_redis
     from server.exchange.base import HoldRequest
     from server.exchange.errors import ExchangeError
-    from server.services.inventory import NativeInventory, new_hold_id
+    from server.storage.inventory import NativeInventory, new_hold_id
 
     rng = random.Random(seed)
     mongo: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri, tz_aware=True)

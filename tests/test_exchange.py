@@ -29,9 +29,9 @@ from server.exchange.errors import (
 from server.exchange.registry import ExchangeRegistry
 from server.services.audit import AuditService
 from server.services.events import EventLog
-from server.services.inventory import NativeInventory, new_hold_id
 from server.services.seats import SeatService
 from server.services.sync import SyncService
+from server.storage.inventory import NativeInventory, new_hold_id
 
 VENDORS = ["native", "rest", "xml"]
 

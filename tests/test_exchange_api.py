@@ -71,7 +71,7 @@ async def test_station_status_and_on_demand_sync(api: ApiClient) -> None:
 async def test_ticket_source_over_the_api_limits_holds(api: ApiClient, db, stores) -> None:
     from server.exchange.base import HoldRequest
     from server.exchange.errors import AllotmentExhausted
-    from server.services.inventory import NativeInventory, new_hold_id
+    from server.storage.inventory import NativeInventory, new_hold_id
 
     dep = await _native_departure(db, offset=5)
     operator = (await api.login("operator"))["token"]

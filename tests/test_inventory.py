@@ -25,7 +25,7 @@ from server.exchange.errors import (
     SeatTaken,
     SoldOut,
 )
-from server.services.inventory import NativeInventory, new_hold_id
+from server.storage.inventory import NativeInventory, new_hold_id
 from tests.inventory_support import make_departure
 from tests.support import ROOT
 

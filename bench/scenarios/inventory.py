@@ -11,7 +11,7 @@ from pymongo import AsyncMongoClient
 from bench.run import Bench, Row
 from server.app import connect_redis
 from server.exchange.base import HoldRequest
-from server.services.inventory import NativeInventory, new_hold_id
+from server.storage.inventory import NativeInventory, new_hold_id
 from server.storage.seat_scripts import SeatScripts, departure_keys
 
 TITLE = "Native inventory: seat holds on one hot departure"

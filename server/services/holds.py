@@ -4,9 +4,9 @@
       │                                                                        change)
       └──→ release (unpaid order cancelled or expired, order never written, orphan, expiry)
 
-- **hold** (``hold``): an order's hold is first noted in the orphan journal (Redis sorted
-  set ``orders:hold-journal``, scored by time), then taken through ``SeatService.hold`` at
-  the departure's exchange — the native inventory's ``hold`` script
+- **hold** (``hold``): an order's hold is first noted in the orphan journal (a Redis
+  sorted set kept by ``server.storage.hold_claims``, scored by time), then taken through
+  ``SeatService.hold`` at the departure's exchange — the native inventory's ``hold`` script
   (``server/storage/inventory.lua``, which also writes the hold's record to ``seat_holds``
   behind, in batches) or the station's own system. A clear refusal drops the note; a
   timeout leaves it, since the station may hold the seats all the same.
@@ -19,8 +19,9 @@
   once (``release_unwritten``); a note older than ``orphan_after`` with no order is an
   orphan (``release_orphans``, the ``orphan-holds`` job). Independently, a hold that runs out
   is released by the native inventory itself — by whichever script touches the departure
-  next and by the ``hold-sweeper`` job (``NativeInventory.sweep``) — or by the station's
-  own timeout for proxied departures. Every release is one atomic step: it happens once.
+  next and by the ``hold-sweeper`` job (``storage.inventory.NativeInventory.sweep``) — or
+  by the station's own timeout for proxied departures. Every release is one atomic step:
+  it happens once.
 - **sell** (``sell``): a paid order's hold becomes a sale (``OrderService.issue``; a change
   of departure sells a fresh hold the same way).
 - **return** (``return_seats``): sold seats go back on sale — a refund, a void, the old seat
@@ -35,11 +36,9 @@ from typing import Any
 
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from server.clock import now_ms
 from server.exchange.base import Hold, HoldRequest, Sale, TicketInfo
 from server.exchange.errors import (
     BadStationResponse,
@@ -50,12 +49,9 @@ from server.exchange.errors import (
     StationTimeout,
 )
 from server.services.seats import SeatService
+from server.storage.hold_claims import HoldClaims
 
 log = logging.getLogger(__name__)
-
-# holds taken for orders not yet written: "departure|hold" scored by when (Unix s)
-HOLD_JOURNAL = "orders:hold-journal"
-
 
 class HoldClaimed(Exception):
     """The sweeper released this hold before its order could be written."""
@@ -67,8 +63,7 @@ class SeatHolds:
     def __init__(self, db: AsyncDatabase[Any], redis: Redis, seats: SeatService,
                  orphan_after: float = 60.0) -> None:
         self.orphan_after = orphan_after
-        self._claims = db.hold_claims
-        self._redis = redis
+        self._claims = HoldClaims(db, redis)  # the journal and the claims
         self._seats = seats
 
     # --- hold ---------------------------------------------------------------------------------
@@ -77,16 +72,15 @@ class SeatHolds:
         """Take seats for a while. An order's hold is noted first, so that if this process
         dies before the order is written the orphan sweeper gives the seats back (a change's
         hold is covered by the ticket's own recovery plan instead)."""
-        entry = f"{departure_id}|{request.hold_id}"
         if for_order:
-            await self._redis.zadd(HOLD_JOURNAL, {entry: time.time()})
+            await self._claims.note(departure_id, request.hold_id)
         try:
             return await self._seats.hold(departure_id, request)
         except ExchangeError as exc:
             # a clear refusal took nothing; after a timeout or a garbled answer the station
             # may hold the seats all the same, so the note stays for the sweeper
             if for_order and not isinstance(exc, (StationTimeout, BadStationResponse)):
-                await self._redis.zrem(HOLD_JOURNAL, entry)
+                await self._claims.drop(departure_id, request.hold_id)
             raise
 
     # --- claim --------------------------------------------------------------------------------
@@ -94,18 +88,14 @@ class SeatHolds:
                     session: AsyncClientSession) -> None:
         """The order being written claims its hold (in the order's transaction);
         HoldClaimed if the orphan sweeper was first."""
-        try:
-            await self._claims.insert_one({"_id": hold_id, "owner": "order",
-                                           "departure_id": departure_id, "at": now_ms()},
-                                          session=session)
-        except DuplicateKeyError:
-            raise HoldClaimed() from None
+        if not await self._claims.claim(departure_id, hold_id, "order", session):
+            raise HoldClaimed()
 
     async def written(self, departure_id: str, hold_id: str) -> None:
         """The order stands: its note goes (if Redis fails now, the sweeper finds the hold
         claimed by the order and drops the note)."""
         try:
-            await self._redis.zrem(HOLD_JOURNAL, f"{departure_id}|{hold_id}")
+            await self._claims.drop(departure_id, hold_id)
         except RedisError:
             log.warning("hold journal entry left", extra={"fields": {"hold_id": hold_id}})
 
@@ -114,7 +104,7 @@ class SeatHolds:
         """The order was not written: give its hold back now (the note stays for the
         sweeper if the station cannot be told)."""
         await self._seats.release(departure_id, hold_id)
-        await self._redis.zrem(HOLD_JOURNAL, f"{departure_id}|{hold_id}")
+        await self._claims.drop(departure_id, hold_id)
 
     async def release_ended(self, order: dict[str, Any]) -> None:
         """An unpaid order ended (cancelled, expired): its seats go back on sale."""
@@ -132,21 +122,13 @@ class SeatHolds:
         """Notes older than ``orphan_after`` with no order: the process taking the hold died
         before writing its order. Whoever claims the hold first wins — the order or this
         sweeper."""
-        cutoff = time.time() - self.orphan_after
-        entries = await self._redis.zrangebyscore(HOLD_JOURNAL, "-inf", cutoff, start=0,
-                                                  num=limit)
         released = 0
-        for entry in entries:
-            departure_id, _, hold_id = (entry.decode() if isinstance(entry, bytes)
-                                        else entry).rpartition("|")
-            try:
-                await self._claims.insert_one({"_id": hold_id, "owner": "sweeper",
-                                               "departure_id": departure_id, "at": now_ms()})
-            except DuplicateKeyError:
-                claim = await self._claims.find_one({"_id": hold_id}, {"owner": 1})
-                if claim and claim["owner"] == "order":  # written after all: not an orphan
-                    await self._redis.zrem(HOLD_JOURNAL, entry)
-                    continue
+        for departure_id, hold_id in await self._claims.noted_before(
+                time.time() - self.orphan_after, limit):
+            if not await self._claims.claim(departure_id, hold_id, "sweeper") and \
+                    await self._claims.owner(hold_id) == "order":  # written after all
+                await self._claims.drop(departure_id, hold_id)
+                continue
             try:
                 await self._seats.release(departure_id, hold_id)
             except ExchangeError as exc:  # the claim stays ours: tried again next run
@@ -154,7 +136,7 @@ class SeatHolds:
                     log.warning("orphan hold not released yet: %s", exc.code,
                                 extra={"fields": {"hold_id": hold_id}})
                     continue
-            await self._redis.zrem(HOLD_JOURNAL, entry)
+            await self._claims.drop(departure_id, hold_id)
             released += 1
             log.warning("orphan hold released (its order was never written)",
                         extra={"fields": {"hold_id": hold_id, "departure_id": departure_id}})

@@ -18,7 +18,7 @@ from server.errors import DomainError
 from server.exchange.errors import DepartureNotFound
 from server.security.principal import Principal
 from server.services.audit import AuditService
-from server.services.inventory import NativeInventory
+from server.storage.inventory import NativeInventory
 
 DEFAULT_RELEASE_MINUTES = 120
 

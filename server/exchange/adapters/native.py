@@ -18,7 +18,7 @@ from server.exchange.base import (
     SyncBatch,
     TicketInfo,
 )
-from server.services.inventory import NativeInventory
+from server.storage.inventory import NativeInventory
 
 
 class NativeExchange(StationExchange):
