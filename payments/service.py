@@ -18,7 +18,6 @@ import hashlib
 import logging
 from typing import Any
 
-from pymongo import ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -40,6 +39,7 @@ from server.services.audit import AuditService
 from server.services.jobs import RecordFailures
 from server.services.orders import OrderService
 from server.storage import refunds
+from server.storage.payments import PaymentRecords
 from server.storage.transactions import transact
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ class PaymentService:
         self.alerts = alerts
         self.audit = audit
         self.failures = failures or RecordFailures()
+        self.records = PaymentRecords(db)  # attempts, movements, statement reports
         deposits = providers.get("agent_balance")
         assert isinstance(deposits, AgentDeposit)
         self.deposits = deposits
@@ -123,14 +124,9 @@ class PaymentService:
             params = await provider.start(Attempt(out_trade_no, order_no, order["amount"],
                                                   f"客运车票 {order_no}", payer), method)
         except PaymentError as exc:
-            await self._db.payments.update_one({"_id": attempt["_id"]},
-                                               {"$set": {"status": "failed",
-                                                         "error": str(exc)[:200]}})
+            await self.records.failed(attempt["_id"], str(exc), only_created=False)
             raise DomainError("PAYMENT_PROVIDER_ERROR", str(exc)) from None
-        await self._db.payments.update_one({"_id": attempt["_id"], "status": "created"},
-                                           {"$set": {"status": "pending",
-                                                     "started_at": now_ms(),
-                                                     "client_params": params}})
+        await self.records.started(attempt["_id"], params)
         return {"order_no": order_no, "out_trade_no": out_trade_no, "method": method,
                 "amount": order["amount"], "params": params}
 
@@ -163,7 +159,7 @@ class PaymentService:
         if local:
             attempt["actor"] = actor.audit_actor()
         try:
-            attempt["_id"] = (await self._db.payments.insert_one(attempt)).inserted_id
+            attempt["_id"] = await self.records.insert(attempt)
         except DuplicateKeyError:  # a concurrent start took this number first
             raise DomainError("PAYMENT_IN_PROGRESS") from None
         return attempt, None
@@ -185,19 +181,13 @@ class PaymentService:
             found = await provider.take(actor, amount, receipt, session)
             if found is None:
                 return None
-            moved = await self._db.payments.update_one(
-                {"_id": attempt["_id"], "status": "created"},
-                {"$set": {"status": "pending", "started_at": now_ms(), "receipt": found,
-                          **mine}}, session=session)
-            if moved.modified_count != 1:
+            if not await self.records.taken(attempt["_id"], found, mine, session):
                 raise DomainError("PAYMENT_IN_PROGRESS")  # aborts the taking with it
             return found
 
         found = await transact(self._db, take)
         if found is None:
-            await self._db.payments.update_one({"_id": attempt["_id"], "status": "created"},
-                                               {"$set": {"status": "failed",
-                                                         "error": "refused by the provider"}})
+            await self.records.failed(attempt["_id"], "refused by the provider")
             raise await provider.refusal(actor, amount)
         await self.audit.staff_action(actor, "payment.take", target=order["order_no"],
                                       details={"method": attempt["method"], "amount": amount,
@@ -234,19 +224,14 @@ class PaymentService:
         """Converge an attempt on the provider's state; each change happens once."""
         if state != "paid":
             if state == "closed":
-                await self._db.payments.update_one(
-                    {"_id": attempt["_id"], "status": {"$in": ["created", "pending"]}},
-                    {"$set": {"status": "closed"}})
+                await self.records.closed(attempt["_id"])
             return state
         if amount != attempt["amount"]:
             log.error("paid amount differs", extra={"fields": {
                 "out_trade_no": attempt["out_trade_no"], "expected": attempt["amount"],
                 "got": amount}})
             raise NotificationRejected("amount differs from the attempt")
-        won = await self._db.payments.find_one_and_update(
-            {"_id": attempt["_id"], "status": {"$in": ["created", "pending", "closed"]}},
-            {"$set": {"status": "paid", "paid_at": now_ms(), "transaction_id": transaction_id}},
-            return_document=ReturnDocument.AFTER)
+        won = await self.records.paid(attempt["_id"], transaction_id)
         if won is None:
             return "already"
         await self._movement(f"pay:{attempt['out_trade_no']}", "payment", won,
@@ -282,9 +267,8 @@ class PaymentService:
             if attempt["status"] == "pending":  # debited (with the record), not yet settled
                 await self.settle(attempt, "paid", attempt["amount"], attempt["out_trade_no"])
                 return 1
-            await self._db.payments.update_one(  # created: nothing was taken
-                {"_id": attempt["_id"], "status": "created"},
-                {"$set": {"status": "failed", "error": "abandoned before any debit"}})
+            # created: nothing was taken
+            await self.records.failed(attempt["_id"], "abandoned before any debit")
             return 0
         order = await self._db.orders.find_one({"order_no": attempt["order_no"]},
                                                {"status": 1})
@@ -298,15 +282,12 @@ class PaymentService:
             state = await provider.query(attempt["out_trade_no"])
         except PaymentError as exc:
             if created and not exc.retry:  # the provider never heard of it
-                await self._db.payments.update_one(
-                    {"_id": attempt["_id"], "status": "created"},
-                    {"$set": {"status": "failed", "error": str(exc)[:200]}})
+                await self.records.failed(attempt["_id"], str(exc))
             else:
                 log.warning("payment query failed: %s", exc)
             return 0
         if created and state.state == "pending":
-            await self._db.payments.update_one({"_id": attempt["_id"], "status": "created"},
-                                               {"$set": {"status": "closed"}})
+            await self.records.closed(attempt["_id"], only_created=True)
             return 0
         await self.settle(attempt, state.state, state.amount, state.transaction_id)
         return 1
@@ -541,7 +522,7 @@ class PaymentService:
         async def top_up(session: AsyncClientSession) -> bool:
             if not await self.deposits.exists(outlet_id, session):
                 raise DomainError("OUTLET_NOT_FOUND")
-            if not await self._record_movement(movement_id, {
+            if not await self.records.movement(movement_id, {
                     "kind": "deposit", "provider": self.deposits.identifier,
                     "order_no": f"outlet:{outlet_id}", "outlet_id": outlet_id,
                     "amount": amount, "reference": reference, "by": actor.id}, session):
@@ -564,16 +545,9 @@ class PaymentService:
         provider = self.providers.get(attempt["provider"])
         if isinstance(provider, LocalProvider):
             extra = {**provider.movement_fields(attempt), **extra}
-        return await self._record_movement(movement_id, {
+        return await self.records.movement(movement_id, {
             "kind": kind, "provider": attempt["provider"], "order_no": attempt["order_no"],
             "out_trade_no": attempt["out_trade_no"], "amount": amount, **extra}, session)
-
-    async def _record_movement(self, movement_id: str, fields: dict[str, Any],
-                               session: AsyncClientSession | None) -> bool:
-        done = await self._db.money_movements.update_one(
-            {"_id": movement_id}, {"$setOnInsert": {**fields, "at": now_ms()}}, upsert=True,
-            session=session)
-        return done.upserted_id is not None
 
     async def scrub_old(self, older_than: dt.timedelta = dt.timedelta(days=30)) -> int:
         """Drop what providers say to forget from attempts that are long settled."""
@@ -586,9 +560,7 @@ class PaymentService:
                 fields = self.providers.get(attempt["provider"]).scrub(attempt)
             except KeyError:  # a provider no longer configured: what every one forgets
                 fields = ["client_params", "receipt.reference"]
-            await self._db.payments.update_one(
-                {"_id": attempt["_id"]},
-                {"$unset": dict.fromkeys(fields, ""), "$set": {"scrubbed": True}})
+            await self.records.scrubbed(attempt["_id"], fields)
             count += 1
         return count
 
@@ -620,8 +592,7 @@ class PaymentService:
                   "only_provider": result.only_provider, "only_ours": result.only_ours,
                   "clean": result.clean, "fees": sum(line.fee for line in lines),
                   "at": now_ms()}
-        await self._db.reconciliations.replace_one(
-            {"_id": f"{provider_id}:{bill_date}"}, report, upsert=True)
+        await self.records.keep_report(f"{provider_id}:{bill_date}", report)
         await self.audit.record(actor, "payments.reconcile", target=f"{provider_id}:{bill_date}",
                                 details={"clean": report["clean"]})
         return report
