@@ -21,7 +21,6 @@ import unicodedata
 import uuid
 from typing import Any
 
-from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 from redis.asyncio import Redis
@@ -35,6 +34,7 @@ from server.security.principal import PASSENGER, Principal
 from server.services.auth import AuthService
 from server.services.realname import id_index, validate
 from server.storage.attempts import WindowLimit
+from server.storage.members import MemberRecords, sign_in_code_key
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,7 @@ class MemberService:
         self._sms = sms
         self._wechat = wechat
         self._check_code = redis.register_script(_CHECK_CODE)
+        self._records = MemberRecords(db)
         self._sms_interval = WindowLimit(redis, "sms-phone-minute", 1, SEND_INTERVAL)
         self._sms_per_phone = WindowLimit(redis, "sms-phone-day", SENDS_PER_DAY, 86400)
         self._sms_per_ip = WindowLimit(redis, "sms-ip-hour", SENDS_PER_IP_HOUR, 3600)
@@ -132,7 +133,7 @@ class MemberService:
         await self._sms_per_phone.count(index)
         await self._sms_per_ip.count(ip)
         code = f"{secrets.randbelow(10**6):06d}"
-        key = f"sms:code:{{{index}}}"
+        key = sign_in_code_key(index)
         pipe = self._redis.pipeline(transaction=True)
         pipe.delete(key)
         pipe.hset(key, mapping={"hash": _code_hash(index, code), "tries": 0})
@@ -150,7 +151,7 @@ class MemberService:
     async def sms_login(self, phone: str, code: str) -> dict[str, Any]:
         phone = normalize_phone(phone)
         index = self.vault.index("phone", phone)
-        ok = await self._check_code(keys=[f"sms:code:{{{index}}}"],
+        ok = await self._check_code(keys=[sign_in_code_key(index)],
                                     args=[_code_hash(index, code.strip()), MAX_TRIES])
         if ok != 1:
             raise DomainError("SMS_CODE_INVALID")
@@ -164,13 +165,7 @@ class MemberService:
         now = dt.datetime.now(dt.UTC)
         for _ in range(2):  # a concurrent first sign-in may win the insert: read it then
             try:
-                member = await self._db.members.find_one_and_update(
-                    {field: value},
-                    {"$setOnInsert": {"_id": "mbr_" + uuid.uuid4().hex[:20], "created_at": now,
-                                      "status": "active", **fields},
-                     "$set": {"last_login_at": now}},
-                    upsert=True, return_document=ReturnDocument.AFTER)
-                return member  # type: ignore[no-any-return]
+                return await self._records.signed_in(field, value, fields, now)
             except DuplicateKeyError:
                 continue
         raise DomainError("SERVICE_UNAVAILABLE")
@@ -210,16 +205,13 @@ class MemberService:
             phone = normalize_phone(phone)
             doc["phone_enc"] = self.vault.encrypt("phone", phone)
             doc["phone_masked"] = mask_phone(phone)
-        try:
-            await self._db.passengers.insert_one(doc)
-        except DuplicateKeyError:
-            raise DomainError("PASSENGER_EXISTS") from None
+        if not await self._records.add_passenger(doc):
+            raise DomainError("PASSENGER_EXISTS")
         return public_passenger(doc)
 
     async def delete_passenger(self, member_id: str, passenger_id: str) -> None:
-        result = await self._db.passengers.delete_one({"_id": passenger_id,
-                                                       "member_id": member_id})
-        if result.deleted_count == 0:  # someone else's looks the same as none: 404
+        if not await self._records.remove_passenger(member_id, passenger_id):
+            # someone else's looks the same as none: 404
             raise DomainError("PASSENGER_NOT_FOUND")
 
     async def passenger_document(self, member_id: str, passenger_id: str
