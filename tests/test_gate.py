@@ -374,6 +374,7 @@ async def test_processes_rotating_at_once_agree_on_one_signing_key(api, db, serv
     # several processes rotating at the same moment (e.g. all starting on an empty store) must
     # end with one current key they all sign with, not with every new key retired by another
     from server.services.gate import GateKeys
+    from server.storage.gate import GateRecords
 
     processes = [GateKeys(db, services.gate._vault) for _ in range(4)]
     made = await asyncio.gather(*[keys.rotate() for keys in processes])
@@ -390,7 +391,7 @@ async def test_processes_rotating_at_once_agree_on_one_signing_key(api, db, serv
     late = {**current[0], "_id": current[0]["_id"] ^ 0x5A5A5A5A,
             "created_at": current[0]["created_at"] - dt.timedelta(seconds=1)}
     await db.gate_keys.insert_one(late)
-    await processes[0]._retire_all_but_newest(dt.datetime.now(dt.UTC))
+    await GateRecords(db).retire_all_but_newest(dt.datetime.now(dt.UTC))
     assert [k["_id"] for k in await db.gate_keys.find({"retired_at": None}).to_list()] == \
         [current[0]["_id"]]
 

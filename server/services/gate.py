@@ -24,7 +24,6 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
 
 from server.clock import LOCAL_TZ, local_today
 from server.errors import DomainError, aware_time, calendar_day
@@ -33,6 +32,7 @@ from server.security.pii import PiiVault
 from server.security.principal import Principal
 from server.services.audit import AuditService
 from server.services.realname import same_person
+from server.storage.gate import GateRecords
 from server.storage.orders import OrderBook
 
 KEY_GRACE = dt.timedelta(days=2)
@@ -103,6 +103,7 @@ def _signoff(doc: dict[str, Any]) -> dict[str, Any]:
 class GateKeys:
     def __init__(self, db: AsyncDatabase[Any], vault: PiiVault) -> None:
         self._db = db
+        self._records = GateRecords(db)
         self._vault = vault
         self._signing: tuple[int, Ed25519PrivateKey] | None = None
         self._verifying: dict[int, Ed25519PublicKey] = {}
@@ -141,23 +142,13 @@ class GateKeys:
                                 serialization.NoEncryption()).decode()
         now = dt.datetime.now(dt.UTC)
         kid = secrets.randbelow(2**32 - 1) + 1
-        await self._db.gate_keys.insert_one({
+        await self._records.add_key({
             "_id": kid, "alg": "Ed25519", "public": _b64(_raw_public(key.public_key())),
             "private_enc": self._vault.encrypt("gate_key", pem), "created_at": now,
             "retired_at": None})
-        await self._retire_all_but_newest(now)
+        await self._records.retire_all_but_newest(now)
         await self._load(force=True)
         return kid
-
-    async def _retire_all_but_newest(self, now: dt.datetime) -> None:
-        newest = await self._db.gate_keys.find_one(
-            {"retired_at": None}, {"created_at": 1}, sort=[("created_at", -1), ("_id", -1)])
-        if newest is not None:
-            at, top = newest["created_at"], newest["_id"]
-            await self._db.gate_keys.update_many(
-                {"retired_at": None, "$or": [{"created_at": {"$lt": at}},
-                                             {"created_at": at, "_id": {"$lt": top}}]},
-                {"$set": {"retired_at": now}})
 
     async def signing(self) -> tuple[int, Ed25519PrivateKey]:
         await self._load()
@@ -186,6 +177,7 @@ class GateService:
         self._db = db
         self._vault = vault
         self._audit = audit
+        self._records = GateRecords(db)
         self._book = OrderBook(db)  # tickets are written by their aggregate's owner
         self.keys = keys
 
@@ -233,10 +225,7 @@ class GateService:
                                   "departure_id": departure_id, "realname": "not_checked"}
         result = await self._judge(actor, code, departure_id, gate, id_no, id_type, now, record)
         record.update(outcome=result["outcome"], ticket_no=result.get("ticket_no"))
-        try:
-            await self._db.gate_scans.insert_one(record)
-        except DuplicateKeyError:
-            pass  # an offline scan uploaded again: the first record stands
+        await self._records.scan(record)  # an upload repeated: the first record stands
         return result
 
     async def _judge(self, actor: Principal, text: str, departure_id: str | None, gate: str,
@@ -353,10 +342,8 @@ class GateService:
                   "checked_in": manifest["checked_in"], "children": manifest["children"],
                   "no_shows": [r["ticket_no"] for r in manifest["passengers"]
                                if not r["checked_in"]]}
-        try:
-            await self._db.departure_signoffs.insert_one(record)
-        except DuplicateKeyError:
-            raise DomainError("ALREADY_SIGNED_OFF") from None
+        if not await self._records.sign_off(record):
+            raise DomainError("ALREADY_SIGNED_OFF")
         await self._db.departures.update_one(
             {"_id": departure_id, "inventory": "native", "status": {"$in": ["on_sale",
                                                                             "stopped"]}},
@@ -446,10 +433,7 @@ class GateService:
                             "second": {"gate": gate_id, "at": _local(at)},
                             "station_id": actor.station_id, "found_at": dt.datetime.now(dt.UTC),
                             "resolved": False}
-                try:
-                    await self._db.gate_conflicts.insert_one(conflict)
-                except DuplicateKeyError:
-                    pass
+                await self._records.conflict(conflict)
                 conflicts.append({k: v for k, v in conflict.items()
                                   if k not in ("_id", "found_at")})
             outcomes.append({"nonce": scan["nonce"], "outcome": result["outcome"],
