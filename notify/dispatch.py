@@ -89,6 +89,38 @@ WECHAT_FIELDS = {
 }
 
 
+class Senders:
+    """How a notice reaches the passenger: a subscribe message in WeChat when the member has
+    an openid and the kind a template, else (or when WeChat refuses) an SMS to the order's
+    contact phone."""
+
+    def __init__(self, sms: SmsProvider, wechat: SubscribeMessenger | None,
+                 templates: dict[str, str]) -> None:
+        self._sms = sms
+        self._wechat = wechat
+        self._templates = templates
+
+    async def send(self, kind: str, values: dict[str, str], order_no: str, *, openid: str,
+                   phone: str, out_id: str) -> tuple[tuple[str, str] | None, list[str]]:
+        """((via, message id) when sent, else None; what failed on the way)."""
+        errors = []
+        template = self._templates.get(kind)
+        if openid and template and self._wechat is not None:
+            data = {key: {"value": values[name]} for key, name in WECHAT_FIELDS[kind]}
+            try:
+                msgid = await self._wechat.send(openid, template, data,
+                                                f"pages/order/detail?order_no={order_no}")
+                return ("wechat", msgid), errors
+            except SubscribeMessageError as exc:
+                errors.append(f"wechat {exc.errcode}")
+        if not phone:
+            return None, [*errors, "no phone"]
+        try:
+            return ("sms", await self._sms.send(phone, kind, values, out_id=out_id)), errors
+        except SmsError as exc:
+            return None, [*errors, f"sms {exc}"]
+
+
 class NoticeDispatcher:
     def __init__(self, db: AsyncDatabase[Any], vault: PiiVault, sms: SmsProvider,
                  wechat: SubscribeMessenger | None, templates: dict[str, str],
@@ -96,9 +128,7 @@ class NoticeDispatcher:
         self._db = db
         self.failures = failures or RecordFailures()
         self._vault = vault
-        self._sms = sms
-        self._wechat = wechat
-        self._templates = templates
+        self.senders = Senders(sms, wechat, templates)
 
     async def run(self, limit: int = 100) -> int:
         """Send what is due; returns how many were handled."""
@@ -128,34 +158,19 @@ class NoticeDispatcher:
         route = await self._db.routes.find_one({"_id": departure.get("route_id")}) or {}
         values = render(notice["kind"], order, departure, route.get("name", ""),
                         notice.get("params") or {})
-        errors = []
         openid = ""
         if order.get("member_id"):
             member = await self._db.members.find_one({"_id": order["member_id"]},
                                                      {"openid": 1}) or {}
             openid = member.get("openid", "")
-        template = self._templates.get(notice["kind"])
-        if openid and template and self._wechat is not None:
-            data = {key: {"value": values[name]} for key, name in WECHAT_FIELDS[notice["kind"]]}
-            try:
-                msgid = await self._wechat.send(
-                    openid, template, data, f"pages/order/detail?order_no={order['order_no']}")
-                await self._finish(notice, "sent", via="wechat", message_id=msgid)
-                return
-            except SubscribeMessageError as exc:
-                errors.append(f"wechat {exc.errcode}")
         phone = self._vault.decrypt("phone", order["contact_phone_enc"]) \
             if order.get("contact_phone_enc") else ""
-        if phone:
-            try:
-                message_id = await self._sms.send(phone, notice["kind"], values,
-                                                  out_id=str(notice["_id"]))
-                await self._finish(notice, "sent", via="sms", message_id=message_id)
-                return
-            except SmsError as exc:
-                errors.append(f"sms {exc}")
-        else:
-            errors.append("no phone")
+        sent, errors = await self.senders.send(notice["kind"], values, order["order_no"],
+                                               openid=openid, phone=phone,
+                                               out_id=str(notice["_id"]))
+        if sent is not None:
+            await self._finish(notice, "sent", via=sent[0], message_id=sent[1])
+            return
         if notice["attempts"] >= MAX_ATTEMPTS:
             await self._finish(notice, "failed", error="; ".join(errors))
             log.error("notice given up", extra={"fields": {"notice": notice["_id"],
