@@ -26,6 +26,8 @@ class SalesChannel:
     # a signed-in member buys on it (vs. staff selling for a caller at the counter or phone)
     member_required: ClassVar[bool] = False
     roles: ClassVar[tuple[str, ...]] = ()  # the staff roles that sell on it
+    # a booking may be paid when the passenger picks the tickets up at the station window
+    pay_at_pickup: ClassVar[bool] = False
 
     def sold_by(self, actor: Principal) -> bool:
         if self.member_required:

@@ -30,9 +30,13 @@ class Kiosk(SalesChannel):
 
 
 class PhoneDesk(SalesChannel):
+    """A caller books by phone and pays by a link sent to them, or at the station window
+    when picking the tickets up (seats held until the pickup deadline of the rules)."""
+
     identifier, name, kind = "phone", "电话订票", "phone"
-    payment_methods = ("alipay_wap", "wechat_jsapi")  # a payment link sent to the caller
+    payment_methods = ("alipay_wap", "wechat_jsapi", "pay_at_pickup")
     roles = (PHONE_AGENT,)
+    pay_at_pickup = True
 
     def order_scope(self, actor: Principal) -> dict[str, Any]:
         return {"channel": self.identifier}

@@ -20,7 +20,10 @@ CREATE = obj({
     "departure_id": string(1, 64), "passengers": array(PASSENGER_IN, minItems=1),
     "children": array(CHILD_IN, description="accompanied children (携童), no seat"),
     "contact_phone": PHONE, "from_seq": integer(0), "to_seq": integer(1),
-    "channel": string(enum=CHANNELS.online(), description="members: where they buy")},
+    "channel": string(enum=CHANNELS.online(), description="members: where they buy"),
+    "pay_at_pickup": {"type": "boolean", "description": (
+        "phone bookings: paid at the station window on pickup; the seats are held until "
+        "the pickup deadline of the rules")}},
     ["departure_id", "passengers", "contact_phone"])
 TICKET_OUT = obj({"ticket_no": string(), "seat": integer(1), "ticket_type": string(),
                   "price": FEN, "status": string(),
@@ -34,6 +37,7 @@ ORDER = obj({
         "refunding", "refunded", "failed"]),
     "departure_id": string(), "channel": string(), "from_seq": integer(0),
     "to_seq": integer(1), "amount": FEN, "expires_at": DATETIME, "created_at": DATETIME,
+    "pay_at_pickup": {"type": "boolean"},
     "contact_phone": string(description="masked"), "children": array({"type": "object"}),
     "tickets": array(TICKET_OUT), "history": array({"type": "object"})},
     ["order_no", "status", "amount", "expires_at", "tickets"])
@@ -46,7 +50,7 @@ ORDER_ERRORS = ("DEPARTURE_NOT_FOUND", "DEPARTURE_STOPPED", "NOT_ON_SALE_ONLINE"
                 "DUPLICATE_PASSENGER", "PASSENGER_ALREADY_BOOKED", "PASSENGER_NOT_FOUND",
                 "SEAT_CHOICE_INCOMPLETE", "SEAT_TAKEN", "SOLD_OUT", "ALLOTMENT_EXHAUSTED",
                 "QUOTA_EXCEEDED", "CHANNEL_NOT_ALLOWED", "STATION_UNAVAILABLE",
-                "STATION_TIMEOUT")
+                "STATION_TIMEOUT", "PAYMENT_METHOD_NOT_ALLOWED", "PICKUP_DEADLINE_PASSED")
 
 
 class OrdersHandler(ApiHandler):
@@ -60,7 +64,8 @@ class OrdersHandler(ApiHandler):
         order = await self.services.orders.create(
             self.principal, b.get("channel"), b["departure_id"], b["passengers"],
             b["contact_phone"],
-            children=b.get("children"), from_seq=b.get("from_seq"), to_seq=b.get("to_seq"))
+            children=b.get("children"), from_seq=b.get("from_seq"), to_seq=b.get("to_seq"),
+            pay_at_pickup=bool(b.get("pay_at_pickup")))
         self.write_json(order, 201)
 
     @api("My orders, newest first (staff: their channel, outlet or station)", roles=BUYERS,

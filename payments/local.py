@@ -53,6 +53,10 @@ class LocalProvider(abc.ABC):
         """What the attempt records of whose money it is."""
         return {}
 
+    def accepts(self, order: dict[str, Any]) -> bool:
+        """Whether this order may be paid this way."""
+        return True
+
     def movement_fields(self, attempt: dict[str, Any]) -> dict[str, Any]:
         """What a money movement of this attempt records beside the amount."""
         return {}
@@ -153,6 +157,31 @@ class Cash(AtTheCounter):
         if tendered is None or tendered < amount:
             raise DomainError("TENDER_TOO_LOW", field="tendered")
         return {"tendered": tendered, "change": tendered - amount}
+
+
+class PayAtPickup(AtTheCounter):
+    """A phone booking paid at the station window when its tickets are picked up: cash
+    (``tendered``) or bank card (``reference`` of the slip). Only station staff take it,
+    only for an order booked to be paid so."""
+
+    identifier = "pay_at_pickup"
+    methods = ("pay_at_pickup",)
+
+    def receipt(self, actor: Principal, amount: int, tendered: int | None,
+                reference: str) -> dict[str, Any]:
+        if actor.role != "station_staff":
+            raise DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="method")
+        return self.tender(amount, tendered, reference)
+
+    def tender(self, amount: int, tendered: int | None, reference: str) -> dict[str, Any]:
+        if tendered is None:
+            if not reference:
+                raise DomainError("TENDER_TOO_LOW", field="tendered")
+            return {"paid_by": "bank_card", "reference": reference}
+        return {"paid_by": "cash", **Cash().tender(amount, tendered, reference)}
+
+    def accepts(self, order: dict[str, Any]) -> bool:
+        return bool(order.get("pay_at_pickup"))
 
 
 class BankCard(AtTheCounter):

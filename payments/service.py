@@ -108,6 +108,8 @@ class PaymentService:
             raise DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="method",
                               allowed=[m for m in allowed if self.providers.for_method(m)])
         if isinstance(provider, LocalProvider):  # checked before any attempt is recorded
+            if not provider.accepts(order):
+                raise DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="method")
             receipt = provider.receipt(actor, order["amount"], tendered, reference)
             attempt, _ = await self._open_attempt(order, method, actor, provider)
             return await self._pay_locally(actor, order, attempt, provider, receipt,

@@ -42,7 +42,7 @@ from notify.sms import HttpSmsProvider
 from notify.subscribe import WeChatSubscribe
 from payments.alipay import Alipay, AlipayConfig
 from payments.base import ProviderRegistry
-from payments.local import AgentDeposit, BankCard, Cash
+from payments.local import AgentDeposit, BankCard, Cash, PayAtPickup
 from payments.service import PaymentService
 from payments.wechatpay import WeChatPay, WeChatPayConfig
 from server.config import Settings
@@ -205,7 +205,7 @@ def payment_providers(settings: Settings, db: AsyncDatabase[Any]) -> ProviderReg
     """Every way to pay: the local ones always, the remote providers this configuration
     has keys for (config picks; code does not change)."""
     registry = ProviderRegistry()
-    for local in (AgentDeposit(db), Cash(), BankCard()):
+    for local in (AgentDeposit(db), Cash(), BankCard(), PayAtPickup()):
         registry.register(local)
     if settings.wechatpay_api_base and settings.wechatpay_private_key_file:
         base = settings.public_url or f"http://{settings.host}:{settings.port}"

@@ -98,6 +98,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "ORDER_STATE_CONFLICT": (409, "The order changed meanwhile; reload it."),
     # tickets after sale
     "TICKET_NOT_FOUND": (404, "No such ticket."),
+    "PICKUP_DEADLINE_PASSED": (422, "Too close to departure to pay at pickup: pay now."),
     "PICKUP_CODE_INVALID": (404, "No ticket to pick up here with this code (and ID)."),
     "PICKUP_NEEDS_ID": (409, "Several tickets have this code: read the passenger's ID card."),
     "ALREADY_PICKED_UP": (409, "This ticket was already picked up."),

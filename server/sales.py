@@ -18,6 +18,7 @@ class SalesChannel(Protocol):
     kind: str
     payment_methods: tuple[str, ...]
     limited: bool  # whether ticket sources may set allotments and caps or close it
+    pay_at_pickup: bool  # whether a booking may be paid at the window on pickup
 
     def order_scope(self, actor: Principal) -> dict[str, Any]:
         """The orders a seller on this channel may see, as a filter of ``orders``."""

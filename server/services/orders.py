@@ -104,8 +104,8 @@ class OrderService:
     async def create(self, actor: Principal, channel: str | None, departure_id: str,
                      passengers: list[dict[str, Any]], contact_phone: str, *,
                      children: list[dict[str, Any]] | None = None,
-                     from_seq: int | None = None, to_seq: int | None = None
-                     ) -> dict[str, Any]:
+                     from_seq: int | None = None, to_seq: int | None = None,
+                     pay_at_pickup: bool = False) -> dict[str, Any]:
         sold_on = self._channels.selling(actor, channel)
         rules = await self._rules.current()
         children = children or []
@@ -125,6 +125,14 @@ class OrderService:
         if not 0 <= frm < to <= stops - 1:
             raise DomainError("INVALID_SEGMENT", field="to_seq")
         await self._check_on_sale(dep, rules)
+        hold_for = dt.timedelta(minutes=rules.payment_timeout_minutes)
+        if pay_at_pickup:  # held until the pickup deadline, paid at the window by then
+            if not sold_on.pay_at_pickup:
+                raise DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="pay_at_pickup")
+            hold_for = dep["departs_at"] - dt.timedelta(
+                minutes=rules.pickup_deadline_minutes) - now_ms()
+            if hold_for < dt.timedelta(minutes=rules.payment_timeout_minutes):
+                raise DomainError("PICKUP_DEADLINE_PASSED", field="pay_at_pickup")
         fare = await self._db.fares.find_one(
             {"route_id": dep["route_id"], "from_seq": frm, "to_seq": to,
              "effective_from": {"$lte": now_ms()}}, sort=[("effective_from", -1)])
@@ -159,7 +167,7 @@ class OrderService:
             hold_id=hold_id, channel=sold_on.identifier, count=len(people),
             from_seq=frm, to_seq=to,
             seats=tuple(int(s) for s in chosen) if all(chosen) else (),
-            ttl_seconds=rules.payment_timeout_minutes * 60, limited=sold_on.limited))
+            ttl_seconds=int(hold_for.total_seconds()), limited=sold_on.limited))
         await failpoints.reach("orders.after_hold")
         station = await self._db.stations.find_one({"_id": dep["station_id"]}, {"code": 1})
         tickets = []
@@ -183,6 +191,7 @@ class OrderService:
             "contact_phone_masked": mask_phone(phone),
             "children": [self._child(c) for c in children],
             "actor": actor.audit_actor(), "rules_version": rules.version,
+            "pay_at_pickup": pay_at_pickup,
             "history": [{"at": now, "from": None, "to": "pending_payment",
                          "actor": actor.label, "reason": "created"}]}
         if actor.kind == "member":
@@ -528,7 +537,7 @@ class OrderService:
             "order_no": order["order_no"], "status": order["status"],
             "departure_id": order["departure_id"], "channel": order["channel"],
             "from_seq": order["from_seq"], "to_seq": order["to_seq"],
-            "amount": order["amount"],
+            "amount": order["amount"], "pay_at_pickup": bool(order.get("pay_at_pickup")),
             "expires_at": order["expires_at"].astimezone(LOCAL_TZ).isoformat(),
             "created_at": order["created_at"].astimezone(LOCAL_TZ).isoformat(),
             "contact_phone": order["contact_phone_masked"],

@@ -34,6 +34,7 @@ class RuleSet:
     sale_days: int = 10  # how far ahead departures are on sale
     online_cutoff_minutes: int = 30  # online sale closes this long before departure
     payment_timeout_minutes: int = 15  # the hold lasts this long
+    pickup_deadline_minutes: int = 60  # a pay-at-pickup booking is paid by then, or released
     refund_tiers: tuple[RefundTier, ...] = field(default=(
         RefundTier(2.0, 1000, 50),  # ≥ 2 h before: 10 %, at least ¥0.5
         RefundTier(0.0, 2000, 100),  # < 2 h before: 20 %, at least ¥1
