@@ -53,4 +53,4 @@ async def test_docs_page_is_readable_html_without_external_assets(api: ApiClient
     assert "http://" not in resp.text.replace("http://json-schema.org", "") \
         and "https://cdn" not in resp.text
     admin = await api.get("/admin/")
-    assert admin.status == 200 and "运营管理" in admin.text
+    assert admin.status == 200 and "管理后台" in admin.text

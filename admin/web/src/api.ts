@@ -1,0 +1,131 @@
+// The one client of /api/v1 (the same API the apps use): bearer token, background refresh,
+// the API's error codes as exceptions. The session lives in sessionStorage (this tab only).
+import { reactive } from "vue";
+
+export interface Staff {
+  id: string; username: string; name?: string; role: string; status: string;
+  region?: string; station_id?: string; outlet_id?: string;
+}
+interface Tokens { token: string; refresh_token: string; expires_in: number; staff?: Staff }
+interface Session { token: string; refresh: string; expiresAt: number; staff: Staff }
+
+export class ApiError extends Error {
+  constructor(public status: number, public code: string, message: string,
+              public field?: string) {
+    super(message);
+  }
+}
+
+const KEY = "keyun.admin.session";
+export const state = reactive<{ session: Session | null }>({ session: load() });
+let refreshing: Promise<boolean> | null = null;
+let timer: number | undefined;
+
+function load(): Session | null {
+  try {
+    return JSON.parse(sessionStorage.getItem(KEY) || "null");
+  } catch {
+    return null;
+  }
+}
+
+function save(session: Session | null): void {
+  state.session = session;
+  if (session) sessionStorage.setItem(KEY, JSON.stringify(session));
+  else sessionStorage.removeItem(KEY);
+  schedule();
+}
+
+function adopt(tokens: Tokens, staff: Staff): void {
+  save({ token: tokens.token, refresh: tokens.refresh_token, staff,
+         expiresAt: Date.now() + tokens.expires_in * 1000 });
+}
+
+function schedule(): void {
+  window.clearTimeout(timer);
+  const s = state.session;
+  if (!s) return;
+  // renew a minute before the access token runs out, in the background
+  timer = window.setTimeout(() => void refresh(), Math.max(5_000, s.expiresAt - Date.now() - 60_000));
+}
+
+async function refresh(): Promise<boolean> {
+  const s = state.session;
+  if (!s) return false;
+  refreshing ??= (async () => {
+    try {
+      const tokens = await send<Tokens>("POST", "/api/v1/auth/refresh", { refresh_token: s.refresh }, false);
+      adopt(tokens, s.staff);
+      return true;
+    } catch {
+      save(null);
+      return false;
+    } finally {
+      refreshing = null;
+    }
+  })();
+  return refreshing;
+}
+
+async function send<T>(method: string, path: string, body?: unknown, auth = true): Promise<T> {
+  const headers: Record<string, string> = { Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (auth && state.session) headers.Authorization = `Bearer ${state.session.token}`;
+  const resp = await fetch(path, { method, headers,
+                                   body: body === undefined ? undefined : JSON.stringify(body) });
+  if (resp.status === 204) return undefined as T;
+  const data = await resp.json().catch(() => ({}));
+  if (!resp.ok) {
+    const e = data.error || {};
+    throw new ApiError(resp.status, e.code || "HTTP_" + resp.status, e.message || resp.statusText,
+                       e.field);
+  }
+  return data as T;
+}
+
+export async function api<T>(method: string, path: string, body?: unknown): Promise<T> {
+  try {
+    return await send<T>(method, path, body);
+  } catch (e) {
+    // an access token that ran out while the tab slept: renew once, then ask again
+    if (e instanceof ApiError && e.status === 401 && state.session && await refresh()) {
+      return send<T>(method, path, body);
+    }
+    if (e instanceof ApiError && e.status === 401) save(null);
+    throw e;
+  }
+}
+
+export async function signIn(username: string, password: string): Promise<Staff> {
+  const tokens = await send<Tokens>("POST", "/api/v1/auth/staff", { username, password }, false);
+  adopt(tokens, tokens.staff as Staff);
+  return tokens.staff as Staff;
+}
+
+export async function signOut(): Promise<void> {
+  const s = state.session;
+  save(null);
+  if (s) await send("POST", "/api/v1/auth/logout", { refresh_token: s.refresh }, false).catch(() => undefined);
+}
+
+export function query(params: Record<string, string | number | undefined | null>): string {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null && v !== "") q.set(k, String(v));
+  const text = q.toString();
+  return text ? "?" + text : "";
+}
+
+/** A Chinese message for the codes a person meets most; the API's own message otherwise. */
+const MESSAGES: Record<string, string> = {
+  INVALID_CREDENTIALS: "用户名或密码错误", ACCOUNT_DISABLED: "账号已停用",
+  TOO_MANY_ATTEMPTS: "尝试次数过多，请稍后再试", FORBIDDEN: "当前角色无权执行此操作",
+  AUTH_REQUIRED: "请先登录", TOKEN_REVOKED: "登录已失效，请重新登录",
+  REFUND_NOT_RETRYABLE: "该退款当前不能重新发起", CANNOT_CHANGE_OWN_ACCOUNT: "不能修改自己的账号",
+};
+
+export function explain(e: unknown): string {
+  if (e instanceof ApiError) return MESSAGES[e.code] ?? `${e.message}（${e.code}）`;
+  return "网络异常，请稍后重试";
+}
+
+schedule();

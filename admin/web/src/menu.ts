@@ -1,0 +1,16 @@
+// What each role may open: the menu shows only these, and the router refuses the rest.
+export interface Entry { path: string; title: string; roles: string[]; external?: boolean }
+
+export const MENU: Entry[] = [
+  { path: "/", title: "概览", roles: ["operator", "finance", "authority", "station_staff"] },
+  { path: "/stations", title: "车站系统", roles: ["operator", "authority", "station_staff"] },
+  { path: "/alerts", title: "运营告警", roles: ["operator", "finance"] },
+  { path: "/refunds", title: "退款处理", roles: ["finance", "operator"] },
+  { path: "/staff", title: "员工账号", roles: ["operator"] },
+  { path: "/audit", title: "审计日志", roles: ["operator"] },
+  { path: "/admin/gate", title: "检票", roles: ["gate"], external: true },
+];
+
+export function allowed(role: string | undefined): Entry[] {
+  return MENU.filter((e) => role && e.roles.includes(role));
+}
