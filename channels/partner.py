@@ -1,6 +1,5 @@
-"""Third-party partners selling through the partner API (issue 14 brings their accounts and
-deposits). Until a partner principal exists nobody sells on it; ticket sources can already
-give it an allotment or close it."""
+"""Third-party platforms selling through the signed partner API (``/partner/v1``): each
+partner sees only its own orders and pays from its prepaid deposit."""
 
 from __future__ import annotations
 
@@ -12,7 +11,10 @@ from server.security.principal import Principal
 
 class Partner(SalesChannel):
     identifier, name, kind = "partner", "第三方合作方", "partner"
-    payment_methods = ()  # the partner's deposit, once partners have accounts
+    payment_methods = ("partner_deposit",)
+
+    def sold_by(self, actor: Principal) -> bool:
+        return actor.kind == "partner"
 
     def order_scope(self, actor: Principal) -> dict[str, Any]:
-        return {"actor.id": actor.id}
+        return {"partner_id": actor.id}

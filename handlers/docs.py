@@ -137,6 +137,28 @@ def build_openapi(routes: list[URLSpec], server_url: str = "/") -> dict[str, Any
     }
 
 
+def partner_openapi(routes: list[URLSpec]) -> dict[str, Any]:
+    """The partner API's own document: its operations and how to sign a request."""
+    doc = build_openapi(routes)
+    doc["info"] = {"title": "Keyun partner API", "version": "1", "description": (
+        "For third-party platforms selling intercity bus tickets. Every request carries "
+        "X-Keyun-Key, X-Keyun-Timestamp (Unix seconds, within 300 s of our clock), "
+        "X-Keyun-Nonce (8-64 characters, single use) and X-Keyun-Signature: the lowercase hex "
+        "HMAC-SHA256, with the key's secret, of METHOD\\nPATH\\nCANONICAL_QUERY\\nTIMESTAMP"
+        "\\nNONCE\\nhex(SHA-256(body)), where CANONICAL_QUERY is the query parameters sorted "
+        "by name, each name and value percent-encoded (RFC 3986), joined name=value with &. "
+        "A bad signature, a stale timestamp and a reused nonce are 401 SIGNATURE_INVALID, "
+        "TIMESTAMP_OUT_OF_WINDOW and NONCE_REUSED. Money is integer fen.")}
+    doc["components"]["securitySchemes"] = {"keyunSignature": {
+        "type": "apiKey", "in": "header", "name": "X-Keyun-Signature",
+        "description": "with X-Keyun-Key, X-Keyun-Timestamp and X-Keyun-Nonce; see above"}}
+    for operations in doc["paths"].values():
+        for operation in operations.values():
+            if operation.get("security"):
+                operation["security"] = [{"keyunSignature": []}]
+    return doc
+
+
 class OpenApiHandler(ApiHandler):
     @api("This OpenAPI 3.1 document", tags=("docs",))
     async def get(self) -> None:

@@ -101,7 +101,7 @@ class OutletDepositHandler(ApiHandler):
          errors=("OUTLET_NOT_FOUND",))
     async def post(self, outlet_id: str) -> None:
         self.write_json(await self.services.payments.deposit(
-            self.principal, outlet_id, self.body["amount"], self.body["reference"]))
+            self.principal, "outlet", outlet_id, self.body["amount"], self.body["reference"]))
 
 
 default_handlers = [

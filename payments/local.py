@@ -4,7 +4,8 @@ no transaction elsewhere to start, query or close: the money moves in the same M
 transaction that moves the attempt to ``pending`` (``take``), and goes back in the one that
 ends the refund (``pay_back``).
 
-- ``AgentDeposit`` owns the outlets' balances (debit with credit, credit, top-up).
+- ``AgentDeposit`` owns the outlets' balances (debit with credit, credit, top-up);
+  ``PartnerDeposit`` pays from a partner's deposit (kept by ``server.storage.partners``).
 - ``Cash`` and ``BankCard`` take what the seller keyed in; their refunds are paid at the
   window.
 """
@@ -20,6 +21,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from server.errors import DomainError
 from server.security.principal import Principal
+from server.storage.partners import PartnerRecords
 
 
 class LocalProvider(abc.ABC):
@@ -75,6 +77,7 @@ class AgentDeposit(LocalProvider):
 
     identifier = "agent_balance"
     methods = ("agent_balance",)
+    account = "outlet"  # what a top-up names: the outlet
 
     def __init__(self, db: AsyncDatabase[Any]) -> None:
         self._outlets = db.outlets
@@ -129,6 +132,60 @@ class AgentDeposit(LocalProvider):
         outlet = await self._outlets.find_one({"_id": outlet_id}) or {}
         return {"balance": outlet.get("balance", 0),
                 "credit_limit": outlet.get("credit_limit", 0)}
+
+
+class PartnerDeposit(LocalProvider):
+    """A partner's prepaid deposit (with its credit limit), paid from by the partner API's
+    confirm; refunds go back to it. The balance is kept by ``server.storage.partners``."""
+
+    identifier = "partner_deposit"
+    methods = ("partner_deposit",)
+    account = "partner"
+
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
+        self._partners = PartnerRecords(db)
+
+    def receipt(self, actor: Principal, amount: int, tendered: int | None,
+                reference: str) -> dict[str, Any]:
+        if actor.kind != "partner":
+            raise DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="method")
+        return {}
+
+    async def take(self, actor: Principal, amount: int, receipt: dict[str, Any],
+                   session: AsyncClientSession) -> dict[str, Any] | None:
+        partner = await self._partners.debit(actor.id, amount, session)
+        if partner is None:
+            return None
+        return {"balance": partner["balance"], "credit_limit": partner.get("credit_limit", 0)}
+
+    async def refusal(self, actor: Principal, amount: int) -> DomainError:
+        if await self._partners.get(actor.id) is None:
+            return DomainError("PARTNER_NOT_FOUND")
+        return DomainError("INSUFFICIENT_BALANCE", amount=amount)
+
+    async def pay_back(self, attempt: dict[str, Any], amount: int,
+                       session: AsyncClientSession) -> dict[str, Any]:
+        await self.credit(attempt["partner_id"], amount, session)
+        return {}
+
+    def attempt_fields(self, actor: Principal) -> dict[str, Any]:
+        return {"partner_id": actor.id}
+
+    def movement_fields(self, attempt: dict[str, Any]) -> dict[str, Any]:
+        return {"partner_id": attempt["partner_id"]} if attempt.get("partner_id") else {}
+
+    async def exists(self, partner_id: str, session: AsyncClientSession | None = None
+                     ) -> bool:
+        return await self._partners.get(partner_id, session) is not None
+
+    async def credit(self, partner_id: str, amount: int,
+                     session: AsyncClientSession | None = None) -> None:
+        await self._partners.credit(partner_id, amount, session)
+
+    async def balance(self, partner_id: str) -> dict[str, int]:
+        partner = await self._partners.get(partner_id) or {}
+        return {"balance": partner.get("balance", 0),
+                "credit_limit": partner.get("credit_limit", 0)}
 
 
 class AtTheCounter(LocalProvider):

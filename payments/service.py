@@ -30,7 +30,7 @@ from payments.base import (
     ProviderRegistry,
     RefundResult,
 )
-from payments.local import AgentDeposit, LocalProvider
+from payments.local import AgentDeposit, LocalProvider, PartnerDeposit
 from server.clock import LOCAL_TZ, local_today, now_ms
 from server.errors import DomainError, calendar_day
 from server.security.principal import Principal
@@ -84,9 +84,12 @@ class PaymentService:
         self.audit = audit
         self.failures = failures or RecordFailures()
         self.records = PaymentRecords(db)  # attempts, movements, statement reports
-        deposits = providers.get("agent_balance")
-        assert isinstance(deposits, AgentDeposit)
-        self.deposits = deposits
+        # the prepaid deposits a top-up may go to, by what they belong to
+        self.deposits: dict[str, AgentDeposit | PartnerDeposit] = {}
+        for provider_id in ("agent_balance", "partner_deposit"):
+            found = providers.get(provider_id)
+            assert isinstance(found, (AgentDeposit, PartnerDeposit))
+            self.deposits[found.account] = found
 
     # --- start ---------------------------------------------------------------------------------
     async def start(self, actor: Principal, order_no: str, method: str,
@@ -515,28 +518,31 @@ class PaymentService:
         await self._refund_done(request, out_refund_no)
         return refund_view(await self.refunds.get(refund_id) or request)
 
-    async def deposit(self, actor: Principal, outlet_id: str, amount: int,
+    async def deposit(self, actor: Principal, account: str, account_id: str, amount: int,
                       reference: str) -> dict[str, Any]:
-        """An agent outlet's top-up: the balance and its movement in one transaction, once
-        per reference; audited."""
-        movement_id = f"deposit:{outlet_id}:{reference}"
+        """A prepaid deposit's top-up — an agent outlet's (``account`` "outlet") or a
+        partner's ("partner"): the balance and its movement in one transaction, once per
+        reference; audited."""
+        deposits = self.deposits[account]
+        field = f"{account}_id"
+        movement_id = f"deposit:{account_id}:{reference}"
 
         async def top_up(session: AsyncClientSession) -> bool:
-            if not await self.deposits.exists(outlet_id, session):
-                raise DomainError("OUTLET_NOT_FOUND")
+            if not await deposits.exists(account_id, session):
+                raise DomainError(f"{account.upper()}_NOT_FOUND")
             if not await self.records.movement(movement_id, {
-                    "kind": "deposit", "provider": self.deposits.identifier,
-                    "order_no": f"outlet:{outlet_id}", "outlet_id": outlet_id,
+                    "kind": "deposit", "provider": deposits.identifier,
+                    "order_no": f"{account}:{account_id}", field: account_id,
                     "amount": amount, "reference": reference, "by": actor.id}, session):
                 return False
-            await self.deposits.credit(outlet_id, amount, session)
+            await deposits.credit(account_id, amount, session)
             return True
 
         recorded = await transact(self._db, top_up)
-        await self.audit.record(actor, "outlet.deposit", target=outlet_id,
+        await self.audit.record(actor, f"{account}.deposit", target=account_id,
                                 details={"amount": amount, "reference": reference,
                                          "recorded": recorded})
-        return {"outlet_id": outlet_id, **await self.deposits.balance(outlet_id),
+        return {field: account_id, **await deposits.balance(account_id),
                 "reference": reference, "recorded": recorded}
 
     async def _movement(self, movement_id: str, kind: str, attempt: dict[str, Any],

@@ -28,6 +28,7 @@ from handlers import (
     health,
     members,
     orders,
+    partners,
     payments,
     sandbox,
     staff,
@@ -35,14 +36,14 @@ from handlers import (
     tickets,
     ws,
 )
-from handlers.base import NotFoundHandler, log_request
+from handlers.base import NotFoundHandler, log_request, route
 from notify.dispatch import NoticeDispatcher, parse_templates
 from notify.hub import Hub
 from notify.sms import HttpSmsProvider
 from notify.subscribe import WeChatSubscribe
 from payments.alipay import Alipay, AlipayConfig
 from payments.base import ProviderRegistry
-from payments.local import AgentDeposit, BankCard, Cash, PayAtPickup
+from payments.local import AgentDeposit, BankCard, Cash, PartnerDeposit, PayAtPickup
 from payments.service import PaymentService
 from payments.wechatpay import WeChatPay, WeChatPayConfig
 from server.config import Settings
@@ -64,6 +65,7 @@ from server.services.idempotency import IdempotencyStore
 from server.services.jobs import JobRunner, RecordFailures
 from server.services.members import MemberService, WeChatLogin
 from server.services.orders import OrderService
+from server.services.partners import PartnerService
 from server.services.planning import plan_sale_window
 from server.services.rules import RuleService
 from server.services.search import NetworkCache, SearchService
@@ -102,6 +104,7 @@ class Services:
     notices: NoticeDispatcher
     alerts: AlertService
     failures: RecordFailures
+    partners: PartnerService
 
 
 def connect_mongo(settings: Settings, uri: str) -> AsyncMongoClient[Any]:
@@ -198,6 +201,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         notices=notices,
         alerts=alerts,
         failures=failures,
+        partners=PartnerService(db, redis, vault, audit),
     )
 
 
@@ -205,7 +209,7 @@ def payment_providers(settings: Settings, db: AsyncDatabase[Any]) -> ProviderReg
     """Every way to pay: the local ones always, the remote providers this configuration
     has keys for (config picks; code does not change)."""
     registry = ProviderRegistry()
-    for local in (AgentDeposit(db), Cash(), BankCard(), PayAtPickup()):
+    for local in (AgentDeposit(db), PartnerDeposit(db), Cash(), BankCard(), PayAtPickup()):
         registry.register(local)
     if settings.wechatpay_api_base and settings.wechatpay_private_key_file:
         base = settings.public_url or f"http://{settings.host}:{settings.port}"
@@ -239,7 +243,8 @@ def api_routes() -> list[URLSpec]:
     return [*health.default_handlers, *auth.default_handlers, *stations.default_handlers,
             *staff.default_handlers, *members.default_handlers, *departures.default_handlers,
             *orders.default_handlers, *tickets.default_handlers, *payments.default_handlers,
-            *exchange.default_handlers, *gate.default_handlers, *docs.default_handlers]
+            *exchange.default_handlers, *gate.default_handlers, *partners.default_handlers,
+            *docs.default_handlers]
 
 
 def make_app(settings: Settings, mongo: AsyncMongoClient[Any], redis: aioredis.Redis,
@@ -247,19 +252,22 @@ def make_app(settings: Settings, mongo: AsyncMongoClient[Any], redis: aioredis.R
     """The Tornado Application with clients and services injected through its settings."""
     routes = [*api_routes(), *ws.default_handlers, *admin_pages.default_handlers,
               *(extra_routes or [])]
+    partner_api = [*partners.partner_handlers,
+                   route("/partner/v1/openapi.json", partners.PartnerOpenApiHandler)]
     if settings.sandbox:  # stand-ins for a person's phone; never in production
         routes += sandbox.default_handlers
     services = build_services(settings, mongo, redis)
     metrics = Metrics()
     metrics.watch_record_failures(services.failures.counts)
     return Application(
-        routes,
+        [*routes, *partner_api],
         config=settings,
         services=services,
         metrics=metrics,
         mongo=mongo,
         redis=redis,
         openapi=docs.build_openapi(routes),
+        partner_openapi=docs.partner_openapi(partner_api),
         default_handler_class=NotFoundHandler,
         log_function=log_request,
         compress_response=True,

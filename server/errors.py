@@ -42,6 +42,11 @@ ERRORS: dict[str, tuple[int, str]] = {
     "TOKEN_REVOKED": (401, "This sign-in has ended (the account was disabled or its role "
                            "changed); sign in again."),
     "INVALID_CREDENTIALS": (401, "Wrong username or password."),
+    "SIGNATURE_INVALID": (401, "The request signature does not verify (or the key is unknown "
+                               "or revoked): see the partner API's signing rules."),
+    "TIMESTAMP_OUT_OF_WINDOW": (401, "X-Keyun-Timestamp is more than 300 seconds from our "
+                                     "clock."),
+    "NONCE_REUSED": (401, "This X-Keyun-Nonce was used already: each request needs a new one."),
     "ACCOUNT_DISABLED": (403, "This account is disabled."),
     "TOO_MANY_ATTEMPTS": (429, "Too many failed attempts; try again later."),
     "REFRESH_TOKEN_INVALID": (401, "The refresh token is invalid or revoked."),
@@ -119,6 +124,8 @@ ERRORS: dict[str, tuple[int, str]] = {
     "INSUFFICIENT_BALANCE": (409, "The outlet's deposit and credit do not cover this order."),
     "TENDER_TOO_LOW": (422, "The cash tendered is less than the amount due."),
     "OUTLET_NOT_FOUND": (404, "No such agent outlet."),
+    "PARTNER_NOT_FOUND": (404, "No such partner."),
+    "PARTNER_EXISTS": (409, "A partner with this code exists already."),
     "REFUND_NOT_FOUND": (404, "No such refund."),
     "REFUND_NOT_RETRYABLE": (409, "This refund is not waiting for finance (or cannot be sent "
                                   "again: an abnormal refund is resolved by paying it "

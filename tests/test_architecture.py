@@ -29,6 +29,8 @@ WRITERS = {
     "payments": {"server/storage/payments.py"},
     "money_movements": {"server/storage/payments.py"},
     "outlets": {"payments/local.py"},
+    "partners": {"server/storage/partners.py"},
+    "partner_keys": {"server/storage/partners.py"},
     "reconciliations": {"server/storage/payments.py"},
     "hold_claims": {"server/storage/hold_claims.py"},
     "seat_holds": {"server/storage/inventory.py"},

@@ -20,6 +20,7 @@ KIOSK = Principal("staff", "stf_k", "kiosk", station_id="S1")
 WINDOW = Principal("staff", "stf_w", "station_staff", station_id="S1")
 OPERATOR = Principal("staff", "stf_o", "operator")
 GATE = Principal("staff", "stf_g", "gate", station_id="S1")
+PARTNER = Principal("partner", "ptn_1", "partner")
 
 
 def test_members_pick_an_online_channel_and_staff_sell_on_their_own() -> None:
@@ -28,9 +29,10 @@ def test_members_pick_an_online_channel_and_staff_sell_on_their_own() -> None:
     with pytest.raises(DomainError) as refused:
         CHANNELS.selling(MEMBER, "window")
     assert refused.value.code == "CHANNEL_NOT_ALLOWED"
-    sold = {p.role: CHANNELS.selling(p).identifier for p in (AGENT, PHONE, KIOSK, WINDOW)}
+    sold = {p.role: CHANNELS.selling(p).identifier
+            for p in (AGENT, PHONE, KIOSK, WINDOW, PARTNER)}
     assert sold == {"agent": "agent", "phone_agent": "phone", "kiosk": "kiosk",
-                    "station_staff": "window"}
+                    "station_staff": "window", "partner": "partner"}
     with pytest.raises(DomainError) as named:
         CHANNELS.selling(AGENT, "web")
     assert named.value.code == "UNKNOWN_FIELD"
@@ -43,8 +45,9 @@ def test_members_pick_an_online_channel_and_staff_sell_on_their_own() -> None:
 def test_what_each_seller_sees() -> None:
     scopes: dict[str, dict[str, Any]] = {
         p.role: CHANNELS.selling(p).order_scope(p)
-        for p in (MEMBER, AGENT, PHONE, KIOSK, WINDOW)}
+        for p in (MEMBER, AGENT, PHONE, KIOSK, WINDOW, PARTNER)}
     assert scopes == {"passenger": {"member_id": "mem_1"}, "agent": {"outlet_id": "OUT1"},
+                      "partner": {"partner_id": "ptn_1"},
                       "phone_agent": {"channel": "phone"}, "kiosk": {"actor.id": "stf_k"},
                       "station_staff": {"station_id": "S1"}}
 
@@ -61,7 +64,8 @@ def test_every_method_a_channel_takes_is_a_provider(providers) -> None:
     from tests.support import TEST_SECRETS
 
     settings = load_settings({**TEST_SECRETS, **providers.env})
-    registry = payment_providers(settings, SimpleNamespace(outlets=None))  # type: ignore[arg-type]
+    db = SimpleNamespace(outlets=None, partners=None, partner_keys=None)
+    registry = payment_providers(settings, db)  # type: ignore[arg-type]
     for channel in CHANNELS.all():
         for method in channel.payment_methods:
             assert registry.for_method(method) is not None, (channel.identifier, method)

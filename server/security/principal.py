@@ -23,6 +23,7 @@ AUTHORITY = "authority"
 ROLES = (PASSENGER, AGENT, PHONE_AGENT, KIOSK, GATE, STATION_STAFF, OPERATOR, FINANCE,
          AUTHORITY)
 STAFF_ROLES = tuple(r for r in ROLES if r != PASSENGER)
+PARTNER = "partner"  # a third-party platform calling the signed partner API (not staff)
 # which scope each staff role needs
 ROLE_SCOPE = {AUTHORITY: "region", GATE: "station_id", KIOSK: "station_id",
               STATION_STAFF: "station_id", AGENT: "outlet_id"}

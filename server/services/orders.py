@@ -198,6 +198,8 @@ class OrderService:
             order["member_id"] = actor.id
         if actor.outlet_id:
             order["outlet_id"] = actor.outlet_id
+        if actor.kind == "partner":
+            order["partner_id"] = actor.id
         try:
             for attempt in range(3):
                 try:

@@ -197,6 +197,8 @@ COLLECTIONS: list[CollectionSpec] = [
         _ix([("member_id", ASCENDING), ("created_at", DESCENDING)], "member_created"),
         _ix([("status", ASCENDING), ("expires_at", ASCENDING)], "status_expiry"),
         _ix([("departure_id", ASCENDING)], "departure"),
+        _ix([("partner_id", ASCENDING), ("created_at", DESCENDING)], "partner_created",
+            partialFilterExpression={"partner_id": {"$type": "string"}}),
     ]),
     CollectionSpec("tickets", _obj(
         ["ticket_no", "order_no", "departure_id", "ticket_type", "price", "status",
@@ -239,6 +241,18 @@ COLLECTIONS: list[CollectionSpec] = [
         commission_bp={"bsonType": "int", "minimum": 0, "maximum": 10000},
         status={"enum": ["active", "suspended"]}), [
         _ix("code", "code_unique", unique=True),
+    ]),
+    CollectionSpec("partners", _obj(
+        ["code", "name", "status", "credit_limit", "created_at"],
+        code=NONEMPTY, name=NONEMPTY, credit_limit=FEN, created_at=DATE,
+        status={"enum": ["active", "suspended"]}), [
+        _ix("code", "code_unique", unique=True),
+    ]),
+    CollectionSpec("partner_keys", _obj(
+        ["partner_id", "secret_enc", "status", "created_at"],
+        partner_id=NONEMPTY, secret_enc=NONEMPTY, created_at=DATE,
+        status={"enum": ["active", "revoked"]}), [
+        _ix("partner_id", "partner"),
     ]),
     CollectionSpec("staff", _obj(
         ["username", "password_hash", "role", "status", "created_at"],

@@ -1,0 +1,156 @@
+"""The partner API end to end over real HTTP: the operator registers a partner, issues a key
+(its secret shown once) and finance records a deposit; the partner, signing every request as
+the published document says, searches, books, confirms (paid from its deposit), reads and
+refunds — and forged, stale and replayed requests are refused with their own codes."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+
+from server.security import signing
+from tests.booking_support import native_departure, person
+from tests.support import ApiClient, Response
+
+
+class PartnerClient:
+    """A partner's client written from the partner API document (the signing rule)."""
+
+    def __init__(self, api: ApiClient, key_id: str, secret: str) -> None:
+        self.api, self.key_id, self.secret = api, key_id, secret
+
+    def headers(self, method: str, path: str, query: str, body: bytes, *,
+                timestamp: int | None = None, nonce: str | None = None) -> dict[str, str]:
+        ts = str(int(time.time()) if timestamp is None else timestamp)
+        nonce = nonce or secrets.token_hex(12)
+        text = signing.string_to_sign(method, path, query, ts, nonce, body)
+        return {"X-Keyun-Key": self.key_id, "X-Keyun-Timestamp": ts, "X-Keyun-Nonce": nonce,
+                "X-Keyun-Signature": signing.signature(self.secret, text),
+                "Content-Type": "application/json"}
+
+    async def call(self, method: str, path: str, body: Any = None,
+                   params: dict[str, str] | None = None, **sign: Any) -> Response:
+        raw = b"" if body is None else json.dumps(body).encode()
+        query = urlencode(params or {})
+        return await self.api.request(
+            method, path + (f"?{query}" if query else ""), raw=raw if body is not None else None,
+            headers=self.headers(method, path, query, raw, **sign))
+
+
+async def _partner(api: ApiClient, balance: int) -> tuple[str, PartnerClient]:
+    operator = (await api.login("operator"))["token"]
+    finance = (await api.login("finance"))["token"]
+    code = "P" + uuid.uuid4().hex[:8]
+    made = await api.post("/api/v1/admin/partners", {"code": code, "name": "巴士旅行网",
+                                                      "credit_limit": 0}, token=operator)
+    assert made.status == 201, made.text
+    again = await api.post("/api/v1/admin/partners", {"code": code, "name": "重复"},
+                           token=operator)
+    assert again.status == 409 and again.error_code == "PARTNER_EXISTS"
+    key = await api.post(f"/api/v1/admin/partners/{made.body['id']}/keys", token=operator)
+    assert key.status == 201 and len(key.body["secret"]) >= 32
+    listed = await api.get("/api/v1/admin/partners", token=finance)
+    assert key.body["secret"] not in listed.text  # shown once, never again
+    if balance:
+        top = await api.post(f"/api/v1/admin/partners/{made.body['id']}/deposits",
+                             {"amount": balance, "reference": "BANK-" + code}, token=finance)
+        assert top.status == 200 and top.body["balance"] == balance, top.text
+    return made.body["id"], PartnerClient(api, key.body["key_id"], key.body["secret"])
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_partner_books_confirms_reads_and_refunds(api: ApiClient, db,
+                                                          services) -> None:
+    partner_id, client = await _partner(api, 100_000)
+    dep = await native_departure(db, 4, 2)
+    origin = await db.stations.find_one({"_id": dep["station_id"]})
+    found = await client.call("GET", "/partner/v1/departures",
+                              params={"from": origin["_id"], "to": origin["city"],
+                                      "date": dep["service_date"]})
+    assert found.status == 200, found.text
+    booked = await client.call("POST", "/partner/v1/orders", {
+        "departure_id": dep["_id"], "contact_phone": "13812345678",
+        "passengers": [person(), person()]})
+    assert booked.status == 201, booked.text
+    order = booked.body
+    assert order["channel"] == "partner" and order["status"] == "pending_payment"
+    confirmed = await client.call("POST", f"/partner/v1/orders/{order['order_no']}/confirm")
+    assert confirmed.status == 200, confirmed.text
+    assert confirmed.body["status"] == "issued"
+    partner = await db.partners.find_one({"_id": partner_id})
+    assert partner["balance"] == 100_000 - order["amount"]
+    moved = await db.money_movements.find_one({"order_no": order["order_no"],
+                                               "kind": "payment"})
+    assert moved["provider"] == "partner_deposit" and moved["partner_id"] == partner_id
+
+    # another partner cannot see it; the partner reads it
+    _, other = await _partner(api, 0)
+    assert (await other.call("GET", f"/partner/v1/orders/{order['order_no']}")).status == 404
+    mine = await client.call("GET", f"/partner/v1/orders/{order['order_no']}")
+    assert mine.status == 200 and len(mine.body["tickets"]) == 2
+
+    # a refund goes back to the deposit, less the fee of the rules in force
+    ticket = mine.body["tickets"][0]
+    refunded = await client.call("POST", f"/partner/v1/tickets/{ticket['ticket_no']}/refund",
+                                 {})
+    assert refunded.status == 200, refunded.text
+    await services.payments.execute_refunds()
+    for _ in range(50):
+        request = await db.refund_requests.find_one({"ticket_no": ticket["ticket_no"]})
+        if request and request["status"] == "done":
+            break
+        await services.payments.execute_refunds()
+    partner = await db.partners.find_one({"_id": partner_id})
+    assert partner["balance"] == 100_000 - order["amount"] + refunded.body["refund_amount"]
+    operator = (await api.login("operator"))["token"]
+    trail = (await api.get("/api/v1/admin/audit?action=partner.key_issued",
+                           token=operator)).body["entries"]
+    assert any(e["target"] == partner_id for e in trail)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_forged_stale_and_replayed_requests_are_refused(api: ApiClient, db) -> None:
+    _, client = await _partner(api, 0)
+    dep = await native_departure(db, 4, 3)
+    body = {"departure_id": dep["_id"], "contact_phone": "13812345678",
+            "passengers": [person()]}
+    raw = json.dumps(body).encode()
+    # signed, then the body changed on the way
+    headers = client.headers("POST", "/partner/v1/orders", "", raw)
+    tampered = await api.request("POST", "/partner/v1/orders", raw=raw.replace(b"138", b"139"),
+                                 headers=headers)
+    assert tampered.status == 401 and tampered.error_code == "SIGNATURE_INVALID"
+    wrong_key = PartnerClient(api, client.key_id, "not-the-secret")
+    assert (await wrong_key.call("GET", "/partner/v1/orders/KY1")).error_code == \
+        "SIGNATURE_INVALID"
+    stale = await client.call("GET", "/partner/v1/orders/KY1", timestamp=int(time.time()) - 400)
+    assert stale.status == 401 and stale.error_code == "TIMESTAMP_OUT_OF_WINDOW"
+    unsigned = await api.get("/partner/v1/orders/KY1")
+    assert unsigned.status == 401 and unsigned.error_code == "SIGNATURE_INVALID"
+    # the same genuine request twice: the second is a replay
+    nonce = secrets.token_hex(12)
+    first = await client.call("GET", "/partner/v1/orders/KY1", nonce=nonce)
+    assert first.status == 404  # genuine: the order does not exist
+    replay = await client.call("GET", "/partner/v1/orders/KY1", nonce=nonce)
+    assert replay.status == 401 and replay.error_code == "NONCE_REUSED"
+    # a partner with no deposit cannot confirm: nothing taken, the order still unpaid
+    booked = await client.call("POST", "/partner/v1/orders", body)
+    assert booked.status == 201, booked.text
+    refused = await client.call("POST", f"/partner/v1/orders/{booked.body['order_no']}/confirm")
+    assert refused.status == 409 and refused.error_code == "INSUFFICIENT_BALANCE"
+    assert (await db.orders.find_one({"order_no": booked.body["order_no"]}))["status"] == \
+        "pending_payment"
+    # staff tokens do not open the partner API, partner keys do not open staff routes
+    operator = (await api.login("operator"))["token"]
+    assert (await api.get("/partner/v1/orders/KY1", token=operator)).status == 401
+    doc = await api.get("/partner/v1/openapi.json")
+    assert doc.status == 200 and "/partner/v1/orders/{order_no}/confirm" in doc.body["paths"]
+    assert "X-Keyun-Signature" in doc.body["info"]["description"]
+    assert not any(p.startswith("/partner/") for p in
+                   (await api.get("/api/openapi.json")).body["paths"])
