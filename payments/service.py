@@ -468,6 +468,18 @@ class PaymentService:
                 "ticket_no": request.get("ticket_no", "")}
 
     # --- finance's refund queue -------------------------------------------------------------
+    async def of_order(self, order_no: str) -> dict[str, Any]:
+        """An order's money as the order desk shows it: every attempt to pay, every refund."""
+        attempts = await self._db.payments.find({"order_no": order_no}).sort(
+            "created_at", 1).to_list()
+        return {"payments": [{
+            "out_trade_no": a["out_trade_no"], "provider": a["provider"],
+            "method": a.get("method", ""), "amount": int(a["amount"]), "status": a["status"],
+            "created_at": a["created_at"].astimezone(LOCAL_TZ).isoformat(),
+            "paid_at": a["paid_at"].astimezone(LOCAL_TZ).isoformat() if a.get("paid_at")
+            else None} for a in attempts],
+            "refunds": [refund_view(r) for r in await self.refunds.of_order(order_no)]}
+
     async def list_refunds(self, status: str | None, limit: int = 100) -> list[dict[str, Any]]:
         """Refund requests, newest first (``attention``: those a person must act on)."""
         return [refund_view(r) for r in await self.refunds.listed(status, limit)]

@@ -22,6 +22,7 @@ from channels import CHANNELS
 from handlers import (
     auth,
     departures,
+    desk,
     docs,
     exchange,
     gate,
@@ -244,7 +245,7 @@ def api_routes() -> list[URLSpec]:
             *staff.default_handlers, *members.default_handlers, *departures.default_handlers,
             *orders.default_handlers, *tickets.default_handlers, *payments.default_handlers,
             *exchange.default_handlers, *gate.default_handlers, *partners.default_handlers,
-            *docs.default_handlers]
+            *desk.default_handlers, *docs.default_handlers]
 
 
 def make_app(settings: Settings, mongo: AsyncMongoClient[Any], redis: aioredis.Redis,

@@ -23,6 +23,10 @@ ERRORS: dict[str, tuple[int, str]] = {
     "INVALID_VALUE": (400, "A field has an invalid value."),
     "UNKNOWN_FIELD": (400, "The request has a field this operation does not take."),
     "INVALID_QUERY": (400, "A query parameter is invalid."),
+    "CRITERION_REQUIRED": (422, "Say what to look for: an order or ticket number, a phone, an "
+                                "ID number or a departure."),
+    "ORDER_NOT_ISSUABLE": (409, "Only a paid order not yet issued can be issued again."),
+    "TICKET_NOT_STUCK": (409, "This ticket is not in the middle of a refund, void or change."),
     "BODY_TOO_LARGE": (413, "The request body is too large."),
     "UNSUPPORTED_MEDIA_TYPE": (415, "Send the body as application/json."),
     # WebSocket frames (sent as {"type": "error", "code", "message"}; the status is unused)

@@ -189,6 +189,7 @@ class OrderService:
             "expires_at": hold.expires_at, "created_at": now,
             "contact_phone_enc": self._vault.encrypt("phone", phone),
             "contact_phone_masked": mask_phone(phone),
+            "contact_phone_index": self._vault.index("phone", phone),
             "children": [self._child(c) for c in children],
             "actor": actor.audit_actor(), "rules_version": rules.version,
             "pay_at_pickup": pay_at_pickup,
@@ -340,6 +341,64 @@ class OrderService:
                 tickets.setdefault(t["order_no"], []).append(t)
             return [self.public(o, tickets.get(o["order_no"], [])) for o in orders]
         return await transact(self._db, read)  # one moment, as for a single order
+
+    # --- the order desk (operator; station staff for their station) -------------------------
+    async def find(self, actor: Principal, *, order_no: str | None = None,
+                   ticket_no: str | None = None, phone: str | None = None,
+                   id_type: str = "resident_id", id_no: str | None = None,
+                   departure_id: str | None = None, limit: int = 50
+                   ) -> list[dict[str, Any]]:
+        """Orders matching every criterion given, newest first: a phone or an ID number is
+        found through its blind index (never stored or compared in clear)."""
+        if not any((order_no, ticket_no, phone, id_no, departure_id)):
+            raise DomainError("CRITERION_REQUIRED")
+        query: dict[str, Any] = dict(self.scope(actor))
+        numbers: set[str] | None = {order_no} if order_no else None
+        if ticket_no:
+            found = await self._db.tickets.distinct("order_no", {"ticket_no": ticket_no})
+            numbers = set(found) if numbers is None else numbers & set(found)
+        if id_no:
+            index = id_index(self._vault, validate(id_type, id_no))
+            found = await self._db.tickets.distinct("order_no",
+                                                    {"passenger.id_no_index": index})
+            numbers = set(found) if numbers is None else numbers & set(found)
+        if numbers is not None:
+            query["order_no"] = {"$in": sorted(numbers)}
+        if phone:
+            query["contact_phone_index"] = self._vault.index("phone", normalize_phone(phone))
+        if departure_id:
+            query["departure_id"] = departure_id
+
+        async def read(session: AsyncClientSession) -> list[dict[str, Any]]:
+            orders = await self._db.orders.find(query, session=session).sort(
+                "created_at", -1).limit(limit).to_list()
+            tickets: dict[str, list[dict[str, Any]]] = {}
+            async for t in self._db.tickets.find(
+                    {"order_no": {"$in": [o["order_no"] for o in orders]}},
+                    session=session).sort("seat", 1):
+                tickets.setdefault(t["order_no"], []).append(t)
+            return [self.public(o, tickets.get(o["order_no"], [])) for o in orders]
+        return await transact(self._db, read)
+
+    async def issue_again(self, actor: Principal, order_no: str) -> str:
+        """A paid order whose station call failed: try issuing now (audited)."""
+        order = await self._visible(actor, order_no)
+        if order["status"] != "paid":
+            raise DomainError("ORDER_NOT_ISSUABLE", status=order["status"])
+        outcome = await self.issue(order_no)
+        await self._audit.record(actor, "order.issue_again", target=order_no,
+                                 details={"outcome": outcome})
+        return outcome
+
+    async def refund_unissued(self, actor: Principal, order_no: str, reason: str) -> None:
+        """A paid order that will not be issued: it fails and its full amount is owed back
+        (audited)."""
+        order = await self._visible(actor, order_no)
+        if order["status"] != "paid":
+            raise DomainError("ORDER_NOT_ISSUABLE", status=order["status"])
+        await self._fail(order, f"refunded at the order desk: {reason}")
+        await self._audit.record(actor, "order.refund_unissued", target=order_no,
+                                 details={"reason": reason})
 
     @property
     def vault(self) -> PiiVault:

@@ -36,6 +36,7 @@ from server.storage.transactions import transact
 log = logging.getLogger(__name__)
 
 REFUNDABLE = ("issued", "picked_up")
+BUSY = ("refunding", "voiding", "changing")  # half-way, with a plan to finish or undo
 STUCK_AFTER = dt.timedelta(minutes=2)  # busy this long: its process died or the station hung
 STUCK_ALERT_AFTER = dt.timedelta(hours=1)  # and still not settled: an operator looks
 PICKUP_FAILURES_PER_DEVICE = 10  # wrong pickup codes per kiosk or window in the window below
@@ -240,12 +241,26 @@ class TicketService:
                                           from_states={"issued", "refunding"})
 
     # --- recovery ----------------------------------------------------------------------------
+    async def settle_now(self, actor: Principal, ticket_no: str) -> dict[str, Any]:
+        """The order desk settles a ticket stuck half-way through a refund, void or change
+        now, as the recovery job would (audited); ``settled`` False if the station still
+        does not answer."""
+        ticket, _, _ = await self._load(actor, ticket_no)
+        if ticket["status"] not in BUSY:
+            raise DomainError("TICKET_NOT_STUCK", status=ticket["status"])
+        settled = bool(await self._resolve(ticket))
+        await self._audit.record(actor, "ticket.settle", target=ticket_no,
+                                 details={"was": ticket["status"], "settled": settled})
+        after = await self._db.tickets.find_one({"_id": ticket["_id"]}, {"status": 1})
+        return {"ticket_no": ticket_no, "settled": settled,
+                "status": (after or ticket)["status"]}
+
     async def resolve_stuck(self, limit: int = 50) -> int:
         """Tickets left refunding, voiding or changing — the process died, or the station did
         not answer in time, mid-operation: ask the station what it did and finish or undo,
         never leave them so. One that cannot be settled now waits for the next run."""
         due = await self._db.tickets.find(
-            {"status": {"$in": ["refunding", "voiding", "changing"]},
+            {"status": {"$in": list(BUSY)},
              "busy_since": {"$lte": now_ms() - STUCK_AFTER}}).limit(limit).to_list()
         settled = 0
         for ticket in due:

@@ -197,6 +197,8 @@ COLLECTIONS: list[CollectionSpec] = [
         _ix([("member_id", ASCENDING), ("created_at", DESCENDING)], "member_created"),
         _ix([("status", ASCENDING), ("expires_at", ASCENDING)], "status_expiry"),
         _ix([("departure_id", ASCENDING)], "departure"),
+        _ix("contact_phone_index", "contact_phone",
+            partialFilterExpression={"contact_phone_index": {"$type": "string"}}),
         _ix([("partner_id", ASCENDING), ("created_at", DESCENDING)], "partner_created",
             partialFilterExpression={"partner_id": {"$type": "string"}}),
     ]),

@@ -145,7 +145,8 @@ class OrderBook:
         transaction with the refund request."""
         await self._tickets.update_one(
             {"_id": ticket_id},
-            {"$set": {"status": status, "active": False, "refund": refund}}, session=session)
+            {"$set": {"status": status, "active": False, "refund": refund},
+             "$unset": {"busy": "", "busy_since": ""}}, session=session)
 
     async def change(self, old_id: Any, new: dict[str, Any],
                      session: AsyncClientSession) -> None:

@@ -68,6 +68,10 @@ class RefundRequests:
     async def get(self, request_id: str) -> dict[str, Any] | None:
         return await self._requests.find_one({"_id": request_id})
 
+    async def of_order(self, order_no: str) -> list[dict[str, Any]]:
+        return await self._requests.find({"order_no": order_no}).sort(
+            "created_at", 1).to_list()
+
     async def by_refund_no(self, out_refund_no: str) -> dict[str, Any] | None:
         return await self._requests.find_one({"out_refund_no": out_refund_no})
 
