@@ -5,6 +5,7 @@ times are Beijing time whatever the device's zone, and the page talks to no othe
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 import subprocess
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -12,6 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from playwright.async_api import async_playwright
 
+from tests.booking_support import app_member, native_departure, person
 from tests.support import DEMO_PASSWORD, ROOT
 from tests.test_gate_page import CHROMIUM, FLAGS
 
@@ -34,10 +36,15 @@ async def _sign_in(page, base: str, username: str) -> None:
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_roles_sign_in_to_their_own_console(api, keyun) -> None:
+async def test_roles_sign_in_to_their_own_console(api, keyun, db) -> None:
     base = keyun.base_url
     SHOTS.mkdir(parents=True, exist_ok=True)
     operator = (await api.login("operator"))["token"]
+    phone = "139" + f"{secrets.randbelow(10**8):08d}"
+    dep = await native_departure(db, 5, 4)
+    order = (await api.post("/api/v1/orders", {
+        "departure_id": dep["_id"], "channel": "app", "contact_phone": phone,
+        "passengers": [person("张三")]}, token=await app_member(api))).body
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         # a device in New York, in English: the console still speaks Beijing time
@@ -63,8 +70,8 @@ async def test_roles_sign_in_to_their_own_console(api, keyun) -> None:
             await page.wait_for_selector("text=车站系统在线")
             await page.wait_for_selector("[data-test=latency-chart] canvas")
             menu = await page.locator(".el-menu-item").all_text_contents()
-            assert [m.strip() for m in menu] == ["概览", "车站系统", "运营告警", "退款处理",
-                                                 "员工账号", "审计日志"]
+            assert [m.strip() for m in menu] == ["概览", "订单查询", "车站系统", "运营告警",
+                                                 "退款处理", "员工账号", "审计日志"]
             await page.screenshot(path=str(SHOTS / "admin-operator-overview.png"))
 
             # the audit trail: newest first, times in Beijing time (24-hour), not New York's
@@ -78,13 +85,32 @@ async def test_roles_sign_in_to_their_own_console(api, keyun) -> None:
             assert "AM" not in shown and "PM" not in shown
             await page.screenshot(path=str(SHOTS / "admin-operator-audit.png"))
 
+            # the order desk: a caller gives a phone number; the order, its tickets, its story
+            await page.click("text=订单查询")
+            await page.fill("#desk-value", phone)
+            await page.click("#desk-search")
+            row = page.locator("[data-test=orders] .el-table__row").first
+            await row.wait_for()
+            assert order["order_no"] in await row.text_content()
+            text = await row.text_content()
+            assert phone not in text and f"{phone[:3]}****{phone[-4:]}" in text  # masked
+            await row.click()
+            await page.wait_for_selector("[data-test=tickets] .el-table__row")
+            tickets = await page.locator("[data-test=tickets]").text_content()
+            assert "待支付" in await page.locator(".el-drawer").text_content()
+            assert order["tickets"][0]["ticket_no"] in tickets
+            assert "张三" in tickets and "*" in tickets  # the ID number shown masked
+            await page.wait_for_timeout(500)  # the drawer slides in
+            await page.screenshot(path=str(SHOTS / "admin-operator-order-desk.png"))
+            await page.keyboard.press("Escape")
+
             await page.click("#sign-out")
             await page.wait_for_selector("#username")
 
             # finance: refunds, no staff accounts; a typed-in staff page sends it back
             await _sign_in(page, base, "finance")
             menu = await page.locator(".el-menu-item").all_text_contents()
-            assert [m.strip() for m in menu] == ["概览", "运营告警", "退款处理"]
+            assert [m.strip() for m in menu] == ["概览", "订单查询", "运营告警", "退款处理"]
             await page.goto(f"{base}/admin/staff")
             await page.wait_for_selector("text=待财务处理的退款")
             assert urlsplit(page.url).path == "/admin/"
