@@ -1,9 +1,19 @@
-"""One departure with its stops, fares and seat map (search comes with booking)."""
+"""Departures: one with its stops, fares and seat map (search comes with booking), and the
+operations staff perform on them."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from handlers.base import ApiHandler, api, route
-from server.schema import DAY, array, integer, obj, string
+from server.errors import aware_time
+from server.schema import DATETIME, DAY, array, integer, obj, string
+from server.security.principal import OPERATOR, STATION_STAFF
+
+
+def _when(text: str, field: str = "departs_at") -> dt.datetime:
+    return aware_time(text, code="INVALID_VALUE", field=field,
+                      message=f"{field} must be an RFC 3339 time with its offset.")
 
 SEAT = obj({"seat": integer(1), "state": string(enum=["free", "held", "sold"])},
            ["seat", "state"])
@@ -73,3 +83,88 @@ class DepartureHandler(ApiHandler):
 
 default_handlers = [route("/api/v1/departures", DepartureSearchHandler),
                     route("/api/v1/departures/{departure_id}", DepartureHandler)]
+
+
+# --- departure operations (operator; station staff for their station) ---------------------
+OPERATORS = (OPERATOR, STATION_STAFF)
+OPERATED = obj({"id": string(), "status": string(), "station_id": string(),
+                "service_date": string(format="date"), "departs_at": DATETIME,
+                "seats": integer(1), "vehicle_id": string(), "driver_ids": array(string()),
+                "nature": string()}, ["id", "status", "departs_at", "seats"])
+REASON = obj({"reason": string(1, 200)}, ["reason"])
+DELAY = obj({"departs_at": DATETIME, "reason": string(1, 200)}, ["departs_at", "reason"])
+ASSIGN = obj({"vehicle_id": string(1, 40), "driver_ids": array(string(1, 40), maxItems=4,
+                                                                uniqueItems=True)})
+EXTRA = obj({"schedule_id": string(1, 40), "service_date": {**DAY},
+             "departs_at": DATETIME, "vehicle_id": string(1, 40),
+             "nature": string(enum=["extra"])}, ["schedule_id", "service_date"])
+OP_ERRORS = ("DEPARTURE_NOT_FOUND", "DEPARTURE_PROXIED", "DEPARTURE_NOT_CHANGEABLE")
+
+
+class AddDepartureHandler(ApiHandler):
+    @api("Add an extra bus (加班车) of a schedule on a day of the sale window",
+         roles=OPERATORS, body=EXTRA, response=OPERATED, status=201, tags=("departures",),
+         errors=("SCHEDULE_NOT_FOUND", "DEPARTURE_PROXIED", "DATE_NOT_ON_SALE",
+                 "DEPARTURE_TIME_INVALID", "VEHICLE_NOT_FOUND"))
+    async def post(self) -> None:
+        b = self.body
+        self.write_json(await self.services.departure_ops.add_extra(
+            self.principal, b["schedule_id"], b["service_date"],
+            _when(b["departs_at"]) if b.get("departs_at") else None, b.get("vehicle_id")),
+            201)
+
+
+class StopSaleHandler(ApiHandler):
+    @api("Stop online sale of a departure", roles=OPERATORS, body=REASON, response=OPERATED,
+         tags=("departures",), errors=OP_ERRORS)
+    async def post(self, departure_id: str) -> None:
+        self.write_json(await self.services.departure_ops.stop_sale(
+            self.principal, departure_id, self.body["reason"]))
+
+
+class ResumeSaleHandler(ApiHandler):
+    @api("Resume online sale of a stopped departure", roles=OPERATORS, response=OPERATED,
+         tags=("departures",), errors=OP_ERRORS)
+    async def post(self, departure_id: str) -> None:
+        self.write_json(await self.services.departure_ops.resume_sale(self.principal,
+                                                                      departure_id))
+
+
+class CancelHandler(ApiHandler):
+    @api("Cancel a departure: off sale, every ticket holder told (refunds are fee-free)",
+         roles=OPERATORS, body=REASON, response=OPERATED, tags=("departures",),
+         errors=OP_ERRORS)
+    async def post(self, departure_id: str) -> None:
+        self.write_json(await self.services.departure_ops.cancel(
+            self.principal, departure_id, self.body["reason"]))
+
+
+class DelayHandler(ApiHandler):
+    @api("Delay a departure to a later time; every ticket holder told", roles=OPERATORS,
+         body=DELAY, response=OPERATED, tags=("departures",),
+         errors=(*OP_ERRORS, "DEPARTURE_TIME_INVALID"))
+    async def post(self, departure_id: str) -> None:
+        self.write_json(await self.services.departure_ops.delay(
+            self.principal, departure_id, _when(self.body["departs_at"]),
+            self.body["reason"]))
+
+
+class AssignHandler(ApiHandler):
+    @api("Assign a vehicle and drivers", roles=OPERATORS, body=ASSIGN, response=OPERATED,
+         tags=("departures",),
+         errors=(*OP_ERRORS, "VEHICLE_NOT_FOUND", "VEHICLE_TOO_SMALL", "DRIVER_NOT_FOUND",
+                 "CRITERION_REQUIRED"))
+    async def post(self, departure_id: str) -> None:
+        self.write_json(await self.services.departure_ops.assign(
+            self.principal, departure_id, self.body.get("vehicle_id"),
+            self.body.get("driver_ids")))
+
+
+default_handlers += [
+    route("/api/v1/admin/departures", AddDepartureHandler),
+    route("/api/v1/admin/departures/{departure_id}/stop-sale", StopSaleHandler),
+    route("/api/v1/admin/departures/{departure_id}/resume-sale", ResumeSaleHandler),
+    route("/api/v1/admin/departures/{departure_id}/cancel", CancelHandler),
+    route("/api/v1/admin/departures/{departure_id}/delay", DelayHandler),
+    route("/api/v1/admin/departures/{departure_id}/assign", AssignHandler),
+]

@@ -57,7 +57,11 @@ from server.security.tokens import AccessTokens
 from server.services.alerts import AlertService
 from server.services.audit import AuditService
 from server.services.auth import AuthService
-from server.services.departures import DepartureService
+from server.services.departures import (
+    DepartureChanges,
+    DepartureOperations,
+    DepartureService,
+)
 from server.services.events import EventLog
 from server.services.gate import GateKeys, GateService
 from server.services.health import HealthService
@@ -93,6 +97,7 @@ class Services:
     sync: SyncService
     ticket_sources: TicketSourceService
     departures: DepartureService
+    departure_ops: DepartureOperations
     members: MemberService
     rules: RuleService
     search: SearchService
@@ -190,6 +195,8 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         ticket_sources=TicketSourceService(db, inventory, audit,
                                            CHANNELS.limited()),
         departures=DepartureService(db, seats),
+        departure_ops=DepartureOperations(db, inventory, DepartureChanges(db, seats.events),
+                                          audit, rules),
         rules=rules,
         search=SearchService(db, seats, rules, network),
         members=member_service,

@@ -72,6 +72,15 @@ ERRORS: dict[str, tuple[int, str]] = {
     "ALLOTMENT_EXHAUSTED": (409, "The seats left are reserved for other sales channels."),
     "QUOTA_EXCEEDED": (409, "This sales channel has sold its quota for this departure."),
     "CHANNEL_NOT_ALLOWED": (403, "This sales channel may not sell this departure."),
+    "DEPARTURE_PROXIED": (409, "This departure belongs to a station system: change it there; "
+                               "the sync brings the change here."),
+    "DEPARTURE_NOT_CHANGEABLE": (409, "The departure's status does not allow this now."),
+    "DEPARTURE_TIME_INVALID": (422, "The new departure time must be later than the current "
+                                    "one, in the future and on the service date."),
+    "VEHICLE_NOT_FOUND": (422, "No such active vehicle."),
+    "VEHICLE_TOO_SMALL": (409, "This vehicle has fewer seats than the departure sells."),
+    "DRIVER_NOT_FOUND": (422, "No such active driver."),
+    "SCHEDULE_NOT_FOUND": (422, "No such active schedule."),
     "DEPARTURE_STOPPED": (409, "This departure is not on sale."),
     "DEPARTURE_NOT_FOUND": (404, "No such departure."),
     "NOT_ON_SALE_ONLINE": (409, "This departure is not on sale online right now."),

@@ -1,16 +1,28 @@
-"""Departures as passengers see them: times, stops, fares and the seat map of one journey."""
+"""Departures: as passengers see them (times, stops, fares, the seat map of one journey),
+how their changes reach passengers, and what staff do to them."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
-from server.clock import LOCAL_TZ
+from server.clock import LOCAL_TZ, local_today, now_ms, parse_day
+from server.errors import DomainError
 from server.exchange.base import segment_mask
 from server.exchange.errors import DepartureNotFound, InvalidSegment
-from server.services.events import Topic
+from server.outbox import NoticeOutbox
+from server.security.principal import Principal
+from server.services.audit import AuditService
+from server.services.events import EventLog, Topic
+from server.services.planning import departs_at as departs_at_local
+from server.services.planning import departure_id as departure_id_of
+from server.services.rules import RuleService
 from server.services.seats import SeatService
+from server.storage.departures import DepartureRecords
+from server.storage.inventory import NativeInventory
 
 
 class DepartureService:
@@ -73,3 +85,188 @@ class DepartureService:
             "seats": dep["seats"], "segments": seats.segments,
             "remaining": seats.remaining if online else 0,
             "masks": list(seats.occupancy), "held": sorted(seats.held)}
+
+
+class DepartureChanges:
+    """Telling passengers of a departure's changes — by the station system (found by the
+    sync) or by the operator: every passenger holding a ticket gets a notice and every
+    watcher the event, once per change. The changes wait in the departure's
+    ``unannounced`` list, written with the change itself, so a process that dies half-way
+    leaves them for the next run instead of losing them."""
+
+    def __init__(self, db: AsyncDatabase[Any], events: EventLog) -> None:
+        self._db = db
+        self._events = events
+        self._notices = NoticeOutbox(db)
+        self._departures = DepartureRecords(db)
+
+    async def announce(self) -> None:
+        async for dep in self._db.departures.find({"unannounced.kind": {"$exists": True}},
+                                                  {"unannounced": 1}):
+            for change in dep.get("unannounced") or []:
+                details = {"change": change["kind"], "before": change.get("before", ""),
+                           "after": change.get("after", "")}
+                async for order in self._db.orders.find({"departure_id": dep["_id"],
+                                                         "status": "issued"}, {"order_no": 1}):
+                    await self._notices.enqueue(
+                        f"departure_changed:{dep['_id']}:{change['kind']}:{details['after']}:"
+                        f"{order['order_no']}", "departure_changed", order["order_no"], details)
+                await self._events.emit(Topic("departure", dep["_id"]), "departure", details)
+                await self._departures.told(dep["_id"], change)
+
+
+class DepartureOperations:
+    """What the operator (or station staff, for their station) does to the departures of a
+    native station: stop and resume online sale, cancel, delay, assign a vehicle and
+    drivers, add an extra bus. A proxied station does these in its own system and the sync
+    brings them here, through the same announcement. Each act audited."""
+
+    def __init__(self, db: AsyncDatabase[Any], inventory: NativeInventory,
+                 changes: DepartureChanges, audit: AuditService, rules: RuleService) -> None:
+        self._db = db
+        self._inventory = inventory
+        self._changes = changes
+        self._audit = audit
+        self._rules = rules
+        self._departures = DepartureRecords(db)
+
+    async def _native(self, actor: Principal, departure_id: str) -> dict[str, Any]:
+        dep = await self._db.departures.find_one({"_id": departure_id})
+        if dep is None or (actor.station_id and dep["station_id"] != actor.station_id):
+            raise DomainError("DEPARTURE_NOT_FOUND")
+        if dep.get("inventory") != "native":
+            raise DomainError("DEPARTURE_PROXIED")
+        return dep
+
+    async def _apply(self, actor: Principal, dep: dict[str, Any], action: str,
+                     from_statuses: list[str], fields: dict[str, Any],
+                     tell: dict[str, Any] | None, details: dict[str, Any]) -> dict[str, Any]:
+        done = await self._departures.change(dep["_id"], from_statuses, fields, tell)
+        if done is None:
+            raise DomainError("DEPARTURE_NOT_CHANGEABLE", status=dep["status"])
+        await self._inventory.configure(dep["_id"])  # on or off sale in the seat store
+        if tell:
+            await self._changes.announce()
+        await self._audit.record(actor, f"departure.{action}", target=dep["_id"],
+                                 details=details)
+        return _operated(done)
+
+    async def stop_sale(self, actor: Principal, departure_id: str, reason: str
+                        ) -> dict[str, Any]:
+        dep = await self._native(actor, departure_id)
+        return await self._apply(actor, dep, "stop_sale", ["on_sale"],
+                                 {"status": "stopped", "stop_reason": reason}, None,
+                                 {"reason": reason})
+
+    async def resume_sale(self, actor: Principal, departure_id: str) -> dict[str, Any]:
+        dep = await self._native(actor, departure_id)
+        if dep["departs_at"] <= now_ms():
+            raise DomainError("DEPARTURE_NOT_CHANGEABLE", status="departed")
+        return await self._apply(actor, dep, "resume_sale", ["stopped"],
+                                 {"status": "on_sale", "stop_reason": ""}, None, {})
+
+    async def cancel(self, actor: Principal, departure_id: str, reason: str
+                     ) -> dict[str, Any]:
+        """Cancelled: off sale, every ticket holder told (their refund is fee-free)."""
+        dep = await self._native(actor, departure_id)
+        tell = {"kind": "cancelled", "id": departure_id, "before": dep["status"],
+                "after": "cancelled", "reason": reason}
+        return await self._apply(actor, dep, "cancel", ["on_sale", "stopped"],
+                                 {"status": "cancelled", "cancel_reason": reason,
+                                  "cancelled_at": now_ms()}, tell, {"reason": reason})
+
+    async def delay(self, actor: Principal, departure_id: str, departs_at: dt.datetime,
+                    reason: str) -> dict[str, Any]:
+        """A later departure time; every ticket holder told."""
+        dep = await self._native(actor, departure_id)
+        if departs_at <= dep["departs_at"] or departs_at <= now_ms():
+            raise DomainError("DEPARTURE_TIME_INVALID", field="departs_at")
+        before, after = (dep["departs_at"].astimezone(LOCAL_TZ).isoformat(),
+                         departs_at.astimezone(LOCAL_TZ).isoformat())
+        tell = {"kind": "departure_time", "id": departure_id, "before": before,
+                "after": after, "reason": reason}
+        return await self._apply(actor, dep, "delay", ["on_sale", "stopped"],
+                                 {"departs_at": departs_at, "delayed_from": dep["departs_at"],
+                                  "delay_reason": reason}, tell,
+                                 {"before": before, "after": after, "reason": reason})
+
+    async def assign(self, actor: Principal, departure_id: str, vehicle_id: str | None,
+                     driver_ids: list[str] | None) -> dict[str, Any]:
+        """A vehicle and drivers of the departure's carrier. A vehicle with fewer seats than
+        the departure sells is refused (the seat map would not fit the bus)."""
+        dep = await self._native(actor, departure_id)
+        fields: dict[str, Any] = {}
+        if vehicle_id is not None:
+            vehicle = await self._db.vehicles.find_one({"_id": vehicle_id,
+                                                        "status": "active"})
+            if vehicle is None:
+                raise DomainError("VEHICLE_NOT_FOUND", field="vehicle_id")
+            if vehicle["seats"] < dep["seats"]:
+                raise DomainError("VEHICLE_TOO_SMALL", seats=vehicle["seats"],
+                                  needed=dep["seats"])
+            fields["vehicle_id"] = vehicle_id
+        if driver_ids is not None:
+            found = await self._db.drivers.count_documents({"_id": {"$in": driver_ids},
+                                                            "status": "active"})
+            if found != len(set(driver_ids)):
+                raise DomainError("DRIVER_NOT_FOUND", field="driver_ids")
+            fields["driver_ids"] = driver_ids
+        if not fields:
+            raise DomainError("CRITERION_REQUIRED", "Give a vehicle_id, driver_ids or both.")
+        return await self._apply(actor, dep, "assign", ["on_sale", "stopped"], fields, None,
+                                 fields)
+
+    async def add_extra(self, actor: Principal, schedule_id: str, service_date: str,
+                        departs_at: dt.datetime | None, vehicle_id: str | None
+                        ) -> dict[str, Any]:
+        """An extra bus (加班车) of a schedule on a day of the sale window, with its own
+        seats (the vehicle's, or the schedule's)."""
+        schedule = await self._db.schedules.find_one({"_id": schedule_id, "status": "active"})
+        if schedule is None or (actor.station_id and
+                                schedule["station_id"] != actor.station_id):
+            raise DomainError("SCHEDULE_NOT_FOUND", field="schedule_id")
+        station = await self._db.stations.find_one({"_id": schedule["station_id"]},
+                                                   {"system": 1}) or {}
+        if (station.get("system") or {}).get("vendor", "native") != "native":
+            raise DomainError("DEPARTURE_PROXIED")
+        day = parse_day(service_date)
+        if day is None:
+            raise DomainError("INVALID_VALUE", field="service_date")
+        rules = await self._rules.current()
+        if not local_today() <= day <= local_today() + dt.timedelta(days=rules.sale_days):
+            raise DomainError("DATE_NOT_ON_SALE", field="service_date")
+        when = departs_at or departs_at_local(day, schedule["departs_at_local"])
+        if when <= now_ms() or when.astimezone(LOCAL_TZ).date() != day:
+            raise DomainError("DEPARTURE_TIME_INVALID", field="departs_at")
+        seats = schedule["seats"]
+        if vehicle_id is not None:
+            vehicle = await self._db.vehicles.find_one({"_id": vehicle_id, "status": "active"})
+            if vehicle is None:
+                raise DomainError("VEHICLE_NOT_FOUND", field="vehicle_id")
+            seats = vehicle["seats"]
+        base = departure_id_of(schedule["code"], day)
+        extras = await self._db.departures.count_documents({"extra_of": base})
+        doc = {"_id": f"{base}-X{extras + 1}", "extra_of": base, "nature": "extra",
+               "run": extras + 1,
+               "schedule_id": schedule["_id"], "schedule_code": schedule["code"],
+               "route_id": schedule["route_id"], "station_id": schedule["station_id"],
+               "carrier_id": schedule["carrier_id"], "vehicle_id": vehicle_id or "",
+               "driver_ids": [], "service_date": day.isoformat(), "departs_at": when,
+               "seats": seats, "status": "on_sale", "inventory": "native", "online": True,
+               "created_at": now_ms()}
+        try:
+            await self._departures.add(doc)
+        except DuplicateKeyError:  # two extras added at once: the next number
+            raise DomainError("DEPARTURE_NOT_CHANGEABLE", "Added just now by someone else; "
+                              "look again.") from None
+        await self._audit.record(actor, "departure.add_extra", target=doc["_id"],
+                                 details={"schedule_id": schedule_id, "seats": seats})
+        return _operated(doc)
+
+
+def _operated(dep: dict[str, Any]) -> dict[str, Any]:
+    return {"id": dep["_id"], "status": dep["status"], "station_id": dep["station_id"],
+            "service_date": dep["service_date"],
+            "departs_at": dep["departs_at"].astimezone(LOCAL_TZ).isoformat(),
+            "seats": dep["seats"], "vehicle_id": dep.get("vehicle_id", ""),
+            "driver_ids": dep.get("driver_ids", []), "nature": dep.get("nature", "regular")}

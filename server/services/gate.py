@@ -32,6 +32,7 @@ from server.security.pii import PiiVault
 from server.security.principal import Principal
 from server.services.audit import AuditService
 from server.services.realname import same_person
+from server.storage.departures import DepartureRecords
 from server.storage.gate import GateRecords
 from server.storage.orders import OrderBook
 
@@ -344,10 +345,7 @@ class GateService:
                                if not r["checked_in"]]}
         if not await self._records.sign_off(record):
             raise DomainError("ALREADY_SIGNED_OFF")
-        await self._db.departures.update_one(
-            {"_id": departure_id, "inventory": "native", "status": {"$in": ["on_sale",
-                                                                            "stopped"]}},
-            {"$set": {"status": "departed", "departed_at": now}})
+        await DepartureRecords(self._db).departed(departure_id, now)
         signed = _signoff(record)
         await self._audit.record(actor, "departure.signed_off", target=departure_id,
                                  details=signed)

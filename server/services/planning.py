@@ -11,10 +11,10 @@ import datetime as dt
 import hashlib
 from typing import Any
 
-from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from server.clock import LOCAL_TZ, local_today
+from server.storage.departures import DepartureRecords
 
 
 def departs_at(service_date: dt.date, local_time: str) -> dt.datetime:
@@ -52,7 +52,7 @@ async def plan_departures(db: AsyncDatabase[Any], start: dt.date, days: int) -> 
     routes = {r["_id"]: r async for r in db.routes.find({}, {"distance_km": 1})}
 
     native = await db.stations.distinct("_id", {"system.vendor": "native"})
-    ops = []
+    docs: list[dict[str, Any]] = []
     now = dt.datetime.now(dt.UTC)
     async for sch in db.schedules.find({"status": "active", "station_id": {"$in": native}}):
         fleet = vehicles.get(sch["carrier_id"]) or []
@@ -86,9 +86,5 @@ async def plan_departures(db: AsyncDatabase[Any], start: dt.date, days: int) -> 
                 "online": True,
                 "created_at": now,
             }
-            ops.append(UpdateOne({"_id": doc["_id"]}, {"$setOnInsert": doc}, upsert=True))
-    created = 0
-    for i in range(0, len(ops), 1000):
-        result = await db.departures.bulk_write(ops[i:i + 1000], ordered=False)
-        created += result.upserted_count
-    return created
+            docs.append(doc)
+    return await DepartureRecords(db).plan(docs)

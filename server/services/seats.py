@@ -43,6 +43,7 @@ from server.exchange.errors import (
 )
 from server.exchange.registry import ExchangeRegistry
 from server.services.events import EventLog, Topic
+from server.storage.departures import DepartureRecords
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,6 +63,7 @@ class SeatService:
         self._redis = redis
         self.registry = registry
         self.events = events
+        self._departures = DepartureRecords(db)
 
     # --- resolution ---------------------------------------------------------------------
     async def resolve(self, departure_id: str) -> tuple[dict[str, Any], dict[str, Any],
@@ -108,9 +110,7 @@ class SeatService:
             {"_id": station_id, "online": {"$ne": False}},
             {"$set": {"online": False, "offline_reason": reason, "offline_since": now}})
         if result.modified_count:
-            await self._db.departures.update_many(
-                {"station_id": station_id, "inventory": "proxied"},
-                {"$set": {"online": False}})
+            await self._departures.station_online(station_id, False)
             log.warning("station taken off online sale",
                         extra={"fields": {"station_id": station_id, "reason": reason}})
 
@@ -119,8 +119,7 @@ class SeatService:
             {"_id": station_id, "online": False},
             {"$set": {"online": True}, "$unset": {"offline_reason": "", "offline_since": ""}})
         if result.modified_count:
-            await self._db.departures.update_many(
-                {"station_id": station_id, "inventory": "proxied"}, {"$set": {"online": True}})
+            await self._departures.station_online(station_id, True)
             log.info("station back on online sale", extra={"fields": {"station_id": station_id}})
 
     def _require_online(self, station: dict[str, Any]) -> None:

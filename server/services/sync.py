@@ -25,11 +25,11 @@ from server.clock import local_today, now_ms
 from server.errors import DomainError
 from server.exchange.base import SyncBatch
 from server.exchange.errors import BadStationResponse, ExchangeError
-from server.outbox import NoticeOutbox
 from server.security.principal import Principal
 from server.services.audit import AuditService
-from server.services.events import Topic
+from server.services.departures import DepartureChanges
 from server.services.seats import SeatService
+from server.storage.departures import DepartureRecords
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,10 @@ class SyncService:
     def __init__(self, db: AsyncDatabase[Any], seats: SeatService,
                  audit: AuditService) -> None:
         self._audit = audit
+        self._departures = DepartureRecords(db)
         self._db = db
         self._seats = seats
-        self._notices = NoticeOutbox(db)
+        self._changes = DepartureChanges(db, seats.events)
 
     async def proxied_stations(self, scope: dict[str, Any] | None = None
                                ) -> list[dict[str, Any]]:
@@ -134,7 +135,7 @@ class SyncService:
         for sid in served:
             await self._seats.mark_online(sid)
         try:
-            await self._announce()
+            await self._changes.announce()
         except (RedisError, PyMongoError) as exc:  # kept in `unannounced` for the next run
             log.warning("departure changes not announced yet: %s", type(exc).__name__)
         run.update(outcome="ok", counts=counts, changes=changes[:200],
@@ -175,26 +176,6 @@ class SyncService:
                 "p50_ms": latencies[len(latencies) // 2] if latencies else None,
                 "p99_ms": latencies[int(len(latencies) * 0.99)] if latencies else None})
         return out
-
-    async def _announce(self) -> None:
-        """Departures the station changed or withdrew: tell their watchers, and every
-        passenger holding a ticket of one, once per change. The changes wait in the
-        departure's ``unannounced`` list, written with the change itself, so a process that
-        dies half-way leaves them for the next run instead of losing them."""
-        async for dep in self._db.departures.find({"unannounced.kind": {"$exists": True}},
-                                                  {"unannounced": 1}):
-            for change in dep.get("unannounced") or []:
-                details = {"change": change["kind"], "before": change.get("before", ""),
-                           "after": change.get("after", "")}
-                async for order in self._db.orders.find({"departure_id": dep["_id"],
-                                                         "status": "issued"}, {"order_no": 1}):
-                    await self._notices.enqueue(
-                        f"departure_changed:{dep['_id']}:{change['kind']}:{details['after']}:"
-                        f"{order['order_no']}", "departure_changed", order["order_no"], details)
-                await self._seats.events.emit(Topic("departure", dep["_id"]), "departure",
-                                              details)
-                await self._db.departures.update_one({"_id": dep["_id"]},
-                                                     {"$pull": {"unannounced": change}})
 
     @staticmethod
     def _check(served: set[str], batch: SyncBatch, kind: str) -> None:
@@ -289,10 +270,7 @@ class SyncService:
                 ids = [d["_id"] for d in withdrawn]
                 for i in ids:
                     change = {"kind": "withdrawn", "id": i, "before": "", "after": "cancelled"}
-                    await self._db.departures.update_one(
-                        {"_id": i}, {"$set": {"status": "cancelled",
-                                              "withdrawn_at": dt.datetime.now(dt.UTC)},
-                                     "$push": {"unannounced": change}})
+                    await self._departures.withdrawn(i, change, dt.datetime.now(dt.UTC))
                     changes.append(change)
             counts["departures"]["withdrawn"] = len(withdrawn)
         return counts, changes

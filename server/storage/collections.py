@@ -151,8 +151,9 @@ COLLECTIONS: list[CollectionSpec] = [
         seats={"bsonType": "int", "minimum": 1},
         status={"enum": DEPARTURE_STATUSES},
         inventory={"enum": ["native", "proxied"]}), [
-        _ix([("schedule_id", ASCENDING), ("service_date", ASCENDING)],
-            "schedule_date_unique", unique=True),
+        # one regular run of a schedule a day (run absent), and its extra buses (run 1, 2…)
+        _ix([("schedule_id", ASCENDING), ("service_date", ASCENDING), ("run", ASCENDING)],
+            "schedule_date_run_unique", unique=True),
         _ix([("station_id", ASCENDING), ("service_date", ASCENDING), ("departs_at", ASCENDING)],
             "station_date_time"),
         _ix([("route_id", ASCENDING), ("service_date", ASCENDING)], "route_date"),
@@ -386,6 +387,12 @@ COLLECTIONS: list[CollectionSpec] = [
 ]
 
 
+# indexes an earlier version created, dropped at start (their names are never reused)
+RETIRED_INDEXES: dict[str, tuple[str, ...]] = {
+    "departures": ("schedule_date_unique",),  # extra buses share a schedule's day
+}
+
+
 async def ensure_schema(db: AsyncDatabase[Any]) -> None:
     """Create missing collections, bring validators up to date, create indexes (idempotent).
 
@@ -407,6 +414,9 @@ async def ensure_schema(db: AsyncDatabase[Any]) -> None:
         elif spec.validator:
             await db.command("collMod", spec.name, validator=spec.validator,
                              validationLevel="strict")
+        for name in RETIRED_INDEXES.get(spec.name, ()):
+            if name in await db[spec.name].index_information():
+                await db[spec.name].drop_index(name)
         if spec.indexes:
             await db[spec.name].create_indexes(spec.indexes)
     log.info("schema ensured", extra={"fields": {"collections": len(COLLECTIONS)}})

@@ -1,0 +1,71 @@
+"""Departures (班次计划) — the one owner of their writes, but for the station-data mirror of
+the sync (``SyncService`` upserts every kind of base data a station system sends, departures
+among them, through one generic path).
+
+A departure's status: ``on_sale`` ⇄ ``stopped`` → ``departed``; ``cancelled`` from either
+before departure. A change passengers must hear of (cancelled, withdrawn, a new time) is
+pushed onto the departure's ``unannounced`` list in the same update, and taken off once told
+(``server.services.departures.announce``), so a crash between the two loses nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pymongo import ReturnDocument, UpdateOne
+from pymongo.asynchronous.database import AsyncDatabase
+
+
+class DepartureRecords:
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
+        self._departures = db.departures
+
+    async def plan(self, docs: list[dict[str, Any]]) -> int:
+        """Departures planned from timetables: each created once (an existing one is left
+        as it is); how many were new."""
+        created = 0
+        for i in range(0, len(docs), 1000):
+            result = await self._departures.bulk_write(
+                [UpdateOne({"_id": d["_id"]}, {"$setOnInsert": d}, upsert=True)
+                 for d in docs[i:i + 1000]], ordered=False)
+            created += result.upserted_count
+        return created
+
+    async def add(self, doc: dict[str, Any]) -> None:
+        """A departure added by hand (an extra bus); DuplicateKeyError if its id exists."""
+        await self._departures.insert_one(doc)
+
+    async def change(self, departure_id: str, from_statuses: list[str],
+                     fields: dict[str, Any], tell: dict[str, Any] | None = None
+                     ) -> dict[str, Any] | None:
+        """Set ``fields`` if the departure's status is one of ``from_statuses`` (and push
+        ``tell`` onto the changes passengers must hear of); the departure after, or None."""
+        update: dict[str, Any] = {"$set": fields}
+        if tell:
+            update["$push"] = {"unannounced": tell}
+        return await self._departures.find_one_and_update(  # type: ignore[no-any-return]
+            {"_id": departure_id, "status": {"$in": from_statuses}}, update,
+            return_document=ReturnDocument.AFTER)
+
+    async def withdrawn(self, departure_id: str, tell: dict[str, Any], at: dt.datetime) -> None:
+        """The station system no longer lists it: cancelled, and passengers to be told."""
+        await self._departures.update_one(
+            {"_id": departure_id}, {"$set": {"status": "cancelled", "withdrawn_at": at},
+                                    "$push": {"unannounced": tell}})
+
+    async def told(self, departure_id: str, change: dict[str, Any]) -> None:
+        await self._departures.update_one({"_id": departure_id},
+                                          {"$pull": {"unannounced": change}})
+
+    async def departed(self, departure_id: str, at: dt.datetime) -> None:
+        """Signed off at the gate: a native departure has left."""
+        await self._departures.update_one(
+            {"_id": departure_id, "inventory": "native",
+             "status": {"$in": ["on_sale", "stopped"]}},
+            {"$set": {"status": "departed", "departed_at": at}})
+
+    async def station_online(self, station_id: str, online: bool) -> None:
+        """A proxied station's departures on or off online sale with their station."""
+        await self._departures.update_many({"station_id": station_id, "inventory": "proxied"},
+                                           {"$set": {"online": online}})
