@@ -101,7 +101,21 @@ EXTRA = obj({"schedule_id": string(1, 40), "service_date": {**DAY},
 OP_ERRORS = ("DEPARTURE_NOT_FOUND", "DEPARTURE_PROXIED", "DEPARTURE_NOT_CHANGEABLE")
 
 
-class AddDepartureHandler(ApiHandler):
+DAY_QUERY = obj({"date": {**DAY, "description": "service date"},
+                 "station_id": string(1, 20)}, ["date"], additional=True)
+DAY_ROW = {**OPERATED, "properties": {**OPERATED["properties"], "route_name": string(),
+                                      "station_name": string(), "inventory": string(),
+                                      "remaining": {"type": ["integer", "null"]}}}
+
+
+class AdminDeparturesHandler(ApiHandler):
+    @api("The departures of a service day by time, with seats left (station staff: their "
+         "station's)", roles=OPERATORS, query=DAY_QUERY,
+         response=obj({"departures": array(DAY_ROW)}, ["departures"]), tags=("departures",))
+    async def get(self) -> None:
+        self.write_json({"departures": await self.services.departure_ops.of_day(
+            self.principal, self.query["date"], self.query.get("station_id"))})
+
     @api("Add an extra bus (加班车) of a schedule on a day of the sale window",
          roles=OPERATORS, body=EXTRA, response=OPERATED, status=201, tags=("departures",),
          errors=("SCHEDULE_NOT_FOUND", "DEPARTURE_PROXIED", "DATE_NOT_ON_SALE",
@@ -161,7 +175,7 @@ class AssignHandler(ApiHandler):
 
 
 default_handlers += [
-    route("/api/v1/admin/departures", AddDepartureHandler),
+    route("/api/v1/admin/departures", AdminDeparturesHandler),
     route("/api/v1/admin/departures/{departure_id}/stop-sale", StopSaleHandler),
     route("/api/v1/admin/departures/{departure_id}/resume-sale", ResumeSaleHandler),
     route("/api/v1/admin/departures/{departure_id}/cancel", CancelHandler),

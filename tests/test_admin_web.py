@@ -70,8 +70,8 @@ async def test_roles_sign_in_to_their_own_console(api, keyun, db) -> None:
             await page.wait_for_selector("text=车站系统在线")
             await page.wait_for_selector("[data-test=latency-chart] canvas")
             menu = await page.locator(".el-menu-item").all_text_contents()
-            assert [m.strip() for m in menu] == ["概览", "订单查询", "车站系统", "运营告警",
-                                                 "退款处理", "员工账号", "审计日志"]
+            assert [m.strip() for m in menu] == ["概览", "班次管理", "订单查询", "车站系统",
+                                                 "运营告警", "退款处理", "员工账号", "审计日志"]
             await page.screenshot(path=str(SHOTS / "admin-operator-overview.png"))
 
             # the audit trail: newest first, times in Beijing time (24-hour), not New York's
@@ -103,6 +103,25 @@ async def test_roles_sign_in_to_their_own_console(api, keyun, db) -> None:
             await page.wait_for_timeout(500)  # the drawer slides in
             await page.screenshot(path=str(SHOTS / "admin-operator-order-desk.png"))
             await page.keyboard.press("Escape")
+
+            # departures of a day: stop a bus's online sale with a reason, then resume it
+            await page.click("text=班次管理")
+            picker = page.locator(".el-date-editor input")
+            await picker.fill(dep["service_date"])
+            async with page.expect_response(
+                    lambda r: f"/api/v1/admin/departures?date={dep['service_date']}" in r.url):
+                await picker.press("Enter")
+            row = page.locator("[data-test=departures] .el-table__row", has_text=dep["_id"])
+            await row.wait_for()
+            await row.get_by_role("button", name="停售").click()
+            await page.fill(".el-message-box input", "车辆检修")
+            await page.click(".el-message-box .el-button--primary")
+            await row.locator(".el-tag", has_text="停售").wait_for()
+            assert (await db.departures.find_one({"_id": dep["_id"]}))["status"] == "stopped"
+            await page.screenshot(path=str(SHOTS / "admin-operator-departures.png"))
+            await row.get_by_role("button", name="恢复").click()
+            await row.locator(".el-tag", has_text="在售").wait_for()
+            assert (await db.departures.find_one({"_id": dep["_id"]}))["status"] == "on_sale"
 
             await page.click("#sign-out")
             await page.wait_for_selector("#username")

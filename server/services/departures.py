@@ -122,13 +122,34 @@ class DepartureOperations:
     brings them here, through the same announcement. Each act audited."""
 
     def __init__(self, db: AsyncDatabase[Any], inventory: NativeInventory,
-                 changes: DepartureChanges, audit: AuditService, rules: RuleService) -> None:
+                 changes: DepartureChanges, audit: AuditService, rules: RuleService,
+                 seats: SeatService) -> None:
         self._db = db
+        self._seats = seats
         self._inventory = inventory
         self._changes = changes
         self._audit = audit
         self._rules = rules
         self._departures = DepartureRecords(db)
+
+    async def of_day(self, actor: Principal, day: str, station_id: str | None = None
+                     ) -> list[dict[str, Any]]:
+        """The departures of a service day, by time, with seats left (station staff: their
+        station's)."""
+        query: dict[str, Any] = {"service_date": day}
+        if actor.station_id or station_id:
+            query["station_id"] = actor.station_id or station_id
+        deps = await self._db.departures.find(query).sort("departs_at", 1).limit(1000).to_list()
+        stations = {s["_id"]: s async for s in self._db.stations.find(
+            {"_id": {"$in": sorted({d["station_id"] for d in deps})}}, {"system": 1, "name": 1})}
+        routes = {r["_id"]: r.get("name", "") async for r in self._db.routes.find(
+            {"_id": {"$in": sorted({d["route_id"] for d in deps})}}, {"name": 1})}
+        seats = await self._seats.availability_many(deps, stations)
+        return [{**_operated(d), "route_name": routes.get(d["route_id"], ""),
+                 "station_name": stations.get(d["station_id"], {}).get("name", ""),
+                 "inventory": d["inventory"],
+                 "remaining": seats[d["_id"]].remaining if d["_id"] in seats else None}
+                for d in deps]
 
     async def _native(self, actor: Principal, departure_id: str) -> dict[str, Any]:
         dep = await self._db.departures.find_one({"_id": departure_id})

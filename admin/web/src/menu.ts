@@ -3,6 +3,7 @@ export interface Entry { path: string; title: string; roles: string[]; external?
 
 export const MENU: Entry[] = [
   { path: "/", title: "概览", roles: ["operator", "finance", "authority", "station_staff"] },
+  { path: "/departures", title: "班次管理", roles: ["operator", "station_staff"] },
   { path: "/orders", title: "订单查询", roles: ["operator", "station_staff", "finance"] },
   { path: "/stations", title: "车站系统", roles: ["operator", "authority", "station_staff"] },
   { path: "/alerts", title: "运营告警", roles: ["operator", "finance"] },

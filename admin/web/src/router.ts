@@ -12,6 +12,7 @@ export const router = createRouter({
       path: "/", component: Layout,
       children: [
         { path: "", component: () => import("./views/Home.vue") },
+        { path: "departures", component: () => import("./views/Departures.vue") },
         { path: "orders", component: () => import("./views/Orders.vue") },
         { path: "stations", component: () => import("./views/Stations.vue") },
         { path: "alerts", component: () => import("./views/Alerts.vue") },
