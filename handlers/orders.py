@@ -38,6 +38,9 @@ ORDER = obj({
     "departure_id": string(), "channel": string(), "from_seq": integer(0),
     "to_seq": integer(1), "amount": FEN, "expires_at": DATETIME, "created_at": DATETIME,
     "pay_at_pickup": {"type": "boolean"},
+    "disruption": obj({"kind": string(enum=["cancelled", "delayed"]), "reason": string(),
+                       "options": array(string(enum=["refund", "change"])),
+                       "deadline": DATETIME}, ["kind", "options", "deadline"]),
     "contact_phone": string(description="masked"), "children": array({"type": "object"}),
     "tickets": array(TICKET_OUT), "history": array({"type": "object"})},
     ["order_no", "status", "amount", "expires_at", "tickets"])

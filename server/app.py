@@ -167,6 +167,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     tickets = TicketService(db, seats, rules, order_service, audit, redis, alerts, failures)
     jobs = JobRunner(redis)
     jobs.add("ticket-recovery", 30.0, tickets.resolve_stuck)
+    jobs.add("disruption-refunds", 30.0, tickets.settle_disruptions)
     jobs.add("payment-query", 15.0, payment_service.query_pending)
     jobs.add("refunds", 5.0, payment_service.execute_refunds)
     jobs.add("payment-scrub", 3600.0, payment_service.scrub_old)
@@ -195,8 +196,9 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         ticket_sources=TicketSourceService(db, inventory, audit,
                                            CHANNELS.limited()),
         departures=DepartureService(db, seats),
-        departure_ops=DepartureOperations(db, inventory, DepartureChanges(db, seats.events),
-                                          audit, rules, seats),
+        departure_ops=DepartureOperations(db, inventory,
+                                          DepartureChanges(db, seats.events, rules), audit,
+                                          rules, seats),
         rules=rules,
         search=SearchService(db, seats, rules, network),
         members=member_service,

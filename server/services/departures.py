@@ -9,7 +9,7 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from server.clock import LOCAL_TZ, local_today, now_ms, parse_day
+from server.clock import LOCAL_TZ, local_today, now_ms, parse_day, parse_instant
 from server.errors import DomainError
 from server.exchange.base import segment_mask
 from server.exchange.errors import DepartureNotFound, InvalidSegment
@@ -92,18 +92,27 @@ class DepartureChanges:
     sync) or by the operator: every passenger holding a ticket gets a notice and every
     watcher the event, once per change. The changes wait in the departure's
     ``unannounced`` list, written with the change itself, so a process that dies half-way
-    leaves them for the next run instead of losing them."""
+    leaves them for the next run instead of losing them.
 
-    def __init__(self, db: AsyncDatabase[Any], events: EventLog) -> None:
+    A cancellation, or a delay of at least the rules' ``disruption_delay_minutes``, makes
+    the departure *disrupted* (one code path for both sources): until its deadline (the
+    departure time) each passenger may refund or change to another departure of the route
+    free of charge; whoever has done neither by then is refunded
+    (``TicketService.settle_disruptions``)."""
+
+    def __init__(self, db: AsyncDatabase[Any], events: EventLog,
+                 rules: RuleService | None = None) -> None:
         self._db = db
         self._events = events
+        self._rules = rules or RuleService(db)
         self._notices = NoticeOutbox(db)
         self._departures = DepartureRecords(db)
 
     async def announce(self) -> None:
         async for dep in self._db.departures.find({"unannounced.kind": {"$exists": True}},
-                                                  {"unannounced": 1}):
+                                                  {"unannounced": 1, "departs_at": 1}):
             for change in dep.get("unannounced") or []:
+                await self._disrupt(dep, change)
                 details = {"change": change["kind"], "before": change.get("before", ""),
                            "after": change.get("after", "")}
                 async for order in self._db.orders.find({"departure_id": dep["_id"],
@@ -113,6 +122,22 @@ class DepartureChanges:
                         f"{order['order_no']}", "departure_changed", order["order_no"], details)
                 await self._events.emit(Topic("departure", dep["_id"]), "departure", details)
                 await self._departures.told(dep["_id"], change)
+
+    async def _disrupt(self, dep: dict[str, Any], change: dict[str, Any]) -> None:
+        kind = change["kind"]
+        cancelled = kind in ("cancelled", "withdrawn") or (
+            kind == "departure_status" and change.get("after") == "cancelled")
+        delayed = False
+        before, after = (parse_instant(str(change.get("before") or "")),
+                         parse_instant(str(change.get("after") or "")))
+        if kind == "departure_time" and before and after:
+            rules = await self._rules.current()
+            delayed = after - before >= dt.timedelta(minutes=rules.disruption_delay_minutes)
+        if cancelled or delayed:
+            await self._departures.disrupt(dep["_id"], {
+                "kind": "cancelled" if cancelled else "delayed",
+                "reason": change.get("reason", ""), "at": now_ms(),
+                "deadline": dep["departs_at"]})
 
 
 class DepartureOperations:

@@ -75,6 +75,18 @@ class TicketNumberTaken(Exception):
     """A ticket number was in use already (the serial counter fell behind MongoDB)."""
 
 
+def _disruption(order: dict[str, Any], dep: dict[str, Any] | None) -> dict[str, Any]:
+    """What a passenger of a disrupted departure may do, and until when: a fee-free refund
+    or change (after the deadline the rest is refunded by itself)."""
+    found = (dep or {}).get("disruption")
+    if not found or order["status"] not in ("issued", "refunding", "refunded", "completed"):
+        return {}
+    open_ = found["deadline"] > now_ms() and order["status"] == "issued"
+    return {"disruption": {"kind": found["kind"], "reason": found.get("reason", ""),
+                           "options": ["refund", "change"] if open_ else [],
+                           "deadline": found["deadline"].astimezone(LOCAL_TZ).isoformat()}}
+
+
 def new_order_no(now: dt.datetime) -> str:
     """``KY`` + local date + 10 random digits: unguessable, sortable by day."""
     return f"KY{now.astimezone(LOCAL_TZ):%Y%m%d}{secrets.randbelow(10**10):010d}"
@@ -320,7 +332,9 @@ class OrderService:
             order = await self._visible(actor, order_no, session)
             tickets = await self._db.tickets.find({"order_no": order_no}, session=session).sort(
                 "seat", 1).to_list()
-            return self.public(order, tickets)
+            dep = await self._db.departures.find_one({"_id": order["departure_id"]},
+                                                     {"disruption": 1}, session=session)
+            return {**self.public(order, tickets), **_disruption(order, dep)}
         return await transact(self._db, read)
 
     async def list(self, actor: Principal, *, status: str | None = None, limit: int = 20,

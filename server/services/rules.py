@@ -41,6 +41,7 @@ class RuleSet:
     ))
     refund_after_departure: bool = False
     changes_allowed: int = 1  # 改签 once
+    disruption_delay_minutes: int = 60  # a delay this long is a disruption (free refund/change)
     change_cutoff_minutes: int = 30
 
     def refund_fee(self, price: int, departs_at: dt.datetime, now: dt.datetime,

@@ -31,6 +31,7 @@ from server.services.rules import RuleService
 from server.services.seats import SeatService
 from server.storage import refunds
 from server.storage.attempts import WindowLimit
+from server.storage.departures import DepartureRecords
 from server.storage.transactions import transact
 
 log = logging.getLogger(__name__)
@@ -147,10 +148,12 @@ class TicketService:
 
     async def _quote(self, ticket: dict[str, Any], dep: dict[str, Any]) -> dict[str, Any]:
         rules = await self._rules.current()
-        cancelled = dep.get("status") == "cancelled"
+        disruption = (dep.get("disruption") or {}).get("kind")
+        cancelled = dep.get("status") == "cancelled" or disruption == "cancelled"
         fee = None
         if ticket["status"] in REFUNDABLE:
-            fee = rules.refund_fee(ticket["price"], dep["departs_at"], now_ms(), cancelled)
+            fee = rules.refund_fee(ticket["price"], dep["departs_at"], now_ms(),
+                                   cancelled or disruption == "delayed")
         out: dict[str, Any] = {"ticket_no": ticket["ticket_no"], "price": ticket["price"],
                                "refundable": fee is not None, "rules_version": rules.version}
         if fee is None:
@@ -159,6 +162,7 @@ class TicketService:
         hours = (dep["departs_at"] - now_ms()).total_seconds() / 3600
         out.update(fee=fee, refund_amount=ticket["price"] - fee,
                    explanation="班次取消，全额退款" if cancelled else
+                   "班次延误，全额退款" if disruption == "delayed" else
                    f"距发车{'不足' if hours < 2 else ''}2小时，按规则收取退票费")
         return out
 
@@ -170,9 +174,17 @@ class TicketService:
             raise DomainError("NOT_REFUNDABLE", reason=quote.get("reason"))
         if expected_fee is not None and expected_fee != quote["fee"]:
             raise DomainError("REFUND_FEE_CHANGED", fee=quote["fee"])
+        await self._refund(ticket, order, quote, actor.label, "refund")
+        await self._audit.staff_action(actor, "ticket.refund", target=ticket_no,
+                                       details={"fee": quote["fee"],
+                                                "amount": quote["refund_amount"]})
+        return {**quote, "status": "refunded"}
+
+    async def _refund(self, ticket: dict[str, Any], order: dict[str, Any],
+                      quote: dict[str, Any], actor: str, reason: str) -> None:
         busy = await self._begin(ticket, "refunding", {
-            "fee": quote["fee"], "amount": quote["refund_amount"],
-            "actor": actor.label, "reason": "refund"})
+            "fee": quote["fee"], "amount": quote["refund_amount"], "actor": actor,
+            "reason": reason})
         try:
             await self._holds.return_seats(ticket["departure_id"], ticket["sale_id"],
                                            (ticket["seat"],), "refund")
@@ -180,11 +192,36 @@ class TicketService:
             await self._book.back_to(ticket["_id"], busy["status"])
             raise
         await self._finish(ticket, order, "refunded", quote["fee"], quote["refund_amount"],
-                           actor.label, "refund")
-        await self._audit.staff_action(actor, "ticket.refund", target=ticket_no,
-                                       details={"fee": quote["fee"],
-                                                "amount": quote["refund_amount"]})
-        return {**quote, "status": "refunded"}
+                           actor, reason)
+
+    async def settle_disruptions(self, limit: int = 20) -> int:
+        """Disrupted departures past their deadline: every passenger who neither refunded
+        nor changed is refunded in full. Each ticket once (a refunded one is no longer
+        issued), so a run that dies half-way is finished by the next; the departure is
+        marked settled when none is left. Returns the tickets refunded."""
+        due = await self._db.departures.find(
+            {"disruption.settled": False, "disruption.deadline": {"$lte": now_ms()}}
+        ).limit(limit).to_list()
+        refunded = 0
+        for dep in due:
+            query = {"departure_id": dep["_id"], "status": {"$in": list(REFUNDABLE)}}
+            async for ticket in self._db.tickets.find(query):
+                with self.failures.record("disruption-refunds", ticket["ticket_no"]):
+                    order = await self._db.orders.find_one({"order_no": ticket["order_no"]})
+                    quote = await self._quote(ticket, dep)
+                    if order is None or not quote["refundable"]:
+                        continue
+                    try:
+                        await self._refund(ticket, order, quote, "system",
+                                           f"disruption: {dep['disruption']['kind']}")
+                        refunded += 1
+                    except (DomainError, ExchangeError) as exc:  # busy, or station silent
+                        log.warning("disrupted ticket not refunded yet: %s", exc.code,
+                                    extra={"fields": {"ticket_no": ticket["ticket_no"]}})
+            # busy, or the station did not answer: left for the next run
+            if not await self._db.tickets.count_documents(query, limit=1):
+                await DepartureRecords(self._db).disruption_settled(dep["_id"])
+        return refunded
 
     # --- void (废票) -------------------------------------------------------------------------
     async def void(self, actor: Principal, ticket_no: str, reason: str) -> dict[str, Any]:
@@ -322,10 +359,14 @@ class TicketService:
         same: the new seat is taken and sold first, then the old one given back."""
         ticket, order, dep = await self._load(actor, ticket_no)
         rules = await self._rules.current()
-        if ticket["status"] not in REFUNDABLE or ticket.get("changes", 0) >= \
-                rules.changes_allowed:
+        disruption = dep.get("disruption")  # a disrupted passenger changes freely, once more
+        if disruption and disruption["deadline"] <= now_ms():
+            disruption = None
+        if ticket["status"] not in REFUNDABLE or (
+                ticket.get("changes", 0) >= rules.changes_allowed and not disruption):
             raise DomainError("NOT_CHANGEABLE", reason="status or change count")
-        if dep["departs_at"] - now_ms() < dt.timedelta(minutes=rules.change_cutoff_minutes):
+        if not disruption and dep["departs_at"] - now_ms() < dt.timedelta(
+                minutes=rules.change_cutoff_minutes):
             raise DomainError("NOT_CHANGEABLE", reason="too close to departure")
         target = await self._db.departures.find_one({"_id": departure_id})
         if target is None or target["route_id"] != dep["route_id"] or \
@@ -338,8 +379,11 @@ class TicketService:
         fare = await self._db.fares.find_one(
             {"route_id": target["route_id"], "from_seq": ticket["from_seq"],
              "to_seq": ticket["to_seq"]}, sort=[("effective_from", -1)])
-        if fare is None or fare["prices"].get(ticket["ticket_type"]) != ticket["price"]:
+        new_price = None if fare is None else fare["prices"].get(ticket["ticket_type"])
+        if new_price is None or (new_price != ticket["price"] and not disruption):
             raise DomainError("CHANGE_FARE_DIFFERS")
+        # disrupted: a cheaper departure refunds the difference, a dearer one costs nothing
+        difference = max(0, ticket["price"] - int(new_price)) if disruption else 0
         clash = await self._db.tickets.find_one(
             {"departure_id": departure_id, "active": True,
              "passenger.id_no_index": ticket["passenger"]["id_no_index"]})
@@ -366,13 +410,21 @@ class TicketService:
                    seat=hold.seats[0], status="issued", active=True, sale_id=sale.sale_id,
                    station_ticket_no=(sale.station_ticket_nos or ("",))[0],
                    changed_from=ticket["ticket_no"], changes=ticket.get("changes", 0) + 1,
-                   issued_at=now, created_at=now)
+                   price=ticket["price"] - difference, issued_at=now, created_at=now)
         new.pop("busy", None)
         new.pop("busy_since", None)
 
         async def write(session: AsyncClientSession) -> None:
-            """The old ticket ends and the new one exists: both or neither."""
+            """The old ticket ends and the new one exists (and a fare difference is owed
+            back): all or nothing."""
             await self._book.change(ticket["_id"], new, session)
+            if difference:
+                await self._orders.refunds.owe(
+                    refunds.for_fare_difference(ticket["ticket_no"]),
+                    order_no=order["order_no"], amount=difference,
+                    reason="fare difference of a disruption change",
+                    payment_ref=order.get("payment_ref"), session=session,
+                    ticket_no=ticket["ticket_no"], fee=0)
 
         await transact(self._db, write)
         try:

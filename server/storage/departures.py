@@ -58,6 +58,20 @@ class DepartureRecords:
         await self._departures.update_one({"_id": departure_id},
                                           {"$pull": {"unannounced": change}})
 
+    async def disrupt(self, departure_id: str, disruption: dict[str, Any]) -> bool:
+        """Mark a departure disrupted (cancelled, or delayed past the rules' threshold): its
+        passengers may refund or change free of charge until ``deadline``, and are refunded
+        after it. Once per departure; False if it was marked already."""
+        done = await self._departures.update_one(
+            {"_id": departure_id, "disruption": {"$exists": False}},
+            {"$set": {"disruption": {**disruption, "settled": False}}})
+        return done.modified_count == 1
+
+    async def disruption_settled(self, departure_id: str) -> None:
+        """Every passenger of a disrupted departure is handled."""
+        await self._departures.update_one({"_id": departure_id},
+                                          {"$set": {"disruption.settled": True}})
+
     async def departed(self, departure_id: str, at: dt.datetime) -> None:
         """Signed off at the gate: a native departure has left."""
         await self._departures.update_one(

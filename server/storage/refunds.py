@@ -37,6 +37,11 @@ def for_order(order_no: str) -> str:
     return f"full:{order_no}"
 
 
+def for_fare_difference(ticket_no: str) -> str:
+    """A disrupted passenger changed to a cheaper departure: the difference, once."""
+    return f"fare-diff:{ticket_no}"
+
+
 def for_late_payment(out_trade_no: str) -> str:
     return f"late:{out_trade_no}"
 
