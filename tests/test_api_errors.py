@@ -183,7 +183,11 @@ async def test_no_route_answers_5xx_to_garbage(api: ApiClient) -> None:
         async with gate:
             resp = await api.request(method, url, raw=body, token=token,
                                      headers={"Content-Type": "application/json"})
-        if resp.status >= 500:
+        if resp.status >= 500 and not (
+                url.startswith("/readyz") and resp.status == 503
+                and isinstance(resp.body, dict) and "checks" in resp.body):
+            # (a readiness probe says 503 when a store is slower than 2 s: its documented
+            # answer under load, not a failure)
             failures.append((resp.status, method, url, body))
 
     await asyncio.gather(*[call(*c) for c in calls])

@@ -4,8 +4,11 @@ offline bundle, and uploads what it scanned when the network is back."""
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 import shutil
 import time
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.async_api import async_playwright
@@ -34,7 +37,8 @@ async def test_gate_page_online_then_offline_then_upload(api, keyun, db, service
     codes = [(await qr(api, token, t["ticket_no"]))["code"] for t in order["tickets"]]
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        context = await browser.new_context()
+        # a device in New York, in English: the page still shows Beijing time, 24-hour
+        context = await browser.new_context(locale="en-US", timezone_id="America/New_York")
         # the gate device's clock is ten minutes fast: offline, the page must judge codes by
         # the server's clock (learnt with the bundle), or every code looks "expired"
         await context.clock.install(time=time.time() + 600)
@@ -50,7 +54,11 @@ async def test_gate_page_online_then_offline_then_upload(api, keyun, db, service
             await page.select_option("#departure", dep_id)
             await page.wait_for_function(
                 "() => document.getElementById('bundle-state').textContent.includes('有效票')")
-            assert "本机时钟快" in await page.text_content("#bundle-state")
+            state = await page.text_content("#bundle-state")
+            assert "本机时钟快" in state and "AM" not in state and "PM" not in state
+            shown = re.search(r"下载于 (\d{2}):\d{2}:\d{2}", state)
+            beijing_hour = dt.datetime.now(ZoneInfo("Asia/Shanghai")).hour
+            assert shown and int(shown.group(1)) in {beijing_hour, (beijing_hour - 1) % 24}
 
             await page.fill("#code", codes[0])
             await page.press("#code", "Enter")
