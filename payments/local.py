@@ -15,12 +15,12 @@ from __future__ import annotations
 import abc
 from typing import Any
 
-from pymongo import ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
 from server.errors import DomainError
 from server.security.principal import Principal
+from server.storage.outlets import OutletRecords
 from server.storage.partners import PartnerRecords
 
 
@@ -80,7 +80,7 @@ class AgentDeposit(LocalProvider):
     account = "outlet"  # what a top-up names: the outlet
 
     def __init__(self, db: AsyncDatabase[Any]) -> None:
-        self._outlets = db.outlets
+        self._outlets = OutletRecords(db)
 
     def receipt(self, actor: Principal, amount: int, tendered: int | None,
                 reference: str) -> dict[str, Any]:
@@ -90,18 +90,13 @@ class AgentDeposit(LocalProvider):
 
     async def take(self, actor: Principal, amount: int, receipt: dict[str, Any],
                    session: AsyncClientSession) -> dict[str, Any] | None:
-        debited = await self._outlets.find_one_and_update(
-            {"_id": actor.outlet_id,
-             "$expr": {"$gte": [{"$add": [{"$ifNull": ["$balance", 0]}, "$credit_limit"]},
-                                amount]}},
-            {"$inc": {"balance": -amount}}, return_document=ReturnDocument.AFTER,
-            session=session)
+        debited = await self._outlets.debit(actor.outlet_id or "", amount, session)
         if debited is None:
             return None
         return {"balance": debited["balance"], "credit_limit": debited["credit_limit"]}
 
     async def refusal(self, actor: Principal, amount: int) -> DomainError:
-        if await self._outlets.find_one({"_id": actor.outlet_id}, {"_id": 1}) is None:
+        if await self._outlets.get(actor.outlet_id or "") is None:
             return DomainError("OUTLET_NOT_FOUND")
         return DomainError("INSUFFICIENT_BALANCE", amount=amount)
 
@@ -119,17 +114,15 @@ class AgentDeposit(LocalProvider):
 
     async def exists(self, outlet_id: str, session: AsyncClientSession | None = None
                      ) -> bool:
-        return await self._outlets.find_one({"_id": outlet_id}, {"_id": 1},
-                                            session=session) is not None
+        return await self._outlets.get(outlet_id, session) is not None
 
     async def credit(self, outlet_id: str, amount: int,
                      session: AsyncClientSession | None = None) -> None:
         """Money back onto the deposit: a refund, or a top-up."""
-        await self._outlets.update_one({"_id": outlet_id}, {"$inc": {"balance": amount}},
-                                       session=session)
+        await self._outlets.credit(outlet_id, amount, session)
 
     async def balance(self, outlet_id: str) -> dict[str, int]:
-        outlet = await self._outlets.find_one({"_id": outlet_id}) or {}
+        outlet = await self._outlets.get(outlet_id) or {}
         return {"balance": outlet.get("balance", 0),
                 "credit_limit": outlet.get("credit_limit", 0)}
 

@@ -29,6 +29,7 @@ from handlers import (
     health,
     members,
     orders,
+    outlets,
     partners,
     payments,
     sandbox,
@@ -70,6 +71,7 @@ from server.services.idempotency import IdempotencyStore
 from server.services.jobs import JobRunner, RecordFailures
 from server.services.members import MemberService, WeChatLogin
 from server.services.orders import OrderService
+from server.services.outlets import OutletService
 from server.services.partners import PartnerService
 from server.services.planning import plan_sale_window
 from server.services.rules import RuleService
@@ -111,6 +113,7 @@ class Services:
     alerts: AlertService
     failures: RecordFailures
     partners: PartnerService
+    outlets: OutletService
 
 
 def connect_mongo(settings: Settings, uri: str) -> AsyncMongoClient[Any]:
@@ -159,8 +162,10 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         WeChatSubscribe(settings.wechat_appid, settings.wechat_secret, settings.wechat_api_base),
         parse_templates(settings.wechat_notice_templates), failures)
     holds = SeatHolds(db, redis, seats, orphan_after=settings.orphan_hold_seconds)
+    outlet_service = OutletService(db, audit)
     order_service = OrderService(db, redis, holds, seats.events, rules, member_service, vault,
-                                 CHANNELS, audit, failures=failures)
+                                 CHANNELS, audit, failures=failures,
+                                 outlets=outlet_service)
     alerts = AlertService(db)
     payment_service = PaymentService(db, payment_providers(settings, db), order_service,
                                      alerts, audit, failures)
@@ -212,6 +217,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         alerts=alerts,
         failures=failures,
         partners=PartnerService(db, redis, vault, audit),
+        outlets=outlet_service,
     )
 
 
@@ -254,7 +260,8 @@ def api_routes() -> list[URLSpec]:
             *staff.default_handlers, *members.default_handlers, *departures.default_handlers,
             *orders.default_handlers, *tickets.default_handlers, *payments.default_handlers,
             *exchange.default_handlers, *gate.default_handlers, *partners.default_handlers,
-            *desk.default_handlers, *docs.default_handlers]
+            *desk.default_handlers, *outlets.default_handlers,
+            *docs.default_handlers]
 
 
 def make_app(settings: Settings, mongo: AsyncMongoClient[Any], redis: aioredis.Redis,

@@ -138,6 +138,11 @@ ERRORS: dict[str, tuple[int, str]] = {
     "TENDER_TOO_LOW": (422, "The cash tendered is less than the amount due."),
     "OUTLET_NOT_FOUND": (404, "No such agent outlet."),
     "PARTNER_NOT_FOUND": (404, "No such partner."),
+    "OUTLET_EXISTS": (409, "An outlet with this code exists already."),
+    "OUTLET_SUSPENDED": (403, "This outlet is suspended: it may not sell."),
+    "ROUTE_NOT_SELLABLE": (422, "This outlet may not sell this route."),
+    "OUTLET_QUOTA_EXCEEDED": (409, "The outlet's daily ticket quota is used up."),
+    "ROUTE_NOT_FOUND": (422, "No such route."),
     "PARTNER_EXISTS": (409, "A partner with this code exists already."),
     "REFUND_NOT_FOUND": (404, "No such refund."),
     "REFUND_NOT_RETRYABLE": (409, "This refund is not waiting for finance (or cannot be sent "

@@ -28,7 +28,7 @@ WRITERS = {
     "refund_requests": {"server/storage/refunds.py"},
     "payments": {"server/storage/payments.py"},
     "money_movements": {"server/storage/payments.py"},
-    "outlets": {"payments/local.py"},
+    "outlets": {"server/storage/outlets.py"},
     "partners": {"server/storage/partners.py"},
     "partner_keys": {"server/storage/partners.py"},
     "reconciliations": {"server/storage/payments.py"},

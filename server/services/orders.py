@@ -45,6 +45,7 @@ from server.services.events import EventLog, Topic
 from server.services.holds import HoldClaimed, SeatHolds
 from server.services.jobs import RecordFailures
 from server.services.members import MemberService, normalize_phone
+from server.services.outlets import OutletService
 from server.services.realname import id_index, validate
 from server.services.rules import RuleService
 from server.storage import refunds
@@ -96,7 +97,9 @@ class OrderService:
     def __init__(self, db: AsyncDatabase[Any], redis: Redis, holds: SeatHolds,
                  events: EventLog, rules: RuleService, members: MemberService,
                  vault: PiiVault, channels: SalesChannels, audit: AuditService,
-                 failures: RecordFailures | None = None) -> None:
+                 failures: RecordFailures | None = None,
+                 outlets: OutletService | None = None) -> None:
+        self._outlets = outlets
         self.failures = failures or RecordFailures()
         self._db = db
         self._redis = redis
@@ -131,6 +134,8 @@ class OrderService:
         dep = await self._db.departures.find_one({"_id": departure_id})
         if dep is None:
             raise DomainError("DEPARTURE_NOT_FOUND", field="departure_id")
+        if actor.outlet_id and self._outlets is not None:  # its status, routes and quota
+            await self._outlets.may_sell(actor.outlet_id, dep["route_id"], len(passengers))
         stops = await self._db.stops.count_documents({"route_id": dep["route_id"]})
         frm = 0 if from_seq is None else from_seq
         to = stops - 1 if to_seq is None else to_seq

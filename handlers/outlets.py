@@ -1,0 +1,68 @@
+"""Agent outlets: the operator's registry and an agent's own account."""
+
+from __future__ import annotations
+
+from handlers.base import ApiHandler, api, route
+from server.schema import DIVISION, FEN, array, integer, obj, string
+from server.security.principal import AGENT, AUTHORITY, FINANCE, OPERATOR
+
+OUTLET = obj({"id": string(), "code": string(), "name": string(), "division": DIVISION,
+              "status": string(enum=["active", "suspended"]), "credit_limit": FEN,
+              "commission_bp": integer(0, 10_000), "balance": {"type": "integer"},
+              "routes": array(string()), "daily_quota": {"type": ["integer", "null"]}},
+             ["id", "code", "name", "status", "credit_limit", "balance"])
+ROUTES = array(string(1, 40), maxItems=500, uniqueItems=True,
+               description="the routes it may sell; empty: every route")
+NEW_OUTLET = obj({"code": string(3, 20, pattern="^[A-Z0-9]+$"), "name": string(1, 60),
+                  "division": DIVISION, "credit_limit": integer(0, 10**10),
+                  "commission_bp": integer(0, 10_000), "routes": ROUTES,
+                  "daily_quota": integer(1, 100_000)}, ["code", "name", "division"])
+CHANGE_OUTLET = obj({"name": string(1, 60), "status": string(enum=["active", "suspended"]),
+                     "credit_limit": integer(0, 10**10), "commission_bp": integer(0, 10_000),
+                     "routes": ROUTES,
+                     "daily_quota": {"type": ["integer", "null"], "minimum": 1,
+                                     "maximum": 100_000}}, minProperties=1)
+ACCOUNT = {**OUTLET, "properties": {**OUTLET["properties"],
+                                    "credit_left": {"type": "integer"},
+                                    "sold_today": integer(0),
+                                    "quota_left": {"type": ["integer", "null"]},
+                                    "month_sales": FEN, "month_commission": FEN}}
+LIST_QUERY = obj({"division": DIVISION}, additional=True)
+
+
+class OutletsHandler(ApiHandler):
+    @api("Agent outlets", roles=(OPERATOR, FINANCE, AUTHORITY), query=LIST_QUERY,
+         response=obj({"outlets": array(OUTLET)}, ["outlets"]), tags=("outlets",),
+         errors=("OUT_OF_SCOPE",))
+    async def get(self) -> None:
+        self.write_json({"outlets": await self.services.outlets.list(
+            self.principal, self.query.get("division"))})
+
+    @api("Register an agent outlet", roles=(OPERATOR,), body=NEW_OUTLET, response=OUTLET,
+         status=201, tags=("outlets",), errors=("OUTLET_EXISTS", "ROUTE_NOT_FOUND"))
+    async def post(self) -> None:
+        self.write_json(await self.services.outlets.create(self.principal, self.body), 201)
+
+
+class OutletHandler(ApiHandler):
+    @api("Change an outlet: suspend or reactivate it, its credit limit, commission, "
+         "sellable routes or daily quota", roles=(OPERATOR,), body=CHANGE_OUTLET,
+         response=OUTLET, tags=("outlets",), errors=("OUTLET_NOT_FOUND", "ROUTE_NOT_FOUND"))
+    async def patch(self, outlet_id: str) -> None:
+        self.write_json(await self.services.outlets.update(self.principal, outlet_id,
+                                                           self.body))
+
+
+class AgentAccountHandler(ApiHandler):
+    @api("An agent's own outlet: deposit, credit left, today's tickets against its quota, "
+         "this month's sales and commission", roles=(AGENT,), response=ACCOUNT,
+         tags=("outlets",), errors=("OUTLET_NOT_FOUND",))
+    async def get(self) -> None:
+        self.write_json(await self.services.outlets.account(self.principal))
+
+
+default_handlers = [
+    route("/api/v1/admin/outlets", OutletsHandler),
+    route("/api/v1/admin/outlets/{outlet_id}", OutletHandler),
+    route("/api/v1/agent/account", AgentAccountHandler),
+]

@@ -1,0 +1,126 @@
+"""Agent outlets (代售点): the operator's registry, what an outlet may sell, and its own
+account. An outlet sells only while active, only the routes it was given (none listed:
+every route) and at most its daily quota of tickets; it pays from its deposit down to minus
+its credit limit and earns its commission (basis points) on what stays sold."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from server.clock import LOCAL_TZ, local_today
+from server.errors import DomainError
+from server.security.principal import Principal, region_prefix
+from server.services.audit import AuditService
+from server.storage.outlets import OutletRecords
+
+SOLD = ("paid", "issued", "completed")  # what counts as sold for quota and commission
+EDITABLE = ("name", "status", "credit_limit", "commission_bp", "routes", "daily_quota")
+
+
+def public_outlet(doc: dict[str, Any]) -> dict[str, Any]:
+    return {"id": doc["_id"], "code": doc["code"], "name": doc["name"],
+            "division": doc["division"], "status": doc["status"],
+            "credit_limit": int(doc.get("credit_limit", 0)),
+            "commission_bp": int(doc.get("commission_bp", 0)),
+            "balance": int(doc.get("balance", 0)), "routes": list(doc.get("routes") or []),
+            "daily_quota": doc.get("daily_quota")}
+
+
+def _day_start(day: dt.date) -> dt.datetime:
+    return dt.datetime(day.year, day.month, day.day, tzinfo=LOCAL_TZ).astimezone(dt.UTC)
+
+
+class OutletService:
+    def __init__(self, db: AsyncDatabase[Any], audit: AuditService) -> None:
+        self._db = db
+        self._records = OutletRecords(db)
+        self._audit = audit
+
+    async def create(self, actor: Principal, fields: dict[str, Any]) -> dict[str, Any]:
+        doc = {"_id": fields["code"], "code": fields["code"], "name": fields["name"],
+               "division": fields["division"], "status": "active",
+               "credit_limit": fields.get("credit_limit", 0),
+               "commission_bp": fields.get("commission_bp", 0), "balance": 0,
+               "routes": fields.get("routes", []), "daily_quota": fields.get("daily_quota"),
+               "created_at": dt.datetime.now(dt.UTC)}
+        await self._check_routes(doc["routes"])
+        if not await self._records.create(doc):
+            raise DomainError("OUTLET_EXISTS", field="code")
+        await self._audit.record(actor, "outlet.create", target=doc["_id"],
+                                 details={k: doc[k] for k in EDITABLE})
+        return public_outlet(doc)
+
+    async def list(self, actor: Principal, division: str | None = None) -> list[dict[str, Any]]:
+        if actor.region:  # an authority sees its region's outlets only
+            if division and not actor.in_region(division):
+                raise DomainError("OUT_OF_SCOPE")
+            division = division or actor.region
+        query = {"division": {"$regex": "^" + region_prefix(division)}} if division else {}
+        return [public_outlet(o) for o in await self._records.all(query)]
+
+    async def update(self, actor: Principal, outlet_id: str, fields: dict[str, Any]
+                     ) -> dict[str, Any]:
+        if "routes" in fields:
+            await self._check_routes(fields["routes"])
+        done = await self._records.update(outlet_id, fields)
+        if done is None:
+            raise DomainError("OUTLET_NOT_FOUND")
+        await self._audit.record(actor, "outlet.update", target=outlet_id, details=fields)
+        return public_outlet(done)
+
+    async def _check_routes(self, routes: list[str]) -> None:
+        if routes and await self._db.routes.count_documents(
+                {"_id": {"$in": routes}}) != len(set(routes)):
+            raise DomainError("ROUTE_NOT_FOUND", field="routes")
+
+    # --- selling ------------------------------------------------------------------------------
+    async def may_sell(self, outlet_id: str, route_id: str, tickets: int) -> None:
+        """Refuse a sale the outlet may not make: suspended, a route it was not given, or
+        more tickets today than its quota."""
+        outlet = await self._records.get(outlet_id)
+        if outlet is None:
+            raise DomainError("OUTLET_NOT_FOUND")
+        if outlet["status"] != "active":
+            raise DomainError("OUTLET_SUSPENDED")
+        if outlet.get("routes") and route_id not in outlet["routes"]:
+            raise DomainError("ROUTE_NOT_SELLABLE", field="departure_id")
+        quota = outlet.get("daily_quota")
+        if quota is not None:
+            sold = await self.sold_today(outlet_id)
+            if sold + tickets > quota:
+                raise DomainError("OUTLET_QUOTA_EXCEEDED", left=max(0, quota - sold))
+
+    async def sold_today(self, outlet_id: str) -> int:
+        """Tickets the outlet's orders hold today (unpaid ones too: they hold seats)."""
+        orders = await self._db.orders.distinct("order_no", {
+            "outlet_id": outlet_id, "created_at": {"$gte": _day_start(local_today())},
+            "status": {"$in": ["pending_payment", *SOLD]}})
+        if not orders:
+            return 0
+        return await self._db.tickets.count_documents({"order_no": {"$in": orders},
+                                                       "active": True})
+
+    # --- the agent's own account -------------------------------------------------------------
+    async def account(self, actor: Principal) -> dict[str, Any]:
+        if not actor.outlet_id:
+            raise DomainError("OUTLET_NOT_FOUND")
+        outlet = await self._records.get(actor.outlet_id)
+        if outlet is None:
+            raise DomainError("OUTLET_NOT_FOUND")
+        today = local_today()
+        month = _day_start(today.replace(day=1))
+        sales = 0
+        async for order in self._db.orders.find(
+                {"outlet_id": actor.outlet_id, "created_at": {"$gte": month},
+                 "status": {"$in": list(SOLD)}}, {"amount": 1}):
+            sales += int(order["amount"])
+        sold = await self.sold_today(actor.outlet_id)
+        balance, credit = int(outlet.get("balance", 0)), int(outlet.get("credit_limit", 0))
+        quota = outlet.get("daily_quota")
+        return {**public_outlet(outlet), "credit_left": balance + credit,
+                "sold_today": sold, "quota_left": None if quota is None else max(0, quota - sold),
+                "month_sales": sales,
+                "month_commission": sales * int(outlet.get("commission_bp", 0)) // 10_000}
