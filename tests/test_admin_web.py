@@ -70,8 +70,9 @@ async def test_roles_sign_in_to_their_own_console(api, keyun, db) -> None:
             await page.wait_for_selector("text=车站系统在线")
             await page.wait_for_selector("[data-test=latency-chart] canvas")
             menu = await page.locator(".el-menu-item").all_text_contents()
-            assert [m.strip() for m in menu] == ["概览", "班次管理", "订单查询", "车站系统",
-                                                 "运营告警", "退款处理", "员工账号", "审计日志"]
+            assert [m.strip() for m in menu] == ["概览", "班次管理", "订单查询", "代售点",
+                                                 "车站系统", "运营告警", "退款处理", "员工账号",
+                                                 "审计日志"]
             await page.screenshot(path=str(SHOTS / "admin-operator-overview.png"))
 
             # the audit trail: newest first, times in Beijing time (24-hour), not New York's
@@ -129,13 +130,25 @@ async def test_roles_sign_in_to_their_own_console(api, keyun, db) -> None:
             # finance: refunds, no staff accounts; a typed-in staff page sends it back
             await _sign_in(page, base, "finance")
             menu = await page.locator(".el-menu-item").all_text_contents()
-            assert [m.strip() for m in menu] == ["概览", "订单查询", "运营告警", "退款处理"]
+            assert [m.strip() for m in menu] == ["概览", "订单查询", "代售点", "运营告警",
+                                                 "退款处理"]
             await page.goto(f"{base}/admin/staff")
             await page.wait_for_selector("text=待财务处理的退款")
             assert urlsplit(page.url).path == "/admin/"
             await page.click("text=退款处理")
             await page.wait_for_selector("[data-test=refunds]")
             await page.screenshot(path=str(SHOTS / "admin-finance-refunds.png"))
+            await page.click("#sign-out")
+            await page.wait_for_selector("#username")
+
+            # an agent lands on its outlet's account: deposit and credit in yuan
+            await _sign_in(page, base, "agent")
+            account = page.locator("[data-test=account]")
+            await account.wait_for()
+            text = await account.text_content()
+            assert "预存款余额" in text and "¥" in text and "代售点" in text
+            assert urlsplit(page.url).path == "/admin/account"
+            await page.screenshot(path=str(SHOTS / "admin-agent-account.png"))
         finally:
             await browser.close()
     assert not errors, errors

@@ -16,5 +16,13 @@ export function loader() {
       busy.value = false;
     }
   }
-  return { busy, run };
+  // a slow answer to an earlier question (another day, another filter) must not overwrite
+  // the answer to the latest one
+  let asked = 0;
+  async function latest<T>(work: () => Promise<T>, apply: (value: T) => void): Promise<void> {
+    const mine = ++asked;
+    const value = await run(work);
+    if (value !== undefined && mine === asked) apply(value);
+  }
+  return { busy, run, latest };
 }

@@ -5,6 +5,8 @@ export const MENU: Entry[] = [
   { path: "/", title: "概览", roles: ["operator", "finance", "authority", "station_staff"] },
   { path: "/departures", title: "班次管理", roles: ["operator", "station_staff"] },
   { path: "/orders", title: "订单查询", roles: ["operator", "station_staff", "finance"] },
+  { path: "/outlets", title: "代售点", roles: ["operator", "finance", "authority"] },
+  { path: "/account", title: "代售点账户", roles: ["agent"] },
   { path: "/stations", title: "车站系统", roles: ["operator", "authority", "station_staff"] },
   { path: "/alerts", title: "运营告警", roles: ["operator", "finance"] },
   { path: "/refunds", title: "退款处理", roles: ["finance", "operator"] },
