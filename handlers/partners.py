@@ -18,7 +18,9 @@ PARTNER_OUT = obj({"id": string(), "code": string(), "name": string(), "status":
                    "credit_limit": FEN}, ["id", "code", "name", "status", "balance"])
 PARTNER_IN = obj({"code": string(2, 32, pattern="^[A-Za-z0-9_-]+$"), "name": string(1, 64),
                   "credit_limit": integer(0, 10**10, description="fen"),
-                  "webhook_url": string(0, 300, format="uri")}, ["code", "name"])
+                  "webhook_url": string(9, 300, pattern="^https://[!-~]+$",
+                                        description="where order events go (https)")},
+                 ["code", "name"])
 KEY_OUT = obj({"key_id": string(), "secret": string(description="shown this once")},
               ["key_id", "secret"])
 PARTNER_DEPOSITED = obj({"partner_id": string(), "balance": {"type": "integer"},
@@ -37,7 +39,7 @@ class PartnersHandler(ApiHandler):
         self.write_json({"partners": await self.services.partners.list()})
 
     @api("Register a partner", roles=(OPERATOR,), body=PARTNER_IN, response=PARTNER_OUT,
-         status=201, tags=("partners",), errors=("PARTNER_EXISTS",))
+         status=201, tags=("partners",), errors=("PARTNER_EXISTS", "WEBHOOK_URL_INVALID"))
     async def post(self) -> None:
         b = self.body
         self.write_json(await self.services.partners.create(

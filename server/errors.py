@@ -144,6 +144,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "OUTLET_QUOTA_EXCEEDED": (409, "The outlet's daily ticket quota is used up."),
     "ROUTE_NOT_FOUND": (422, "No such route."),
     "PARTNER_EXISTS": (409, "A partner with this code exists already."),
+    "WEBHOOK_URL_INVALID": (422, "The webhook address must be an https URL with a host."),
     "REFUND_NOT_FOUND": (404, "No such refund."),
     "REFUND_NOT_RETRYABLE": (409, "This refund is not waiting for finance (or cannot be sent "
                                   "again: an abnormal refund is resolved by paying it "

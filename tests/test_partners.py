@@ -50,6 +50,11 @@ async def _partner(api: ApiClient, balance: int) -> tuple[str, PartnerClient]:
     made = await api.post("/api/v1/admin/partners", {"code": code, "name": "巴士旅行网",
                                                       "credit_limit": 0}, token=operator)
     assert made.status == 201, made.text
+    for url, status, error in (("https://[", 422, "WEBHOOK_URL_INVALID"),
+                               ("http://partner.example/hook", 400, "INVALID_VALUE")):
+        bad = await api.post("/api/v1/admin/partners", {"code": code + "W", "name": "x",
+                                                         "webhook_url": url}, token=operator)
+        assert (bad.status, bad.error_code) == (status, error), (url, bad.text)
     again = await api.post("/api/v1/admin/partners", {"code": code, "name": "重复"},
                            token=operator)
     assert again.status == 409 and again.error_code == "PARTNER_EXISTS"

@@ -10,6 +10,7 @@ import secrets
 import time
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 
@@ -19,6 +20,17 @@ from server.security.pii import PiiVault
 from server.security.principal import PARTNER, Principal
 from server.services.audit import AuditService
 from server.storage.partners import PartnerRecords, nonce_key
+
+
+def _check_webhook(url: str) -> None:
+    """An https URL with a host (order events are signed, but never sent in clear)."""
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme == "https" and bool(parts.hostname)
+    except ValueError:  # e.g. "https://[" (an unclosed IPv6 literal)
+        ok = False
+    if not ok:
+        raise DomainError("WEBHOOK_URL_INVALID", field="webhook_url")
 
 
 def public_partner(doc: dict[str, Any]) -> dict[str, Any]:
@@ -37,6 +49,8 @@ class PartnerService:
     # --- the registry (operator) --------------------------------------------------------------
     async def create(self, actor: Principal, code: str, name: str, credit_limit: int,
                      webhook_url: str = "") -> dict[str, Any]:
+        if webhook_url:
+            _check_webhook(webhook_url)
         doc = {"_id": "ptn_" + uuid.uuid4().hex[:16], "code": code, "name": name,
                "status": "active", "credit_limit": credit_limit, "balance": 0,
                "webhook_url": webhook_url, "created_at": dt.datetime.now(dt.UTC)}
