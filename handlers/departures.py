@@ -90,7 +90,8 @@ OPERATORS = (OPERATOR, STATION_STAFF)
 OPERATED = obj({"id": string(), "status": string(), "station_id": string(),
                 "service_date": string(format="date"), "departs_at": DATETIME,
                 "seats": integer(1), "vehicle_id": string(), "driver_ids": array(string()),
-                "nature": string()}, ["id", "status", "departs_at", "seats"])
+                "nature": string(), "schedule_id": string()},
+               ["id", "status", "departs_at", "seats"])
 REASON = obj({"reason": string(1, 200)}, ["reason"])
 DELAY = obj({"departs_at": DATETIME, "reason": string(1, 200)}, ["departs_at", "reason"])
 ASSIGN = obj({"vehicle_id": string(1, 40), "driver_ids": array(string(1, 40), maxItems=4,

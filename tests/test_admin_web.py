@@ -123,6 +123,14 @@ async def test_roles_sign_in_to_their_own_console(api, keyun, db) -> None:
             await row.get_by_role("button", name="恢复").click()
             await row.locator(".el-tag", has_text="在售").wait_for()
             assert (await db.departures.find_one({"_id": dep["_id"]}))["status"] == "on_sale"
+            # an extra bus of the same schedule: confirmed, and it is in the list at once
+            await row.get_by_role("button", name="加班").click()
+            await page.click(".el-message-box .el-button--primary")
+            extra = page.locator("[data-test=departures] .el-table__row",
+                                 has_text=dep["_id"] + "-X1")
+            await extra.wait_for()
+            assert await db.departures.find_one({"_id": dep["_id"] + "-X1",
+                                                 "nature": "extra"})
 
             await page.click("#sign-out")
             await page.wait_for_selector("#username")

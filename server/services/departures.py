@@ -315,4 +315,5 @@ def _operated(dep: dict[str, Any]) -> dict[str, Any]:
             "service_date": dep["service_date"],
             "departs_at": dep["departs_at"].astimezone(LOCAL_TZ).isoformat(),
             "seats": dep["seats"], "vehicle_id": dep.get("vehicle_id", ""),
-            "driver_ids": dep.get("driver_ids", []), "nature": dep.get("nature", "regular")}
+            "driver_ids": dep.get("driver_ids", []), "nature": dep.get("nature", "regular"),
+            "schedule_id": dep["schedule_id"]}
