@@ -70,7 +70,10 @@ def test_schemathesis_finds_nothing(st_keyun: KeyunProcess, tmp_path: Path) -> N
         [str(Path(sys.executable).parent / "schemathesis"),
          "--config-file", str(ROOT / "tests" / "schemathesis.toml"), "run",
          f"{base}/api/openapi.json", "--checks", "all", "--seed", str(SEED),
-         "--max-examples", "5", "--max-time", str(MAX_TIME), "--workers", "2",
+         # one worker: with two threads, Python 3.11.7's ast module can fail inside
+         # hypothesis's lambda descriptions ("AST constructor recursion depth mismatch",
+         # CPython gh-106905) — a runtime error of the tool, not a finding
+         "--max-examples", "5", "--max-time", str(MAX_TIME), "--workers", "1",
          "--no-color", "--report-dir", str(tmp_path)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=MAX_TIME + 90)
     (ROOT / "var").mkdir(exist_ok=True)
