@@ -60,16 +60,21 @@ SEARCH = obj({
 SEARCH_RESULTS = obj({"departures": array(RESULT)}, ["departures"])
 
 
+async def search(handler: ApiHandler) -> None:
+    """Answer a departure search (passengers here, partners through their API)."""
+    q = handler.query
+    handler.write_json({"departures": await handler.services.search.search(
+        q["from"], q["to"], q["date"], after=q.get("after"), before=q.get("before"),
+        station=q.get("station"), has_seats=q.get("has_seats", False),
+        limit=q.get("limit", 100))})
+
+
 class DepartureSearchHandler(ApiHandler):
     @api("Search departures: from a station or city to a city or stop on a date",
          query=SEARCH, response=SEARCH_RESULTS, tags=("search",),
          errors=("DATE_NOT_ON_SALE",))
     async def get(self) -> None:
-        q = self.query
-        self.write_json({"departures": await self.services.search.search(
-            q["from"], q["to"], q["date"], after=q.get("after"), before=q.get("before"),
-            station=q.get("station"), has_seats=q.get("has_seats", False),
-            limit=q.get("limit", 100))})
+        await search(self)
 
 
 class DepartureHandler(ApiHandler):

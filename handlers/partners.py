@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from handlers.base import ApiHandler, api, route
-from handlers.departures import SEARCH, SEARCH_RESULTS
+from handlers.departures import SEARCH, SEARCH_RESULTS, search
 from handlers.orders import CREATE, ORDER, ORDER_ERRORS
 from handlers.payments import DEPOSIT
 from handlers.tickets import QUOTE, REFUND
@@ -80,11 +80,7 @@ class PartnerDeparturesHandler(PartnerApiHandler):
     @api("Search departures", roles=(PARTNER,), query=SEARCH, response=SEARCH_RESULTS,
          tags=("partner",), errors=(*SIGNED_ERRORS, "DATE_NOT_ON_SALE"))
     async def get(self) -> None:
-        q = self.query
-        self.write_json({"departures": await self.services.search.search(
-            q["from"], q["to"], q["date"], after=q.get("after"), before=q.get("before"),
-            station=q.get("station"), has_seats=q.get("has_seats", False),
-            limit=q.get("limit", 100))})
+        await search(self)
 
 
 class PartnerOrdersHandler(PartnerApiHandler):

@@ -19,7 +19,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
 from server.errors import DomainError
-from server.security.principal import Principal
+from server.security.principal import KIOSK, STATION_STAFF, Principal
 from server.storage.outlets import OutletRecords
 from server.storage.partners import PartnerRecords
 
@@ -72,113 +72,100 @@ def outlet_of(attempt: dict[str, Any]) -> str | None:
     return attempt.get("outlet_id") or (attempt.get("actor") or {}).get("outlet_id")
 
 
-class AgentDeposit(LocalProvider):
-    """An agent outlet's prepaid deposit, which may go down to minus its credit limit."""
+class PrepaidDeposit(LocalProvider):
+    """A prepaid deposit that may go down to minus its credit limit: an agent outlet's or a
+    partner's. Subclasses say whose (``account``), how an actor names it, and where the
+    balances are kept (``server.storage.outlets`` / ``server.storage.partners``)."""
 
-    identifier = "agent_balance"
-    methods = ("agent_balance",)
-    account = "outlet"  # what a top-up names: the outlet
+    account = ""  # what a top-up names: "outlet" or "partner"
+    missing = ""  # the error when the account does not exist
+    records: OutletRecords | PartnerRecords
 
-    def __init__(self, db: AsyncDatabase[Any]) -> None:
-        self._outlets = OutletRecords(db)
+    @abc.abstractmethod
+    def account_of(self, actor: Principal) -> str | None:
+        """The deposit the actor pays from (None: this actor has none)."""
+
+    @property
+    def field(self) -> str:
+        return f"{self.account}_id"
 
     def receipt(self, actor: Principal, amount: int, tendered: int | None,
                 reference: str) -> dict[str, Any]:
-        if not actor.outlet_id:
+        if not self.account_of(actor):
             raise DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="method")
         return {}
 
     async def take(self, actor: Principal, amount: int, receipt: dict[str, Any],
                    session: AsyncClientSession) -> dict[str, Any] | None:
-        debited = await self._outlets.debit(actor.outlet_id or "", amount, session)
+        debited = await self.records.debit(self.account_of(actor) or "", amount, session)
         if debited is None:
             return None
-        return {"balance": debited["balance"], "credit_limit": debited["credit_limit"]}
+        return {"balance": debited["balance"], "credit_limit": debited.get("credit_limit", 0)}
 
     async def refusal(self, actor: Principal, amount: int) -> DomainError:
-        if await self._outlets.get(actor.outlet_id or "") is None:
-            return DomainError("OUTLET_NOT_FOUND")
-        return DomainError("INSUFFICIENT_BALANCE", amount=amount)
-
-    async def pay_back(self, attempt: dict[str, Any], amount: int,
-                        session: AsyncClientSession) -> dict[str, Any]:
-        await self.credit(outlet_of(attempt) or "", amount, session)
-        return {}
-
-    def attempt_fields(self, actor: Principal) -> dict[str, Any]:
-        return {"outlet_id": actor.outlet_id}
-
-    def movement_fields(self, attempt: dict[str, Any]) -> dict[str, Any]:
-        outlet_id = outlet_of(attempt)
-        return {"outlet_id": outlet_id} if outlet_id else {}
-
-    async def exists(self, outlet_id: str, session: AsyncClientSession | None = None
-                     ) -> bool:
-        return await self._outlets.get(outlet_id, session) is not None
-
-    async def credit(self, outlet_id: str, amount: int,
-                     session: AsyncClientSession | None = None) -> None:
-        """Money back onto the deposit: a refund, or a top-up."""
-        await self._outlets.credit(outlet_id, amount, session)
-
-    async def balance(self, outlet_id: str) -> dict[str, int]:
-        outlet = await self._outlets.get(outlet_id) or {}
-        return {"balance": outlet.get("balance", 0),
-                "credit_limit": outlet.get("credit_limit", 0)}
-
-
-class PartnerDeposit(LocalProvider):
-    """A partner's prepaid deposit (with its credit limit), paid from by the partner API's
-    confirm; refunds go back to it. The balance is kept by ``server.storage.partners``."""
-
-    identifier = "partner_deposit"
-    methods = ("partner_deposit",)
-    account = "partner"
-
-    def __init__(self, db: AsyncDatabase[Any]) -> None:
-        self._partners = PartnerRecords(db)
-
-    def receipt(self, actor: Principal, amount: int, tendered: int | None,
-                reference: str) -> dict[str, Any]:
-        if actor.kind != "partner":
-            raise DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="method")
-        return {}
-
-    async def take(self, actor: Principal, amount: int, receipt: dict[str, Any],
-                   session: AsyncClientSession) -> dict[str, Any] | None:
-        partner = await self._partners.debit(actor.id, amount, session)
-        if partner is None:
-            return None
-        return {"balance": partner["balance"], "credit_limit": partner.get("credit_limit", 0)}
-
-    async def refusal(self, actor: Principal, amount: int) -> DomainError:
-        if await self._partners.get(actor.id) is None:
-            return DomainError("PARTNER_NOT_FOUND")
+        if not await self.exists(self.account_of(actor) or ""):
+            return DomainError(self.missing)
         return DomainError("INSUFFICIENT_BALANCE", amount=amount)
 
     async def pay_back(self, attempt: dict[str, Any], amount: int,
                        session: AsyncClientSession) -> dict[str, Any]:
-        await self.credit(attempt["partner_id"], amount, session)
+        await self.credit(self.paid_from(attempt) or "", amount, session)
         return {}
 
+    def paid_from(self, attempt: dict[str, Any]) -> str | None:
+        return attempt.get(self.field)
+
     def attempt_fields(self, actor: Principal) -> dict[str, Any]:
-        return {"partner_id": actor.id}
+        return {self.field: self.account_of(actor)}
 
     def movement_fields(self, attempt: dict[str, Any]) -> dict[str, Any]:
-        return {"partner_id": attempt["partner_id"]} if attempt.get("partner_id") else {}
+        account_id = self.paid_from(attempt)
+        return {self.field: account_id} if account_id else {}
 
-    async def exists(self, partner_id: str, session: AsyncClientSession | None = None
+    async def exists(self, account_id: str, session: AsyncClientSession | None = None
                      ) -> bool:
-        return await self._partners.get(partner_id, session) is not None
+        return await self.records.get(account_id, session) is not None
 
-    async def credit(self, partner_id: str, amount: int,
+    async def credit(self, account_id: str, amount: int,
                      session: AsyncClientSession | None = None) -> None:
-        await self._partners.credit(partner_id, amount, session)
+        """Money back onto the deposit: a refund, or a top-up."""
+        await self.records.credit(account_id, amount, session)
 
-    async def balance(self, partner_id: str) -> dict[str, int]:
-        partner = await self._partners.get(partner_id) or {}
-        return {"balance": partner.get("balance", 0),
-                "credit_limit": partner.get("credit_limit", 0)}
+    async def balance(self, account_id: str) -> dict[str, int]:
+        found = await self.records.get(account_id) or {}
+        return {"balance": found.get("balance", 0),
+                "credit_limit": found.get("credit_limit", 0)}
+
+
+class AgentDeposit(PrepaidDeposit):
+    """An agent outlet's deposit, paid from by its agents."""
+
+    identifier = "agent_balance"
+    methods = ("agent_balance",)
+    account, missing = "outlet", "OUTLET_NOT_FOUND"
+
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
+        self.records = OutletRecords(db)
+
+    def account_of(self, actor: Principal) -> str | None:
+        return actor.outlet_id
+
+    def paid_from(self, attempt: dict[str, Any]) -> str | None:
+        return outlet_of(attempt)
+
+
+class PartnerDeposit(PrepaidDeposit):
+    """A partner's deposit, paid from by the partner API's confirm."""
+
+    identifier = "partner_deposit"
+    methods = ("partner_deposit",)
+    account, missing = "partner", "PARTNER_NOT_FOUND"
+
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
+        self.records = PartnerRecords(db)
+
+    def account_of(self, actor: Principal) -> str | None:
+        return actor.id if actor.kind == "partner" else None
 
 
 class AtTheCounter(LocalProvider):
@@ -186,7 +173,7 @@ class AtTheCounter(LocalProvider):
 
     def receipt(self, actor: Principal, amount: int, tendered: int | None,
                 reference: str) -> dict[str, Any]:
-        if actor.role not in ("kiosk", "station_staff"):
+        if actor.role not in (KIOSK, STATION_STAFF):
             raise DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="method")
         return self.tender(amount, tendered, reference)
 
@@ -219,7 +206,7 @@ class PayAtPickup(AtTheCounter):
 
     def receipt(self, actor: Principal, amount: int, tendered: int | None,
                 reference: str) -> dict[str, Any]:
-        if actor.role != "station_staff":
+        if actor.role != STATION_STAFF:
             raise DomainError("PAYMENT_METHOD_NOT_ALLOWED", field="method")
         return self.tender(amount, tendered, reference)
 

@@ -30,7 +30,7 @@ from payments.base import (
     ProviderRegistry,
     RefundResult,
 )
-from payments.local import AgentDeposit, LocalProvider, PartnerDeposit
+from payments.local import LocalProvider, PrepaidDeposit
 from server.clock import LOCAL_TZ, local_today, now_ms
 from server.errors import DomainError, calendar_day
 from server.security.principal import Principal
@@ -85,10 +85,10 @@ class PaymentService:
         self.failures = failures or RecordFailures()
         self.records = PaymentRecords(db)  # attempts, movements, statement reports
         # the prepaid deposits a top-up may go to, by what they belong to
-        self.deposits: dict[str, AgentDeposit | PartnerDeposit] = {}
+        self.deposits: dict[str, PrepaidDeposit] = {}
         for provider_id in ("agent_balance", "partner_deposit"):
             found = providers.get(provider_id)
-            assert isinstance(found, (AgentDeposit, PartnerDeposit))
+            assert isinstance(found, PrepaidDeposit)
             self.deposits[found.account] = found
 
     # --- start ---------------------------------------------------------------------------------
@@ -170,7 +170,8 @@ class PaymentService:
         return attempt, None
 
     def _is_local(self, attempt: dict[str, Any]) -> bool:
-        return isinstance(self.providers.get(attempt["provider"]), LocalProvider)
+        # (find: an attempt of a provider no longer configured is not local, and no error)
+        return isinstance(self.providers.find(attempt["provider"]), LocalProvider)
 
     async def _pay_locally(self, actor: Principal, order: dict[str, Any],
                            attempt: dict[str, Any], provider: LocalProvider,
@@ -536,12 +537,12 @@ class PaymentService:
         partner's ("partner"): the balance and its movement in one transaction, once per
         reference; audited."""
         deposits = self.deposits[account]
-        field = f"{account}_id"
+        field = deposits.field
         movement_id = f"deposit:{account_id}:{reference}"
 
         async def top_up(session: AsyncClientSession) -> bool:
             if not await deposits.exists(account_id, session):
-                raise DomainError(f"{account.upper()}_NOT_FOUND")
+                raise DomainError(deposits.missing)
             if not await self.records.movement(movement_id, {
                     "kind": "deposit", "provider": deposits.identifier,
                     "order_no": f"{account}:{account_id}", field: account_id,

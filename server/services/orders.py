@@ -76,11 +76,14 @@ class TicketNumberTaken(Exception):
     """A ticket number was in use already (the serial counter fell behind MongoDB)."""
 
 
+DISRUPTABLE = ("issued", "refunding", "refunded", "completed")  # orders a disruption shows on
+
+
 def _disruption(order: dict[str, Any], dep: dict[str, Any] | None) -> dict[str, Any]:
     """What a passenger of a disrupted departure may do, and until when: a fee-free refund
     or change (after the deadline the rest is refunded by itself)."""
     found = (dep or {}).get("disruption")
-    if not found or order["status"] not in ("issued", "refunding", "refunded", "completed"):
+    if not found or order["status"] not in DISRUPTABLE:
         return {}
     open_ = found["deadline"] > now_ms() and order["status"] == "issued"
     return {"disruption": {"kind": found["kind"], "reason": found.get("reason", ""),
@@ -337,8 +340,10 @@ class OrderService:
             order = await self._visible(actor, order_no, session)
             tickets = await self._db.tickets.find({"order_no": order_no}, session=session).sort(
                 "seat", 1).to_list()
-            dep = await self._db.departures.find_one({"_id": order["departure_id"]},
-                                                     {"disruption": 1}, session=session)
+            dep = None
+            if order["status"] in DISRUPTABLE:  # (an order not yet sold has nothing to see)
+                dep = await self._db.departures.find_one({"_id": order["departure_id"]},
+                                                         {"disruption": 1}, session=session)
             return {**self.public(order, tickets), **_disruption(order, dep)}
         return await transact(self._db, read)
 
