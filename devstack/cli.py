@@ -1,4 +1,5 @@
-"""The ``keyun`` command: ``keyun run`` starts everything, ``keyun seed-demo`` loads demo data.
+"""The ``keyun`` command: ``keyun run`` starts everything, ``keyun seed-demo`` loads demo data,
+``keyun import FILE --kind K`` imports a file of the 运政 system (a dry run unless --apply).
 
 ``run`` starts the embedded stores when no URI is configured, prepares the database once
 (schema, demo data, departure plan), then serves HTTP in one process or in
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import secrets
@@ -26,6 +28,7 @@ from server import failpoints
 from server.config import ConfigError, Settings, load_settings
 from server.logs import setup_logging
 from server.main import fork_workers, serve_here, stop_workers, wait_for_stores
+from server.services.kinds import KINDS
 
 log = logging.getLogger("keyun")
 
@@ -43,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("run", help="start Keyun (and the embedded stores if not configured)")
     seed = sub.add_parser("seed-demo", help="load the demo province into the configured stores")
     seed.add_argument("--reset", action="store_true", help="drop the database first")
+    load = sub.add_parser("import", help="import a CSV or XLSX file of the 运政 system "
+                                         "(a dry run unless --apply)")
+    load.add_argument("file", type=Path)
+    load.add_argument("--kind", required=True, choices=sorted(KINDS))
+    load.add_argument("--apply", action="store_true",
+                      help="write the rows (all of them, or none if any is refused)")
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -52,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_level, settings.log_format)
     if args.command == "run":
         return run(settings)
+    if args.command == "import":
+        return import_file(settings, args.file, args.kind, apply=args.apply)
     return seed_demo(settings, reset=args.reset)
 
 
@@ -315,6 +326,53 @@ async def _seed(settings: Settings, reset: bool) -> None:
         from channels import CHANNELS
 
         await demo.ensure_demo(db, settings, force=True, channels=CHANNELS.all())
+    finally:
+        await mongo.close()
+        await redis.aclose()
+
+
+def import_file(settings: Settings, path: Path, kind: str, apply: bool) -> int:
+    """``keyun import FILE --kind K [--apply]``: the import of the back office, from a
+    console, with progress; 0 if every row is good, 1 if some are refused."""
+    try:
+        body = path.read_bytes()
+    except OSError as exc:
+        print(f"keyun import: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    children: list[embedded.ChildServer] = []
+    signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        settings = _start_stores(_with_dev_secret(settings), children)
+        report = asyncio.run(_import(settings, body, kind, apply))
+    except _Stop:
+        return 1
+    finally:
+        for child in reversed(children):
+            child.stop()
+    print(json.dumps(report, ensure_ascii=False, indent=1))
+    return 1 if report.get("error_count") or "code" in report else 0
+
+
+async def _import(settings: Settings, body: bytes, kind: str, apply: bool) -> dict[str, Any]:
+    from server.app import build_services
+    from server.errors import DomainError
+    from server.security.principal import OPERATOR, Principal
+
+    mongo, redis = await wait_for_stores(settings)
+    console = Principal(kind="staff", id="console", role=OPERATOR, username="keyun import")
+
+    def progress(done: int, total: int) -> None:
+        print(f"\r{done}/{total} rows checked", end="", file=sys.stderr, flush=True)
+
+    try:
+        services = build_services(settings, mongo, redis)
+        try:
+            return await services.basedata.import_file(console, KINDS[kind], body,
+                                                       dry_run=not apply, progress=progress)
+        except DomainError as exc:
+            return exc.body()["error"]  # type: ignore[no-any-return]
+        finally:
+            print(file=sys.stderr)
     finally:
         await mongo.close()
         await redis.aclose()

@@ -64,7 +64,8 @@ class Operation:
     description: str = ""
     content_type: str = "application/json"
     path: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    upload: tuple[str, ...] = ()  # media types of a body that is a file, not JSON
 
 
 def api(summary: str, *, roles: tuple[str, ...] | None = PUBLIC,
@@ -72,15 +73,19 @@ def api(summary: str, *, roles: tuple[str, ...] | None = PUBLIC,
         response: dict[str, Any] | None = None, status: int = 200,
         errors: tuple[str, ...] = (), tags: tuple[str, ...] = (), idempotent: bool = False,
         description: str = "", content_type: str = "application/json",
-        path: dict[str, Any] | None = None) -> Callable[[F], F]:
+        path: dict[str, Any] | None = None, headers: dict[str, dict[str, Any]] | None = None,
+        upload: tuple[str, ...] = ()) -> Callable[[F], F]:
     """Declare an operation: authorize, validate path, body and query, honour
-    Idempotency-Key. ``path`` gives a schema to path parameters that are not any string."""
+    Idempotency-Key. ``path`` gives a schema to path parameters that are not any string;
+    ``headers`` documents request headers the method reads; ``upload`` the media types of a
+    file body (read by the method)."""
     for code in errors:
         if code not in ERRORS:
             raise KeyError(f"unknown error code {code!r} in @api({summary!r})")
     op = Operation(summary=summary, roles=roles, body=body, query=query, response=response,
                    status=status, errors=errors, tags=tags, idempotent=idempotent,
-                   description=description, content_type=content_type, path=path or {})
+                   description=description, content_type=content_type, path=path or {},
+                   headers=headers or {}, upload=upload)
 
     def wrap(method: F) -> F:
         @functools.wraps(method)

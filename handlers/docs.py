@@ -78,6 +78,8 @@ def _operation_object(template: str, method: str, handler: type[RequestHandler],
                            "schema": schema,
                            **({"description": schema["description"]}
                               if "description" in schema else {})})
+    for name, header in op.headers.items():
+        params.append({"name": name, "in": "header", **header})
     if op.idempotent:
         params.append({"name": "Idempotency-Key", "in": "header", "required": False,
                        "schema": {"type": "string", "minLength": 1, "maxLength": 128,
@@ -107,6 +109,10 @@ def _operation_object(template: str, method: str, handler: type[RequestHandler],
     if op.body is not None:
         obj["requestBody"] = {"required": True,
                               "content": {"application/json": {"schema": op.body}}}
+    elif op.upload:
+        obj["requestBody"] = {"required": True, "content": {
+            media: {"schema": {"type": "string", "contentMediaType": media}}
+            for media in op.upload}}
     return obj
 
 
@@ -209,9 +215,9 @@ def render_docs_page(doc: dict[str, Any]) -> str:
                                f"{', required' if p.get('required') else ''})</li>"
                                for p in op["parameters"])
                 parts.append(f"<ul>{rows}</ul>")
-            if "requestBody" in op:
-                schema = op["requestBody"]["content"]["application/json"]["schema"]
-                parts.append("<details><summary>request body</summary><pre>"
+            for media, content in op.get("requestBody", {}).get("content", {}).items():
+                schema = content["schema"]
+                parts.append(f"<details><summary>request body ({e(media)})</summary><pre>"
                              f"{e(json.dumps(schema, ensure_ascii=False, indent=2))}</pre>"
                              "</details>")
             for status, resp in op["responses"].items():

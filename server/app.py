@@ -21,6 +21,7 @@ from admin import pages as admin_pages
 from channels import CHANNELS
 from handlers import (
     auth,
+    basedata,
     departures,
     desk,
     docs,
@@ -58,6 +59,7 @@ from server.security.tokens import AccessTokens
 from server.services.alerts import AlertService
 from server.services.audit import AuditService
 from server.services.auth import AuthService
+from server.services.basedata import BaseDataService
 from server.services.departures import (
     DepartureChanges,
     DepartureOperations,
@@ -114,6 +116,7 @@ class Services:
     failures: RecordFailures
     partners: PartnerService
     outlets: OutletService
+    basedata: BaseDataService
 
 
 def connect_mongo(settings: Settings, uri: str) -> AsyncMongoClient[Any]:
@@ -146,12 +149,12 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     auth_service = AuthService(db, redis, access, audit, refresh_ttl=settings.refresh_token_ttl,
                                max_failures=settings.login_max_failures,
                                lockout_seconds=settings.login_lockout_seconds)
-    network = NetworkCache(db)
+    network = NetworkCache(db, redis)
     rules = RuleService(db)
     inventory = NativeInventory(db, redis)
     seats = SeatService(db, redis, ExchangeRegistry(NativeExchange(inventory, redis)),
                         EventLog(redis))
-    sync = SyncService(db, seats, audit)
+    sync = SyncService(db, seats, audit, network)
     sms = HttpSmsProvider(settings.sms_api_base, settings.sms_api_key)
     member_service = MemberService(
         db, redis, vault, auth_service, sms,
@@ -218,6 +221,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         failures=failures,
         partners=PartnerService(db, redis, vault, audit),
         outlets=outlet_service,
+        basedata=BaseDataService(db, vault, audit, network, rules),
     )
 
 
@@ -260,7 +264,7 @@ def api_routes() -> list[URLSpec]:
             *staff.default_handlers, *members.default_handlers, *departures.default_handlers,
             *orders.default_handlers, *tickets.default_handlers, *payments.default_handlers,
             *exchange.default_handlers, *gate.default_handlers, *partners.default_handlers,
-            *desk.default_handlers, *outlets.default_handlers,
+            *desk.default_handlers, *outlets.default_handlers, *basedata.default_handlers,
             *docs.default_handlers]
 
 

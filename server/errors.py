@@ -143,6 +143,27 @@ ERRORS: dict[str, tuple[int, str]] = {
     "ROUTE_NOT_SELLABLE": (422, "This outlet may not sell this route."),
     "OUTLET_QUOTA_EXCEEDED": (409, "The outlet's daily ticket quota is used up."),
     "ROUTE_NOT_FOUND": (422, "No such route."),
+    # base data and imports
+    "RECORD_NOT_FOUND": (404, "No such record (or it is outside your station)."),
+    "RECORD_EXISTS": (409, "A record with this code exists already; change it instead."),
+    "REFERENCE_NOT_FOUND": (422, "A record this one refers to does not exist."),
+    "IF_MATCH_REQUIRED": (428, "Send If-Match with the version you read: a change names "
+                               "the version it was made on."),
+    "VERSION_MISMATCH": (412, "The record changed since you read it; reload it and make your "
+                              "change again."),
+    "STOPS_INVALID": (422, "The route's stops are not in order from its origin to its "
+                           "destination."),
+    "ROUTE_WITHDRAWN": (422, "The route is withdrawn: no schedule or fare may be added to it."),
+    "ROUTE_IN_SERVICE": (409, "The route has schedules: its stations cannot be changed, only "
+                              "their details (withdraw it and make a new route)."),
+    "CARRIER_NOT_ON_ROUTE": (422, "This carrier does not run this route."),
+    "FARE_ABOVE_GUIDE": (422, "A fare may not exceed the government guide price."),
+    "IMPORT_UNREADABLE": (400, "The file is not a CSV (UTF-8 or GB18030) or XLSX file with a "
+                               "header row."),
+    "IMPORT_COLUMNS_MISSING": (422, "The file lacks columns this kind of record needs."),
+    "IMPORT_REFUSED": (422, "Some rows are refused (listed in errors): nothing was imported. "
+                            "Fix them and import the file again."),
+    "DUPLICATE_ROW": (422, "Another row of the file has the same code."),
     "PARTNER_EXISTS": (409, "A partner with this code exists already."),
     "WEBHOOK_URL_INVALID": (422, "The webhook address must be an https URL with a host."),
     "REFUND_NOT_FOUND": (404, "No such refund."),

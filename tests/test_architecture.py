@@ -37,6 +37,7 @@ WRITERS = {
     "members": {"server/storage/members.py"},
     "passengers": {"server/storage/members.py"},
     "staff": {"server/services/auth.py", "devstack/demo.py"},
+    "stops": {"server/storage/network.py"},  # (and every kind of the network, by kind)
     "refresh_tokens": {"server/services/auth.py"},
     "notices": {"server/outbox.py", "notify/dispatch.py"},
     "gate_keys": {"server/storage/gate.py"},
@@ -137,6 +138,31 @@ def test_each_collection_has_its_writers_and_no_others() -> None:
     stale = {name: sorted(WRITERS[name] - seen.get(name, set())) for name in WRITERS
              if WRITERS[name] - seen.get(name, set())}
     assert not stale, f"these no longer write: shrink WRITERS {stale}"
+
+
+def _dynamic_writes(tree: ast.Module) -> bool:
+    """Whether a module writes ``db[<a name computed at run time>]``."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr in WRITES and isinstance(node.func.value, ast.Subscript) \
+                and not isinstance(node.func.value.slice, ast.Constant):
+            return True
+    return False
+
+
+def test_the_network_has_one_writer() -> None:
+    """Stations' base fields, carriers, vehicles, drivers, routes, stops, schedules and fares
+    are written by ``server.storage.network`` alone — for staff, imports and the sync alike
+    (it writes them by kind, ``db[kind]``, which only it and the demo loader may do)."""
+    from server.storage.network import KINDS
+
+    dynamic = sorted(rel for rel, tree in _sources().items() if _dynamic_writes(tree))
+    assert dynamic == ["devstack/demo.py", "server/storage/network.py"], dynamic
+    for rel, tree in _sources().items():
+        if rel == "server/storage/network.py":
+            continue
+        named = _collection_writes(tree) & (set(KINDS) - {"stations"})
+        assert not named, f"{rel} writes {named}: go through server.storage.network"
 
 
 def test_refund_requests_are_written_only_by_their_owner() -> None:

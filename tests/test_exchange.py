@@ -29,6 +29,7 @@ from server.exchange.errors import (
 from server.exchange.registry import ExchangeRegistry
 from server.services.audit import AuditService
 from server.services.events import EventLog
+from server.services.search import NetworkCache
 from server.services.seats import SeatService
 from server.services.sync import SyncService
 from server.storage.inventory import NativeInventory, new_hold_id
@@ -43,7 +44,7 @@ class Stack:
         self.inventory = inventory = NativeInventory(db, redis)
         self.seats = SeatService(db, redis, ExchangeRegistry(NativeExchange(inventory, redis),
                                                              timeout=timeout), EventLog(redis))
-        self.sync = SyncService(db, self.seats, AuditService(db))
+        self.sync = SyncService(db, self.seats, AuditService(db), NetworkCache(db, redis))
 
 
 @pytest.fixture

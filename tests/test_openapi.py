@@ -26,10 +26,14 @@ async def test_document_lists_every_route_with_its_schemas(api: ApiClient) -> No
     assert any(p["name"] == "Idempotency-Key" for p in staff["parameters"])
     for item in doc["paths"].values():
         for op in item.values():
-            for part in ("requestBody",):
-                if part in op:
-                    Draft202012Validator.check_schema(
-                        op[part]["content"]["application/json"]["schema"])
+            for media in op.get("requestBody", {}).get("content", {}).values():
+                Draft202012Validator.check_schema(media["schema"])
+    imports = doc["paths"]["/api/v1/admin/imports/{kind}"]["post"]["requestBody"]["content"]
+    assert set(imports) == {"text/csv", "application/vnd.openxmlformats-officedocument."
+                                        "spreadsheetml.sheet"}
+    patch = doc["paths"]["/api/v1/admin/routes/{record_id}"]["patch"]
+    assert any(p["name"] == "If-Match" and p["in"] == "header" and p["required"]
+               for p in patch["parameters"])
 
 
 @pytest.mark.gen_test

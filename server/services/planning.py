@@ -41,8 +41,10 @@ async def plan_sale_window(db: AsyncDatabase[Any], sale_days: int) -> int:
     return await plan_departures(db, local_today(), sale_days + 1)
 
 
-async def plan_departures(db: AsyncDatabase[Any], start: dt.date, days: int) -> int:
-    """Create missing departures for ``days`` days from ``start``; return how many were new."""
+async def plan_departures(db: AsyncDatabase[Any], start: dt.date, days: int,
+                          schedule_ids: list[str] | None = None) -> int:
+    """Create missing departures for ``days`` days from ``start`` (of every active schedule,
+    or of those named); return how many were new."""
     vehicles: dict[str, list[dict[str, Any]]] = {}
     async for v in db.vehicles.find({"status": "active"}, {"carrier_id": 1, "seats": 1}):
         vehicles.setdefault(v["carrier_id"], []).append(v)
@@ -54,7 +56,10 @@ async def plan_departures(db: AsyncDatabase[Any], start: dt.date, days: int) -> 
     native = await db.stations.distinct("_id", {"system.vendor": "native"})
     docs: list[dict[str, Any]] = []
     now = dt.datetime.now(dt.UTC)
-    async for sch in db.schedules.find({"status": "active", "station_id": {"$in": native}}):
+    wanted: dict[str, Any] = {"status": "active", "station_id": {"$in": native}}
+    if schedule_ids is not None:
+        wanted["_id"] = {"$in": schedule_ids}
+    async for sch in db.schedules.find(wanted):
         fleet = vehicles.get(sch["carrier_id"]) or []
         crew = drivers.get(sch["carrier_id"]) or []
         two_drivers = routes.get(sch["route_id"], {}).get("distance_km", 0) > 400
@@ -88,3 +93,25 @@ async def plan_departures(db: AsyncDatabase[Any], start: dt.date, days: int) -> 
             }
             docs.append(doc)
     return await DepartureRecords(db).plan(docs)
+
+
+async def retime_departures(db: AsyncDatabase[Any], schedule: dict[str, Any]) -> dict[str, int]:
+    """A schedule's new time for its planned departures still to come that nobody has a
+    ticket on; one with passengers keeps its time (the operator delays it, and they are told).
+    """
+    moved = kept = 0
+    records = DepartureRecords(db)
+    now = dt.datetime.now(dt.UTC)
+    async for dep in db.departures.find(
+            {"schedule_id": schedule["_id"], "inventory": "native", "nature": {"$ne": "extra"},
+             "status": {"$in": ["on_sale", "stopped"]}, "departs_at": {"$gt": now}},
+            {"service_date": 1, "departs_at": 1}):
+        when = departs_at(dt.date.fromisoformat(dep["service_date"]),
+                          schedule["departs_at_local"])
+        if when <= now or when == dep["departs_at"]:
+            continue
+        if await db.tickets.find_one({"departure_id": dep["_id"], "active": True}, {"_id": 1}):
+            kept += 1
+        elif await records.retime_unsold(dep["_id"], dep["departs_at"], when):
+            moved += 1
+    return {"moved": moved, "kept": kept}

@@ -1,7 +1,8 @@
 """Search (班次查询): from a station or city, to a city or stop, on a date.
 
 The static network — stations, routes, stops, fares, carriers — is read into the process and
-refreshed every minute (it changes by sync, rarely); a search then costs one indexed query
+reloaded when it changes (every writer bumps one Redis counter, which each process looks at
+every second or so) and at least every minute; a search then costs one indexed query
 for the day's departures of the matching routes plus remaining seats from the inventory
 layer (Redis, or the short cache of a station's answer). Orders are never read.
 """
@@ -10,18 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from server.clock import LOCAL_TZ, local_today
 from server.errors import DomainError, calendar_day
 from server.services.rules import RuleService
 from server.services.seats import SeatService
 
+log = logging.getLogger(__name__)
+
 REFRESH_SECONDS = 60.0
+CHECK_SECONDS = 1.0  # how often a process looks whether the network changed
+VERSION_KEY = "network:version"
 DAY_CACHE_SECONDS = 3.0  # a day's departures: statuses change by sync, seats come from Redis
 AVERAGE_KMH = 60.0  # to estimate when a bus reaches an intermediate boarding stop
 
@@ -29,6 +37,7 @@ AVERAGE_KMH = 60.0  # to estimate when a bus reaches an intermediate boarding st
 @dataclass
 class Network:
     loaded_at: float = 0.0
+    version: str = ""  # the shared change counter when this copy was read
     stations: dict[str, dict[str, Any]] = field(default_factory=dict)
     routes: dict[str, dict[str, Any]] = field(default_factory=dict)
     stops: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # route → by seq
@@ -40,32 +49,56 @@ class Network:
 class NetworkCache:
     """The static network of the province, in memory, refreshed in the background of reads."""
 
-    def __init__(self, db: AsyncDatabase[Any]) -> None:
+    def __init__(self, db: AsyncDatabase[Any], redis: Redis) -> None:
         self._db = db
+        self._redis = redis
         self._network = Network()
         self._lock = asyncio.Lock()
+        self._checked = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def get(self) -> Network:
         """The network; an old copy is served while one task reloads it in the background."""
-        age = time.monotonic() - self._network.loaded_at
+        now = time.monotonic()
         if not self._network.stations:  # nothing yet: everyone waits for the first load
             async with self._lock:
                 if not self._network.stations:
                     self._network = await self._load()
-        elif age > REFRESH_SECONDS and not self._lock.locked():
-            asyncio.get_running_loop().create_task(self._refresh())
+        elif now - self._checked > CHECK_SECONDS and not self._lock.locked():
+            self._checked = now
+            task = asyncio.get_running_loop().create_task(self._refresh())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return self._network
 
     async def _refresh(self) -> None:
         async with self._lock:
-            if time.monotonic() - self._network.loaded_at > REFRESH_SECONDS:
+            try:
+                version = await self._version()
+            except RedisError:  # no word of changes: the minute's reload still comes
+                version = self._network.version
+            stale = time.monotonic() - self._network.loaded_at > REFRESH_SECONDS
+            if stale or version != self._network.version:
                 self._network = await self._load()
 
-    def invalidate(self) -> None:
+    async def changed(self) -> None:
+        """Say the network changed: every process reloads it within a second or two."""
+        try:
+            await self._redis.incr(VERSION_KEY)
+        except RedisError:
+            log.warning("network change not announced (Redis): reloads within a minute")
         self._network.loaded_at = -REFRESH_SECONDS
+        self._checked = 0.0
+
+    async def _version(self) -> str:
+        return str(await self._redis.get(VERSION_KEY) or "")
 
     async def _load(self) -> Network:
-        net = Network(loaded_at=time.monotonic())
+        try:
+            version = await self._version()
+        except RedisError:
+            version = ""
+        net = Network(loaded_at=time.monotonic(), version=version)
         net.stations = {s["_id"]: s async for s in self._db.stations.find({})}
         net.routes = {r["_id"]: r async for r in self._db.routes.find({})}
         async for stop in self._db.stops.find({}).sort([("route_id", 1), ("seq", 1)]):

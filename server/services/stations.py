@@ -1,4 +1,4 @@
-"""Stations: public look-up by name, pinyin or initials; staff listing scoped by region."""
+"""Stations: public look-up by name, pinyin or initials (staff manage them as base data)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from server.errors import DomainError
-from server.security.principal import Principal, region_prefix
 from server.services.search import NetworkCache
 
 _PUBLIC_FIELDS = {"_id": 1, "code": 1, "name": 1, "grade": 1, "city": 1, "division": 1,
@@ -51,18 +49,3 @@ class StationService:
             if len(found) >= limit:
                 break
         return found
-
-    async def list_for(self, principal: Principal, division: str | None = None
-                       ) -> list[dict[str, Any]]:
-        """Stations a staff principal may see: an authority its region, station roles theirs."""
-        query: dict[str, Any] = {}
-        if division:
-            if not principal.in_region(division):
-                raise DomainError("OUT_OF_SCOPE", field="division")
-            query["division"] = {"$regex": "^" + region_prefix(division)}
-        elif principal.region:
-            query["division"] = {"$regex": "^" + region_prefix(principal.region)}
-        if principal.station_id:
-            query["_id"] = principal.station_id
-        cursor = self._stations.find(query, _PUBLIC_FIELDS).sort("code", 1)
-        return [public_station(d) async for d in cursor]

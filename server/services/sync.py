@@ -16,7 +16,6 @@ import logging
 import time
 from typing import Any
 
-from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
@@ -28,8 +27,10 @@ from server.exchange.errors import BadStationResponse, ExchangeError
 from server.security.principal import Principal
 from server.services.audit import AuditService
 from server.services.departures import DepartureChanges
+from server.services.search import NetworkCache
 from server.services.seats import SeatService
-from server.storage.departures import DepartureRecords
+from server.storage.departures import DepartureRecords, passenger_changes
+from server.storage.network import KINDS, NetworkRecords
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +68,11 @@ class SyncService:
     """Pulls station data through the exchange layer."""
 
     def __init__(self, db: AsyncDatabase[Any], seats: SeatService,
-                 audit: AuditService) -> None:
+                 audit: AuditService, network: NetworkCache) -> None:
         self._audit = audit
         self._departures = DepartureRecords(db)
+        self._network = NetworkRecords(db)
+        self._cache = network
         self._db = db
         self._seats = seats
         self._changes = DepartureChanges(db, seats.events)
@@ -213,51 +216,27 @@ class SyncService:
         for fare in batch.fares:
             fare.setdefault("effective_from", FARES_EFFECTIVE)
 
-        for name in ("stations", "carriers", "vehicles", "drivers", "routes", "stops", "fares",
-                     "schedules", "departures"):
+        now = dt.datetime.now(dt.UTC)
+        for name in KINDS:
             docs: list[dict[str, Any]] = getattr(batch, name)
-            counts[name] = {"new": 0, "changed": 0, "unchanged": 0}
-            if not docs:
-                continue
-            existing = {d["_id"]: d async for d in self._db[name].find(
-                {"_id": {"$in": [d["_id"] for d in docs]}})}
-            ops = []
-            now = dt.datetime.now(dt.UTC)
-            for doc in docs:
-                fields = {k: doc[k] for k in FIELDS[name] if k in doc}
-                old = existing.get(doc["_id"])
-                if old is None:
-                    counts[name]["new"] += 1
-                    ops.append(UpdateOne({"_id": doc["_id"]}, {
-                        "$set": {**fields, "synced_at": now},
-                        "$setOnInsert": {**DEFAULTS[name], **_insert_extras(name, doc,
-                                                                            station)}},
-                        upsert=True))
-                    continue
-                diff = {k: v for k, v in fields.items() if _differs(old.get(k), v)}
-                if not diff:
-                    counts[name]["unchanged"] += 1
-                    continue
-                counts[name]["changed"] += 1
-                if name == "fares" and "prices" in diff:
-                    changes.append({"kind": "fare", "id": doc["_id"],
-                                    "adult_before": (old.get("prices") or {}).get("adult"),
-                                    "adult_after": doc["prices"].get("adult")})
-                told = []  # what passengers hear of: stored with the change itself
-                if name == "departures" and "status" in diff:
-                    told.append({"kind": "departure_status", "id": doc["_id"],
-                                 "before": old.get("status"), "after": doc["status"]})
-                if name == "departures" and "departs_at" in diff:
-                    told.append({"kind": "departure_time", "id": doc["_id"],
-                                 "before": _iso(old.get("departs_at")),
-                                 "after": _iso(doc["departs_at"])})
-                changes += told
-                update: dict[str, Any] = {"$set": {**diff, "synced_at": now}}
-                if told:
-                    update["$push"] = {"unannounced": {"$each": told}}
-                ops.append(UpdateOne({"_id": doc["_id"]}, update))
-            if ops:
-                await self._db[name].bulk_write(ops, ordered=False)
+            mirrored = await self._network.mirror(
+                name, docs, FIELDS[name], at=now, stamp="synced_at",
+                on_insert=lambda doc, name=name: {**DEFAULTS[name],
+                                                  **_insert_extras(name, doc, station)})
+            counts[name] = mirrored.counts
+            if name == "fares":
+                changes += [{"kind": "fare", "id": old["_id"],
+                             "adult_before": (old.get("prices") or {}).get("adult"),
+                             "adult_after": diff["prices"].get("adult")}
+                            for old, diff in mirrored.changed if "prices" in diff]
+        mirrored = await self._departures.mirror(
+            batch.departures, FIELDS["departures"], at=now,
+            on_insert=lambda doc: {**DEFAULTS["departures"]})
+        counts["departures"] = mirrored.counts
+        changes += [change for old, diff in mirrored.changed
+                    for change in passenger_changes(old, diff)]
+        if any(c["new"] or c["changed"] for k, c in counts.items() if k != "departures"):
+            await self._cache.changed()
 
         if kind == "full":
             listed = {d["_id"] for d in batch.departures}
@@ -276,10 +255,6 @@ class SyncService:
         return counts, changes
 
 
-def _iso(value: Any) -> str:
-    return value.isoformat() if isinstance(value, dt.datetime) else str(value or "")
-
-
 def _system_key(station: dict[str, Any]) -> tuple[str, str]:
     system = station.get("system") or {}
     return system.get("vendor", ""), system.get("base_url", station["_id"])
@@ -294,7 +269,3 @@ def _insert_extras(name: str, doc: dict[str, Any], station: dict[str, Any]) -> d
     return {}
 
 
-def _differs(old: Any, new: Any) -> bool:
-    if isinstance(old, dt.datetime) and isinstance(new, dt.datetime):
-        return abs((old - new).total_seconds()) >= 1
-    return bool(old != new)

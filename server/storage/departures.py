@@ -1,6 +1,5 @@
-"""Departures (班次计划) — the one owner of their writes, but for the station-data mirror of
-the sync (``SyncService`` upserts every kind of base data a station system sends, departures
-among them, through one generic path).
+"""Departures (班次计划) — the one owner of their writes: planned from timetables, added by
+hand, operated on, and mirrored from station systems by the sync.
 
 A departure's status: ``on_sale`` ⇄ ``stopped`` → ``departed``; ``cancelled`` from either
 before departure. A change passengers must hear of (cancelled, withdrawn, a new time) is
@@ -15,6 +14,31 @@ from typing import Any
 
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
+
+from server.storage.mirror import Mirrored, compare
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat() if isinstance(value, dt.datetime) else str(value or "")
+
+
+def passenger_changes(old: dict[str, Any], diff: dict[str, Any]) -> list[dict[str, Any]]:
+    """What of a change to a departure its passengers must hear of: a new status, a new
+    time."""
+    told = []
+    if "status" in diff:
+        told.append({"kind": "departure_status", "id": old["_id"],
+                     "before": old.get("status"), "after": diff["status"]})
+    if "departs_at" in diff:
+        told.append({"kind": "departure_time", "id": old["_id"],
+                     "before": _iso(old.get("departs_at")), "after": _iso(diff["departs_at"])})
+    return told
+
+
+def _push_told(old: dict[str, Any], _doc: dict[str, Any], diff: dict[str, Any]
+               ) -> dict[str, Any]:
+    told = passenger_changes(old, diff)
+    return {"$push": {"unannounced": {"$each": told}}} if told else {}
 
 
 class DepartureRecords:
@@ -32,6 +56,19 @@ class DepartureRecords:
             created += result.upserted_count
         return created
 
+    async def mirror(self, docs: list[dict[str, Any]], fields: tuple[str, ...], *,
+                     at: dt.datetime, on_insert: Any) -> Mirrored:
+        """A station system's departures as it lists them: new ones created, changed ones
+        updated, and what passengers must hear of pushed onto ``unannounced`` in the same
+        write."""
+        existing = {d["_id"]: d async for d in self._departures.find(
+            {"_id": {"$in": [d["_id"] for d in docs]}})}
+        mirrored = compare(existing, docs, fields, now=at, on_insert=on_insert,
+                           on_change=_push_told, stamp="synced_at", versioned=False)
+        for i in range(0, len(mirrored.ops), 1000):
+            await self._departures.bulk_write(mirrored.ops[i:i + 1000], ordered=False)
+        return mirrored
+
     async def add(self, doc: dict[str, Any]) -> None:
         """A departure added by hand (an extra bus); DuplicateKeyError if its id exists."""
         await self._departures.insert_one(doc)
@@ -47,6 +84,14 @@ class DepartureRecords:
         return await self._departures.find_one_and_update(  # type: ignore[no-any-return]
             {"_id": departure_id, "status": {"$in": from_statuses}}, update,
             return_document=ReturnDocument.AFTER)
+
+    async def retime_unsold(self, departure_id: str, was: dt.datetime, when: dt.datetime
+                            ) -> bool:
+        """A planned departure nobody has a ticket on follows its schedule's new time."""
+        done = await self._departures.update_one(
+            {"_id": departure_id, "departs_at": was, "status": {"$in": ["on_sale", "stopped"]}},
+            {"$set": {"departs_at": when}})
+        return done.modified_count == 1
 
     async def withdrawn(self, departure_id: str, tell: dict[str, Any], at: dt.datetime) -> None:
         """The station system no longer lists it: cancelled, and passengers to be told."""
