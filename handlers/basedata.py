@@ -28,7 +28,8 @@ FILTERS = {"stations": {"division": DIVISION}, "vehicles": {"carrier_id": CODE},
            "routes": {"origin_station_id": CODE, "destination_station_id": CODE},
            "stops": {"route_id": CODE}, "fares": {"route_id": CODE},
            "schedules": {"route_id": CODE, "station_id": CODE, "carrier_id": CODE}}
-IF_MATCH = {"If-Match": {"required": True, "schema": {"type": "string", "minLength": 1},
+IF_MATCH = {"If-Match": {"required": True, "schema": {
+    "type": "string", "pattern": '^(W/)?"?[0-9]{1,9}"?$'},
                          "description": "the version the change was made on (its ETag)"}}
 _VERSION = re.compile(r'^(?:W/)?"?(\d{1,9})"?$')
 UPLOADS = ("text/csv", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
@@ -80,7 +81,8 @@ def _handlers(kind: Kind) -> list[URLSpec]:
     not_found = ("RECORD_NOT_FOUND",)
     write_errors = ("REFERENCE_NOT_FOUND", "STOPS_INVALID", "ROUTE_WITHDRAWN",
                     "CARRIER_NOT_ON_ROUTE", "FARE_ABOVE_GUIDE", "INVALID_SEGMENT",
-                    "INVALID_ID_NUMBER", "OUT_OF_SCOPE")
+                    "INVALID_ID_NUMBER", "OUT_OF_SCOPE", "STATION_FEE_ABOVE_FARE",
+                    "STATION_NOT_ON_ROUTE", "DATE_IN_FUTURE", "DISTANCE_INVALID")
 
     class Records(ApiHandler):
         @api(f"List {title}: newest code order, filtered, a page at a time", roles=readers,

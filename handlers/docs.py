@@ -111,7 +111,7 @@ def _operation_object(template: str, method: str, handler: type[RequestHandler],
                               "content": {"application/json": {"schema": op.body}}}
     elif op.upload:
         obj["requestBody"] = {"required": True, "content": {
-            media: {"schema": {"type": "string", "contentMediaType": media}}
+            media: {"schema": {"type": "string", "minLength": 1, "contentMediaType": media}}
             for media in op.upload}}
     return obj
 

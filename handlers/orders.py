@@ -27,6 +27,10 @@ CREATE = obj({
     ["departure_id", "passengers", "contact_phone"])
 TICKET_OUT = obj({"ticket_no": string(), "seat": integer(1), "ticket_type": string(),
                   "price": FEN, "status": string(),
+                  "distance_km": integer(0, description="行驶里程 of this ticket"),
+                  "station_fee": {**FEN, "description": "站务费, part of the price"},
+                  "with_child": integer(0, description="accompanied children (携童) riding "
+                                                        "free with this passenger"),
                   "passenger": obj({"name": string(), "id_type": string(),
                                     "id_no": string(description="masked")},
                                    ["name", "id_type", "id_no"])},

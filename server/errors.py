@@ -158,7 +158,12 @@ ERRORS: dict[str, tuple[int, str]] = {
                               "their details (withdraw it and make a new route)."),
     "CARRIER_NOT_ON_ROUTE": (422, "This carrier does not run this route."),
     "FARE_ABOVE_GUIDE": (422, "A fare may not exceed the government guide price."),
-    "IMPORT_UNREADABLE": (400, "The file is not a CSV (UTF-8 or GB18030) or XLSX file with a "
+    "STATION_FEE_ABOVE_FARE": (422, "The station fee is part of the fare: it cannot exceed "
+                                    "the adult fare."),
+    "STATION_NOT_ON_ROUTE": (422, "A schedule leaves from a boarding station of its route."),
+    "DATE_IN_FUTURE": (422, "This date cannot be in the future."),
+    "DISTANCE_INVALID": (422, "Highway kilometres are part of the route's total distance."),
+    "IMPORT_UNREADABLE": (422, "The file is not a CSV (UTF-8 or GB18030) or XLSX file with a "
                                "header row."),
     "IMPORT_COLUMNS_MISSING": (422, "The file lacks columns this kind of record needs."),
     "IMPORT_REFUSED": (422, "Some rows are refused (listed in errors): nothing was imported. "

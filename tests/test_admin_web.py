@@ -70,9 +70,9 @@ async def test_roles_sign_in_to_their_own_console(api, keyun, db) -> None:
             await page.wait_for_selector("text=车站系统在线")
             await page.wait_for_selector("[data-test=latency-chart] canvas")
             menu = await page.locator(".el-menu-item").all_text_contents()
-            assert [m.strip() for m in menu] == ["概览", "班次管理", "订单查询", "代售点",
-                                                 "车站系统", "运营告警", "退款处理", "员工账号",
-                                                 "审计日志"]
+            assert [m.strip() for m in menu] == ["概览", "班次管理", "基础数据", "订单查询",
+                                                 "代售点", "车站系统", "运营告警", "退款处理",
+                                                 "员工账号", "审计日志"]
             await page.screenshot(path=str(SHOTS / "admin-operator-overview.png"))
 
             # the audit trail: newest first, times in Beijing time (24-hour), not New York's
@@ -161,6 +161,102 @@ async def test_roles_sign_in_to_their_own_console(api, keyun, db) -> None:
             await browser.close()
     assert not errors, errors
     assert hosts == {urlsplit(base).netloc}, hosts  # nothing from any other host
+
+
+@pytest.mark.gen_test(timeout=180)
+async def test_base_data_pages(api, keyun, db, tmp_path) -> None:
+    """An operator adds a carrier, changes it (on the version it read; a change made
+    meanwhile by someone else is refused in Chinese), and checks a file of vehicles before
+    importing it; station staff see their own station only."""
+    base = keyun.base_url
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    code = "CW" + secrets.token_hex(3).upper()
+    plates = [f"粤W{secrets.randbelow(10**5):05d}" for _ in range(3)]
+    vehicles = tmp_path / "vehicles.csv"
+    vehicles.write_text("车牌号码,客运企业代码,厂牌型号,车辆等级,核定载客数\n" + "".join(
+        f"{p},{code},宇通ZK6122H,high_1,{49 if i != 1 else 120}\n"
+        for i, p in enumerate(plates)), encoding="utf-8")
+    operator = (await api.login("operator"))["token"]
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        context = await browser.new_context(viewport={"width": 1366, "height": 800})
+        page = await context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        try:
+            await _sign_in(page, base, "operator")
+            await page.click("text=基础数据")
+            await page.wait_for_selector("[data-test=records] .el-table__row")
+            await page.click("#tab-carriers")
+            await page.click("[data-test=add]")
+            dialog = page.locator("[data-test=record-dialog]")
+            await dialog.locator("[data-test=f-code]").fill(code)
+            await dialog.locator("[data-test=f-name]").fill("网页测试客运有限公司")
+            await dialog.locator("[data-test=f-division]").fill("440106")
+            await dialog.locator("[data-test=f-licence_no]").fill("440100999001")
+            await dialog.locator("[data-test=save]").click()
+            await page.wait_for_selector("text=已保存")
+            stored = await db.carriers.find_one({"_id": code})
+            assert stored and stored["version"] == 1 and stored["name"] == "网页测试客运有限公司"
+
+            # found by its code, changed: version 2
+            await page.fill("[data-test=q]", code)
+            await page.press("[data-test=q]", "Enter")
+            row = page.locator("[data-test=records] .el-table__row", has_text=code)
+            await row.wait_for()
+            await row.locator("[data-test=edit]").click()
+            await dialog.locator("[data-test=f-phone]").fill("020-88886666")
+            # meanwhile somebody else changes it: this change is refused, in Chinese
+            other = await api.patch(f"/api/v1/admin/carriers/{code}", {"address": "别处"},
+                                    token=operator, headers={"If-Match": '"1"'})
+            assert other.status == 200
+            await dialog.locator("[data-test=save]").click()
+            await page.wait_for_selector("text=该记录已被他人修改")
+            assert (await db.carriers.find_one({"_id": code})).get("phone") is None
+            await dialog.get_by_role("button", name="取消").click()
+            await row.locator("[data-test=edit]").click()
+            await dialog.locator("[data-test=f-phone]").fill("020-88886666")
+            await dialog.locator("[data-test=save]").click()
+            await page.wait_for_selector("text=已保存")
+            stored = await db.carriers.find_one({"_id": code})
+            assert stored["phone"] == "020-88886666" and stored["version"] == 3
+
+            # a file of vehicles: checked first (the bad row named), nothing written
+            await page.click("#tab-vehicles")
+            await page.click("[data-test=import]")
+            await page.set_input_files("[data-test=file]", str(vehicles))
+            await page.click("[data-test=dry-run]")
+            report = page.locator("[data-test=report]")
+            await report.wait_for()
+            assert "新增 2" in await report.text_content()
+            bad = await page.locator("[data-test=import-errors] .el-table__row").all_text_contents()
+            assert len(bad) == 1 and bad[0].startswith("3") and "seats" in bad[0]
+            assert await page.locator("[data-test=apply]").is_disabled()
+            await page.screenshot(path=str(SHOTS / "admin-operator-import.png"))
+            assert await db.vehicles.count_documents({"carrier_id": code}) == 0
+            # the fixed file: checked, then imported
+            vehicles.write_text(vehicles.read_text().replace(",120", ",49"), encoding="utf-8")
+            await page.set_input_files("[data-test=file]", str(vehicles))
+            await page.click("[data-test=dry-run]")
+            await page.wait_for_selector("[data-test=report] >> text=新增 3")
+            await page.click("[data-test=apply]")
+            await page.wait_for_selector("text=导入完成")
+            assert await db.vehicles.count_documents({"carrier_id": code}) == 3
+            await page.keyboard.press("Escape")
+            await page.click("#sign-out")
+            await page.wait_for_selector("#username")
+
+            # station staff: their station only, no import
+            await _sign_in(page, base, "station_staff")
+            await page.click("text=基础数据")
+            await page.wait_for_selector("[data-test=records] .el-table__row")
+            rows = await page.locator("[data-test=records] .el-table__row").all_text_contents()
+            assert len(rows) == 1 and "440111001" in rows[0]
+            assert await page.locator("[data-test=import]").count() == 0
+            await page.screenshot(path=str(SHOTS / "admin-station-basedata.png"))
+        finally:
+            await browser.close()
+    assert not errors, errors
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -122,8 +122,12 @@ async def test_an_operator_builds_a_route_that_passengers_can_book(api: ApiClien
     token = await app_member(api)
     booked = await api.post("/api/v1/orders", {"departure_id": found[0]["id"],
                                                "contact_phone": "13812345678",
-                                               "passengers": [person()]}, token=token)
+                                               "passengers": [person()],
+                                               "children": [{"name": "小明"}]}, token=token)
     assert booked.status == 201 and booked.body["amount"] == 3500, booked.text
+    # the ticket as table 4-1 lists it: mileage, station fee, an accompanied child
+    ticket = booked.body["tickets"][0]
+    assert (ticket["distance_km"], ticket["station_fee"], ticket["with_child"]) == (95, 100, 1)
 
     # a fare change (with the version it was made on) reaches search within seconds
     fare_id = f"{made['route']}-0-2"
@@ -195,6 +199,7 @@ async def test_bad_writes_are_refused_with_their_code_and_write_nothing(api: Api
                             "guide_price": 2000, "prices": {"adult": 1000}},
                   422, "INVALID_SEGMENT")
     await refused("routes", {"code": _code("R"), "name": "x", "origin_station_id": "NOPE01",
+                             "grade": "class_2", "type": "intercity",
                              "destination_station_id": "440703001",
                              "carrier_ids": [made["carrier"]],
                              "stops": [{"name": "a", "city": "a", "division": "440106",
@@ -203,6 +208,7 @@ async def test_bad_writes_are_refused_with_their_code_and_write_nothing(api: Api
                                         "distance_km": 9}]},
                   422, "REFERENCE_NOT_FOUND")
     await refused("routes", {"code": _code("R"), "name": "倒序", "carrier_ids": [made["carrier"]],
+                             "grade": "class_2", "type": "intercity",
                              "origin_station_id": made["station"],
                              "destination_station_id": "440703001",
                              "stops": [{"name": "a", "city": "a", "division": "440106",

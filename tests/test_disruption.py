@@ -10,7 +10,7 @@ import datetime as dt
 
 import pytest
 
-from server.clock import LOCAL_TZ
+from server.clock import LOCAL_TZ, local_today
 from tests.booking_support import app_member, issued_order, person
 from tests.inventory_support import make_departure
 from tests.support import ApiClient
@@ -111,23 +111,75 @@ async def test_a_long_delay_is_a_disruption_and_a_short_one_is_not(api: ApiClien
     assert quote.body["fee"] == 0 and "延误" in quote.body["explanation"]
 
 
-@pytest.mark.gen_test(timeout=60)
-async def test_the_station_systems_cancellation_takes_the_same_path(api: ApiClient, db,
-                                                                    services) -> None:
-    """The sync stores a station's change on the departure as it does for a proxied one;
-    the announcement that follows makes it a disruption, as for the operator's."""
-    from server.services.departures import DepartureChanges
+@pytest.mark.gen_test(timeout=180)
+async def test_the_whole_story_on_a_route_the_operator_built(api: ApiClient, db,
+                                                            services) -> None:
+    """Issue 13, item 6: a route built through the API, its departures planned, two
+    passengers booked; the operator cancels one day's bus; one passenger changes to the next
+    day free of charge, the other does nothing and is refunded when the bus would have left."""
+    from tests.test_basedata import _network
 
-    dep = await make_departure(db, seats=6, departs_in=dt.timedelta(days=2),
-                               station_id=STATION)
-    dave = await app_member(api)
-    order = await issued_order(api, services, dave, dep, [person("戴夫")])
-    await db.departures.update_one({"_id": dep}, {"$set": {"status": "cancelled"}, "$push": {
-        "unannounced": {"kind": "departure_status", "id": dep, "before": "on_sale",
-                        "after": "cancelled"}}})
-    await DepartureChanges(db, services.seats.events).announce()
-    seen = (await api.get(f"/api/v1/orders/{order['order_no']}", token=dave)).body
-    assert seen["disruption"]["kind"] == "cancelled"
-    told = await db.notices.find_one({"order_no": order["order_no"],
+    operator = (await api.login("operator"))["token"]
+    made = await _network(api, operator)
+    days = [(local_today() + dt.timedelta(days=n)).strftime("%Y%m%d") for n in (2, 3)]
+    dep, target = (f"{made['schedule']}-{d}" for d in days)
+    assert await db.departures.count_documents({"_id": {"$in": [dep, target]}}) == 2
+    erin, frank = await app_member(api), await app_member(api)
+    e = await issued_order(api, services, erin, dep, [person("艾琳")])
+    f = await issued_order(api, services, frank, dep, [person("弗兰克")])
+    cancelled = await api.post(f"/api/v1/admin/departures/{dep}/cancel", {"reason": "暴雨停运"},
+                               token=operator)
+    assert cancelled.status == 200, cancelled.text
+    for order, token in ((e, erin), (f, frank)):
+        seen = (await api.get(f"/api/v1/orders/{order['order_no']}", token=token)).body
+        assert seen["disruption"]["kind"] == "cancelled"
+        assert seen["disruption"]["options"] == ["refund", "change"]
+        assert await db.notices.find_one({"order_no": order["order_no"],
+                                          "kind": "departure_changed"})
+    quote = await api.get(f"/api/v1/tickets/{e['tickets'][0]['ticket_no']}/refund-quote",
+                          token=erin)
+    assert quote.body["fee"] == 0
+    changed = await api.post(f"/api/v1/tickets/{e['tickets'][0]['ticket_no']}/change",
+                             {"departure_id": target}, token=erin)
+    assert changed.status == 200, changed.text
+    assert (await db.tickets.find_one({"ticket_no": changed.body["ticket_no"]}))[
+        "departure_id"] == target
+    await db.departures.update_one({"_id": dep}, {"$set": {
+        "disruption.deadline": dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)}})
+    for _ in range(40):
+        await services.tickets.settle_disruptions()
+        franks = await db.tickets.find_one({"order_no": f["order_no"]})
+        if franks["status"] == "refunded":
+            break
+        await asyncio.sleep(0.25)
+    assert franks["status"] == "refunded" and franks["refund"]["fee"] == 0
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_station_system_cancelling_its_bus_takes_the_same_path(api: ApiClient, db,
+                                                                      services,
+                                                                      simulators) -> None:
+    """A proxied station cancels a bus in its own system; Keyun's sync (asked over HTTP, as
+    an operator would) picks it up and its passengers get what the operator's cancellation
+    gives: the notice, the disruption with both options, a fee-free refund."""
+    from tests.test_exchange import control, pick
+
+    operator = (await api.login("operator"))["token"]
+    dep = await pick(db, "rest", 20)
+    grace = await app_member(api)
+    order = await issued_order(api, services, grace, dep["_id"], [person("格蕾丝")])
+    await control(simulators, "rest", "trip-status", {"tripId": dep["vendor_ref"],
+                                                      "status": "cancelled"})
+    synced = await api.post(f"/api/v1/admin/stations/{dep['station_id']}/sync", {},
+                            token=operator)
+    assert synced.status == 200 and synced.body["outcome"] == "ok", synced.text
+    assert (await db.departures.find_one({"_id": dep["_id"]}))["status"] == "cancelled"
+    seen = (await api.get(f"/api/v1/orders/{order['order_no']}", token=grace)).body
+    assert seen["disruption"]["kind"] == "cancelled", seen
+    assert seen["disruption"]["options"] == ["refund", "change"]
+    assert await db.notices.find_one({"order_no": order["order_no"],
                                       "kind": "departure_changed"})
-    assert told is not None
+    ticket = order["tickets"][0]["ticket_no"]
+    refunded = await api.post(f"/api/v1/tickets/{ticket}/refund", {}, token=grace)
+    assert refunded.status == 200, refunded.text
+    assert (await db.tickets.find_one({"ticket_no": ticket}))["refund"]["fee"] == 0

@@ -134,8 +134,6 @@ class BaseDataService:
             raise DomainError("OUT_OF_SCOPE")
         stops = doc.pop("stops", None)
         now = dt.datetime.now(dt.UTC)
-        if "status" in kind.properties:
-            doc.setdefault("status", "active")
         if not await self._records.create(kind.name, doc, now):
             raise DomainError("RECORD_EXISTS", kind=kind.name, id=doc["_id"])
         if stops is not None:
@@ -156,6 +154,8 @@ class BaseDataService:
         current = _merged(await self._plain(kind, old), changes)
         if kind.name == "routes" and "stops" not in changes:
             current["stops"] = await refs.stops(record_id)
+        elif kind.name == "routes" and "distance_km" not in changes:
+            current.pop("distance_km", None)  # the new stops say it
         doc = await self._checked(kind, current, old, refs)
         if not await self._in_scope(actor, kind, {**old, **doc}, refs):
             raise DomainError("OUT_OF_SCOPE")  # moved to another station
@@ -293,6 +293,8 @@ class BaseDataService:
         validate_body(kind.import_schema if row else kind.create_schema,
                       {k: v for k, v in values.items() if k in kind.properties})
         doc = {k: v for k, v in values.items() if k in kind.properties}
+        if old is None and "status" in kind.properties:
+            doc.setdefault("status", "active")
         await getattr(self, f"_check_{kind.name}")(doc, refs, old)
         return doc
 
@@ -315,7 +317,7 @@ class BaseDataService:
         await self._carrier(doc, refs)
         made = doc.get("manufactured_on")
         if made and made > local_today().isoformat():
-            raise DomainError("INVALID_VALUE", "A vehicle cannot be made in the future.",
+            raise DomainError("DATE_IN_FUTURE", "A vehicle cannot be made in the future.",
                               field="manufactured_on")
 
     async def _check_drivers(self, doc: dict[str, Any], refs: Refs,
@@ -351,7 +353,10 @@ class BaseDataService:
             if await refs.get("carriers", carrier_id) is None:
                 raise _missing("carrier_ids", "carrier", carrier_id)
         if "stops" not in doc:  # a row of a file: its stops come as rows of their own
-            return
+            if "distance_km" not in doc:
+                raise DomainError("MISSING_FIELD", "A route without its stops states its "
+                                  "total distance.", field="distance_km")
+            return self._check_highway(doc)
         stops = doc["stops"]
         await self._check_route_stops(doc, stops, refs)
         if old is not None and stops:
@@ -361,11 +366,16 @@ class BaseDataService:
                 raise DomainError("ROUTE_IN_SERVICE", field="stops")
         doc["stops"] = [{**s, "_id": f"{doc['code']}-{i}", "route_id": doc["code"], "seq": i}
                         for i, s in enumerate(stops)]
-        if stops:
-            doc["distance_km"] = stops[-1]["distance_km"]
-        if doc.get("highway_km", 0) > doc.get("distance_km", doc.get("highway_km", 0)):
-            raise DomainError("INVALID_VALUE", "Highway kilometres are part of the route's "
-                              "total.", field="highway_km")
+        if doc.get("distance_km", stops[-1]["distance_km"]) != stops[-1]["distance_km"]:
+            raise DomainError("DISTANCE_INVALID", "The total distance is the last stop's.",
+                              field="distance_km")
+        doc["distance_km"] = stops[-1]["distance_km"]
+        self._check_highway(doc)
+
+    @staticmethod
+    def _check_highway(doc: dict[str, Any]) -> None:
+        if doc.get("highway_km", 0) > doc["distance_km"]:
+            raise DomainError("DISTANCE_INVALID", field="highway_km")
 
     async def _check_route_stops(self, route: dict[str, Any], stops: list[dict[str, Any]],
                                  refs: Refs) -> None:
@@ -414,8 +424,7 @@ class BaseDataService:
         stops = await refs.stops(route["_id"])
         boarding = {s.get("station_id") for s in stops if s.get("boarding", True)}
         if doc["station_id"] not in boarding | {route["origin_station_id"]}:
-            raise DomainError("INVALID_VALUE", "A schedule leaves from a boarding station of "
-                              "its route.", field="station_id")
+            raise DomainError("STATION_NOT_ON_ROUTE", field="station_id")
         if await refs.get("carriers", doc["carrier_id"]) is None:
             raise _missing("carrier_id", "carrier", doc["carrier_id"])
         if doc["carrier_id"] not in route.get("carrier_ids", []):
@@ -435,9 +444,9 @@ class BaseDataService:
                 raise DomainError("FARE_ABOVE_GUIDE", f"The {ticket_type} fare {price} fen is "
                                   f"above the guide price {guide} fen.",
                                   field=f"prices.{ticket_type}")
-        if doc.get("station_fee", 0) > doc["prices"]["adult"]:
-            raise DomainError("INVALID_VALUE", "The station fee is part of the fare.",
-                              field="station_fee")
+        doc.setdefault("station_fee", 0)
+        if doc["station_fee"] > doc["prices"]["adult"]:
+            raise DomainError("STATION_FEE_ABOVE_FARE", field="station_fee")
         doc["distance_km"] = stops[to]["distance_km"] - stops[frm]["distance_km"]
         doc.setdefault("effective_from", dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
 
@@ -481,9 +490,9 @@ class BaseDataService:
 
     async def _view(self, kind: Kind, doc: dict[str, Any]) -> dict[str, Any]:
         out = await self._plain(kind, doc)
-        if "id_no" in out:
+        if "id_no" in kind.pii and "id_no" in out:
             out["id_no"] = mask_id(out["id_no"])
-        if "phone" in out:
+        if "phone" in kind.pii and "phone" in out:
             out["phone"] = mask_phone(out["phone"])
         out.update({"id": doc["_id"], "version": int(doc.get("version", 0))})
         for name in kind.derived:
@@ -515,8 +524,8 @@ def _literal(text: str) -> str:
 def _loggable(kind: Kind, fields: dict[str, Any]) -> dict[str, Any]:
     """What the audit keeps of a change: personal fields masked."""
     out = dict(fields)
-    if "id_no" in out:
+    if "id_no" in kind.pii and "id_no" in out:
         out["id_no"] = mask_id(str(out["id_no"]))
-    if "phone" in out:
+    if "phone" in kind.pii and "phone" in out:
         out["phone"] = mask_phone(str(out["phone"])[-11:])
     return out

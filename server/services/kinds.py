@@ -17,8 +17,8 @@ from server.vocabulary import TICKET_TYPES
 CODE = string(1, 24, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 NAME = string(1, 60)
 TEL = string(5, 20, pattern=r"^\+?[0-9][0-9-]{4,19}$", description="phone number")
-STATUS = string(enum=["active", "withdrawn"], description="withdrawing is a status")
-FLEET_STATUS = string(enum=["active", "suspended", "withdrawn"])
+STATUS = string(enum=["active", "suspended", "withdrawn"],
+                description="withdrawing is a status: nothing is deleted")
 RATING = string(enum=["AAA", "AA", "A", "B"], description="考核等级")
 HHMM = string(5, 5, pattern="^([01][0-9]|2[0-3]):[0-5][0-9]$", description="local HH:MM")
 KM = integer(0, 5000)
@@ -87,7 +87,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
         "phone": TEL, "licence_word": string(0, 30, description="经营许可证字"),
         "licence_no": string(1, 60, description="经营许可证号"),
         "quality_rating": RATING, "safety_rating": string(0, 20, description="安全评价"),
-        "status": FLEET_STATUS},
+        "status": STATUS},
         ("code", "name", "division", "licence_no"),
         {"code": "客运企业代码", "name": "客运企业名称", "division": "所属行政区划",
          "address": "客运企业地址", "phone": "电话号码", "licence_word": "经营许可证字",
@@ -102,7 +102,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
                         description="车辆等级"),
         "manufactured_on": DAY, "seats": integer(5, 80, description="核定载客数"),
         "positioning_device": string(0, 40, description="卫星定位装置终端号"),
-        "status": FLEET_STATUS},
+        "status": STATUS},
         ("plate", "carrier_id", "model", "grade", "seats"),
         {"plate": "车牌号码", "carrier_id": "客运企业代码", "model": "厂牌型号",
          "vehicle_type": "车辆类型", "grade": "车辆等级", "manufactured_on": "出厂日期",
@@ -114,7 +114,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
         "phone": PHONE, "carrier_id": CODE, "licence_class": string(enum=[
             "A1", "A2", "A3", "B1", "B2", "C1"]),
         "bad_records": array(BAD_RECORD, maxItems=100, description="不良行为记录"),
-        "credit_rating": RATING, "status": FLEET_STATUS},
+        "credit_rating": RATING, "status": STATUS},
         ("licence_no", "name", "carrier_id", "licence_class"),
         {"licence_no": "从业资格证号", "name": "姓名", "gender": "性别", "id_no": "身份证号",
          "phone": "电话", "carrier_id": "客运企业代码", "licence_class": "准驾车型",
@@ -123,18 +123,21 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("routes", "班线", ("code",), {
         "code": CODE, "name": NAME, "grade": string(enum=["class_1", "class_2", "class_3",
                                                           "class_4"], description="线路等级"),
-        "type": string(enum=["intercity", "county", "rural", "cross_province"],
+        "type": string(enum=["intercity", "county", "interprovincial", "rural"],
                        description="线路类型"),
         "origin_station_id": CODE, "destination_station_id": CODE,
-        "highway_km": KM, "carrier_ids": array(CODE, minItems=1, maxItems=20),
+        "highway_km": KM, "distance_km": integer(1, 5000, description="总里程 (from the "
+                                                                       "stops when given)"),
+        "carrier_ids": array(CODE, minItems=1, maxItems=20),
         "stops": array(STOP, minItems=2, maxItems=40, description="途经站点, in order"),
         "status": STATUS},
-        ("code", "name", "origin_station_id", "destination_station_id", "carrier_ids",
-         "stops"),
+        ("code", "name", "grade", "type", "origin_station_id", "destination_station_id",
+         "carrier_ids", "stops"),
         {"code": "线路代码", "name": "线路名称", "grade": "线路等级", "type": "线路类型",
          "origin_station_id": "起点站", "destination_station_id": "到达站",
-         "highway_km": "高速里程", "carrier_ids": "经营企业", "status": "状态"},
-        station_field="origin_station_id", derived=("distance_km",)),
+         "highway_km": "高速里程", "distance_km": "总里程", "carrier_ids": "经营企业",
+         "status": "状态"},
+        station_field="origin_station_id"),
     Kind("stops", "配客点", ("route_id", "seq"), {
         "route_id": CODE, **STOP["properties"]},
         ("route_id", "seq", "name", "city", "division", "distance_km"),
@@ -159,7 +162,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
         station_field="station_id"),
     Kind("fares", "票价", ("route_id", "from_seq", "to_seq"), {
         "route_id": CODE, "from_seq": integer(0, 60), "to_seq": integer(1, 60),
-        "guide_price": {**FEN, "description": "政府指导价 (fen): no fare may exceed it"},
+        "guide_price": {**FEN, "minimum": 1,
+                        "description": "政府指导价 (fen): no fare may exceed it"},
         "prices": PRICES, "station_fee": {**FEN, "description": "站务费 (fen), part of "
                                                                 "the fare"}},
         ("route_id", "from_seq", "to_seq", "guide_price", "prices"),

@@ -191,13 +191,16 @@ class OrderService:
         await failpoints.reach("orders.after_hold")
         station = await self._db.stations.find_one({"_id": dep["station_id"]}, {"code": 1})
         tickets = []
-        for person, seat in zip(people, hold.seats, strict=True):
+        carried = _carried(people, len(children), rules.max_free_children_per_adult)
+        for person, seat, with_child in zip(people, hold.seats, carried, strict=True):
             tickets.append({
                 "ticket_no": await self._ticket_no(station["code"] if station else "000000000",
                                                    dep["service_date"]),
                 "order_no": order_no, "departure_id": departure_id, "seat": seat,
                 "from_seq": frm, "to_seq": to, "ticket_type": person["ticket_type"],
                 "price": person["price"], "status": "held", "active": True,
+                "distance_km": int(fare.get("distance_km", 0)),
+                "station_fee": int(fare.get("station_fee", 0)), "with_child": with_child,
                 "passenger": {k: person[k] for k in ("name", "id_type", "id_no_enc",
                                                       "id_no_index", "id_no_masked")},
                 "created_at": now})
@@ -631,7 +634,9 @@ class OrderService:
                          for c in order.get("children", [])],
             "tickets": [{"ticket_no": t["ticket_no"], "seat": t["seat"],
                          "ticket_type": t["ticket_type"], "price": t["price"],
-                         "status": t["status"], "passenger": {
+                         "status": t["status"], "distance_km": t.get("distance_km", 0),
+                         "station_fee": t.get("station_fee", 0),
+                         "with_child": t.get("with_child", 0), "passenger": {
                              "name": t["passenger"]["name"],
                              "id_type": t["passenger"]["id_type"],
                              "id_no": t["passenger"]["id_no_masked"]}} for t in tickets],
@@ -640,3 +645,13 @@ class OrderService:
                         for h in order.get("history", [])],
         }
 
+
+def _carried(people: list[dict[str, Any]], children: int, per_adult: int) -> list[int]:
+    """How many of the order's accompanied children ride with each passenger (携童): one by
+    one on the grown-ups' tickets, in order, at most ``per_adult`` each."""
+    out = []
+    for person in people:
+        take = min(children, per_adult) if person["ticket_type"] not in CHILD_TYPES else 0
+        out.append(take)
+        children -= take
+    return out

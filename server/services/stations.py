@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pymongo.asynchronous.database import AsyncDatabase
-
 from server.services.search import NetworkCache
-
-_PUBLIC_FIELDS = {"_id": 1, "code": 1, "name": 1, "grade": 1, "city": 1, "division": 1,
-                  "address": 1, "location": 1, "system": 1, "status": 1}
 
 
 def public_station(doc: dict[str, Any]) -> dict[str, Any]:
@@ -22,10 +17,9 @@ def public_station(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 class StationService:
-    """Station look-up (from the cached network) and staff listings (region-scoped)."""
+    """Station look-up, from the cached network."""
 
-    def __init__(self, db: AsyncDatabase[Any], network: NetworkCache) -> None:
-        self._stations = db.stations
+    def __init__(self, network: NetworkCache) -> None:
         self._network = network
 
     async def search(self, q: str | None = None, city: str | None = None,

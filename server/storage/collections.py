@@ -73,7 +73,7 @@ COLLECTIONS: list[CollectionSpec] = [
         location=GEO_POINT, name_pinyin=STR, name_initials=STR,
         system={"bsonType": "object", "required": ["vendor"],
                 "properties": {"vendor": {"enum": ["native", "rest", "xml"]}}},
-        status={"enum": ["active", "suspended", "closed"]}), [
+        status={"enum": ["active", "suspended", "closed", "withdrawn"]}), [
         _ix("code", "code_unique", unique=True),
         _ix([("division", ASCENDING)], "division"),
         _ix([("city", ASCENDING)], "city"),
@@ -86,7 +86,7 @@ COLLECTIONS: list[CollectionSpec] = [
     CollectionSpec("carriers", _obj(
         ["code", "name", "division", "status"],
         code=NONEMPTY, name=NONEMPTY, division=DIVISION, licence_no=STR,
-        status={"enum": ["active", "suspended"]}), [
+        status={"enum": ["active", "suspended", "withdrawn"]}), [
         _ix("code", "code_unique", unique=True),
     ]),
     CollectionSpec("vehicles", _obj(
@@ -94,14 +94,14 @@ COLLECTIONS: list[CollectionSpec] = [
         plate=NONEMPTY, carrier_id=NONEMPTY, model=STR,
         seats={"bsonType": "int", "minimum": 5, "maximum": 80},
         grade={"enum": ["high_1", "high_2", "high_3", "mid", "normal"]},
-        status={"enum": ["active", "maintenance", "retired"]}), [
+        status={"enum": ["active", "maintenance", "retired", "suspended", "withdrawn"]}), [
         _ix("plate", "plate_unique", unique=True),
         _ix([("carrier_id", ASCENDING)], "carrier"),
     ]),
     CollectionSpec("drivers", _obj(
         ["name", "licence_no", "carrier_id", "status"],
         name=NONEMPTY, licence_no=NONEMPTY, carrier_id=NONEMPTY, licence_class=STR,
-        status={"enum": ["active", "suspended"]}), [
+        status={"enum": ["active", "suspended", "withdrawn"]}), [
         _ix("licence_no", "licence_unique", unique=True),
         _ix([("carrier_id", ASCENDING)], "carrier"),
     ]),
@@ -113,7 +113,7 @@ COLLECTIONS: list[CollectionSpec] = [
         distance_km={"bsonType": "int", "minimum": 1},
         highway_km={"bsonType": "int", "minimum": 0},
         grade={"enum": ["class_1", "class_2", "class_3", "class_4"]},
-        type={"enum": ["county", "intercity", "interprovincial"]},
+        type={"enum": ["county", "intercity", "interprovincial", "rural"]},
         carrier_ids={"bsonType": "array", "items": STR},
         status={"enum": ["active", "suspended", "withdrawn"]}), [
         _ix("code", "code_unique", unique=True),
@@ -134,7 +134,7 @@ COLLECTIONS: list[CollectionSpec] = [
         ["code", "route_id", "station_id", "carrier_id", "departs_at_local", "nature", "type",
          "seats", "status"],
         code=NONEMPTY, route_id=NONEMPTY, station_id=NONEMPTY, carrier_id=NONEMPTY,
-        departs_at_local=LOCAL_TIME, nature={"enum": ["regular", "extra"]},
+        departs_at_local=LOCAL_TIME, nature={"enum": ["regular", "extra", "seasonal"]},
         type={"enum": ["direct", "normal", "express", "sleeper"]},
         seats={"bsonType": "int", "minimum": 1},
         status={"enum": ["active", "suspended", "withdrawn"]}), [

@@ -67,12 +67,17 @@ async function refresh(): Promise<boolean> {
   return refreshing;
 }
 
-async function send<T>(method: string, path: string, body?: unknown, auth = true): Promise<T> {
-  const headers: Record<string, string> = { Accept: "application/json" };
+/** More of a request: its headers (If-Match), or a file as the body instead of JSON. */
+export interface Extra { headers?: Record<string, string>; file?: File }
+
+async function send<T>(method: string, path: string, body?: unknown, auth = true,
+                       extra: Extra = {}): Promise<T> {
+  const headers: Record<string, string> = { Accept: "application/json", ...extra.headers };
   if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (extra.file) headers["Content-Type"] = extra.file.type || "application/octet-stream";
   if (auth && state.session) headers.Authorization = `Bearer ${state.session.token}`;
-  const resp = await fetch(path, { method, headers,
-                                   body: body === undefined ? undefined : JSON.stringify(body) });
+  const payload = extra.file ?? (body === undefined ? undefined : JSON.stringify(body));
+  const resp = await fetch(path, { method, headers, body: payload });
   if (resp.status === 204) return undefined as T;
   const data = await resp.json().catch(() => ({}));
   if (!resp.ok) {
@@ -83,13 +88,14 @@ async function send<T>(method: string, path: string, body?: unknown, auth = true
   return data as T;
 }
 
-export async function api<T>(method: string, path: string, body?: unknown): Promise<T> {
+export async function api<T>(method: string, path: string, body?: unknown,
+                             extra: Extra = {}): Promise<T> {
   try {
-    return await send<T>(method, path, body);
+    return await send<T>(method, path, body, true, extra);
   } catch (e) {
     // an access token that ran out while the tab slept: renew once, then ask again
     if (e instanceof ApiError && e.status === 401 && state.session && await refresh()) {
-      return send<T>(method, path, body);
+      return send<T>(method, path, body, true, extra);
     }
     if (e instanceof ApiError && e.status === 401) save(null);
     throw e;
@@ -121,6 +127,9 @@ const MESSAGES: Record<string, string> = {
   TOO_MANY_ATTEMPTS: "尝试次数过多，请稍后再试", FORBIDDEN: "当前角色无权执行此操作",
   AUTH_REQUIRED: "请先登录", TOKEN_REVOKED: "登录已失效，请重新登录",
   REFUND_NOT_RETRYABLE: "该退款当前不能重新发起", CANNOT_CHANGE_OWN_ACCOUNT: "不能修改自己的账号",
+  VERSION_MISMATCH: "该记录已被他人修改，请刷新后重新修改", RECORD_EXISTS: "该代码已存在",
+  FARE_ABOVE_GUIDE: "票价不得高于政府指导价", ROUTE_WITHDRAWN: "该线路已撤销，不能新增班次或票价",
+  CARRIER_NOT_ON_ROUTE: "该企业未经营此线路", IMPORT_UNREADABLE: "文件无法读取（请用 CSV 或 XLSX）",
 };
 
 export function explain(e: unknown): string {
