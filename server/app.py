@@ -39,6 +39,9 @@ from handlers import (
     tickets,
     ws,
 )
+from handlers import (
+    rules as rule_api,
+)
 from handlers.base import NotFoundHandler, log_request, route
 from notify.dispatch import NoticeDispatcher, parse_templates
 from notify.hub import Hub
@@ -150,7 +153,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
                                max_failures=settings.login_max_failures,
                                lockout_seconds=settings.login_lockout_seconds)
     network = NetworkCache(db, redis)
-    rules = RuleService(db)
+    rules = RuleService(db, redis, audit)
     inventory = NativeInventory(db, redis)
     seats = SeatService(db, redis, ExchangeRegistry(NativeExchange(inventory, redis)),
                         EventLog(redis))
@@ -265,6 +268,7 @@ def api_routes() -> list[URLSpec]:
             *orders.default_handlers, *tickets.default_handlers, *payments.default_handlers,
             *exchange.default_handlers, *gate.default_handlers, *partners.default_handlers,
             *desk.default_handlers, *outlets.default_handlers, *basedata.default_handlers,
+            *rule_api.default_handlers,
             *docs.default_handlers]
 
 

@@ -143,6 +143,10 @@ ERRORS: dict[str, tuple[int, str]] = {
     "ROUTE_NOT_SELLABLE": (422, "This outlet may not sell this route."),
     "OUTLET_QUOTA_EXCEEDED": (409, "The outlet's daily ticket quota is used up."),
     "ROUTE_NOT_FOUND": (422, "No such route."),
+    # rules
+    "RULE_INVALID": (422, "These rules do not make sense together (see the field)."),
+    "RULE_EFFECTIVE_IN_PAST": (422, "A rule version takes effect now or later, never in the "
+                                    "past: orders were sold under the rules of their time."),
     # base data and imports
     "RECORD_NOT_FOUND": (404, "No such record (or it is outside your station)."),
     "RECORD_EXISTS": (409, "A record with this code exists already; change it instead."),

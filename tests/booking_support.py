@@ -52,10 +52,13 @@ def person(name: str = "王五", **extra: Any) -> dict[str, Any]:
 
 
 async def native_departure(db: Any, offset: int, index: int = 0) -> dict[str, Any]:
+    """The ``index``-th on-sale departure of the demo's native stations ``offset`` days
+    ahead (the demo's own: tests that build routes through the API leave them alone)."""
     day = (local_today() + dt.timedelta(days=offset)).isoformat()
     native = await db.stations.distinct("_id", {"system.vendor": "native"})
     deps = await db.departures.find({"service_date": day, "station_id": {"$in": native},
-                                     "status": "on_sale"}).sort("_id", 1).to_list()
+                                     "status": "on_sale", "_id": {"$regex": "^S44"}}
+                                    ).sort("_id", 1).to_list()
     return deps[index]
 
 

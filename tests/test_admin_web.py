@@ -70,9 +70,9 @@ async def test_roles_sign_in_to_their_own_console(api, keyun, db) -> None:
             await page.wait_for_selector("text=车站系统在线")
             await page.wait_for_selector("[data-test=latency-chart] canvas")
             menu = await page.locator(".el-menu-item").all_text_contents()
-            assert [m.strip() for m in menu] == ["概览", "班次管理", "基础数据", "订单查询",
-                                                 "代售点", "车站系统", "运营告警", "退款处理",
-                                                 "员工账号", "审计日志"]
+            assert [m.strip() for m in menu] == ["概览", "班次管理", "基础数据", "业务规则",
+                                                 "订单查询", "代售点", "车站系统", "运营告警",
+                                                 "退款处理", "员工账号", "审计日志"]
             await page.screenshot(path=str(SHOTS / "admin-operator-overview.png"))
 
             # the audit trail: newest first, times in Beijing time (24-hour), not New York's
@@ -138,8 +138,8 @@ async def test_roles_sign_in_to_their_own_console(api, keyun, db) -> None:
             # finance: refunds, no staff accounts; a typed-in staff page sends it back
             await _sign_in(page, base, "finance")
             menu = await page.locator(".el-menu-item").all_text_contents()
-            assert [m.strip() for m in menu] == ["概览", "订单查询", "代售点", "运营告警",
-                                                 "退款处理"]
+            assert [m.strip() for m in menu] == ["概览", "业务规则", "订单查询", "代售点",
+                                                 "运营告警", "退款处理"]
             await page.goto(f"{base}/admin/staff")
             await page.wait_for_selector("text=待财务处理的退款")
             assert urlsplit(page.url).path == "/admin/"
@@ -256,6 +256,50 @@ async def test_base_data_pages(api, keyun, db, tmp_path) -> None:
             await page.screenshot(path=str(SHOTS / "admin-station-basedata.png"))
         finally:
             await browser.close()
+    assert not errors, errors
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_rules_page_tries_a_draft_then_publishes_it(api, keyun, db) -> None:
+    """An operator drafts a station's rule (fewer passengers per order), sees what it would
+    have done to the last 30 days, publishes it; it is in force at once."""
+    base = keyun.base_url
+    operator = (await api.login("operator"))["token"]
+    station = "RW" + secrets.token_hex(3).upper()
+    made = await api.post("/api/v1/admin/stations", {
+        "code": station, "name": "规则测试站", "grade": 3, "division": "440106", "city": "广州",
+        "lng": 113.3, "lat": 23.1}, token=operator)
+    assert made.status == 201, made.text
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = await (await browser.new_context(viewport={"width": 1366, "height": 800})
+                      ).new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        try:
+            await _sign_in(page, base, "operator")
+            await page.click("text=业务规则")
+            await page.wait_for_selector("[data-test=current]")
+            assert "退票费" in await page.locator("[data-test=current]").text_content()
+            await page.click("[data-test=new-version]")
+            dialog = page.locator("[data-test=rule-dialog]")
+            await dialog.locator(".el-select").first.click()
+            await page.locator(".el-select-dropdown__item", has_text="车站").click()
+            await dialog.locator("[data-test=scope-ref]").fill(station)
+            await dialog.locator(".el-input-number input").first.fill("3")
+            await dialog.locator("[data-test=dry-run]").click()
+            await page.wait_for_selector("[data-test=dry-run-report]")
+            assert "订单" in await page.locator("[data-test=dry-run-report]").text_content()
+            await dialog.locator("[data-test=publish]").click()
+            await page.wait_for_selector("text=已发布")
+            row = page.locator("[data-test=versions] .el-table__row", has_text=station)
+            await row.wait_for()
+            assert "生效中" in await row.text_content()
+            await page.screenshot(path=str(SHOTS / "admin-operator-rules.png"))
+        finally:
+            await browser.close()
+    stored = await db.rules.find_one({"scope.ref": station})
+    assert stored["rules"] == {"max_passengers": 3}
     assert not errors, errors
 
 

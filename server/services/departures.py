@@ -110,7 +110,8 @@ class DepartureChanges:
 
     async def announce(self) -> None:
         async for dep in self._db.departures.find({"unannounced.kind": {"$exists": True}},
-                                                  {"unannounced": 1, "departs_at": 1}):
+                                                  {"unannounced": 1, "departs_at": 1,
+                                                   "route_id": 1, "station_id": 1}):
             for change in dep.get("unannounced") or []:
                 await self._disrupt(dep, change)
                 details = {"change": change["kind"], "before": change.get("before", ""),
@@ -131,7 +132,7 @@ class DepartureChanges:
         before, after = (parse_instant(str(change.get("before") or "")),
                          parse_instant(str(change.get("after") or "")))
         if kind == "departure_time" and before and after:
-            rules = await self._rules.current()
+            rules = await self._rules.for_departure(dep)
             delayed = after - before >= dt.timedelta(minutes=rules.disruption_delay_minutes)
         if cancelled or delayed:
             await self._departures.disrupt(dep["_id"], {

@@ -125,7 +125,10 @@ class OrderService:
                      from_seq: int | None = None, to_seq: int | None = None,
                      pay_at_pickup: bool = False) -> dict[str, Any]:
         sold_on = self._channels.selling(actor, channel)
-        rules = await self._rules.current()
+        dep = await self._db.departures.find_one({"_id": departure_id})
+        if dep is None:
+            raise DomainError("DEPARTURE_NOT_FOUND", field="departure_id")
+        rules = await self._rules.for_departure(dep)  # its route's, station's, region's
         children = children or []
         if not 1 <= len(passengers) <= rules.max_passengers:
             raise DomainError("TOO_MANY_PASSENGERS_IN_ORDER", limit=rules.max_passengers)
@@ -134,9 +137,6 @@ class OrderService:
         if len(children) > grown_ups * rules.max_free_children_per_adult:
             raise DomainError("TOO_MANY_CHILDREN", field="children")
         phone = normalize_phone(contact_phone)
-        dep = await self._db.departures.find_one({"_id": departure_id})
-        if dep is None:
-            raise DomainError("DEPARTURE_NOT_FOUND", field="departure_id")
         if actor.outlet_id and self._outlets is not None:  # its status, routes and quota
             await self._outlets.may_sell(actor.outlet_id, dep["route_id"], len(passengers))
         stops = await self._db.stops.count_documents({"route_id": dep["route_id"]})

@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from server.clock import LOCAL_TZ, local_today
 from server.errors import DomainError, calendar_day
+from server.services.freshness import SharedVersion
 from server.services.rules import RuleService
 from server.services.seats import SeatService
-
-log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 60.0
 CHECK_SECONDS = 1.0  # how often a process looks whether the network changed
@@ -51,21 +48,18 @@ class NetworkCache:
 
     def __init__(self, db: AsyncDatabase[Any], redis: Redis) -> None:
         self._db = db
-        self._redis = redis
+        self._version = SharedVersion(redis, VERSION_KEY, CHECK_SECONDS)
         self._network = Network()
         self._lock = asyncio.Lock()
-        self._checked = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def get(self) -> Network:
         """The network; an old copy is served while one task reloads it in the background."""
-        now = time.monotonic()
         if not self._network.stations:  # nothing yet: everyone waits for the first load
             async with self._lock:
                 if not self._network.stations:
                     self._network = await self._load()
-        elif now - self._checked > CHECK_SECONDS and not self._lock.locked():
-            self._checked = now
+        elif self._version.due() and not self._lock.locked():
             task = asyncio.get_running_loop().create_task(self._refresh())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -73,32 +67,17 @@ class NetworkCache:
 
     async def _refresh(self) -> None:
         async with self._lock:
-            try:
-                version = await self._version()
-            except RedisError:  # no word of changes: the minute's reload still comes
-                version = self._network.version
             stale = time.monotonic() - self._network.loaded_at > REFRESH_SECONDS
-            if stale or version != self._network.version:
+            if stale or await self._version.read() != self._network.version:
                 self._network = await self._load()
 
     async def changed(self) -> None:
         """Say the network changed: every process reloads it within a second or two."""
-        try:
-            await self._redis.incr(VERSION_KEY)
-        except RedisError:
-            log.warning("network change not announced (Redis): reloads within a minute")
         self._network.loaded_at = -REFRESH_SECONDS
-        self._checked = 0.0
-
-    async def _version(self) -> str:
-        return str(await self._redis.get(VERSION_KEY) or "")
+        await self._version.bump()
 
     async def _load(self) -> Network:
-        try:
-            version = await self._version()
-        except RedisError:
-            version = ""
-        net = Network(loaded_at=time.monotonic(), version=version)
+        net = Network(loaded_at=time.monotonic(), version=await self._version.read())
         net.stations = {s["_id"]: s async for s in self._db.stations.find({})}
         net.routes = {r["_id"]: r async for r in self._db.routes.find({})}
         async for stop in self._db.stops.find({}).sort([("route_id", 1), ("seq", 1)]):

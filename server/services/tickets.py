@@ -147,7 +147,7 @@ class TicketService:
         return await self._quote(ticket, dep)
 
     async def _quote(self, ticket: dict[str, Any], dep: dict[str, Any]) -> dict[str, Any]:
-        rules = await self._rules.current()
+        rules = await self._rules.for_departure(dep)
         disruption = (dep.get("disruption") or {}).get("kind")
         cancelled = dep.get("status") == "cancelled" or disruption == "cancelled"
         fee = None
@@ -159,11 +159,15 @@ class TicketService:
         if fee is None:
             out["reason"] = "departed" if ticket["status"] in REFUNDABLE else ticket["status"]
             return out
-        hours = (dep["departs_at"] - now_ms()).total_seconds() / 3600
+        tier = rules.tier(dep["departs_at"], now_ms())
+        free = cancelled or disruption == "delayed"
+        if tier is not None and not free:
+            out["tier"] = {"hours_before": tier.hours_before, "rate_bp": tier.rate_bp,
+                           "min_fee": tier.min_fee}
         out.update(fee=fee, refund_amount=ticket["price"] - fee,
                    explanation="班次取消，全额退款" if cancelled else
                    "班次延误，全额退款" if disruption == "delayed" else
-                   f"距发车{'不足' if hours < 2 else ''}2小时，按规则收取退票费")
+                   _tier_words(rules, tier) if tier is not None else "已过发车时间，按规则退票")
         return out
 
     async def refund(self, actor: Principal, ticket_no: str,
@@ -358,7 +362,7 @@ class TicketService:
         """To another departure of the same route and stops, once, when the fare is the
         same: the new seat is taken and sold first, then the old one given back."""
         ticket, order, dep = await self._load(actor, ticket_no)
-        rules = await self._rules.current()
+        rules = await self._rules.for_departure(dep)
         disruption = dep.get("disruption")  # a disrupted passenger changes freely, once more
         if disruption and disruption["deadline"] <= now_ms():
             disruption = None
@@ -438,3 +442,15 @@ class TicketService:
         return {"ticket_no": new["ticket_no"], "departure_id": departure_id,
                 "seat": new["seat"], "status": "issued", "changed_from": ticket_no,
                 "departs_at": target["departs_at"].astimezone(LOCAL_TZ).isoformat()}
+
+
+def _tier_words(rules: Any, tier: Any) -> str:
+    """``距发车2小时以上，按票价10%收取退票费（最低¥0.50）``."""
+    above = [t.hours_before for t in rules.refund_tiers if t.hours_before > tier.hours_before]
+    if tier.hours_before > 0:
+        when = f"距发车{tier.hours_before:g}至{min(above):g}小时" if above else \
+            f"距发车{tier.hours_before:g}小时以上"
+    else:
+        when = f"距发车不足{min(above):g}小时" if above else "发车前"
+    rate = f"{tier.rate_bp / 100:g}%"
+    return f"{when}，按票价{rate}收取退票费（最低¥{tier.min_fee / 100:.2f}）"

@@ -129,7 +129,7 @@ const MESSAGES: Record<string, string> = {
   REFUND_NOT_RETRYABLE: "该退款当前不能重新发起", CANNOT_CHANGE_OWN_ACCOUNT: "不能修改自己的账号",
   VERSION_MISMATCH: "该记录已被他人修改，请刷新后重新修改", RECORD_EXISTS: "该代码已存在",
   FARE_ABOVE_GUIDE: "票价不得高于政府指导价", ROUTE_WITHDRAWN: "该线路已撤销，不能新增班次或票价",
-  CARRIER_NOT_ON_ROUTE: "该企业未经营此线路", IMPORT_UNREADABLE: "文件无法读取（请用 CSV 或 XLSX）",
+  CARRIER_NOT_ON_ROUTE: "该企业未经营此线路", RULE_EFFECTIVE_IN_PAST: "生效时间不能早于现在", IMPORT_UNREADABLE: "文件无法读取（请用 CSV 或 XLSX）",
 };
 
 export function explain(e: unknown): string {

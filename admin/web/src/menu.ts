@@ -5,6 +5,7 @@ export const MENU: Entry[] = [
   { path: "/", title: "概览", roles: ["operator", "finance", "authority", "station_staff"] },
   { path: "/departures", title: "班次管理", roles: ["operator", "station_staff"] },
   { path: "/basedata", title: "基础数据", roles: ["operator", "station_staff", "authority"] },
+  { path: "/rules", title: "业务规则", roles: ["operator", "finance", "authority"] },
   { path: "/orders", title: "订单查询", roles: ["operator", "station_staff", "finance"] },
   { path: "/outlets", title: "代售点", roles: ["operator", "finance", "authority"] },
   { path: "/account", title: "代售点账户", roles: ["agent"] },

@@ -14,6 +14,7 @@ export const router = createRouter({
         { path: "", component: () => import("./views/Home.vue") },
         { path: "departures", component: () => import("./views/Departures.vue") },
         { path: "basedata", component: () => import("./views/BaseData.vue") },
+        { path: "rules", component: () => import("./views/Rules.vue") },
         { path: "orders", component: () => import("./views/Orders.vue") },
         { path: "outlets", component: () => import("./views/Outlets.vue") },
         { path: "account", component: () => import("./views/Account.vue") },
