@@ -16,6 +16,7 @@ from tornado.web import RequestHandler, URLSpec
 
 from handlers.base import ApiHandler, Operation, api, route
 from server.errors import ERRORS
+from server.security import signing
 
 METHODS = ("get", "post", "put", "patch", "delete")
 ERROR_SCHEMA = {
@@ -155,6 +156,33 @@ def partner_openapi(routes: list[URLSpec]) -> dict[str, Any]:
         "by name, each name and value percent-encoded (RFC 3986), joined name=value with &. "
         "A bad signature, a stale timestamp and a reused nonce are 401 SIGNATURE_INVALID, "
         "TIMESTAMP_OUT_OF_WINDOW and NONCE_REUSED. Money is integer fen.")}
+    doc["info"]["x-signing-example"] = _signing_example()
+    doc["info"]["description"] += (
+        " x-signing-example below is a request signed with a made-up secret: check that your "
+        "code gives the same string to sign and signature. Order and ticket events are "
+        "POSTed to the partner's webhook_url (see webhooks), signed the same way with the "
+        "partner's newest key; answer 2xx, or they are sent again after 2 s, 4 s, 8 s … "
+        "(at most an hour apart, 16 times). X-Keyun-Delivery (and the body's id) names the "
+        "event: one seen twice is the same event.")
+    doc["webhooks"] = {"orderEvent": {"post": {
+        "summary": "An order's status changed, or a ticket was refunded, voided or changed",
+        "parameters": [{"name": name, "in": "header", "required": True,
+                        "schema": {"type": "string"}} for name in (
+            "X-Keyun-Key", "X-Keyun-Timestamp", "X-Keyun-Nonce", "X-Keyun-Signature",
+            "X-Keyun-Event", "X-Keyun-Delivery")],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["id", "event", "at", "data"],
+            "properties": {
+                "id": {"type": "string", "description": "the event's delivery id"},
+                "event": {"type": "string", "enum": [
+                    "order.status", "ticket.refunded", "ticket.voided", "ticket.changed"]},
+                "at": {"type": "string", "format": "date-time"},
+                "data": {"type": "object", "properties": {
+                    "order_no": {"type": "string"}, "ticket_no": {"type": "string"},
+                    "status": {"type": "string"}, "from": {"type": ["string", "null"]},
+                    "reason": {"type": "string"}, "amount": {"type": "integer"},
+                    "refund_amount": {"type": "integer"}}}}}}}},
+        "responses": {"200": {"description": "received (any 2xx)"}}}}}
     doc["components"]["securitySchemes"] = {"keyunSignature": {
         "type": "apiKey", "in": "header", "name": "X-Keyun-Signature",
         "description": "with X-Keyun-Key, X-Keyun-Timestamp and X-Keyun-Nonce; see above"}}
@@ -163,6 +191,19 @@ def partner_openapi(routes: list[URLSpec]) -> dict[str, Any]:
             if operation.get("security"):
                 operation["security"] = [{"keyunSignature": []}]
     return doc
+
+
+def _signing_example() -> dict[str, str]:
+    """A request signed with a made-up secret, for partners to test their code against."""
+    example = {"secret": "example-secret-not-a-real-key", "method": "POST",
+               "path": "/partner/v1/orders", "query": "lang=zh&channel=app",
+               "timestamp": "1764300000", "nonce": "9f1c2a7be34d",
+               "body": '{"departure_id":"S440111001001-20261201"}'}
+    text = signing.string_to_sign(example["method"], example["path"], example["query"],
+                                  example["timestamp"], example["nonce"],
+                                  example["body"].encode())
+    return {**example, "string_to_sign": text,
+            "signature": signing.signature(example["secret"], text)}
 
 
 class OpenApiHandler(ApiHandler):

@@ -18,7 +18,7 @@ PARTNER_OUT = obj({"id": string(), "code": string(), "name": string(), "status":
                    "credit_limit": FEN}, ["id", "code", "name", "status", "balance"])
 PARTNER_IN = obj({"code": string(2, 32, pattern="^[A-Za-z0-9_-]+$"), "name": string(1, 64),
                   "credit_limit": integer(0, 10**10, description="fen"),
-                  "webhook_url": string(9, 300, pattern="^https://[!-~]+$",
+                  "webhook_url": string(8, 300, pattern="^https?://[!-~]+$",
                                         description="where order events go (https)")},
                  ["code", "name"])
 KEY_OUT = obj({"key_id": string(), "secret": string(description="shown this once")},

@@ -86,6 +86,7 @@ from server.services.stations import StationService
 from server.services.sync import SyncService
 from server.services.ticket_sources import TicketSourceService
 from server.services.tickets import TicketService
+from server.services.webhooks import WebhookService
 from server.storage.inventory import NativeInventory
 
 
@@ -169,9 +170,10 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         parse_templates(settings.wechat_notice_templates), failures)
     holds = SeatHolds(db, redis, seats, orphan_after=settings.orphan_hold_seconds)
     outlet_service = OutletService(db, audit)
+    webhooks = WebhookService(db, vault, allow_loopback_http=settings.sandbox)
     order_service = OrderService(db, redis, holds, seats.events, rules, member_service, vault,
                                  CHANNELS, audit, failures=failures,
-                                 outlets=outlet_service)
+                                 outlets=outlet_service, webhooks=webhooks)
     alerts = AlertService(db)
     payment_service = PaymentService(db, payment_providers(settings, db), order_service,
                                      alerts, audit, failures)
@@ -193,6 +195,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     jobs.add("station-sync", 30.0, sync.sync_all)
     jobs.add("station-full-sync", 600.0, lambda: sync.sync_all(full=True))
     jobs.add("notices", 2.0, notices.run)
+    jobs.add("webhooks", 1.0, webhooks.run)
     jobs.add("payment-reminders", 30.0, order_service.warn_expiring)
     return Services(
         auth=auth_service,
@@ -222,7 +225,8 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         notices=notices,
         alerts=alerts,
         failures=failures,
-        partners=PartnerService(db, redis, vault, audit),
+        partners=PartnerService(db, redis, vault, audit,
+                                allow_loopback_http=settings.sandbox),
         outlets=outlet_service,
         basedata=BaseDataService(db, vault, audit, network, rules),
     )

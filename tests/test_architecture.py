@@ -39,6 +39,7 @@ WRITERS = {
     "staff": {"server/services/auth.py", "devstack/demo.py"},
     "stops": {"server/storage/network.py"},  # (and every kind of the network, by kind)
     "rules": {"server/storage/rules.py"},
+    "webhooks": {"server/storage/webhooks.py"},
     "refresh_tokens": {"server/services/auth.py"},
     "notices": {"server/outbox.py", "notify/dispatch.py"},
     "gate_keys": {"server/storage/gate.py"},

@@ -48,6 +48,7 @@ from server.services.members import MemberService, normalize_phone
 from server.services.outlets import OutletService
 from server.services.realname import id_index, validate
 from server.services.rules import RuleService
+from server.services.webhooks import WebhookService
 from server.storage import refunds
 from server.storage.orders import TRANSITIONS, OrderBook
 from server.storage.transactions import transact
@@ -101,8 +102,10 @@ class OrderService:
                  events: EventLog, rules: RuleService, members: MemberService,
                  vault: PiiVault, channels: SalesChannels, audit: AuditService,
                  failures: RecordFailures | None = None,
-                 outlets: OutletService | None = None) -> None:
+                 outlets: OutletService | None = None,
+                 webhooks: WebhookService | None = None) -> None:
         self._outlets = outlets
+        self.webhooks = webhooks  # a partner's orders are told to the partner
         self.failures = failures or RecordFailures()
         self._db = db
         self._redis = redis
@@ -472,6 +475,8 @@ class OrderService:
                                        set_fields, session)
             if doc is not None and also is not None:
                 await also(doc, session)
+            if doc is not None and self.webhooks is not None:
+                await self.webhooks.order_changed(doc, session)
             return doc  # type: ignore[no-any-return]
 
         doc = await (move(None) if also is None else transact(self._db, move))

@@ -19,14 +19,17 @@ from server.security import signing
 from server.security.pii import PiiVault
 from server.security.principal import PARTNER, Principal
 from server.services.audit import AuditService
+from server.services.webhooks import loopback
 from server.storage.partners import PartnerRecords, nonce_key
 
 
-def _check_webhook(url: str) -> None:
-    """An https URL with a host (order events are signed, but never sent in clear)."""
+def _check_webhook(url: str, allow_loopback_http: bool = False) -> None:
+    """An https URL with a host (order events are signed, but never sent in clear); in
+    development, http to this machine too (a partner's test receiver)."""
     try:
         parts = urlsplit(url)
-        ok = parts.scheme == "https" and bool(parts.hostname)
+        ok = (parts.scheme == "https" and bool(parts.hostname)) or (
+            allow_loopback_http and parts.scheme == "http" and loopback(url))
     except ValueError:  # e.g. "https://[" (an unclosed IPv6 literal)
         ok = False
     if not ok:
@@ -40,7 +43,9 @@ def public_partner(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 class PartnerService:
-    def __init__(self, db: Any, redis: Redis, vault: PiiVault, audit: AuditService) -> None:
+    def __init__(self, db: Any, redis: Redis, vault: PiiVault, audit: AuditService,
+                 allow_loopback_http: bool = False) -> None:
+        self._loopback_http = allow_loopback_http
         self._records = PartnerRecords(db)
         self._redis = redis
         self._vault = vault
@@ -50,7 +55,7 @@ class PartnerService:
     async def create(self, actor: Principal, code: str, name: str, credit_limit: int,
                      webhook_url: str = "") -> dict[str, Any]:
         if webhook_url:
-            _check_webhook(webhook_url)
+            _check_webhook(webhook_url, self._loopback_http)
         doc = {"_id": "ptn_" + uuid.uuid4().hex[:16], "code": code, "name": name,
                "status": "active", "credit_limit": credit_limit, "balance": 0,
                "webhook_url": webhook_url, "created_at": dt.datetime.now(dt.UTC)}

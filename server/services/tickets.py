@@ -267,6 +267,9 @@ class TicketService:
             """The ticket ends and the money it is owed is asked for: both or neither."""
             await self._book.end(ticket["_id"], status, {
                 "fee": fee, "amount": amount, "at": now, "reason": reason}, session)
+            if self._orders.webhooks is not None:
+                await self._orders.webhooks.ticket_ended(order, ticket, status, amount, now,
+                                                         session)
             if amount > 0:
                 await self._orders.refunds.owe(
                     refunds.for_ticket(ticket["ticket_no"]), order_no=order["order_no"],

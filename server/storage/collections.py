@@ -379,6 +379,14 @@ COLLECTIONS: list[CollectionSpec] = [
                                  rules={"bsonType": "object"}), [
         _ix([("effective_from", DESCENDING)], "effective_from"),
     ]),
+    CollectionSpec("webhooks", _obj(
+        ["partner_id", "event", "data", "status", "attempts", "next_at", "created_at"],
+        partner_id=NONEMPTY, event=NONEMPTY, data={"bsonType": "object"},
+        status={"enum": ["pending", "sending", "delivered", "failed"]}, attempts=INT,
+        next_at=DATE, created_at=DATE), [
+        _ix([("status", ASCENDING), ("next_at", ASCENDING)], "status_due"),
+        _ix([("partner_id", ASCENDING), ("created_at", DESCENDING)], "partner_created"),
+    ]),
     CollectionSpec("idempotency", None, [
         _ix([("scope", ASCENDING), ("key", ASCENDING)], "scope_key_unique", unique=True),
         _ix("expires_at", "expiry_ttl", expireAfterSeconds=0),
