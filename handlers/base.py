@@ -244,7 +244,7 @@ class ApiHandler(RequestHandler):
         if isinstance(exc, DomainError):
             self.set_status(exc.status)
             body = exc.body()
-            if exc.code == "TOO_MANY_ATTEMPTS" and "retry_after" in exc.details:
+            if exc.status == 429 and "retry_after" in exc.details:
                 self.set_header("Retry-After", str(exc.details["retry_after"]))
         elif status_code == 404:
             body = error_body("NOT_FOUND")

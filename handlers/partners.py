@@ -10,12 +10,25 @@ from handlers.departures import SEARCH, SEARCH_RESULTS, search
 from handlers.orders import CREATE, ORDER, ORDER_ERRORS
 from handlers.payments import DEPOSIT
 from handlers.tickets import QUOTE, REFUND
-from server.schema import FEN, array, integer, obj, string
+from server.schema import DATETIME, FEN, array, integer, obj, string
 from server.security.principal import FINANCE, OPERATOR, PARTNER, Principal
 
 PARTNER_OUT = obj({"id": string(), "code": string(), "name": string(), "status": string(),
                    "webhook_url": string(), "balance": {"type": "integer"},
-                   "credit_limit": FEN}, ["id", "code", "name", "status", "balance"])
+                   "credit_limit": FEN, "rate_per_minute": integer(1),
+                   "daily_quota": {"type": ["integer", "null"], "minimum": 0}},
+                  ["id", "code", "name", "status", "balance"])
+PARTNER_PATCH = obj({"name": string(1, 64), "status": string(enum=["active", "suspended"]),
+                     "credit_limit": integer(0, 10**10, description="fen"),
+                     "webhook_url": string(8, 300, pattern="^https?://[!-~]+$"),
+                     "rate_per_minute": integer(1, 100_000, description="signed requests a "
+                                                                          "minute"),
+                     "daily_quota": {"type": ["integer", "null"], "minimum": 0,
+                                     "maximum": 1_000_000,
+                                     "description": "tickets a day (null: no quota)"}},
+                    minProperties=1)
+KEYS_OUT = obj({"keys": array(obj({"key_id": string(), "created_at": DATETIME},
+                                  ["key_id", "created_at"]))}, ["keys"])
 PARTNER_IN = obj({"code": string(2, 32, pattern="^[A-Za-z0-9_-]+$"), "name": string(1, 64),
                   "credit_limit": integer(0, 10**10, description="fen"),
                   "webhook_url": string(8, 300, pattern="^https?://[!-~]+$",
@@ -29,7 +42,8 @@ PARTNER_DEPOSITED = obj({"partner_id": string(), "balance": {"type": "integer"},
                         ["partner_id", "balance", "recorded"])
 PARTNER_ORDER = {**CREATE, "properties": {k: v for k, v in CREATE["properties"].items()
                                           if k not in ("channel", "pay_at_pickup")}}
-SIGNED_ERRORS = ("SIGNATURE_INVALID", "TIMESTAMP_OUT_OF_WINDOW", "NONCE_REUSED")
+SIGNED_ERRORS = ("SIGNATURE_INVALID", "TIMESTAMP_OUT_OF_WINDOW", "NONCE_REUSED",
+                 "PARTNER_SUSPENDED", "PARTNER_RATE_LIMITED")
 
 
 class PartnersHandler(ApiHandler):
@@ -47,13 +61,36 @@ class PartnersHandler(ApiHandler):
             b.get("webhook_url", "")), 201)
 
 
+class PartnerHandler(ApiHandler):
+    @api("Change a partner: suspend or resume it, its request rate, daily ticket quota, "
+         "credit or webhook", roles=(OPERATOR,), body=PARTNER_PATCH, response=PARTNER_OUT,
+         tags=("partners",), errors=("PARTNER_NOT_FOUND", "WEBHOOK_URL_INVALID"))
+    async def patch(self, partner_id: str) -> None:
+        self.write_json(await self.services.partners.update(self.principal, partner_id,
+                                                            self.body))
+
+
 class PartnerKeysHandler(ApiHandler):
-    @api("A new API key for a partner: the secret is shown in this answer only",
+    @api("A partner's live keys (ids only; secrets are never shown again)",
+         roles=(OPERATOR,), response=KEYS_OUT, tags=("partners",))
+    async def get(self, partner_id: str) -> None:
+        self.write_json({"keys": await self.services.partners.keys(partner_id)})
+
+    @api("A new API key for a partner: the secret is shown in this answer only. Two keys "
+         "may be live at once, so a partner rotates without a gap: issue, switch, revoke",
          roles=(OPERATOR,), response=KEY_OUT, status=201, tags=("partners",),
-         errors=("PARTNER_NOT_FOUND",))
+         errors=("PARTNER_NOT_FOUND", "KEY_LIMIT"))
     async def post(self, partner_id: str) -> None:
         self.write_json(await self.services.partners.issue_key(self.principal, partner_id),
                         201)
+
+
+class PartnerKeyRevokeHandler(ApiHandler):
+    @api("Revoke a key: requests signed with it are refused from now on", roles=(OPERATOR,),
+         status=204, tags=("partners",), errors=("KEY_NOT_FOUND",))
+    async def post(self, partner_id: str, key_id: str) -> None:
+        await self.services.partners.revoke_key(self.principal, partner_id, key_id)
+        self.write_json(None, 204)
 
 
 class PartnerDepositHandler(ApiHandler):
@@ -86,7 +123,7 @@ class PartnerDeparturesHandler(PartnerApiHandler):
 class PartnerOrdersHandler(PartnerApiHandler):
     @api("Book: real-name passengers, seats held until the payment timeout; confirm to pay",
          roles=(PARTNER,), body=PARTNER_ORDER, response=ORDER, status=201, tags=("partner",),
-         idempotent=True, errors=(*SIGNED_ERRORS, *ORDER_ERRORS))
+         idempotent=True, errors=(*SIGNED_ERRORS, *ORDER_ERRORS, "PARTNER_QUOTA_EXCEEDED"))
     async def post(self) -> None:
         b = self.body
         self.write_json(await self.services.orders.create(
@@ -131,7 +168,9 @@ class PartnerOpenApiHandler(ApiHandler):
 
 default_handlers = [
     route("/api/v1/admin/partners", PartnersHandler),
+    route("/api/v1/admin/partners/{partner_id}", PartnerHandler),
     route("/api/v1/admin/partners/{partner_id}/keys", PartnerKeysHandler),
+    route("/api/v1/admin/partners/{partner_id}/keys/{key_id}/revoke", PartnerKeyRevokeHandler),
     route("/api/v1/admin/partners/{partner_id}/deposits", PartnerDepositHandler),
 ]
 partner_handlers = [

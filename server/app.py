@@ -171,9 +171,10 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     holds = SeatHolds(db, redis, seats, orphan_after=settings.orphan_hold_seconds)
     outlet_service = OutletService(db, audit)
     webhooks = WebhookService(db, vault, allow_loopback_http=settings.sandbox)
+    partners = PartnerService(db, redis, vault, audit, allow_loopback_http=settings.sandbox)
     order_service = OrderService(db, redis, holds, seats.events, rules, member_service, vault,
                                  CHANNELS, audit, failures=failures,
-                                 outlets=outlet_service, webhooks=webhooks)
+                                 outlets=outlet_service, webhooks=webhooks, partners=partners)
     alerts = AlertService(db)
     payment_service = PaymentService(db, payment_providers(settings, db), order_service,
                                      alerts, audit, failures)
@@ -225,8 +226,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         notices=notices,
         alerts=alerts,
         failures=failures,
-        partners=PartnerService(db, redis, vault, audit,
-                                allow_loopback_http=settings.sandbox),
+        partners=partners,
         outlets=outlet_service,
         basedata=BaseDataService(db, vault, audit, network, rules),
     )

@@ -138,6 +138,13 @@ ERRORS: dict[str, tuple[int, str]] = {
     "TENDER_TOO_LOW": (422, "The cash tendered is less than the amount due."),
     "OUTLET_NOT_FOUND": (404, "No such agent outlet."),
     "PARTNER_NOT_FOUND": (404, "No such partner."),
+    "PARTNER_RATE_LIMITED": (429, "Too many requests from this partner: slow down (see "
+                                  "Retry-After)."),
+    "PARTNER_QUOTA_EXCEEDED": (409, "This partner has sold its daily ticket quota."),
+    "PARTNER_SUSPENDED": (403, "This partner is suspended."),
+    "KEY_LIMIT": (409, "A partner has two live keys at most (one new, one being retired): "
+                       "revoke the old one first."),
+    "KEY_NOT_FOUND": (404, "No such live key of this partner."),
     "OUTLET_EXISTS": (409, "An outlet with this code exists already."),
     "OUTLET_SUSPENDED": (403, "This outlet is suspended: it may not sell."),
     "ROUTE_NOT_SELLABLE": (422, "This outlet may not sell this route."),

@@ -252,3 +252,50 @@ async def test_order_events_reach_the_partners_webhook_signed_and_retried(api: A
     stored = await db.webhooks.find_one({"data.order_no": order_no,
                                          "data.status": "issued"})
     assert stored["status"] == "delivered" and stored["attempts"] == 3
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_keys_rotate_and_each_partner_is_held_to_its_rate_quota_and_status(
+        api: ApiClient, db) -> None:
+    operator = (await api.login("operator"))["token"]
+    partner_id, old = await _partner(api, 100_000)
+    admin = f"/api/v1/admin/partners/{partner_id}"
+    # rotation: a second key lives beside the first; a third waits for one to go
+    new = await api.post(f"{admin}/keys", token=operator)
+    assert new.status == 201, new.text
+    third = await api.post(f"{admin}/keys", token=operator)
+    assert third.status == 409 and third.error_code == "KEY_LIMIT"
+    fresh = PartnerClient(api, new.body["key_id"], new.body["secret"])
+    assert (await old.call("GET", "/partner/v1/orders/KY1")).error_code == "ORDER_NOT_FOUND"
+    assert (await fresh.call("GET", "/partner/v1/orders/KY1")).error_code == "ORDER_NOT_FOUND"
+    listed = await api.get(f"{admin}/keys", token=operator)
+    assert [k["key_id"] for k in listed.body["keys"]] == [old.key_id, fresh.key_id]
+    revoked = await api.post(f"{admin}/keys/{old.key_id}/revoke", token=operator)
+    assert revoked.status == 204
+    assert (await old.call("GET", "/partner/v1/orders/KY1")).error_code == "SIGNATURE_INVALID"
+
+    # a daily quota of one ticket: the second order is refused, nothing held
+    quota = await api.patch(admin, {"daily_quota": 1}, token=operator)
+    assert quota.status == 200 and quota.body["daily_quota"] == 1
+    dep = await native_departure(db, 5, 7)
+    order = {"departure_id": dep["_id"], "contact_phone": "13812345678"}
+    first = await fresh.call("POST", "/partner/v1/orders", {**order, "passengers": [person()]})
+    assert first.status == 201, first.text
+    second = await fresh.call("POST", "/partner/v1/orders", {**order, "passengers": [person()]})
+    assert second.status == 409 and second.error_code == "PARTNER_QUOTA_EXCEEDED"
+    assert await db.orders.count_documents({"partner_id": partner_id}) == 1
+
+    # a rate of three requests a minute (a partner that has made none yet): the fourth
+    # waits, and is told how long
+    slow_id, slow = await _partner(api, 0)
+    await api.patch(f"/api/v1/admin/partners/{slow_id}", {"rate_per_minute": 3},
+                    token=operator)
+    answers = [await slow.call("GET", "/partner/v1/orders/KY1") for _ in range(4)]
+    assert [a.status for a in answers] == [404, 404, 404, 429]
+    assert answers[3].error_code == "PARTNER_RATE_LIMITED"
+    assert 1 <= int(answers[3].headers["Retry-After"]) <= 60
+
+    # suspended: refused as such, whatever the key
+    await api.patch(admin, {"status": "suspended", "rate_per_minute": 600}, token=operator)
+    stopped = await fresh.call("GET", "/partner/v1/orders/KY1")
+    assert stopped.status == 403 and stopped.error_code == "PARTNER_SUSPENDED"

@@ -46,6 +46,7 @@ from server.services.holds import HoldClaimed, SeatHolds
 from server.services.jobs import RecordFailures
 from server.services.members import MemberService, normalize_phone
 from server.services.outlets import OutletService
+from server.services.partners import PartnerService
 from server.services.realname import id_index, validate
 from server.services.rules import RuleService
 from server.services.webhooks import WebhookService
@@ -103,8 +104,10 @@ class OrderService:
                  vault: PiiVault, channels: SalesChannels, audit: AuditService,
                  failures: RecordFailures | None = None,
                  outlets: OutletService | None = None,
-                 webhooks: WebhookService | None = None) -> None:
+                 webhooks: WebhookService | None = None,
+                 partners: PartnerService | None = None) -> None:
         self._outlets = outlets
+        self._partners = partners
         self.webhooks = webhooks  # a partner's orders are told to the partner
         self.failures = failures or RecordFailures()
         self._db = db
@@ -142,6 +145,8 @@ class OrderService:
         phone = normalize_phone(contact_phone)
         if actor.outlet_id and self._outlets is not None:  # its status, routes and quota
             await self._outlets.may_sell(actor.outlet_id, dep["route_id"], len(passengers))
+        if actor.kind == "partner" and self._partners is not None:  # its daily quota
+            await self._partners.may_sell(actor.id, len(passengers))
         stops = await self._db.stops.count_documents({"route_id": dep["route_id"]})
         frm = 0 if from_seq is None else from_seq
         to = stops - 1 if to_seq is None else to_seq

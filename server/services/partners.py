@@ -14,12 +14,14 @@ from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 
+from server.clock import LOCAL_TZ, local_today
 from server.errors import DomainError
 from server.security import signing
 from server.security.pii import PiiVault
 from server.security.principal import PARTNER, Principal
 from server.services.audit import AuditService
 from server.services.webhooks import loopback
+from server.storage.attempts import WindowLimit
 from server.storage.partners import PartnerRecords, nonce_key
 
 
@@ -36,16 +38,23 @@ def _check_webhook(url: str, allow_loopback_http: bool = False) -> None:
         raise DomainError("WEBHOOK_URL_INVALID", field="webhook_url")
 
 
+RATE_PER_MINUTE = 600  # signed requests a partner may make a minute, unless set otherwise
+EDITABLE = ("name", "status", "credit_limit", "webhook_url", "rate_per_minute", "daily_quota")
+
+
 def public_partner(doc: dict[str, Any]) -> dict[str, Any]:
     return {"id": doc["_id"], "code": doc["code"], "name": doc["name"],
             "status": doc["status"], "webhook_url": doc.get("webhook_url", ""),
-            "balance": int(doc.get("balance", 0)), "credit_limit": int(doc["credit_limit"])}
+            "balance": int(doc.get("balance", 0)), "credit_limit": int(doc["credit_limit"]),
+            "rate_per_minute": int(doc.get("rate_per_minute", RATE_PER_MINUTE)),
+            "daily_quota": doc.get("daily_quota")}
 
 
 class PartnerService:
     def __init__(self, db: Any, redis: Redis, vault: PiiVault, audit: AuditService,
                  allow_loopback_http: bool = False) -> None:
         self._loopback_http = allow_loopback_http
+        self._db = db
         self._records = PartnerRecords(db)
         self._redis = redis
         self._vault = vault
@@ -68,11 +77,58 @@ class PartnerService:
     async def list(self) -> list[dict[str, Any]]:
         return [public_partner(p) for p in await self._records.all()]
 
+    async def update(self, actor: Principal, partner_id: str, fields: dict[str, Any]
+                     ) -> dict[str, Any]:
+        """Suspend or resume a partner, change its limits, credit or webhook."""
+        if fields.get("webhook_url"):
+            _check_webhook(fields["webhook_url"], self._loopback_http)
+        done = await self._records.update(partner_id, {k: fields[k] for k in EDITABLE
+                                                       if k in fields})
+        if done is None:
+            raise DomainError("PARTNER_NOT_FOUND")
+        await self._audit.record(actor, "partner.update", target=partner_id, details=fields)
+        return public_partner(done)
+
+    async def keys(self, partner_id: str) -> list[dict[str, Any]]:
+        return [{"key_id": k["_id"], "created_at": k["created_at"]}
+                for k in await self._records.live_keys(partner_id)]
+
+    async def revoke_key(self, actor: Principal, partner_id: str, key_id: str) -> None:
+        """Retire a key: requests signed with it are refused from now on."""
+        if not await self._records.revoke_key(partner_id, key_id, dt.datetime.now(dt.UTC)):
+            raise DomainError("KEY_NOT_FOUND")
+        await self._audit.record(actor, "partner.key_revoked", target=partner_id,
+                                 details={"key_id": key_id})
+
+    async def tickets_today(self, partner_id: str) -> int:
+        """Tickets the partner's orders of the local day hold (unpaid ones too: they hold
+        seats)."""
+        start = dt.datetime.combine(local_today(), dt.time(), LOCAL_TZ).astimezone(dt.UTC)
+        orders = await self._db.orders.distinct("order_no", {
+            "partner_id": partner_id, "created_at": {"$gte": start},
+            "status": {"$in": ["pending_payment", "paid", "issued", "completed"]}})
+        if not orders:
+            return 0
+        return await self._db.tickets.count_documents({"order_no": {"$in": orders},
+                                                       "active": True})
+
+    async def may_sell(self, partner_id: str, tickets: int) -> None:
+        """Refuse an order beyond the partner's daily ticket quota."""
+        partner = await self._records.get(partner_id)
+        quota = (partner or {}).get("daily_quota")
+        if quota is None:
+            return
+        sold = await self.tickets_today(partner_id)
+        if sold + tickets > quota:
+            raise DomainError("PARTNER_QUOTA_EXCEEDED", left=max(0, quota - sold))
+
     async def issue_key(self, actor: Principal, partner_id: str) -> dict[str, Any]:
         """A new API key; its secret is in this answer only (kept sealed, never shown
         again)."""
         if await self._records.get(partner_id) is None:
             raise DomainError("PARTNER_NOT_FOUND")
+        if len(await self._records.live_keys(partner_id)) >= 2:
+            raise DomainError("KEY_LIMIT")  # rotation: new key live, old one retired next
         key_id, secret = "pk_" + secrets.token_hex(8), secrets.token_urlsafe(32)
         await self._records.add_key({
             "_id": key_id, "partner_id": partner_id, "status": "active",
@@ -103,8 +159,15 @@ class PartnerService:
                 self._vault.decrypt("partner_key", key["secret_enc"]), text, given):
             raise DomainError("SIGNATURE_INVALID")
         partner = await self._records.get(key["partner_id"])
-        if partner is None or partner["status"] != "active":
-            raise DomainError("SIGNATURE_INVALID", "This partner is suspended.")
+        if partner is None:
+            raise DomainError("SIGNATURE_INVALID")
+        if partner["status"] != "active":
+            raise DomainError("PARTNER_SUSPENDED")
+        limit = WindowLimit(self._redis, "partner", int(partner.get(
+            "rate_per_minute", RATE_PER_MINUTE)), 60)
+        if (await limit.count(partner["_id"]))[0] > limit.limit:
+            raise DomainError("PARTNER_RATE_LIMITED",
+                              retry_after=await limit.wait(partner["_id"]) or 1)
         # a genuine request seen before is a replay: only the first counts
         if not await self._redis.set(nonce_key(key_id, nonce), 1, nx=True,
                                      ex=2 * signing.WINDOW_SECONDS):

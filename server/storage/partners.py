@@ -43,6 +43,20 @@ class PartnerRecords:
     async def key(self, key_id: str) -> dict[str, Any] | None:
         return await self._keys.find_one({"_id": key_id, "status": "active"})
 
+    async def live_keys(self, partner_id: str) -> list[dict[str, Any]]:
+        return await self._keys.find({"partner_id": partner_id, "status": "active"},
+                                     {"secret_enc": 0}).sort("created_at", 1).to_list()
+
+    async def revoke_key(self, partner_id: str, key_id: str, at: Any) -> bool:
+        done = await self._keys.update_one(
+            {"_id": key_id, "partner_id": partner_id, "status": "active"},
+            {"$set": {"status": "revoked", "revoked_at": at}})
+        return done.modified_count == 1
+
+    async def update(self, partner_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+        return await self._partners.find_one_and_update(  # type: ignore[no-any-return]
+            {"_id": partner_id}, {"$set": fields}, return_document=ReturnDocument.AFTER)
+
     # --- the deposit --------------------------------------------------------------------------
     async def debit(self, partner_id: str, amount: int, session: AsyncClientSession
                     ) -> dict[str, Any] | None:
