@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from handlers.base import ApiHandler, api, route
 from handlers.orders import BUYERS
-from server.schema import DATETIME, FEN, integer, obj, string
+from server.schema import DATETIME, FEN, array, integer, obj, string
 from server.security.principal import KIOSK, OPERATOR, STATION_STAFF
+from server.vocabulary import ID_TYPES
 
 QUOTE = obj({"ticket_no": string(), "price": FEN, "refundable": {"type": "boolean"},
              "fee": FEN, "refund_amount": FEN, "explanation": string(), "reason": string(),
@@ -23,6 +24,12 @@ PICKED = obj({"ticket_no": string(), "status": string(), "departure_id": string(
               "seat": integer(1), "departs_at": DATETIME, "passenger": string(),
               "ticket_type": string(), "station_ticket_no": string()},
              ["ticket_no", "status", "station_ticket_no"])
+PICKUP_BY_ID = obj({"id_no": string(1, 40, description="as the card reader read it"),
+                   "id_type": string(enum=list(ID_TYPES))}, ["id_no"])
+PICKED_ALL = obj({"tickets": array({**PICKED, "properties": {
+    **PICKED["properties"], "already": {"type": "boolean",
+                                        "description": "picked up before this"}}})},
+    ["tickets"])
 CHANGE = obj({"departure_id": string(1, 64)}, ["departure_id"])
 CHANGED = obj({"ticket_no": string(), "departure_id": string(), "seat": integer(1),
                "status": string(), "changed_from": string(), "departs_at": DATETIME},
@@ -70,6 +77,22 @@ class PickupHandler(ApiHandler):
             self.principal, b["pickup_code"], b.get("id_no"), b.get("id_type", "resident_id")))
 
 
+class PickupByIdHandler(ApiHandler):
+    @api("Pick up with the ID card alone (刷身份证取票): the card reader's number finds the "
+         "person's tickets of today at this station; each not yet picked up is printed",
+         roles=(KIOSK, STATION_STAFF), body=PICKUP_BY_ID, response=PICKED_ALL,
+         tags=("tickets",), idempotent=True,
+         errors=("NO_TICKETS_TODAY", "INVALID_ID_NUMBER", "TOO_MANY_ATTEMPTS",
+                 "STATION_UNAVAILABLE", "STATION_TIMEOUT"),
+         description="Finding nothing counts like a wrong pickup code: ten from one kiosk or "
+                     "window in ten minutes (sixty per station) are a 429 until the window "
+                     "ends.")
+    async def post(self) -> None:
+        b = self.body
+        self.write_json(await self.services.tickets.pickup_by_id(
+            self.principal, b.get("id_type", "resident_id"), b["id_no"]))
+
+
 class ChangeHandler(ApiHandler):
     @api("Change to another departure of the same route (改签), once, same fare",
          roles=BUYERS, body=CHANGE, response=CHANGED, tags=("tickets",), idempotent=True,
@@ -82,6 +105,7 @@ class ChangeHandler(ApiHandler):
 
 default_handlers = [
     route("/api/v1/tickets/pickup", PickupHandler),
+    route("/api/v1/tickets/pickup-by-id", PickupByIdHandler),
     route("/api/v1/tickets/{ticket_no}/refund-quote", RefundQuoteHandler),
     route("/api/v1/tickets/{ticket_no}/refund", RefundHandler),
     route("/api/v1/tickets/{ticket_no}/void", VoidHandler),

@@ -428,6 +428,35 @@ async def test_a_kiosk_hands_out_the_ticket_for_its_pickup_code_once(api, db,
 
 
 @pytest.mark.gen_test(timeout=60)
+async def test_an_id_card_alone_picks_up_the_days_tickets(api, db, services) -> None:
+    """The card reader gives the number; the person's tickets here today are printed (each
+    once); a card with no ticket here counts as a wrong try."""
+    token, _, order = await boarding(api, db, services, passengers=2)
+    kiosk = (await api.login("kiosk"))["token"]
+    card = order["people"][1]["id_no"]
+    first = await api.post("/api/v1/tickets/pickup-by-id", {"id_no": card}, token=kiosk)
+    assert first.status == 200, first.text
+    [printed] = first.body["tickets"]
+    mine = next(t for t in order["tickets"] if t["passenger"]["name"] == "乘客1")
+    assert printed["ticket_no"] == mine["ticket_no"] and printed["already"] is False
+    assert (await db.tickets.find_one({"ticket_no": mine["ticket_no"]}))["status"] == \
+        "picked_up"
+    again = await api.post("/api/v1/tickets/pickup-by-id", {"id_no": card}, token=kiosk)
+    assert again.status == 200 and again.body["tickets"][0]["already"] is True
+    # the other passenger's ticket is untouched; a stranger's card finds nothing
+    other = next(t for t in order["tickets"] if t["passenger"]["name"] == "乘客0")
+    assert (await db.tickets.find_one({"ticket_no": other["ticket_no"]}))["status"] == \
+        "issued"
+    nobody = await api.post("/api/v1/tickets/pickup-by-id", {"id_no": person()["id_no"]},
+                            token=kiosk)
+    assert nobody.status == 404 and nobody.error_code == "NO_TICKETS_TODAY"
+    bad = await api.post("/api/v1/tickets/pickup-by-id", {"id_no": "123"}, token=kiosk)
+    assert bad.status == 422 and bad.error_code == "INVALID_ID_NUMBER"
+    assert (await api.post("/api/v1/tickets/pickup-by-id", {"id_no": card}, token=token)
+            ).status == 403
+
+
+@pytest.mark.gen_test(timeout=60)
 async def test_pickup_codes_cannot_be_guessed_without_limit(api, db, services) -> None:
     """Eight digits are guessable: wrong codes are limited per device (and per station)."""
     import secrets
@@ -452,6 +481,10 @@ async def test_pickup_codes_cannot_be_guessed_without_limit(api, db, services) -
                              token=guesser)
     assert blocked.status == 429 and blocked.error_code == "TOO_MANY_ATTEMPTS"
     assert int(blocked.headers["Retry-After"]) > 0
+    # unknown ID cards count the same way
+    blocked = await api.post("/api/v1/tickets/pickup-by-id",
+                             {"id_no": order["people"][0]["id_no"]}, token=guesser)
+    assert blocked.status == 429 and blocked.error_code == "TOO_MANY_ATTEMPTS"
     # the station's other kiosk still serves passengers
     served = await api.post("/api/v1/tickets/pickup", {"pickup_code": pickup_code},
                             token=neighbour)

@@ -17,7 +17,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
 
-from server.clock import LOCAL_TZ, now_ms
+from server.clock import LOCAL_TZ, local_today, now_ms
 from server.errors import DomainError
 from server.exchange.base import HoldRequest, TicketInfo
 from server.exchange.errors import DepartureNotFound, ExchangeError
@@ -26,7 +26,7 @@ from server.services.alerts import AlertService
 from server.services.audit import AuditService
 from server.services.jobs import RecordFailures
 from server.services.orders import OrderService
-from server.services.realname import same_person
+from server.services.realname import id_index, same_person, validate
 from server.services.rules import RuleService
 from server.services.seats import SeatService
 from server.storage import refunds
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 REFUNDABLE = ("issued", "picked_up")
 BUSY = ("refunding", "voiding", "changing")  # half-way, with a plan to finish or undo
 STUCK_AFTER = dt.timedelta(minutes=2)  # busy this long: its process died or the station hung
+PICKUP_AHEAD, PICKUP_LATE = dt.timedelta(hours=24), dt.timedelta(hours=1)  # by ID card
 STUCK_ALERT_AFTER = dt.timedelta(hours=1)  # and still not settled: an operator looks
 PICKUP_FAILURES_PER_DEVICE = 10  # wrong pickup codes per kiosk or window in the window below
 PICKUP_FAILURES_PER_STATION = 60
@@ -127,18 +128,60 @@ class TicketService:
                 raise DomainError("PICKUP_CODE_INVALID")
             raise DomainError("ALREADY_PICKED_UP",
                               at=ticket["picked_up"]["at"].astimezone(LOCAL_TZ).isoformat())
+        return await self._print(actor, ticket, dep)
+
+    async def pickup_by_id(self, actor: Principal, id_type: str, id_no: str
+                           ) -> dict[str, Any]:
+        """取票 with the ID card alone: the card reader's number finds this person's tickets
+        at the actor's station leaving within a day (or left within the hour), through the
+        blind index, and each not yet picked up is printed. Finding nothing counts against
+        the device and the station like a wrong pickup code (a typed-in number could be a
+        guess)."""
+        device, station = actor.id, actor.station_id or "-"
+        wait = max(await self._pickup_by_device.blocked(device),
+                   await self._pickup_by_station.blocked(station))
+        if wait:
+            raise DomainError("TOO_MANY_ATTEMPTS", retry_after=wait)
+        index = id_index(self._orders.vault, validate(id_type, id_no))
+        today, now = local_today(), now_ms()
+        departures = {d["_id"]: d async for d in self._db.departures.find(
+            {"station_id": station,
+             "service_date": {"$in": [today.isoformat(),
+                                      (today + dt.timedelta(days=1)).isoformat()]},
+             "departs_at": {"$gte": now - PICKUP_LATE, "$lte": now + PICKUP_AHEAD}})}
+        tickets = await self._db.tickets.find(
+            {"departure_id": {"$in": list(departures)}, "passenger.id_no_index": index,
+             "status": {"$in": ["issued", "picked_up"]}}).sort("ticket_no", 1).to_list()
+        if not tickets:
+            await self._pickup_by_device.count(device)
+            await self._pickup_by_station.count(station)
+            await self._audit.record(actor, "ticket.pickup", outcome="denied",
+                                     details={"reason": "no ticket for this ID today"})
+            raise DomainError("NO_TICKETS_TODAY")
+        out = []
+        for ticket in tickets:
+            dep = departures[ticket["departure_id"]]
+            if ticket["status"] == "picked_up":
+                out.append({**_picked(ticket, dep, ticket["picked_up"].get(
+                    "station_ticket_no") or ticket["ticket_no"]), "already": True})
+                continue
+            try:
+                out.append({**await self._print(actor, ticket, dep), "already": False})
+            except DomainError as exc:
+                if exc.code != "ALREADY_PICKED_UP":  # another window was quicker
+                    raise
+        return {"tickets": out}
+
+    async def _print(self, actor: Principal, ticket: dict[str, Any], dep: dict[str, Any]
+                     ) -> dict[str, Any]:
+        """The station prints the ticket; it is picked up."""
         printed = await self._seats.pickup(ticket["departure_id"], ticket["sale_id"],
                                            ticket["seat"])
         if not await self._book.picked_up(ticket["_id"], {
                 "at": now_ms(), "by": actor.label, "station_ticket_no": printed}):
             raise DomainError("ALREADY_PICKED_UP")
         await self._audit.record(actor, "ticket.pickup", target=ticket["ticket_no"])
-        return {"ticket_no": ticket["ticket_no"], "status": "picked_up",
-                "departure_id": ticket["departure_id"], "seat": ticket["seat"],
-                "departs_at": dep["departs_at"].astimezone(LOCAL_TZ).isoformat(),
-                "passenger": ticket["passenger"]["name"][:1] + "*",
-                "ticket_type": ticket["ticket_type"],
-                "station_ticket_no": printed or ticket["ticket_no"]}
+        return _picked(ticket, dep, printed or ticket["ticket_no"])
 
     # --- refund -------------------------------------------------------------------------------
     async def quote(self, actor: Principal, ticket_no: str) -> dict[str, Any]:
@@ -457,3 +500,12 @@ def _tier_words(rules: Any, tier: Any) -> str:
         when = f"距发车不足{min(above):g}小时" if above else "发车前"
     rate = f"{tier.rate_bp / 100:g}%"
     return f"{when}，按票价{rate}收取退票费（最低¥{tier.min_fee / 100:.2f}）"
+
+
+def _picked(ticket: dict[str, Any], dep: dict[str, Any], printed: str) -> dict[str, Any]:
+    """A picked-up ticket as the kiosk or window shows it."""
+    return {"ticket_no": ticket["ticket_no"], "status": "picked_up",
+            "departure_id": ticket["departure_id"], "seat": ticket["seat"],
+            "departs_at": dep["departs_at"].astimezone(LOCAL_TZ).isoformat(),
+            "passenger": ticket["passenger"]["name"][:1] + "*",
+            "ticket_type": ticket["ticket_type"], "station_ticket_no": printed}
