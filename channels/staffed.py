@@ -34,7 +34,7 @@ class PhoneDesk(SalesChannel):
     when picking the tickets up (seats held until the pickup deadline of the rules)."""
 
     identifier, name, kind = "phone", "电话订票", "phone"
-    payment_methods = ("alipay_wap", "wechat_jsapi", "pay_at_pickup")
+    payment_methods = ("alipay_wap", "wechat_h5", "wechat_jsapi", "pay_at_pickup")
     roles = (PHONE_AGENT,)
     pay_at_pickup = True
 

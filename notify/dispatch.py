@@ -74,6 +74,10 @@ def render(kind: str, order: dict[str, Any], departure: dict[str, Any], route: s
         return {**base, "change": what[:20]}
     if kind == "payment_expiring":
         return {**base, "expires_at": _local(params.get("expires_at", ""))}
+    if kind == "pay_link":  # a phone booking: pay from the link before it lapses
+        return {**base, "amount": _yuan(int(params.get("amount", 0))),
+                "url": str(params.get("url", "")),
+                "expires_at": _local(params.get("expires_at", ""))}
     raise ValueError(kind)
 
 

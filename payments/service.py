@@ -32,6 +32,7 @@ from payments.base import (
 )
 from payments.local import LocalProvider, PrepaidDeposit
 from server.clock import LOCAL_TZ, local_today, now_ms
+from server.context import client_ip_var
 from server.errors import DomainError, calendar_day
 from server.security.principal import Principal
 from server.services.alerts import AlertService
@@ -124,6 +125,8 @@ class PaymentService:
         if method == "wechat_jsapi" and order.get("member_id"):
             member = await self._db.members.find_one({"_id": order["member_id"]})
             payer = {"openid": (member or {}).get("openid", "")}
+        if method == "wechat_h5":  # WeChat wants the paying phone's address
+            payer = {"client_ip": client_ip_var.get() or "127.0.0.1"}
         out_trade_no = attempt["out_trade_no"]
         try:
             params = await provider.start(Attempt(out_trade_no, order_no, order["amount"],

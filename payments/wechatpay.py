@@ -127,7 +127,7 @@ class WeChatPayConfig:
 
 class WeChatPay(BasePaymentProvider):
     identifier = "wechat"
-    methods = ("wechat_jsapi", "wechat_app")
+    methods = ("wechat_jsapi", "wechat_app", "wechat_h5")
 
     def __init__(self, config: WeChatPayConfig, timeout: float = 5.0) -> None:
         self.config = config
@@ -249,7 +249,7 @@ class WeChatPay(BasePaymentProvider):
 
     # --- operations -------------------------------------------------------------------------
     async def start(self, attempt: Attempt, method: str) -> dict[str, Any]:
-        kind = "jsapi" if method == "wechat_jsapi" else "app"
+        kind = {"wechat_jsapi": "jsapi", "wechat_h5": "h5"}.get(method, "app")
         appid = self.account_for(method)
         payload: dict[str, Any] = {
             "appid": appid, "mchid": self.config.mchid,
@@ -260,7 +260,12 @@ class WeChatPay(BasePaymentProvider):
             if not attempt.payer.get("openid"):
                 raise PaymentError("JSAPI payment needs the payer's openid")
             payload["payer"] = {"openid": attempt.payer["openid"]}
+        if kind == "h5":  # a phone's browser outside WeChat (a payment link by SMS)
+            payload["scene_info"] = {"payer_client_ip": attempt.payer.get("client_ip") or
+                                     "127.0.0.1", "h5_info": {"type": "Wap"}}
         _, data = await self._call("POST", f"/v3/pay/transactions/{kind}", payload)
+        if kind == "h5":
+            return {"h5_url": str(data["h5_url"])}
         prepay_id = str(data["prepay_id"])
         nonce, ts = secrets.token_hex(16), str(int(time.time()))
         if kind == "jsapi":

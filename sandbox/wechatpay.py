@@ -106,7 +106,9 @@ class PrepayHandler(WxPayHandler):
         no = str(b.get("out_trade_no", ""))
         total = (b.get("amount") or {}).get("total")
         if b.get("mchid") != self.wx.mchid or not no or not isinstance(total, int) or \
-                total <= 0 or (kind == "jsapi" and not (b.get("payer") or {}).get("openid")):
+                total <= 0 or (kind == "jsapi" and not (b.get("payer") or {}).get("openid")) \
+                or (kind == "h5" and not ((b.get("scene_info") or {}).get("h5_info")
+                                          and b["scene_info"].get("payer_client_ip"))):
             self.answer(400, {"code": "PARAM_ERROR", "message": "参数错误"})
             return
         expected = self.wx.appids.get(kind)
@@ -125,6 +127,11 @@ class PrepayHandler(WxPayHandler):
                 "amount": total, "state": "NOTPAY", "notify_url": b.get("notify_url"),
                 "openid": (b.get("payer") or {}).get("openid", ""), "kind": kind,
                 "prepay_id": "wx" + uuid.uuid4().hex, "transaction_id": ""}
+        if kind == "h5":  # the cashier page WeChat gives a phone's browser; in the sandbox
+            # the payer confirms through /sandbox/payments/<order>/confirm instead
+            self.answer(200, {"h5_url": "https://wx.tenpay.com/cgi-bin/mmpayweb-bin/checkmweb"
+                                        f"?prepay_id={tx['prepay_id']}&package=sandbox"})
+            return
         self.answer(200, {"prepay_id": tx["prepay_id"]})
 
 
@@ -446,7 +453,7 @@ class ControlHandler(RequestHandler):
 
 def wxpay_routes() -> list[tuple[str, type[RequestHandler]]]:
     return [
-        (r"/v3/pay/transactions/(jsapi|app)", PrepayHandler),
+        (r"/v3/pay/transactions/(jsapi|app|h5)", PrepayHandler),
         (r"/v3/pay/transactions/out-trade-no/([^/?]+)", QueryHandler),
         (r"/v3/pay/transactions/out-trade-no/([^/?]+)/close", CloseHandler),
         (r"/v3/refund/domestic/refunds", RefundHandler),

@@ -32,6 +32,7 @@ from handlers import (
     orders,
     outlets,
     partners,
+    paylinks,
     payments,
     sandbox,
     staff,
@@ -78,6 +79,7 @@ from server.services.members import MemberService, WeChatLogin
 from server.services.orders import OrderService
 from server.services.outlets import OutletService
 from server.services.partners import PartnerService
+from server.services.paylinks import PayLinks
 from server.services.planning import plan_sale_window
 from server.services.rules import RuleService
 from server.services.search import NetworkCache, SearchService
@@ -121,6 +123,7 @@ class Services:
     partners: PartnerService
     outlets: OutletService
     basedata: BaseDataService
+    paylinks: PayLinks
 
 
 def connect_mongo(settings: Settings, uri: str) -> AsyncMongoClient[Any]:
@@ -229,6 +232,8 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         partners=partners,
         outlets=outlet_service,
         basedata=BaseDataService(db, vault, audit, network, rules),
+        paylinks=PayLinks(settings.jwt_secret, settings.public_url or
+                          f"http://{settings.host}:{settings.port}", order_service, audit),
     )
 
 
@@ -273,13 +278,14 @@ def api_routes() -> list[URLSpec]:
             *exchange.default_handlers, *gate.default_handlers, *partners.default_handlers,
             *desk.default_handlers, *outlets.default_handlers, *basedata.default_handlers,
             *rule_api.default_handlers,
-            *docs.default_handlers]
+            *paylinks.default_handlers, *docs.default_handlers]
 
 
 def make_app(settings: Settings, mongo: AsyncMongoClient[Any], redis: aioredis.Redis,
              extra_routes: list[URLSpec] | None = None) -> Application:
     """The Tornado Application with clients and services injected through its settings."""
     routes = [*api_routes(), *ws.default_handlers, *admin_pages.default_handlers,
+              *paylinks.page_handlers,
               *(extra_routes or [])]
     partner_api = [*partners.partner_handlers,
                    route("/partner/v1/openapi.json", partners.PartnerOpenApiHandler)]

@@ -118,6 +118,8 @@ ERRORS: dict[str, tuple[int, str]] = {
     "TICKET_NOT_FOUND": (404, "No such ticket."),
     "PICKUP_DEADLINE_PASSED": (422, "Too close to departure to pay at pickup: pay now."),
     "PICKUP_CODE_INVALID": (404, "No ticket to pick up here with this code (and ID)."),
+    "PAY_LINK_INVALID": (404, "This payment link is not valid any more (the order was paid, "
+                              "or its hold lapsed): ask for the booking again."),
     "NO_TICKETS_TODAY": (404, "This ID card has no ticket to pick up at this station today."),
     "PICKUP_NEEDS_ID": (409, "Several tickets have this code: read the passenger's ID card."),
     "ALREADY_PICKED_UP": (409, "This ticket was already picked up."),

@@ -15,7 +15,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-KINDS = ("ticket_issued", "refund_done", "departure_changed", "payment_expiring")
+KINDS = ("ticket_issued", "refund_done", "departure_changed", "payment_expiring", "pay_link")
 
 
 class SmsError(Exception):

@@ -581,3 +581,63 @@ async def test_a_phone_booking_is_paid_at_the_window_on_pickup(api: ApiClient, d
         **booking, "departure_id": soon, "passengers": [person()], "pay_at_pickup": False},
         token=phone)
     assert paying_now.status == 201, paying_now.text
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_phone_booking_is_paid_from_a_texted_link(api: ApiClient, db,
+                                                          providers) -> None:
+    """电话订票: the agent books for a caller and has the link texted; the caller opens it
+    on their phone, sees the order, pays with WeChat (H5) — the order is issued like any
+    other, and the link is dead after. A forged link shows nothing."""
+    from tests.test_notices import sandbox_get, sent_notice, sms_for
+
+    phone_agent = (await api.login("phone_agent"))["token"]
+    caller = "139" + f"{secrets.randbelow(10**8):08d}"
+    dep = await native_departure(db, 4, 9)
+    booked = await api.post("/api/v1/orders", {
+        "departure_id": dep["_id"], "contact_phone": caller,
+        "passengers": [person("赵六")]}, token=phone_agent)
+    assert booked.status == 201, booked.text
+    order_no = booked.body["order_no"]
+    link = await api.post(f"/api/v1/orders/{order_no}/pay-link", token=phone_agent)
+    assert link.status == 200, link.text
+    url = link.body["url"]
+    token = url.rsplit("/", 1)[1]
+    notice = await sent_notice(db, f"pay_link:{order_no}", within=30)
+    assert notice["via"] == "sms", notice
+    texted = sms_for((await sandbox_get(providers, f"/_sandbox/sms/messages?phone={caller}")
+                      )["messages"], notice["_id"])
+    assert texted and texted[0]["params"]["url"] == url
+
+    # the caller's phone: the page, then WeChat's cashier
+    page = await api.get(f"/pay/{token}")
+    assert page.status == 200 and "赵*" in page.text and "微信支付" in page.text
+    amount = booked.body["amount"]
+    assert f"¥{amount // 100}.{amount % 100:02d}" in page.text
+    assert "Content-Security-Policy" in page.headers
+    summary = await api.get(f"/api/v1/pay-links/{token}")
+    assert summary.status == 200 and "wechat_h5" in summary.body["methods"]
+    form = await AsyncHTTPClient().fetch(
+        f"{api.base_url}/pay/{token}", method="POST", body="method=wechat_h5",
+        headers={"Content-Type": "application/x-www-form-urlencoded",
+                 "X-Forwarded-For": api.address}, follow_redirects=False, raise_error=False)
+    assert form.code == 302 and form.headers["Location"].startswith("https://wx.tenpay.com/")
+    started = await api.post(f"/api/v1/pay-links/{token}/pay", {"method": "wechat_h5"})
+    assert started.status == 200, started.text
+    assert started.body["url"].startswith("https://wx.tenpay.com/")
+    confirmed = await api.post(f"/sandbox/payments/{order_no}/confirm")
+    assert confirmed.status == 200, confirmed.text
+    for _ in range(100):
+        stored = await db.orders.find_one({"order_no": order_no})
+        if stored["status"] == "issued":
+            break
+        await asyncio.sleep(0.1)
+    assert stored["status"] == "issued"
+    assert (await api.get(f"/api/v1/pay-links/{token}")).error_code == "PAY_LINK_INVALID"
+    gone = await api.get(f"/pay/{token}")
+    assert gone.status == 404 and "支付车票" in gone.text
+
+    forged = token[:-4] + ("0000" if not token.endswith("0000") else "1111")
+    assert (await api.get(f"/api/v1/pay-links/{forged}")).error_code == "PAY_LINK_INVALID"
+    member = await app_member(api)
+    assert (await api.post(f"/api/v1/orders/{order_no}/pay-link", token=member)).status == 403

@@ -451,6 +451,14 @@ class OrderService:
         """The channel an order was sold on."""
         return self._channels.get(order["channel"])
 
+    async def visible(self, actor: Principal, order_no: str) -> dict[str, Any]:
+        """The stored order if the actor may see it (ORDER_NOT_FOUND otherwise)."""
+        return await self._visible(actor, order_no)
+
+    async def stored(self, order_no: str) -> dict[str, Any] | None:
+        """The stored order, whoever asks (for callers that checked who may see it)."""
+        return await self._db.orders.find_one({"order_no": order_no})  # type: ignore[no-any-return]
+
     async def _visible(self, actor: Principal, order_no: str,
                        session: AsyncClientSession | None = None) -> dict[str, Any]:
         """The order if the actor may see it; otherwise the same 404 as a missing one, so

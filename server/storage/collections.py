@@ -349,7 +349,7 @@ COLLECTIONS: list[CollectionSpec] = [
     CollectionSpec("notices", _obj(
         ["kind", "order_no", "status", "attempts", "next_at", "created_at"],
         kind={"enum": ["ticket_issued", "refund_done", "departure_changed",
-                       "payment_expiring"]},
+                       "payment_expiring", "pay_link"]},
         order_no=NONEMPTY, status={"enum": ["pending", "sending", "sent", "failed"]},
         attempts={"bsonType": "int", "minimum": 0}, next_at=DATE, created_at=DATE), [
         _ix([("status", ASCENDING), ("next_at", ASCENDING)], "status_next"),
