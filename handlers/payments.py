@@ -157,8 +157,11 @@ class RefundResolveHandler(ApiHandler):
 
 
 ALERT = obj({"key": string(), "kind": string(), "message": string(), "status": string(),
-             "count": integer(1), "details": {"type": "object"}, "created_at": DATETIME,
-             "last_at": DATETIME}, ["key", "kind", "message", "status"])
+             "count": integer(1), "details": {"type": "object"},
+             "created_at": {**DATETIME, "description": "when it started"},
+             "last_at": DATETIME, "ended_at": {**DATETIME, "description": "when it ended"},
+             "ended_by": string(description="who closed it, or system: its cause went away")},
+            ["key", "kind", "message", "status"])
 ALERT_QUERY = obj({"status": string(enum=["open", "closed"]), "kind": string(1, 64),
                    "limit": integer(1, 500)})
 

@@ -2,7 +2,8 @@
 
 Client → server (one JSON object per frame, at most 4 KiB):
   {"op": "auth", "token": "<access token>"}          (or ?access_token= on the URL)
-  {"op": "subscribe", "topic": "departure:<id>" | "order:<order_no>", "since": <seq>?}
+  {"op": "subscribe", "topic": "departure:<id>" | "order:<order_no>" | "alerts:ops",
+   "since": <seq>?}
   {"op": "unsubscribe", "topic": ...}
   {"op": "ping"}
 Server → client:
@@ -41,7 +42,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 from server.errors import DomainError, error_body
 from server.exchange.errors import ExchangeError
 from server.logs import request_id_var
-from server.security.principal import Principal
+from server.security.principal import FINANCE, OPERATOR, Principal
 from server.services.events import Topic
 
 log = logging.getLogger(__name__)
@@ -254,10 +255,13 @@ class EventSocket(WebSocketHandler):
         self._send_control({"type": "subscribed", "topic": topic.name, "seq": watch.seq})
 
     async def _authorize(self, topic: Topic) -> None:
+        if topic.kind in ("order", "alerts") and self.principal is None:
+            raise DomainError("AUTH_REQUIRED")
         if topic.kind == "order":
-            if self.principal is None:
-                raise DomainError("AUTH_REQUIRED")
             await self.services.orders.get(self.principal, topic.ref)  # ORDER_NOT_FOUND
+        if topic.kind == "alerts" and (topic.ref != "ops" or self.principal.role not in (
+                OPERATOR, FINANCE)):
+            raise DomainError("FORBIDDEN")
 
     async def _catch_up(self, topic: Topic, since: int | None) -> list[tuple[int, bytes]]:
         """The kept events after ``since``, or a snapshot when there is no since or the
@@ -269,6 +273,9 @@ class EventSocket(WebSocketHandler):
                 return [(seq, text.encode()) for seq, text in missed]
         if topic.kind == "departure":
             seq, data = await self.services.departures.snapshot(topic.ref)
+        elif topic.kind == "alerts":
+            seq = await events.last_seq(topic)
+            data = {"alerts": await self.services.alerts.list()}
         else:
             seq = await events.last_seq(topic)
             data = await self.services.orders.get(self.principal, topic.ref)

@@ -60,7 +60,7 @@ from server.metrics import Metrics
 from server.security.authorizer import RoleAuthorizer
 from server.security.pii import PiiVault
 from server.security.tokens import AccessTokens
-from server.services.alerts import AlertService
+from server.services.alerts import AlertService, OperationsWatch
 from server.services.audit import AuditService
 from server.services.auth import AuthService
 from server.services.basedata import BaseDataService
@@ -178,7 +178,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     order_service = OrderService(db, redis, holds, seats.events, rules, member_service, vault,
                                  CHANNELS, audit, failures=failures,
                                  outlets=outlet_service, webhooks=webhooks, partners=partners)
-    alerts = AlertService(db)
+    alerts = AlertService(db, seats.events)
     payment_service = PaymentService(db, payment_providers(settings, db), order_service,
                                      alerts, audit, failures)
     tickets = TicketService(db, seats, rules, order_service, audit, redis, alerts, failures)
@@ -200,6 +200,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     jobs.add("station-full-sync", 600.0, lambda: sync.sync_all(full=True))
     jobs.add("notices", 2.0, notices.run)
     jobs.add("webhooks", 1.0, webhooks.run)
+    jobs.add("operations-watch", 30.0, OperationsWatch(db, alerts).run)
     jobs.add("payment-reminders", 30.0, order_service.warn_expiring)
     return Services(
         auth=auth_service,

@@ -33,7 +33,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "WS_BAD_FRAME": (400, "A frame must be a JSON object with an op."),
     "WS_UNKNOWN_OP": (400, "Unknown op: use auth, subscribe, unsubscribe or ping."),
     "WS_FRAME_TOO_LARGE": (413, "Frames from clients are at most 4 KiB."),
-    "WS_TOPIC_INVALID": (400, "A topic is departure:<id> or order:<order_no>."),
+    "WS_TOPIC_INVALID": (400, "A topic is departure:<id>, order:<order_no> or alerts:ops."),
     "WS_TOO_MANY_TOPICS": (429, "Too many topics on one connection; unsubscribe from some."),
     "WS_RATE_LIMITED": (429, "Too many frames; slow down."),
     # routing
