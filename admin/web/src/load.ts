@@ -26,3 +26,16 @@ export function loader() {
   }
   return { busy, run, latest };
 }
+
+/** Do what the user asked: their success message, or the API's refusal in Chinese; true when
+ * it was done. */
+export async function act(work: () => Promise<unknown>, done?: string): Promise<boolean> {
+  try {
+    await work();
+    if (done) ElMessage.success(done);
+    return true;
+  } catch (e) {
+    ElMessage.error(explain(e));
+    return false;
+  }
+}
