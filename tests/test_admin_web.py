@@ -7,6 +7,9 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -33,6 +36,24 @@ async def _sign_in(page, base: str, username: str) -> None:
     await page.fill("#password", DEMO_PASSWORD)
     await page.click("#sign-in")
     await page.wait_for_selector("[data-test=who]")
+
+
+@asynccontextmanager
+async def _console(base: str, username: str) -> AsyncIterator[Any]:
+    """A page of the back office in Chromium, signed in as ``username``; on the way out the
+    browser closes and the page must have raised no error."""
+    errors: list[str] = []
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = await (await browser.new_context(viewport={"width": 1366, "height": 800})
+                      ).new_page()
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        try:
+            await _sign_in(page, base, username)
+            yield page
+        finally:
+            await browser.close()
+    assert not errors, errors
 
 
 @pytest.mark.gen_test(timeout=120)
@@ -177,86 +198,76 @@ async def test_base_data_pages(api, keyun, db, tmp_path) -> None:
         f"{p},{code},宇通ZK6122H,high_1,{49 if i != 1 else 120}\n"
         for i, p in enumerate(plates)), encoding="utf-8")
     operator = (await api.login("operator"))["token"]
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        context = await browser.new_context(viewport={"width": 1366, "height": 800})
-        page = await context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        try:
-            await _sign_in(page, base, "operator")
-            await page.click("text=基础数据")
-            await page.wait_for_selector("[data-test=records] .el-table__row")
-            await page.click("#tab-carriers")
-            await page.click("[data-test=add]")
-            dialog = page.locator("[data-test=record-dialog]")
-            await dialog.locator("[data-test=f-code]").fill(code)
-            await dialog.locator("[data-test=f-name]").fill("网页测试客运有限公司")
-            await dialog.locator("[data-test=f-division]").fill("440106")
-            await dialog.locator("[data-test=f-licence_no]").fill("440100999001")
-            await dialog.locator("[data-test=save]").click()
-            await page.wait_for_selector("text=已保存")
-            stored = await db.carriers.find_one({"_id": code})
-            assert stored and stored["version"] == 1 and stored["name"] == "网页测试客运有限公司"
+    async with _console(base, "operator") as page:
+        await page.click("text=基础数据")
+        await page.wait_for_selector("[data-test=records] .el-table__row")
+        await page.click("#tab-carriers")
+        await page.click("[data-test=add]")
+        dialog = page.locator("[data-test=record-dialog]")
+        await dialog.locator("[data-test=f-code]").fill(code)
+        await dialog.locator("[data-test=f-name]").fill("网页测试客运有限公司")
+        await dialog.locator("[data-test=f-division]").fill("440106")
+        await dialog.locator("[data-test=f-licence_no]").fill("440100999001")
+        await dialog.locator("[data-test=save]").click()
+        await page.wait_for_selector("text=已保存")
+        stored = await db.carriers.find_one({"_id": code})
+        assert stored and stored["version"] == 1 and stored["name"] == "网页测试客运有限公司"
 
-            # found by its code, changed: version 2
-            await page.fill("[data-test=q]", code)
-            await page.press("[data-test=q]", "Enter")
-            row = page.locator("[data-test=records] .el-table__row", has_text=code)
-            await row.wait_for()
-            await row.locator("[data-test=edit]").click()
-            await dialog.locator("[data-test=f-phone]").fill("020-88886666")
-            # meanwhile somebody else changes it: this change is refused, in Chinese
-            other = await api.patch(f"/api/v1/admin/carriers/{code}", {"address": "别处"},
-                                    token=operator, headers={"If-Match": '"1"'})
-            assert other.status == 200
-            await dialog.locator("[data-test=save]").click()
-            await page.wait_for_selector("text=该记录已被他人修改")
-            assert (await db.carriers.find_one({"_id": code})).get("phone") is None
-            await dialog.get_by_role("button", name="取消").click()
-            await row.locator("[data-test=edit]").click()
-            await dialog.locator("[data-test=f-phone]").fill("020-88886666")
-            await dialog.locator("[data-test=save]").click()
-            await page.wait_for_selector("text=已保存")
-            stored = await db.carriers.find_one({"_id": code})
-            assert stored["phone"] == "020-88886666" and stored["version"] == 3
+        # found by its code, changed: version 2
+        await page.fill("[data-test=q]", code)
+        await page.press("[data-test=q]", "Enter")
+        row = page.locator("[data-test=records] .el-table__row", has_text=code)
+        await row.wait_for()
+        await row.locator("[data-test=edit]").click()
+        await dialog.locator("[data-test=f-phone]").fill("020-88886666")
+        # meanwhile somebody else changes it: this change is refused, in Chinese
+        other = await api.patch(f"/api/v1/admin/carriers/{code}", {"address": "别处"},
+                                token=operator, headers={"If-Match": '"1"'})
+        assert other.status == 200
+        await dialog.locator("[data-test=save]").click()
+        await page.wait_for_selector("text=该记录已被他人修改")
+        assert (await db.carriers.find_one({"_id": code})).get("phone") is None
+        await dialog.get_by_role("button", name="取消").click()
+        await row.locator("[data-test=edit]").click()
+        await dialog.locator("[data-test=f-phone]").fill("020-88886666")
+        await dialog.locator("[data-test=save]").click()
+        await page.wait_for_selector("text=已保存")
+        stored = await db.carriers.find_one({"_id": code})
+        assert stored["phone"] == "020-88886666" and stored["version"] == 3
 
-            # a file of vehicles: checked first (the bad row named), nothing written
-            await page.click("#tab-vehicles")
-            await page.click("[data-test=import]")
-            await page.set_input_files("[data-test=file]", str(vehicles))
-            await page.click("[data-test=dry-run]")
-            report = page.locator("[data-test=report]")
-            await report.wait_for()
-            assert "新增 2" in await report.text_content()
-            bad = await page.locator("[data-test=import-errors] .el-table__row").all_text_contents()
-            assert len(bad) == 1 and bad[0].startswith("3") and "seats" in bad[0]
-            assert await page.locator("[data-test=apply]").is_disabled()
-            await page.screenshot(path=str(SHOTS / "admin-operator-import.png"))
-            assert await db.vehicles.count_documents({"carrier_id": code}) == 0
-            # the fixed file: checked, then imported
-            vehicles.write_text(vehicles.read_text().replace(",120", ",49"), encoding="utf-8")
-            await page.set_input_files("[data-test=file]", str(vehicles))
-            await page.click("[data-test=dry-run]")
-            await page.wait_for_selector("[data-test=report] >> text=新增 3")
-            await page.click("[data-test=apply]")
-            await page.wait_for_selector("text=导入完成")
-            assert await db.vehicles.count_documents({"carrier_id": code}) == 3
-            await page.keyboard.press("Escape")
-            await page.click("#sign-out")
-            await page.wait_for_selector("#username")
+        # a file of vehicles: checked first (the bad row named), nothing written
+        await page.click("#tab-vehicles")
+        await page.click("[data-test=import]")
+        await page.set_input_files("[data-test=file]", str(vehicles))
+        await page.click("[data-test=dry-run]")
+        report = page.locator("[data-test=report]")
+        await report.wait_for()
+        assert "新增 2" in await report.text_content()
+        bad = await page.locator("[data-test=import-errors] .el-table__row").all_text_contents()
+        assert len(bad) == 1 and bad[0].startswith("3") and "seats" in bad[0]
+        assert await page.locator("[data-test=apply]").is_disabled()
+        await page.screenshot(path=str(SHOTS / "admin-operator-import.png"))
+        assert await db.vehicles.count_documents({"carrier_id": code}) == 0
+        # the fixed file: checked, then imported
+        vehicles.write_text(vehicles.read_text().replace(",120", ",49"), encoding="utf-8")
+        await page.set_input_files("[data-test=file]", str(vehicles))
+        await page.click("[data-test=dry-run]")
+        await page.wait_for_selector("[data-test=report] >> text=新增 3")
+        await page.click("[data-test=apply]")
+        await page.wait_for_selector("text=导入完成")
+        assert await db.vehicles.count_documents({"carrier_id": code}) == 3
+        await page.keyboard.press("Escape")
+        await page.click("#sign-out")
+        await page.wait_for_selector("#username")
 
-            # station staff: their station only, no import
-            await _sign_in(page, base, "station_staff")
-            await page.click("text=基础数据")
-            await page.wait_for_selector("[data-test=records] .el-table__row")
-            rows = await page.locator("[data-test=records] .el-table__row").all_text_contents()
-            assert len(rows) == 1 and "440111001" in rows[0]
-            assert await page.locator("[data-test=import]").count() == 0
-            await page.screenshot(path=str(SHOTS / "admin-station-basedata.png"))
-        finally:
-            await browser.close()
-    assert not errors, errors
+        # station staff: their station only, no import
+        await _sign_in(page, base, "station_staff")
+        await page.click("text=基础数据")
+        await page.wait_for_selector("[data-test=records] .el-table__row")
+        rows = await page.locator("[data-test=records] .el-table__row").all_text_contents()
+        assert len(rows) == 1 and "440111001" in rows[0]
+        assert await page.locator("[data-test=import]").count() == 0
+        await page.screenshot(path=str(SHOTS / "admin-station-basedata.png"))
 
 
 @pytest.mark.gen_test(timeout=120)
@@ -270,37 +281,27 @@ async def test_rules_page_tries_a_draft_then_publishes_it(api, keyun, db) -> Non
         "code": station, "name": "规则测试站", "grade": 3, "division": "440106", "city": "广州",
         "lng": 113.3, "lat": 23.1}, token=operator)
     assert made.status == 201, made.text
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = await (await browser.new_context(viewport={"width": 1366, "height": 800})
-                      ).new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        try:
-            await _sign_in(page, base, "operator")
-            await page.click("text=业务规则")
-            await page.wait_for_selector("[data-test=current]")
-            assert "退票费" in await page.locator("[data-test=current]").text_content()
-            await page.click("[data-test=new-version]")
-            dialog = page.locator("[data-test=rule-dialog]")
-            await dialog.locator(".el-select").first.click()
-            await page.locator(".el-select-dropdown__item", has_text="车站").click()
-            await dialog.locator("[data-test=scope-ref]").fill(station)
-            await dialog.locator(".el-input-number input").first.fill("3")
-            await dialog.locator("[data-test=dry-run]").click()
-            await page.wait_for_selector("[data-test=dry-run-report]")
-            assert "订单" in await page.locator("[data-test=dry-run-report]").text_content()
-            await dialog.locator("[data-test=publish]").click()
-            await page.wait_for_selector("text=已发布")
-            row = page.locator("[data-test=versions] .el-table__row", has_text=station)
-            await row.wait_for()
-            assert "生效中" in await row.text_content()
-            await page.screenshot(path=str(SHOTS / "admin-operator-rules.png"))
-        finally:
-            await browser.close()
+    async with _console(base, "operator") as page:
+        await page.click("text=业务规则")
+        await page.wait_for_selector("[data-test=current]")
+        assert "退票费" in await page.locator("[data-test=current]").text_content()
+        await page.click("[data-test=new-version]")
+        dialog = page.locator("[data-test=rule-dialog]")
+        await dialog.locator(".el-select").first.click()
+        await page.locator(".el-select-dropdown__item", has_text="车站").click()
+        await dialog.locator("[data-test=scope-ref]").fill(station)
+        await dialog.locator(".el-input-number input").first.fill("3")
+        await dialog.locator("[data-test=dry-run]").click()
+        await page.wait_for_selector("[data-test=dry-run-report]")
+        assert "订单" in await page.locator("[data-test=dry-run-report]").text_content()
+        await dialog.locator("[data-test=publish]").click()
+        await page.wait_for_selector("text=已发布")
+        row = page.locator("[data-test=versions] .el-table__row", has_text=station)
+        await row.wait_for()
+        assert "生效中" in await row.text_content()
+        await page.screenshot(path=str(SHOTS / "admin-operator-rules.png"))
     stored = await db.rules.find_one({"scope.ref": station})
     assert stored["rules"] == {"max_passengers": 3}
-    assert not errors, errors
 
 
 @pytest.mark.gen_test(timeout=30)
