@@ -9,19 +9,27 @@ from server.security.principal import AGENT, AUTHORITY, FINANCE, OPERATOR
 OUTLET = obj({"id": string(), "code": string(), "name": string(), "division": DIVISION,
               "status": string(enum=["active", "suspended"]), "credit_limit": FEN,
               "commission_bp": integer(0, 10_000), "balance": {"type": "integer"},
-              "routes": array(string()), "daily_quota": {"type": ["integer", "null"]}},
+              "routes": array(string()), "stations": array(string()),
+              "daily_quota": {"type": ["integer", "null"]},
+              "departure_quota": {"type": ["integer", "null"]}},
              ["id", "code", "name", "status", "credit_limit", "balance"])
 ROUTES = array(string(1, 40), maxItems=500, uniqueItems=True,
                description="the routes it may sell; empty: every route")
+STATIONS = array(string(1, 40), maxItems=500, uniqueItems=True,
+                 description="the stations whose departures it may sell; empty: every one")
+DEPARTURE_QUOTA = {"type": ["integer", "null"], "minimum": 1, "maximum": 80,
+                   "description": "tickets it may sell on one departure (null: no quota)"}
 NEW_OUTLET = obj({"code": string(3, 20, pattern="^[A-Z0-9]+$"), "name": string(1, 60),
                   "division": DIVISION, "credit_limit": integer(0, 10**10),
                   "commission_bp": integer(0, 10_000), "routes": ROUTES,
-                  "daily_quota": integer(1, 100_000)}, ["code", "name", "division"])
+                  "stations": STATIONS, "daily_quota": integer(1, 100_000),
+                  "departure_quota": DEPARTURE_QUOTA}, ["code", "name", "division"])
 CHANGE_OUTLET = obj({"name": string(1, 60), "status": string(enum=["active", "suspended"]),
                      "credit_limit": integer(0, 10**10), "commission_bp": integer(0, 10_000),
-                     "routes": ROUTES,
+                     "routes": ROUTES, "stations": STATIONS,
                      "daily_quota": {"type": ["integer", "null"], "minimum": 1,
-                                     "maximum": 100_000}}, minProperties=1)
+                                     "maximum": 100_000},
+                     "departure_quota": DEPARTURE_QUOTA}, minProperties=1)
 ACCOUNT = {**OUTLET, "properties": {**OUTLET["properties"],
                                     "credit_left": {"type": "integer"},
                                     "sold_today": integer(0),
@@ -39,7 +47,8 @@ class OutletsHandler(ApiHandler):
             self.principal, self.query.get("division"))})
 
     @api("Register an agent outlet", roles=(OPERATOR,), body=NEW_OUTLET, response=OUTLET,
-         status=201, tags=("outlets",), errors=("OUTLET_EXISTS", "ROUTE_NOT_FOUND"))
+         status=201, tags=("outlets",), errors=("OUTLET_EXISTS", "ROUTE_NOT_FOUND",
+                                                      "REFERENCE_NOT_FOUND"))
     async def post(self) -> None:
         self.write_json(await self.services.outlets.create(self.principal, self.body), 201)
 
@@ -47,7 +56,8 @@ class OutletsHandler(ApiHandler):
 class OutletHandler(ApiHandler):
     @api("Change an outlet: suspend or reactivate it, its credit limit, commission, "
          "sellable routes or daily quota", roles=(OPERATOR,), body=CHANGE_OUTLET,
-         response=OUTLET, tags=("outlets",), errors=("OUTLET_NOT_FOUND", "ROUTE_NOT_FOUND"))
+         response=OUTLET, tags=("outlets",), errors=("OUTLET_NOT_FOUND", "ROUTE_NOT_FOUND",
+                                                   "REFERENCE_NOT_FOUND"))
     async def patch(self, outlet_id: str) -> None:
         self.write_json(await self.services.outlets.update(self.principal, outlet_id,
                                                            self.body))

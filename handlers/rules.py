@@ -23,6 +23,7 @@ RULES = {
     "refund_after_departure": {"type": "boolean"},
     "changes_allowed": integer(0, 5, description="改签 per ticket"),
     "change_cutoff_minutes": integer(0, 1440),
+    "void_window_minutes": integer(0, 1440, description="废票 this long after issue"),
     "disruption_delay_minutes": integer(10, 1440, description="a delay this long is a "
                                                               "disruption"),
 }

@@ -56,7 +56,8 @@ class RefundHandler(ApiHandler):
 class VoidHandler(ApiHandler):
     @api("Void a misissued ticket (废票): full amount back, audited",
          roles=(STATION_STAFF, OPERATOR), body=VOID, response=VOIDED, tags=("tickets",),
-         idempotent=True, errors=("TICKET_NOT_FOUND", "NOT_REFUNDABLE", "TICKET_BUSY"))
+         idempotent=True, errors=("TICKET_NOT_FOUND", "NOT_REFUNDABLE", "TICKET_BUSY",
+                                   "VOID_WINDOW_PASSED"))
     async def post(self, ticket_no: str) -> None:
         self.write_json(await self.services.tickets.void(self.principal, ticket_no,
                                                          self.body["reason"]))

@@ -126,6 +126,8 @@ ERRORS: dict[str, tuple[int, str]] = {
     "ALREADY_SIGNED_OFF": (409, "This departure's manifest is already signed off."),
     "TICKET_NOT_VALID": (409, "This ticket cannot board (refunded, voided, changed or used)."),
     "NOT_REFUNDABLE": (409, "This ticket can no longer be refunded."),
+    "VOID_WINDOW_PASSED": (409, "Too long since the ticket was issued to void it (废票): "
+                                "refund it instead."),
     "REFUND_FEE_CHANGED": (409, "The refund fee changed since the quote; ask for a new quote."),
     "NOT_CHANGEABLE": (409, "This ticket cannot be changed."),
     "CHANGE_FARE_DIFFERS": (409, "A change is possible only to a departure with the same fare."),

@@ -61,6 +61,25 @@ async def test_outlet_registry_rules_and_the_agents_account(api: ApiClient, db) 
         account = (await api.get("/api/v1/agent/account", token=agent)).body
         assert account["sold_today"] == sold + 2 and account["quota_left"] == 0
         assert account["credit_left"] == account["balance"] + account["credit_limit"]
+        # a quota per departure, and only some stations' departures
+        await api.patch(f"/api/v1/admin/outlets/{outlet}", {
+            "daily_quota": None, "routes": [], "departure_quota": 2,
+            "stations": [dep["station_id"]]}, token=operator)
+        fresh = await db.departures.find_one({
+            "station_id": dep["station_id"], "service_date": dep["service_date"],
+            "status": "on_sale", "_id": {"$ne": dep["_id"]}, "inventory": "native"})
+        assert (await book(fresh["_id"], 2)).status == 201
+        full = await book(fresh["_id"])
+        assert full.status == 409 and full.error_code == "OUTLET_QUOTA_EXCEEDED"
+        assert full.body["error"]["left"] == 0
+        elsewhere = await db.departures.find_one({
+            "station_id": {"$ne": dep["station_id"]}, "service_date": dep["service_date"],
+            "status": "on_sale", "inventory": "native"})
+        refused = await book(elsewhere["_id"])
+        assert refused.status == 422 and refused.error_code == "ROUTE_NOT_SELLABLE"
+        bad = await api.patch(f"/api/v1/admin/outlets/{outlet}", {"stations": ["NOPE"]},
+                              token=operator)
+        assert bad.status == 422 and bad.error_code == "REFERENCE_NOT_FOUND"
         # suspended: no sale at all
         await api.patch(f"/api/v1/admin/outlets/{outlet}",
                         {"status": "suspended", "daily_quota": None}, token=operator)
@@ -68,7 +87,8 @@ async def test_outlet_registry_rules_and_the_agents_account(api: ApiClient, db) 
         assert stopped.status == 403 and stopped.error_code == "OUTLET_SUSPENDED"
     finally:
         await api.patch(f"/api/v1/admin/outlets/{outlet}", {
-            "status": "active", "routes": [], "daily_quota": None}, token=operator)
+            "status": "active", "routes": [], "stations": [], "daily_quota": None,
+            "departure_quota": None}, token=operator)
     assert (await api.get("/api/v1/agent/account", token=operator)).status == 403
     trail = {e["action"] for e in (await api.get(
         "/api/v1/admin/audit?limit=50&actor=stf_demo_operator", token=operator)).body["entries"]}

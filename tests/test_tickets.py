@@ -92,6 +92,15 @@ async def test_void_is_for_station_staff_and_audited(api: ApiClient, db, service
     assert done.status == 200 and done.body["refund_amount"] == order["amount"]
     entry = await db.audit.find_one({"action": "ticket.void", "target": ticket_no})
     assert entry["actor"]["username"] == "station_staff"
+    # past the rules' void window (30 minutes after issue) it is a refund, not a void
+    late = await issued_order(api, services, await member(api), dep["_id"], [person()])
+    late_no = late["tickets"][0]["ticket_no"]
+    await db.tickets.update_one({"ticket_no": late_no}, {"$set": {
+        "issued_at": dt.datetime.now(dt.UTC) - dt.timedelta(minutes=31)}})
+    refused = await api.post(f"/api/v1/tickets/{late_no}/void", {"reason": "晚了"},
+                             token=staff)
+    assert refused.status == 409 and refused.error_code == "VOID_WINDOW_PASSED"
+    assert refused.body["error"]["minutes"] == 30
 
 
 @pytest.mark.gen_test(timeout=60)

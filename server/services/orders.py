@@ -144,7 +144,7 @@ class OrderService:
             raise DomainError("TOO_MANY_CHILDREN", field="children")
         phone = normalize_phone(contact_phone)
         if actor.outlet_id and self._outlets is not None:  # its status, routes and quota
-            await self._outlets.may_sell(actor.outlet_id, dep["route_id"], len(passengers))
+            await self._outlets.may_sell(actor.outlet_id, dep, len(passengers))
         if actor.kind == "partner" and self._partners is not None:  # its daily quota
             await self._partners.may_sell(actor.id, len(passengers))
         stops = await self._db.stops.count_documents({"route_id": dep["route_id"]})

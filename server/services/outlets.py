@@ -17,7 +17,8 @@ from server.services.audit import AuditService
 from server.storage.outlets import OutletRecords
 
 SOLD = ("paid", "issued", "completed")  # what counts as sold for quota and commission
-EDITABLE = ("name", "status", "credit_limit", "commission_bp", "routes", "daily_quota")
+EDITABLE = ("name", "status", "credit_limit", "commission_bp", "routes", "stations",
+            "daily_quota", "departure_quota")
 
 
 def public_outlet(doc: dict[str, Any]) -> dict[str, Any]:
@@ -26,7 +27,9 @@ def public_outlet(doc: dict[str, Any]) -> dict[str, Any]:
             "credit_limit": int(doc.get("credit_limit", 0)),
             "commission_bp": int(doc.get("commission_bp", 0)),
             "balance": int(doc.get("balance", 0)), "routes": list(doc.get("routes") or []),
-            "daily_quota": doc.get("daily_quota")}
+            "stations": list(doc.get("stations") or []),
+            "daily_quota": doc.get("daily_quota"),
+            "departure_quota": doc.get("departure_quota")}
 
 
 def _day_start(day: dt.date) -> dt.datetime:
@@ -44,9 +47,12 @@ class OutletService:
                "division": fields["division"], "status": "active",
                "credit_limit": fields.get("credit_limit", 0),
                "commission_bp": fields.get("commission_bp", 0), "balance": 0,
-               "routes": fields.get("routes", []), "daily_quota": fields.get("daily_quota"),
+               "routes": fields.get("routes", []), "stations": fields.get("stations", []),
+               "daily_quota": fields.get("daily_quota"),
+               "departure_quota": fields.get("departure_quota"),
                "created_at": dt.datetime.now(dt.UTC)}
         await self._check_routes(doc["routes"])
+        await self._check_stations(doc["stations"])
         if not await self._records.create(doc):
             raise DomainError("OUTLET_EXISTS", field="code")
         await self._audit.record(actor, "outlet.create", target=doc["_id"],
@@ -65,6 +71,8 @@ class OutletService:
                      ) -> dict[str, Any]:
         if "routes" in fields:
             await self._check_routes(fields["routes"])
+        if "stations" in fields:
+            await self._check_stations(fields["stations"])
         done = await self._records.update(outlet_id, fields)
         if done is None:
             raise DomainError("OUTLET_NOT_FOUND")
@@ -76,17 +84,32 @@ class OutletService:
                 {"_id": {"$in": routes}}) != len(set(routes)):
             raise DomainError("ROUTE_NOT_FOUND", field="routes")
 
+    async def _check_stations(self, stations: list[str]) -> None:
+        if stations and await self._db.stations.count_documents(
+                {"_id": {"$in": stations}}) != len(set(stations)):
+            raise DomainError("REFERENCE_NOT_FOUND", "No such station.", field="stations")
+
     # --- selling ------------------------------------------------------------------------------
-    async def may_sell(self, outlet_id: str, route_id: str, tickets: int) -> None:
-        """Refuse a sale the outlet may not make: suspended, a route it was not given, or
-        more tickets today than its quota."""
+    async def may_sell(self, outlet_id: str, dep: dict[str, Any], tickets: int) -> None:
+        """Refuse a sale the outlet may not make: suspended, a route or station it was not
+        given, more tickets on this departure or today than its quotas."""
         outlet = await self._records.get(outlet_id)
         if outlet is None:
             raise DomainError("OUTLET_NOT_FOUND")
         if outlet["status"] != "active":
             raise DomainError("OUTLET_SUSPENDED")
-        if outlet.get("routes") and route_id not in outlet["routes"]:
+        if outlet.get("routes") and dep["route_id"] not in outlet["routes"]:
             raise DomainError("ROUTE_NOT_SELLABLE", field="departure_id")
+        if outlet.get("stations") and dep["station_id"] not in outlet["stations"]:
+            raise DomainError("ROUTE_NOT_SELLABLE", "This outlet may not sell this station's "
+                              "departures.", field="departure_id")
+        per_departure = outlet.get("departure_quota")
+        if per_departure is not None:
+            held = await self._tickets_of({"outlet_id": outlet_id,
+                                           "departure_id": dep["_id"]})
+            if held + tickets > per_departure:
+                raise DomainError("OUTLET_QUOTA_EXCEEDED", "The outlet's quota of this "
+                                  "departure is used up.", left=max(0, per_departure - held))
         quota = outlet.get("daily_quota")
         if quota is not None:
             sold = await self.sold_today(outlet_id)
@@ -95,9 +118,13 @@ class OutletService:
 
     async def sold_today(self, outlet_id: str) -> int:
         """Tickets the outlet's orders hold today (unpaid ones too: they hold seats)."""
+        return await self._tickets_of({"outlet_id": outlet_id, "created_at": {
+            "$gte": _day_start(local_today())}})
+
+    async def _tickets_of(self, orders_query: dict[str, Any]) -> int:
+        """Live tickets of the orders matching (unpaid ones too: they hold seats)."""
         orders = await self._db.orders.distinct("order_no", {
-            "outlet_id": outlet_id, "created_at": {"$gte": _day_start(local_today())},
-            "status": {"$in": ["pending_payment", *SOLD]}})
+            **orders_query, "status": {"$in": ["pending_payment", *SOLD]}})
         if not orders:
             return 0
         return await self._db.tickets.count_documents({"order_no": {"$in": orders},

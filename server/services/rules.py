@@ -57,6 +57,7 @@ class RuleSet:
     changes_allowed: int = 1  # 改签 once
     disruption_delay_minutes: int = 60  # a delay this long is a disruption (free refund/change)
     change_cutoff_minutes: int = 30
+    void_window_minutes: int = 30  # 废票: a misissued ticket is voided this soon after issue
 
     def tier(self, departs_at: dt.datetime, now: dt.datetime) -> RefundTier | None:
         """The refund tier a refund at ``now`` falls in (None: none before departure)."""

@@ -273,9 +273,13 @@ class TicketService:
     # --- void (废票) -------------------------------------------------------------------------
     async def void(self, actor: Principal, ticket_no: str, reason: str) -> dict[str, Any]:
         """Station staff cancel a misissued ticket: seat back on sale, full amount back."""
-        ticket, order, _ = await self._load(actor, ticket_no)
+        ticket, order, dep = await self._load(actor, ticket_no)
         if ticket["status"] not in REFUNDABLE:
             raise DomainError("NOT_REFUNDABLE", reason=ticket["status"])
+        window = (await self._rules.for_departure(dep)).void_window_minutes
+        issued = ticket.get("issued_at") or ticket["created_at"]
+        if now_ms() - issued > dt.timedelta(minutes=window):
+            raise DomainError("VOID_WINDOW_PASSED", minutes=window)
         busy = await self._begin(ticket, "voiding", {
             "fee": 0, "amount": ticket["price"], "actor": actor.label,
             "reason": f"void: {reason}"})
