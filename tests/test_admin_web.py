@@ -304,6 +304,22 @@ async def test_rules_page_tries_a_draft_then_publishes_it(api, keyun, db) -> Non
     assert stored["rules"] == {"max_passengers": 3}
 
 
+@pytest.mark.gen_test(timeout=90)
+async def test_alerts_page_shows_alerts_as_they_open_and_end(keyun, services) -> None:
+    """The operator's alert list follows the alerts:ops topic: no reload needed."""
+    key = "test-attention:" + secrets.token_hex(4)
+    async with _console(keyun.base_url, "operator") as page:
+        await page.click("text=运营告警")
+        await page.wait_for_selector("[data-test=live]")
+        await services.alerts.raise_alert("refund_attention", key, f"测试告警 {key}")
+        row = page.locator("[data-test=alerts] .el-table__row", has_text=key)
+        await row.wait_for(timeout=10_000)
+        assert "退款异常" in await row.text_content()
+        await page.screenshot(path=str(SHOTS / "admin-operator-alerts.png"))
+        await services.alerts.ended(key, "test over")
+        await row.wait_for(state="detached", timeout=10_000)
+
+
 @pytest.mark.gen_test(timeout=30)
 async def test_the_app_is_served_with_its_assets_cached_for_good(api) -> None:
     page = await api.get("/admin/stations")  # any path of the app: its shell

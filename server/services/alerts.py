@@ -139,27 +139,32 @@ class OperationsWatch:
             found[f"refund-spike:{row['_id']}"] = (
                 "refund_spike", f"班次 {row['_id']} 10分钟内退票 {row['n']} 张",
                 {"departure_id": row["_id"], "refunds": row["n"]})
-        for channel, (recent, usual) in (await self._pace(now)).items():
+        for (by, who), (recent, usual) in (await self._pace(now)).items():
             if recent >= PACE_MIN and recent > PACE_FACTOR * max(usual, 1.0):
-                found[f"pace:{channel}"] = (
-                    "sale_pace", f"渠道 {channel} 10分钟售出 {recent} 单，远超平时",
-                    {"channel": channel, "recent": recent, "usual": round(usual, 1)})
+                name = "渠道" if by == "channel" else "代售点"
+                found[f"pace:{by}:{who}"] = (
+                    "sale_pace", f"{name} {who} 10分钟售出 {recent} 单，远超平时",
+                    {by: who, "recent": recent, "usual": round(usual, 1)})
         for key, (kind, message, details) in found.items():
             await self._alerts.raise_alert(kind, key, message, details)
         for key in await self._alerts.open_keys(WATCHED) - set(found):
             await self._alerts.ended(key, "cleared")
         return len(found)
 
-    async def _pace(self, now: dt.datetime) -> dict[str, tuple[int, float]]:
-        """Orders per channel in the last ten minutes, and per ten minutes the day before."""
-        out: dict[str, tuple[int, float]] = {}
+    async def _pace(self, now: dt.datetime) -> dict[tuple[str, str], tuple[int, float]]:
+        """Orders per channel and per outlet in the last ten minutes, and per ten minutes
+        the day before."""
+        out: dict[tuple[str, str], tuple[int, float]] = {}
         day = dt.timedelta(days=1)
-        async for row in await self._db.orders.aggregate([
-                {"$match": {"created_at": {"$gte": now - day - PACE_WINDOW}}},
-                {"$group": {"_id": "$channel",
-                            "recent": {"$sum": {"$cond": [
-                                {"$gte": ["$created_at", now - PACE_WINDOW]}, 1, 0]}},
-                            "before": {"$sum": {"$cond": [
-                                {"$lt": ["$created_at", now - PACE_WINDOW]}, 1, 0]}}}}]):
-            out[str(row["_id"])] = (int(row["recent"]), row["before"] / (day / PACE_WINDOW))
+        for by in ("channel", "outlet_id"):
+            async for row in await self._db.orders.aggregate([
+                    {"$match": {"created_at": {"$gte": now - day - PACE_WINDOW},
+                                by: {"$exists": True}}},
+                    {"$group": {"_id": f"${by}",
+                                "recent": {"$sum": {"$cond": [
+                                    {"$gte": ["$created_at", now - PACE_WINDOW]}, 1, 0]}},
+                                "before": {"$sum": {"$cond": [
+                                    {"$lt": ["$created_at", now - PACE_WINDOW]}, 1, 0]}}}}]):
+                key = ("channel" if by == "channel" else "outlet", str(row["_id"]))
+                out[key] = (int(row["recent"]), row["before"] / (day / PACE_WINDOW))
         return out
