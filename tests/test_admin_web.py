@@ -92,8 +92,8 @@ async def test_roles_sign_in_to_their_own_console(api, keyun, db) -> None:
             await page.wait_for_selector("[data-test=latency-chart] canvas")
             menu = await page.locator(".el-menu-item").all_text_contents()
             assert [m.strip() for m in menu] == ["概览", "班次管理", "基础数据", "业务规则",
-                                                 "订单查询", "代售点", "车站系统", "运营告警",
-                                                 "退款处理", "员工账号", "审计日志"]
+                                                 "订单查询", "代售点", "分销平台", "车站系统",
+                                                 "运营告警", "退款处理", "员工账号", "审计日志"]
             await page.screenshot(path=str(SHOTS / "admin-operator-overview.png"))
 
             # the audit trail: newest first, times in Beijing time (24-hour), not New York's
@@ -160,7 +160,7 @@ async def test_roles_sign_in_to_their_own_console(api, keyun, db) -> None:
             await _sign_in(page, base, "finance")
             menu = await page.locator(".el-menu-item").all_text_contents()
             assert [m.strip() for m in menu] == ["概览", "业务规则", "订单查询", "代售点",
-                                                 "运营告警", "退款处理"]
+                                                 "分销平台", "运营告警", "退款处理"]
             await page.goto(f"{base}/admin/staff")
             await page.wait_for_selector("text=待财务处理的退款")
             assert urlsplit(page.url).path == "/admin/"
@@ -318,6 +318,39 @@ async def test_alerts_page_shows_alerts_as_they_open_and_end(keyun, services) ->
         await page.screenshot(path=str(SHOTS / "admin-operator-alerts.png"))
         await services.alerts.ended(key, "test over")
         await row.wait_for(state="detached", timeout=10_000)
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_partners_page_registers_a_platform_and_rotates_its_key(keyun, db) -> None:
+    """The operator registers a selling platform, issues its key (the secret shown once),
+    a second one beside it, and revokes the first."""
+    code = "PW" + secrets.token_hex(3).upper()
+    async with _console(keyun.base_url, "operator") as page:
+        await page.click("text=分销平台")
+        await page.click("[data-test=add-partner]")
+        await page.locator("[data-test=p-code]").fill(code)
+        await page.locator("[data-test=p-name]").fill("网页测试旅行网")
+        await page.click("[data-test=p-save]")
+        row = page.locator("[data-test=partners] .el-table__row", has_text=code)
+        await row.wait_for()
+        await row.locator("[data-test=keys]").click()
+        dialog = page.locator("[data-test=keys-dialog]")
+        await dialog.locator("[data-test=issue-key]").click()
+        secret = dialog.locator("[data-test=secret]")
+        await secret.wait_for()
+        first = (await secret.locator("code").first.text_content()) or ""
+        assert first.startswith("pk_")
+        await dialog.locator("[data-test=issue-key]").click()
+        await dialog.locator("[data-test=live-keys] .el-table__row").nth(1).wait_for()
+        assert await dialog.locator("[data-test=issue-key]").is_disabled()  # two live
+        await page.screenshot(path=str(SHOTS / "admin-operator-partner-keys.png"))
+        await dialog.locator("[data-test=live-keys] .el-table__row", has_text=first
+                             ).get_by_role("button", name="吊销").click()
+        await page.wait_for_selector("text=已吊销")
+    partner = await db.partners.find_one({"code": code})
+    keys = await db.partner_keys.find({"partner_id": partner["_id"]}).to_list()
+    assert sorted(k["status"] for k in keys) == ["active", "revoked"]
+    assert next(k for k in keys if k["status"] == "revoked")["_id"] == first
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -8,6 +8,7 @@ export const MENU: Entry[] = [
   { path: "/rules", title: "业务规则", roles: ["operator", "finance", "authority"] },
   { path: "/orders", title: "订单查询", roles: ["operator", "station_staff", "finance"] },
   { path: "/outlets", title: "代售点", roles: ["operator", "finance", "authority"] },
+  { path: "/partners", title: "分销平台", roles: ["operator", "finance"] },
   { path: "/account", title: "代售点账户", roles: ["agent"] },
   { path: "/stations", title: "车站系统", roles: ["operator", "authority", "station_staff"] },
   { path: "/alerts", title: "运营告警", roles: ["operator", "finance"] },

@@ -17,6 +17,7 @@ export const router = createRouter({
         { path: "rules", component: () => import("./views/Rules.vue") },
         { path: "orders", component: () => import("./views/Orders.vue") },
         { path: "outlets", component: () => import("./views/Outlets.vue") },
+        { path: "partners", component: () => import("./views/Partners.vue") },
         { path: "account", component: () => import("./views/Account.vue") },
         { path: "stations", component: () => import("./views/Stations.vue") },
         { path: "alerts", component: () => import("./views/Alerts.vue") },
