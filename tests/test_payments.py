@@ -528,7 +528,8 @@ async def test_duplicate_alipay_notices_settle_once(api: ApiClient, db, provider
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_a_phone_booking_is_paid_at_the_window_on_pickup(api: ApiClient, db) -> None:
+async def test_a_phone_booking_is_paid_at_the_window_on_pickup(api: ApiClient, db,
+                                                                services) -> None:
     from server.clock import local_today
 
     phone = (await api.login("phone_agent"))["token"]
@@ -572,6 +573,20 @@ async def test_a_phone_booking_is_paid_at_the_window_on_pickup(api: ApiClient, d
     assert (await db.orders.find_one({"order_no": order["order_no"]}))["status"] == "issued"
     # too close to departure for a pickup booking (the deadline would leave less than the
     # payment timeout): pay now instead
+    # a third is never picked up: at its deadline the seat goes back on sale
+    unpaid = (await api.post("/api/v1/orders", {**booking, "passengers": [person()]},
+                             token=phone)).body
+    seats_before = (await api.get(f"/api/v1/departures/{dep['_id']}")).body["remaining"]
+    await db.orders.update_one({"order_no": unpaid["order_no"]}, {"$set": {
+        "expires_at": dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)}})
+    for _ in range(50):
+        await services.orders.expire_due()
+        if (await db.orders.find_one({"order_no": unpaid["order_no"]}))["status"] == "expired":
+            break
+        await asyncio.sleep(0.1)
+    assert (await db.orders.find_one({"order_no": unpaid["order_no"]}))["status"] == "expired"
+    seats_after = (await api.get(f"/api/v1/departures/{dep['_id']}")).body["remaining"]
+    assert seats_after == seats_before + 1
     soon = await make_departure(db, departs_in=dt.timedelta(minutes=70),
                                 station_id="440111001")
     late = await api.post("/api/v1/orders", {**booking, "departure_id": soon,
