@@ -27,11 +27,12 @@ from server.security.passwords import hash_password
 from server.security.principal import STAFF_ROLES
 from server.services.planning import plan_sale_window
 from server.services.rules import RuleService
+from server.storage.network import KINDS as NETWORK_KINDS
 
 log = logging.getLogger(__name__)
 
 SEED = 20260101
-DEMO_VERSION = 2
+DEMO_VERSION = 3  # 3: base data starts at version 1
 # demo stations whose seats live in their own station system (a simulator under `make run`)
 DEMO_VENDORS = {"440304001": "rest", "440303001": "rest", "440507001": "xml",
                 "441402001": "xml"}
@@ -349,13 +350,16 @@ async def _load(db: AsyncDatabase[Any], settings: Settings, channels: list[Any])
         if name == "stations":  # keep a station system's address and secret if configured
             ops = [UpdateOne({"_id": d["_id"]},
                              {"$set": {k: v for k, v in d.items() if k != "system"},
-                              "$setOnInsert": {"system": d["system"]}}, upsert=True)
+                              "$setOnInsert": {"system": d["system"], "version": 1}},
+                             upsert=True)
                    for d in docs]
             ops += [UpdateOne({"_id": d["_id"]}, {"$set": {"system.vendor":
                                                            d["system"]["vendor"]}})
                     for d in docs]
         else:
-            ops = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs]
+            # base data starts at version 1, as a record added through the API does
+            stamp = {"version": 1} if name in NETWORK_KINDS else {}
+            ops = [ReplaceOne({"_id": d["_id"]}, {**d, **stamp}, upsert=True) for d in docs]
         for i in range(0, len(ops), 1000):
             await db[name].bulk_write(ops[i:i + 1000], ordered=False)
     now = dt.datetime.now(dt.UTC)
