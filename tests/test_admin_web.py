@@ -231,7 +231,7 @@ async def test_base_data_pages(api, keyun, db, tmp_path) -> None:
         await row.locator("[data-test=edit]").click()
         await dialog.locator("[data-test=f-phone]").fill("020-88886666")
         await dialog.locator("[data-test=save]").click()
-        await page.wait_for_selector("text=已保存")
+        await dialog.wait_for(state="hidden")  # saved (an earlier toast may still show)
         stored = await db.carriers.find_one({"_id": code})
         assert stored["phone"] == "020-88886666" and stored["version"] == 3
 
@@ -351,6 +351,65 @@ async def test_partners_page_registers_a_platform_and_rotates_its_key(keyun, db)
     keys = await db.partner_keys.find({"partner_id": partner["_id"]}).to_list()
     assert sorted(k["status"] for k in keys) == ["active", "revoked"]
     assert next(k for k in keys if k["status"] == "revoked")["_id"] == first
+
+
+@pytest.mark.gen_test(timeout=150)
+async def test_an_agent_sells_pays_from_its_deposit_and_refunds(api, keyun, db) -> None:
+    """The outlet's console: search, book a real-name passenger, pay from the deposit, the
+    ticket issued; refund it after seeing the fee. A phone agent books and has the caller
+    texted the payment link."""
+    dep = await native_departure(db, 3, 1)
+    station = await db.stations.find_one({"_id": dep["station_id"]})
+    stops = await db.stops.find({"route_id": dep["route_id"]}).sort("seq", 1).to_list()
+    rider = person("钱七")
+    async with _console(keyun.base_url, "agent") as page:
+        await page.locator(".el-menu-item", has_text="售票").click()
+        await page.locator("[data-test=from]").fill(station["_id"])
+        await page.locator("[data-test=to]").fill(stops[-1]["name"])
+        await page.locator(".el-date-editor input").fill(dep["service_date"])
+        await page.locator(".el-date-editor input").press("Enter")
+        await page.click("[data-test=search]")
+        await page.locator("[data-test=found] .el-table__row").first.wait_for()
+        await page.locator("[data-test=book]").first.click()
+        dialog = page.locator("[data-test=book-dialog]")
+        await dialog.locator("[data-test=name-0]").fill(rider["name"])
+        await dialog.locator("[data-test=id-0]").fill(rider["id_no"])
+        await dialog.locator("[data-test=contact]").fill("13812345678")
+        await dialog.locator("[data-test=confirm-book]").click()
+        await page.wait_for_selector("text=已下单")
+        row = page.locator("[data-test=orders] .el-table__row", has_text="待支付").first
+        await row.locator("[data-test=pay]").click()
+        await page.wait_for_selector("text=已从预存款支付")
+        issued = page.locator("[data-test=orders] .el-table__row", has_text="钱七").first
+        await issued.get_by_text("已出票").first.wait_for()
+        await page.screenshot(path=str(SHOTS / "admin-agent-sell.png"))
+        await issued.locator("[data-test=refund]").click()
+        await page.click(".el-message-box .el-button--primary")
+        await page.wait_for_selector("text=已退票")
+    order = await db.orders.find_one({"outlet_id": "OUT440106001"}, sort=[("created_at", -1)])
+    tickets = await db.tickets.find({"order_no": order["order_no"]}).to_list()
+    assert [t["status"] for t in tickets] == ["refunded"]
+    assert tickets[0]["passenger"]["name"] == "钱七"
+
+    async with _console(keyun.base_url, "phone_agent") as page:
+        await page.wait_for_selector("text=电话订票")
+        await page.locator("[data-test=from]").fill(station["_id"])
+        await page.locator("[data-test=to]").fill(stops[-1]["name"])
+        await page.locator(".el-date-editor input").fill(dep["service_date"])
+        await page.locator(".el-date-editor input").press("Enter")
+        await page.click("[data-test=search]")
+        await page.locator("[data-test=book]").first.click()
+        dialog = page.locator("[data-test=book-dialog]")
+        await dialog.locator("[data-test=name-0]").fill("孙八")
+        await dialog.locator("[data-test=id-0]").fill(person()["id_no"])
+        await dialog.locator("[data-test=contact]").fill("13912345678")
+        await dialog.locator("[data-test=confirm-book]").click()
+        await page.wait_for_selector("text=已下单")
+        row = page.locator("[data-test=orders] .el-table__row", has_text="待支付").first
+        await row.locator("[data-test=send-link]").click()
+        await page.wait_for_selector("text=支付短信已发送")
+    phoned = await db.orders.find_one({"channel": "phone"}, sort=[("created_at", -1)])
+    assert await db.notices.find_one({"_id": f"pay_link:{phoned['order_no']}"})
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -10,6 +10,7 @@ export const MENU: Entry[] = [
   { path: "/outlets", title: "代售点", roles: ["operator", "finance", "authority"] },
   { path: "/partners", title: "分销平台", roles: ["operator", "finance"] },
   { path: "/account", title: "代售点账户", roles: ["agent"] },
+  { path: "/sell", title: "售票", roles: ["agent", "phone_agent"] },
   { path: "/stations", title: "车站系统", roles: ["operator", "authority", "station_staff"] },
   { path: "/alerts", title: "运营告警", roles: ["operator", "finance"] },
   { path: "/refunds", title: "退款处理", roles: ["finance", "operator"] },

@@ -19,6 +19,7 @@ export const router = createRouter({
         { path: "outlets", component: () => import("./views/Outlets.vue") },
         { path: "partners", component: () => import("./views/Partners.vue") },
         { path: "account", component: () => import("./views/Account.vue") },
+        { path: "sell", component: () => import("./views/Sell.vue") },
         { path: "stations", component: () => import("./views/Stations.vue") },
         { path: "alerts", component: () => import("./views/Alerts.vue") },
         { path: "refunds", component: () => import("./views/Refunds.vue") },
