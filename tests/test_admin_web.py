@@ -353,6 +353,15 @@ async def test_partners_page_registers_a_platform_and_rotates_its_key(keyun, db)
     assert next(k for k in keys if k["status"] == "revoked")["_id"] == first
 
 
+async def _search(page: Any, origin: str, destination: str, day: str) -> None:
+    """The selling console's search, as a seller types it."""
+    await page.locator("[data-test=from]").fill(origin)
+    await page.locator("[data-test=to]").fill(destination)
+    await page.locator(".el-date-editor input").fill(day)
+    await page.locator(".el-date-editor input").press("Enter")
+    await page.click("[data-test=search]")
+
+
 @pytest.mark.gen_test(timeout=150)
 async def test_an_agent_sells_pays_from_its_deposit_and_refunds(api, keyun, db) -> None:
     """The outlet's console: search, book a real-name passenger, pay from the deposit, the
@@ -364,11 +373,7 @@ async def test_an_agent_sells_pays_from_its_deposit_and_refunds(api, keyun, db) 
     rider = person("钱七")
     async with _console(keyun.base_url, "agent") as page:
         await page.locator(".el-menu-item", has_text="售票").click()
-        await page.locator("[data-test=from]").fill(station["_id"])
-        await page.locator("[data-test=to]").fill(stops[-1]["name"])
-        await page.locator(".el-date-editor input").fill(dep["service_date"])
-        await page.locator(".el-date-editor input").press("Enter")
-        await page.click("[data-test=search]")
+        await _search(page, station["_id"], stops[-1]["name"], dep["service_date"])
         await page.locator("[data-test=found] .el-table__row").first.wait_for()
         await page.locator("[data-test=book]").first.click()
         dialog = page.locator("[data-test=book-dialog]")
@@ -393,11 +398,7 @@ async def test_an_agent_sells_pays_from_its_deposit_and_refunds(api, keyun, db) 
 
     async with _console(keyun.base_url, "phone_agent") as page:
         await page.wait_for_selector("text=电话订票")
-        await page.locator("[data-test=from]").fill(station["_id"])
-        await page.locator("[data-test=to]").fill(stops[-1]["name"])
-        await page.locator(".el-date-editor input").fill(dep["service_date"])
-        await page.locator(".el-date-editor input").press("Enter")
-        await page.click("[data-test=search]")
+        await _search(page, station["_id"], stops[-1]["name"], dep["service_date"])
         await page.locator("[data-test=book]").first.click()
         dialog = page.locator("[data-test=book-dialog]")
         await dialog.locator("[data-test=name-0]").fill("孙八")
