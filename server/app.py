@@ -161,7 +161,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     inventory = NativeInventory(db, redis)
     seats = SeatService(db, redis, ExchangeRegistry(NativeExchange(inventory, redis)),
                         EventLog(redis))
-    sync = SyncService(db, seats, audit, network)
+    sync = SyncService(db, seats, audit, network, rules)
     sms = HttpSmsProvider(settings.sms_api_base, settings.sms_api_key)
     member_service = MemberService(
         db, redis, vault, auth_service, sms,

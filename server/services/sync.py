@@ -27,6 +27,7 @@ from server.exchange.errors import BadStationResponse, ExchangeError
 from server.security.principal import Principal
 from server.services.audit import AuditService
 from server.services.departures import DepartureChanges
+from server.services.rules import RuleService
 from server.services.search import NetworkCache
 from server.services.seats import SeatService
 from server.storage.departures import DepartureRecords, passenger_changes
@@ -68,14 +69,15 @@ class SyncService:
     """Pulls station data through the exchange layer."""
 
     def __init__(self, db: AsyncDatabase[Any], seats: SeatService,
-                 audit: AuditService, network: NetworkCache) -> None:
+                 audit: AuditService, network: NetworkCache,
+                 rules: RuleService | None = None) -> None:
         self._audit = audit
         self._departures = DepartureRecords(db)
         self._network = NetworkRecords(db)
         self._cache = network
         self._db = db
         self._seats = seats
-        self._changes = DepartureChanges(db, seats.events)
+        self._changes = DepartureChanges(db, seats.events, rules)  # the process's rules
 
     async def proxied_stations(self, scope: dict[str, Any] | None = None
                                ) -> list[dict[str, Any]]:
