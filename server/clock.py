@@ -24,6 +24,11 @@ def local_today(now: dt.datetime | None = None) -> dt.date:
     return (now or dt.datetime.now(dt.UTC)).astimezone(LOCAL_TZ).date()
 
 
+def day_start(day: dt.date) -> dt.datetime:
+    """The UTC instant a local (Beijing) day begins."""
+    return dt.datetime(day.year, day.month, day.day, tzinfo=LOCAL_TZ).astimezone(dt.UTC)
+
+
 def parse_day(text: str) -> dt.date | None:
     """A day written YYYY-MM-DD only (not 20261124 nor 2026-W48-2), or None."""
     try:

@@ -10,10 +10,11 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from server.clock import LOCAL_TZ, local_today
+from server.clock import day_start, local_today
 from server.errors import DomainError
 from server.security.principal import Principal, region_prefix
 from server.services.audit import AuditService
+from server.storage.orders import OrderBook
 from server.storage.outlets import OutletRecords
 
 SOLD = ("paid", "issued", "completed")  # what counts as sold for quota and commission
@@ -32,14 +33,11 @@ def public_outlet(doc: dict[str, Any]) -> dict[str, Any]:
             "departure_quota": doc.get("departure_quota")}
 
 
-def _day_start(day: dt.date) -> dt.datetime:
-    return dt.datetime(day.year, day.month, day.day, tzinfo=LOCAL_TZ).astimezone(dt.UTC)
-
-
 class OutletService:
     def __init__(self, db: AsyncDatabase[Any], audit: AuditService) -> None:
         self._db = db
         self._records = OutletRecords(db)
+        self._orders = OrderBook(db)  # read: the tickets its quotas count
         self._audit = audit
 
     async def create(self, actor: Principal, fields: dict[str, Any]) -> dict[str, Any]:
@@ -105,7 +103,7 @@ class OutletService:
                               "departures.", field="departure_id")
         per_departure = outlet.get("departure_quota")
         if per_departure is not None:
-            held = await self._tickets_of({"outlet_id": outlet_id,
+            held = await self._orders.live_tickets({"outlet_id": outlet_id,
                                            "departure_id": dep["_id"]})
             if held + tickets > per_departure:
                 raise DomainError("OUTLET_QUOTA_EXCEEDED", "The outlet's quota of this "
@@ -118,17 +116,8 @@ class OutletService:
 
     async def sold_today(self, outlet_id: str) -> int:
         """Tickets the outlet's orders hold today (unpaid ones too: they hold seats)."""
-        return await self._tickets_of({"outlet_id": outlet_id, "created_at": {
-            "$gte": _day_start(local_today())}})
-
-    async def _tickets_of(self, orders_query: dict[str, Any]) -> int:
-        """Live tickets of the orders matching (unpaid ones too: they hold seats)."""
-        orders = await self._db.orders.distinct("order_no", {
-            **orders_query, "status": {"$in": ["pending_payment", *SOLD]}})
-        if not orders:
-            return 0
-        return await self._db.tickets.count_documents({"order_no": {"$in": orders},
-                                                       "active": True})
+        return await self._orders.live_tickets({"outlet_id": outlet_id, "created_at": {
+            "$gte": day_start(local_today())}})
 
     # --- the agent's own account -------------------------------------------------------------
     async def account(self, actor: Principal) -> dict[str, Any]:
@@ -138,7 +127,7 @@ class OutletService:
         if outlet is None:
             raise DomainError("OUTLET_NOT_FOUND")
         today = local_today()
-        month = _day_start(today.replace(day=1))
+        month = day_start(today.replace(day=1))
         sales = 0
         async for order in self._db.orders.find(
                 {"outlet_id": actor.outlet_id, "created_at": {"$gte": month},

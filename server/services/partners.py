@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 
-from server.clock import LOCAL_TZ, local_today
+from server.clock import day_start, local_today
 from server.errors import DomainError
 from server.security import signing
 from server.security.pii import PiiVault
@@ -22,6 +22,7 @@ from server.security.principal import PARTNER, Principal
 from server.services.audit import AuditService
 from server.services.webhooks import loopback
 from server.storage.attempts import WindowLimit
+from server.storage.orders import OrderBook
 from server.storage.partners import PartnerRecords, nonce_key
 
 
@@ -100,25 +101,14 @@ class PartnerService:
         await self._audit.record(actor, "partner.key_revoked", target=partner_id,
                                  details={"key_id": key_id})
 
-    async def tickets_today(self, partner_id: str) -> int:
-        """Tickets the partner's orders of the local day hold (unpaid ones too: they hold
-        seats)."""
-        start = dt.datetime.combine(local_today(), dt.time(), LOCAL_TZ).astimezone(dt.UTC)
-        orders = await self._db.orders.distinct("order_no", {
-            "partner_id": partner_id, "created_at": {"$gte": start},
-            "status": {"$in": ["pending_payment", "paid", "issued", "completed"]}})
-        if not orders:
-            return 0
-        return await self._db.tickets.count_documents({"order_no": {"$in": orders},
-                                                       "active": True})
-
     async def may_sell(self, partner_id: str, tickets: int) -> None:
         """Refuse an order beyond the partner's daily ticket quota."""
         partner = await self._records.get(partner_id)
         quota = (partner or {}).get("daily_quota")
         if quota is None:
             return
-        sold = await self.tickets_today(partner_id)
+        sold = await OrderBook(self._db).live_tickets(
+            {"partner_id": partner_id, "created_at": {"$gte": day_start(local_today())}})
         if sold + tickets > quota:
             raise DomainError("PARTNER_QUOTA_EXCEEDED", left=max(0, quota - sold))
 

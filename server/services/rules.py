@@ -132,11 +132,8 @@ def _specificity(scope: dict[str, Any]) -> tuple[int, int]:
 
 def resolve(versions: list[dict[str, Any]], where: Where | None, at: dt.datetime) -> RuleSet:
     """The rules in force at ``at`` for ``where`` (None: the province's)."""
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
-    for version in versions:  # oldest effective first: a later one replaces its scope's
-        if version["effective_from"] <= at and _applies(version.get("scope") or {}, where):
-            scope = version.get("scope") or {}
-            latest[(scope.get("level", "province"), scope.get("ref", ""))] = version
+    latest = _latest_in_force([v for v in versions if _applies(v.get("scope") or {}, where)],
+                              at)
     rules = RuleSet()
     for version in sorted(latest.values(),
                           key=lambda v: _specificity(v.get("scope") or {})):
@@ -195,8 +192,8 @@ class RuleService:
         now = dt.datetime.now(dt.UTC)
         versions = await self.versions()
         in_force = {id(v) for v in _latest_in_force(versions, now).values()}
-        return {"current": (await self.current()).as_dict() | {
-                    "version": (await self.current()).version},
+        current = resolve(versions, None, now)
+        return {"current": current.as_dict() | {"version": current.version},
                 "versions": [_public(v, in_force=id(v) in in_force, now=now)
                              for v in reversed(versions)]}
 
@@ -307,7 +304,7 @@ def _instant(body: dict[str, Any], name: str, default: dt.datetime) -> dt.dateti
 def _latest_in_force(versions: list[dict[str, Any]], now: dt.datetime
                      ) -> dict[tuple[str, str], dict[str, Any]]:
     latest: dict[tuple[str, str], dict[str, Any]] = {}
-    for version in versions:
+    for version in versions:  # oldest effective first: a later one replaces its scope's
         if version["effective_from"] <= now:
             scope = version.get("scope") or {}
             latest[(scope.get("level", "province"), scope.get("ref", ""))] = version

@@ -43,6 +43,16 @@ class OrderBook:
         self._orders = db.orders
         self._tickets = db.tickets
 
+    async def live_tickets(self, orders_query: dict[str, Any]) -> int:
+        """Tickets still held by the unpaid or sold orders matching (what quotas count)."""
+        orders = await self._orders.distinct("order_no", {
+            **orders_query, "status": {"$in": ["pending_payment", "paid", "issued",
+                                               "completed"]}})
+        if not orders:
+            return 0
+        return await self._tickets.count_documents({"order_no": {"$in": orders},
+                                                    "active": True})
+
     # --- orders -------------------------------------------------------------------------------
     async def insert(self, order: dict[str, Any], tickets: list[dict[str, Any]],
                      session: AsyncClientSession) -> None:
