@@ -138,5 +138,9 @@ class ProviderRegistry:
     def methods(self) -> list[str]:
         return [m for p in self._providers.values() for m in p.methods]
 
+    def remote(self) -> list[str]:
+        """The providers outside the platform (they keep a fee, and send bills)."""
+        return [i for i, p in self._providers.items() if isinstance(p, BasePaymentProvider)]
+
     def for_method(self, method: str) -> Provider | None:
         return next((p for p in self._providers.values() if method in p.methods), None)

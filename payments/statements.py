@@ -26,6 +26,9 @@ class StatementLine:
     amount: int  # fen
     state: str
     fee: int = 0
+    kind: str = "payment"  # or "refund": a refund row names its out_refund_no
+    out_refund_no: str = ""
+    at: str = ""  # the provider's time of the trade or refund, as written
 
 
 @dataclass
@@ -53,8 +56,16 @@ def parse_wechat_tradebill(text: str) -> tuple[list[StatementLine], dict[str, st
     i = 1
     while i < len(rows) and rows[i][0] != "总交易单数":
         rec = dict(zip(header, rows[i], strict=False))
-        lines.append(StatementLine(rec["商户订单号"], rec["微信订单号"], _fen(rec["订单金额"]),
-                                   rec["交易状态"], _fen(rec.get("手续费", "0"))))
+        if rec["交易状态"] == "REFUND":  # a refund row: its own number and amount
+            lines.append(StatementLine(rec["商户订单号"], rec["微信订单号"],
+                                       _fen(rec.get("退款金额", "0")), rec.get("退款状态", ""),
+                                       _fen(rec.get("手续费", "0")), "refund",
+                                       rec.get("商户退款单号", ""), rec.get("交易时间", "")))
+        else:
+            lines.append(StatementLine(rec["商户订单号"], rec["微信订单号"],
+                                       _fen(rec["订单金额"]), rec["交易状态"],
+                                       _fen(rec.get("手续费", "0")),
+                                       at=rec.get("交易时间", "")))
         i += 1
     if i + 1 < len(rows):
         summary = dict(zip(rows[i], rows[i + 1], strict=False))
@@ -74,9 +85,13 @@ def parse_alipay_bill(data: bytes) -> list[StatementLine]:
         rec = dict(zip(header, [c.strip() for c in row], strict=False))
         if not rec.get("商户订单号"):
             continue
+        refund = rec.get("业务类型", "") == "退款"  # amounts negative, its request number
         lines.append(StatementLine(rec["商户订单号"], rec.get("支付宝交易号", ""),
-                                   _fen(rec.get("订单金额（元）", "0")),
-                                   rec.get("业务类型", ""), _fen(rec.get("服务费（元）", "0"))))
+                                   abs(_fen(rec.get("订单金额（元）", "0"))),
+                                   rec.get("业务类型", ""), abs(_fen(rec.get("服务费（元）", "0"))),
+                                   "refund" if refund else "payment",
+                                   rec.get("退款批次号/请求号", "") if refund else "",
+                                   rec.get("完成时间", "")))
     return lines
 
 
@@ -88,10 +103,13 @@ def _decode_name(name: str) -> str:
 
 
 def match(lines: list[StatementLine], ours: list[dict[str, Any]]) -> Match:
+    """Payment rows against our paid attempts (refund rows are refunds: not matched here)."""
     result = Match()
     by_no = {a["out_trade_no"]: a for a in ours}
     seen = set()
     for line in lines:
+        if line.kind == "refund":
+            continue
         attempt = by_no.get(line.out_trade_no)
         if attempt is None:
             result.only_provider.append(line.out_trade_no)

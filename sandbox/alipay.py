@@ -80,8 +80,10 @@ class GatewayHandler(Base):
         biz = json.loads(params.get("biz_content") or "{}")
         if method == "alipay.data.dataservice.bill.downloadurl.query":
             day = str(biz.get("bill_date", ""))
-            if day >= dt.datetime.now(LOCAL).date().isoformat() or not any(
-                    t.get("paid_at", "").startswith(day) for t in self.ali.trades.values()):
+            if day >= dt.datetime.now(LOCAL).date().isoformat() or (not any(
+                    t.get("paid_at", "").startswith(day) for t in self.ali.trades.values()) \
+                    and not any(r.get("refunded_at", "").startswith(day)
+                                for r in self.ali.refunds.values())):
                 self.respond(key, {"code": "40004", "msg": "Business Failed",
                                    "sub_code": "isp.bill_not_exist", "sub_msg": "账单不存在"})
                 return
@@ -147,6 +149,7 @@ class GatewayHandler(Base):
             async def settle() -> None:
                 await asyncio.sleep(self.ali.refund_delay)
                 existing["status"] = "REFUND_SUCCESS"
+                existing["refunded_at"] = dt.datetime.now(LOCAL).strftime("%Y-%m-%d %H:%M:%S")
             asyncio.get_running_loop().create_task(settle())
         self.respond(key, {"code": "10000", "msg": "Success", "trade_no": trade["trade_no"],
                            "out_trade_no": trade["out_trade_no"], "fund_change": "N",
@@ -239,6 +242,16 @@ def bill_zip(ali: AlipayState, day: str) -> bytes:
                      f"{trade['paid_at']},{trade['paid_at']},,,,,159****5620,{amount},{amount},"
                      "0.00,0.00,0.00,0.00,"
                      f"0.00,,0.00,0.00,,{yuan(trade['amount'] * 6 // 1000)},0.00,")
+    for refund in ali.refunds.values():  # refund rows: negative amounts, the request number
+        if refund["status"] != "REFUND_SUCCESS" or \
+                not refund.get("refunded_at", "").startswith(day):
+            continue
+        trade = ali.trades[refund["out_trade_no"]]
+        amount = yuan(refund["amount"])
+        lines.append(f"{trade['trade_no']},{trade['out_trade_no']},退款,客运车票,"
+                     f"{trade['paid_at']},{refund['refunded_at']},,,,,159****5620,-{amount},"
+                     f"-{amount},0.00,0.00,0.00,0.00,0.00,,0.00,0.00,{refund['out_request_no']},"
+                     "0.00,0.00,")
     lines += ["#-----------------------------------------业务明细列表结束------------------------------------",
               f"#交易合计：{len(lines) - 5}笔"]
     out = io.BytesIO()
@@ -269,9 +282,16 @@ class StateHandler(Base):
         if "age" in body:  # {"age": {"out_trade_no", "days"}}: paid that many days earlier
             trade = self.ali.trades.get(str(body["age"].get("out_trade_no", "")))
             if trade is not None and trade.get("paid_at"):
-                paid = dt.datetime.strptime(trade["paid_at"], "%Y-%m-%d %H:%M:%S")
-                trade["paid_at"] = (paid - dt.timedelta(days=int(body["age"].get("days", 1)))
-                                    ).strftime("%Y-%m-%d %H:%M:%S")
+                back = dt.timedelta(days=int(body["age"].get("days", 1)),
+                                    seconds=int(body["age"].get("seconds", 0)))
+                stamp = "%Y-%m-%d %H:%M:%S"
+                paid = dt.datetime.strptime(trade["paid_at"], stamp)
+                trade["paid_at"] = (paid - back).strftime(stamp)
+                for refund in self.ali.refunds.values():  # its refunds move with it
+                    if refund["out_trade_no"] == trade["out_trade_no"] and \
+                            refund.get("refunded_at"):
+                        refund["refunded_at"] = (dt.datetime.strptime(
+                            refund["refunded_at"], stamp) - back).strftime(stamp)
         self.ali.faults.update({k: int(body[k]) for k in ("drop", "duplicate", "delay_ms")
                                 if k in body})
         self.finish({"faults": self.ali.faults})

@@ -14,7 +14,8 @@ notice lost if it says so — ``POST /_sandbox/wechatpay/refunds`` ``{"outcomes"
 "drop_notices"}``; payment-notice faults never touch refund notices), and queried at
 ``GET /v3/refund/domestic/refunds/{out_refund_no}``; a day's trade bill exists from the next
 day on (``NO_STATEMENT_EXIST`` for a day without trades). ``POST /_sandbox/wechatpay/age``
-moves a paid transaction's time back by whole days, so tests can reconcile "yesterday".
+moves a paid transaction's time (and its refunds') back by whole days (and ``seconds``), so
+tests can reconcile "yesterday".
 """
 
 from __future__ import annotations
@@ -296,7 +297,9 @@ class TradeBillHandler(WxPayHandler):
             return
         if not any(tx["state"] in ("SUCCESS", "REFUND") and
                    str(tx.get("success_time", "")).startswith(day)
-                   for tx in self.wx.transactions.values()):
+                   for tx in self.wx.transactions.values()) and \
+                not any(str(r.get("success_time", "")).startswith(day)
+                        for r in self.wx.refunds.values()):
             self.answer(400, {"code": "NO_STATEMENT_EXIST", "message": "账单文件不存在"})
             return
         rows = [BILL_HEADER]
@@ -314,8 +317,23 @@ class TradeBillHandler(WxPayHandler):
                      "0.00", "0.00", "", "", "客运车票", "", f"{fee / 100:.5f}", "0.60%",
                      f"{tx['amount'] / 100:.2f}", "0.00", ""]
             rows.append(",".join("`" + c for c in cells))
+        refunded = 0
+        for refund in self.wx.refunds.values():  # refund rows: the day the money went back
+            if refund["status"] != "SUCCESS" or \
+                    not str(refund.get("success_time", "")).startswith(day):
+                continue
+            tx = self.wx.transactions[refund["out_trade_no"]]
+            refunded += refund["amount"]
+            cells = [refund["success_time"][:19].replace("T", " "), tx["appid"], tx["mchid"],
+                     "0", "", tx["transaction_id"], tx["out_trade_no"], tx["openid"],
+                     tx.get("kind", "jsapi").upper(), "REFUND", "OTHERS", "CNY", "0.00", "0.00",
+                     refund["refund_id"], refund["out_refund_no"],
+                     f"{refund['amount'] / 100:.2f}", "0.00", "ORIGINAL", "SUCCESS", "客运车票",
+                     "", "0.00000", "0.60%", "0.00", f"{refund['amount'] / 100:.2f}", ""]
+            rows.append(",".join("`" + c for c in cells))
         rows.append("总交易单数,应结订单总金额,退款总金额,充值券退款总金额,手续费总金额,订单总金额,申请退款总金额")
-        rows.append(f"`{len(rows) - 2},`{total / 100:.2f},`0.00,`0.00,`0.00,`{total / 100:.2f},`0.00")
+        rows.append(f"`{len(rows) - 2},`{total / 100:.2f},`{refunded / 100:.2f},`0.00,`0.00,"
+                    f"`{total / 100:.2f},`{refunded / 100:.2f}")
         content = ("\r\n".join(rows) + "\r\n").encode()
         token = uuid.uuid4().hex
         self.application.settings["bills"][token] = content
@@ -405,8 +423,13 @@ class ControlHandler(RequestHandler):
                 self.set_status(404)
                 self.finish({"error": "no paid transaction"})
                 return
+            back = dt.timedelta(days=int(b.get("days", 1)), seconds=int(b.get("seconds", 0)))
             paid = dt.datetime.fromisoformat(tx["success_time"])
-            tx["success_time"] = (paid - dt.timedelta(days=int(b.get("days", 1)))).isoformat()
+            tx["success_time"] = (paid - back).isoformat()
+            for refund in self.wx.refunds.values():  # its refunds move with it
+                if refund["out_trade_no"] == tx["out_trade_no"] and refund.get("success_time"):
+                    refund["success_time"] = (dt.datetime.fromisoformat(
+                        refund["success_time"]) - back).isoformat()
             self.finish({"out_trade_no": tx["out_trade_no"],
                          "success_time": tx["success_time"]})
             return

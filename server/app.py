@@ -26,6 +26,7 @@ from handlers import (
     desk,
     docs,
     exchange,
+    finance,
     gate,
     health,
     members,
@@ -51,6 +52,7 @@ from notify.subscribe import WeChatSubscribe
 from payments.alipay import Alipay, AlipayConfig
 from payments.base import ProviderRegistry
 from payments.local import AgentDeposit, BankCard, Cash, PartnerDeposit, PayAtPickup
+from payments.reconciliation import Reconciliation
 from payments.service import PaymentService
 from payments.wechatpay import WeChatPay, WeChatPayConfig
 from server.config import Settings
@@ -64,6 +66,7 @@ from server.services.alerts import AlertService, OperationsWatch
 from server.services.audit import AuditService
 from server.services.auth import AuthService
 from server.services.basedata import BaseDataService
+from server.services.clearing import ClearingRules
 from server.services.departures import (
     DepartureChanges,
     DepartureOperations,
@@ -75,6 +78,7 @@ from server.services.health import HealthService
 from server.services.holds import SeatHolds
 from server.services.idempotency import IdempotencyStore
 from server.services.jobs import JobRunner, RecordFailures
+from server.services.ledger import Ledger
 from server.services.members import MemberService, WeChatLogin
 from server.services.orders import OrderService
 from server.services.outlets import OutletService
@@ -84,6 +88,7 @@ from server.services.planning import plan_sale_window
 from server.services.rules import RuleService
 from server.services.search import NetworkCache, SearchService
 from server.services.seats import SeatService
+from server.services.settlement import Settlement
 from server.services.stations import StationService
 from server.services.sync import SyncService
 from server.services.ticket_sources import TicketSourceService
@@ -124,6 +129,10 @@ class Services:
     outlets: OutletService
     basedata: BaseDataService
     paylinks: PayLinks
+    clearing: ClearingRules
+    ledger: Ledger
+    settlement: Settlement
+    reconciliation: Reconciliation
 
 
 def connect_mongo(settings: Settings, uri: str) -> AsyncMongoClient[Any]:
@@ -182,7 +191,13 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     payment_service = PaymentService(db, payment_providers(settings, db), order_service,
                                      alerts, audit, failures)
     tickets = TicketService(db, seats, rules, order_service, audit, redis, alerts, failures)
+    clearing = ClearingRules(db, audit)
+    ledger = Ledger(db, clearing, alerts, failures)
+    reconciliation = Reconciliation(db, payment_service.providers, ledger, audit)
     jobs = JobRunner(redis)
+    jobs.add("ledger-posting", 2.0, ledger.run)
+    jobs.add("ledger-check", 600.0, ledger.check)
+    jobs.add("reconciliation-daily", 900.0, reconciliation.daily)
     jobs.add("ticket-recovery", 30.0, tickets.resolve_stuck)
     jobs.add("disruption-refunds", 30.0, tickets.settle_disruptions)
     jobs.add("payment-query", 15.0, payment_service.query_pending)
@@ -233,6 +248,10 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         partners=partners,
         outlets=outlet_service,
         basedata=BaseDataService(db, vault, audit, network, rules),
+        clearing=clearing,
+        ledger=ledger,
+        settlement=Settlement(db, ledger, vault, audit, payment_service.providers.remote()),
+        reconciliation=reconciliation,
         paylinks=PayLinks(settings.jwt_secret, settings.public_url or
                           f"http://{settings.host}:{settings.port}", order_service, audit),
     )
@@ -278,7 +297,7 @@ def api_routes() -> list[URLSpec]:
             *orders.default_handlers, *tickets.default_handlers, *payments.default_handlers,
             *exchange.default_handlers, *gate.default_handlers, *partners.default_handlers,
             *desk.default_handlers, *outlets.default_handlers, *basedata.default_handlers,
-            *rule_api.default_handlers,
+            *rule_api.default_handlers, *finance.default_handlers,
             *paylinks.default_handlers, *docs.default_handlers]
 
 

@@ -157,6 +157,19 @@ ERRORS: dict[str, tuple[int, str]] = {
     "ROUTE_NOT_FOUND": (422, "No such route."),
     # rules
     "RULE_INVALID": (422, "These rules do not make sense together (see the field)."),
+    "CLEARING_RULE_INVALID": (422, "This clearing rule would not share every ticket's money "
+                                   "out exactly (see the field)."),
+    "CLEARING_RULE_PUBLISHED": (409, "This clearing rule version is published already; "
+                                     "published versions never change — make a new draft."),
+    "SETTLEMENT_DAY_OPEN": (409, "A day is settled once it is over; settle through an "
+                                 "earlier day."),
+    "SETTLEMENT_OUT_OF_ORDER": (409, "A later day is settled already; settlement days go "
+                                     "forward."),
+    "RECONCILIATION_OPEN": (409, "Reconciliation differences of these days are still open; "
+                                 "resolve them before settling."),
+    "DIFFERENCE_RESOLVED": (409, "This difference is resolved already."),
+    "NOTHING_TO_ADJUST": (422, "The amounts agree: accept the difference with a note "
+                               "instead of adjusting."),
     "RULE_EFFECTIVE_IN_PAST": (422, "A rule version takes effect now or later, never in the "
                                     "past: orders were sold under the rules of their time."),
     # base data and imports

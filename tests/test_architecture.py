@@ -57,6 +57,14 @@ WRITERS = {
     "audit": {"server/services/audit.py"},
     "idempotency": {"server/services/idempotency.py"},
     "meta": {"devstack/demo.py"},
+    "clearing_rules": {"server/storage/clearing.py"},
+    "ledger_entries": {"server/storage/ledger.py"},
+    "ledger_accounts": {"server/storage/ledger.py"},
+    "ledger_cursors": {"server/storage/ledger.py"},
+    "settlement_entities": {"server/storage/settlement.py"},
+    "settlement_batches": {"server/storage/settlement.py"},
+    "reconciliation_runs": {"server/storage/reconciliation.py"},
+    "reconciliation_differences": {"server/storage/reconciliation.py"},
 }
 
 

@@ -218,6 +218,8 @@ COLLECTIONS: list[CollectionSpec] = [
             "one_person_one_seat", unique=True, partialFilterExpression={"active": True}),
         _ix([("departure_id", ASCENDING), ("status", ASCENDING)], "departure_status"),
         _ix("pickup_code", "pickup_code", sparse=True),
+        _ix([("issued_at", ASCENDING)], "issued_at", sparse=True),  # the ledger reads by it
+        _ix([("refund.at", ASCENDING)], "refund_at", sparse=True),
     ]),
     CollectionSpec("payments", _obj(
         ["out_trade_no", "order_no", "provider", "amount", "status", "created_at"],
@@ -386,6 +388,47 @@ COLLECTIONS: list[CollectionSpec] = [
         next_at=DATE, created_at=DATE), [
         _ix([("status", ASCENDING), ("next_at", ASCENDING)], "status_due"),
         _ix([("partner_id", ASCENDING), ("created_at", DESCENDING)], "partner_created"),
+    ]),
+    CollectionSpec("clearing_rules", _obj(
+        ["lines", "status", "created_at"], lines={"bsonType": "array", "minItems": 1},
+        status={"enum": ["draft", "published"]}, created_at=DATE), [
+        _ix([("status", ASCENDING), ("effective_from", ASCENDING)], "status_effective"),
+    ]),
+    # the journal: postings in signed fen (debit positive) that sum to zero, never updated
+    CollectionSpec("ledger_entries", _obj(
+        ["kind", "postings", "at", "booked_on", "event_at"],
+        kind={"enum": ["payment", "refund", "deposit", "sale", "change", "ticket_refund",
+                       "ticket_void", "cancellation_refund", "payout", "adjustment"]},
+        postings={"bsonType": "array", "minItems": 1, "items": {
+            "bsonType": "object", "required": ["account", "amount"],
+            "properties": {"account": NONEMPTY, "amount": INT}}},
+        at=DATE, booked_on=LOCAL_DATE, event_at=DATE), [
+        _ix([("postings.account", ASCENDING), ("booked_on", ASCENDING)], "account_booked"),
+        _ix([("kind", ASCENDING), ("event_at", ASCENDING)], "kind_event"),
+        _ix([("at", ASCENDING)], "at"),
+    ]),
+    CollectionSpec("ledger_accounts", _obj(["balance"], balance=INT), []),
+    CollectionSpec("ledger_cursors", _obj(["at"], at=DATE), []),
+    CollectionSpec("settlement_entities", _obj(
+        ["updated_at"], cycle_days={"bsonType": "int", "minimum": 0, "maximum": 7},
+        updated_at=DATE), []),
+    CollectionSpec("settlement_batches", _obj(
+        ["through_date", "status", "created_at"], through_date=LOCAL_DATE,
+        status={"enum": ["running", "done"]}, created_at=DATE), [
+        _ix([("through_date", DESCENDING)], "through_date"),
+    ]),
+    CollectionSpec("reconciliation_runs", _obj(
+        ["date", "source", "created_at", "open_differences"], date=LOCAL_DATE,
+        source=NONEMPTY, created_at=DATE, open_differences={"bsonType": "int", "minimum": 0}), [
+        _ix([("date", ASCENDING), ("open_differences", ASCENDING)], "date_open"),
+        _ix([("created_at", DESCENDING)], "created"),
+    ]),
+    CollectionSpec("reconciliation_differences", _obj(
+        ["run_id", "class", "kind", "ref", "status"], run_id=NONEMPTY,
+        **{"class": {"enum": ["only_ours", "only_theirs", "amount_differs", "status_differs"]}},
+        kind={"enum": ["payment", "refund"]}, ref=NONEMPTY,
+        status={"enum": ["open", "resolved"]}), [
+        _ix([("run_id", ASCENDING), ("seq", ASCENDING)], "run_seq"),
     ]),
     CollectionSpec("idempotency", None, [
         _ix([("scope", ASCENDING), ("key", ASCENDING)], "scope_key_unique", unique=True),

@@ -1,0 +1,250 @@
+"""Reconciliation (对账): a day of a provider's bill against our payments and refunds.
+
+Totals first (counts and sums of payments and refunds on each side), then line by line:
+payment rows by ``out_trade_no`` against our paid attempts, refund rows by ``out_refund_no``
+against our refunds that are done — a refund row is a refund, never an unknown payment.
+Ours are read over the day widened by a tolerance either side, so a payment the provider
+books just across midnight from us is matched, not reported twice; a line of theirs that
+matches nothing of ours in the window is looked up by its number before it is called
+unknown. A day without trades is an empty, clean run.
+
+Each difference is classified — ``only_ours``, ``only_theirs``, ``amount_differs``,
+``status_differs`` — and kept until finance resolves it: ``adjust`` posts an adjusting
+ledger entry (the provider's funds against ``suspense:reconciliation``, by the amount the
+provider's side differs), ``accept`` records why none is needed. Both are audited; the
+settlement of a day waits for its open differences.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from typing import Any
+
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+
+from payments.base import BasePaymentProvider, PaymentError, ProviderRegistry
+from server.clock import LOCAL_TZ, day_start, local_today, now_ms
+from server.errors import DomainError, calendar_day
+from server.security.principal import Principal
+from server.services.audit import AuditService
+from server.services.ledger import SUSPENSE, Ledger
+from server.storage.reconciliation import ReconciliationRecords
+from server.storage.transactions import transact
+
+TOLERANCE = dt.timedelta(minutes=10)
+PAID = ["paid", "refunding", "refunded"]
+AUTO_AFTER_HOUR = 10  # providers publish a day's bills by the next morning
+
+
+class Reconciliation:
+    def __init__(self, db: AsyncDatabase[Any], providers: ProviderRegistry, ledger: Ledger,
+                 audit: AuditService) -> None:
+        self._db = db
+        self._providers = providers
+        self._ledger = ledger
+        self._audit = audit
+        self.records = ReconciliationRecords(db)
+
+    def bill_sources(self) -> list[str]:
+        return self._providers.remote()
+
+    async def run(self, actor: Principal | None, date: str, source: str,
+                  run_id: str | None = None) -> dict[str, Any]:
+        day = calendar_day(date, code="INVALID_VALUE", field="date")
+        provider = self._providers.find(source)
+        if not isinstance(provider, BasePaymentProvider):
+            raise DomainError("INVALID_VALUE", f"No bill source {source!r}: wechat or alipay.",
+                              field="source")
+        if day >= local_today():
+            raise DomainError("STATEMENT_NOT_READY", bill_date=date)
+        if run_id is not None and await self.records.get(run_id) is not None:
+            return await self.view(run_id)
+        try:
+            lines = await provider.statement(day.isoformat())
+        except PaymentError as exc:
+            raise DomainError("PAYMENT_PROVIDER_ERROR", str(exc)) from None
+        start = day_start(day)
+        end = start + dt.timedelta(days=1)
+        ours_paid = {a["out_trade_no"]: a for a in await self._db.payments.find(
+            {"provider": source, "status": {"$in": PAID},
+             "paid_at": {"$gte": start - TOLERANCE, "$lt": end + TOLERANCE}},
+            {"out_trade_no": 1, "amount": 1, "paid_at": 1, "order_no": 1}).to_list()}
+        ours_refunded = {r["out_refund_no"]: r for r in await self._db.refund_requests.find(
+            {"provider": source, "status": "done",
+             "done_at": {"$gte": start - TOLERANCE, "$lt": end + TOLERANCE}},
+            {"out_refund_no": 1, "amount": 1, "done_at": 1, "order_no": 1}).to_list()
+            if r.get("out_refund_no")}
+        theirs_paid = {ln.out_trade_no: ln for ln in lines if ln.kind == "payment"}
+        theirs_refunded = {ln.out_refund_no: ln for ln in lines if ln.kind == "refund"}
+        in_day = {"payments": [a for a in ours_paid.values() if start <= a["paid_at"] < end],
+                  "refunds": [r for r in ours_refunded.values()
+                              if start <= r["done_at"] < end]}
+        totals = {
+            "theirs": {"payments": len(theirs_paid),
+                       "payment_amount": sum(ln.amount for ln in theirs_paid.values()),
+                       "refunds": len(theirs_refunded),
+                       "refund_amount": sum(ln.amount for ln in theirs_refunded.values()),
+                       "fees": sum(ln.fee for ln in lines)},
+            "ours": {"payments": len(in_day["payments"]),
+                     "payment_amount": sum(a["amount"] for a in in_day["payments"]),
+                     "refunds": len(in_day["refunds"]),
+                     "refund_amount": sum(int(r["amount"]) for r in in_day["refunds"])}}
+        totals["match"] = all(totals["theirs"][k] == totals["ours"][k] for k in (
+            "payments", "payment_amount", "refunds", "refund_amount"))
+        found: list[dict[str, Any]] = []
+        matched = 0
+        for number, line in theirs_paid.items():
+            ours = ours_paid.get(number)
+            if ours is None:
+                ours = await self._db.payments.find_one({"out_trade_no": number})
+                if ours is None:
+                    found.append(_diff("only_theirs", "payment", number, None, line.amount))
+                    continue
+                if ours.get("status") not in PAID:
+                    found.append(_diff("status_differs", "payment", number, ours["amount"],
+                                       line.amount, ours.get("order_no"),
+                                       ours_status=ours.get("status"), theirs_status="paid"))
+                    continue
+            if int(ours["amount"]) != line.amount:
+                found.append(_diff("amount_differs", "payment", number, int(ours["amount"]),
+                                   line.amount, ours.get("order_no")))
+            else:
+                matched += 1
+        for number, ours in ours_paid.items():
+            if number not in theirs_paid and start <= ours["paid_at"] < end:
+                found.append(_diff("only_ours", "payment", number, int(ours["amount"]), None,
+                                   ours.get("order_no")))
+        for number, line in theirs_refunded.items():
+            ours = ours_refunded.get(number)
+            if ours is None:
+                ours = await self._db.refund_requests.find_one({"out_refund_no": number})
+                if ours is None:
+                    found.append(_diff("only_theirs", "refund", number, None, line.amount))
+                    continue
+                if ours.get("status") != "done":
+                    found.append(_diff("status_differs", "refund", number, int(ours["amount"]),
+                                       line.amount, ours.get("order_no"),
+                                       ours_status=ours.get("status"), theirs_status="done"))
+                    continue
+            if int(ours["amount"]) != line.amount:
+                found.append(_diff("amount_differs", "refund", number, int(ours["amount"]),
+                                   line.amount, ours.get("order_no")))
+            else:
+                matched += 1
+        for number, ours in ours_refunded.items():
+            if number not in theirs_refunded and start <= ours["done_at"] < end:
+                found.append(_diff("only_ours", "refund", number, int(ours["amount"]), None,
+                                   ours.get("order_no")))
+        now = now_ms()
+        run_id = run_id or f"RC{now:%Y%m%d%H%M%S}{secrets.token_hex(3).upper()}"
+        run = {"_id": run_id, "date": day.isoformat(), "source": source, "created_at": now,
+               "created_by": actor.audit_actor() if actor else {"kind": "job"},
+               "lines": len(lines), "matched": matched, "totals": totals,
+               "differences": len(found), "open_differences": len(found)}
+        differences = [{**d, "_id": f"{run_id}:D{i + 1}", "run_id": run_id, "seq": i + 1,
+                        "source": source, "date": day.isoformat(), "status": "open"}
+                       for i, d in enumerate(found)]
+
+        async def keep(session: AsyncClientSession) -> bool:
+            return await self.records.add(run, differences, session)
+
+        await transact(self._db, keep)
+        if actor is not None:
+            await self._audit.record(actor, "reconciliation.run", target=run_id, details={
+                "source": source, "date": day.isoformat(), "differences": len(found)})
+        return await self.view(run_id)
+
+    async def daily(self) -> int:
+        """Yesterday's bills of every provider, once each, after they are published."""
+        now = dt.datetime.now(LOCAL_TZ)
+        if now.hour < AUTO_AFTER_HOUR:
+            return 0
+        day = (now.date() - dt.timedelta(days=1)).isoformat()
+        done = 0
+        for source in self.bill_sources():
+            run_id = f"AUTO-{source}-{day}"
+            if await self.records.get(run_id) is None:
+                await self.run(None, day, source, run_id=run_id)
+                done += 1
+        return done
+
+    async def view(self, run_id: str) -> dict[str, Any]:
+        run = await self.records.get(run_id)
+        if run is None:
+            raise DomainError("NOT_FOUND", "No such reconciliation run.")
+        return {"id": run["_id"], "date": run["date"], "source": run["source"],
+                "created_at": run["created_at"].astimezone(LOCAL_TZ).isoformat(),
+                "created_by": (run.get("created_by") or {}).get("username", "job"),
+                "lines": run["lines"], "matched": run["matched"], "totals": run["totals"],
+                "open_differences": run["open_differences"],
+                "differences": [_diff_view(d) for d in await self.records.differences(run_id)]}
+
+    async def listed(self, date: str | None, limit: int = 50) -> list[dict[str, Any]]:
+        query = {"date": date} if date else {}
+        return [{"id": r["_id"], "date": r["date"], "source": r["source"],
+                 "lines": r["lines"], "matched": r["matched"],
+                 "totals_match": r["totals"]["match"], "differences": r["differences"],
+                 "open_differences": r["open_differences"],
+                 "created_at": r["created_at"].astimezone(LOCAL_TZ).isoformat()}
+                for r in await self.records.listed(query, limit)]
+
+    async def resolve(self, actor: Principal, run_id: str, diff_id: str,
+                      body: dict[str, Any]) -> dict[str, Any]:
+        """Finance settles a difference: an adjusting entry, or a note saying why none."""
+        diff = await self.records.difference(f"{run_id}:{diff_id}")
+        if diff is None:
+            raise DomainError("NOT_FOUND", "No such difference.")
+        if diff["status"] != "open":
+            raise DomainError("DIFFERENCE_RESOLVED")
+        action, note = body["action"], str(body.get("note", ""))
+        delta = (diff.get("theirs") or 0) - (diff.get("ours") or 0)
+        if diff["kind"] == "refund":
+            delta = -delta  # money the provider paid back left its funds
+        entry_id = None
+        if action == "adjust":
+            if delta == 0:
+                raise DomainError("NOTHING_TO_ADJUST")
+            entry_id = f"adjust:{diff['_id']}"
+            now = now_ms()
+            await self._ledger.book.post({
+                "_id": entry_id, "kind": "adjustment", "at": now,
+                "booked_on": local_today(now).isoformat(), "event_at": now,
+                "postings": [{"account": f"funds:{diff['source']}", "amount": delta},
+                             {"account": SUSPENSE, "amount": -delta}],
+                "note": note, "reconciliation": diff["_id"],
+                "order_no": diff.get("order_no")})
+        resolution = {"action": action, "note": note, "entry": entry_id,
+                      "by": actor.audit_actor(), "at": now_ms()}
+
+        async def settle(session: AsyncClientSession) -> bool:
+            return await self.records.resolve(diff["_id"], resolution, session)
+
+        if not await transact(self._db, settle):
+            raise DomainError("DIFFERENCE_RESOLVED")
+        await self._audit.record(actor, "reconciliation.resolve", target=diff["_id"],
+                                 details={"action": action, "note": note, "entry": entry_id,
+                                          "amount": delta if entry_id else 0})
+        return _diff_view(await self.records.difference(diff["_id"]) or diff)
+
+
+def _diff(kind_of: str, kind: str, ref: str, ours: int | None, theirs: int | None,
+          order_no: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"class": kind_of, "kind": kind, "ref": ref, "ours": ours, "theirs": theirs,
+            "order_no": order_no, **extra}
+
+
+def _diff_view(d: dict[str, Any]) -> dict[str, Any]:
+    view = {"id": d["_id"].rsplit(":", 1)[1], "class": d["class"], "kind": d["kind"],
+            "ref": d["ref"], "ours": d.get("ours"), "theirs": d.get("theirs"),
+            "order_no": d.get("order_no"), "status": d["status"]}
+    for key in ("ours_status", "theirs_status"):
+        if d.get(key):
+            view[key] = d[key]
+    if d.get("resolution"):
+        r = d["resolution"]
+        view["resolution"] = {"action": r["action"], "note": r["note"], "entry": r["entry"],
+                              "by": (r.get("by") or {}).get("username", ""),
+                              "at": r["at"].astimezone(LOCAL_TZ).isoformat()}
+    return view

@@ -1,0 +1,89 @@
+"""The double-entry ledger: the one writer of ``ledger_entries`` (the journal),
+``ledger_accounts`` (each account's balance) and ``ledger_cursors`` (how far the posting job
+has read its sources).
+
+An entry's postings are signed fen, debit positive, and sum to zero. The entry and the
+balances it moves are written in one transaction; its id is derived from the event it
+records, so posting it twice posts it once. Entries are never updated: a correction is a
+new, reversing entry. Every balance can be recomputed from the entries (``recomputed``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from server.storage.transactions import transact
+
+
+class UnbalancedEntry(ValueError):
+    """Postings that do not sum to zero: a bug in whoever built them, never stored."""
+
+
+class LedgerBook:
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
+        self._db = db
+        self._entries = db.ledger_entries
+        self._accounts = db.ledger_accounts
+        self._cursors = db.ledger_cursors
+
+    # --- posting ----------------------------------------------------------------------------
+    async def post(self, entry: dict[str, Any]) -> bool:
+        """Store the entry and move its accounts' balances, once; True when this call did."""
+        postings = entry["postings"]
+        if sum(p["amount"] for p in postings) != 0 or not postings:
+            raise UnbalancedEntry(entry["_id"])
+        if any(not isinstance(p["amount"], int) for p in postings):
+            raise UnbalancedEntry(f"{entry['_id']}: amounts are integer fen")
+
+        async def write(session: AsyncClientSession) -> bool:
+            if await self._entries.find_one({"_id": entry["_id"]}, {"_id": 1},
+                                            session=session) is not None:
+                return False
+            await self._entries.insert_one(entry, session=session)
+            for posting in postings:
+                await self._accounts.update_one(
+                    {"_id": posting["account"]},
+                    {"$inc": {"balance": posting["amount"], "entries": 1},
+                     "$set": {"updated_at": entry["at"]}}, upsert=True, session=session)
+            return True
+
+        try:
+            return await transact(self._db, write)
+        except DuplicateKeyError:  # a racing poster of the same event
+            return False
+
+    # --- reading ------------------------------------------------------------------------------
+    async def get(self, entry_id: str) -> dict[str, Any] | None:
+        return await self._entries.find_one({"_id": entry_id})
+
+    def find(self, query: dict[str, Any], limit: int = 0,
+                   sort: list[tuple[str, int]] | None = None) -> Any:
+        """A cursor over entries (the caller iterates)."""
+        cursor = self._entries.find(query).sort(sort or [("at", 1), ("_id", 1)])
+        return cursor.limit(limit) if limit else cursor
+
+    async def accounts(self, prefix: str | None = None) -> list[dict[str, Any]]:
+        query = {"_id": {"$regex": f"^{prefix}"}} if prefix else {}
+        return await self._accounts.find(query).sort("_id", 1).to_list()
+
+    async def recomputed(self) -> dict[str, int]:
+        """Every account's balance summed from the journal itself."""
+        out: dict[str, int] = {}
+        async for row in await self._entries.aggregate([
+                {"$unwind": "$postings"},
+                {"$group": {"_id": "$postings.account", "sum": {"$sum": "$postings.amount"}}}]):
+            out[row["_id"]] = int(row["sum"])
+        return out
+
+    # --- the posting job's read positions ---------------------------------------------------
+    async def cursor(self, name: str) -> dt.datetime | None:
+        found = await self._cursors.find_one({"_id": name})
+        return found["at"] if found else None
+
+    async def advance(self, name: str, at: dt.datetime) -> None:
+        await self._cursors.update_one({"_id": name}, {"$max": {"at": at}}, upsert=True)

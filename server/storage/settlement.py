@@ -1,0 +1,70 @@
+"""Settlement: the one writer of ``settlement_entities`` (who is paid, how often, where to)
+and ``settlement_batches`` (each T+N run: per entity what it covered and its net)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+
+class SettlementRecords:
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
+        self._entities = db.settlement_entities
+        self._batches = db.settlement_batches
+
+    # --- entities ---------------------------------------------------------------------------
+    async def entity_settings(self) -> dict[str, dict[str, Any]]:
+        return {e["_id"]: e async for e in self._entities.find({})}
+
+    async def save_entity(self, entity_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        return await self._entities.find_one_and_update(  # type: ignore[no-any-return]
+            {"_id": entity_id}, {"$set": fields}, upsert=True,
+            return_document=ReturnDocument.AFTER)
+
+    # --- batches ------------------------------------------------------------------------------
+    async def open_batch(self, batch: dict[str, Any]) -> bool:
+        """The batch of a day, once across processes: False when it exists already."""
+        try:
+            await self._batches.insert_one(batch)
+            return True
+        except DuplicateKeyError:
+            return False
+
+    async def claim(self, batch_id: str, owner: str, stale_before: dt.datetime,
+                    now: dt.datetime) -> bool:
+        """Take a running batch over when its runner stopped heartbeating (it died)."""
+        done = await self._batches.update_one(
+            {"_id": batch_id, "status": "running",
+             "$or": [{"owner": owner}, {"heartbeat_at": {"$lt": stale_before}}]},
+            {"$set": {"owner": owner, "heartbeat_at": now}})
+        return done.modified_count == 1
+
+    async def progress(self, batch_id: str, entity: dict[str, Any], done: int,
+                       now: dt.datetime) -> None:
+        await self._batches.update_one(
+            {"_id": batch_id, "entities.entity": {"$ne": entity["entity"]}},
+            {"$push": {"entities": entity},
+             "$set": {"progress.done": done, "heartbeat_at": now}})
+
+    async def finish(self, batch_id: str, totals: dict[str, Any], now: dt.datetime) -> None:
+        await self._batches.update_one({"_id": batch_id},
+                                       {"$set": {"status": "done", "finished_at": now,
+                                                 "totals": totals}})
+
+    async def get(self, batch_id: str) -> dict[str, Any] | None:
+        return await self._batches.find_one({"_id": batch_id})
+
+    async def latest_before(self, through: str) -> dict[str, Any] | None:
+        return await self._batches.find_one({"through_date": {"$lt": through}},
+                                            sort=[("through_date", -1)])
+
+    async def later_than(self, through: str) -> dict[str, Any] | None:
+        return await self._batches.find_one({"through_date": {"$gt": through}})
+
+    async def listed(self, limit: int = 50) -> list[dict[str, Any]]:
+        return await self._batches.find({}, {"entities": 0}).sort(
+            "through_date", -1).limit(limit).to_list()
