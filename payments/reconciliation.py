@@ -112,10 +112,19 @@ class Reconciliation:
                                    line.amount, ours.get("order_no")))
             else:
                 matched += 1
-        for number, ours in ours_paid.items():
-            if number not in theirs_paid and start <= ours["paid_at"] < end:
-                found.append(_diff("only_ours", "payment", number, int(ours["amount"]), None,
-                                   ours.get("order_no")))
+        missing = [a for n, a in ours_paid.items()
+                   if n not in theirs_paid and start <= a["paid_at"] < end]
+        # ours near midnight that their bill lacks: the provider may have booked them on
+        # the neighbouring day — look there before calling them ours alone
+        neighbours = await self._neighbours(provider, day, [
+            a["paid_at"] for a in missing
+            if a["paid_at"] < start + TOLERANCE or a["paid_at"] >= end - TOLERANCE])
+        for ours in missing:
+            if ours["out_trade_no"] in neighbours:
+                matched += 1
+                continue
+            found.append(_diff("only_ours", "payment", ours["out_trade_no"],
+                               int(ours["amount"]), None, ours.get("order_no")))
         for number, line in theirs_refunded.items():
             ours = ours_refunded.get(number)
             if ours is None:
@@ -155,6 +164,24 @@ class Reconciliation:
             await self._audit.record(actor, "reconciliation.run", target=run_id, details={
                 "source": source, "date": day.isoformat(), "differences": len(found)})
         return await self.view(run_id)
+
+    async def _neighbours(self, provider: BasePaymentProvider, day: dt.date,
+                          near: list[dt.datetime]) -> set[str]:
+        """Payment numbers in the bills of the days before / after ``day`` that ``near``
+        times touch (a bill not published yet contributes nothing)."""
+        start = day_start(day)
+        days = {day - dt.timedelta(days=1) for t in near if t < start + TOLERANCE}
+        days |= {day + dt.timedelta(days=1) for t in near if t >= start + TOLERANCE}
+        numbers: set[str] = set()
+        for other in days:
+            if other >= local_today():
+                continue
+            try:
+                numbers |= {ln.out_trade_no for ln in await provider.statement(
+                    other.isoformat()) if ln.kind == "payment"}
+            except PaymentError:
+                continue
+        return numbers
 
     async def daily(self) -> int:
         """Yesterday's bills of every provider, once each, after they are published."""

@@ -240,11 +240,16 @@ class PaymentService:
                 "out_trade_no": attempt["out_trade_no"], "expected": attempt["amount"],
                 "got": amount}})
             raise NotificationRejected("amount differs from the attempt")
-        won = await self.records.paid(attempt["_id"], transaction_id)
-        if won is None:
+        async def record(session: AsyncClientSession) -> dict[str, Any] | None:
+            """Paid, and its money movement (the ledger's source): both or neither."""
+            won = await self.records.paid(attempt["_id"], transaction_id, session)
+            if won is not None:
+                await self._movement(f"pay:{attempt['out_trade_no']}", "payment", won,
+                                     attempt["amount"], session)
+            return won
+
+        if await transact(self._db, record) is None:
             return "already"
-        await self._movement(f"pay:{attempt['out_trade_no']}", "payment", won,
-                             attempt["amount"])
         outcome = await self._orders.mark_paid(attempt["order_no"], attempt["out_trade_no"],
                                                attempt["amount"])
         if outcome == "late":  # the order ended before the money came: give it back, once

@@ -62,12 +62,13 @@ class PaymentRecords:
         await self._attempts.update_one({"_id": attempt_id, "status": {"$in": states}},
                                         {"$set": {"status": "closed"}})
 
-    async def paid(self, attempt_id: Any, transaction_id: str) -> dict[str, Any] | None:
+    async def paid(self, attempt_id: Any, transaction_id: str,
+                   session: AsyncClientSession | None = None) -> dict[str, Any] | None:
         """→ paid, once: the attempt as paid, or None if another caller got there first."""
         won = await self._attempts.find_one_and_update(
             {"_id": attempt_id, "status": {"$in": ["created", "pending", "closed"]}},
             {"$set": {"status": "paid", "paid_at": now_ms(), "transaction_id": transaction_id}},
-            return_document=ReturnDocument.AFTER)
+            return_document=ReturnDocument.AFTER, session=session)
         return won  # type: ignore[no-any-return]
 
     async def scrubbed(self, attempt_id: Any, fields: list[str]) -> None:

@@ -1,0 +1,392 @@
+"""Clearing and settlement: every ticket's money shared out by the clearing rules into a
+double-entry ledger that always balances; settlement T+N in batches that run once, with
+statements whose totals are the ledger's; reconciliation of the providers' bills (payments
+and refunds) with every planted difference found and none invented."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import datetime as dt
+import io
+import json
+import random
+
+import pytest
+from openpyxl import load_workbook
+from tornado.httpclient import AsyncHTTPClient
+
+from server.clock import LOCAL_TZ, local_today
+from server.errors import DomainError
+from server.services.clearing import DEFAULT, Sale, check, split_fee, split_sale
+from tests.booking_support import native_departure, person
+from tests.support import ApiClient
+from tests.test_payments import pending_payment, wait_refund, wait_status
+
+
+# --- the clearing rules: pure -------------------------------------------------------------------
+def _sale(price: int, fee: int, seller: str | None = "outlet:O1", provider: str = "wechat",
+          **extra: str) -> Sale:
+    fields = {"ticket_no": "T1", "price": price, "station_fee": fee, "ticket_type": "adult",
+              "channel": "agent", "route_id": "R1", "region": "440106", "station_id": "S1",
+              "carrier_id": "C1", "seller": seller, "provider": provider, **extra}
+    return Sale(**fields)  # type: ignore[arg-type]
+
+
+def test_every_fen_of_every_ticket_lands_somewhere() -> None:
+    rng = random.Random(7)
+    version = {"_id": "v", **check({"lines": [
+        {"match": {}, "commission_bp": 333, "platform_bp": 77,
+         "refund_fee": {"station_bp": 3333, "platform_bp": 1111}},
+        {"match": {"region": "440000", "channel": "agent"}, "commission_bp": 500,
+         "platform_bp": 0}], "provider_fee_bp": {"wechat": 60, "alipay": 55}})}
+    for _ in range(3000):
+        price = rng.randrange(1, 50_000)
+        sale = _sale(price, rng.randrange(0, price + 1), rng.choice([None, "outlet:O1"]),
+                     rng.choice(["wechat", "alipay", "cash"]))
+        shares = split_sale(version, sale)
+        assert sum(shares.values()) == price and all(v > 0 for v in shares.values())
+        assert shares.get("station:S1", 0) == sale.station_fee
+        fee = rng.randrange(0, price + 1)
+        fee_shares = split_fee(version, sale, fee)
+        assert sum(fee_shares.values()) == fee and all(v > 0 for v in fee_shares.values())
+    # the most specific line wins (region 44xxxx and channel agent: 5 % commission)
+    shares = split_sale(version, _sale(10_000, 1_000))
+    assert shares["outlet:O1"] == 450 and "platform:keyun" not in shares
+    # rounding is floor, the fen left over are the carrier's, deterministically
+    shares = split_sale(DEFAULT, _sale(101, 0, provider="wechat"))
+    assert shares == {"outlet:O1": 3, "platform:keyun": 1, "carrier:C1": 97}
+    assert split_sale(DEFAULT, _sale(101, 0)) == shares
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"lines": []}, "lines"),
+    ({"lines": [{"commission_bp": 9000, "platform_bp": 1000}],
+      "provider_fee_bp": {"wechat": 60}}, "lines[0]"),
+    ({"lines": [{"match": {"carrier_id": "C1"}}]}, "lines[0].match"),
+    ({"lines": [{"refund_fee": {"station_bp": 6000, "platform_bp": 5000}}]},
+     "lines[0].refund_fee"),
+    ({"lines": [{}], "provider_fee_bp": {"wechat": 2000}}, "provider_fee_bp"),
+    ({"lines": [{}], "remainder": "station"}, "remainder"),
+])
+def test_a_rule_that_would_lose_or_invent_money_is_refused(body: dict, field: str) -> None:
+    with pytest.raises(DomainError) as refused:
+        check(body)
+    assert refused.value.code == "CLEARING_RULE_INVALID"
+    assert refused.value.details["field"] == field
+
+
+# --- the ledger over real sales -------------------------------------------------------------
+async def _post(services) -> None:
+    """Post what happened (the Keyun process's job may have posted some already)."""
+    await services.ledger.run()
+
+
+async def _order_entries(db, order_no: str) -> list[dict]:
+    return await db.ledger_entries.find({"order_no": order_no}).to_list()
+
+
+async def _balanced(services) -> None:
+    report = await services.ledger.check()
+    assert report["differences"] == {} and report["journal_total"] == 0, report
+
+
+async def _paid_order(api: ApiClient, db, offset: int, index: int, people: int = 2
+                      ) -> tuple[str, dict]:
+    token, order, _ = await pending_payment(api, db, offset, index)
+    if people > 1:  # pending_payment books one passenger: book a bigger order instead
+        dep = await native_departure(db, offset, index)
+        await api.post(f"/api/v1/orders/{order['order_no']}/cancel", {}, token=token)
+        order = (await api.post("/api/v1/orders", {
+            "departure_id": dep["_id"], "contact_phone": "13812345678", "channel": "miniapp",
+            "passengers": [person(f"乘客{i}") for i in range(people)]}, token=token)).body
+        assert (await api.post(f"/api/v1/orders/{order['order_no']}/pay",
+                               {"method": "wechat_jsapi"}, token=token)).status == 200
+    await api.post(f"/sandbox/payments/{order['order_no']}/confirm")
+    return token, await wait_status(api, token, order["order_no"], "issued")
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_sales_refunds_and_their_money_post_balanced_entries_once(
+        api: ApiClient, db, services) -> None:
+    token, order = await _paid_order(api, db, 9, 3)
+    first, second = (t["ticket_no"] for t in order["tickets"])
+    await _post(services)
+    entries = {e["_id"]: e for e in await _order_entries(db, order["order_no"])}
+    attempt = await db.payments.find_one({"order_no": order["order_no"], "status": "paid"})
+    assert f"mv:pay:{attempt['out_trade_no']}" in entries
+    assert {f"sale:{first}", f"sale:{second}"} <= set(entries)
+    for entry in entries.values():
+        assert sum(p["amount"] for p in entry["postings"]) == 0
+    ticket = await db.tickets.find_one({"ticket_no": first})
+    dep = await db.departures.find_one({"_id": ticket["departure_id"]})
+    sale = {p["account"]: -p["amount"] for p in entries[f"sale:{first}"]["postings"]}
+    assert sale.pop("payable:orders") == -ticket["price"]
+    assert sum(sale.values()) == ticket["price"]
+    assert sale.get(f"station:{dep['station_id']}", 0) == ticket["station_fee"]
+    assert sale["provider:wechat"] > 0 and sale[f"carrier:{dep['carrier_id']}"] > 0
+    # the passenger refunds one ticket: its shares come back, the fee is shared out
+    quote = (await api.get(f"/api/v1/tickets/{first}/refund-quote", token=token)).body
+    assert (await api.post(f"/api/v1/tickets/{first}/refund", {}, token=token)).status == 200
+    await services.payments.execute_refunds()
+    await wait_refund(db, f"ticket:{first}")
+    await _post(services)
+    entries = {e["_id"]: e for e in await _order_entries(db, order["order_no"])}
+    back = entries[f"return:{first}"]
+    assert back["kind"] == "ticket_refund"
+    moved = {p["account"]: p["amount"] for p in back["postings"]}
+    assert moved["payable:orders"] == -quote["refund_amount"]
+    fee_shares = back["ticket"]["fee_shares"]
+    assert sum(fee_shares.values()) == quote["fee"] > 0
+    request = await db.refund_requests.find_one({"_id": f"ticket:{first}"})
+    assert f"mv:refund:{request['out_refund_no']}" in entries
+    # what the passenger paid, less what went back, is exactly what was shared out
+    payable = sum(p["amount"] for e in entries.values() for p in e["postings"]
+                  if p["account"] == "payable:orders")
+    assert payable == 0
+    # running the job again, or the whole check, adds nothing and finds it balanced
+    count = await db.ledger_entries.count_documents({})
+    await _post(services)
+    await services.ledger.catch_up(days=1)
+    assert await db.ledger_entries.count_documents({}) == count
+    await _balanced(services)
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_cancelled_departure_refund_costs_the_carrier_alone(api: ApiClient, db,
+                                                                    services) -> None:
+    token, order = await _paid_order(api, db, 9, 5, people=1)
+    ticket_no = order["tickets"][0]["ticket_no"]
+    ticket = await db.tickets.find_one({"ticket_no": ticket_no})
+    operator = (await api.login("operator"))["token"]
+    cancelled = await api.post(f"/api/v1/admin/departures/{ticket['departure_id']}/cancel",
+                               {"reason": "车辆故障"}, token=operator)
+    assert cancelled.status == 200, cancelled.text
+    refund = await api.post(f"/api/v1/tickets/{ticket_no}/refund", {}, token=token)
+    assert refund.status == 200 and refund.body["fee"] == 0, refund.text
+    await _post(services)
+    back = await db.ledger_entries.find_one({"_id": f"return:{ticket_no}"})
+    sale = await db.ledger_entries.find_one({"_id": f"sale:{ticket_no}"})
+    dep = await db.departures.find_one({"_id": ticket["departure_id"]})
+    assert back["kind"] == "cancellation_refund"
+    assert {p["account"]: p["amount"] for p in back["postings"]} == {
+        f"carrier:{dep['carrier_id']}": ticket["price"], "payable:orders": -ticket["price"]}
+    # the station keeps its fee
+    assert any(p["account"] == f"station:{dep['station_id']}" for p in sale["postings"]) == \
+        (ticket["station_fee"] > 0)
+    await _balanced(services)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_clearing_rules_are_drafted_simulated_and_published(api: ApiClient, db,
+                                                                  services) -> None:
+    finance = (await api.login("finance"))["token"]
+    gate = (await api.login("gate"))["token"]
+    draft = await api.post("/api/v1/admin/clearing-rules", {
+        "lines": [{"match": {}, "commission_bp": 300, "platform_bp": 300,
+                   "refund_fee": {"station_bp": 3000, "platform_bp": 2000}}],
+        "provider_fee_bp": {"wechat": 60, "alipay": 60}, "note": "平台服务费 3%"},
+        token=finance)
+    assert draft.status == 201 and draft.body["state"] == "draft", draft.text
+    bad = await api.post("/api/v1/admin/clearing-rules", {"lines": [
+        {"commission_bp": 6000, "platform_bp": 5000}]}, token=finance)
+    assert bad.status == 422 and bad.body["error"]["code"] == "CLEARING_RULE_INVALID"
+    assert (await api.post("/api/v1/admin/clearing-rules", {"lines": [{}]},
+                           token=gate)).status == 403
+    await _paid_order(api, db, 9, 6, people=1)
+    await _post(services)
+    since = (dt.datetime.now(LOCAL_TZ) - dt.timedelta(hours=1)).isoformat()
+    sim = await api.post(f"/api/v1/admin/clearing-rules/{draft.body['id']}/simulate",
+                         {"from": since}, token=finance)
+    assert sim.status == 200, sim.text
+    report = sim.body
+    assert report["tickets"] >= 1 and report["total_current"] == report["total_draft"]
+    platform = next(r for r in report["entities"] if r["entity"] == "platform:keyun")
+    assert platform["draft"] > platform["current"]  # 3 % instead of 1 %
+    assert sum(r["difference"] for r in report["entities"]) == 0
+    published = await api.post(f"/api/v1/admin/clearing-rules/{draft.body['id']}/publish",
+                               {"effective_from": (dt.datetime.now(LOCAL_TZ) +
+                                                   dt.timedelta(days=30)).isoformat()},
+                               token=finance)
+    assert published.status == 200 and published.body["state"] == "scheduled", published.text
+    again = await api.post(f"/api/v1/admin/clearing-rules/{draft.body['id']}/publish", {},
+                           token=finance)
+    assert again.status == 409 and again.body["error"]["code"] == "CLEARING_RULE_PUBLISHED"
+    listing = (await api.get("/api/v1/admin/clearing-rules", token=finance)).body
+    assert listing["in_force"] == "default"
+
+
+# --- settlement ---------------------------------------------------------------------------
+@pytest.mark.gen_test(timeout=180)
+async def test_settlement_runs_once_and_its_statements_are_the_ledgers(api: ApiClient, db,
+                                                                       services) -> None:
+    finance = (await api.login("finance"))["token"]
+    entities = (await api.get("/api/v1/admin/settlement/entities", token=finance)).body
+    kinds = {e["kind"] for e in entities["entities"]}
+    assert {"carrier", "station", "outlet", "provider", "platform"} <= kinds
+    ids = {e["id"] for e in entities["entities"]}
+    assert {f"partner:{p}" for p in await db.partners.distinct("_id")} <= ids
+    _, order = await _paid_order(api, db, 9, 7)
+    await _post(services)
+    dep = await db.departures.find_one({"_id": order["departure_id"]})
+    carrier = f"carrier:{dep['carrier_id']}"
+    terms = await api.post("/api/v1/admin/settlement/entities", {
+        "id": carrier, "cycle_days": 2,
+        "bank": {"bank_name": "中国工商银行", "account_name": "客运公司",
+                 "account_no": "6222020200112233445"}}, token=finance)
+    assert terms.status == 200 and terms.body["bank"]["account_no"] == "***************3445"
+    stored = await db.settlement_entities.find_one({"_id": carrier})
+    assert "6222020200112233445" not in json.dumps(stored, default=str)
+    assert (await api.post("/api/v1/admin/settlement/entities", {"id": "carrier:NOPE"},
+                           token=finance)).status == 422
+    # this order's entries were booked three days ago; the carrier settles T+2
+    yesterday = local_today() - dt.timedelta(days=1)
+    booked = (yesterday - dt.timedelta(days=2)).isoformat()
+    await db.ledger_entries.update_many({"order_no": order["order_no"]},
+                                        {"$set": {"booked_on": booked}})
+    owed = -sum(p["amount"] for e in await _order_entries(db, order["order_no"])
+                for p in e["postings"] if p["account"] == carrier)
+    assert owed > 0
+    assert (await api.post("/api/v1/admin/settlements",
+                           {"through_date": local_today().isoformat()},
+                           token=finance)).body["error"]["code"] == "SETTLEMENT_DAY_OPEN"
+    runs = await asyncio.gather(*[api.post("/api/v1/admin/settlements",
+                                           {"through_date": yesterday.isoformat()},
+                                           token=finance) for _ in range(3)])
+    assert all(r.status == 200 for r in runs), [r.text for r in runs]
+    assert len({r.body["id"] for r in runs}) == 1
+    batch_id = runs[0].body["id"]
+    for _ in range(100):
+        batch = (await api.get(f"/api/v1/admin/settlements/{batch_id}", token=finance)).body
+        if batch["status"] == "done":
+            break
+        await asyncio.sleep(0.1)
+    assert batch["status"] == "done"
+    row = next(e for e in batch["entities"] if e["entity"] == carrier)
+    assert row["amount"] == owed and row["covered_through"] == booked
+    assert row["sales"] == owed and row["settlement_code"].startswith(batch_id)
+    payouts = await db.ledger_entries.count_documents({"batch": batch_id})
+    assert await db.ledger_entries.count_documents(
+        {"_id": f"payout:{batch_id}:{carrier}"}) == 1
+    again = await api.post("/api/v1/admin/settlements", {"through_date": yesterday.isoformat()},
+                           token=finance)
+    assert again.body["id"] == batch_id
+    assert await db.ledger_entries.count_documents({"batch": batch_id}) == payouts
+    earlier = await api.post("/api/v1/admin/settlements",
+                             {"through_date": booked}, token=finance)
+    assert earlier.status == 409 and earlier.body["error"]["code"] == "SETTLEMENT_OUT_OF_ORDER"
+    # the statements: CSV and XLSX, totals equal to the ledger's
+    base = f"{api.base_url}/api/v1/admin/settlements/{batch_id}/statements/{carrier}"
+    headers = {"Authorization": f"Bearer {finance}"}
+    got = await AsyncHTTPClient().fetch(base + ".csv", headers=headers)
+    rows = list(csv.reader(io.StringIO(got.body.decode("utf-8-sig"))))
+    totals = {r[0]: r[1] for r in rows if len(r) == 2}
+    assert totals["应结金额"] == f"{owed // 100}.{owed % 100:02d}"
+    assert totals["结算周期"] == "T+2"
+    lines = [r for r in rows if len(r) == 7 and r[1].startswith("sale:")]
+    assert {r[1] for r in lines} == {f"sale:{t['ticket_no']}" for t in order["tickets"]}
+    got = await AsyncHTTPClient().fetch(base + ".xlsx", headers=headers)
+    sheet = load_workbook(io.BytesIO(got.body)).active
+    cells = {r[0]: r[1] for r in sheet.iter_rows(values_only=True) if r and r[0]}
+    assert round(cells["应结金额"] * 100) == owed
+    assert sum(round(r[6] * 100) for r in sheet.iter_rows(values_only=True)
+               if r and isinstance(r[6], float)) == owed
+    assert (await api.get(f"/api/v1/admin/settlements/{batch_id}/statements/carrier:NOPE.csv",
+                          token=finance)).status == 404
+    await _balanced(services)
+
+
+# --- reconciliation -----------------------------------------------------------------------
+async def _age(providers, db, out_trade_no: str, days: int = 1) -> None:
+    """Move a payment (and its refunds) back by days, with us and at the provider."""
+    back = dt.timedelta(days=days)
+    attempt = await db.payments.find_one({"out_trade_no": out_trade_no})
+    await db.payments.update_one({"_id": attempt["_id"]},
+                                 {"$set": {"paid_at": attempt["paid_at"] - back}})
+    async for request in db.refund_requests.find({"payment_ref": out_trade_no,
+                                                  "done_at": {"$exists": True}}):
+        await db.refund_requests.update_one({"_id": request["_id"]},
+                                            {"$set": {"done_at": request["done_at"] - back}})
+    await AsyncHTTPClient().fetch(f"{providers.url}/_sandbox/wechatpay/age", method="POST",
+                                  body=json.dumps({"out_trade_no": out_trade_no, "days": days}))
+
+
+@pytest.mark.gen_test(timeout=180)
+async def test_reconciliation_finds_every_planted_difference_and_invents_none(
+        api: ApiClient, db, providers, services) -> None:
+    finance = (await api.login("finance"))["token"]
+    # a day far back that only this test's payments are moved into
+    days = 40
+    day = (local_today() - dt.timedelta(days=days)).isoformat()
+    clean, tokens = [], []
+    for index in range(5):
+        token, order = await _paid_order(api, db, 7, index, people=1)
+        attempt = await db.payments.find_one({"order_no": order["order_no"], "status": "paid"})
+        clean.append(attempt["out_trade_no"])
+        tokens.append((token, order["tickets"][0]["ticket_no"]))
+    # one refunded: the bill's refund row is a refund, matched to ours
+    token, ticket_no = tokens[0]
+    assert (await api.post(f"/api/v1/tickets/{ticket_no}/refund", {},
+                           token=token)).status == 200
+    await services.payments.execute_refunds()
+    await wait_refund(db, f"ticket:{ticket_no}")
+    for number in clean:
+        await _age(providers, db, number, days)
+    # planted: ours says another amount; ours lost a payment; ours closed a paid one
+    short, gone, closed = clean[1], clean[2], clean[3]
+    await db.payments.update_one({"out_trade_no": short}, {"$inc": {"amount": -1}})
+    await db.payments.delete_one({"out_trade_no": gone})
+    await db.payments.update_one({"out_trade_no": closed}, {"$set": {"status": "closed"}})
+    # and one only we have: an attempt paid with us that the provider never saw
+    fake = {**await db.payments.find_one({"out_trade_no": clean[4]}),
+            "out_trade_no": "KYFAKE" + clean[4][-10:]}
+    fake.pop("_id")
+    await db.payments.insert_one(fake)
+    run = await api.post("/api/v1/admin/reconciliations", {"date": day, "source": "wechat"},
+                         token=finance)
+    assert run.status == 201, run.text
+    body = run.body
+    found = {(d["class"], d["kind"], d["ref"]) for d in body["differences"]}
+    assert found == {("amount_differs", "payment", short), ("only_theirs", "payment", gone),
+                     ("status_differs", "payment", closed),
+                     ("only_ours", "payment", fake["out_trade_no"])}, body["differences"]
+    assert body["matched"] == 3  # two clean payments and the refund row
+    assert body["totals"]["theirs"]["refunds"] == 1 and not body["totals"]["match"]
+    assert body["open_differences"] == 4
+    # a day without trades is an empty, clean run
+    quiet = await api.post("/api/v1/admin/reconciliations",
+                           {"date": "2026-01-02", "source": "alipay"}, token=finance)
+    assert quiet.status == 201 and quiet.body["differences"] == [] and quiet.body["lines"] == 0
+    # the open differences hold the settlement of their day back
+    blocked = await api.post("/api/v1/admin/settlements", {"through_date": day}, token=finance)
+    assert blocked.status == 409
+    # finance resolves them: the missing payment with an adjusting entry, the rest accepted
+    by_ref = {d["ref"]: d["id"] for d in body["differences"]}
+    run_id = body["id"]
+    adjusted = await api.post(
+        f"/api/v1/admin/reconciliations/{run_id}/differences/{by_ref[gone]}/resolve",
+        {"action": "adjust", "note": "支付记录丢失，按账单补记"}, token=finance)
+    assert adjusted.status == 200 and adjusted.body["status"] == "resolved", adjusted.text
+    entry = await db.ledger_entries.find_one({"_id": adjusted.body["resolution"]["entry"]})
+    missing = next(d["theirs"] for d in body["differences"] if d["ref"] == gone)
+    assert {p["account"]: p["amount"] for p in entry["postings"]} == {
+        "funds:wechat": missing, "suspense:reconciliation": -missing}
+    twice = await api.post(
+        f"/api/v1/admin/reconciliations/{run_id}/differences/{by_ref[gone]}/resolve",
+        {"action": "adjust", "note": "again"}, token=finance)
+    assert twice.status == 409 and twice.body["error"]["code"] == "DIFFERENCE_RESOLVED"
+    nothing = await api.post(
+        f"/api/v1/admin/reconciliations/{run_id}/differences/{by_ref[closed]}/resolve",
+        {"action": "adjust", "note": "?"}, token=finance)
+    assert nothing.status == 422 and nothing.body["error"]["code"] == "NOTHING_TO_ADJUST"
+    for ref in (short, closed, fake["out_trade_no"]):
+        done = await api.post(
+            f"/api/v1/admin/reconciliations/{run_id}/differences/{by_ref[ref]}/resolve",
+            {"action": "accept", "note": "测试植入的差异"}, token=finance)
+        assert done.status == 200, done.text
+    after = (await api.get(f"/api/v1/admin/reconciliations/{run_id}", token=finance)).body
+    assert after["open_differences"] == 0
+    assert all(d["resolution"]["by"] == "finance" for d in after["differences"])
+    audit = await db.audit.count_documents({"action": "reconciliation.resolve",
+                                            "target": {"$regex": f"^{run_id}:"}})
+    assert audit == 4
