@@ -7,12 +7,14 @@ from typing import Any
 
 from handlers.base import ApiHandler, api, route
 from server.errors import aware_time
-from server.schema import DATETIME, DAY, array, integer, obj, string
+from server.schema import DATETIME, DAY, DIVISION, array, integer, obj, string
 from server.security.principal import FINANCE, OPERATOR
+from server.services.kinds import CODE
 from server.services.settlement import statement_csv, statement_xlsx
+from server.vocabulary import TICKET_TYPES
 
 READERS = (FINANCE, OPERATOR)
-SIGNED_FEN = integer(-(10**12), 10**12, description="signed fen")
+SIGNED_FEN = {"type": "integer", "description": "signed fen (debit positive)"}
 ENTITY = obj({"id": string(description="its ledger account, e.g. carrier:C001"),
               "kind": string(enum=["carrier", "station", "outlet", "partner", "provider",
                                    "platform"]),
@@ -27,12 +29,14 @@ ENTITY_TERMS = obj({"id": string(1, 80), "cycle_days": integer(0, 7),
                                  "account_no": string(6, 34, pattern="^[0-9]+$")},
                                 ["bank_name", "account_name", "account_no"])}, ["id"])
 REFUND_FEE = obj({"station_bp": integer(0, 10_000), "platform_bp": integer(0, 10_000)})
-LINE = obj({"match": obj({"route_id": string(1, 24), "region": string(pattern="^[1-9][0-9]{5}$"),
-                          "channel": string(1, 24), "ticket_type": string(1, 24)}),
+LINE = obj({"match": obj({"route_id": CODE, "region": DIVISION,
+                          "channel": string(1, 24, pattern="^[a-z][a-z_]*$"),
+                          "ticket_type": string(enum=list(TICKET_TYPES))}),
             "commission_bp": integer(0, 10_000, description="the seller's, of fare less 站务费"),
             "platform_bp": integer(0, 10_000), "refund_fee": REFUND_FEE})
 RULE_BODY = obj({"lines": array(LINE, minItems=1, maxItems=200),
                  "provider_fee_bp": {"type": "object", "additionalProperties": integer(0, 1000),
+                                     "propertyNames": {"pattern": "^[a-z][a-z_]{0,23}$"},
                                      "description": "basis points of the fare less 站务费"},
                  "remainder": string(enum=["carrier"]), "note": string(0, 200)}, ["lines"])
 RULE_VERSION = obj({"id": string(), "state": string(enum=["draft", "scheduled", "in_force",
@@ -61,7 +65,8 @@ ENTRIES = obj({"entries": array(ENTRY), "next": {"type": ["string", "null"]}},
               ["entries", "next"])
 ENTRY_QUERY = obj({"account": string(1, 80), "from": DATETIME, "to": DATETIME,
                    "limit": integer(1, 500), "cursor": string(1, 80)})
-RECONCILE = obj({"date": DAY, "source": string(1, 40, description="wechat or alipay")},
+RECONCILE = obj({"date": DAY, "source": string(enum=["wechat", "alipay"],
+                                                description="the provider whose bill")},
                 ["date", "source"])
 DIFFERENCE = obj({"id": string(), "class": string(enum=["only_ours", "only_theirs",
                                                          "amount_differs", "status_differs"]),
@@ -111,7 +116,8 @@ class ClearingRulesHandler(ApiHandler):
     @api("A draft clearing rule version: lines by route, region, channel and ticket type "
          "(the most specific wins), provider fees; the carrier takes the remainder",
          roles=(FINANCE,), body=RULE_BODY, response=RULE_VERSION, status=201,
-         idempotent=True, tags=("settlement",), errors=("CLEARING_RULE_INVALID",))
+         idempotent=True, tags=("settlement",),
+         errors=("CLEARING_RULE_INVALID", "REFERENCE_NOT_FOUND"))
     async def post(self) -> None:
         self.set_status(201)
         self.write_json(await self.services.clearing.create(self.principal, self.body))
@@ -168,7 +174,8 @@ class ReconciliationsHandler(ApiHandler):
     @api("Reconcile a day of a provider's bill against our payments and refunds: totals, "
          "then line by line; differences kept for finance", roles=(FINANCE, OPERATOR),
          body=RECONCILE, response=RUN, status=201, idempotent=True, tags=("settlement",),
-         errors=("INVALID_VALUE", "STATEMENT_NOT_READY", "PAYMENT_PROVIDER_ERROR"))
+         errors=("INVALID_VALUE", "REFERENCE_NOT_FOUND", "STATEMENT_NOT_READY",
+                 "PAYMENT_PROVIDER_ERROR"))
     async def post(self) -> None:
         run = await self.services.reconciliation.run(self.principal, self.body["date"],
                                                      self.body["source"])

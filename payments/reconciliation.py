@@ -55,7 +55,8 @@ class Reconciliation:
         day = calendar_day(date, code="INVALID_VALUE", field="date")
         provider = self._providers.find(source)
         if not isinstance(provider, BasePaymentProvider):
-            raise DomainError("INVALID_VALUE", f"No bill source {source!r}: wechat or alipay.",
+            raise DomainError("REFERENCE_NOT_FOUND",
+                              f"{source!r} is not a payment provider of this platform.",
                               field="source")
         if day >= local_today():
             raise DomainError("STATEMENT_NOT_READY", bill_date=date)

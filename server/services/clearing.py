@@ -203,8 +203,14 @@ class ClearingRules:
     async def create(self, actor: Principal, body: dict[str, Any]) -> dict[str, Any]:
         """A draft version, checked (``CLEARING_RULE_INVALID`` names the field)."""
         now = dt.datetime.now(dt.UTC)
+        checked = check(body)
+        for i, line in enumerate(checked["lines"]):
+            route = line["match"].get("route_id")
+            if route and await self._db.routes.count_documents({"_id": route}) == 0:
+                raise DomainError("REFERENCE_NOT_FOUND", f"No such route: {route!r}.",
+                                  field=f"lines[{i}].match.route_id")
         version = {"_id": f"CR{now:%Y%m%d%H%M%S}{secrets.token_hex(2).upper()}",
-                   **check(body), "status": "draft", "note": str(body.get("note", ""))[:200],
+                   **checked, "status": "draft", "note": str(body.get("note", ""))[:200],
                    "created_at": now, "created_by": actor.audit_actor()}
         await self._versions.add(version)
         await self._audit.record(actor, "clearing_rules.create", target=version["_id"],
