@@ -95,24 +95,9 @@ class Reconciliation:
         totals["match"] = all(totals["theirs"][k] == totals["ours"][k] for k in (
             "payments", "payment_amount", "refunds", "refund_amount"))
         found: list[dict[str, Any]] = []
-        matched = 0
-        for number, line in theirs_paid.items():
-            ours = ours_paid.get(number)
-            if ours is None:
-                ours = await self._db.payments.find_one({"out_trade_no": number})
-                if ours is None:
-                    found.append(_diff("only_theirs", "payment", number, None, line.amount))
-                    continue
-                if ours.get("status") not in PAID:
-                    found.append(_diff("status_differs", "payment", number, ours["amount"],
-                                       line.amount, ours.get("order_no"),
-                                       ours_status=ours.get("status"), theirs_status="paid"))
-                    continue
-            if int(ours["amount"]) != line.amount:
-                found.append(_diff("amount_differs", "payment", number, int(ours["amount"]),
-                                   line.amount, ours.get("order_no")))
-            else:
-                matched += 1
+        matched = await self._theirs(found, "payment", theirs_paid, ours_paid,
+                                     lambda n: self._db.payments.find_one({"out_trade_no": n}),
+                                     PAID)
         missing = [a for n, a in ours_paid.items()
                    if n not in theirs_paid and start <= a["paid_at"] < end]
         # ours near midnight that their bill lacks: the provider may have booked them on
@@ -126,23 +111,9 @@ class Reconciliation:
                 continue
             found.append(_diff("only_ours", "payment", ours["out_trade_no"],
                                int(ours["amount"]), None, ours.get("order_no")))
-        for number, line in theirs_refunded.items():
-            ours = ours_refunded.get(number)
-            if ours is None:
-                ours = await self._db.refund_requests.find_one({"out_refund_no": number})
-                if ours is None:
-                    found.append(_diff("only_theirs", "refund", number, None, line.amount))
-                    continue
-                if ours.get("status") != "done":
-                    found.append(_diff("status_differs", "refund", number, int(ours["amount"]),
-                                       line.amount, ours.get("order_no"),
-                                       ours_status=ours.get("status"), theirs_status="done"))
-                    continue
-            if int(ours["amount"]) != line.amount:
-                found.append(_diff("amount_differs", "refund", number, int(ours["amount"]),
-                                   line.amount, ours.get("order_no")))
-            else:
-                matched += 1
+        matched += await self._theirs(
+            found, "refund", theirs_refunded, ours_refunded,
+            lambda n: self._db.refund_requests.find_one({"out_refund_no": n}), ["done"])
         for number, ours in ours_refunded.items():
             if number not in theirs_refunded and start <= ours["done_at"] < end:
                 found.append(_diff("only_ours", "refund", number, int(ours["amount"]), None,
@@ -165,6 +136,27 @@ class Reconciliation:
             await self._audit.record(actor, "reconciliation.run", target=run_id, details={
                 "source": source, "date": day.isoformat(), "differences": len(found)})
         return await self.view(run_id)
+
+    @staticmethod
+    async def _theirs(found: list[dict[str, Any]], kind: str, theirs: dict[str, Any],
+                      ours: dict[str, dict[str, Any]], lookup: Any, done: list[str]) -> int:
+        """Their lines of a kind against ours (in the window, else looked up by number):
+        differences appended to ``found``; the number matched."""
+        matched = 0
+        for number, line in theirs.items():
+            mine = ours.get(number) or await lookup(number)
+            if mine is None:
+                found.append(_diff("only_theirs", kind, number, None, line.amount))
+            elif mine.get("status", done[0]) not in done:
+                found.append(_diff("status_differs", kind, number, int(mine["amount"]),
+                                   line.amount, mine.get("order_no"),
+                                   ours_status=mine.get("status"), theirs_status="done"))
+            elif int(mine["amount"]) != line.amount:
+                found.append(_diff("amount_differs", kind, number, int(mine["amount"]),
+                                   line.amount, mine.get("order_no")))
+            else:
+                matched += 1
+        return matched
 
     async def _neighbours(self, provider: BasePaymentProvider, day: dt.date,
                           near: list[dt.datetime]) -> set[str]:
