@@ -65,12 +65,15 @@ ENTRIES = obj({"entries": array(ENTRY), "next": {"type": ["string", "null"]}},
               ["entries", "next"])
 ENTRY_QUERY = obj({"account": string(1, 80), "from": DATETIME, "to": DATETIME,
                    "limit": integer(1, 500), "cursor": string(1, 80)})
-RECONCILE = obj({"date": DAY, "source": string(enum=["wechat", "alipay"],
-                                                description="the provider whose bill")},
+RECONCILE = obj({"date": DAY, "source": string(
+    1, 40, pattern="^(wechat|alipay|station:[A-Za-z0-9][A-Za-z0-9_-]{0,23})$",
+    description="wechat or alipay (the provider's bill), or station:<id> (its daily sales "
+                "detail)")},
                 ["date", "source"])
 DIFFERENCE = obj({"id": string(), "class": string(enum=["only_ours", "only_theirs",
                                                          "amount_differs", "status_differs"]),
-                  "kind": string(enum=["payment", "refund"]), "ref": string(),
+                  "kind": string(enum=["payment", "refund", "sale", "return"]),
+                  "ref": string(),
                   "ours": {"type": ["integer", "null"]}, "theirs": {"type": ["integer", "null"]},
                   "status": string(enum=["open", "resolved"])}, ["id", "class", "status"],
                  additional=True)
@@ -175,7 +178,8 @@ class ReconciliationsHandler(ApiHandler):
          "then line by line; differences kept for finance", roles=(FINANCE, OPERATOR),
          body=RECONCILE, response=RUN, status=201, idempotent=True, tags=("settlement",),
          errors=("INVALID_VALUE", "REFERENCE_NOT_FOUND", "STATEMENT_NOT_READY",
-                 "PAYMENT_PROVIDER_ERROR"))
+                 "PAYMENT_PROVIDER_ERROR", "STATION_UNSUPPORTED", "STATION_UNAVAILABLE",
+                 "STATION_TIMEOUT", "STATION_BAD_RESPONSE"))
     async def post(self) -> None:
         run = await self.services.reconciliation.run(self.principal, self.body["date"],
                                                      self.body["source"])

@@ -27,6 +27,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 from payments.base import BasePaymentProvider, PaymentError, ProviderRegistry
 from server.clock import LOCAL_TZ, day_start, local_today, now_ms
 from server.errors import DomainError, calendar_day
+from server.exchange.errors import ExchangeError
+from server.exchange.registry import ExchangeRegistry
 from server.security.principal import Principal
 from server.services.audit import AuditService
 from server.services.ledger import SUSPENSE, Ledger
@@ -40,8 +42,9 @@ AUTO_AFTER_HOUR = 10  # providers publish a day's bills by the next morning
 
 class Reconciliation:
     def __init__(self, db: AsyncDatabase[Any], providers: ProviderRegistry, ledger: Ledger,
-                 audit: AuditService) -> None:
+                 audit: AuditService, exchanges: ExchangeRegistry | None = None) -> None:
         self._db = db
+        self._exchanges = exchanges
         self._providers = providers
         self._ledger = ledger
         self._audit = audit
@@ -53,6 +56,12 @@ class Reconciliation:
     async def run(self, actor: Principal | None, date: str, source: str,
                   run_id: str | None = None) -> dict[str, Any]:
         day = calendar_day(date, code="INVALID_VALUE", field="date")
+        if source.startswith("station:"):
+            if day >= local_today():
+                raise DomainError("STATEMENT_NOT_READY", bill_date=date)
+            lines_seen, matched, totals, found = await self._station(day, source[8:])
+            return await self._keep(actor, day, source, run_id, lines_seen, matched, totals,
+                                    found)
         provider = self._providers.find(source)
         if not isinstance(provider, BasePaymentProvider):
             raise DomainError("REFERENCE_NOT_FOUND",
@@ -118,11 +127,18 @@ class Reconciliation:
             if number not in theirs_refunded and start <= ours["done_at"] < end:
                 found.append(_diff("only_ours", "refund", number, int(ours["amount"]), None,
                                    ours.get("order_no")))
+        return await self._keep(actor, day, source, run_id, len(lines), matched, totals,
+                                found)
+
+    async def _keep(self, actor: Principal | None, day: dt.date, source: str,
+                    run_id: str | None, lines: int, matched: int, totals: dict[str, Any],
+                    found: list[dict[str, Any]]) -> dict[str, Any]:
+        """Store a run and its differences together (once per id); audited."""
         now = now_ms()
         run_id = run_id or f"RC{now:%Y%m%d%H%M%S}{secrets.token_hex(3).upper()}"
         run = {"_id": run_id, "date": day.isoformat(), "source": source, "created_at": now,
                "created_by": actor.audit_actor() if actor else {"kind": "job"},
-               "lines": len(lines), "matched": matched, "totals": totals,
+               "lines": lines, "matched": matched, "totals": totals,
                "differences": len(found), "open_differences": len(found)}
         differences = [{**d, "_id": f"{run_id}:D{i + 1}", "run_id": run_id, "seq": i + 1,
                         "source": source, "date": day.isoformat(), "status": "open"}
@@ -136,6 +152,91 @@ class Reconciliation:
             await self._audit.record(actor, "reconciliation.run", target=run_id, details={
                 "source": source, "date": day.isoformat(), "differences": len(found)})
         return await self.view(run_id)
+
+    async def _station(self, day: dt.date, station_id: str
+                       ) -> tuple[int, int, dict[str, Any], list[dict[str, Any]]]:
+        """Our tickets of a station's departures against its daily sales detail: seats
+        sold (by sale and seat; the price) and seats given back (refunds, voids, the old
+        seat of a change). Its window's own sales are not ours to match."""
+        station = await self._db.stations.find_one({"_id": station_id})
+        if station is None:
+            raise DomainError("REFERENCE_NOT_FOUND", f"No such station: {station_id!r}.",
+                              field="source")
+        if self._exchanges is None:
+            raise DomainError("STATION_UNSUPPORTED")
+        try:
+            theirs_all = await self._exchanges.for_station(station).daily_sales(day)
+        except ExchangeError as exc:
+            raise DomainError(exc.code, exc.message, **exc.details) from None
+        theirs = [ln for ln in theirs_all if not ln.window]
+        start = day_start(day)
+        end = start + dt.timedelta(days=1)
+        departures = set(await self._db.departures.distinct(
+            "_id", {"station_id": station_id,
+                    "service_date": {"$gte": (day - dt.timedelta(days=1)).isoformat()}}))
+
+        def key(sale_id: str, seat: int) -> str:
+            return f"{sale_id}/{seat}"
+
+        sold: dict[str, dict[str, Any]] = {}
+        returned: dict[str, dict[str, Any]] = {}
+        async for t in self._db.tickets.find({"issued_at": {"$gte": start, "$lt": end}}):
+            if t["departure_id"] in departures and t.get("sale_id"):
+                sold[key(t["sale_id"], t["seat"])] = t
+                if t.get("changed_from"):  # the change gave the old seat back
+                    old = await self._db.tickets.find_one({"ticket_no": t["changed_from"]})
+                    if old and old.get("sale_id"):
+                        returned[key(old["sale_id"], old["seat"])] = old
+        async for t in self._db.tickets.find({"refund.at": {"$gte": start, "$lt": end},
+                                              "status": {"$in": ["refunded", "voided"]}}):
+            if t["departure_id"] in departures and t.get("sale_id"):
+                returned[key(t["sale_id"], t["seat"])] = t
+        their_sold = {key(ln.sale_id, ln.seat): ln for ln in theirs if ln.event == "sale"}
+        their_back = {key(ln.sale_id, ln.seat): ln for ln in theirs if ln.event == "return"}
+        totals = {"theirs": {"sales": len(their_sold),
+                             "sale_amount": sum(ln.price for ln in their_sold.values()),
+                             "returns": len(their_back),
+                             "window_sales": sum(1 for ln in theirs_all if ln.window)},
+                  "ours": {"sales": len(sold),
+                           "sale_amount": sum(int(t["price"]) for t in sold.values()),
+                           "returns": len(returned)}}
+        totals["match"] = all(totals["theirs"][k] == totals["ours"][k]
+                              for k in ("sales", "sale_amount", "returns"))
+        found: list[dict[str, Any]] = []
+        matched = 0
+        live = ("issued", "picked_up", "checked_in")
+        for ref, line in their_sold.items():
+            mine = sold.get(ref) or await self._db.tickets.find_one(
+                {"sale_id": line.sale_id, "seat": line.seat, "departure_id": {
+                    "$in": list(departures)}})
+            if mine is None:
+                found.append(_diff("only_theirs", "sale", ref, None, line.price))
+            elif int(mine["price"]) != line.price:
+                found.append(_diff("amount_differs", "sale", ref, int(mine["price"]),
+                                   line.price, mine["order_no"]))
+            else:
+                matched += 1
+        for ref, mine in sold.items():
+            if ref not in their_sold:
+                found.append(_diff("only_ours", "sale", ref, int(mine["price"]), None,
+                                   mine["order_no"]))
+        for ref, line in their_back.items():
+            mine = returned.get(ref) or await self._db.tickets.find_one(
+                {"sale_id": line.sale_id, "seat": line.seat})
+            if mine is None:
+                found.append(_diff("only_theirs", "return", ref, None, line.price))
+            elif mine["status"] in live:
+                found.append(_diff("status_differs", "return", ref, int(mine["price"]),
+                                   line.price, mine["order_no"], ours_status=mine["status"],
+                                   theirs_status="returned"))
+            else:
+                matched += 1
+        for ref, mine in returned.items():
+            if ref not in their_back:
+                found.append(_diff("status_differs", "return", ref, int(mine["price"]), None,
+                                   mine["order_no"], ours_status=mine["status"],
+                                   theirs_status="sold"))
+        return len(theirs_all), matched, totals, found
 
     @staticmethod
     async def _theirs(found: list[dict[str, Any]], kind: str, theirs: dict[str, Any],
@@ -224,7 +325,7 @@ class Reconciliation:
             delta = -delta  # money the provider paid back left its funds
         entry_id = None
         if action == "adjust":
-            if delta == 0:
+            if delta == 0 or diff["kind"] not in ("payment", "refund"):
                 raise DomainError("NOTHING_TO_ADJUST")
             entry_id = f"adjust:{diff['_id']}"
             now = now_ms()

@@ -74,6 +74,10 @@ class Order:
     status: str = "sold"  # sold, refunded, voided
     returned: list[int] = field(default_factory=list)
     picked_up: list[int] = field(default_factory=list)
+    prices: dict[int, int] = field(default_factory=dict)  # fen, by seat
+    sold_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    returned_at: dict[int, dt.datetime] = field(default_factory=dict)
+    window: bool = False  # sold at the station's own window, not through the network
 
 
 class StationSystem:
@@ -191,7 +195,9 @@ class StationSystem:
                 trip.occupancy[s - 1] &= ~mask(lock.from_seq, lock.to_seq)
             return True
 
-    def sell(self, lock_id: str) -> Order:
+    def sell(self, lock_id: str, prices: list[int] | None = None) -> Order:
+        """A lock becomes an order; ``prices`` are the tickets' fen in seat order (the
+        platform says what it charged; the daily sales report repeats it)."""
         with self._lock:
             if lock_id in self.orders:
                 return self.orders[lock_id]
@@ -204,7 +210,7 @@ class StationSystem:
                 self.ticket_serial += 1
                 tickets[s] = f"{self.trips[lock.trip_id].station_code}{self.ticket_serial:08d}"
             order = Order(lock_id, lock.trip_id, lock.seats, lock.from_seq, lock.to_seq,
-                          tickets)
+                          tickets, prices=dict(zip(lock.seats, prices or [], strict=False)))
             self.orders[lock_id] = order
             return order
 
@@ -222,6 +228,7 @@ class StationSystem:
             for s in freed:
                 trip.occupancy[s - 1] &= ~mask(order.from_seq, order.to_seq)
                 order.returned.append(s)
+                order.returned_at[s] = dt.datetime.now(dt.UTC)
             if set(order.returned) == set(order.seats):
                 order.status = status
             return freed
@@ -254,9 +261,39 @@ class StationSystem:
             trip.occupancy[seat - 1] |= mask(0, trip.segments)
             self.window_sales += 1
             order_id = "W" + uuid.uuid4().hex[:12]
+            fare = next((f for f in self.fares_of(trip.route_code)
+                         if f["from_seq"] == 0 and f["to_seq"] == trip.segments), None)
             self.orders[order_id] = Order(order_id, trip.trip_id, [seat], 0, trip.segments,
-                                          {seat: f"{trip.station_code}W{self.window_sales:07d}"})
+                                          {seat: f"{trip.station_code}W{self.window_sales:07d}"},
+                                          prices={seat: fare["prices"]["adult"] if fare else 0},
+                                          window=True)
             return trip.trip_id
+
+    def age(self, order_id: str, days: int) -> None:
+        """Tests: an order sold (and its seats given back) ``days`` earlier."""
+        with self._lock:
+            order = self.order(order_id)
+            back = dt.timedelta(days=days)
+            order.sold_at -= back
+            order.returned_at = {s: t - back for s, t in order.returned_at.items()}
+
+    def daily_sales(self, day: dt.date, tz: dt.tzinfo) -> list[dict[str, Any]]:
+        """日售票明细: every ticket sold or given back on a local day — a SALE line per seat
+        sold, a RETURN line per seat refunded or voided — window sales marked as such."""
+        lines = []
+        with self._lock:
+            for order in self.orders.values():
+                for seat in order.seats:
+                    base = {"order_id": order.order_id, "seat": seat,
+                            "ticket_no": order.tickets[seat],
+                            "price": order.prices.get(seat, 0), "window": order.window}
+                    if order.sold_at.astimezone(tz).date() == day:
+                        lines.append({**base, "event": "SALE", "at": order.sold_at})
+                    back = order.returned_at.get(seat)
+                    if back is not None and back.astimezone(tz).date() == day:
+                        lines.append({**base, "event": "RETURN", "at": back,
+                                      "state": order.status})
+        return lines
 
     def start_window(self, interval: float) -> None:
         """Sell at the window every ``interval`` seconds, in a daemon thread."""

@@ -30,8 +30,11 @@ ERROR_CODE = {"SEAT_TAKEN": "SEAT_OCCUPIED", "SOLD_OUT": "NO_SEATS", "CLOSED": "
               "NO_TRIP": "TRIP_NOT_FOUND", "BAD": "BAD_REQUEST"}
 
 
+BEIJING = dt.timezone(dt.timedelta(hours=8))
+
+
 def iso(value: dt.datetime) -> str:
-    return value.astimezone(dt.timezone(dt.timedelta(hours=8))).isoformat()
+    return value.astimezone(BEIJING).isoformat()
 
 
 class SimHandler(RequestHandler):
@@ -179,8 +182,9 @@ class LockHandler(SimHandler):
 
 class SellHandler(SimHandler):
     def post(self, lock_id: str) -> None:
-        self.body()
-        order = self.system.sell(lock_id)
+        b = self.body()
+        order = self.system.sell(lock_id, [int(p.get("priceFen", 0))
+                                           for p in b.get("passengers") or []])
         self.reply({"orderId": order.order_id, "tickets": [
             {"seatNo": s, "ticketNo": order.tickets[s]} for s in order.seats]})
 
@@ -207,6 +211,23 @@ class OrderActionHandler(SimHandler):
         self.reply({"orderId": order_id, "seatNos": freed})
 
 
+class DailySalesHandler(SimHandler):
+    """日售票明细 of a local day: ``GET /api/reports/daily-sales?date=YYYY-MM-DD``."""
+
+    def get(self) -> None:
+        try:
+            day = dt.date.fromisoformat(self.get_argument("date", ""))
+        except ValueError:
+            raise SimError("BAD", "date") from None
+        lines = self.system.daily_sales(day, BEIJING)
+        self.reply({"date": day.isoformat(), "count": len(lines),
+                    "totalFen": sum(ln["price"] for ln in lines if ln["event"] == "SALE"),
+                    "lines": [{"orderId": ln["order_id"], "seatNo": ln["seat"],
+                               "ticketNo": ln["ticket_no"], "priceFen": ln["price"],
+                               "event": ln["event"], "channel": "WINDOW" if ln["window"]
+                               else "NETWORK", "at": iso(ln["at"])} for ln in lines]})
+
+
 class ControlHandler(SimHandler):
     """Test controls: faults, window sales, trip status, fares, state."""
 
@@ -223,6 +244,9 @@ class ControlHandler(SimHandler):
             self.reply({"ok": True})
         elif action == "price":
             self.system.change_price(b["routeCode"], int(b["adultFen"]))
+            self.reply({"ok": True})
+        elif action == "age":  # {"orderId", "days"}: sold (and given back) days earlier
+            self.system.age(str(b["orderId"]), int(b.get("days", 1)))
             self.reply({"ok": True})
         else:
             self.system.faults.update({k: b[k] for k in ("delay_ms", "fail", "garbage")
@@ -244,6 +268,7 @@ def make_app(system: StationSystem, token: str) -> Application:
         (r"/api/locks/([^/]+)/sell", SellHandler),
         (r"/api/orders/([^/]+)", OrderHandler),
         (r"/api/orders/([^/]+)/(refund|void|pickup)", OrderActionHandler),
+        (r"/api/reports/daily-sales", DailySalesHandler),
         (r"/_control/?([a-z-]*)", ControlHandler),
     ], system=system, token=token)
 

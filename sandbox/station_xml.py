@@ -19,6 +19,7 @@ from tornado.web import Application, HTTPError
 
 from sandbox.station_core import SimError, StationSystem
 from sandbox.station_rest import GRADE_NAMES, ControlHandler, SimHandler, run_simulator
+from server.clock import LOCAL_TZ
 from server.exchange.adapters import xmlcodec
 
 CODES = {"SEAT_TAKEN": ("2001", "座位已被占用"), "SOLD_OUT": ("2002", "余票不足"),
@@ -151,7 +152,8 @@ class ServiceHandler(SimHandler):
         return {"jg": "1" if self.system.unlock(body["sdh"]) else "0"}
 
     def op_sell(self, body: dict[str, Any]) -> dict[str, Any]:
-        order = self.system.sell(body["sdh"])
+        order = self.system.sell(body["sdh"], [int(p) for p in body.get("pj", "").split(",")
+                                               if p])
         return {"ddh": order.order_id, "tickets": [
             {"zwh": str(s), "ph": order.tickets[s]} for s in order.seats]}
 
@@ -173,6 +175,16 @@ class ServiceHandler(SimHandler):
         seats = [int(s) for s in body.get("zwh", "").split(",") if s]
         return {"zwh": ",".join(map(str, self.system.return_seats(body["ddh"], seats,
                                                                "voided")))}
+
+    def op_q_daily_sales(self, body: dict[str, Any]) -> dict[str, Any]:
+        """日售票明细 of a day (``rq`` YYYYMMDD): lx 1 售 / 2 退, qd 1 网络 / 2 窗口."""
+        day = dt.datetime.strptime(body["rq"], "%Y%m%d").date()
+        lines = self.system.daily_sales(day, LOCAL_TZ)
+        return {"rq": body["rq"], "bs": str(len(lines)), "sales": [
+            {"ddh": ln["order_id"], "zwh": str(ln["seat"]), "ph": ln["ticket_no"],
+             "pj": _fen(ln["price"]), "lx": "1" if ln["event"] == "SALE" else "2",
+             "qd": "2" if ln["window"] else "1", "sj": xmlcodec.local_time(ln["at"])}
+            for ln in lines]}
 
     def op_pickup(self, body: dict[str, Any]) -> dict[str, Any]:
         return {"ph": self.system.pickup(body["ddh"], int(body["zwh"]))}

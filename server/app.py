@@ -193,7 +193,8 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     tickets = TicketService(db, seats, rules, order_service, audit, redis, alerts, failures)
     clearing = ClearingRules(db, audit)
     ledger = Ledger(db, clearing, alerts, failures)
-    reconciliation = Reconciliation(db, payment_service.providers, ledger, audit)
+    reconciliation = Reconciliation(db, payment_service.providers, ledger, audit,
+                                    seats.registry)
     jobs = JobRunner(redis)
     jobs.add("ledger-posting", 2.0, ledger.run)
     jobs.add("ledger-check", 600.0, ledger.check)

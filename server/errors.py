@@ -167,6 +167,7 @@ ERRORS: dict[str, tuple[int, str]] = {
                                      "forward."),
     "RECONCILIATION_OPEN": (409, "Reconciliation differences of these days are still open; "
                                  "resolve them before settling."),
+    "STATION_UNSUPPORTED": (422, "This station's system does not offer that operation."),
     "DIFFERENCE_RESOLVED": (409, "This difference is resolved already."),
     "NOTHING_TO_ADJUST": (422, "The amounts agree: accept the difference with a note "
                                "instead of adjusting."),

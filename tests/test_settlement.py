@@ -18,10 +18,12 @@ from tornado.httpclient import AsyncHTTPClient
 
 from server.clock import LOCAL_TZ, local_today
 from server.errors import DomainError
+from server.exchange.adapters.xml import XmlExchange
 from server.services.clearing import DEFAULT, Sale, check, split_fee, split_sale
 from tests.booking_support import native_departure, person
 from tests.support import ApiClient
-from tests.test_payments import pending_payment, wait_refund, wait_status
+from tests.test_exchange import control, pick
+from tests.test_payments import pending_payment, wait_refund, wait_status, wechat_member
 
 
 # --- the clearing rules: pure -------------------------------------------------------------------
@@ -390,3 +392,77 @@ async def test_reconciliation_finds_every_planted_difference_and_invents_none(
     audit = await db.audit.count_documents({"action": "reconciliation.resolve",
                                             "target": {"$regex": f"^{run_id}:"}})
     assert audit == 4
+
+
+async def _bought(api: ApiClient, dep_id: str) -> dict:
+    """One passenger's WeChat-paid order on a departure, issued by its station."""
+    token = await wechat_member(api)
+    order = (await api.post("/api/v1/orders", {
+        "departure_id": dep_id, "contact_phone": "13812345678", "channel": "miniapp",
+        "passengers": [person()]}, token=token)).body
+    assert (await api.post(f"/api/v1/orders/{order['order_no']}/pay",
+                           {"method": "wechat_jsapi"}, token=token)).status == 200
+    await api.post(f"/sandbox/payments/{order['order_no']}/confirm")
+    return await wait_status(api, token, order["order_no"], "issued")
+
+
+@pytest.mark.parametrize("vendor", ["rest", "xml"])
+@pytest.mark.gen_test(timeout=180)
+async def test_station_daily_sales_reconcile_against_our_tickets(
+        api: ApiClient, db, simulators, vendor: str) -> None:
+    finance = (await api.login("finance"))["token"]
+    dep = await pick(db, vendor, 3)
+    orders = [await _bought(api, dep["_id"]) for _ in range(4)]
+    tickets = [await db.tickets.find_one({"ticket_no": o["tickets"][0]["ticket_no"]})
+               for o in orders]
+    clean, pricey, lost, returned = tickets
+    # planted: the station gave a seat back that we still count as sold
+    secret = simulators.systems[dep["station_id"]]["secret"]
+    if vendor == "rest":
+        await AsyncHTTPClient().fetch(
+            f"{simulators.url('rest')}/api/orders/{returned['sale_id']}/refund",
+            method="POST", headers={"Authorization": f"Bearer {secret}"},
+            body=json.dumps({"seatNos": [returned["seat"]]}))
+    else:
+        station = XmlExchange(simulators.url("xml"), secret)
+        assert await station.refund(None, returned["sale_id"], (returned["seat"],))
+    # we charged another price; we lost the station's sale number
+    await db.tickets.update_one({"_id": pricey["_id"]}, {"$inc": {"price": 100}})
+    await db.tickets.update_one({"_id": lost["_id"]}, {"$set": {"sale_id": "BOGUS-" +
+                                                                lost["sale_id"]}})
+    day = local_today() - dt.timedelta(days=3)
+    for ticket in tickets:  # sold three days ago, with us and at the station
+        await db.tickets.update_one({"_id": ticket["_id"]}, {"$set": {
+            "issued_at": ticket["issued_at"] - dt.timedelta(days=3)}})
+        await control(simulators, vendor, "age", {"orderId": ticket["sale_id"], "days": 3})
+    run = await api.post("/api/v1/admin/reconciliations",
+                         {"date": day.isoformat(), "source": f"station:{dep['station_id']}"},
+                         token=finance)
+    assert run.status == 201, run.text
+    found = {(d["class"], d["kind"], d["ref"]) for d in run.body["differences"]}
+
+    def ref(t: dict, sale_id: str | None = None) -> str:
+        return f"{sale_id or t['sale_id']}/{t['seat']}"
+
+    assert found == {("amount_differs", "sale", ref(pricey)),
+                     ("only_ours", "sale", ref(lost, "BOGUS-" + lost["sale_id"])),
+                     ("only_theirs", "sale", ref(lost)),
+                     ("status_differs", "return", ref(returned))}, run.body["differences"]
+    assert run.body["matched"] == 2  # the clean sale and the returned one's sale
+    assert ref(clean) not in {d["ref"] for d in run.body["differences"]}
+    # station differences are settled at the ticket desk, then accepted here
+    diff = run.body["differences"][0]
+    refused = await api.post(f"/api/v1/admin/reconciliations/{run.body['id']}/differences/"
+                             f"{diff['id']}/resolve", {"action": "adjust", "note": "x"},
+                             token=finance)
+    assert refused.status == 422
+    for d in run.body["differences"]:
+        done = await api.post(f"/api/v1/admin/reconciliations/{run.body['id']}/differences/"
+                              f"{d['id']}/resolve", {"action": "accept", "note": "已核实"},
+                              token=finance)
+        assert done.status == 200, done.text
+    native = await db.stations.find_one({"system.vendor": "native"})
+    unsupported = await api.post("/api/v1/admin/reconciliations", {
+        "date": day.isoformat(), "source": f"station:{native['_id']}"}, token=finance)
+    assert unsupported.status == 422
+    assert unsupported.body["error"]["code"] == "STATION_UNSUPPORTED"

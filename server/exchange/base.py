@@ -82,6 +82,19 @@ class SaleStatus:
 
 
 @dataclass(frozen=True)
+class SaleLine:
+    """One line of a station's daily sales detail (日售票明细): a seat sold or given back."""
+
+    sale_id: str
+    seat: int
+    station_ticket_no: str
+    price: int  # fen
+    event: str  # "sale" or "return"
+    at: dt.datetime
+    window: bool = False  # the station's own window sold it, not the network
+
+
+@dataclass(frozen=True)
 class Availability:
     """Remaining seats of a departure, per segment, and the seat map."""
 
@@ -181,6 +194,13 @@ class StationExchange(abc.ABC):
     @abc.abstractmethod
     async def pickup(self, departure: DepartureRef, sale_id: str, seat: int) -> str:
         """取票: record that a paper ticket was printed; returns the station's ticket no."""
+
+    async def daily_sales(self, day: dt.date) -> list[SaleLine]:
+        """日售票明细: the seats sold and given back on a local day, for reconciliation.
+        A station system without the report refuses (``StationUnsupported``)."""
+        from server.exchange.errors import StationUnsupported
+
+        raise StationUnsupported(detail=f"{self.identifier} has no daily sales report")
 
     @abc.abstractmethod
     async def pull(self, since: str | None = None) -> SyncBatch:

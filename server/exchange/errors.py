@@ -76,6 +76,10 @@ class BadStationResponse(ExchangeError):
     code_name = "STATION_BAD_RESPONSE"
 
 
+class StationUnsupported(ExchangeError):
+    code_name = "STATION_UNSUPPORTED"
+
+
 # the inventory scripts' reasons (and the vendors' normalized ones) -> error types
 BY_REASON: dict[str, type[ExchangeError]] = {
     "SEAT_TAKEN": SeatTaken, "SOLD_OUT": SoldOut, "ALLOTMENT_EXHAUSTED": AllotmentExhausted,

@@ -426,7 +426,7 @@ COLLECTIONS: list[CollectionSpec] = [
     CollectionSpec("reconciliation_differences", _obj(
         ["run_id", "class", "kind", "ref", "status"], run_id=NONEMPTY,
         **{"class": {"enum": ["only_ours", "only_theirs", "amount_differs", "status_differs"]}},
-        kind={"enum": ["payment", "refund"]}, ref=NONEMPTY,
+        kind={"enum": ["payment", "refund", "sale", "return"]}, ref=NONEMPTY,
         status={"enum": ["open", "resolved"]}), [
         _ix([("run_id", ASCENDING), ("seq", ASCENDING)], "run_seq"),
     ]),

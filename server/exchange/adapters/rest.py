@@ -17,6 +17,7 @@ from server.exchange.base import (
     Hold,
     HoldRequest,
     Sale,
+    SaleLine,
     SaleStatus,
     SyncBatch,
     TicketInfo,
@@ -126,6 +127,21 @@ class RestExchange(HttpStationExchange):
         return Sale(str(need(p, "orderId", str)), departure.id,
                     tuple(need(t, "seatNo", int) for t in issued),
                     tuple(str(need(t, "ticketNo", str)) for t in issued))
+
+    async def daily_sales(self, day: dt.date) -> list[SaleLine]:
+        p = await self._json("GET", f"/api/reports/daily-sales?date={day.isoformat()}")
+        out = []
+        for line in need(p, "lines", list):
+            try:
+                at = dt.datetime.fromisoformat(str(need(line, "at", str)))
+            except ValueError:
+                raise BadStationResponse(detail="field 'at'") from None
+            out.append(SaleLine(str(need(line, "orderId", str)), need(line, "seatNo", int),
+                                str(need(line, "ticketNo", str)), need(line, "priceFen", int),
+                                "sale" if line.get("event") == "SALE" else "return",
+                                at if at.tzinfo else at.replace(tzinfo=LOCAL_TZ),
+                                line.get("channel") == "WINDOW"))
+        return out
 
     async def query(self, departure: DepartureRef, sale_id: str) -> SaleStatus:
         try:

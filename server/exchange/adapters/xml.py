@@ -17,6 +17,7 @@ from server.exchange.base import (
     Hold,
     HoldRequest,
     Sale,
+    SaleLine,
     SaleStatus,
     SyncBatch,
     TicketInfo,
@@ -124,11 +125,26 @@ class XmlExchange(HttpStationExchange):
 
     async def sell(self, departure: DepartureRef, hold_id: str,
                    tickets: list[TicketInfo]) -> Sale:
-        b = await self.call("SELL", {"sdh": hold_id, "rs": len(tickets)})
+        b = await self.call("SELL", {"sdh": hold_id, "rs": len(tickets),
+                                     "pj": ",".join(str(t.price) for t in tickets)})
         issued = need(b, "tickets", list)
         return Sale(str(need(b, "ddh", str)), departure.id,
                     tuple(need(t, "zwh", int) for t in issued),
                     tuple(str(need(t, "ph", str)) for t in issued))
+
+    async def daily_sales(self, day: dt.date) -> list[SaleLine]:
+        b = await self.call("Q_DAILY_SALES", {"rq": day.strftime("%Y%m%d")})
+        out = []
+        for line in need(b, "sales", list):
+            try:
+                at = xmlcodec.parse_local_time(str(need(line, "sj", str)))
+            except ValueError:
+                raise BadStationResponse(detail="field 'sj'") from None
+            out.append(SaleLine(str(need(line, "ddh", str)), need(line, "zwh", int),
+                                str(need(line, "ph", str)), need(line, "pj", int),
+                                "sale" if line.get("lx") == "1" else "return", at,
+                                line.get("qd") == "2"))
+        return out
 
     async def query(self, departure: DepartureRef, sale_id: str) -> SaleStatus:
         try:
