@@ -285,14 +285,15 @@ async def test_settlement_runs_once_and_its_statements_are_the_ledgers(api: ApiC
     totals = {r[0]: r[1] for r in rows if len(r) == 2}
     assert totals["应结金额"] == f"{owed // 100}.{owed % 100:02d}"
     assert totals["结算周期"] == "T+2"
-    lines = [r for r in rows if len(r) == 7 and r[1].startswith("sale:")]
+    lines = [r for r in rows if len(r) == 9 and r[1].startswith("sale:")]
     assert {r[1] for r in lines} == {f"sale:{t['ticket_no']}" for t in order["tickets"]}
+    assert {(r[5], r[6]) for r in lines} == {("miniapp", dep["station_id"])}
     got = await AsyncHTTPClient().fetch(base + ".xlsx", headers=headers)
     sheet = load_workbook(io.BytesIO(got.body)).active
     cells = {r[0]: r[1] for r in sheet.iter_rows(values_only=True) if r and r[0]}
     assert round(cells["应结金额"] * 100) == owed
-    assert sum(round(r[6] * 100) for r in sheet.iter_rows(values_only=True)
-               if r and isinstance(r[6], float)) == owed
+    assert sum(round(r[8] * 100) for r in sheet.iter_rows(values_only=True)
+               if r and len(r) > 8 and isinstance(r[8], float)) == owed
     assert (await api.get(f"/api/v1/admin/settlements/{batch_id}/statements/carrier:NOPE.csv",
                           token=finance)).status == 404
     await _balanced(services)

@@ -247,10 +247,13 @@ class Settlement:
         async for entry in self._ledger.book.find(
                 self._period(entity_id, row["covered_from"], row["covered_through"])):
             own = -sum(p["amount"] for p in entry["postings"] if p["account"] == entity_id)
+            sale = (entry.get("ticket") or {}).get("sale") or {}
             lines.append({"booked_on": entry["booked_on"], "entry": entry["_id"],
                           "kind": ENTRY_NAMES.get(entry["kind"], entry["kind"]),
                           "order_no": entry.get("order_no") or "",
                           "ticket_no": entry.get("ticket_no") or "",
+                          "seller": sale.get("seller") or sale.get("channel", ""),
+                          "source": sale.get("station_id", ""),
                           "rule_version": entry.get("rule_version") or "", "amount": own})
         return {"batch": batch_id, "through_date": batch["through_date"],
                 "entity": entity_id, "name": parties.get(entity_id, {}).get("name", entity_id),
@@ -261,9 +264,11 @@ class Settlement:
                 "lines": lines}
 
 
+# 对账信息 of table 4-1: seller (售票方), ticket source (票源), sales, refunds and their fees
 STATEMENT_COLUMNS = (("booked_on", "记账日期"), ("entry", "分录号"), ("kind", "业务类型"),
-                     ("order_no", "订单号"), ("ticket_no", "票号"),
-                     ("rule_version", "清分规则版本"), ("amount", "金额（元）"))
+                     ("order_no", "订单号"), ("ticket_no", "票号"), ("seller", "售票方"),
+                     ("source", "票源"), ("rule_version", "清分规则版本"),
+                     ("amount", "金额（元）"))
 
 
 def _yuan(fen: int) -> str:
@@ -324,7 +329,7 @@ def statement_xlsx(s: dict[str, Any]) -> bytes:
         sheet.append([name, fen / 100])
         sheet.cell(sheet.max_row, 1).font = bold
         sheet.cell(sheet.max_row, 2).number_format = "0.00"
-    for column, width in zip("ABCDEFG", (14, 34, 10, 22, 22, 20, 12), strict=True):
+    for column, width in zip("ABCDEFGHI", (14, 34, 10, 22, 22, 16, 12, 20, 12), strict=True):
         sheet.column_dimensions[column].width = width
     out = io.BytesIO()
     book.save(out)
