@@ -353,6 +353,72 @@ async def test_partners_page_registers_a_platform_and_rotates_its_key(keyun, db)
     assert next(k for k in keys if k["status"] == "revoked")["_id"] == first
 
 
+def _input(name: str) -> str:
+    """The text box of a field marked ``data-test=name`` (Element Plus puts the mark on the
+    box itself or on its wrapper, depending on the widget)."""
+    return f"[data-test={name}] input, input[data-test={name}]"
+
+
+@pytest.mark.gen_test(timeout=150)
+async def test_finance_settles_from_its_console(api, keyun, db, services) -> None:
+    """Finance sets a carrier's cycle and bank account, drafts a clearing rule and sees its
+    simulation, checks the ledger sums to zero, reconciles a quiet day and settles a closed
+    day."""
+    await services.ledger.run()
+    carrier = await db.carriers.find_one({}, sort=[("_id", 1)])
+    entity = f"carrier:{carrier['_id']}"
+    day = (dt.date.today() - dt.timedelta(days=90)).isoformat()
+    async with _console(keyun.base_url, "finance") as page:
+        await page.click("text=清分结算")
+        row = page.locator("[data-test=entities] .el-table__row", has_text=entity)
+        await row.wait_for()
+        await row.get_by_role("button", name="设置").click()
+        dialog = page.locator("[data-test=entity-dialog]")
+        await dialog.locator(".el-input-number input").fill("3")
+        await dialog.locator("input").nth(1).fill("中国建设银行")
+        await dialog.locator("input").nth(2).fill("网页测试客运公司")
+        await dialog.locator(_input("account-no")).fill("6217000011112222333")
+        await dialog.locator("[data-test=save-entity]").click()
+        await page.wait_for_selector("text=已保存")
+        await row.filter(has_text="T+3").wait_for()
+        assert "2333" in await row.text_content() and "11112222" not in await row.text_content()
+
+        await page.click("#tab-rules")
+        await page.click("[data-test=new-clearing-rule]")
+        await page.locator(_input("platform-percent")).fill("2.5")
+        await page.click("[data-test=save-draft]")
+        draft = page.locator("[data-test=clearing-rules] .el-table__row", has_text="平台 2.5%")
+        await draft.wait_for()
+        await draft.locator("[data-test=simulate]").click()
+        await page.wait_for_selector("[data-test=simulation]")
+        assert "现行规则" in await page.locator("[data-test=simulation]").text_content()
+
+        await page.click("#tab-ledger")
+        total = page.locator("[data-test=ledger-total]")
+        await total.filter(has_text="¥0.00").wait_for()
+
+        await page.click("#tab-reconciliations")
+        await page.locator(_input("recon-date")).fill(day)
+        await page.locator(_input("recon-date")).press("Enter")
+        await page.locator(_input("recon-source")).fill("alipay")
+        await page.click("[data-test=reconcile]")
+        await page.locator("[data-test=runs] .el-table__row", has_text=day).first.wait_for()
+        await page.wait_for_selector("[data-test=differences] >> text=无差异")
+
+        await page.click("#tab-settlements")
+        await page.locator(_input("through")).fill(day)
+        await page.locator(_input("through")).press("Enter")
+        await page.click("[data-test=settle]")
+        batch = page.locator("[data-test=batches] .el-table__row",
+                             has_text="SB" + day.replace("-", ""))
+        await batch.wait_for()
+        assert "已完成" in await batch.text_content()
+        await page.screenshot(path=str(SHOTS / "admin-finance-settlement.png"))
+    stored = await db.settlement_entities.find_one({"_id": entity})
+    assert stored["cycle_days"] == 3 and "6217000011112222333" not in str(stored)
+    assert await db.clearing_rules.count_documents({"lines.platform_bp": 250}) >= 1
+
+
 async def _search(page: Any, origin: str, destination: str, day: str) -> None:
     """The selling console's search, as a seller types it."""
     await page.locator("[data-test=from]").fill(origin)

@@ -362,7 +362,7 @@ async def test_reconciliation_finds_every_planted_difference_and_invents_none(
     assert quiet.status == 201 and quiet.body["differences"] == [] and quiet.body["lines"] == 0
     # the open differences hold the settlement of their day back
     blocked = await api.post("/api/v1/admin/settlements", {"through_date": day}, token=finance)
-    assert blocked.status == 409
+    assert blocked.status == 409 and blocked.body["error"]["code"] == "RECONCILIATION_OPEN"
     # finance resolves them: the missing payment with an adjusting entry, the rest accepted
     by_ref = {d["ref"]: d["id"] for d in body["differences"]}
     run_id = body["id"]

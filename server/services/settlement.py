@@ -56,7 +56,7 @@ class Settlement:
         self._audit = audit
         self._providers = providers
         self.records = SettlementRecords(db)
-        self._runner = secrets.token_hex(6)
+        self._runner = secrets.token_hex(6)  # this process (a batch's owner says which)
 
     # --- entities -----------------------------------------------------------------------------
     async def _parties(self) -> dict[str, dict[str, Any]]:
@@ -145,21 +145,22 @@ class Settlement:
         if through >= local_today():
             raise DomainError("SETTLEMENT_DAY_OPEN", through_date=through_date)
         day = through.isoformat()
-        if await self.records.later_than(day) is not None:
-            raise DomainError("SETTLEMENT_OUT_OF_ORDER", through_date=through_date)
         open_diffs = await self._db.reconciliation_runs.count_documents(
             {"date": {"$lte": day}, "open_differences": {"$gt": 0}})
         if open_diffs:
             raise DomainError("RECONCILIATION_OPEN", runs=open_diffs)
+        if await self.records.later_than(day) is not None:
+            raise DomainError("SETTLEMENT_OUT_OF_ORDER", through_date=through_date)
         batch_id = f"SB{through:%Y%m%d}"
         now = now_ms()
         opened = await self.records.open_batch({
             "_id": batch_id, "through_date": day, "status": "running", "entities": [],
             "progress": {"done": 0, "total": 0}, "created_at": now,
-            "created_by": actor.audit_actor(), "owner": self._runner, "heartbeat_at": now})
+            "created_by": actor.audit_actor(), "owner": None, "heartbeat_at": now})
         if opened:
             await self._audit.record(actor, "settlement.run", target=batch_id)
-        if await self.records.claim(batch_id, self._runner, now - STALE, now):
+        if await self.records.claim(batch_id, f"{self._runner}:{secrets.token_hex(4)}",
+                                    now - STALE, now):
             await self._settle(batch_id, through)
         return await self.batch(batch_id)
 
@@ -172,6 +173,7 @@ class Settlement:
         settings = await self.records.entity_settings()
         entities = sorted(set(await self._parties()) | set(settings))
         count = len(done)
+        await self.records.sized(batch_id, len(entities))
         for entity_id in entities:
             if entity_id in done:
                 continue
@@ -179,6 +181,8 @@ class Settlement:
             covered = (through - dt.timedelta(days=cycle)).isoformat()
             since = covered_before.get(entity_id, "")
             summary = await self._summarize(entity_id, since, covered)
+            if not summary["lines"]:
+                continue
             summary.update(entity=entity_id, cycle_days=cycle, covered_from=since,
                            covered_through=covered,
                            settlement_code=f"{batch_id}-{entity_id}",

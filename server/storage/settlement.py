@@ -34,14 +34,18 @@ class SettlementRecords:
         except DuplicateKeyError:
             return False
 
-    async def claim(self, batch_id: str, owner: str, stale_before: dt.datetime,
+    async def claim(self, batch_id: str, runner: str, stale_before: dt.datetime,
                     now: dt.datetime) -> bool:
-        """Take a running batch over when its runner stopped heartbeating (it died)."""
+        """Run a batch: one that nobody runs yet, or whose runner stopped heartbeating (it
+        died). One caller wins; the others see it running."""
         done = await self._batches.update_one(
             {"_id": batch_id, "status": "running",
-             "$or": [{"owner": owner}, {"heartbeat_at": {"$lt": stale_before}}]},
-            {"$set": {"owner": owner, "heartbeat_at": now}})
+             "$or": [{"owner": None}, {"heartbeat_at": {"$lt": stale_before}}]},
+            {"$set": {"owner": runner, "heartbeat_at": now}})
         return done.modified_count == 1
+
+    async def sized(self, batch_id: str, total: int) -> None:
+        await self._batches.update_one({"_id": batch_id}, {"$set": {"progress.total": total}})
 
     async def progress(self, batch_id: str, entity: dict[str, Any], done: int,
                        now: dt.datetime) -> None:

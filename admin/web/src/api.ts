@@ -102,6 +102,26 @@ export async function api<T>(method: string, path: string, body?: unknown,
   }
 }
 
+/** Save a file the API makes (a statement): fetched with the session, then handed to the
+ * browser as a download under the name the server gave it. */
+export async function download(path: string): Promise<void> {
+  const headers: Record<string, string> = {};
+  if (state.session) headers.Authorization = `Bearer ${state.session.token}`;
+  const resp = await fetch(path, { headers });
+  if (!resp.ok) {
+    const e = (await resp.json().catch(() => ({}))).error || {};
+    throw new ApiError(resp.status, e.code || "HTTP_" + resp.status, e.message || resp.statusText);
+  }
+  const named = /filename="([^"]+)"/.exec(resp.headers.get("Content-Disposition") || "");
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(await resp.blob());
+  link.download = named ? named[1] : path.split("/").pop() || "download";
+  document.body.appendChild(link);
+  link.click();
+  link.remove();
+  window.setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+}
+
 export async function signIn(username: string, password: string): Promise<Staff> {
   const tokens = await send<Tokens>("POST", "/api/v1/auth/staff", { username, password }, false);
   adopt(tokens, tokens.staff as Staff);
@@ -129,7 +149,11 @@ const MESSAGES: Record<string, string> = {
   REFUND_NOT_RETRYABLE: "该退款当前不能重新发起", CANNOT_CHANGE_OWN_ACCOUNT: "不能修改自己的账号",
   VERSION_MISMATCH: "该记录已被他人修改，请刷新后重新修改", RECORD_EXISTS: "该代码已存在",
   FARE_ABOVE_GUIDE: "票价不得高于政府指导价", ROUTE_WITHDRAWN: "该线路已撤销，不能新增班次或票价",
-  CARRIER_NOT_ON_ROUTE: "该企业未经营此线路", RULE_EFFECTIVE_IN_PAST: "生效时间不能早于现在", IMPORT_UNREADABLE: "文件无法读取（请用 CSV 或 XLSX）",
+  CARRIER_NOT_ON_ROUTE: "该企业未经营此线路", SETTLEMENT_DAY_OPEN: "只能结算已结束的日期",
+  SETTLEMENT_OUT_OF_ORDER: "更晚的日期已结算，结算日期只能向后", RECONCILIATION_OPEN: "该日期还有未处理的对账差异",
+  CLEARING_RULE_INVALID: "清分规则不能保证每一分钱都有归属", DIFFERENCE_RESOLVED: "该差异已处理",
+  NOTHING_TO_ADJUST: "金额一致，无需调账，请选择确认", STATEMENT_NOT_READY: "账单次日才能获取",
+  STATION_UNSUPPORTED: "该车站系统不提供此功能", RULE_EFFECTIVE_IN_PAST: "生效时间不能早于现在", IMPORT_UNREADABLE: "文件无法读取（请用 CSV 或 XLSX）",
 };
 
 export function explain(e: unknown): string {

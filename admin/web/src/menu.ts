@@ -14,6 +14,7 @@ export const MENU: Entry[] = [
   { path: "/stations", title: "车站系统", roles: ["operator", "authority", "station_staff"] },
   { path: "/alerts", title: "运营告警", roles: ["operator", "finance"] },
   { path: "/refunds", title: "退款处理", roles: ["finance", "operator"] },
+  { path: "/settlement", title: "清分结算", roles: ["finance", "operator"] },
   { path: "/staff", title: "员工账号", roles: ["operator"] },
   { path: "/audit", title: "审计日志", roles: ["operator"] },
   { path: "/admin/gate", title: "检票", roles: ["gate"], external: true },

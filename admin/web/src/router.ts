@@ -23,6 +23,7 @@ export const router = createRouter({
         { path: "stations", component: () => import("./views/Stations.vue") },
         { path: "alerts", component: () => import("./views/Alerts.vue") },
         { path: "refunds", component: () => import("./views/Refunds.vue") },
+        { path: "settlement", component: () => import("./views/Settlement.vue") },
         { path: "staff", component: () => import("./views/Staff.vue") },
         { path: "audit", component: () => import("./views/Audit.vue") },
         { path: ":rest(.*)*", component: () => import("./views/NotFound.vue") },
