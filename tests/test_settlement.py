@@ -11,6 +11,7 @@ import datetime as dt
 import io
 import json
 import random
+from typing import Any
 
 import pytest
 from openpyxl import load_workbook
@@ -395,8 +396,9 @@ async def test_reconciliation_finds_every_planted_difference_and_invents_none(
     assert audit == 4
 
 
-async def _bought(api: ApiClient, dep_id: str) -> dict:
-    """One passenger's WeChat-paid order on a departure, issued by its station."""
+async def _bought(api: ApiClient, dep_id: str, with_token: bool = False) -> Any:
+    """One passenger's WeChat-paid order on a departure, issued by its station (and the
+    passenger's token, when asked)."""
     token = await wechat_member(api)
     order = (await api.post("/api/v1/orders", {
         "departure_id": dep_id, "contact_phone": "13812345678", "channel": "miniapp",
@@ -404,7 +406,8 @@ async def _bought(api: ApiClient, dep_id: str) -> dict:
     assert (await api.post(f"/api/v1/orders/{order['order_no']}/pay",
                            {"method": "wechat_jsapi"}, token=token)).status == 200
     await api.post(f"/sandbox/payments/{order['order_no']}/confirm")
-    return await wait_status(api, token, order["order_no"], "issued")
+    issued = await wait_status(api, token, order["order_no"], "issued")
+    return (token, issued) if with_token else issued
 
 
 @pytest.mark.parametrize("vendor", ["rest", "xml"])
@@ -467,3 +470,85 @@ async def test_station_daily_sales_reconcile_against_our_tickets(
         "date": day.isoformat(), "source": f"station:{native['_id']}"}, token=finance)
     assert unsupported.status == 422
     assert unsupported.body["error"]["code"] == "STATION_UNSUPPORTED"
+
+
+async def _same_route_elsewhere(db, dep: dict) -> dict:
+    """Another on-sale departure of the same route and fare (a change's target)."""
+    return await db.departures.find_one(
+        {"route_id": dep["route_id"], "_id": {"$ne": dep["_id"]}, "status": "on_sale",
+         "service_date": {"$gt": dep["service_date"]}}, sort=[("service_date", 1)])
+
+
+@pytest.mark.gen_test(timeout=300)
+async def test_the_ledger_balances_under_concurrent_sales_refunds_and_changes(
+        api: ApiClient, db, services) -> None:
+    """Orders bought, paid, refunded and changed all at once while several posters run side
+    by side and some of them are cut off mid-post (their transaction never commits): every
+    ticket is cleared once, every movement posted once, and the books balance."""
+    deps = [await native_departure(db, 6, i) for i in range(6)]
+    bought = await asyncio.gather(*[_bought(api, deps[i % 6]["_id"], with_token=True)
+                                    for i in range(30)])
+    stop = asyncio.Event()
+    rng = random.Random(15)
+
+    async def poster() -> None:
+        while not stop.is_set():
+            await services.ledger.run()
+            await asyncio.sleep(rng.random() * 0.05)
+
+    async def cut_off() -> None:  # a poster whose process dies half-way through
+        while not stop.is_set():
+            task = asyncio.ensure_future(services.ledger.run())
+            await asyncio.sleep(rng.random() * 0.03)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    posters = [asyncio.ensure_future(poster()) for _ in range(2)] + \
+        [asyncio.ensure_future(cut_off())]
+
+    async def refund(token: str, order: dict) -> str:
+        ticket_no = order["tickets"][0]["ticket_no"]
+        done = await api.post(f"/api/v1/tickets/{ticket_no}/refund", {}, token=token)
+        assert done.status == 200, done.text
+        return ticket_no
+
+    async def change(token: str, order: dict) -> tuple[str, str]:
+        ticket = await db.tickets.find_one({"ticket_no": order["tickets"][0]["ticket_no"]})
+        dep = await db.departures.find_one({"_id": ticket["departure_id"]})
+        target = await _same_route_elsewhere(db, dep)
+        done = await api.post(f"/api/v1/tickets/{ticket['ticket_no']}/change",
+                              {"departure_id": target["_id"]}, token=token)
+        assert done.status == 200, done.text
+        return ticket["ticket_no"], done.body["ticket_no"]
+
+    refunded = asyncio.gather(*[refund(t, o) for t, o in bought[:10]])
+    changed = asyncio.gather(*[change(t, o) for t, o in bought[10:16]])
+    more = asyncio.gather(*[_bought(api, deps[i % 6]["_id"], with_token=True)
+                            for i in range(10)])
+    refunded_nos, changes, late = await asyncio.gather(refunded, changed, more)
+    for _ in range(3):
+        await services.payments.execute_refunds()
+    for ticket_no in refunded_nos:
+        await wait_refund(db, f"ticket:{ticket_no}")
+    stop.set()
+    await asyncio.gather(*posters)
+    await services.ledger.run()
+    await _balanced(services)
+    orders = [o for _, o in [*bought, *late]]
+    for order in orders:
+        entries = await _order_entries(db, order["order_no"])
+        ids = [e["_id"] for e in entries]
+        assert len(ids) == len(set(ids))
+        tickets = await db.tickets.find({"order_no": order["order_no"]}).to_list()
+        for ticket in tickets:
+            assert f"sale:{ticket['ticket_no']}" in ids
+        if order["tickets"][0]["ticket_no"] in refunded_nos:
+            assert f"return:{order['tickets'][0]['ticket_no']}" in ids
+        # all that came in was cleared or paid back: the order owes its passenger nothing
+        assert sum(p["amount"] for e in entries for p in e["postings"]
+                   if p["account"] == "payable:orders") == 0, order["order_no"]
+    for old, new in changes:
+        entry = await db.ledger_entries.find_one({"_id": f"sale:{new}"})
+        assert entry["kind"] == "change" and entry["replaces"] == old
+    # no source record was skipped along the way (a skipped one is a posting that failed)
+    assert not {k: n for k, n in services.failures.counts.items() if k.startswith("ledger")}

@@ -18,7 +18,8 @@ reads them, so no aggregate gets a second writer):
   payments capability writes once per movement in the business transaction — the outbox.
 - ``sale:<ticket_no>`` — a ticket issued: its price leaves ``payable:orders`` and is shared
   out by the clearing rules in force when it was issued; for a changed ticket (改签) the
-  replaced ticket's shares come back and the new departure's are given.
+  replaced ticket's shares come back and the new departure's are given (gross: both sets of
+  postings stay in the entry, even where they cancel out).
 - ``return:<ticket_no>`` — a ticket refunded or voided: its shares come back, the amount
   paid back goes to ``payable:orders`` and the refund fee is shared out by the rules. A
   fee-free refund of a cancelled or disrupted departure costs the carrier alone: the
@@ -65,14 +66,6 @@ def funds_account(movement: dict[str, Any]) -> str:
 def _postings(shares: dict[str, int], sign: int) -> list[dict[str, Any]]:
     return [{"account": account, "amount": sign * fen} for account, fen in shares.items()
             if fen]
-
-
-def _merge(postings: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One posting per account (a change may give back and give to the same carrier)."""
-    total: dict[str, int] = {}
-    for p in postings:
-        total[p["account"]] = total.get(p["account"], 0) + p["amount"]
-    return [{"account": a, "amount": v} for a, v in total.items() if v]
 
 
 class Ledger:
@@ -180,12 +173,13 @@ class Ledger:
                 return False
             old = replaced["shares"]
             postings += _postings(old, +1)
-            postings.append({"account": PAYABLE,
-                             "amount": -(replaced["price"] - ticket["price"])})
+            if replaced["price"] != ticket["price"]:  # a cheaper departure: owed back
+                postings.append({"account": PAYABLE,
+                                 "amount": -(replaced["price"] - ticket["price"])})
         else:
             postings.append({"account": PAYABLE, "amount": ticket["price"]})
         return await self.book.post(self._entry(
-            entry_id, kind, _merge(postings), ticket["issued_at"],
+            entry_id, kind, postings, ticket["issued_at"],
             order_no=ticket["order_no"], ticket_no=ticket["ticket_no"],
             rule_version=version["_id"], replaces=ticket.get("changed_from"),
             ticket={"price": ticket["price"], "shares": shares, "sale": sale.__dict__}))
@@ -234,7 +228,7 @@ class Ledger:
                         {"account": PAYABLE, "amount": -amount},
                         *_postings(fee_shares, -1)]
         return await self.book.post(self._entry(
-            entry_id, kind, _merge(postings), refund["at"], order_no=ticket["order_no"],
+            entry_id, kind, postings, refund["at"], order_no=ticket["order_no"],
             ticket_no=ticket["ticket_no"], rule_version=version["_id"],
             ticket={"price": cleared["price"], "fee": fee, "amount": amount,
                     "fee_shares": fee_shares, "sale": cleared["sale"]}))
