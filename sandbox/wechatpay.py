@@ -25,6 +25,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import random
 import re
 import secrets
 import time
@@ -417,6 +418,10 @@ class ControlHandler(RequestHandler):
                          "delay_ms": int(self.wx.refund_delay * 1000),
                          "drop_notices": self.wx.drop_refund_notices})
             return
+        if action == "seed":  # {"day", "count", "refunds", "prefix"}: a busy past day at once
+            self.finish(self._seed(str(b["day"]), int(b["count"]), int(b.get("refunds", 0)),
+                                   str(b.get("prefix", "KYSEED"))))
+            return
         tx = self.wx.transactions.get(str(b.get("out_trade_no", "")))
         if action == "age":
             if tx is None or not tx.get("success_time"):
@@ -443,6 +448,32 @@ class ControlHandler(RequestHandler):
                       .isoformat(timespec="seconds"))
         asyncio.get_running_loop().create_task(self._notify(tx))
         self.finish({"out_trade_no": tx["out_trade_no"], "trade_state": tx["state"]})
+
+    def _seed(self, day: str, count: int, refunds: int, prefix: str) -> dict[str, Any]:
+        """``count`` transactions paid during ``day`` and ``refunds`` of them refunded the
+        same day (whole), as if payers had been busy: scale for reconciliation tests."""
+        start = dt.datetime.fromisoformat(day).replace(tzinfo=dt.timezone(dt.timedelta(hours=8)))
+        rng = random.Random(f"{day}:{count}:{prefix}")
+        made, back = [], []
+        for i in range(count):
+            at = (start + dt.timedelta(seconds=rng.randrange(86_400))).isoformat()
+            tx = {"out_trade_no": f"{prefix}{i:06d}", "transaction_id": "42" + uuid.uuid4().hex[:26],
+                  "amount": rng.randrange(500, 30_000), "state": "SUCCESS", "success_time": at,
+                  "appid": next(iter(self.wx.appids.values()), "wx-sandbox"),
+                  "mchid": self.wx.mchid, "openid": "o-seed", "kind": "jsapi"}
+            self.wx.transactions[tx["out_trade_no"]] = tx
+            made.append({k: tx[k] for k in ("out_trade_no", "transaction_id", "amount",
+                                            "success_time")})
+        for tx in made[:refunds]:
+            refund = {"refund_id": "50" + uuid.uuid4().hex[:20],
+                      "out_refund_no": "RF" + tx["out_trade_no"],
+                      "out_trade_no": tx["out_trade_no"], "transaction_id": tx["transaction_id"],
+                      "amount": tx["amount"], "status": "SUCCESS",
+                      "create_time": tx["success_time"], "success_time": tx["success_time"]}
+            self.wx.refunds[refund["out_refund_no"]] = refund
+            back.append({k: refund[k] for k in ("out_refund_no", "out_trade_no", "amount",
+                                                "success_time")})
+        return {"transactions": made, "refunds": back}
 
     async def _notify(self, tx: dict[str, Any]) -> None:
         wx = self.wx

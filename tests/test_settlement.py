@@ -11,6 +11,7 @@ import datetime as dt
 import io
 import json
 import random
+import secrets
 from typing import Any
 
 import pytest
@@ -24,7 +25,13 @@ from server.services.clearing import DEFAULT, Sale, check, split_fee, split_sale
 from tests.booking_support import native_departure, person
 from tests.support import ApiClient
 from tests.test_exchange import control, pick
-from tests.test_payments import pending_payment, wait_refund, wait_status, wechat_member
+from tests.test_payments import (
+    pending_payment,
+    sandbox,
+    wait_refund,
+    wait_status,
+    wechat_member,
+)
 
 
 # --- the clearing rules: pure -------------------------------------------------------------------
@@ -552,3 +559,92 @@ async def test_the_ledger_balances_under_concurrent_sales_refunds_and_changes(
         assert entry["kind"] == "change" and entry["replaces"] == old
     # no source record was skipped along the way (a skipped one is a posting that failed)
     assert not {k: n for k, n in services.failures.counts.items() if k.startswith("ledger")}
+
+
+@pytest.mark.gen_test(timeout=240)
+async def test_five_thousand_payments_reconcile_with_every_difference_found(
+        api: ApiClient, db, providers) -> None:
+    """A busy day at WeChat Pay — 5,000 payments, 300 of them refunded — against our books
+    with differences of every class planted among them: each is found, nothing else is
+    reported, and payments booked across midnight on either side are matched."""
+    finance = (await api.login("finance"))["token"]
+    day = local_today() - dt.timedelta(days=100)
+    prefix = "KY5K" + secrets.token_hex(3).upper()
+    seeded = await sandbox(providers, "seed", {"day": day.isoformat(), "count": 5000,
+                                               "refunds": 300, "prefix": prefix})
+    after = await sandbox(providers, "seed", {"day": (day + dt.timedelta(days=1)).isoformat(),
+                                              "count": 2, "prefix": prefix + "N"})
+    start = dt.datetime.combine(day, dt.time(), LOCAL_TZ)
+    end = start + dt.timedelta(days=1)
+    txs, refunds = seeded["transactions"], seeded["refunds"]
+    rng = random.Random(5000)
+    picked = rng.sample(range(300, 5000), 23)  # payments without refunds, for planting
+    amount_differs, only_theirs, status_differs = picked[:5], picked[5:10], picked[10:15]
+    late_by_us = picked[15:18]  # booked by us five minutes after midnight
+    payments = []
+    for i, tx in enumerate(txs):
+        if i in only_theirs:
+            continue
+        paid_at = dt.datetime.fromisoformat(tx["success_time"])
+        if i in late_by_us:
+            paid_at = end + dt.timedelta(minutes=5)
+        payments.append({
+            "out_trade_no": tx["out_trade_no"], "order_no": "O" + tx["out_trade_no"],
+            "provider": "wechat", "method": "wechat_jsapi",
+            "amount": tx["amount"] + (1 if i in amount_differs else 0),
+            "status": "closed" if i in status_differs else "paid", "paid_at": paid_at,
+            "created_at": paid_at, "transaction_id": tx["transaction_id"]})
+    only_ours = [f"{prefix}X{i}" for i in range(5)]
+    for number in only_ours:
+        at = start + dt.timedelta(hours=rng.randrange(1, 23))
+        payments.append({"out_trade_no": number, "order_no": "O" + number, "provider": "wechat",
+                         "amount": 1234, "status": "paid", "paid_at": at, "created_at": at})
+    # the provider booked these just after midnight; we, just before
+    for tx in after["transactions"]:
+        at = end - dt.timedelta(minutes=2)
+        payments.append({"out_trade_no": tx["out_trade_no"], "order_no": "O" + tx["out_trade_no"],
+                         "provider": "wechat", "amount": tx["amount"], "status": "paid",
+                         "paid_at": at, "created_at": at})
+    await db.payments.insert_many(payments)
+    r_only_theirs, r_amount, r_status = [0, 1, 2], [3, 4, 5], [6, 7, 8]
+    requests = []
+    for i, refund in enumerate(refunds):
+        if i in r_only_theirs:
+            continue
+        at = dt.datetime.fromisoformat(refund["success_time"])
+        requests.append({
+            "_id": f"seed:{refund['out_refund_no']}", "order_no": "O" + refund["out_trade_no"],
+            "amount": refund["amount"] + (1 if i in r_amount else 0),
+            "status": "processing" if i in r_status else "done", "provider": "wechat",
+            "out_refund_no": refund["out_refund_no"], "payment_ref": refund["out_trade_no"],
+            "created_at": at, **({} if i in r_status else {"done_at": at})})
+    r_only_ours = [f"RF{prefix}Y{i}" for i in range(3)]
+    for number in r_only_ours:
+        at = start + dt.timedelta(hours=12)
+        requests.append({"_id": f"seed:{number}", "order_no": "O" + number, "amount": 500,
+                         "status": "done", "provider": "wechat", "out_refund_no": number,
+                         "created_at": at, "done_at": at})
+    await db.refund_requests.insert_many(requests)
+
+    run = await api.post("/api/v1/admin/reconciliations",
+                         {"date": day.isoformat(), "source": "wechat"}, token=finance)
+    assert run.status == 201, run.text
+    body = run.body
+    found = {(d["class"], d["kind"], d["ref"]) for d in body["differences"]}
+    number = [tx["out_trade_no"] for tx in txs]
+    refund_no = [r["out_refund_no"] for r in refunds]
+    expected = {("amount_differs", "payment", number[i]) for i in amount_differs} | \
+        {("only_theirs", "payment", number[i]) for i in only_theirs} | \
+        {("status_differs", "payment", number[i]) for i in status_differs} | \
+        {("only_ours", "payment", n) for n in only_ours} | \
+        {("only_theirs", "refund", refund_no[i]) for i in r_only_theirs} | \
+        {("amount_differs", "refund", refund_no[i]) for i in r_amount} | \
+        {("status_differs", "refund", refund_no[i]) for i in r_status} | \
+        {("only_ours", "refund", n) for n in r_only_ours}
+    assert found == expected, (found - expected, expected - found)
+    assert body["lines"] == 5300
+    assert body["matched"] == (5000 - 15) + (300 - 9) + 2
+    theirs = body["totals"]["theirs"]
+    assert theirs["payments"] == 5000 and theirs["refunds"] == 300
+    assert theirs["payment_amount"] == sum(tx["amount"] for tx in txs)
+    assert not body["totals"]["match"]
