@@ -226,7 +226,7 @@ class Ledger:
             fee_shares = split_fee(version, sale, fee) if fee else {}
             postings = [*_postings(cleared["shares"], +1),
                         {"account": PAYABLE, "amount": -amount},
-                        *_postings(fee_shares, -1)]
+                        *({**p, "role": "fee"} for p in _postings(fee_shares, -1))]
         return await self.book.post(self._entry(
             entry_id, kind, postings, refund["at"], order_no=ticket["order_no"],
             ticket_no=ticket["ticket_no"], rule_version=version["_id"],

@@ -171,17 +171,23 @@ class Settlement:
         covered_before = {e["entity"]: e["covered_through"]
                           for e in (previous or {}).get("entities", [])}
         settings = await self.records.entity_settings()
-        entities = sorted(set(await self._parties()) | set(settings))
+        # every party the base data knows, and any other entity the journal owes (a carrier
+        # withdrawn since still gets what it earned)
+        owed = {a["account"] for a in await self._ledger.accounts()
+                if a["account"].split(":", 1)[0] in KINDS}
+        entities = sorted(set(await self._parties()) | set(settings) | owed)
         count = len(done)
         await self.records.sized(batch_id, len(entities))
+        periods = {}
         for entity_id in entities:
-            if entity_id in done:
-                continue
             cycle = int(settings.get(entity_id, {}).get("cycle_days", DEFAULT_CYCLE))
-            covered = (through - dt.timedelta(days=cycle)).isoformat()
-            since = covered_before.get(entity_id, "")
-            summary = await self._summarize(entity_id, since, covered)
-            if not summary["lines"]:
+            periods[entity_id] = (cycle, covered_before.get(entity_id, ""),
+                                  (through - dt.timedelta(days=cycle)).isoformat())
+        summaries = await self._summarize({e: p[1:] for e, p in periods.items()})
+        for entity_id in entities:
+            cycle, since, covered = periods[entity_id]
+            summary = summaries.get(entity_id)
+            if entity_id in done or summary is None:
                 continue
             summary.update(entity=entity_id, cycle_days=cycle, covered_from=since,
                            covered_through=covered,
@@ -209,25 +215,41 @@ class Settlement:
             booked["$gt"] = since
         return {"postings.account": entity_id, "booked_on": booked, "kind": {"$ne": "payout"}}
 
-    async def _summarize(self, entity_id: str, since: str, covered: str) -> dict[str, Any]:
-        """对账信息 of one entity for one period: sales, refunds, fees and the net owed."""
-        totals = {"sales": 0, "refunds": 0, "refund_fees": 0, "adjustments": 0}
-        lines, amount, versions = 0, 0, set()
-        async for entry in self._ledger.book.find(self._period(entity_id, since, covered)):
-            own = -sum(p["amount"] for p in entry["postings"] if p["account"] == entity_id)
-            fee = int(((entry.get("ticket") or {}).get("fee_shares") or {}).get(entity_id, 0))
-            lines += 1
-            amount += own
-            if entry.get("rule_version"):
-                versions.add(entry["rule_version"])
-            if entry["kind"] in ("sale", "change"):
-                totals["sales"] += own
-            elif entry["kind"] in ("ticket_refund", "ticket_void", "cancellation_refund"):
-                totals["refunds"] += own - fee
-                totals["refund_fees"] += fee
+    async def _summarize(self, periods: dict[str, tuple[str, str]]
+                         ) -> dict[str, dict[str, Any]]:
+        """对账信息 of every entity for its period (after ``since``, through ``covered``):
+        sales, refunds, refund fees, adjustments, the net owed, the entries and the rule
+        versions behind them — summed by the database in one pass over the batch's days."""
+        if not periods:
+            return {}
+        low = min(since for since, _ in periods.values())
+        booked: dict[str, str] = {"$lte": max(covered for _, covered in periods.values())}
+        if low:
+            booked["$gt"] = low
+        rows = await self._ledger.book.summed_by_account(booked, list(periods))
+        out: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            since, covered = periods[row["account"]]
+            if not since < row["booked_on"] <= covered:
+                continue
+            got = out.setdefault(row["account"], {
+                "sales": 0, "refunds": 0, "refund_fees": 0, "adjustments": 0, "lines": 0,
+                "amount": 0, "rule_versions": set()})
+            own, fee = -int(row["sum"]), -int(row["fee"])
+            got["lines"] += int(row["entries"])
+            got["amount"] += own
+            if row.get("rule_version"):
+                got["rule_versions"].add(row["rule_version"])
+            if row["kind"] in ("sale", "change"):
+                got["sales"] += own
+            elif row["kind"] in ("ticket_refund", "ticket_void", "cancellation_refund"):
+                got["refunds"] += own - fee
+                got["refund_fees"] += fee
             else:
-                totals["adjustments"] += own
-        return {**totals, "lines": lines, "amount": amount, "rule_versions": sorted(versions)}
+                got["adjustments"] += own
+        for got in out.values():
+            got["rule_versions"] = sorted(got["rule_versions"])
+        return out
 
     async def batch(self, batch_id: str) -> dict[str, Any]:
         batch = await self.records.get(batch_id)

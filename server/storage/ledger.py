@@ -10,14 +10,18 @@ new, reversing entry. Every balance can be recomputed from the entries (``recomp
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import random
 from typing import Any
 
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from server.storage.transactions import transact
+
+CONTENDED_ATTEMPTS = 6  # each a whole transaction run (itself retried a few times)
 
 
 class UnbalancedEntry(ValueError):
@@ -52,10 +56,20 @@ class LedgerBook:
                      "$set": {"updated_at": entry["at"]}}, upsert=True, session=session)
             return True
 
-        try:
-            return await transact(self._db, write)
-        except DuplicateKeyError:  # a racing poster of the same event
-            return False
+        for attempt in range(CONTENDED_ATTEMPTS):
+            try:
+                return await transact(self._db, write)
+            except DuplicateKeyError:  # a racing poster of the same event
+                return False
+            except OperationFailure as exc:
+                # busy accounts (the platform's, the payable) under racing posters: wait a
+                # random, growing while and try again before giving the record up to the
+                # next run
+                if not exc.has_error_label("TransientTransactionError") or \
+                        attempt == CONTENDED_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(random.uniform(0, 0.02 * 2 ** attempt))
+        raise AssertionError("unreachable")
 
     # --- reading ------------------------------------------------------------------------------
     async def get(self, entry_id: str) -> dict[str, Any] | None:
@@ -79,6 +93,30 @@ class LedgerBook:
                 {"$group": {"_id": "$postings.account", "sum": {"$sum": "$postings.amount"}}}]):
             out[row["_id"]] = int(row["sum"])
         return out
+
+    async def summed_by_account(self, booked_on: dict[str, str], accounts: list[str]
+                                ) -> list[dict[str, Any]]:
+        """For entries booked in a range (payouts aside): per account, day, kind and rule
+        version, the postings' sum, the part of it that was a refund fee (postings with
+        ``role: fee``) and how many entries — one pass, summed by the database."""
+        rows = []
+        async for row in await self._entries.aggregate([
+                {"$match": {"booked_on": booked_on, "kind": {"$ne": "payout"}}},
+                {"$unwind": "$postings"},
+                {"$match": {"postings.account": {"$in": accounts}}},
+                {"$group": {"_id": {"e": "$_id", "a": "$postings.account", "d": "$booked_on",
+                                    "k": "$kind", "v": "$rule_version"},
+                            "sum": {"$sum": "$postings.amount"},
+                            "fee": {"$sum": {"$cond": [{"$eq": ["$postings.role", "fee"]},
+                                                       "$postings.amount", 0]}}}},
+                {"$group": {"_id": {"a": "$_id.a", "d": "$_id.d", "k": "$_id.k", "v": "$_id.v"},
+                            "sum": {"$sum": "$sum"}, "fee": {"$sum": "$fee"},
+                            "entries": {"$sum": 1}}}]):
+            key = row["_id"]
+            rows.append({"account": key["a"], "booked_on": key["d"], "kind": key["k"],
+                         "rule_version": key.get("v"), "sum": row["sum"], "fee": row["fee"],
+                         "entries": row["entries"]})
+        return rows
 
     # --- the posting job's read positions ---------------------------------------------------
     async def cursor(self, name: str) -> dt.datetime | None:
