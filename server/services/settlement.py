@@ -38,7 +38,8 @@ KINDS = ("carrier", "station", "outlet", "partner", "provider", "platform")
 KIND_NAMES = {"carrier": "客运企业", "station": "客运站", "outlet": "代售点", "partner": "分销平台",
               "provider": "支付机构", "platform": "平台运营方"}
 ENTRY_NAMES = {"sale": "售票", "change": "改签", "ticket_refund": "退票", "ticket_void": "废票",
-               "cancellation_refund": "停班退票", "payout": "结算付款", "adjustment": "调账"}
+               "cancellation_refund": "停班退票", "payout": "结算付款", "adjustment": "调账",
+               "refund_fee": "退票手续费"}
 DEFAULT_CYCLE = 1
 STALE = dt.timedelta(minutes=2)  # a runner silent this long has died
 
@@ -218,8 +219,9 @@ class Settlement:
     async def _summarize(self, periods: dict[str, tuple[str, str]]
                          ) -> dict[str, dict[str, Any]]:
         """对账信息 of every entity for its period (after ``since``, through ``covered``):
-        sales, refunds, refund fees, adjustments, the net owed, the entries and the rule
-        versions behind them — summed by the database in one pass over the batch's days."""
+        sales, refunds, refund fees, adjustments, the net owed, its posting lines and the
+        rule versions behind them — summed by the database in one pass over the batch's
+        days."""
         if not periods:
             return {}
         low = min(since for since, _ in periods.values())
@@ -235,16 +237,17 @@ class Settlement:
             got = out.setdefault(row["account"], {
                 "sales": 0, "refunds": 0, "refund_fees": 0, "adjustments": 0, "lines": 0,
                 "amount": 0, "rule_versions": set()})
-            own, fee = -int(row["sum"]), -int(row["fee"])
-            got["lines"] += int(row["entries"])
+            own = -int(row["sum"])
+            got["lines"] += int(row["count"])
             got["amount"] += own
             if row.get("rule_version"):
                 got["rule_versions"].add(row["rule_version"])
-            if row["kind"] in ("sale", "change"):
+            if row.get("role") == "fee":
+                got["refund_fees"] += own
+            elif row["kind"] in ("sale", "change"):
                 got["sales"] += own
             elif row["kind"] in ("ticket_refund", "ticket_void", "cancellation_refund"):
-                got["refunds"] += own - fee
-                got["refund_fees"] += fee
+                got["refunds"] += own
             else:
                 got["adjustments"] += own
         for got in out.values():
@@ -272,15 +275,19 @@ class Settlement:
         lines = []
         async for entry in self._ledger.book.find(
                 self._period(entity_id, row["covered_from"], row["covered_through"])):
-            own = -sum(p["amount"] for p in entry["postings"] if p["account"] == entity_id)
             sale = (entry.get("ticket") or {}).get("sale") or {}
-            lines.append({"booked_on": entry["booked_on"], "entry": entry["_id"],
-                          "kind": ENTRY_NAMES.get(entry["kind"], entry["kind"]),
-                          "order_no": entry.get("order_no") or "",
-                          "ticket_no": entry.get("ticket_no") or "",
-                          "seller": sale.get("seller") or sale.get("channel", ""),
-                          "source": sale.get("station_id", ""),
-                          "rule_version": entry.get("rule_version") or "", "amount": own})
+            for posting in entry["postings"]:  # a line per posting: a fee's share apart
+                if posting["account"] != entity_id:
+                    continue
+                kind = "refund_fee" if posting.get("role") == "fee" else entry["kind"]
+                lines.append({"booked_on": entry["booked_on"], "entry": entry["_id"],
+                              "kind": ENTRY_NAMES.get(kind, kind),
+                              "order_no": entry.get("order_no") or "",
+                              "ticket_no": entry.get("ticket_no") or "",
+                              "seller": sale.get("seller") or sale.get("channel", ""),
+                              "source": sale.get("station_id", ""),
+                              "rule_version": entry.get("rule_version") or "",
+                              "amount": -posting["amount"]})
         return {"batch": batch_id, "through_date": batch["through_date"],
                 "entity": entity_id, "name": parties.get(entity_id, {}).get("name", entity_id),
                 **{k: row[k] for k in ("cycle_days", "covered_from", "covered_through",

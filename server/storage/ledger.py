@@ -96,26 +96,22 @@ class LedgerBook:
 
     async def summed_by_account(self, booked_on: dict[str, str], accounts: list[str]
                                 ) -> list[dict[str, Any]]:
-        """For entries booked in a range (payouts aside): per account, day, kind and rule
-        version, the postings' sum, the part of it that was a refund fee (postings with
-        ``role: fee``) and how many entries — one pass, summed by the database."""
-        rows = []
+        """For entries booked in a range (payouts aside): per account, day, kind, rule
+        version and posting role (``fee`` for a refund fee's share), the postings' sum and
+        count — one pass, summed by the database."""
+        rows, wanted = [], set(accounts)
         async for row in await self._entries.aggregate([
                 {"$match": {"booked_on": booked_on, "kind": {"$ne": "payout"}}},
                 {"$unwind": "$postings"},
-                {"$match": {"postings.account": {"$in": accounts}}},
-                {"$group": {"_id": {"e": "$_id", "a": "$postings.account", "d": "$booked_on",
-                                    "k": "$kind", "v": "$rule_version"},
-                            "sum": {"$sum": "$postings.amount"},
-                            "fee": {"$sum": {"$cond": [{"$eq": ["$postings.role", "fee"]},
-                                                       "$postings.amount", 0]}}}},
-                {"$group": {"_id": {"a": "$_id.a", "d": "$_id.d", "k": "$_id.k", "v": "$_id.v"},
-                            "sum": {"$sum": "$sum"}, "fee": {"$sum": "$fee"},
-                            "entries": {"$sum": 1}}}]):
+                {"$group": {"_id": {"a": "$postings.account", "d": "$booked_on", "k": "$kind",
+                                    "v": "$rule_version", "r": "$postings.role"},
+                            "sum": {"$sum": "$postings.amount"}, "count": {"$sum": 1}}}]):
             key = row["_id"]
+            if key["a"] not in wanted:  # (the rows are few: filtered here, not per posting)
+                continue
             rows.append({"account": key["a"], "booked_on": key["d"], "kind": key["k"],
-                         "rule_version": key.get("v"), "sum": row["sum"], "fee": row["fee"],
-                         "entries": row["entries"]})
+                         "rule_version": key.get("v"), "role": key.get("r"),
+                         "sum": row["sum"], "count": row["count"]})
         return rows
 
     # --- the posting job's read positions ---------------------------------------------------
