@@ -30,18 +30,19 @@ from server.storage.ledger import LedgerBook
 
 TITLE = "Ledger and settlement"
 NOTES = [
-    "Ledger postings: 8 concurrent posters `LedgerBook.post` of sale-like entries (6 "
-    "postings: payable, carrier, station, outlet, provider, platform) — each one MongoDB "
-    "transaction (snapshot reads, majority writes) with an existence check, the entry insert "
-    "and six balance `$inc` upserts. The baseline inserts the same entry documents with "
-    "`insert_one`, 8 concurrent, no transaction and no balances.",
+    "Ledger postings: one poster (the posting job holds a lease, so postings are sequential; "
+    "racing posters only conflict on the platform's busy accounts) `LedgerBook.post` of "
+    "sale-like entries (6 postings: payable, carrier, station, outlet, provider, platform) — "
+    "each one MongoDB transaction (snapshot reads, majority writes) with an existence check, "
+    "the entry insert and six balance `$inc` upserts. The baseline inserts the same entry "
+    "documents with `insert_one` from one client, no transaction and no balances.",
     "Settlement: 100,000 tickets' sale entries over 40 carriers, 30 stations, 20 outlets, "
     "booked three days before, settled T+1 through yesterday by `Settlement.run` (per "
     "entity: its period's entries summed, a payout entry posted, the batch written). Peak "
     "Python memory from tracemalloc. The baseline is one raw aggregation summing the same "
     "entries per account ($unwind, $group) — the least any settlement must read.",
 ]
-POSTERS = 8
+POSTERS = 1  # the posting job is one process (a lease): postings are sequential by design
 TICKETS = int(os.environ.get("BENCH_SETTLEMENT_TICKETS", "100000"))
 BENCH_LEDGER_DB = "keyun_bench_ledger"
 
@@ -153,8 +154,8 @@ async def run(bench: Bench) -> list[Row]:
         await mongo.drop_database(BENCH_LEDGER_DB)
         await mongo.close()
     return [
-        Row(f"ledger postings, {POSTERS} concurrent posters (LedgerBook.post)", posted,
-            "entries/s", f"raw MongoDB insert_one of the same entries, {POSTERS} concurrent",
+        Row("ledger postings, one poster (LedgerBook.post)", posted,
+            "entries/s", "raw MongoDB insert_one of the same entries, one client",
             inserted, "one transaction per entry: entry + 6 balance upserts"),
         Row(f"settlement run over {TICKETS:,} tickets (Settlement.run)", took, "s",
             "raw aggregation of the same entries per account", raw,
