@@ -18,6 +18,7 @@ settlement of a day waits for its open differences.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import secrets
 from typing import Any
 
@@ -34,6 +35,8 @@ from server.services.audit import AuditService
 from server.services.ledger import SUSPENSE, Ledger
 from server.storage.reconciliation import ReconciliationRecords
 from server.storage.transactions import transact
+
+log = logging.getLogger(__name__)
 
 TOLERANCE = dt.timedelta(minutes=10)
 PAID = ["paid", "refunding", "refunded"]
@@ -277,18 +280,26 @@ class Reconciliation:
                 continue
         return numbers
 
-    async def daily(self) -> int:
-        """Yesterday's bills of every provider, once each, after they are published."""
-        now = dt.datetime.now(LOCAL_TZ)
+    async def daily(self, now: dt.datetime | None = None) -> int:
+        """Yesterday's bills of every provider and sales reports of every station system,
+        once each, after they are published; a source that fails (a provider or station
+        down) is tried again on the next run, the others go on."""
+        now = (now or dt.datetime.now(dt.UTC)).astimezone(LOCAL_TZ)
         if now.hour < AUTO_AFTER_HOUR:
             return 0
         day = (now.date() - dt.timedelta(days=1)).isoformat()
+        stations = await self._db.stations.distinct(
+            "_id", {"status": "active", "system.vendor": {"$nin": ["native", None]}})
         done = 0
-        for source in self.bill_sources():
-            run_id = f"AUTO-{source}-{day}"
-            if await self.records.get(run_id) is None:
+        for source in [*self.bill_sources(), *(f"station:{s}" for s in stations)]:
+            run_id = f"AUTO-{source.replace(':', '-')}-{day}"
+            if await self.records.get(run_id) is not None:
+                continue
+            try:
                 await self.run(None, day, source, run_id=run_id)
                 done += 1
+            except DomainError as exc:
+                log.warning("daily reconciliation of %s not done: %s", source, exc.code)
         return done
 
     async def view(self, run_id: str) -> dict[str, Any]:

@@ -93,7 +93,8 @@ async def test_roles_sign_in_to_their_own_console(api, keyun, db) -> None:
             menu = await page.locator(".el-menu-item").all_text_contents()
             assert [m.strip() for m in menu] == ["概览", "班次管理", "基础数据", "业务规则",
                                                  "订单查询", "代售点", "分销平台", "车站系统",
-                                                 "运营告警", "退款处理", "员工账号", "审计日志"]
+                                                 "运营告警", "退款处理", "清分结算", "员工账号",
+                                                 "审计日志"]
             await page.screenshot(path=str(SHOTS / "admin-operator-overview.png"))
 
             # the audit trail: newest first, times in Beijing time (24-hour), not New York's
@@ -160,7 +161,7 @@ async def test_roles_sign_in_to_their_own_console(api, keyun, db) -> None:
             await _sign_in(page, base, "finance")
             menu = await page.locator(".el-menu-item").all_text_contents()
             assert [m.strip() for m in menu] == ["概览", "业务规则", "订单查询", "代售点",
-                                                 "分销平台", "运营告警", "退款处理"]
+                                                 "分销平台", "运营告警", "退款处理", "清分结算"]
             await page.goto(f"{base}/admin/staff")
             await page.wait_for_selector("text=待财务处理的退款")
             assert urlsplit(page.url).path == "/admin/"

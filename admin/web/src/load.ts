@@ -1,6 +1,6 @@
 // Loading a page's data: a busy flag and the API's error in Chinese, one way for every page.
 import { ref } from "vue";
-import { ElMessage } from "element-plus";
+import { ElMessage, ElMessageBox } from "element-plus";
 import { explain } from "./api";
 
 export function loader() {
@@ -37,5 +37,15 @@ export async function act(work: () => Promise<unknown>, done?: string): Promise<
   } catch (e) {
     ElMessage.error(explain(e));
     return false;
+  }
+}
+
+/** Ask the user why (a note every recorded decision carries); null when they cancel. */
+export async function askNote(message: string, title: string): Promise<string | null> {
+  try {
+    return (await ElMessageBox.prompt(message, title, {
+      inputValidator: (v) => !!v?.trim() || "请填写说明" })).value;
+  } catch {
+    return null; // cancelled
   }
 }
