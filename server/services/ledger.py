@@ -80,25 +80,36 @@ class Ledger:
     # --- the posting job ----------------------------------------------------------------------
     async def run(self) -> int:
         """Post what happened since the last run; the number of entries posted."""
-        posted = await self._follow("movements", "money_movements", "at", self._movement)
-        posted += await self._follow("issued", "tickets", "issued_at", self._sale_of)
-        posted += await self._follow("returned", "tickets", "refund.at", self._return_of)
+        posted = 0
+        for source in self._sources():
+            since = await self.book.cursor(source[0])
+            query: dict[str, Any] = {source[2]: {"$gte": since - MARGIN}} if since else \
+                {source[2]: {"$exists": True}}
+            posted += await self._post_all(*source, query)
         return posted
 
-    async def _follow(self, name: str, collection: str, field: str, post: Any) -> int:
-        since = await self.book.cursor(name)
-        query: dict[str, Any] = {field: {"$gte": since - MARGIN}} if since else \
-            {field: {"$exists": True}}
-        return await self._post_all(name, collection, field, query, post)
+    def _sources(self) -> list[tuple[str, str, str, Any, Any]]:
+        """Each source: its cursor's name, collection, time field, how one record posts, and
+        the id of the entry it makes."""
+        return [("movements", "money_movements", "at", self._movement,
+                 lambda d: f"mv:{d['_id']}"),
+                ("issued", "tickets", "issued_at", self._sale_of,
+                 lambda d: f"sale:{d['ticket_no']}"),
+                ("returned", "tickets", "refund.at", self._return_of,
+                 lambda d: f"return:{d['ticket_no']}")]
 
-    async def _post_all(self, name: str, collection: str, field: str,
-                        query: dict[str, Any], post: Any) -> int:
+    async def _post_all(self, name: str, collection: str, field: str, post: Any,
+                        entry_of: Any, query: dict[str, Any]) -> int:
         posted, last, page = 0, None, query
         published = await self.rules.published()
         while True:
             docs = await self._db[collection].find(page).sort(
                 [(field, 1), ("_id", 1)]).limit(BATCH).to_list()
+            # what the margin re-reads is mostly posted already: one look-up per page
+            done = await self.book.existing([entry_of(d) for d in docs])
             for doc in docs:
+                if entry_of(doc) in done:
+                    continue
                 with self.failures.record(f"ledger-{name}", doc.get("_id")):
                     posted += bool(await post(doc, published))
             if docs:
@@ -114,12 +125,8 @@ class Ledger:
         posted now (logged: it should not happen)."""
         since = now_ms() - dt.timedelta(days=days)
         posted = 0
-        for name, collection, field, post in (
-                ("movements", "money_movements", "at", self._movement),
-                ("issued", "tickets", "issued_at", self._sale_of),
-                ("returned", "tickets", "refund.at", self._return_of)):
-            posted += await self._post_all(name, collection, field, {field: {"$gte": since}},
-                                           post)
+        for source in self._sources():
+            posted += await self._post_all(*source, {source[2]: {"$gte": since}})
         if posted:
             log.warning("ledger catch-up posted %d entries a run had missed", posted)
         return posted

@@ -75,6 +75,13 @@ class LedgerBook:
     async def get(self, entry_id: str) -> dict[str, Any] | None:
         return await self._entries.find_one({"_id": entry_id})
 
+    async def existing(self, entry_ids: list[str]) -> set[str]:
+        """Which of these entries are in the journal already."""
+        if not entry_ids:
+            return set()
+        return {e["_id"] async for e in self._entries.find({"_id": {"$in": entry_ids}},
+                                                           {"_id": 1})}
+
     def find(self, query: dict[str, Any], limit: int = 0,
                    sort: list[tuple[str, int]] | None = None) -> Any:
         """A cursor over entries (the caller iterates)."""
