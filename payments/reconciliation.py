@@ -72,8 +72,6 @@ class Reconciliation:
                               field="source")
         if day >= local_today():
             raise DomainError("STATEMENT_NOT_READY", bill_date=date)
-        if run_id is not None and await self.records.get(run_id) is not None:
-            return await self.view(run_id)
         try:
             lines = await provider.statement(day.isoformat())
         except PaymentError as exc:

@@ -369,6 +369,10 @@ async def test_finance_settles_from_its_console(api, keyun, db, services) -> Non
     carrier = await db.carriers.find_one({}, sort=[("_id", 1)])
     entity = f"carrier:{carrier['_id']}"
     day = (dt.date.today() - dt.timedelta(days=90)).isoformat()
+    # settlement days only go forward: if another test settled a later day already, settle
+    # that day again (which returns its batch and adds nothing)
+    latest = await db.settlement_batches.find_one({}, sort=[("through_date", -1)])
+    through = max(day, latest["through_date"]) if latest else day
     async with _console(keyun.base_url, "finance") as page:
         await page.click("text=清分结算")
         row = page.locator("[data-test=entities] .el-table__row", has_text=entity)
@@ -407,11 +411,11 @@ async def test_finance_settles_from_its_console(api, keyun, db, services) -> Non
         await page.wait_for_selector("[data-test=differences] >> text=无差异")
 
         await page.click("#tab-settlements")
-        await page.locator(_input("through")).fill(day)
+        await page.locator(_input("through")).fill(through)
         await page.locator(_input("through")).press("Enter")
         await page.click("[data-test=settle]")
         batch = page.locator("[data-test=batches] .el-table__row",
-                             has_text="SB" + day.replace("-", ""))
+                             has_text="SB" + through.replace("-", ""))
         await batch.wait_for()
         assert "已完成" in await batch.text_content()
         await page.screenshot(path=str(SHOTS / "admin-finance-settlement.png"))

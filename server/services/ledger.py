@@ -140,6 +140,8 @@ class Ledger:
     async def _movement(self, movement: dict[str, Any], published: list[dict[str, Any]]
                         ) -> bool:
         amount, kind = int(movement["amount"]), movement["kind"]
+        if amount == 0:
+            return False
         funds = funds_account(movement)
         if kind == "payment":
             postings = [{"account": funds, "amount": amount},
@@ -152,8 +154,6 @@ class Ledger:
                         {"account": funds, "amount": -amount}]
         else:
             raise ValueError(f"unknown movement kind {kind}")
-        if amount == 0:
-            return False
         return await self.book.post(self._entry(
             f"mv:{movement['_id']}", kind, postings, movement["at"],
             order_no=movement.get("order_no"), provider=movement["provider"],
@@ -162,9 +162,7 @@ class Ledger:
 
     async def _sale_of(self, ticket: dict[str, Any], published: list[dict[str, Any]]) -> bool:
         """``sale:<ticket_no>``: the ticket's price shared out (a change: re-shared)."""
-        entry_id = f"sale:{ticket['ticket_no']}"
-        if await self.book.get(entry_id) is not None:
-            return False
+        entry_id = f"sale:{ticket['ticket_no']}"  # (its callers know it is not posted)
         sale = await self.sale_context(ticket)
         if sale is None:
             return False
@@ -209,9 +207,7 @@ class Ledger:
         """``return:<ticket_no>``: a refunded or voided ticket's money comes back."""
         if ticket["status"] not in ("refunded", "voided"):
             return False
-        entry_id = f"return:{ticket['ticket_no']}"
-        if await self.book.get(entry_id) is not None:
-            return False
+        entry_id = f"return:{ticket['ticket_no']}"  # (its caller knows it is not posted)
         cleared = await self._cleared(ticket["ticket_no"], published)
         if cleared is None:
             return False

@@ -60,20 +60,17 @@ class Settlement:
         self._runner = secrets.token_hex(6)  # this process (a batch's owner says which)
 
     # --- entities -----------------------------------------------------------------------------
-    async def _parties(self) -> dict[str, dict[str, Any]]:
-        """Every party money can be owed to, from the base data, with its relationships."""
+    async def _parties(self, relationships: bool = False) -> dict[str, dict[str, Any]]:
+        """Every party money can be owed to, from the base data (with the routes and stations
+        each carrier runs, when asked: that reads every schedule)."""
         parties: dict[str, dict[str, Any]] = {}
-        routes = await self._db.routes.find({}, {"name": 1, "carrier_ids": 1, "origin_id": 1,
-                                                 "station_ids": 1}).to_list()
         runs: dict[str, list[dict[str, Any]]] = {}
-        async for sch in self._db.schedules.find({}, {"route_id": 1, "station_id": 1,
-                                                      "carrier_id": 1}):
-            pair = {"route_id": sch["route_id"], "station_id": sch["station_id"]}
-            if pair not in runs.setdefault(sch["carrier_id"], []):
-                runs[sch["carrier_id"]].append(pair)
-        for route in routes:
-            for carrier in route.get("carrier_ids") or []:
-                runs.setdefault(carrier, [])
+        if relationships:
+            async for sch in self._db.schedules.find({}, {"route_id": 1, "station_id": 1,
+                                                          "carrier_id": 1}):
+                pair = {"route_id": sch["route_id"], "station_id": sch["station_id"]}
+                if pair not in runs.setdefault(sch["carrier_id"], []):
+                    runs[sch["carrier_id"]].append(pair)
         async for carrier in self._db.carriers.find({}, {"name": 1}):
             parties[f"carrier:{carrier['_id']}"] = {
                 "name": carrier.get("name", carrier["_id"]),
@@ -90,7 +87,7 @@ class Settlement:
         return parties
 
     async def entities(self, kind: str | None = None) -> list[dict[str, Any]]:
-        parties = await self._parties()
+        parties = await self._parties(relationships=True)
         settings = await self.records.entity_settings()
         balances = {a["account"]: a["balance"] for a in await self._ledger.accounts()}
         out = []
@@ -118,7 +115,7 @@ class Settlement:
     async def save_entity(self, actor: Principal, body: dict[str, Any]) -> dict[str, Any]:
         """An entity's settlement terms: its cycle T+N and its bank account."""
         entity_id = str(body.get("id", ""))
-        parties = await self._parties()
+        parties = await self._parties(relationships=True)
         if entity_id not in parties:
             raise DomainError("REFERENCE_NOT_FOUND", f"No such settlement entity: {entity_id!r}.",
                               field="id")

@@ -45,10 +45,7 @@ class LedgerBook:
             raise UnbalancedEntry(f"{entry['_id']}: amounts are integer fen")
 
         async def write(session: AsyncClientSession) -> bool:
-            if await self._entries.find_one({"_id": entry["_id"]}, {"_id": 1},
-                                            session=session) is not None:
-                return False
-            await self._entries.insert_one(entry, session=session)
+            await self._entries.insert_one(entry, session=session)  # a repeat: duplicate key
             for posting in postings:
                 await self._accounts.update_one(
                     {"_id": posting["account"]},
@@ -59,7 +56,7 @@ class LedgerBook:
         for attempt in range(CONTENDED_ATTEMPTS):
             try:
                 return await transact(self._db, write)
-            except DuplicateKeyError:  # a racing poster of the same event
+            except DuplicateKeyError:  # posted before (or by a racing poster): nothing moves
                 return False
             except OperationFailure as exc:
                 # busy accounts (the platform's, the payable) under racing posters: wait a

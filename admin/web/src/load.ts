@@ -40,11 +40,13 @@ export async function act(work: () => Promise<unknown>, done?: string): Promise<
   }
 }
 
-/** Ask the user why (a note every recorded decision carries); null when they cancel. */
-export async function askNote(message: string, title: string): Promise<string | null> {
+/** Ask the user for a line of text (a reason, a time): trimmed, or null when they cancel.
+ * Without ``check`` the answer only has to be there. */
+export async function ask(message: string, title: string,
+                          check: (v: string) => boolean | string = (v) => !!v?.trim() || "请填写说明",
+                          ): Promise<string | null> {
   try {
-    return (await ElMessageBox.prompt(message, title, {
-      inputValidator: (v) => !!v?.trim() || "请填写说明" })).value;
+    return (await ElMessageBox.prompt(message, title, { inputValidator: check })).value.trim();
   } catch {
     return null; // cancelled
   }
