@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("run", help="start Keyun (and the embedded stores if not configured)")
     seed = sub.add_parser("seed-demo", help="load the demo province into the configured stores")
     seed.add_argument("--reset", action="store_true", help="drop the database first")
+    seed.add_argument("--history", type=int, default=0, metavar="DAYS",
+                      help="also generate DAYS days of passenger-flow history (e.g. 365)")
     load = sub.add_parser("import", help="import a CSV or XLSX file of the 运政 system "
                                          "(a dry run unless --apply)")
     load.add_argument("file", type=Path)
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(settings)
     if args.command == "import":
         return import_file(settings, args.file, args.kind, apply=args.apply)
-    return seed_demo(settings, reset=args.reset)
+    return seed_demo(settings, reset=args.reset, history_days=args.history)
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -297,14 +299,15 @@ def _print_banner(settings: Settings, children: list[embedded.ChildServer]) -> N
     print("\n".join(lines), flush=True)
 
 
-def seed_demo(settings: Settings, reset: bool = False) -> int:
+def seed_demo(settings: Settings, reset: bool = False, history_days: int = 0) -> int:
     """``keyun seed-demo``: load the demo province into the configured (or embedded) stores."""
     children: list[embedded.ChildServer] = []
     signal.signal(signal.SIGTERM, _raise_stop)
     try:
         settings = _start_stores(_with_dev_secret(settings), children)
-        asyncio.run(_seed(settings, reset))
-        print("Demo province loaded.")
+        asyncio.run(_seed(settings, reset, history_days))
+        print("Demo province loaded" + (f", with {history_days} days of history." if
+                                        history_days else "."))
         return 0
     except _Stop:
         return 1
@@ -313,8 +316,8 @@ def seed_demo(settings: Settings, reset: bool = False) -> int:
             child.stop()
 
 
-async def _seed(settings: Settings, reset: bool) -> None:
-    from devstack import demo
+async def _seed(settings: Settings, reset: bool, history_days: int) -> None:
+    from devstack import demo, history
     from server.storage.collections import ensure_schema
 
     mongo, redis = await wait_for_stores(settings)
@@ -326,6 +329,8 @@ async def _seed(settings: Settings, reset: bool) -> None:
         from channels import CHANNELS
 
         await demo.ensure_demo(db, settings, force=True, channels=CHANNELS.all())
+        if history_days > 0:
+            await history.load_history(db, history_days, progress=_print_progress)
     finally:
         await mongo.close()
         await redis.aclose()
@@ -351,6 +356,10 @@ def import_file(settings: Settings, path: Path, kind: str, apply: bool) -> int:
             child.stop()
     print(json.dumps(report, ensure_ascii=False, indent=1))
     return 1 if report.get("error_count") or "code" in report else 0
+
+
+def _print_progress(done: int, days: int) -> None:
+    print(f"history: {done}/{days} days", flush=True)
 
 
 async def _import(settings: Settings, body: bytes, kind: str, apply: bool) -> dict[str, Any]:

@@ -26,6 +26,8 @@ RULES = {
     "void_window_minutes": integer(0, 1440, description="废票 this long after issue"),
     "disruption_delay_minutes": integer(10, 1440, description="a delay this long is a "
                                                               "disruption"),
+    "on_time_tolerance_minutes": integer(0, 120, description="正点: left at most this long "
+                                                             "after its time"),
 }
 SCOPE = obj({"level": string(enum=["province", "region", "station", "route"]),
              "ref": string(0, 24, description="the division, station or route")}, ["level"])

@@ -6,6 +6,7 @@ properties of ``handlers.base.ApiHandler``. Nothing here connects at import time
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ from handlers import (
     gate,
     health,
     members,
+    monitoring,
     orders,
     outlets,
     partners,
@@ -73,6 +75,7 @@ from server.services.departures import (
     DepartureService,
 )
 from server.services.events import EventLog
+from server.services.flow import FlowStats
 from server.services.gate import GateKeys, GateService
 from server.services.health import HealthService
 from server.services.holds import SeatHolds
@@ -95,6 +98,8 @@ from server.services.ticket_sources import TicketSourceService
 from server.services.tickets import TicketService
 from server.services.webhooks import WebhookService
 from server.storage.inventory import NativeInventory
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -133,6 +138,7 @@ class Services:
     ledger: Ledger
     settlement: Settlement
     reconciliation: Reconciliation
+    flow: FlowStats
 
 
 def connect_mongo(settings: Settings, uri: str) -> AsyncMongoClient[Any]:
@@ -195,7 +201,12 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     ledger = Ledger(db, clearing, alerts, failures)
     reconciliation = Reconciliation(db, payment_service.providers, ledger, audit,
                                     seats.registry)
+    flow = FlowStats(db, rules)
     jobs = JobRunner(redis)
+    jobs.add("flow-stats", 5.0, flow.run)
+    jobs.add("flow-sweep", 600.0, flow.sweep)
+    if settings.seed_demo and settings.demo_history_days:
+        jobs.add("demo-history", 3600.0, lambda: _demo_history(db, settings.demo_history_days))
     jobs.add("ledger-posting", 2.0, ledger.run)
     jobs.add("ledger-check", 600.0, ledger.check)
     jobs.add("reconciliation-daily", 900.0, reconciliation.daily)
@@ -253,9 +264,19 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         ledger=ledger,
         settlement=Settlement(db, ledger, vault, audit, payment_service.providers.remote()),
         reconciliation=reconciliation,
+        flow=flow,
         paylinks=PayLinks(settings.jwt_secret, settings.public_url or
                           f"http://{settings.host}:{settings.port}", order_service, audit),
     )
+
+
+async def _demo_history(db: AsyncDatabase[Any], days: int) -> None:
+    """The demo province's passenger-flow history, generated once in the background."""
+    from devstack import history  # the demo's, not the product's
+
+    if not await history.history_loaded(db):
+        await history.load_history(db, days, progress=lambda done, of: log.info(
+            "demo history", extra={"fields": {"days": done, "of": of}}))
 
 
 def payment_providers(settings: Settings, db: AsyncDatabase[Any]) -> ProviderRegistry:
@@ -299,7 +320,7 @@ def api_routes() -> list[URLSpec]:
             *exchange.default_handlers, *gate.default_handlers, *partners.default_handlers,
             *desk.default_handlers, *outlets.default_handlers, *basedata.default_handlers,
             *rule_api.default_handlers, *finance.default_handlers,
-            *paylinks.default_handlers, *docs.default_handlers]
+            *monitoring.default_handlers, *paylinks.default_handlers, *docs.default_handlers]
 
 
 def make_app(settings: Settings, mongo: AsyncMongoClient[Any], redis: aioredis.Redis,

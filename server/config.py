@@ -215,6 +215,9 @@ class Settings:
                                   "refresh token lifetime, seconds")
     demo_password: str = _opt("keyun-demo", _parse_str, "password of the demo staff users")
     seed_demo: bool = _opt(True, _parse_bool, "load the demo province on first start")
+    demo_history_days: int = _opt(365, _parse_int(0, 1100),
+                                  "days of passenger-flow history generated in the background "
+                                  "for the demo province on first start (0: none)")
     sandbox: bool = _opt(True, _parse_bool, "mount /sandbox helpers and start sandboxes")
     station_simulators: bool = _opt(True, _parse_bool,
                                     "start station-system simulators for the demo stations "

@@ -163,6 +163,9 @@ ERRORS: dict[str, tuple[int, str]] = {
                                      "published versions never change — make a new draft."),
     "SETTLEMENT_DAY_OPEN": (409, "A day is settled once it is over; settle through an "
                                  "earlier day."),
+    "STATS_GROUP_INVALID": (422, "Statistics group by day, station, route, carrier, channel "
+                                 "or region."),
+    "STATS_RANGE_INVALID": (422, "The period must run forwards and span at most three years."),
     "SETTLEMENT_OUT_OF_ORDER": (409, "A later day is settled already; settlement days go "
                                      "forward."),
     "RECONCILIATION_OPEN": (409, "Reconciliation differences of these days are still open; "

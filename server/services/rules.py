@@ -56,6 +56,7 @@ class RuleSet:
     refund_after_departure: bool = False
     changes_allowed: int = 1  # 改签 once
     disruption_delay_minutes: int = 60  # a delay this long is a disruption (free refund/change)
+    on_time_tolerance_minutes: int = 10  # 正点: left at most this long after its time
     change_cutoff_minutes: int = 30
     void_window_minutes: int = 30  # 废票: a misissued ticket is voided this soon after issue
 

@@ -160,6 +160,9 @@ COLLECTIONS: list[CollectionSpec] = [
         _ix([("service_date", ASCENDING), ("status", ASCENDING)], "date_status"),
         # changes a sync stored but has not told passengers of yet (few, short-lived)
         _ix("unannounced.kind", "unannounced", sparse=True),
+        # the flow statistics re-read changed departures by these
+        _ix("status_at", "status_at", sparse=True),
+        _ix("synced_at", "synced_at", sparse=True),
     ]),
     CollectionSpec("fares", _obj(
         ["route_id", "from_seq", "to_seq", "guide_price", "prices", "station_fee",
@@ -430,6 +433,29 @@ COLLECTIONS: list[CollectionSpec] = [
         status={"enum": ["open", "resolved"]}), [
         _ix([("run_id", ASCENDING), ("seq", ASCENDING)], "run_seq"),
     ]),
+    CollectionSpec("flow_departures", _obj(
+        ["day", "route_id", "carrier_id", "station_id", "scheduled", "passengers"],
+        day=LOCAL_DATE, route_id=NONEMPTY, station_id=NONEMPTY, scheduled=INT,
+        passengers={"bsonType": "int", "minimum": 0}), [
+        _ix([("day", ASCENDING), ("route_id", ASCENDING), ("carrier_id", ASCENDING)],
+            "day_route_carrier"),
+    ]),
+    CollectionSpec("flow_days", _obj(
+        ["source", "day", "month", "route_id", "carrier_id", "station_id", "region"],
+        source={"enum": ["live", "history"]}, day=LOCAL_DATE,
+        month={"bsonType": "string", "pattern": r"^\d{4}-\d{2}$"}, route_id=NONEMPTY,
+        station_id=NONEMPTY, region=STR), [
+        # (each index costs the history load dearly on the embedded store: two only)
+        _ix([("day", ASCENDING), ("route_id", ASCENDING)], "day_route"),
+        _ix([("month", ASCENDING), ("route_id", ASCENDING)], "month_route"),
+    ]),
+    CollectionSpec("flow_months", _obj(
+        ["month", "route_id", "carrier_id", "station_id", "region"],
+        month={"bsonType": "string", "pattern": r"^\d{4}-\d{2}$"}, route_id=NONEMPTY,
+        station_id=NONEMPTY, region=STR), [
+        _ix([("month", ASCENDING), ("route_id", ASCENDING)], "month_route"),
+    ]),
+    CollectionSpec("flow_cursors", _obj(["at"], at=DATE), []),
     CollectionSpec("idempotency", None, [
         _ix([("scope", ASCENDING), ("key", ASCENDING)], "scope_key_unique", unique=True),
         _ix("expires_at", "expiry_ttl", expireAfterSeconds=0),

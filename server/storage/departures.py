@@ -15,6 +15,7 @@ from typing import Any
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
+from server.clock import now_ms
 from server.storage.mirror import Mirrored, compare
 
 
@@ -79,6 +80,8 @@ class DepartureRecords:
         """Set ``fields`` if the departure's status is one of ``from_statuses`` (and push
         ``tell`` onto the changes passengers must hear of); the departure after, or None."""
         update: dict[str, Any] = {"$set": fields}
+        if "status" in fields:  # the flow statistics re-read departures by it
+            update["$set"] = {**fields, "status_at": now_ms()}
         if tell:
             update["$push"] = {"unannounced": tell}
         return await self._departures.find_one_and_update(  # type: ignore[no-any-return]
@@ -96,7 +99,8 @@ class DepartureRecords:
     async def withdrawn(self, departure_id: str, tell: dict[str, Any], at: dt.datetime) -> None:
         """The station system no longer lists it: cancelled, and passengers to be told."""
         await self._departures.update_one(
-            {"_id": departure_id}, {"$set": {"status": "cancelled", "withdrawn_at": at},
+            {"_id": departure_id}, {"$set": {"status": "cancelled", "withdrawn_at": at,
+                                             "status_at": at},
                                     "$push": {"unannounced": tell}})
 
     async def told(self, departure_id: str, change: dict[str, Any]) -> None:
@@ -122,7 +126,7 @@ class DepartureRecords:
         await self._departures.update_one(
             {"_id": departure_id, "inventory": "native",
              "status": {"$in": ["on_sale", "stopped"]}},
-            {"$set": {"status": "departed", "departed_at": at}})
+            {"$set": {"status": "departed", "departed_at": at, "status_at": at}})
 
     async def station_online(self, station_id: str, online: bool) -> None:
         """A proxied station's departures on or off online sale with their station."""

@@ -1,0 +1,100 @@
+"""Passenger-flow monitoring (客运信息监测): statistics and route monitoring — an authority
+sees its region, a station's staff their station, the operator and finance everything."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from handlers.base import ApiHandler, api, route
+from server.clock import local_today
+from server.errors import DomainError, calendar_day
+from server.schema import DAY, DIVISION, array, integer, obj, string
+from server.security.principal import AUTHORITY, FINANCE, OPERATOR, STATION_STAFF
+from server.services.flow import GROUPS
+from server.services.kinds import CODE
+
+READERS = (AUTHORITY, OPERATOR, FINANCE, STATION_STAFF)
+RATE = {"type": ["number", "null"], "minimum": 0, "description": "0–1; null when nothing "
+                                                                  "to divide by"}
+COUNT = integer(0)
+FILTERS = {"from": DAY, "to": DAY, "region": DIVISION, "station": CODE, "route": CODE}
+ROW = obj({"key": string(), "name": string(), "passengers": COUNT,
+           "revenue": integer(0, description="fen"), "seats": COUNT,
+           "load_factor": RATE, "departures": COUNT, "scheduled": COUNT, "cancelled": COUNT,
+           "departed": COUNT, "on_time": COUNT, "on_time_rate": RATE,
+           "regular_run_rate": RATE, "refunds": COUNT,
+           "refund_amount": integer(0, description="fen"),
+           "refund_fees": integer(0, description="fen"), "voids": COUNT,
+           "passenger_km": COUNT}, ["key", "passengers", "revenue"])
+STATS = obj({"group_by": string(enum=list(GROUPS)), "from": DAY, "to": DAY,
+             "rows": array(ROW), "total": obj({}, additional=True)},
+            ["group_by", "rows", "total"])
+TREND = obj({"load_factor": {"type": ["number", "null"]},
+             "on_time_rate": {"type": ["number", "null"]},
+             "regular_run_rate": {"type": ["number", "null"]}})
+ROUTE_ROW = obj({"route_id": string(), "name": string(), "passengers": COUNT, "seats": COUNT,
+                 "departures": COUNT, "scheduled": COUNT, "load_factor": RATE,
+                 "on_time_rate": RATE, "regular_run_rate": RATE, "trend": TREND,
+                 "below": array(string(enum=["load_factor", "on_time_rate",
+                                             "regular_run_rate"]))},
+                ["route_id", "load_factor", "below"])
+ROUTES = obj({"from": DAY, "to": DAY, "thresholds": obj({}, additional=True),
+              "routes": array(ROUTE_ROW), "flagged": COUNT}, ["routes", "flagged"])
+THRESHOLDS = {"min_load_factor": ("load_factor", 0.5), "min_on_time_rate": ("on_time_rate", 0.9),
+              "min_regular_run_rate": ("regular_run_rate", 0.95)}
+
+
+def period(query: dict[str, Any], default_days: int = 30) -> tuple[dt.date, dt.date]:
+    """``from`` and ``to`` (local days, inclusive); the last ``default_days`` by default."""
+    last = calendar_day(query["to"], code="INVALID_VALUE", field="to") if query.get("to") \
+        else local_today()
+    first = calendar_day(query["from"], code="INVALID_VALUE", field="from") \
+        if query.get("from") else last - dt.timedelta(days=default_days - 1)
+    if first > last:
+        raise DomainError("STATS_RANGE_INVALID", field="from")
+    return first, last
+
+
+class StatsHandler(ApiHandler):
+    @api("Passenger-flow statistics for a period (default: the last 30 days) by day, "
+         "station, route, carrier, channel or region (city): passengers, revenue, seats, "
+         "load factor (上座率), departures, on-time (正点率) and regular-run (正班率) rates, "
+         "refunds. An authority sees its region, station staff their station. Served from "
+         "aggregates kept up to date as tickets sell, refund and depart",
+         roles=READERS, query=obj({"group_by": string(enum=list(GROUPS)), **FILTERS,
+                                   "carrier": CODE}),
+         response=STATS, tags=("monitoring",),
+         errors=("STATS_GROUP_INVALID", "STATS_RANGE_INVALID", "OUT_OF_SCOPE",
+                 "INVALID_VALUE"))
+    async def get(self) -> None:
+        q = self.query
+        first, last = period(q)
+        self.write_json(await self.services.flow.stats(
+            self.principal, q.get("group_by", "day"), first, last, region=q.get("region"),
+            station=q.get("station"), route=q.get("route"), carrier=q.get("carrier")))
+
+
+class RouteMonitoringHandler(ApiHandler):
+    @api("Route monitoring for route approval: per route over a period, load factor, "
+         "on-time and regular-run rates with their change against the period before; routes "
+         "below the thresholds flagged and listed first",
+         roles=READERS, query=obj({**FILTERS, **{name: {"type": "number", "minimum": 0,
+                                                       "maximum": 1}
+                                               for name in THRESHOLDS}}),
+         response=ROUTES, tags=("monitoring",),
+         errors=("STATS_RANGE_INVALID", "OUT_OF_SCOPE", "INVALID_VALUE"))
+    async def get(self) -> None:
+        q = self.query
+        first, last = period(q)
+        thresholds = {field: float(q.get(name, default))
+                      for name, (field, default) in THRESHOLDS.items()}
+        self.write_json(await self.services.flow.route_monitoring(
+            self.principal, first, last, thresholds=thresholds, region=q.get("region"),
+            station=q.get("station")))
+
+
+default_handlers = [
+    route(r"/api/v1/stats", StatsHandler),
+    route(r"/api/v1/monitoring/routes", RouteMonitoringHandler),
+]
