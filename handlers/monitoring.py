@@ -65,8 +65,7 @@ class StatsHandler(ApiHandler):
          roles=READERS, query=obj({"group_by": string(enum=list(GROUPS)), **FILTERS,
                                    "carrier": CODE}),
          response=STATS, tags=("monitoring",),
-         errors=("STATS_GROUP_INVALID", "STATS_RANGE_INVALID", "OUT_OF_SCOPE",
-                 "INVALID_VALUE"))
+         errors=("STATS_RANGE_INVALID", "OUT_OF_SCOPE", "INVALID_VALUE"))
     async def get(self) -> None:
         q = self.query
         first, last = period(q)

@@ -1,0 +1,190 @@
+"""Passenger-flow monitoring (C9) over real HTTP: statistics against counts taken from the
+tickets themselves, a departure run through the gate, the authority's region, route
+monitoring, and a year of generated history."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import pytest
+
+from devstack.history import demand_factor, load_history
+from server.clock import local_today
+from server.security.principal import region_prefix
+from tests.booking_support import issued_order, member, person
+from tests.inventory_support import make_departure
+from tests.support import ApiClient
+
+GZ_STATION = "440111001"  # 广州市汽车客运站: the demo gate user's station
+SZ_STATION = "440304001"  # 深圳福田汽车客运站
+SOLD = {"issued", "picked_up", "checked_in", "refunding", "voiding", "changing"}
+
+
+async def token(api: ApiClient, username: str) -> str:
+    return str((await api.login(username))["token"])
+
+
+async def stats(api: ApiClient, who: str, **query: Any) -> Any:
+    qs = "&".join(f"{k}={v}" for k, v in query.items())
+    return await api.get(f"/api/v1/stats?{qs}", token=who)
+
+
+async def from_tickets(db, departure_id: str) -> dict[str, int]:
+    """The departure's numbers counted straight from its tickets and orders."""
+    out = {"passengers": 0, "revenue": 0, "refunds": 0, "refund_fees": 0}
+    by_channel: dict[str, int] = {}
+    async for t in db.tickets.find({"departure_id": departure_id}):
+        order = await db.orders.find_one({"order_no": t["order_no"]})
+        if t["status"] in SOLD:
+            out["passengers"] += 1
+            out["revenue"] += t["price"]
+            by_channel[order["channel"]] = by_channel.get(order["channel"], 0) + 1
+        elif t["status"] == "refunded":
+            out["refunds"] += 1
+            out["refund_fees"] += t["refund"]["fee"]
+    return {**out, **{f"channel:{k}": v for k, v in by_channel.items()}}
+
+
+async def app_order(api: ApiClient, services, departure_id: str, people: int) -> dict[str, Any]:
+    """An app order (a second channel), paid."""
+    number = "137" + str(uuid.uuid4().int % 10**8).zfill(8)
+    await api.post("/api/v1/auth/sms/send", {"phone": number})
+    code = (await api.get(f"/sandbox/sms/last?phone={number}")).body["code"]
+    app = (await api.post("/api/v1/auth/sms/login", {"phone": number, "code": code})
+           ).body["token"]
+    resp = await api.post("/api/v1/orders", {
+        "departure_id": departure_id, "channel": "app", "contact_phone": number,
+        "passengers": [person(f"乘客{i}") for i in range(people)]}, token=app)
+    assert resp.status == 201, resp.text
+    assert await services.orders.mark_paid(resp.body["order_no"], "pay-" + uuid.uuid4().hex,
+                                           resp.body["amount"]) == "issued"
+    return resp.body  # type: ignore[no-any-return]
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_statistics_equal_the_tickets_and_the_gate(api: ApiClient, db, services) -> None:
+    operator = await token(api, "operator")
+    gate = await token(api, "gate")
+    # one departure leaves early (on time), one twenty minutes late
+    on_time = await make_departure(db, seats=8, stops=2, departs_in=dt.timedelta(minutes=50),
+                                   station_id=GZ_STATION)
+    late = await make_departure(db, seats=6, stops=2, departs_in=dt.timedelta(minutes=55),
+                                station_id=GZ_STATION)
+    passenger = await member(api)
+    mini = await issued_order(api, services, passenger, on_time,
+                              [person("甲"), person("乙"), person("丙")])
+    await app_order(api, services, on_time, 2)
+    await issued_order(api, services, passenger, late, [person("丁")])
+    refunded = await api.post(f"/api/v1/tickets/{mini['tickets'][0]['ticket_no']}/refund", {},
+                              token=passenger)
+    assert refunded.status == 200, refunded.text
+
+    # the late bus: its time passed twenty minutes ago when the gate signs it off
+    dep = await db.departures.find_one({"_id": late})
+    await db.departures.update_one({"_id": late}, {"$set": {
+        "departs_at": dep["departs_at"] - dt.timedelta(minutes=75)}})
+    for dep_id in (on_time, late):
+        signed = await api.post(f"/api/v1/gate/departures/{dep_id}/sign-off",
+                                {"driver_name": "李师傅"}, token=gate)
+        assert signed.status == 201, signed.text
+    await services.flow.run()
+
+    today = local_today().isoformat()
+    for dep_id, seats, on_time_rate in ((on_time, 8, 1.0), (late, 6, 0.0)):
+        route_id = (await db.departures.find_one({"_id": dep_id}))["route_id"]
+        counted = await from_tickets(db, dep_id)
+        got = await stats(api, operator, group_by="route", route=route_id, **{"from": today,
+                                                                              "to": today})
+        assert got.status == 200, got.text
+        [row] = got.body["rows"]
+        assert row["key"] == route_id and row["name"] == "测试线"
+        for field in ("passengers", "revenue", "refunds", "refund_fees"):
+            assert row[field] == counted[field], (field, row, counted)
+        assert row["seats"] == seats and row["departures"] == 1 and row["departed"] == 1
+        assert row["load_factor"] == round(counted["passengers"] / seats, 4)
+        assert row["on_time_rate"] == on_time_rate and row["regular_run_rate"] == 1.0
+        by_channel = await stats(api, operator, group_by="channel", route=route_id,
+                                 **{"from": today, "to": today})
+        assert {r["key"]: r["passengers"] for r in by_channel.body["rows"]} == {
+            k.split(":", 1)[1]: v for k, v in counted.items() if k.startswith("channel:")}
+    assert counted["passengers"] == 1  # (the late one: one passenger)
+    first = await from_tickets(db, on_time)
+    assert first["passengers"] == 4 and first["refunds"] == 1
+    assert sorted(v for k, v in first.items() if k.startswith("channel:")) == [2, 2], first
+
+    # re-running the job changes nothing; a sale after it is counted by the next run
+    await services.flow.run()
+    route_id = (await db.departures.find_one({"_id": on_time}))["route_id"]
+    again = await stats(api, operator, group_by="day", route=route_id,
+                        **{"from": today, "to": today})
+    assert again.body["rows"][0]["passengers"] == 4
+
+
+@pytest.mark.gen_test(timeout=180)
+async def test_a_year_of_history_by_region_route_and_scope(api: ApiClient, db) -> None:
+    routes = await db.routes.distinct("_id", {"origin_station_id": {"$in": [GZ_STATION,
+                                                                            SZ_STATION]}})
+    assert routes
+    cells = await load_history(db, 365, route_ids=routes)
+    assert cells >= 365 * len(routes)
+    today = local_today()
+    year = {"from": (today - dt.timedelta(days=365)).isoformat(),
+            "to": (today - dt.timedelta(days=1)).isoformat()}
+    operator = await token(api, "operator")
+    guangzhou = await token(api, "authority")  # region 440100
+    province = await token(api, "authority_gd")  # region 440000
+
+    everything = await stats(api, operator, group_by="station", **year)
+    assert everything.status == 200, everything.text
+    stations = {r["key"] for r in everything.body["rows"]}
+    assert {GZ_STATION, SZ_STATION} <= stations
+    # the month cells and the edge days add up to the days themselves
+    by_day = await stats(api, operator, group_by="day", station=GZ_STATION, **year)
+    by_station = {r["key"]: r for r in everything.body["rows"]}
+    assert sum(r["passengers"] for r in by_day.body["rows"]) == \
+        by_station[GZ_STATION]["passengers"] > 0
+    assert len(by_day.body["rows"]) == 365
+
+    mine = await stats(api, guangzhou, group_by="station", **year)
+    assert mine.status == 200
+    assert mine.body["rows"] and all(r["key"].startswith("4401") for r in mine.body["rows"])
+    assert SZ_STATION not in {r["key"] for r in mine.body["rows"]}
+    regions = await stats(api, guangzhou, group_by="region", **year)
+    assert {r["key"] for r in regions.body["rows"]} == {"440100"}
+    assert (await stats(api, guangzhou, group_by="route", region="440300", **year)).error_code \
+        == "OUT_OF_SCOPE"
+    assert (await stats(api, guangzhou, group_by="route", station=SZ_STATION, **year)
+            ).body["rows"] == []
+    wide = await stats(api, province, group_by="region", **year)
+    assert {"440100", "440300"} <= {r["key"] for r in wide.body["rows"]}
+    assert region_prefix("440000") == "44"
+
+    # the calendar shows in the history: the eve of National Day beats an ordinary Tuesday
+    day_rows = {r["key"]: r for r in by_day.body["rows"]}
+    golden = dt.date(today.year if today.month >= 10 else today.year - 1, 9, 30)
+    if golden.isoformat() in day_rows:
+        tuesday = golden - dt.timedelta(days=(golden.weekday() - 1) % 7 + 14)
+        assert day_rows[golden.isoformat()]["load_factor"] > \
+            day_rows[tuesday.isoformat()]["load_factor"]
+    assert demand_factor(dt.date(2026, 2, 5), True, False)[0] > \
+        demand_factor(dt.date(2026, 2, 5), False, True)[0]  # 春运: out of the cities
+
+    bad = await stats(api, operator, group_by="weather", **year)
+    assert bad.status == 400 and bad.error_code == "INVALID_QUERY"
+    backwards = await stats(api, operator, **{"from": year["to"], "to": year["from"]})
+    assert backwards.status == 422 and backwards.error_code == "STATS_RANGE_INVALID"
+    passenger = await member(api)
+    assert (await stats(api, passenger)).status == 403
+
+    month = (today - dt.timedelta(days=30)).isoformat()
+    monitored = await api.get(f"/api/v1/monitoring/routes?from={month}&to={year['to']}"
+                              "&min_load_factor=0.99", token=guangzhou)
+    assert monitored.status == 200, monitored.text
+    rows = monitored.body["routes"]
+    assert rows and monitored.body["flagged"] == len(rows)  # nothing runs 99 % full
+    assert all("load_factor" in r["below"] for r in rows)
+    # against the thirty days before
+    assert all(r["trend"]["load_factor"] is not None for r in rows if r["route_id"] in routes)
+    assert all(r["route_id"] not in routes or r["name"] for r in rows)
