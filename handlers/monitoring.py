@@ -93,7 +93,69 @@ class RouteMonitoringHandler(ApiHandler):
             station=q.get("station")))
 
 
+FORECAST_DAY = obj({"date": DAY, "passengers": COUNT, "low": COUNT, "high": COUNT,
+                    "pre_sold": COUNT, "seats": COUNT, "load_factor": RATE,
+                    "holiday": {"type": ["string", "null"]}, "rest": {"type": "boolean"},
+                    "adjusted_workday": {"type": "boolean"}, "rush": {"type": "boolean"},
+                    "calendar_estimated": {"type": "boolean"}},
+                   ["date", "passengers", "low", "high", "seats"])
+FORECAST = obj({"station": string(), "route": string(), "days": array(FORECAST_DAY),
+                "model": obj({"kind": string(), "backtest": obj({
+                    "mape": {"type": ["number", "null"]}, "weeks": COUNT,
+                    "from": {"type": ["string", "null"]}, "to": {"type": ["string", "null"]}},
+                    ["mape", "weeks"])}, ["kind", "backtest"], additional=True)},
+               ["days", "model"])
+WARNING = obj({"id": string(), "kind": string(enum=["station", "route"]), "ref": string(),
+               "name": string(), "region": string(), "date": DAY,
+               "level": string(enum=["peak", "over_capacity"]), "passengers": COUNT,
+               "seats": COUNT, "load_factor": RATE}, ["id", "kind", "ref", "date", "level"],
+              additional=True)
+
+
+class ForecastHandler(ApiHandler):
+    @api("Daily passenger forecast of a station or a route for the next days (default 14, at "
+         "most 30): a gradient-boosted model on history, the holiday calendar (调休 and 春运 "
+         "included) and what is already sold, with a 10–90 % interval, holiday flags, and the "
+         "model's error on the last eight weeks of history held out (MAPE)",
+         roles=READERS, query=obj({"station": CODE, "route": CODE, "days": integer(1, 30)}),
+         response=FORECAST, tags=("monitoring",),
+         errors=("INVALID_VALUE", "OUT_OF_SCOPE", "NOT_FOUND", "FORECAST_NO_HISTORY"))
+    async def get(self) -> None:
+        q = self.query
+        if bool(q.get("station")) == bool(q.get("route")):
+            raise DomainError("INVALID_VALUE", "Name a station or a route.", field="station")
+        kind = "station" if q.get("station") else "route"
+        ref = str(q[kind])
+        self.write_json(await self.services.forecasts.forecast_for(
+            self.principal, kind, ref, int(q.get("days", 14))))
+
+
+class WarningsHandler(ApiHandler):
+    @api("Passenger-flow peak warnings (客流预警) from the latest daily forecast: each "
+         "station or route and day whose forecast reaches the threshold share of the seats "
+         "offered (peak) or exceeds them (over_capacity), from today on (or a period). Also "
+         "pushed: an alert for the operator, and the WebSocket topic warnings:<region> for "
+         "authorities", roles=READERS,
+         query=obj({"from": DAY, "to": DAY, "kind": string(enum=["station", "route"])}),
+         response=obj({"warnings": array(WARNING), "threshold": RATE}, ["warnings"]),
+         tags=("monitoring",), errors=("STATS_RANGE_INVALID", "INVALID_VALUE"))
+    async def get(self) -> None:
+        q = self.query
+        first = calendar_day(q["from"], code="INVALID_VALUE", field="from") \
+            if q.get("from") else local_today()
+        last = calendar_day(q["to"], code="INVALID_VALUE", field="to") \
+            if q.get("to") else first + dt.timedelta(days=30)
+        if last < first:
+            raise DomainError("STATS_RANGE_INVALID", field="to")
+        forecasts = self.services.forecasts
+        self.write_json({"warnings": await forecasts.warnings(self.principal, first, last,
+                                                              q.get("kind")),
+                         "threshold": forecasts.threshold})
+
+
 default_handlers = [
     route(r"/api/v1/stats", StatsHandler),
     route(r"/api/v1/monitoring/routes", RouteMonitoringHandler),
+    route(r"/api/v1/forecast", ForecastHandler),
+    route(r"/api/v1/warnings", WarningsHandler),
 ]

@@ -2,8 +2,8 @@
 
 Client → server (one JSON object per frame, at most 4 KiB):
   {"op": "auth", "token": "<access token>"}          (or ?access_token= on the URL)
-  {"op": "subscribe", "topic": "departure:<id>" | "order:<order_no>" | "alerts:ops",
-   "since": <seq>?}
+  {"op": "subscribe", "topic": "departure:<id>" | "order:<order_no>" | "alerts:ops" |
+   "warnings:<division prefix>" (peak warnings of a region: 44, 4401, 440111), "since": <seq>?}
   {"op": "unsubscribe", "topic": ...}
   {"op": "ping"}
 Server → client:
@@ -42,7 +42,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 from server.errors import DomainError, error_body
 from server.exchange.errors import ExchangeError
 from server.logs import request_id_var
-from server.security.principal import FINANCE, OPERATOR, Principal
+from server.security.principal import AUTHORITY, FINANCE, OPERATOR, Principal, region_prefix
 from server.services.events import Topic
 
 log = logging.getLogger(__name__)
@@ -255,8 +255,13 @@ class EventSocket(WebSocketHandler):
         self._send_control({"type": "subscribed", "topic": topic.name, "seq": watch.seq})
 
     async def _authorize(self, topic: Topic) -> None:
-        if topic.kind in ("order", "alerts") and self.principal is None:
+        if topic.kind in ("order", "alerts", "warnings") and self.principal is None:
             raise DomainError("AUTH_REQUIRED")
+        if topic.kind == "warnings" and not (
+                self.principal.role in (OPERATOR, FINANCE) or (
+                    self.principal.role == AUTHORITY
+                    and topic.ref.startswith(region_prefix(self.principal.region or "")))):
+            raise DomainError("FORBIDDEN")  # an authority watches (inside) its own region
         if topic.kind == "order":
             await self.services.orders.get(self.principal, topic.ref)  # ORDER_NOT_FOUND
         if topic.kind == "alerts" and (topic.ref != "ops" or self.principal.role not in (
@@ -276,6 +281,9 @@ class EventSocket(WebSocketHandler):
         elif topic.kind == "alerts":
             seq = await events.last_seq(topic)
             data = {"alerts": await self.services.alerts.list()}
+        elif topic.kind == "warnings":
+            seq = await events.last_seq(topic)
+            data = {"warnings": await self.services.forecasts.upcoming(topic.ref)}
         else:
             seq = await events.last_seq(topic)
             data = await self.services.orders.get(self.principal, topic.ref)

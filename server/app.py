@@ -76,6 +76,7 @@ from server.services.departures import (
 )
 from server.services.events import EventLog
 from server.services.flow import FlowStats
+from server.services.forecast import Forecasts
 from server.services.gate import GateKeys, GateService
 from server.services.health import HealthService
 from server.services.holds import SeatHolds
@@ -139,6 +140,7 @@ class Services:
     settlement: Settlement
     reconciliation: Reconciliation
     flow: FlowStats
+    forecasts: Forecasts
 
 
 def connect_mongo(settings: Settings, uri: str) -> AsyncMongoClient[Any]:
@@ -202,11 +204,14 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     reconciliation = Reconciliation(db, payment_service.providers, ledger, audit,
                                     seats.registry)
     flow = FlowStats(db, rules)
+    forecasts = Forecasts(db, alerts, seats.events, settings.peak_warning_percent)
     jobs = JobRunner(redis)
     jobs.add("flow-stats", 5.0, flow.run)
     jobs.add("flow-sweep", 600.0, flow.sweep)
+    jobs.add("flow-warnings", 900.0, forecasts.warn)
     if settings.seed_demo and settings.demo_history_days:
-        jobs.add("demo-history", 3600.0, lambda: _demo_history(db, settings.demo_history_days))
+        jobs.add("demo-history", 3600.0,
+                 lambda: _demo_history(db, settings.demo_history_days, forecasts))
     jobs.add("ledger-posting", 2.0, ledger.run)
     jobs.add("ledger-check", 600.0, ledger.check)
     jobs.add("reconciliation-daily", 900.0, reconciliation.daily)
@@ -265,18 +270,21 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         settlement=Settlement(db, ledger, vault, audit, payment_service.providers.remote()),
         reconciliation=reconciliation,
         flow=flow,
+        forecasts=forecasts,
         paylinks=PayLinks(settings.jwt_secret, settings.public_url or
                           f"http://{settings.host}:{settings.port}", order_service, audit),
     )
 
 
-async def _demo_history(db: AsyncDatabase[Any], days: int) -> None:
-    """The demo province's passenger-flow history, generated once in the background."""
+async def _demo_history(db: AsyncDatabase[Any], days: int, forecasts: Forecasts) -> None:
+    """The demo province's passenger-flow history, generated once in the background; the
+    day's forecasts and warnings follow it."""
     from devstack import history  # the demo's, not the product's
 
     if not await history.history_loaded(db):
         await history.load_history(db, days, progress=lambda done, of: log.info(
             "demo history", extra={"fields": {"days": done, "of": of}}))
+        await forecasts.warn(force=True)
 
 
 def payment_providers(settings: Settings, db: AsyncDatabase[Any]) -> ProviderRegistry:

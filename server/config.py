@@ -215,6 +215,9 @@ class Settings:
                                   "refresh token lifetime, seconds")
     demo_password: str = _opt("keyun-demo", _parse_str, "password of the demo staff users")
     seed_demo: bool = _opt(True, _parse_bool, "load the demo province on first start")
+    peak_warning_percent: int = _opt(90, _parse_int(50, 200),
+                                     "a day forecast at this share of its seats (percent) "
+                                     "is a passenger-flow peak warning")
     demo_history_days: int = _opt(365, _parse_int(0, 1100),
                                   "days of passenger-flow history generated in the background "
                                   "for the demo province on first start (0: none)")

@@ -165,6 +165,8 @@ ERRORS: dict[str, tuple[int, str]] = {
                                  "earlier day."),
     "STATS_GROUP_INVALID": (422, "Statistics group by day, station, route, carrier, channel "
                                  "or region."),
+    "FORECAST_NO_HISTORY": (422, "Not enough history to forecast this yet (about four months "
+                                 "of days are needed)."),
     "STATS_RANGE_INVALID": (422, "The period must run forwards and span at most three years."),
     "SETTLEMENT_OUT_OF_ORDER": (409, "A later day is settled already; settlement days go "
                                      "forward."),

@@ -62,6 +62,7 @@ WRITERS = {
     "flow_days": {"server/storage/flow.py"},
     "flow_months": {"server/storage/flow.py"},
     "flow_cursors": {"server/storage/flow.py"},
+    "flow_warnings": {"server/storage/flow.py"},
     "ledger_entries": {"server/storage/ledger.py"},
     "ledger_accounts": {"server/storage/ledger.py"},
     "ledger_cursors": {"server/storage/ledger.py"},

@@ -24,7 +24,7 @@ EVENTS_KEPT = 500  # per topic; an older since gets a fresh snapshot instead
 ORDER_EVENTS_TTL = 7 * 86400  # an order's stream lives a week after its last event
 DEPARTURE_EVENTS_TTL = 3 * 86400
 
-TOPIC = re.compile(r"^(departure|order|alerts):([A-Za-z0-9_.:-]{1,80})$")
+TOPIC = re.compile(r"^(departure|order|alerts|warnings):([A-Za-z0-9_.:-]{1,80})$")
 
 # KEYS: counter, stream. ARGV: channel, topic, event, data json, kept, ttl seconds.
 _EMIT = """
@@ -41,7 +41,7 @@ return seq
 
 @dataclass(frozen=True)
 class Topic:
-    kind: str  # departure | order | alerts
+    kind: str  # departure | order | alerts | warnings
     ref: str
 
     @classmethod

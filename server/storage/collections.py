@@ -456,6 +456,12 @@ COLLECTIONS: list[CollectionSpec] = [
         _ix([("month", ASCENDING), ("route_id", ASCENDING)], "month_route"),
     ]),
     CollectionSpec("flow_cursors", _obj(["at"], at=DATE), []),
+    CollectionSpec("flow_warnings", _obj(
+        ["kind", "ref", "date", "level", "region"], kind={"enum": ["station", "route"]},
+        ref=NONEMPTY, date=LOCAL_DATE, level={"enum": ["peak", "over_capacity"]},
+        region=STR), [
+        _ix([("date", ASCENDING)], "date"),
+    ]),
     CollectionSpec("idempotency", None, [
         _ix([("scope", ASCENDING), ("key", ASCENDING)], "scope_key_unique", unique=True),
         _ix("expires_at", "expiry_ttl", expireAfterSeconds=0),

@@ -146,3 +146,28 @@ class FlowCells:
 
     async def history_days(self) -> int:
         return await self._days.count_documents({"source": "history"})
+
+
+class FlowWarnings:
+    """``flow_warnings``: the peak warnings of the latest forecast run, one per series and
+    day (the only writer)."""
+
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
+        self._warnings = db.flow_warnings
+
+    async def replace_from(self, first_day: str, docs: list[dict[str, Any]]) -> set[str]:
+        """The warnings from ``first_day`` on are now ``docs``: those not among them are
+        cleared; returns the ids that are new."""
+        wanted = {d["_id"] for d in docs}
+        before = {d["_id"] async for d in self._warnings.find({"date": {"$gte": first_day}},
+                                                              {"_id": 1})}
+        stale = sorted(before - wanted)
+        if stale:
+            await self._warnings.delete_many({"_id": {"$in": stale}})
+        if docs:
+            await self._warnings.bulk_write([ReplaceOne({"_id": d["_id"]}, d, upsert=True)
+                                             for d in docs], ordered=False)
+        return wanted - before
+
+    def find(self, query: dict[str, Any]) -> Any:
+        return self._warnings.find(query).sort([("date", 1), ("load_factor", -1)])
