@@ -153,7 +153,42 @@ class WarningsHandler(ApiHandler):
                          "threshold": forecasts.threshold})
 
 
+FEATURES = obj({"type": string(enum=["FeatureCollection"]), "date": DAY,
+                "features": array(obj({"type": string(enum=["Feature"]), "id": string(),
+                                       "geometry": obj({"type": string(),
+                                                        "coordinates": {"type": "array"}},
+                                                       ["type", "coordinates"]),
+                                       "properties": obj({}, additional=True)},
+                                      ["type", "geometry", "properties"]))},
+               ["type", "features"])
+GEO_QUERY = obj({"date": DAY})
+
+
+class GeoStationsHandler(ApiHandler):
+    @api("Stations on the map: a GeoJSON FeatureCollection of points (longitude, latitude; "
+         "WGS 84) with the day's passengers, seats and load factor and their coming peak "
+         "warnings (count, worst level, first day)", roles=READERS, query=GEO_QUERY,
+         response=FEATURES, tags=("monitoring",), errors=("INVALID_VALUE",))
+    async def get(self) -> None:
+        self.write_json(await self.services.geo.stations(self.principal, _day(self.query)))
+
+
+class GeoRoutesHandler(ApiHandler):
+    @api("Routes on the map: a GeoJSON FeatureCollection of lines from origin to destination "
+         "station, with the day's load and coming peak warnings", roles=READERS,
+         query=GEO_QUERY, response=FEATURES, tags=("monitoring",), errors=("INVALID_VALUE",))
+    async def get(self) -> None:
+        self.write_json(await self.services.geo.routes(self.principal, _day(self.query)))
+
+
+def _day(query: dict[str, Any]) -> dt.date:
+    return calendar_day(query["date"], code="INVALID_VALUE", field="date") \
+        if query.get("date") else local_today()
+
+
 default_handlers = [
+    route(r"/api/v1/geo/stations", GeoStationsHandler),
+    route(r"/api/v1/geo/routes", GeoRoutesHandler),
     route(r"/api/v1/stats", StatsHandler),
     route(r"/api/v1/monitoring/routes", RouteMonitoringHandler),
     route(r"/api/v1/forecast", ForecastHandler),

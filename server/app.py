@@ -78,6 +78,7 @@ from server.services.events import EventLog
 from server.services.flow import FlowStats
 from server.services.forecast import Forecasts
 from server.services.gate import GateKeys, GateService
+from server.services.geo import GeoViews
 from server.services.health import HealthService
 from server.services.holds import SeatHolds
 from server.services.idempotency import IdempotencyStore
@@ -141,6 +142,7 @@ class Services:
     reconciliation: Reconciliation
     flow: FlowStats
     forecasts: Forecasts
+    geo: GeoViews
 
 
 def connect_mongo(settings: Settings, uri: str) -> AsyncMongoClient[Any]:
@@ -271,6 +273,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         reconciliation=reconciliation,
         flow=flow,
         forecasts=forecasts,
+        geo=GeoViews(db, flow, forecasts),
         paylinks=PayLinks(settings.jwt_secret, settings.public_url or
                           f"http://{settings.host}:{settings.port}", order_service, audit),
     )

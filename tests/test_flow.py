@@ -91,9 +91,9 @@ async def test_statistics_equal_the_tickets_and_the_gate(api: ApiClient, db, ser
         assert signed.status == 201, signed.text
     await services.flow.run()
 
-    today = local_today().isoformat()
     for dep_id, seats, on_time_rate in ((on_time, 8, 1.0), (late, 6, 0.0)):
-        route_id = (await db.departures.find_one({"_id": dep_id}))["route_id"]
+        dep = await db.departures.find_one({"_id": dep_id})
+        route_id, today = dep["route_id"], dep["service_date"]
         counted = await from_tickets(db, dep_id)
         got = await stats(api, operator, group_by="route", route=route_id, **{"from": today,
                                                                               "to": today})
@@ -114,9 +114,10 @@ async def test_statistics_equal_the_tickets_and_the_gate(api: ApiClient, db, ser
     assert first["passengers"] == 4 and first["refunds"] == 1
     assert sorted(v for k, v in first.items() if k.startswith("channel:")) == [2, 2], first
 
-    # re-running the job changes nothing; a sale after it is counted by the next run
+    # re-running the job changes nothing
     await services.flow.run()
-    route_id = (await db.departures.find_one({"_id": on_time}))["route_id"]
+    dep = await db.departures.find_one({"_id": on_time})
+    route_id, today = dep["route_id"], dep["service_date"]
     again = await stats(api, operator, group_by="day", route=route_id,
                         **{"from": today, "to": today})
     assert again.body["rows"][0]["passengers"] == 4
@@ -253,3 +254,34 @@ async def test_forecast_with_backtest_pre_sales_and_peak_warnings(api: ApiClient
     assert again == count
     assert len((await api.get("/api/v1/admin/alerts?kind=passenger_flow_peak",
                               token=operator)).body["alerts"]) == len(alerts.body["alerts"])
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_map_shows_stations_and_routes_in_scope(api: ApiClient, db, services) -> None:
+    dep_id = await make_departure(db, seats=8, stops=2, departs_in=dt.timedelta(hours=3),
+                                  station_id=GZ_STATION)
+    await issued_order(api, services, await member(api), dep_id, [person("甲")])
+    await services.flow.run()
+    day = (await db.departures.find_one({"_id": dep_id}))["service_date"]
+    guangzhou = await token(api, "authority")
+    stations = await api.get(f"/api/v1/geo/stations?date={day}", token=guangzhou)
+    assert stations.status == 200, stations.text
+    assert stations.body["type"] == "FeatureCollection"
+    features = {f["id"]: f for f in stations.body["features"]}
+    assert GZ_STATION in features and SZ_STATION not in features
+    assert all(f["properties"]["division"].startswith("4401") for f in features.values())
+    gz = features[GZ_STATION]
+    lng, lat = gz["geometry"]["coordinates"]
+    assert gz["geometry"]["type"] == "Point" and 112 < lng < 115 and 22 < lat < 24.5
+    assert gz["properties"]["passengers"] >= 1 and gz["properties"]["seats"] >= 8
+
+    routes = await api.get(f"/api/v1/geo/routes?date={day}", token=guangzhou)
+    lines = {f["id"]: f for f in routes.body["features"]}
+    mine = (await db.departures.find_one({"_id": dep_id}))["route_id"]
+    assert lines[mine]["geometry"]["type"] == "LineString"
+    assert lines[mine]["properties"]["passengers"] == 1
+    assert all(f["properties"]["origin"] in features for f in lines.values())
+    everything = await api.get("/api/v1/geo/stations", token=await token(api, "operator"))
+    assert SZ_STATION in {f["id"] for f in everything.body["features"]}
+    assert (await api.get("/api/v1/geo/routes?date=yesterday", token=guangzhou)
+            ).status == 400
