@@ -89,6 +89,7 @@ def _with_dev_secret(settings: Settings) -> Settings:
         "wechat_secret": lambda: secrets.token_hex(16),
         "sms_api_key": lambda: secrets.token_urlsafe(24),
         "wechatpay_api_v3_key": lambda: secrets.token_hex(16),
+        "ministry_secret": lambda: secrets.token_urlsafe(32),
     }
     folder = settings.data_path / "secrets"
     values = {}
@@ -163,7 +164,7 @@ def _start_provider_sandbox(settings: Settings, children: list[embedded.ChildSer
                             ) -> Settings:
     """Sandbox only: WeChat and the SMS gateway, unless real ones are configured."""
     if settings.wechat_api_base and settings.sms_api_base and settings.wechatpay_api_base \
-            and settings.alipay_gateway:
+            and settings.alipay_gateway and settings.ministry_api_base:
         return settings
     secrets_dir = settings.data_path / "secrets"
     wxpay = {"mchid": settings.wechatpay_mchid,
@@ -180,7 +181,9 @@ def _start_provider_sandbox(settings: Settings, children: list[embedded.ChildSer
     sandbox = embedded.provider_sandbox(settings.data_path, appid=settings.wechat_appid,
                                         wechat_secret=settings.wechat_secret,
                                         sms_key=settings.sms_api_key, wxpay=wxpay,
-                                        alipay=alipay)
+                                        alipay=alipay,
+                                        ministry={"platform": settings.ministry_platform_code,
+                                                  "secret": settings.ministry_secret})
     children.append(sandbox)
     sandbox.start()
     url = f"http://{sandbox.host}:{sandbox.port}"
@@ -188,7 +191,8 @@ def _start_provider_sandbox(settings: Settings, children: list[embedded.ChildSer
                                sms_api_base=settings.sms_api_base or url,
                                wechatpay_api_base=settings.wechatpay_api_base or url,
                                alipay_gateway=settings.alipay_gateway
-                               or f"{url}/gateway.do")
+                               or f"{url}/gateway.do",
+                               ministry_api_base=settings.ministry_api_base or url)
 
 
 def run(settings: Settings) -> int:

@@ -176,7 +176,8 @@ def simulator_base_url(server: ChildServer, kind: str) -> str:
 
 def provider_sandbox(data_dir: Path, *, appid: str, wechat_secret: str, sms_key: str,
                      wxpay: dict[str, str] | None = None,
-                     alipay: dict[str, str] | None = None, port: int | None = None
+                     alipay: dict[str, str] | None = None,
+                     ministry: dict[str, str] | None = None, port: int | None = None
                      ) -> ChildServer:
     """The WeChat + SMS + WeChat Pay sandbox (``sandbox.providers``); sandbox configuration
     only. ``wxpay``: mchid, merchant public key, platform private key and serial, APIv3 key."""
@@ -187,5 +188,7 @@ def provider_sandbox(data_dir: Path, *, appid: str, wechat_secret: str, sms_key:
         env.update({f"SANDBOX_WXPAY_{k.upper()}": v for k, v in wxpay.items()})
     if alipay:
         env.update({f"SANDBOX_ALIPAY_{k.upper()}": v for k, v in alipay.items()})
+    if ministry:  # platform, secret
+        env.update({f"SANDBOX_MINISTRY_{k.upper()}": v for k, v in ministry.items()})
     return ChildServer("providers", argv, "127.0.0.1", port,
                        data_dir / "log" / "providers.log", stop_timeout=10.0, env=env)

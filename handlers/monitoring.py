@@ -186,7 +186,82 @@ def _day(query: dict[str, Any]) -> dt.date:
         if query.get("date") else local_today()
 
 
+EXPORT = obj({"id": string(), "date": DAY, "revision": COUNT,
+              "status": string(enum=["building", "failed", "acknowledged", "mismatch"]),
+              "files": array(obj({"name": string(), "element_set": string(), "rows": COUNT,
+                                  "sha256": string()})),
+              "rows": COUNT, "receipt": obj({}, additional=True),
+              "differences": array(obj({"file": string(), "sent": COUNT,
+                                        "counted": {"type": ["integer", "null"]}})),
+              "error": string()}, ["id", "date", "status"], additional=True)
+EXPORT_BODY = obj({"date": DAY, "resend": {"type": "boolean", "description":
+                                           "build and send again though acknowledged"}},
+                  ["date"])
+MINISTRY_READERS = (OPERATOR, AUTHORITY)
+
+
+class MinistryExportsHandler(ApiHandler):
+    @api("The daily exchanges with the ministry's platform, newest first", roles=MINISTRY_READERS,
+         response=obj({"exports": array(EXPORT)}, ["exports"]), tags=("monitoring",))
+    async def get(self) -> None:
+        self.write_json({"exports": await self.services.ministry.listed()})
+
+    @api("Build a day's files for the ministry (base data changes, departures, tickets sold, "
+         "refunds, voids, statistics: CSV under JT/T 979.2 element names, zipped with a "
+         "signed manifest), send them, and reconcile the platform's receipt counts with "
+         "ours (a difference is an alert). Once per day; again only with resend",
+         roles=(OPERATOR,), body=EXPORT_BODY, response=EXPORT, status=201,
+         idempotent=True, tags=("monitoring",),
+         errors=("INVALID_VALUE", "MINISTRY_DAY_OPEN", "MINISTRY_EXPORT_RUNNING"))
+    async def post(self) -> None:
+        day = calendar_day(self.body["date"], code="INVALID_VALUE", field="date")
+        self.set_status(201)
+        self.write_json(await self.services.ministry.export(
+            self.principal, day, resend=bool(self.body.get("resend"))))
+
+
+class MinistryExportHandler(ApiHandler):
+    @api("One day's exchange: its files (rows, SHA-256), the receipt and the reconciliation",
+         roles=MINISTRY_READERS, response=EXPORT, tags=("monitoring",), errors=("NOT_FOUND",))
+    async def get(self, export_id: str) -> None:
+        self.write_json(await self.services.ministry.get(export_id))
+
+
+class MinistryPackageHandler(ApiHandler):
+    @api("The zip sent to the ministry, as sent (personal data in it masked; the operator "
+         "only)", roles=(OPERATOR,), content_type="application/zip", tags=("monitoring",),
+         errors=("NOT_FOUND",))
+    async def get(self, export_id: str) -> None:
+        name, data = await self.services.ministry.package(export_id)
+        self.set_header("Content-Type", "application/zip")
+        self.set_header("Content-Disposition", f'attachment; filename="{name}"')
+        self.finish(data)
+
+
+class YunzhengPullsHandler(ApiHandler):
+    @api("The latest pulls of base data changes from the provincial 运政 system",
+         roles=(OPERATOR,), response=obj({"pulls": array(obj({}, additional=True))},
+                                         ["pulls"]), tags=("monitoring",))
+    async def get(self) -> None:
+        pulls = await self.services.ministry.records.pulls()
+        for p in pulls:
+            p["at"] = p["at"].isoformat()
+        self.write_json({"pulls": pulls})
+
+    @api("Pull the 运政 system's base data changes now and import them (the hourly job's "
+         "work): per kind the rows created, updated and unchanged, or why a file was refused "
+         "(then nothing of it is written and it is asked for again)", roles=(OPERATOR,),
+         response=obj({"kinds": obj({}, additional=True)}, ["kinds"], additional=True),
+         tags=("monitoring",))
+    async def post(self) -> None:
+        self.write_json(await self.services.ministry.pull_base_data())
+
+
 default_handlers = [
+    route(r"/api/v1/admin/ministry/exports", MinistryExportsHandler),
+    route(r"/api/v1/admin/ministry/exports/{export_id}.zip", MinistryPackageHandler),
+    route(r"/api/v1/admin/ministry/exports/{export_id}", MinistryExportHandler),
+    route(r"/api/v1/admin/ministry/yunzheng-pulls", YunzhengPullsHandler),
     route(r"/api/v1/geo/stations", GeoStationsHandler),
     route(r"/api/v1/geo/routes", GeoRoutesHandler),
     route(r"/api/v1/stats", StatsHandler),

@@ -1,4 +1,5 @@
-"""Sandbox of the outside providers a passenger touches: WeChat login, SMS, WeChat Pay.
+"""Sandbox of the outside providers a passenger touches: WeChat login, SMS, WeChat Pay (and,
+beside them, the ministry's exchange platform and the 运政 system: ``sandbox.ministry``).
 
     STATION_SIM_SECRET=… python -m sandbox.providers --port 9200
 
@@ -185,13 +186,16 @@ class SubscribeMessagesHandler(Base):
                                  if m["openid"] == openid]})
 
 
-def make_app(state: State, wxpay: Any = None, alipay: Any = None) -> Application:
+def make_app(state: State, wxpay: Any = None, alipay: Any = None,
+             ministry: Any = None) -> Application:
     from sandbox.alipay import alipay_routes
+    from sandbox.ministry import ministry_routes
     from sandbox.wechatpay import wxpay_routes
 
     return Application([
         *(wxpay_routes() if wxpay is not None else []),
         *(alipay_routes() if alipay is not None else []),
+        *(ministry_routes() if ministry is not None else []),
         (r"/cgi-bin/token", TokenHandler),
         (r"/sns/jscode2session", Code2SessionHandler),
         (r"/_sandbox/wechat/login-code", LoginCodeHandler),
@@ -201,7 +205,7 @@ def make_app(state: State, wxpay: Any = None, alipay: Any = None) -> Application
         (r"/cgi-bin/message/subscribe/send", SubscribeSendHandler),
         (r"/_sandbox/wechat/refuse", RefuseHandler),
         (r"/_sandbox/wechat/messages", SubscribeMessagesHandler),
-    ], state=state, wxpay=wxpay, alipay=alipay, bills={})
+    ], state=state, wxpay=wxpay, alipay=alipay, ministry=ministry, bills={})
 
 
 def main() -> None:
@@ -230,7 +234,13 @@ def main() -> None:
                              os.environ["SANDBOX_ALIPAY_SELLER_ID"],
                              os.environ["SANDBOX_ALIPAY_APP_PUBLIC"],
                              os.environ["SANDBOX_ALIPAY_PRIVATE"])
-    serve(make_app(state, wxpay, alipay), args.port)
+    ministry = None
+    if os.environ.get("SANDBOX_MINISTRY_SECRET"):
+        from sandbox.ministry import MinistryState
+
+        ministry = MinistryState(os.environ.get("SANDBOX_MINISTRY_PLATFORM", "440000"),
+                                 os.environ["SANDBOX_MINISTRY_SECRET"])
+    serve(make_app(state, wxpay, alipay, ministry), args.port)
 
 
 if __name__ == "__main__":

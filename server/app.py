@@ -85,6 +85,7 @@ from server.services.idempotency import IdempotencyStore
 from server.services.jobs import JobRunner, RecordFailures
 from server.services.ledger import Ledger
 from server.services.members import MemberService, WeChatLogin
+from server.services.ministry import MinistryExchange
 from server.services.orders import OrderService
 from server.services.outlets import OutletService
 from server.services.partners import PartnerService
@@ -143,6 +144,7 @@ class Services:
     flow: FlowStats
     forecasts: Forecasts
     geo: GeoViews
+    ministry: MinistryExchange
 
 
 def connect_mongo(settings: Settings, uri: str) -> AsyncMongoClient[Any]:
@@ -207,10 +209,18 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
                                     seats.registry)
     flow = FlowStats(db, rules)
     forecasts = Forecasts(db, alerts, seats.events, settings.peak_warning_percent)
+    basedata = BaseDataService(db, vault, audit, network, rules)
+    ministry = MinistryExchange(db, basedata, flow, alerts, audit,
+                                api_base=settings.ministry_api_base,
+                                platform_code=settings.ministry_platform_code,
+                                secret=settings.ministry_secret)
     jobs = JobRunner(redis)
     jobs.add("flow-stats", 5.0, flow.run)
     jobs.add("flow-sweep", 600.0, flow.sweep)
     jobs.add("flow-warnings", 900.0, forecasts.warn)
+    if settings.ministry_api_base:
+        jobs.add("ministry-daily", 900.0, ministry.daily)
+        jobs.add("yunzheng-pull", 3600.0, ministry.pull_base_data)
     if settings.seed_demo and settings.demo_history_days:
         jobs.add("demo-history", 3600.0,
                  lambda: _demo_history(db, settings.demo_history_days, forecasts))
@@ -266,7 +276,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         failures=failures,
         partners=partners,
         outlets=outlet_service,
-        basedata=BaseDataService(db, vault, audit, network, rules),
+        basedata=basedata,
         clearing=clearing,
         ledger=ledger,
         settlement=Settlement(db, ledger, vault, audit, payment_service.providers.remote()),
@@ -274,6 +284,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         flow=flow,
         forecasts=forecasts,
         geo=GeoViews(db, flow, forecasts),
+        ministry=ministry,
         paylinks=PayLinks(settings.jwt_secret, settings.public_url or
                           f"http://{settings.host}:{settings.port}", order_service, audit),
     )

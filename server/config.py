@@ -215,6 +215,14 @@ class Settings:
                                   "refresh token lifetime, seconds")
     demo_password: str = _opt("keyun-demo", _parse_str, "password of the demo staff users")
     seed_demo: bool = _opt(True, _parse_bool, "load the demo province on first start")
+    ministry_api_base: str = _opt("", _parse_optional_http,
+                                  "the ministry's exchange platform and the provincial 运政 "
+                                  "system (one base URL); unset in development: the sandbox")
+    ministry_platform_code: str = _opt("440000", _parse_str,
+                                       "this province's platform code at the ministry")
+    ministry_secret: str = _opt("", _parse_str,
+                                "shared secret signing the exchange with the ministry; "
+                                "dev generates")
     peak_warning_percent: int = _opt(90, _parse_int(50, 200),
                                      "a day forecast at this share of its seats (percent) "
                                      "is a passenger-flow peak warning")
@@ -346,6 +354,8 @@ def _check_combination(s: Settings) -> None:
                      "wechat_api_base", "sms_api_base", "sms_api_key"):
             if not getattr(s, name):
                 raise ConfigError(f"{env_name(name)}: required when KEYUN_ENV=production")
+        if s.ministry_api_base and not s.ministry_secret:
+            raise ConfigError("KEYUN_MINISTRY_SECRET: required with KEYUN_MINISTRY_API_BASE")
         if s.sandbox:
             raise ConfigError("KEYUN_SANDBOX: must be false when KEYUN_ENV=production")
         if s.seed_demo:

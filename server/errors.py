@@ -167,6 +167,9 @@ ERRORS: dict[str, tuple[int, str]] = {
                                  "or region."),
     "FORECAST_NO_HISTORY": (422, "Not enough history to forecast this yet (about four months "
                                  "of days are needed)."),
+    "MINISTRY_DAY_OPEN": (409, "A day's files go to the ministry once the day is over."),
+    "MINISTRY_EXPORT_RUNNING": (409, "This day's files are being built and sent right now; "
+                                     "look again in a moment."),
     "STATS_RANGE_INVALID": (422, "The period must run forwards and span at most three years."),
     "SETTLEMENT_OUT_OF_ORDER": (409, "A later day is settled already; settlement days go "
                                      "forward."),

@@ -143,7 +143,8 @@ def providers(workdir: Path) -> Iterator[Providers]:
                "v3_key": TEST_SECRETS["KEYUN_WECHATPAY_API_V3_KEY"],
                "appid": "wx-keyun-sandbox", "app_appid": "wx-keyun-app-sandbox"},
         alipay={"app_id": "2021000000000001", "seller_id": "2088000000000001",
-                "app_public": app_pub, "private": ali_key})
+                "app_public": app_pub, "private": ali_key},
+        ministry={"platform": "440000", "secret": TEST_SECRETS["KEYUN_MINISTRY_SECRET"]})
     server.start()
     url = f"http://{server.host}:{server.port}"
     try:
@@ -154,7 +155,8 @@ def providers(workdir: Path) -> Iterator[Providers]:
             "KEYUN_WECHATPAY_PLATFORM_PUBLIC_KEY_FILE": str(keys / "platform.pub.pem"),
             "KEYUN_ALIPAY_GATEWAY": f"{url}/gateway.do",
             "KEYUN_ALIPAY_PRIVATE_KEY_FILE": str(keys / "alipay_app.key"),
-            "KEYUN_ALIPAY_PUBLIC_KEY_FILE": str(keys / "alipay.pub")},
+            "KEYUN_ALIPAY_PUBLIC_KEY_FILE": str(keys / "alipay.pub"),
+            "KEYUN_MINISTRY_API_BASE": url},
             platform, merchant_pub, ali_key)
     finally:
         server.stop()

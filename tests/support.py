@@ -29,6 +29,7 @@ TEST_SECRETS = {
     "KEYUN_WECHAT_SECRET": "test-wechat-secret",
     "KEYUN_SMS_API_KEY": "test-sms-key",
     "KEYUN_WECHATPAY_API_V3_KEY": "0123456789abcdef0123456789abcdef",
+    "KEYUN_MINISTRY_SECRET": "test-ministry-secret",
 }
 DEMO_PASSWORD = "keyun-demo"
 
@@ -39,6 +40,7 @@ class Response:
     body: Any
     headers: dict[str, str]
     text: str = ""
+    raw: bytes = b""
 
     @property
     def error_code(self) -> str | None:
@@ -82,7 +84,7 @@ class ApiClient:
             parsed: Any = json.loads(text) if text else None
         except ValueError:
             parsed = None
-        return Response(resp.code, parsed, dict(resp.headers.get_all()), text)
+        return Response(resp.code, parsed, dict(resp.headers.get_all()), text, resp.body or b"")
 
     async def get(self, path: str, **kw: Any) -> Response:
         return await self.request("GET", path, **kw)

@@ -477,6 +477,21 @@ class BaseDataService:
             return {"division": {"$regex": "^" + region_prefix(actor.region)}}
         return {}
 
+    async def changed_rows(self, kind: Kind, start: dt.datetime, end: dt.datetime
+                           ) -> tuple[list[str], list[list[Any]]]:
+        """The records of ``kind`` changed in [start, end) as rows under the 运政 file labels
+        (money in yuan, personal data masked): what the ministry's daily files carry."""
+        fields = [f for f in kind.labels if f in kind.properties]
+        rows = []
+        async for doc in self._db[kind.name].find(
+                {"updated_at": {"$gte": start, "$lt": end}}).sort("_id", 1):
+            view = await self._view(kind, doc)
+            rows.append([doc["_id"], *(f"{view[f] / 100:.2f}" if f in kind.yuan
+                                       and isinstance(view.get(f), int) else view.get(f)
+                                       for f in fields),
+                         view.get("version"), doc.get("updated_at")])
+        return [kind.labels[f] for f in fields], rows
+
     # --- views --------------------------------------------------------------------------------
     async def _plain(self, kind: Kind, doc: dict[str, Any]) -> dict[str, Any]:
         """A stored record in the API's terms, unmasked (to check a change against)."""

@@ -462,6 +462,16 @@ COLLECTIONS: list[CollectionSpec] = [
         region=STR), [
         _ix([("date", ASCENDING)], "date"),
     ]),
+    CollectionSpec("ministry_exports", _obj(
+        ["date", "status", "revision", "created_at"], date=LOCAL_DATE,
+        status={"enum": ["building", "failed", "acknowledged", "mismatch"]},
+        revision={"bsonType": "int", "minimum": 1}, created_at=DATE), [
+        _ix([("date", DESCENDING)], "date"),
+    ]),
+    CollectionSpec("ministry_cursors", _obj(["at"], at=DATE), []),
+    CollectionSpec("yunzheng_pulls", _obj(["at"], at=DATE), [
+        _ix([("at", DESCENDING)], "at"),
+    ]),
     CollectionSpec("idempotency", None, [
         _ix([("scope", ASCENDING), ("key", ASCENDING)], "scope_key_unique", unique=True),
         _ix("expires_at", "expiry_ttl", expireAfterSeconds=0),
