@@ -93,8 +93,8 @@ async def test_roles_sign_in_to_their_own_console(api, keyun, db) -> None:
             menu = await page.locator(".el-menu-item").all_text_contents()
             assert [m.strip() for m in menu] == ["概览", "班次管理", "基础数据", "业务规则",
                                                  "订单查询", "代售点", "分销平台", "车站系统",
-                                                 "运营告警", "退款处理", "清分结算", "员工账号",
-                                                 "审计日志"]
+                                                 "运营告警", "退款处理", "清分结算", "客流监测",
+                                                 "部省交换", "员工账号", "审计日志"]
             await page.screenshot(path=str(SHOTS / "admin-operator-overview.png"))
 
             # the audit trail: newest first, times in Beijing time (24-hour), not New York's
@@ -161,7 +161,8 @@ async def test_roles_sign_in_to_their_own_console(api, keyun, db) -> None:
             await _sign_in(page, base, "finance")
             menu = await page.locator(".el-menu-item").all_text_contents()
             assert [m.strip() for m in menu] == ["概览", "业务规则", "订单查询", "代售点",
-                                                 "分销平台", "运营告警", "退款处理", "清分结算"]
+                                                 "分销平台", "运营告警", "退款处理", "清分结算",
+                                                 "客流监测"]
             await page.goto(f"{base}/admin/staff")
             await page.wait_for_selector("text=待财务处理的退款")
             assert urlsplit(page.url).path == "/admin/"
@@ -493,3 +494,53 @@ async def test_the_app_is_served_with_its_assets_cached_for_good(api) -> None:
     asset = await api.get(script)
     assert asset.status == 200 and "immutable" in asset.headers["Cache-Control"]
     assert (await api.get("/admin/assets/..%2F..%2Fpages.py")).status == 404
+
+
+@pytest.mark.gen_test(timeout=180)
+async def test_the_authority_watches_its_region_and_the_operator_reports_to_the_ministry(
+        api, keyun, db) -> None:
+    """The 广州 authority sees its own stations' flow (a table and a chart), a forecast with
+    its backtest error, the map; the operator sends a day to the ministry and pulls the 运政
+    changes."""
+    from devstack.history import load_history
+
+    gz = "440111001"
+    routes = await db.routes.distinct("_id", {"origin_station_id": gz})
+    await load_history(db, 365, route_ids=routes)
+    async with _console(keyun.base_url, "authority") as page:
+        menu = [m.strip() for m in await page.locator(".el-menu-item").all_text_contents()]
+        assert "客流监测" in menu and "部省交换" in menu and "清分结算" not in menu
+        await page.click("text=客流监测")
+        rows = page.locator("[data-test=stats-rows] .el-table__row")
+        await rows.first.wait_for()
+        table = await page.locator("[data-test=stats-rows]").text_content()
+        assert "广州市汽车客运站" in table and "深圳" not in table
+        await page.wait_for_selector("[data-test=flow-chart] canvas")
+        await page.screenshot(path=str(SHOTS / "admin-authority-flow.png"))
+
+        await page.click("#tab-routes")
+        await page.locator("[data-test=monitored-routes] .el-table__row").first.wait_for()
+
+        await page.click("#tab-forecast")
+        await page.locator(_input("forecast-ref")).fill(gz)
+        await page.click("[data-test=forecast]")
+        model = page.locator("[data-test=forecast-model]")
+        await model.wait_for()
+        assert "MAPE" in await model.text_content()
+        await page.wait_for_selector("[data-test=forecast-chart] canvas")
+        await page.screenshot(path=str(SHOTS / "admin-authority-forecast.png"))
+
+        await page.click("#tab-map")
+        await page.wait_for_selector("[data-test=map] canvas")
+        await page.wait_for_timeout(300)
+        await page.screenshot(path=str(SHOTS / "admin-authority-map.png"))
+
+    async with _console(keyun.base_url, "operator") as page:
+        await page.click("text=部省交换")
+        await page.click("[data-test=export]")
+        done = page.locator("[data-test=exports] .el-table__row", has_text="已确认")
+        await done.first.wait_for()
+        await page.click("[data-test=pull]")
+        await page.locator("[data-test=pulls] .el-table__row").first.wait_for()
+        await page.screenshot(path=str(SHOTS / "admin-operator-ministry.png"))
+    assert await db.ministry_exports.count_documents({"status": "acknowledged"}) >= 1

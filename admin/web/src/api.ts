@@ -153,7 +153,9 @@ const MESSAGES: Record<string, string> = {
   SETTLEMENT_OUT_OF_ORDER: "更晚的日期已结算，结算日期只能向后", RECONCILIATION_OPEN: "该日期还有未处理的对账差异",
   CLEARING_RULE_INVALID: "清分规则不能保证每一分钱都有归属", DIFFERENCE_RESOLVED: "该差异已处理",
   NOTHING_TO_ADJUST: "金额一致，无需调账，请选择确认", STATEMENT_NOT_READY: "账单次日才能获取",
-  STATION_UNSUPPORTED: "该车站系统不提供此功能", RULE_EFFECTIVE_IN_PAST: "生效时间不能早于现在", IMPORT_UNREADABLE: "文件无法读取（请用 CSV 或 XLSX）",
+  STATION_UNSUPPORTED: "该车站系统不提供此功能", FORECAST_NO_HISTORY: "历史数据不足，暂不能预测",
+  MINISTRY_DAY_OPEN: "只能报送已结束的日期", MINISTRY_EXPORT_RUNNING: "该日数据正在报送，请稍后再看",
+  OUT_OF_SCOPE: "超出本单位管辖范围", STATS_RANGE_INVALID: "统计区间不正确（最长三年）", RULE_EFFECTIVE_IN_PAST: "生效时间不能早于现在", IMPORT_UNREADABLE: "文件无法读取（请用 CSV 或 XLSX）",
 };
 
 export function explain(e: unknown): string {

@@ -15,6 +15,8 @@ export const MENU: Entry[] = [
   { path: "/alerts", title: "运营告警", roles: ["operator", "finance"] },
   { path: "/refunds", title: "退款处理", roles: ["finance", "operator"] },
   { path: "/settlement", title: "清分结算", roles: ["finance", "operator"] },
+  { path: "/monitoring", title: "客流监测", roles: ["authority", "operator", "station_staff", "finance"] },
+  { path: "/ministry", title: "部省交换", roles: ["operator", "authority"] },
   { path: "/staff", title: "员工账号", roles: ["operator"] },
   { path: "/audit", title: "审计日志", roles: ["operator"] },
   { path: "/admin/gate", title: "检票", roles: ["gate"], external: true },
