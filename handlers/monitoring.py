@@ -45,12 +45,23 @@ THRESHOLDS = {"min_load_factor": ("load_factor", 0.5), "min_on_time_rate": ("on_
               "min_regular_run_rate": ("regular_run_rate", 0.95)}
 
 
+EARLIEST, LATEST = dt.date(2000, 1, 1), dt.date(2099, 12, 31)
+
+
+def day_of(query: dict[str, Any], name: str) -> dt.date:
+    """A day of the query, between 2000 and 2099 (what a statistic can be about)."""
+    day = calendar_day(query[name], code="INVALID_VALUE", field=name)
+    if not EARLIEST <= day <= LATEST:
+        raise DomainError("DAY_OUT_OF_RANGE", field=name, earliest=EARLIEST.isoformat(),
+                          latest=LATEST.isoformat())
+    return day
+
+
 def period(query: dict[str, Any], default_days: int = 30) -> tuple[dt.date, dt.date]:
     """``from`` and ``to`` (local days, inclusive); the last ``default_days`` by default."""
-    last = calendar_day(query["to"], code="INVALID_VALUE", field="to") if query.get("to") \
-        else local_today()
-    first = calendar_day(query["from"], code="INVALID_VALUE", field="from") \
-        if query.get("from") else last - dt.timedelta(days=default_days - 1)
+    last = day_of(query, "to") if query.get("to") else local_today()
+    first = day_of(query, "from") if query.get("from") \
+        else last - dt.timedelta(days=default_days - 1)
     if first > last:
         raise DomainError("STATS_RANGE_INVALID", field="from")
     return first, last
@@ -65,7 +76,7 @@ class StatsHandler(ApiHandler):
          roles=READERS, query=obj({"group_by": string(enum=list(GROUPS)), **FILTERS,
                                    "carrier": CODE}),
          response=STATS, tags=("monitoring",),
-         errors=("STATS_RANGE_INVALID", "OUT_OF_SCOPE", "INVALID_VALUE"))
+         errors=("STATS_RANGE_INVALID", "OUT_OF_SCOPE", "INVALID_VALUE", "DAY_OUT_OF_RANGE"))
     async def get(self) -> None:
         q = self.query
         first, last = period(q)
@@ -82,7 +93,7 @@ class RouteMonitoringHandler(ApiHandler):
                                                        "maximum": 1}
                                                for name in THRESHOLDS}}),
          response=ROUTES, tags=("monitoring",),
-         errors=("STATS_RANGE_INVALID", "OUT_OF_SCOPE", "INVALID_VALUE"))
+         errors=("STATS_RANGE_INVALID", "OUT_OF_SCOPE", "INVALID_VALUE", "DAY_OUT_OF_RANGE"))
     async def get(self) -> None:
         q = self.query
         first, last = period(q)
@@ -119,11 +130,11 @@ class ForecastHandler(ApiHandler):
          "model's error on the last eight weeks of history held out (MAPE)",
          roles=READERS, query=obj({"station": CODE, "route": CODE, "days": integer(1, 30)}),
          response=FORECAST, tags=("monitoring",),
-         errors=("INVALID_VALUE", "OUT_OF_SCOPE", "NOT_FOUND", "FORECAST_NO_HISTORY"))
+         errors=("FORECAST_TARGET", "OUT_OF_SCOPE", "NOT_FOUND", "FORECAST_NO_HISTORY"))
     async def get(self) -> None:
         q = self.query
         if bool(q.get("station")) == bool(q.get("route")):
-            raise DomainError("INVALID_VALUE", "Name a station or a route.", field="station")
+            raise DomainError("FORECAST_TARGET", field="station")
         kind = "station" if q.get("station") else "route"
         ref = str(q[kind])
         self.write_json(await self.services.forecasts.forecast_for(
@@ -138,13 +149,11 @@ class WarningsHandler(ApiHandler):
          "authorities", roles=READERS,
          query=obj({"from": DAY, "to": DAY, "kind": string(enum=["station", "route"])}),
          response=obj({"warnings": array(WARNING), "threshold": RATE}, ["warnings"]),
-         tags=("monitoring",), errors=("STATS_RANGE_INVALID", "INVALID_VALUE"))
+         tags=("monitoring",), errors=("STATS_RANGE_INVALID", "INVALID_VALUE", "DAY_OUT_OF_RANGE"))
     async def get(self) -> None:
         q = self.query
-        first = calendar_day(q["from"], code="INVALID_VALUE", field="from") \
-            if q.get("from") else local_today()
-        last = calendar_day(q["to"], code="INVALID_VALUE", field="to") \
-            if q.get("to") else first + dt.timedelta(days=30)
+        first = day_of(q, "from") if q.get("from") else local_today()
+        last = day_of(q, "to") if q.get("to") else first + dt.timedelta(days=30)
         if last < first:
             raise DomainError("STATS_RANGE_INVALID", field="to")
         forecasts = self.services.forecasts
@@ -168,7 +177,7 @@ class GeoStationsHandler(ApiHandler):
     @api("Stations on the map: a GeoJSON FeatureCollection of points (longitude, latitude; "
          "WGS 84) with the day's passengers, seats and load factor and their coming peak "
          "warnings (count, worst level, first day)", roles=READERS, query=GEO_QUERY,
-         response=FEATURES, tags=("monitoring",), errors=("INVALID_VALUE",))
+         response=FEATURES, tags=("monitoring",), errors=("INVALID_VALUE", "DAY_OUT_OF_RANGE"))
     async def get(self) -> None:
         self.write_json(await self.services.geo.stations(self.principal, _day(self.query)))
 
@@ -176,14 +185,14 @@ class GeoStationsHandler(ApiHandler):
 class GeoRoutesHandler(ApiHandler):
     @api("Routes on the map: a GeoJSON FeatureCollection of lines from origin to destination "
          "station, with the day's load and coming peak warnings", roles=READERS,
-         query=GEO_QUERY, response=FEATURES, tags=("monitoring",), errors=("INVALID_VALUE",))
+         query=GEO_QUERY, response=FEATURES, tags=("monitoring",),
+         errors=("INVALID_VALUE", "DAY_OUT_OF_RANGE"))
     async def get(self) -> None:
         self.write_json(await self.services.geo.routes(self.principal, _day(self.query)))
 
 
 def _day(query: dict[str, Any]) -> dt.date:
-    return calendar_day(query["date"], code="INVALID_VALUE", field="date") \
-        if query.get("date") else local_today()
+    return day_of(query, "date") if query.get("date") else local_today()
 
 
 EXPORT = obj({"id": string(), "date": DAY, "revision": COUNT,
@@ -212,9 +221,10 @@ class MinistryExportsHandler(ApiHandler):
          "ours (a difference is an alert). Once per day; again only with resend",
          roles=(OPERATOR,), body=EXPORT_BODY, response=EXPORT, status=201,
          idempotent=True, tags=("monitoring",),
-         errors=("INVALID_VALUE", "MINISTRY_DAY_OPEN", "MINISTRY_EXPORT_RUNNING"))
+         errors=("INVALID_VALUE", "DAY_OUT_OF_RANGE", "MINISTRY_DAY_OPEN",
+                 "MINISTRY_EXPORT_RUNNING"))
     async def post(self) -> None:
-        day = calendar_day(self.body["date"], code="INVALID_VALUE", field="date")
+        day = day_of(self.body, "date")
         self.set_status(201)
         self.write_json(await self.services.ministry.export(
             self.principal, day, resend=bool(self.body.get("resend"))))

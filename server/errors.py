@@ -165,6 +165,8 @@ ERRORS: dict[str, tuple[int, str]] = {
                                  "earlier day."),
     "STATS_GROUP_INVALID": (422, "Statistics group by day, station, route, carrier, channel "
                                  "or region."),
+    "DAY_OUT_OF_RANGE": (422, "Days of statistics and exchanges lie between 2000 and 2099."),
+    "FORECAST_TARGET": (422, "Name either a station or a route to forecast, not both."),
     "FORECAST_NO_HISTORY": (422, "Not enough history to forecast this yet (about four months "
                                  "of days are needed)."),
     "MINISTRY_DAY_OPEN": (409, "A day's files go to the ministry once the day is over."),

@@ -16,10 +16,17 @@ from server.security.principal import region_prefix
 from tests.booking_support import issued_order, member, person
 from tests.inventory_support import make_departure
 from tests.support import ApiClient
+from tests.ws_support import Ws
 
 GZ_STATION = "440111001"  # 广州市汽车客运站: the demo gate user's station
 SZ_STATION = "440304001"  # 深圳福田汽车客运站
 SOLD = {"issued", "picked_up", "checked_in", "refunding", "voiding", "changing"}
+
+
+async def demo_routes(db) -> list[str]:
+    """The timetabled routes from 广州 and 深圳's stations (the history is generated for)."""
+    return sorted(await db.schedules.distinct("route_id", {"station_id": {
+        "$in": [GZ_STATION, SZ_STATION]}}))
 
 
 async def token(api: ApiClient, username: str) -> str:
@@ -125,8 +132,7 @@ async def test_statistics_equal_the_tickets_and_the_gate(api: ApiClient, db, ser
 
 @pytest.mark.gen_test(timeout=180)
 async def test_a_year_of_history_by_region_route_and_scope(api: ApiClient, db) -> None:
-    routes = await db.routes.distinct("_id", {"origin_station_id": {"$in": [GZ_STATION,
-                                                                            SZ_STATION]}})
+    routes = await demo_routes(db)
     assert routes
     cells = await load_history(db, 365, route_ids=routes)
     assert cells >= 365 * len(routes)
@@ -192,10 +198,9 @@ async def test_a_year_of_history_by_region_route_and_scope(api: ApiClient, db) -
 
 
 @pytest.mark.gen_test(timeout=240)
-async def test_forecast_with_backtest_pre_sales_and_peak_warnings(api: ApiClient, db,
-                                                                  services) -> None:
-    routes = await db.routes.distinct("_id", {"origin_station_id": {"$in": [GZ_STATION,
-                                                                            SZ_STATION]}})
+async def test_forecast_with_backtest_pre_sales_and_peak_warnings(api: ApiClient, db, services,
+                                                                  keyun) -> None:
+    routes = await demo_routes(db)
     await load_history(db, 365, route_ids=routes)
     # three passengers already on a bus of 广州 the day after tomorrow
     dep_id = await make_departure(db, seats=8, stops=2, departs_in=dt.timedelta(days=2),
@@ -229,16 +234,29 @@ async def test_forecast_with_backtest_pre_sales_and_peak_warnings(api: ApiClient
     assert (await api.get(f"/api/v1/forecast?route={route_id}&days=7", token=operator)
             ).status == 200
     assert (await api.get(f"/api/v1/forecast?station={GZ_STATION}&route={route_id}",
-                          token=operator)).error_code == "INVALID_VALUE"
+                          token=operator)).error_code == "FORECAST_TARGET"
     bare = await make_departure(db, seats=8, stops=2, station_id=GZ_STATION)
     bare_route = (await db.departures.find_one({"_id": bare}))["route_id"]
     assert (await api.get(f"/api/v1/forecast?route={bare_route}", token=operator)
             ).error_code == "FORECAST_NO_HISTORY"
 
-    # warnings: at a threshold of half the seats, the busy days of both cities are warned of
-    services.forecasts.threshold = 0.5
-    count = await services.forecasts.warn(force=True)
-    assert count > 0
+    # warnings: at a threshold of half the seats, the busy days of both cities are warned of,
+    # and the 广州 authority watching its region hears of its own as they are raised
+    watcher = await Ws.connect(keyun.base_url, guangzhou)
+    try:
+        refused, _ = await watcher.subscribe("warnings:4403")
+        assert refused["type"] == "error" and refused["code"] == "FORBIDDEN"
+        subscribed, frames = await watcher.subscribe("warnings:4401")
+        assert subscribed["type"] == "subscribed" and "warnings" in frames[0]["data"]
+        await db.flow_warnings.delete_many({})  # every warning is new to this run
+        services.forecasts.threshold = 0.5
+        count = await services.forecasts.warn(force=True)
+        assert count > 0
+        pushed, _ = await watcher.until(lambda f: f.get("event") == "warning", within=10)
+        assert pushed["data"]["id"].split(":")[1] in [*routes, GZ_STATION]
+        assert not pushed["data"]["id"].split(":")[1].startswith(("R4403", SZ_STATION))
+    finally:
+        watcher.close()
     mine = await api.get("/api/v1/warnings", token=guangzhou)
     assert mine.status == 200, mine.text
     assert mine.body["warnings"] and all(w["region"].startswith("4401")

@@ -82,11 +82,15 @@ def _rows(series: dict[dt.date, int], days: list[dt.date]) -> tuple[list[list[fl
 
 def _model(x: list[list[float]], y: list[int]) -> Any:
     from sklearn.ensemble import HistGradientBoostingRegressor
+    from threadpoolctl import threadpool_limits
 
-    return HistGradientBoostingRegressor(
-        loss="poisson", max_iter=150, learning_rate=0.08, max_leaf_nodes=15,
-        min_samples_leaf=8, categorical_features=[0, 2], random_state=7,
-    ).fit(np.asarray(x), np.asarray(y, dtype=float))
+    # one thread: a few hundred rows gain nothing from more, and the process's other
+    # threads (the event loop among them) keep their cores
+    with threadpool_limits(limits=1):
+        return HistGradientBoostingRegressor(
+            loss="poisson", max_iter=150, learning_rate=0.08, max_leaf_nodes=15,
+            min_samples_leaf=8, categorical_features=[0, 2], random_state=7,
+        ).fit(np.asarray(x), np.asarray(y, dtype=float))
 
 
 @dataclass(frozen=True)
@@ -154,7 +158,7 @@ class Forecasts:
         authorities watching the region. Once a day unless ``force``; how many warnings."""
         today = today or local_today()
         done = await self._cells.cursor("warnings")
-        if not force and done is not None and done.date() >= today:
+        if not force and done is not None and local_today(done) >= today:
             return 0
         names = {s["_id"]: s async for s in self._db.stations.find({}, {"name": 1,
                                                                          "division": 1})}
