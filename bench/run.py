@@ -1,7 +1,8 @@
 """Run every benchmark scenario against a real stack and rewrite docs/benchmarks.md.
 
     make bench                      # all scenarios, embedded stores (or KEYUN_* URIs)
-    python -m bench.run foundation  # only some scenarios (the report lists what ran)
+    python -m bench.run foundation  # only some scenarios: their rows of the report are
+                                    # replaced (or added), the others kept, and the rerun noted
 
 The harness starts the stores (unless configured), loads the demo province into a bench
 database, starts Keyun as its own process, and hands each scenario a :class:`Bench`. HTTP load
@@ -122,27 +123,51 @@ def _machine() -> str:
             f"{platform.python_version()}, {platform.system()} {platform.release()}")
 
 
-def _write_report(rows: list[Row], notes: list[str], stores: str, command: str) -> None:
-    lines = [
-        "# Benchmarks",
-        "",
-        "Written by `make bench` (`bench/run.py`); do not edit by hand. Each figure stands beside",
-        "a raw baseline measured in the same run on the same machine, so the ratio carries over",
-        "to other machines even where the absolute figures do not.",
-        "",
-        f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- Machine: {_machine()}",
-        f"- Stores: {stores}",
-        f"- Command: `{command}` (BENCH_SECONDS={SECONDS:g} per measurement)",
-        "",
-        "| scenario | figure | raw baseline | baseline figure | ratio | notes |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(f"| {r.scenario} | {r.figure:,.1f} {r.unit} | {r.baseline} | "
-                     f"{r.baseline_figure:,.1f} {r.unit} | {r.ratio:.2f} | {r.notes} |")
-    if notes:
-        lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
+def _row_line(r: Row) -> str:
+    return (f"| {r.scenario} | {r.figure:,.1f} {r.unit} | {r.baseline} | "
+            f"{r.baseline_figure:,.1f} {r.unit} | {r.ratio:.2f} | {r.notes} |")
+
+
+def _write_report(rows: list[Row], notes: list[str], stores: str, command: str,
+                  partial: bool = False) -> None:
+    """Rewrite the report; a partial run (some scenarios) keeps the other scenarios' rows and
+    notes of the report as it was and says what was rerun when."""
+    when = f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
+    if partial and REPORT.exists():
+        old = REPORT.read_text().splitlines()
+        head = next(i for i, line in enumerate(old) if line.startswith("| scenario"))
+        table_end = next((i for i in range(head + 2, len(old)) if not old[i].startswith("| ")),
+                         len(old))
+        new = {r.scenario: _row_line(r) for r in rows}
+        kept = [new.pop(line.split(" | ")[0][2:], line) for line in old[head + 2:table_end]]
+        notes_at = old.index("## Notes") if "## Notes" in old else len(old)
+        old_notes = [line[2:] for line in old[notes_at:] if line.startswith("- ")]
+        top = old[:head]
+        rerun = f"- Rerun: {when}, `{command}` — " + ", ".join(r.scenario for r in rows)
+        top.insert(head - 1 if top and top[-1] == "" else head, rerun)
+        lines = top + old[head:head + 2] + kept + list(new.values())
+        all_notes = old_notes + [n for n in notes if n not in old_notes]
+    else:
+        lines = [
+            "# Benchmarks",
+            "",
+            "Written by `make bench` (`bench/run.py`); do not edit by hand. Each figure stands "
+            "beside",
+            "a raw baseline measured in the same run on the same machine, so the ratio carries "
+            "over",
+            "to other machines even where the absolute figures do not.",
+            "",
+            f"- Date: {when}",
+            f"- Machine: {_machine()}",
+            f"- Stores: {stores}",
+            f"- Command: `{command}` (BENCH_SECONDS={SECONDS:g} per measurement)",
+            "",
+            "| scenario | figure | raw baseline | baseline figure | ratio | notes |",
+            "|---|---|---|---|---|---|",
+        ] + [_row_line(r) for r in rows]
+        all_notes = notes
+    if all_notes:
+        lines += ["", "## Notes", "", *[f"- {n}" for n in all_notes]]
     REPORT.parent.mkdir(exist_ok=True)
     REPORT.write_text("\n".join(lines) + "\n")
 
@@ -197,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.stop()
         command = "make bench" if not selected else f"python -m bench.run {' '.join(selected)}"
-        _write_report(rows, notes, stores, command)
+        _write_report(rows, notes, stores, command, partial=bool(selected))
         print(f"wrote {REPORT.relative_to(ROOT)}")
         return 0
     finally:
