@@ -166,8 +166,9 @@ class Forecasts:
             {}, {"name": 1, "origin_station_id": 1})}
         docs: list[dict[str, Any]] = []
         forecast_any = False
+        candidates = await self._with_history(today)
         for kind, field in (("station", "station_id"), ("route", "route_id")):
-            for ref in sorted(await self._db.flow_months.distinct(field)):
+            for ref in sorted(candidates[field]):
                 try:
                     result = await self.forecast(kind, ref, MAX_DAYS, today=today)
                 except DomainError:
@@ -194,6 +195,22 @@ class Forecasts:
         if forecast_any:
             await self._cells.advance("warnings", now_ms())
         return len(docs)
+
+    async def _with_history(self, today: dt.date) -> dict[str, set[str]]:
+        """The stations and routes with enough months of history to forecast (one read of
+        the month cells; the forecast itself checks the days)."""
+        need = MIN_HISTORY_DAYS // 31 + 1
+        months: dict[tuple[str, str], set[str]] = {}
+        async for cell in self._db.flow_months.find(
+                {"month": {"$lt": today.strftime("%Y-%m")}},
+                {"month": 1, "station_id": 1, "route_id": 1}):
+            for field in ("station_id", "route_id"):
+                months.setdefault((field, cell[field]), set()).add(cell["month"])
+        out: dict[str, set[str]] = {"station_id": set(), "route_id": set()}
+        for (field, ref), seen in months.items():
+            if len(seen) >= need:
+                out[field].add(ref)
+        return out
 
     async def _tell(self, doc: dict[str, Any]) -> None:
         what = "超出运力" if doc["level"] == "over_capacity" else "客流高峰"
