@@ -153,6 +153,14 @@ async def test_a_year_of_history_by_region_route_and_scope(api: ApiClient, db) -
     assert sum(r["passengers"] for r in by_day.body["rows"]) == \
         by_station[GZ_STATION]["passengers"] > 0
     assert len(by_day.body["rows"]) == 365
+    # any period: month cells, with the days outside taken back out where a month is mostly
+    # inside, equal the days themselves
+    odd = {"from": (today - dt.timedelta(days=100)).replace(day=3).isoformat(),
+           "to": (today - dt.timedelta(days=40)).replace(day=27).isoformat()}
+    days_of = await stats(api, operator, group_by="day", route=routes[0], **odd)
+    whole = await stats(api, operator, group_by="route", route=routes[0], **odd)
+    for field in ("passengers", "revenue", "seats", "departures", "refunds"):
+        assert sum(r[field] for r in days_of.body["rows"]) == whole.body["rows"][0][field]
 
     mine = await stats(api, guangzhou, group_by="station", **year)
     assert mine.status == 200

@@ -17,7 +17,8 @@ TITLE = "Passenger-flow statistics"
 NOTES = [
     "Statistics: the demo province with a year of generated history (`load_history`, 365 days, "
     "≈36,000 day cells of route × carrier), `GET /api/v1/stats?group_by=station` over the "
-    "last 365 days as the operator, closed loop over HTTP (32 connections). The server reads "
+    "last 365 days as the operator, one request at a time over HTTP (so p50 is the answer "
+    "time; the embedded store serves one query at a time anyway). The server reads "
     "month cells for the whole months and day cells for the days at the edges. The baseline "
     "is one raw MongoDB aggregation over the same day cells for the same period "
     "(`$match` on day, `$group` by station summing passengers, revenue and seats), "
@@ -53,7 +54,7 @@ async def run(bench: Bench) -> list[Row]:
         token = await bench.login("operator")
         served = await bench.http_load(f"/api/v1/stats?group_by=station&from={first}&to={last}",
                                        headers=[f"Authorization: Bearer {token}"],
-                                       concurrency=8)
+                                       concurrency=1)
         raw = await _raw_rate(db, first, last, bench.seconds)
     finally:
         await mongo.close()

@@ -93,19 +93,31 @@ def rates(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def month_spans(first: dt.date, last: dt.date) -> tuple[list[str], list[tuple[str, str]]]:
-    """The whole months inside [first, last] and the day ranges at its edges."""
+def month_spans(first: dt.date, last: dt.date
+                ) -> tuple[list[str], list[tuple[str, str, int]]]:
+    """What to read for [first, last]: the month cells of its whole months, and day ranges
+    with a sign — the days at its edges (+1), or, where a month is mostly inside, its month
+    cell with the days outside taken back out (−1), whichever reads fewer days."""
     months: list[str] = []
-    edges: list[tuple[str, str]] = []
+    days: list[tuple[str, str, int]] = []
     day = first
     while day <= last:
+        month_start = day.replace(day=1)
         month_end = day.replace(day=month_calendar.monthrange(day.year, day.month)[1])
-        if day.day == 1 and month_end <= last:
-            months.append(day.strftime("%Y-%m"))
+        lo, hi = day, min(month_end, last)
+        inside = (hi - lo).days + 1
+        if inside * 2 <= (month_end - month_start).days + 1:
+            days.append((lo.isoformat(), hi.isoformat(), 1))
         else:
-            edges.append((day.isoformat(), min(month_end, last).isoformat()))
+            months.append(month_start.strftime("%Y-%m"))
+            if lo > month_start:
+                days.append((month_start.isoformat(), (lo - dt.timedelta(days=1)).isoformat(),
+                             -1))
+            if hi < month_end:
+                days.append(((hi + dt.timedelta(days=1)).isoformat(), month_end.isoformat(),
+                             -1))
         day = month_end + dt.timedelta(days=1)
-    return months, edges
+    return months, days
 
 
 class FlowStats:
@@ -195,15 +207,18 @@ class FlowStats:
         query = self._scope(actor, region=region, station=station, route=route,
                             carrier=carrier)
         totals: dict[str, dict[str, Any]] = {}
-        async for cell in self._cells(query, first, last, by_day=group_by == "day",
-                                      channels=group_by == "channel"):
+        async for sign, cell in self._cells(query, first, last, by_day=group_by == "day",
+                                            channels=group_by == "channel"):
             if group_by == "channel":
                 for name, sums in (cell.get("channels") or {}).items():
                     row = totals.setdefault(name, {})
-                    row["passengers"] = row.get("passengers", 0) + sums["passengers"]
-                    row["revenue"] = row.get("revenue", 0) + sums["revenue"]
+                    row["passengers"] = row.get("passengers", 0) + sign * sums["passengers"]
+                    row["revenue"] = row.get("revenue", 0) + sign * sums["revenue"]
                 continue
-            add_into(totals.setdefault(_group_key(cell, group_by), {}), cell)
+            add_into(totals.setdefault(_group_key(cell, group_by), {}), cell, sign)
+        # (a group whose days all lie outside the period sums to nothing: not a row)
+        totals = {k: v for k, v in totals.items()
+                  if any(v.get(m) for m in (*METRICS, "passengers", "revenue"))}
         names = await self._names(group_by, totals)
         rows = []
         for key in sorted(totals):
@@ -279,17 +294,17 @@ class FlowStats:
     async def _cells(self, query: dict[str, Any], first: dt.date, last: dt.date, *,
                      by_day: bool, channels: bool) -> Any:
         if by_day:
-            months, edges = [], [(first.isoformat(), last.isoformat())]
+            months, ranges = [], [(first.isoformat(), last.isoformat(), 1)]
         else:
-            months, edges = month_spans(first, last)
+            months, ranges = month_spans(first, last)
         if months:
             async for cell in self.cells.months({**query, "month": {"$in": months}},
                                                 channels):
-                yield cell
-        for lo, hi in edges:
+                yield 1, cell
+        for lo, hi, sign in ranges:
             async for cell in self.cells.days({**query, "day": {"$gte": lo, "$lte": hi}},
                                               channels):
-                yield cell
+                yield sign, cell
 
     async def _names(self, group_by: str, totals: dict[str, Any]) -> dict[str, str]:
         keys = sorted(totals)

@@ -29,15 +29,15 @@ METRICS = ("scheduled", "departures", "cancelled", "departed", "on_time", "seats
 KEY_FIELDS = ("route_id", "carrier_id", "station_id", "region")
 
 
-def add_into(total: dict[str, Any], doc: dict[str, Any]) -> None:
-    """Sum ``doc``'s metrics and channels into ``total``."""
+def add_into(total: dict[str, Any], doc: dict[str, Any], sign: int = 1) -> None:
+    """Sum ``doc``'s metrics and channels into ``total`` (or take them out: ``sign`` −1)."""
     for m in METRICS:
-        total[m] = total.get(m, 0) + int(doc.get(m, 0))
+        total[m] = total.get(m, 0) + sign * int(doc.get(m, 0))
     channels = total.setdefault("channels", {})
     for name, sums in (doc.get("channels") or {}).items():
         into = channels.setdefault(name, {"passengers": 0, "revenue": 0})
-        into["passengers"] += int(sums.get("passengers", 0))
-        into["revenue"] += int(sums.get("revenue", 0))
+        into["passengers"] += sign * int(sums.get("passengers", 0))
+        into["revenue"] += sign * int(sums.get("revenue", 0))
 
 
 def day_cell_id(source: str, day: str, route_id: str, carrier_id: str) -> str:
