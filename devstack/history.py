@@ -152,7 +152,7 @@ def _split_channels(cell: dict[str, Any], rng: random.Random) -> None:
 
 
 async def history_loaded(db: AsyncDatabase[Any]) -> bool:
-    return await FlowCells(db).cursor("history") is not None
+    return await FlowCells(db).cursors.get("history") is not None
 
 
 async def load_history(db: AsyncDatabase[Any], days: int, *, today: dt.date | None = None,
@@ -191,6 +191,6 @@ async def load_history(db: AsyncDatabase[Any], days: int, *, today: dt.date | No
                 progress(k + 1, days)
     await cells_store.roll_months(months, at)
     if route_ids is None:
-        await cells_store.advance("history", at)
+        await cells_store.cursors.advance("history", at)
     log.info("demo history written", extra={"fields": {"days": days, "cells": written}})
     return written

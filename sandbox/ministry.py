@@ -36,6 +36,8 @@ from typing import Any
 
 from tornado.web import RequestHandler
 
+from sandbox.providers import Base
+
 SKEW = 300
 
 
@@ -54,16 +56,13 @@ def signature(secret: str, code: str, timestamp: str, nonce: str, body: bytes) -
     return hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest()
 
 
-class Signed(RequestHandler):
+class Control(Base):
     @property
     def ministry(self) -> MinistryState:
         return self.application.settings["ministry"]  # type: ignore[no-any-return]
 
-    def reply(self, payload: dict[str, Any], status: int = 200) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(json.dumps(payload, ensure_ascii=False))
 
+class Signed(Control):
     def prepare(self) -> None:
         h = self.request.headers
         code, ts, nonce = (h.get("X-Platform-Code", ""), h.get("X-Timestamp", ""),
@@ -144,16 +143,6 @@ class ChangesHandler(Signed):
         self.set_header("Content-Type", "text/csv; charset=UTF-8")
         self.set_header("X-Changes-Until", dt.datetime.now(dt.UTC).isoformat())
         self.finish(out.getvalue().encode())
-
-
-class Control(RequestHandler):
-    @property
-    def ministry(self) -> MinistryState:
-        return self.application.settings["ministry"]  # type: ignore[no-any-return]
-
-    def reply(self, payload: Any) -> None:
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(json.dumps(payload, ensure_ascii=False))
 
 
 class MiscountHandler(Control):

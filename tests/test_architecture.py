@@ -109,6 +109,9 @@ def test_dependencies_point_inward() -> None:
     assert not wrong, wrong
 
 
+WRITING_HELPERS = {"Cursors"}  # server/storage/cursors.py: writes the collection it is given
+
+
 def _collection_of(node: ast.expr) -> str | None:
     """``db.<name>``, ``self._db.<name>`` or ``db["<name>"]`` → ``<name>``."""
     if isinstance(node, ast.Attribute) and isinstance(node.value, (ast.Name, ast.Attribute)):
@@ -133,6 +136,13 @@ def _collection_writes(tree: ast.Module) -> set[str]:
                 bound[node.targets[0].attr] = name
     found = set()
     for node in ast.walk(tree):
+        # a collection handed to a writing helper (``Cursors(db.ledger_cursors)``) is written
+        # by the module that hands it over
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+                node.func.id in WRITING_HELPERS and node.args:
+            name = _collection_of(node.args[0])
+            if name:
+                found.add(name)
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                 and node.func.attr in WRITES):
             continue

@@ -35,6 +35,7 @@ from server.clock import local_today, now_ms
 from server.errors import DomainError
 from server.security.principal import Principal, region_prefix
 from server.services.rules import RuleService
+from server.storage.cursors import dotted
 from server.storage.flow import METRICS, FlowCells, add_into
 
 log = logging.getLogger(__name__)
@@ -136,15 +137,15 @@ class FlowStats:
                 ("returned", "tickets", "refund.at", "departure_id"),
                 ("status", "departures", "status_at", "_id"),
                 ("synced", "departures", "synced_at", "_id")):
-            since = await self.cells.cursor(name)
+            since = await self.cells.cursors.get(name)
             query = {field: {"$gte": since - MARGIN}} if since else {field: {"$exists": True}}
             last = None
             async for doc in self._db[collection].find(query, {key: 1, field: 1}):
                 touched.add(doc[key])
-                value = _field(doc, field)
+                value = dotted(doc, field)
                 last = value if last is None or value > last else last
             if last is not None:
-                await self.cells.advance(name, min(last, at))
+                await self.cells.cursors.advance(name, min(last, at))
         return await self.recompute(touched, at)
 
     async def sweep(self, days_back: int = 1) -> int:
@@ -158,11 +159,11 @@ class FlowStats:
             {"service_date": {"$gte": first, "$lte": last}}, {"_id": 1})}
         ids = wanted - known
         yesterday = (today - dt.timedelta(days=1)).isoformat()
-        closed = await self.cells.cursor("closed")
+        closed = await self.cells.cursors.get("closed")
         if closed is None or closed.date().isoformat() < yesterday:
             ids |= {d["_id"] async for d in self._db.departures.find(
                 {"service_date": yesterday}, {"_id": 1})}
-            await self.cells.advance(
+            await self.cells.cursors.advance(
                 "closed", dt.datetime.fromisoformat(yesterday).replace(tzinfo=dt.UTC))
         return await self.recompute(ids, now_ms())
 
@@ -337,8 +338,3 @@ def _group_key(cell: dict[str, Any], group_by: str) -> str:
         return str(cell.get("region", ""))[:4] + "00"
     return str(cell.get(f"{group_by}_id", ""))
 
-
-def _field(doc: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        doc = doc.get(part) if isinstance(doc, dict) else None  # type: ignore[assignment]
-    return doc

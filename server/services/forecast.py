@@ -157,7 +157,7 @@ class Forecasts:
         exceeds them); new ones are raised as alerts for the operator and told to the
         authorities watching the region. Once a day unless ``force``; how many warnings."""
         today = today or local_today()
-        done = await self._cells.cursor("warnings")
+        done = await self._cells.cursors.get("warnings")
         if not force and done is not None and local_today(done) >= today:
             return 0
         names = {s["_id"]: s async for s in self._db.stations.find({}, {"name": 1,
@@ -193,7 +193,7 @@ class Forecasts:
             if doc["_id"] in new:
                 await self._tell(doc)
         if forecast_any:
-            await self._cells.advance("warnings", now_ms())
+            await self._cells.cursors.advance("warnings", now_ms())
         return len(docs)
 
     async def _with_history(self, today: dt.date) -> dict[str, set[str]]:
@@ -229,18 +229,23 @@ class Forecasts:
     async def upcoming(self, prefix: str) -> list[dict[str, Any]]:
         """The warnings from today on inside a region prefix (a WebSocket snapshot)."""
         today = local_today()
-        return await self.warnings(Principal("staff", "-", "operator", region=prefix.ljust(6, "0")),
-                                   today, today + dt.timedelta(days=MAX_DAYS))
+        return await self._listed(today, today + dt.timedelta(days=MAX_DAYS), region=prefix)
 
     async def warnings(self, actor: Principal, first: dt.date, last: dt.date,
                        kind: str | None = None) -> list[dict[str, Any]]:
+        return await self._listed(first, last, kind=kind, station_id=actor.station_id,
+                                  region=region_prefix(actor.region) if actor.region else None)
+
+    async def _listed(self, first: dt.date, last: dt.date, *, kind: str | None = None,
+                      region: str | None = None, station_id: str | None = None
+                      ) -> list[dict[str, Any]]:
         query: dict[str, Any] = {"date": {"$gte": first.isoformat(), "$lte": last.isoformat()}}
         if kind:
             query["kind"] = kind
-        if actor.region:
-            query["region"] = {"$regex": "^" + region_prefix(actor.region)}
-        if actor.station_id:
-            query["station_id"] = actor.station_id
+        if region:
+            query["region"] = {"$regex": "^" + region}
+        if station_id:
+            query["station_id"] = station_id
         out = []
         async for doc in self._warnings.find(query):
             doc["id"] = doc.pop("_id")

@@ -43,6 +43,7 @@ from server.clock import LOCAL_TZ, local_today, now_ms
 from server.services.alerts import AlertService
 from server.services.clearing import ClearingRules, Sale, split_fee, split_sale
 from server.services.jobs import RecordFailures
+from server.storage.cursors import dotted
 from server.storage.ledger import LedgerBook
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class Ledger:
         """Post what happened since the last run; the number of entries posted."""
         posted = 0
         for source in self._sources():
-            since = await self.book.cursor(source[0])
+            since = await self.book.cursors.get(source[0])
             query: dict[str, Any] = {source[2]: {"$gte": since - MARGIN}} if since else \
                 {source[2]: {"$exists": True}}
             posted += await self._post_all(*source, query)
@@ -113,8 +114,8 @@ class Ledger:
                 with self.failures.record(f"ledger-{name}", doc.get("_id")):
                     posted += bool(await post(doc, published))
             if docs:
-                last = _field(docs[-1], field)
-                await self.book.advance(name, last)
+                last = dotted(docs[-1], field)
+                await self.book.cursors.advance(name, last)
             if len(docs) < BATCH:
                 return posted
             page = {"$and": [query, {"$or": [{field: {"$gt": last}},
@@ -322,8 +323,3 @@ def entry_view(entry: dict[str, Any]) -> dict[str, Any]:
             view[key] = entry[key]
     return view
 
-
-def _field(doc: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        doc = doc.get(part) if isinstance(doc, dict) else None  # type: ignore[assignment]
-    return doc

@@ -304,7 +304,7 @@ class MinistryExchange:
         """Each kind's changes since the last pull, imported; the pull's report."""
         report: dict[str, Any] = {"kinds": {}, "at": now_ms().isoformat()}
         for kind in PULL_ORDER:
-            since = await self.records.cursor(f"yunzheng:{kind}")
+            since = await self.records.cursors.get(f"yunzheng:{kind}")
             url = f"{self._base}/yunzheng/v1/changes/{kind}.csv"
             if since:
                 url += "?since=" + quote(since.isoformat())
@@ -318,7 +318,7 @@ class MinistryExchange:
             until = dt.datetime.fromisoformat(resp.headers.get("X-Changes-Until")
                                               or now_ms().isoformat())
             if not resp.body.strip():
-                await self.records.advance(f"yunzheng:{kind}", until)
+                await self.records.cursors.advance(f"yunzheng:{kind}", until)
                 report["kinds"][kind] = {"rows": 0}
                 continue
             try:
@@ -331,7 +331,7 @@ class MinistryExchange:
                     f"运政{KINDS[kind].label}变更未能导入：{exc.message}",
                     {"kind": kind, "code": exc.code})
                 continue
-            await self.records.advance(f"yunzheng:{kind}", until)
+            await self.records.cursors.advance(f"yunzheng:{kind}", until)
             await self._alerts.ended(f"yunzheng:{kind}", "imported")
             report["kinds"][kind] = {k: done[k] for k in ("rows", "created", "updated",
                                                           "unchanged")}

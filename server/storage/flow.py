@@ -22,6 +22,8 @@ from typing import Any
 from pymongo import ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
 
+from server.storage.cursors import Cursors
+
 # the numbers a departure, a day and a month carry, summed upwards
 METRICS = ("scheduled", "departures", "cancelled", "departed", "on_time", "seats",
            "passengers", "revenue", "refunds", "refund_amount", "refund_fees", "voids",
@@ -53,7 +55,7 @@ class FlowCells:
         self._departures = db.flow_departures
         self._days = db.flow_days
         self._months = db.flow_months
-        self._cursors = db.flow_cursors
+        self.cursors = Cursors(db.flow_cursors)
 
     # --- writing ------------------------------------------------------------------------------
     async def put_departures(self, docs: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
@@ -126,12 +128,6 @@ class FlowCells:
         for i in range(0, len(ops), 1000):
             await self._months.bulk_write(ops[i:i + 1000], ordered=False)
 
-    async def cursor(self, name: str) -> dt.datetime | None:
-        found = await self._cursors.find_one({"_id": name})
-        return found["at"] if found else None
-
-    async def advance(self, name: str, at: dt.datetime) -> None:
-        await self._cursors.update_one({"_id": name}, {"$max": {"at": at}}, upsert=True)
 
     # --- reading ------------------------------------------------------------------------------
     async def departure_ids(self, first_day: str, last_day: str) -> set[str]:

@@ -11,7 +11,6 @@ new, reversing entry. Every balance can be recomputed from the entries (``recomp
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import random
 from typing import Any
 
@@ -19,6 +18,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
+from server.storage.cursors import Cursors
 from server.storage.transactions import transact
 
 CONTENDED_ATTEMPTS = 6  # each a whole transaction run (itself retried a few times)
@@ -33,7 +33,7 @@ class LedgerBook:
         self._db = db
         self._entries = db.ledger_entries
         self._accounts = db.ledger_accounts
-        self._cursors = db.ledger_cursors
+        self.cursors = Cursors(db.ledger_cursors)
 
     # --- posting ----------------------------------------------------------------------------
     async def post(self, entry: dict[str, Any]) -> bool:
@@ -119,9 +119,3 @@ class LedgerBook:
         return rows
 
     # --- the posting job's read positions ---------------------------------------------------
-    async def cursor(self, name: str) -> dt.datetime | None:
-        found = await self._cursors.find_one({"_id": name})
-        return found["at"] if found else None
-
-    async def advance(self, name: str, at: dt.datetime) -> None:
-        await self._cursors.update_one({"_id": name}, {"$max": {"at": at}}, upsert=True)

@@ -13,6 +13,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from server.clock import now_ms
+from server.storage.cursors import Cursors
 
 STALE = dt.timedelta(minutes=10)  # a build claimed this long ago was abandoned
 
@@ -20,7 +21,7 @@ STALE = dt.timedelta(minutes=10)  # a build claimed this long ago was abandoned
 class MinistryRecords:
     def __init__(self, db: AsyncDatabase[Any]) -> None:
         self._exports = db.ministry_exports
-        self._cursors = db.ministry_cursors
+        self.cursors = Cursors(db.ministry_cursors)
         self._pulls = db.yunzheng_pulls
 
     async def get(self, export_id: str, with_package: bool = False) -> dict[str, Any] | None:
@@ -63,12 +64,6 @@ class MinistryRecords:
         await self._exports.update_one({"_id": export_id},
                                        {"$set": {"status": status, "error": error}})
 
-    async def cursor(self, name: str) -> dt.datetime | None:
-        found = await self._cursors.find_one({"_id": name})
-        return found["at"] if found else None
-
-    async def advance(self, name: str, at: dt.datetime) -> None:
-        await self._cursors.update_one({"_id": name}, {"$max": {"at": at}}, upsert=True)
 
     async def pulled(self, report: dict[str, Any]) -> None:
         await self._pulls.insert_one({**report, "at": now_ms()})
