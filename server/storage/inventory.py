@@ -75,6 +75,7 @@ class NativeInventory:
         self._segments: dict[str, int] = {}  # route id -> segments (routes rarely change)
         self._default_release = default_release_minutes
         self._journal: dict[str, dict[str, Any]] = {}  # hold records not yet in MongoDB
+        self._flushing = asyncio.Lock()  # a flush waits for one already writing
         self._journal_wakeup = asyncio.Event()
         self._journal_task: asyncio.Task[None] | None = None
 
@@ -96,22 +97,26 @@ class NativeInventory:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write journaled hold records now (duplicates — already written — are skipped)."""
-        if not self._journal:
-            return
-        batch, self._journal = list(self._journal.values()), {}
-        try:
-            await self._db.seat_holds.insert_many(batch, ordered=False)
-        except BulkWriteError as exc:
-            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
-                log.error("hold journal write failed", extra={"fields": {"holds": len(batch)}})
-                for record in batch:  # try again on the next round
+        """Write journaled hold records now (duplicates — already written — are skipped).
+        When it returns, every record journaled before the call is written (or back in the
+        journal after a failure), also those a flush already under way had taken."""
+        async with self._flushing:
+            if not self._journal:
+                return
+            batch, self._journal = list(self._journal.values()), {}
+            try:
+                await self._db.seat_holds.insert_many(batch, ordered=False)
+            except BulkWriteError as exc:
+                if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                    log.error("hold journal write failed",
+                              extra={"fields": {"holds": len(batch)}})
+                    for record in batch:  # try again on the next round
+                        self._journal.setdefault(record["_id"], record)
+            except Exception:
+                log.exception("hold journal write failed; retrying")
+                for record in batch:
                     self._journal.setdefault(record["_id"], record)
-        except Exception:
-            log.exception("hold journal write failed; retrying")
-            for record in batch:
-                self._journal.setdefault(record["_id"], record)
-            await asyncio.sleep(0.5)
+                await asyncio.sleep(0.5)
 
     async def close(self) -> None:
         """Flush what is journaled (on shutdown)."""
