@@ -239,6 +239,11 @@ class ApiHandler(RequestHandler):
             return
         self.finish(json.dumps(payload, ensure_ascii=False, default=_json_default))
 
+    def write_encoded(self, body: bytes) -> None:
+        """Finish with an answer already encoded as JSON (a cached one)."""
+        self.set_status(self.operation.status if self.operation else 200)
+        self.finish(body)
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, DomainError):

@@ -117,6 +117,7 @@ async def serve(settings: Settings, sockets: list[Any]) -> None:
         log.warning("connections still open after %ss; closing anyway", SHUTDOWN_GRACE)
     await jobs.stop()
     await app.settings["services"].inventory.close()
+    await app.settings["services"].seats.view.close()
     await mongo.close()
     await redis.aclose()
     log.info("stopped")

@@ -171,9 +171,30 @@ def validate_path(name: str, schema: dict[str, Any], value: Any) -> None:
                           field=name)
 
 
+_VALID_QUERIES: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any]]] = {}
+VALID_QUERIES_KEPT = 10_000
+
+
 def coerce_query(schema: dict[str, Any], raw: dict[str, list[str]]) -> dict[str, Any]:
-    """Turn query-string values into the schema's types and validate (INVALID_QUERY)."""
+    """Turn query-string values into the schema's types and validate (INVALID_QUERY).
+
+    The same query string is asked again and again (every passenger searching 广州→深圳
+    tomorrow): valid ones are remembered, so validation runs once per distinct query."""
     props: dict[str, Any] = schema.get("properties", {})
+    key = (id(schema), *((k, *v) for k, v in raw.items() if k in props))
+    known = _VALID_QUERIES.get(key)
+    if known is not None and known[0] is schema:
+        return {k: list(v) if isinstance(v, list) else v for k, v in known[1].items()}
+    out = _coerce_query(schema, props, raw)
+    if len(_VALID_QUERIES) >= VALID_QUERIES_KEPT:
+        _VALID_QUERIES.clear()
+    _VALID_QUERIES[key] = (schema, {k: list(v) if isinstance(v, list) else v
+                                    for k, v in out.items()})
+    return out
+
+
+def _coerce_query(schema: dict[str, Any], props: dict[str, Any], raw: dict[str, list[str]]
+                  ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, values in raw.items():
         prop = props.get(name)

@@ -197,6 +197,7 @@ def services(stores: Stores, seeded: str, providers: Providers, io_loop: Any,
 
     async def close() -> None:
         await built.inventory.close()
+        await built.seats.view.close()
         await mongo.close()
         await redis.aclose()
     io_loop.run_sync(close)

@@ -58,6 +58,7 @@ def stack(stores, db, io_loop, simulators):
             await control(simulators, kind, "", {"delay_ms": 0, "fail": False, "garbage": False})
         await stack.sync.sync_all()
         await stack.inventory.close()
+        await stack.seats.view.close()
         await redis.aclose()
     io_loop.run_sync(restore)
 

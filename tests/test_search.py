@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import time
+from typing import Any
 
 import pytest
 
+from server.app import connect_redis
 from server.clock import local_today
+from server.exchange.base import HoldRequest
+from server.storage.inventory import NativeInventory, new_hold_id
+from tests.inventory_support import make_departure
 from tests.support import ApiClient
+
+EVENT_DELAY = 1.0  # seconds: a seat event reaches every process well within this
 
 
 def day(offset: int = 1) -> str:
@@ -84,3 +93,103 @@ async def test_bad_search_queries(api: ApiClient) -> None:
         assert resp.body["error"]["field"] == field, query
     nowhere = await api.get(f"/api/v1/departures?from=广州&to=拉萨&date={day(1)}")
     assert nowhere.status == 200 and nowhere.body["departures"] == []
+
+
+async def _searcher(api: ApiClient, path: str, departure_id: str, stop: asyncio.Event,
+                    seen: list[tuple[float, int]]) -> None:
+    """Search again and again; note (when the request was sent, the departure's seats)."""
+    while not stop.is_set():
+        sent = time.monotonic()
+        resp = await api.get(path)
+        assert resp.status == 200, resp.text
+        mine = [d for d in resp.body["departures"] if d["id"] == departure_id]
+        assert len(mine) == 1
+        seen.append((sent, mine[0]["remaining"]))
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_search_shows_every_sale_within_the_event_delay(api: ApiClient, db: Any,
+                                                              stores: Any) -> None:
+    """Seats sold in another process, one at a time, while eight clients search the
+    departure without pause: once a sale has returned, no search sent later than the event
+    delay (a second, generously) shows the seat, and a sold-out departure is not offered
+    with has_seats. Each process keeps search answers in memory, so this is what keeps
+    them honest."""
+    departure_id = await make_departure(db, seats=6, stops=3)
+    dep = await db.departures.find_one({"_id": departure_id})
+    redis = connect_redis(stores.redis_url)
+    await redis.incr("network:version")  # the new route: every process reloads the network
+    inventory = NativeInventory(db, redis)  # this test process: another writer than Keyun
+    path = (f"/api/v1/departures?from=站0&to=站2&date={dep['service_date']}"
+            f"&station={dep['station_id']}")
+    deadline = time.monotonic() + 15
+    while not [d for d in (await api.get(path)).body["departures"] if d["id"] == departure_id]:
+        assert time.monotonic() < deadline, "the new departure never showed in search"
+        await asyncio.sleep(0.2)
+    stop, seen = asyncio.Event(), []
+    searchers = [asyncio.ensure_future(_searcher(api, path, departure_id, stop, seen))
+                 for _ in range(8)]
+    sold: list[tuple[float, int]] = []  # (when the sale returned, seats left after it)
+    try:
+        await asyncio.sleep(0.3)
+        for left in range(5, -1, -1):
+            hold = await inventory.hold(departure_id, HoldRequest(
+                new_hold_id(), "web", 1, 0, 2, ttl_seconds=300))
+            await inventory.sell(departure_id, hold.hold_id)
+            sold.append((time.monotonic(), left))
+            await asyncio.sleep(0.25)
+        await asyncio.sleep(1.2)
+    finally:
+        stop.set()
+        await asyncio.gather(*searchers)
+        await inventory.close()
+        await redis.aclose()
+    assert len(seen) > 50, "the searchers hardly searched"
+    for done, left in sold:
+        late = [(round(sent - done, 3), shown) for sent, shown in seen
+                if sent > done + EVENT_DELAY and shown > left]
+        assert not late, f"after the sale leaving {left}: searches sent later still showed {late}"
+    assert any(sent > sold[-1][0] + EVENT_DELAY for sent, _ in seen), "none searched late"
+    offered = await api.get(path + "&has_seats=true")
+    assert departure_id not in [d["id"] for d in offered.body["departures"]]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_seat_view_keeps_no_snapshot_read_while_its_departure_changed(
+        services: Any, db: Any, stores: Any) -> None:
+    """A snapshot read from Redis while a seat event of its departure arrives may be older
+    than the event: the view must not keep it (else search would show the seat until the
+    next event of that departure, maybe never)."""
+    departure_id = await make_departure(db, seats=4, stops=2)
+    view = services.seats.view
+    inventory = services.seats.registry.native.inventory
+    await view.many([departure_id])  # starts the subscription
+    deadline = time.monotonic() + 10
+    while not view.live:
+        assert time.monotonic() < deadline, "the seat view never subscribed"
+        await asyncio.sleep(0.05)
+    redis = connect_redis(stores.redis_url)
+    other = NativeInventory(db, redis)  # another process's writes: heard only as events
+    read = inventory.availability_many
+
+    async def read_then_sell_elsewhere(ids: list[str]) -> dict[str, Any]:
+        answer = await read(ids)  # 4 seats free ...
+        heard = view.events
+        hold = await other.hold(departure_id, HoldRequest(new_hold_id(), "web", 1, 0, 1,
+                                                          ttl_seconds=300))
+        await other.sell(departure_id, hold.hold_id)  # ... and now 3, before the answer is used
+        for _ in range(500):  # until both events (held, sold) are heard, 5 s at most
+            if view.events >= heard + 2:
+                break
+            await asyncio.sleep(0.01)
+        return answer
+
+    try:
+        inventory.availability_many = read_then_sell_elsewhere
+        assert (await view.many([departure_id]))[departure_id].remaining == 4  # as read
+        inventory.availability_many = read
+        assert (await view.many([departure_id]))[departure_id].remaining == 3
+    finally:
+        inventory.availability_many = read
+        await other.close()
+        await redis.aclose()

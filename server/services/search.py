@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,9 @@ CHECK_SECONDS = 1.0  # how often a process looks whether the network changed
 VERSION_KEY = "network:version"
 DAY_CACHE_SECONDS = 3.0  # a day's departures: statuses change by sync, seats come from Redis
 AVERAGE_KMH = 60.0  # to estimate when a bus reaches an intermediate boarding stop
+ANSWER_SECONDS = 5.0  # an encoded answer is served at most this long (while still valid)
+PROXIED_ANSWER_SECONDS = 1.0  # ... when a station system's cached count is in it
+ANSWERS_KEPT = 5000  # queries with a kept answer, per process
 
 
 @dataclass
@@ -90,6 +94,19 @@ class NetworkCache:
         return net
 
 
+@dataclass
+class _Answer:
+    """An encoded search answer and what it was made of."""
+
+    body: bytes
+    net: Network
+    listed: list[dict[str, Any]]  # the day's departures, as read (compared by identity)
+    cutoff: int
+    until: float  # monotonic
+    ids: list[str]  # every departure considered, also those filtered out for seats
+    stamp: tuple[int, tuple[int, ...]]  # their seat-view generations before reading seats
+
+
 def _matches_place(stop: dict[str, Any], place: str, net: Network) -> bool:
     if stop.get("station_id") == place or stop["name"] == place or stop["city"] == place:
         return True
@@ -107,6 +124,7 @@ class SearchService:
         self.network = network
         self._days: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._reading: dict[str, asyncio.Task[list[dict[str, Any]]]] = {}
+        self._answers: dict[tuple[Any, ...], _Answer] = {}
 
     async def _departures_of(self, day: str) -> list[dict[str, Any]]:
         """The day's departures, sorted by time: re-read every few seconds by one task while
@@ -138,8 +156,15 @@ class SearchService:
     async def search(self, origin: str, destination: str, date: str, *,
                      after: str | None = None, before: str | None = None,
                      station: str | None = None, has_seats: bool = False,
-                     limit: int = 100) -> list[dict[str, Any]]:
-        """Departures serving the journey between the two stations, by departure time."""
+                     limit: int = 100) -> bytes:
+        """Departures serving the journey between the two stations, by departure time, as
+        the encoded ``{"departures": [...]}`` answer.
+
+        An answer is kept per query and served again while nothing it was made of changed:
+        the network, the day's departures (re-read every few seconds), the online cutoff,
+        the seats of every departure it considered (the seat view's generations), and the
+        time at which one of them closes for online sale. Never longer than
+        ``ANSWER_SECONDS``."""
         rules = await self._rules.current()
         day = calendar_day(date, code="INVALID_QUERY", field="date")
         today = local_today()
@@ -147,6 +172,41 @@ class SearchService:
             raise DomainError("DATE_NOT_ON_SALE", f"Departures are on sale from today for "
                               f"{rules.sale_days} days.", field="date")
         net = await self.network.get()
+        listed = await self._departures_of(day.isoformat())
+        key = (origin, destination, day, after, before, station, has_seats, limit)
+        cutoff = rules.online_cutoff_minutes
+        view = self._seats.view
+        kept = self._answers.get(key)
+        now = time.monotonic()
+        if kept is not None and kept.net is net and kept.listed is listed and \
+                kept.cutoff == cutoff and now < kept.until and \
+                view.generations(kept.ids) == kept.stamp:
+            return kept.body
+        candidates = self._candidates(origin, destination, listed, net, after, before, station)
+        ids = [dep["_id"] for dep, *_ in candidates]
+        stamp = view.generations(ids)
+        live = view.live
+        results, closes = await self._results(candidates, net, cutoff, has_seats, limit)
+        body = json.dumps({"departures": results}, ensure_ascii=False,
+                          separators=(",", ":")).encode()
+        if live:
+            until = now + ANSWER_SECONDS
+            if closes is not None:
+                until = min(until, now + (closes - dt.datetime.now(dt.UTC)).total_seconds())
+            if any(self._seats.is_proxied(net.stations.get(dep["station_id"], {}))
+                   for dep, *_ in candidates):
+                until = min(until, now + PROXIED_ANSWER_SECONDS)
+            if len(self._answers) >= ANSWERS_KEPT:
+                self._answers.clear()
+            self._answers[key] = _Answer(body, net, listed, cutoff, until, ids, stamp)
+        return body
+
+    @staticmethod
+    def _candidates(origin: str, destination: str, listed: list[dict[str, Any]],
+                    net: Network, after: str | None, before: str | None,
+                    station: str | None) -> list[tuple[dict[str, Any], int, int, dt.datetime]]:
+        """The day's departures serving the journey, with boarding and alighting stops and
+        the estimated boarding time, after the time and station filters."""
         journeys: dict[str, tuple[int, int]] = {}  # route → (from_seq, to_seq)
         for route_id, stops in net.stops.items():
             boarding = next((s for s in stops if s.get("boarding", s["seq"] == 0)
@@ -160,32 +220,40 @@ class SearchService:
                 journeys[route_id] = (boarding["seq"], alighting["seq"])
         if not journeys:
             return []
-        departures = [d for d in await self._departures_of(day.isoformat())
-                      if d["route_id"] in journeys and (not station or d["station_id"] == station)]
-        now = dt.datetime.now(dt.UTC)
-        results = []
-        for dep in departures:
+        found = []
+        for dep in listed:
+            if dep["route_id"] not in journeys or (station and dep["station_id"] != station):
+                continue
             frm, to = journeys[dep["route_id"]]
-            stops = net.stops[dep["route_id"]]
             boards_at = dep["departs_at"] + dt.timedelta(
-                hours=stops[frm]["distance_km"] / AVERAGE_KMH)
+                hours=net.stops[dep["route_id"]][frm]["distance_km"] / AVERAGE_KMH)
             local = boards_at.astimezone(LOCAL_TZ).strftime("%H:%M")
             if (after and local < after) or (before and local > before):
                 continue
-            results.append((dep, frm, to, boards_at))
-        seats = await self._seats.availability_many([d for d, *_ in results], net.stations)
+            found.append((dep, frm, to, boards_at))
+        return found
+
+    async def _results(self, candidates: list[tuple[dict[str, Any], int, int, dt.datetime]],
+                       net: Network, cutoff: int, has_seats: bool, limit: int
+                       ) -> tuple[list[dict[str, Any]], dt.datetime | None]:
+        """The results, and the first moment one of the candidates closes for online sale."""
+        seats = await self._seats.availability_many([d for d, *_ in candidates], net.stations)
+        now = dt.datetime.now(dt.UTC)
+        closing = dt.timedelta(minutes=cutoff)
+        closes = None
         out = []
-        for dep, frm, to, boards_at in results:
+        for dep, frm, to, boards_at in candidates:
             avail = seats.get(dep["_id"])
             remaining = avail.remaining_between(frm, to) if avail and \
                 avail.status != "offline" else 0
-            reason = _not_on_sale(dep, avail, boards_at, now, rules.online_cutoff_minutes)
+            reason = _not_on_sale(dep, avail, boards_at, now, cutoff)
+            if reason is None:
+                closes = min(closes or boards_at - closing, boards_at - closing)
             if has_seats and (reason or remaining == 0):
                 continue
-            out.append(self._result(dep, frm, to, boards_at, remaining, reason, net))
-            if len(out) >= limit:
-                break
-        return out
+            if len(out) < limit:
+                out.append(self._result(dep, frm, to, boards_at, remaining, reason, net))
+        return out, closes
 
     @staticmethod
     def _result(dep: dict[str, Any], frm: int, to: int, boards_at: dt.datetime,

@@ -43,6 +43,7 @@ from server.exchange.errors import (
 )
 from server.exchange.registry import ExchangeRegistry
 from server.services.events import EventLog, Topic
+from server.services.seatview import SeatView
 from server.storage.departures import DepartureRecords
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class SeatService:
         self.registry = registry
         self.events = events
         self._departures = DepartureRecords(db)
+        self.view = SeatView(redis, registry.native.inventory)
 
     # --- resolution ---------------------------------------------------------------------
     async def resolve(self, departure_id: str) -> tuple[dict[str, Any], dict[str, Any],
@@ -155,14 +157,15 @@ class SeatService:
     async def availability_many(self, departures: list[dict[str, Any]],
                                 stations: dict[str, dict[str, Any]]) -> dict[str, Availability]:
         """Remaining seats of many departures whose documents the caller already has:
-        native ones straight from Redis, proxied ones through the cache (for search)."""
+        native ones from this process's live view (Redis for those it does not hold),
+        proxied ones through the cache (for search)."""
         native, proxied = [], []
         for d in departures:
             proxied_station = self.is_proxied(stations.get(d["station_id"], {}))
             (proxied if proxied_station else native).append(d["_id"])
         found: dict[str, Availability] = {}
         if native:
-            found.update(await self.registry.native.inventory.availability_many(native))
+            found.update(await self.view.many(native))
         results = await asyncio.gather(*[self.availability(d) for d in proxied],
                                        return_exceptions=True)
         for departure_id, result in zip(proxied, results, strict=True):

@@ -27,6 +27,7 @@ import datetime as dt
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -78,6 +79,16 @@ class NativeInventory:
         self._flushing = asyncio.Lock()  # a flush waits for one already writing
         self._journal_wakeup = asyncio.Event()
         self._journal_task: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[str], None]] = []
+
+    def on_change(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(departure_id)`` right after this process changed a departure's
+        seats (before the call that changed them returns)."""
+        self._listeners.append(listener)
+
+    def _changed(self, departure_id: str) -> None:
+        for listener in self._listeners:
+            listener(departure_id)
 
     # --- the hold journal (write-behind) ----------------------------------------------------
     def _journal_add(self, record: dict[str, Any]) -> None:
@@ -178,6 +189,7 @@ class NativeInventory:
             json.dumps(sales))
         loaded = result[1] == 1
         if loaded:
+            self._changed(departure_id)
             log.info("inventory loaded", extra={"fields": {
                 "departure_id": departure_id, "holds": len(holds), "sales": len(sales)}})
             if holds:
@@ -189,12 +201,16 @@ class NativeInventory:
         """Run a script, loading the departure first if Redis does not have it."""
         for attempt in (1, 2):
             try:
-                return await self._scripts.call(name, departure_id, *args)
+                answer = await self._scripts.call(name, departure_id, *args)
             except ScriptError as exc:
                 if exc.code == "NOT_LOADED" and attempt == 1:
                     await self.load(departure_id)
                     continue
                 raise _exchange_error(exc) from None
+            finally:
+                if name != "snapshot":
+                    self._changed(departure_id)  # also when it failed: it may have run
+            return answer
         raise AssertionError("unreachable")
 
     # --- ticket operations ----------------------------------------------------------------
@@ -351,6 +367,8 @@ class NativeInventory:
             except ScriptError:
                 continue
             ids = _split_ids(result[1])
+            if ids:
+                self._changed(departure_id)
             released += len(ids)
             await self._mark_released(ids)
             await self._scripts.index_settle(departure_id, int(seen), int(result[2]))
