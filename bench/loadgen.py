@@ -19,13 +19,19 @@ from urllib.parse import urlsplit
 
 
 async def _connection(host: str, port: int, requests: list[bytes], turn: list[int],
-                      deadline: float, latencies: list[float], errors: list[int]) -> None:
+                      deadline: float, latencies: list[float], errors: list[int],
+                      interval: float = 0.0, first: float = 0.0) -> None:
     reader, writer = await asyncio.open_connection(host, port)
+    due = first
     try:
         while time.perf_counter() < deadline:
             raw = requests[turn[0] % len(requests)]
             turn[0] += 1
             started = time.perf_counter()
+            if interval:  # open loop: latency counts from when the request was due to go
+                if due > started:
+                    await asyncio.sleep(due - started)
+                started, due = due, due + interval
             writer.write(raw)
             status_line = await reader.readline()
             length = 0
@@ -46,7 +52,11 @@ async def _connection(host: str, port: int, requests: list[bytes], turn: list[in
 
 
 async def run(url: str, concurrency: int, seconds: float, headers: list[str],
-              bodies: list[bytes] | None = None) -> dict[str, float]:
+              bodies: list[bytes] | None = None, rate: float = 0.0,
+              paths: list[str] | None = None) -> dict[str, float]:
+    """Closed loop (each connection sends when its answer came), or with ``rate`` open loop:
+    requests go at that total rate, spread evenly over the connections, whatever the server
+    does, and a late answer counts from when its request was due (no coordinated omission)."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -55,17 +65,20 @@ async def run(url: str, concurrency: int, seconds: float, headers: list[str],
                                    "Connection: keep-alive", "Content-Type: application/json",
                                    f"Content-Length: {len(b)}", *headers, "", ""])
                      ).encode() + b for b in bodies]
-    else:
-        requests = ["\r\n".join([f"GET {path} HTTP/1.1", f"Host: {host}:{port}",
-                                  "Connection: keep-alive", *headers, "", ""]).encode()]
+    else:  # GET the URL's path, or each of ``paths`` in turn
+        requests = ["\r\n".join([f"GET {p} HTTP/1.1", f"Host: {host}:{port}",
+                                  "Connection: keep-alive", *headers, "", ""]).encode()
+                    for p in paths or [path]]
     turn = [0]
     latencies: list[float] = []
     errors: list[int] = []
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     deadline = started + seconds
-    await asyncio.gather(*[_connection(host, port, requests, turn, deadline, latencies, errors)
-                           for _ in range(concurrency)])
+    interval = concurrency / rate if rate else 0.0
+    await asyncio.gather(*[_connection(host, port, requests, turn, deadline, latencies, errors,
+                                       interval, started + i * interval / concurrency)
+                           for i in range(concurrency)])
     elapsed = time.perf_counter() - started
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
@@ -87,13 +100,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--header", action="append", default=[])
     parser.add_argument("--bodies", help="a file of JSON bodies, one per line: POST them")
+    parser.add_argument("--paths", help="a file of paths, one per line: GET them in turn")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="open loop at this many requests/s in all (default: closed loop)")
     args = parser.parse_args()
     bodies = None
     if args.bodies:
         with open(args.bodies, "rb") as f:
             bodies = [line.rstrip(b"\n") for line in f if line.strip()]
+    paths = None
+    if args.paths:
+        with open(args.paths, encoding="utf-8") as f:
+            paths = [line.strip() for line in f if line.strip()]
     print(json.dumps(asyncio.run(run(args.url, args.concurrency, args.seconds, args.header,
-                                     bodies))))
+                                     bodies, args.rate, paths))))
 
 
 if __name__ == "__main__":

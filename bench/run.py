@@ -71,7 +71,8 @@ class Bench:
     extra: dict[str, Any] = field(default_factory=dict)
 
     async def http_load(self, path: str, *, headers: list[str] | None = None,
-                        concurrency: int = 32, bodies: str | None = None) -> dict[str, float]:
+                        concurrency: int = 32, bodies: str | None = None,
+                        rate: float = 0.0, paths: str | None = None) -> dict[str, float]:
         """Closed-loop HTTP load from a separate process; adds the server's CPU share."""
         server = psutil.Process(self.server_pid)
         procs = [server, *server.children(recursive=True)]
@@ -82,6 +83,10 @@ class Bench:
             args += ["--header", header]
         if bodies:
             args += ["--bodies", bodies]
+        if rate:
+            args += ["--rate", str(rate)]
+        if paths:
+            args += ["--paths", paths]
         proc = await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE, cwd=ROOT)
         out, _ = await proc.communicate()
         result: dict[str, float] = json.loads(out)

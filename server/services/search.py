@@ -146,6 +146,9 @@ class SearchService:
             found = await self._db.departures.find({"service_date": day}).sort(
                 "departs_at", 1).to_list()
             now = time.monotonic()
+            before = self._days.get(day)
+            if before is not None and before[1] == found:
+                found = before[1]  # unchanged: answers made from it stay good
             self._days = {d: v for d, v in self._days.items()
                           if now - v[0] < 10 * DAY_CACHE_SECONDS}
             self._days[day] = (now, found)

@@ -66,6 +66,7 @@ class SeatService:
         self.events = events
         self._departures = DepartureRecords(db)
         self.view = SeatView(redis, registry.native.inventory)
+        self._asking: dict[str, asyncio.Future[Availability]] = {}  # station calls under way
 
     # --- resolution ---------------------------------------------------------------------
     async def resolve(self, departure_id: str) -> tuple[dict[str, Any], dict[str, Any],
@@ -136,18 +137,30 @@ class SeatService:
             return await exchange.remaining(ref)
         if station.get("online") is False:
             return Availability(departure_id, dep["seats"], ref.segments, "offline", 0)
-        key = f"avail:{{dep:{departure_id}}}"
         if not fresh:
-            cached = await self._redis.get(key)
+            cached = await self._redis.get(f"avail:{{dep:{departure_id}}}")
             if cached:
                 return _from_cache(cached)
+            asking = self._asking.get(departure_id)  # one station call for many searches
+            if asking is None:
+                asking = self._asking[departure_id] = asyncio.ensure_future(
+                    self._ask_station(dep, station, ref, exchange))
+                asking.add_done_callback(lambda _: self._asking.pop(departure_id, None))
+            return await asyncio.shield(asking)
+        return await self._ask_station(dep, station, ref, exchange)
+
+    async def _ask_station(self, dep: dict[str, Any], station: dict[str, Any],
+                           ref: DepartureRef, exchange: StationExchange) -> Availability:
+        """Remaining seats from the station system, kept for a few seconds; watchers are told
+        when the count changed."""
+        departure_id = dep["_id"]
         try:
             seats = await self._station_call(station, "remaining",
                                              lambda: exchange.remaining(ref))
         except INFRASTRUCTURE:
             return Availability(departure_id, dep["seats"], ref.segments, "offline", 0)
-        previous = await self._redis.set(key, _to_cache(seats), ex=PROXIED_CACHE_SECONDS,
-                                         get=True)
+        previous = await self._redis.set(f"avail:{{dep:{departure_id}}}", _to_cache(seats),
+                                         ex=PROXIED_CACHE_SECONDS, get=True)
         if previous is None or _from_cache(previous).remaining != seats.remaining:
             await self.events.emit(Topic("departure", departure_id), "seats", {
                 "change": "refreshed", "seats": [], "remaining": seats.remaining,
@@ -159,16 +172,32 @@ class SeatService:
         """Remaining seats of many departures whose documents the caller already has:
         native ones from this process's live view (Redis for those it does not hold),
         proxied ones through the cache (for search)."""
-        native, proxied = [], []
+        native: list[str] = []
+        proxied: list[dict[str, Any]] = []
         for d in departures:
-            proxied_station = self.is_proxied(stations.get(d["station_id"], {}))
-            (proxied if proxied_station else native).append(d["_id"])
+            if self.is_proxied(stations.get(d["station_id"], {})):
+                proxied.append(d)
+            else:
+                native.append(d["_id"])
         found: dict[str, Availability] = {}
         if native:
             found.update(await self.view.many(native))
-        results = await asyncio.gather(*[self.availability(d) for d in proxied],
+        if not proxied:
+            return found
+        pipe = self._redis.pipeline(transaction=False)  # keys on many slots: not MGET
+        for d in proxied:
+            pipe.get(f"avail:{{dep:{d['_id']}}}")
+        missing = []
+        for d, cached in zip(proxied, await pipe.execute(), strict=True):
+            if d.get("online") is False:  # the station is off online sale
+                found[d["_id"]] = Availability(d["_id"], d["seats"], 0, "offline", 0)
+            elif cached:
+                found[d["_id"]] = _from_cache(cached)
+            else:
+                missing.append(d["_id"])
+        results = await asyncio.gather(*[self.availability(d) for d in missing],
                                        return_exceptions=True)
-        for departure_id, result in zip(proxied, results, strict=True):
+        for departure_id, result in zip(missing, results, strict=True):
             if isinstance(result, Availability):
                 found[departure_id] = result
         return found
