@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import tempfile
 import time
+import uuid
 from typing import Any
 
 from pymongo import AsyncMongoClient
@@ -27,10 +29,11 @@ NOTES = [
     f"Gate scans: {GATES} gates (separate load generator) `POST /api/v1/gate/scan` each code "
     f"once, from {TICKETS:,} issued tickets of departures boarding now: base45 decode, Ed25519 "
     "verify, time step, ticket and departure reads, the guarded `issued → checked_in` update "
-    "and the scan log insert. The raw baseline is `ticketcode.verify` (decode + Ed25519 verify "
-    "with `cryptography`) in a loop in one process, measured in the same run. The signature "
-    "check is ~0.1 ms of a scan; the scan rate is bound by the store (a busy station's gates "
-    "need a few scans per second).",
+    "and the scan log insert. The raw baseline is the least store work a scan needs, from "
+    f"{GATES} concurrent clients straight to MongoDB: the guarded update of a ticket (by "
+    "ticket number) and the insert of a scan record, on tickets the HTTP run did not scan. "
+    "The signature check (decode + Ed25519 verify with `cryptography`, in a loop in one "
+    "process) is given beside: ~0.3 ms of a scan.",
 ]
 
 
@@ -89,13 +92,45 @@ async def run(bench: Bench) -> list[Row]:
         while time.perf_counter() - started < bench.seconds:
             ticketcode.verify(codes[n % len(codes)], keys)
             n += 1
-        raw = n / (time.perf_counter() - started)
+        verify_rate = n / (time.perf_counter() - started)
+        raw, raw_p99 = await _raw_store_work(db, [t for t, _ in reversed(pairs)],
+                                             bench.seconds)
     finally:
         await mongo.close()
     scanned = int(got["requests"])
     return [Row(f"gate scans, {GATES} gates, each code once (POST /api/v1/gate/scan)",
-                got["rps"], "scans/s", "ticketcode.verify (base45 + Ed25519), one process",
-                raw, f"p50 {got['p50_ms']:.1f} ms, p99 {got['p99_ms']:.1f} ms; "
-                f"{admitted:,} of {scanned:,} scans admitted, errors {int(got['errors'])}; "
-                f"Keyun CPU {got['server_cpu_pct']:.0f} % (the rest of the time is the "
-                "embedded SecantusDB: 4 round trips per scan)")]
+                got["rps"], "scans/s",
+                f"raw store work of a scan ({GATES} clients: guarded update + scan insert)",
+                raw, f"target ≥ 0.50; p50 {got['p50_ms']:.1f} ms, p99 {got['p99_ms']:.1f} ms "
+                f"(target ≤ 50 ms; the raw store work alone: p99 {raw_p99:.0f} ms); {admitted:,} of {scanned:,} scans admitted, errors "
+                f"{int(got['errors'])}; Keyun CPU {got['server_cpu_pct']:.0f} %; the "
+                f"signature check alone: {verify_rate:,.0f} codes/s in one process")]
+
+
+async def _raw_store_work(db: Any, tickets: list[dict[str, Any]], seconds: float
+                          ) -> tuple[float, float]:
+    """The least a scan must ask of the store, from GATES concurrent clients: the guarded
+    ``issued → checked_in`` update of a ticket and the insert of its scan record."""
+    ids = [t["ticket_no"] for t in tickets]
+    took: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def gate(offset: int) -> None:
+        for n in range(offset, len(ids), GATES):
+            if time.perf_counter() > deadline:
+                return
+            now, began = dt.datetime.now(dt.UTC), time.perf_counter()
+            await db.tickets.update_one(
+                {"ticket_no": ids[n], "status": {"$in": ["issued", "picked_up"]}},
+                {"$set": {"status": "checked_in", "checked_in": {"at": now, "gate": "raw"}}})
+            await db.gate_scans.insert_one({
+                "_id": uuid.uuid4().hex, "at": now, "gate": f"raw-{offset}",
+                "station_id": STATION, "staff_id": "raw", "source": "online",
+                "departure_id": None, "realname": "not_checked", "outcome": "admitted",
+                "ticket_no": ids[n]})
+            took.append(time.perf_counter() - began)
+
+    started = time.perf_counter()
+    await asyncio.gather(*[gate(i) for i in range(GATES)])
+    took.sort()
+    return len(took) / (time.perf_counter() - started), 1000 * took[int(0.99 * len(took))]

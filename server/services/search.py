@@ -23,7 +23,8 @@ from server.clock import LOCAL_TZ, local_today
 from server.errors import DomainError, calendar_day
 from server.services.freshness import SharedVersion
 from server.services.rules import RuleService
-from server.services.seats import SeatService
+from server.services.seats import PROXIED_CACHE_SECONDS, SeatService
+from server.services.seatview import MAX_AGE
 
 REFRESH_SECONDS = 60.0
 CHECK_SECONDS = 1.0  # how often a process looks whether the network changed
@@ -31,7 +32,6 @@ VERSION_KEY = "network:version"
 DAY_CACHE_SECONDS = 3.0  # a day's departures: statuses change by sync, seats come from Redis
 AVERAGE_KMH = 60.0  # to estimate when a bus reaches an intermediate boarding stop
 ANSWER_SECONDS = 5.0  # an encoded answer is served at most this long (while still valid)
-PROXIED_ANSWER_SECONDS = 1.0  # ... when a station system's cached count is in it
 ANSWERS_KEPT = 5000  # queries with a kept answer, per process
 
 
@@ -125,6 +125,8 @@ class SearchService:
         self._days: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._reading: dict[str, asyncio.Task[list[dict[str, Any]]]] = {}
         self._answers: dict[tuple[Any, ...], _Answer] = {}
+        self._journeys: tuple[Network | None, dict[tuple[str, str], dict[str, tuple[int, int]]]
+                              ] = (None, {})
 
     async def _departures_of(self, day: str) -> list[dict[str, Any]]:
         """The day's departures, sorted by time: re-read every few seconds by one task while
@@ -194,33 +196,19 @@ class SearchService:
                           separators=(",", ":")).encode()
         if live:
             until = now + ANSWER_SECONDS
-            if closes is not None:
+            if closes is not None:  # a sale closing, or a count used falling due
                 until = min(until, now + (closes - dt.datetime.now(dt.UTC)).total_seconds())
-            if any(self._seats.is_proxied(net.stations.get(dep["station_id"], {}))
-                   for dep, *_ in candidates):
-                until = min(until, now + PROXIED_ANSWER_SECONDS)
             if len(self._answers) >= ANSWERS_KEPT:
                 self._answers.clear()
             self._answers[key] = _Answer(body, net, listed, cutoff, until, ids, stamp)
         return body
 
-    @staticmethod
-    def _candidates(origin: str, destination: str, listed: list[dict[str, Any]],
+    def _candidates(self, origin: str, destination: str, listed: list[dict[str, Any]],
                     net: Network, after: str | None, before: str | None,
                     station: str | None) -> list[tuple[dict[str, Any], int, int, dt.datetime]]:
         """The day's departures serving the journey, with boarding and alighting stops and
         the estimated boarding time, after the time and station filters."""
-        journeys: dict[str, tuple[int, int]] = {}  # route → (from_seq, to_seq)
-        for route_id, stops in net.stops.items():
-            boarding = next((s for s in stops if s.get("boarding", s["seq"] == 0)
-                             and _matches_place(s, origin, net)), None)
-            if boarding is None:
-                continue
-            alighting = next((s for s in stops if s["seq"] > boarding["seq"]
-                              and s.get("alighting", True)
-                              and _matches_place(s, destination, net)), None)
-            if alighting is not None:
-                journeys[route_id] = (boarding["seq"], alighting["seq"])
+        journeys = self._journeys_of(origin, destination, net)
         if not journeys:
             return []
         found = []
@@ -239,11 +227,15 @@ class SearchService:
     async def _results(self, candidates: list[tuple[dict[str, Any], int, int, dt.datetime]],
                        net: Network, cutoff: int, has_seats: bool, limit: int
                        ) -> tuple[list[dict[str, Any]], dt.datetime | None]:
-        """The results, and the first moment one of the candidates closes for online sale."""
+        """The results, and the first moment they may no longer hold: a candidate closes for
+        online sale, or a count they used is due to be read again (a station system's after
+        its cache time, a native one after the seat view's longest keep)."""
         seats = await self._seats.availability_many([d for d, *_ in candidates], net.stations)
         now = dt.datetime.now(dt.UTC)
         closing = dt.timedelta(minutes=cutoff)
-        closes = None
+        kept = {True: dt.timedelta(seconds=PROXIED_CACHE_SECONDS),
+                False: dt.timedelta(seconds=MAX_AGE)}
+        closes: dt.datetime | None = None
         out = []
         for dep, frm, to, boards_at in candidates:
             avail = seats.get(dep["_id"])
@@ -252,11 +244,38 @@ class SearchService:
             reason = _not_on_sale(dep, avail, boards_at, now, cutoff)
             if reason is None:
                 closes = min(closes or boards_at - closing, boards_at - closing)
+            if avail is not None:
+                station = net.stations.get(dep["station_id"], {})
+                due = avail.as_of + kept[self._seats.is_proxied(station)]
+                closes = min(closes or due, due)
             if has_seats and (reason or remaining == 0):
                 continue
             if len(out) < limit:
                 out.append(self._result(dep, frm, to, boards_at, remaining, reason, net))
         return out, closes
+
+    def _journeys_of(self, origin: str, destination: str, net: Network
+                     ) -> dict[str, tuple[int, int]]:
+        """Routes serving the journey: route → (boarding seq, alighting seq), worked out once
+        per network copy."""
+        if self._journeys[0] is not net or len(self._journeys[1]) > ANSWERS_KEPT:
+            self._journeys = (net, {})
+        known = self._journeys[1].get((origin, destination))
+        if known is not None:
+            return known
+        journeys: dict[str, tuple[int, int]] = {}
+        for route_id, stops in net.stops.items():
+            boarding = next((s for s in stops if s.get("boarding", s["seq"] == 0)
+                             and _matches_place(s, origin, net)), None)
+            if boarding is None:
+                continue
+            alighting = next((s for s in stops if s["seq"] > boarding["seq"]
+                              and s.get("alighting", True)
+                              and _matches_place(s, destination, net)), None)
+            if alighting is not None:
+                journeys[route_id] = (boarding["seq"], alighting["seq"])
+        self._journeys[1][(origin, destination)] = journeys
+        return journeys
 
     @staticmethod
     def _result(dep: dict[str, Any], frm: int, to: int, boards_at: dt.datetime,
