@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         try:
             assert server.proc is not None
-            bench = Bench(server.base_url, mongo_uri, redis_url, BENCH_DB, server.proc.pid)
+            bench = Bench(server.base_url, mongo_uri, redis_url, BENCH_DB, server.proc.pid,
+                          extra={"env": env, "workdir": workdir})
             rows, notes = asyncio.run(_run_all(bench, modules))
         finally:
             server.stop()
