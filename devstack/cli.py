@@ -18,6 +18,7 @@ import os
 import secrets
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,14 @@ from devstack import embedded
 from server import failpoints
 from server.config import ConfigError, Settings, load_settings
 from server.logs import setup_logging
-from server.main import fork_workers, serve_here, stop_workers, wait_for_stores
+from server.main import (
+    Restarts,
+    fork_worker,
+    fork_workers,
+    serve_here,
+    stop_workers,
+    wait_for_stores,
+)
 from server.services.kinds import KINDS
 
 log = logging.getLogger("keyun")
@@ -200,7 +208,7 @@ def run(settings: Settings) -> int:
     children: list[embedded.ChildServer] = []
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
-    workers: list[int] = []
+    workers: dict[int, int] = {}
     try:
         failpoints.configure(settings.failpoints)
         if settings.development_reason():
@@ -219,17 +227,8 @@ def run(settings: Settings) -> int:
             serve_here(settings, sockets)
             return 0
         workers = fork_workers(settings, sockets)
-        if not workers:  # in a worker: it served and stopped
-            return 0
-        for sock in sockets:
-            sock.close()
         _print_banner(settings, children)
-        while workers:
-            pid, status = os.wait()
-            if pid in workers:
-                workers.remove(pid)
-                log.error("worker %s exited (status %s); stopping", pid, status)
-                break
+        _supervise(settings, sockets, workers)
     except _Stop as stop:
         log.info("received %s; stopping", stop)
     except RuntimeError as exc:
@@ -245,6 +244,27 @@ def run(settings: Settings) -> int:
         if children:
             log.info("embedded stores stopped")
     return 0
+
+
+def _supervise(settings: Settings, sockets: list[Any], workers: dict[int, int]) -> None:
+    """Keep the workers running: one that dies (killed, crashed) is started again on the same
+    listening sockets while the others go on serving, with a back-off; too many deaths in a
+    row stop the node. Returns when the node stops (SIGINT/SIGTERM raise out of here)."""
+    restarts = Restarts()
+    while workers:
+        pid, status = os.wait()
+        index = workers.pop(pid, None)
+        if index is None:
+            continue
+        delay = restarts.delay(time.monotonic())
+        if delay is None:
+            log.error("worker %s (pid %s) exited (status %s); %s deaths within %ss: stopping",
+                      index, pid, status, restarts.limit + 1, int(restarts.window))
+            return
+        log.error("worker %s (pid %s) exited (status %s); starting it again in %.2fs",
+                  index, pid, status, delay)
+        time.sleep(delay)
+        workers[fork_worker(settings, sockets, index)] = index
 
 
 async def prepare_database(settings: Settings,

@@ -27,27 +27,46 @@ def serve_here(settings: Settings, sockets: list[Any]) -> None:
     asyncio.run(serve(settings, sockets))
 
 
-def fork_workers(settings: Settings, sockets: list[Any]) -> list[int]:
-    """Fork the workers; returns their pids in the parent and [] in a worker after it ran."""
-    pids = []
-    for index in range(settings.processes):
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                os.environ["KEYUN_WORKER"] = str(index)
-                serve_here(settings, sockets)
-            except BaseException:
-                log.exception("worker %s failed", index)
-                code = 1
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        pids.append(pid)
-    return pids
+def fork_worker(settings: Settings, sockets: list[Any], index: int) -> int:
+    """Fork worker ``index``; returns its pid (in the worker it serves, then exits)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.environ["KEYUN_WORKER"] = str(index)
+            serve_here(settings, sockets)
+        except BaseException:
+            log.exception("worker %s failed", index)
+            code = 1
+        finally:
+            logging.shutdown()
+            os._exit(code)
+    return pid
 
 
-def stop_workers(workers: list[int]) -> None:
+def fork_workers(settings: Settings, sockets: list[Any]) -> dict[int, int]:
+    """Fork every worker: pid → worker index."""
+    return {fork_worker(settings, sockets, index): index for index in range(settings.processes)}
+
+
+class Restarts:
+    """When a dead worker may be started again: at once the first time, then after a
+    doubling back-off; more than ``limit`` deaths within ``window`` seconds means something
+    is wrong with every worker (a bad deploy, stores gone), and the node stops instead."""
+
+    def __init__(self, limit: int = 5, window: float = 60.0, cap: float = 10.0) -> None:
+        self.limit, self.window, self.cap = limit, window, cap
+        self._deaths: list[float] = []
+
+    def delay(self, now: float) -> float | None:
+        """Seconds to wait before the restart, or None: give up."""
+        self._deaths = [t for t in self._deaths if now - t < self.window] + [now]
+        if len(self._deaths) > self.limit:
+            return None
+        return min(self.cap, 0.25 * (2 ** (len(self._deaths) - 1)) - 0.25)
+
+
+def stop_workers(workers: list[int] | dict[int, int]) -> None:
     for pid in workers:
         try:
             os.kill(pid, signal.SIGTERM)
@@ -92,6 +111,18 @@ async def wait_for_stores(settings: Settings) -> tuple[Any, Any]:
             await asyncio.sleep(0.5)
 
 
+async def _drain(metrics: Any) -> None:
+    """Let requests being served finish (their stores are still open) before connections,
+    jobs and stores close; idle keep-alive connections are closed after."""
+    for _ in range(int(SHUTDOWN_GRACE / 0.05)):
+        if metrics.serving <= 0:
+            return
+        await asyncio.sleep(0.05)
+    if metrics.serving > 0:
+        log.warning("%s requests still being served after %ss; stopping anyway",
+                    metrics.serving, SHUTDOWN_GRACE)
+
+
 async def serve(settings: Settings, sockets: list[Any]) -> None:
     """Serve HTTP on already-bound sockets until SIGINT/SIGTERM, then drain and close."""
     from server.app import make_app
@@ -111,6 +142,7 @@ async def serve(settings: Settings, sockets: list[Any]) -> None:
     log.info("stopping: no new connections, draining")
     server.stop()
     await app.settings["services"].hub.close()  # WebSockets: 1001 going away
+    await _drain(app.settings["metrics"])
     try:
         await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE)
     except TimeoutError:

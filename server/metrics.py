@@ -29,6 +29,7 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
         self.in_flight = Gauge("keyun_http_requests_in_flight", "Requests being served",
                                registry=self.registry)
+        self.serving = 0  # the same, read by the drain at shutdown
         self.ws_connections = Gauge("keyun_ws_connections", "Open WebSocket connections",
                                     registry=self.registry)
         self.ws_frames = Counter("keyun_ws_frames_total", "Frames sent to WebSocket clients",

@@ -165,3 +165,13 @@ def test_the_client_address_is_believed_only_from_trusted_proxies() -> None:
     assert client_address("10.0.0.2", "1.2.3.4", ()) == "10.0.0.2"  # none configured
     with pytest.raises(ValueError, match="nope"):
         parse_networks("10.0.0.0/8,nope")
+
+
+def test_dead_workers_restart_at_once_then_back_off_then_give_up() -> None:
+    from server.main import Restarts
+
+    restarts = Restarts(limit=5, window=60.0, cap=10.0)
+    assert [restarts.delay(100.0 + i) for i in range(6)] == [0.0, 0.25, 0.75, 1.75, 3.75, None]
+    later = Restarts(limit=2, window=60.0)
+    assert later.delay(0.0) == 0.0 and later.delay(1.0) == 0.25
+    assert later.delay(200.0) == 0.0, "deaths long ago are forgotten"
