@@ -129,6 +129,8 @@ def _machine() -> str:
 
 
 def _row_line(r: Row) -> str:
+    if not r.baseline_figure:  # a figure on its own (a size, say): no baseline to beat
+        return f"| {r.scenario} | {r.figure:,.1f} {r.unit} | {r.baseline} | — | — | {r.notes} |"
     return (f"| {r.scenario} | {r.figure:,.1f} {r.unit} | {r.baseline} | "
             f"{r.baseline_figure:,.1f} {r.unit} | {r.ratio:.2f} | {r.notes} |")
 

@@ -30,6 +30,8 @@ async def main() -> None:
     parser.add_argument("--topic", default="")
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--hold", action="store_true",
+                        help="only hold the connections open for --seconds after 'ready'")
     args = parser.parse_args()
     conns = []
     for _ in range(args.clients):
@@ -41,6 +43,13 @@ async def main() -> None:
                 pass
         conns.append(conn)
     print("ready", flush=True)
+    if args.hold:
+        await asyncio.sleep(args.seconds)
+        alive = sum(1 for c in conns if c.protocol is not None)
+        for c in conns:
+            c.close()
+        json.dump({"clients": len(conns), "alive": alive}, sys.stdout)
+        return
     frames, lost, latencies = 0, 0, []
     first: list[float] = []
 

@@ -213,3 +213,28 @@ def test_audit_entries_are_written_by_services() -> None:
             if isinstance(node, ast.Attribute) and node.attr in ("record", "staff_action") \
                     and isinstance(node.value, ast.Attribute) and node.value.attr == "audit":
                 raise AssertionError(f"{rel}:{node.lineno} writes an audit entry")
+
+
+def test_every_transaction_reads_a_snapshot_and_writes_to_a_majority() -> None:
+    """Transactions start in one place, and every one states its concerns (Jepsen's MongoDB
+    analysis: without snapshot reads and majority writes a transaction's reads may be rolled
+    back or see others' uncommitted writes)."""
+    allowed = "server/storage/transactions.py"
+    starts: list[tuple[str, ast.Call]] = []
+    for package in ("server", "handlers", "payments", "notify", "channels", "admin",
+                    "devstack", "sandbox", "bench"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                        node.func.attr in {"start_session", "start_transaction",
+                                           "with_transaction"}:
+                    starts.append((str(path.relative_to(ROOT)), node))
+    assert {where for where, _ in starts} == {allowed}, \
+        [where for where, _ in starts if where != allowed]
+    transactions = [call for _, call in starts if call.func.attr == "start_transaction"]
+    assert transactions
+    for call in transactions:
+        concerns = {k.arg: ast.unparse(k.value) for k in call.keywords}
+        assert concerns.get("read_concern") == "ReadConcern('snapshot')", concerns
+        assert concerns.get("write_concern") == "WriteConcern('majority')", concerns

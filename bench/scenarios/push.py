@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 import sys
 import time
 from typing import Any
 
+import psutil
 from pymongo import AsyncMongoClient
 from tornado.httpclient import AsyncHTTPClient
 
@@ -19,6 +21,9 @@ from server.services.events import EventLog, Topic
 TITLE = "Real-time push: seat events to WebSocket watchers"
 CLIENTS = 100
 RATES = (50, 200, 600)  # events per second raised on one departure
+IDLE = 10_000  # idle subscribed connections (20,000 need a higher open-file limit than here)
+IDLE_PROCESSES = 2
+FANOUT, FANOUT_RATE = 1000, 5  # one event to this many watchers, a few times a second
 NOTES = [
     f"Push: {CLIENTS} WebSocket clients (one separate process) watch one departure on one "
     "Keyun process; a producer raises seat events through `EventLog.emit` (the Lua script "
@@ -27,25 +32,33 @@ NOTES = [
     "client's receipt (same machine). The raw baseline is a bare Tornado server writing one "
     "pre-built frame to the same number of sockets in a loop, awaiting each round of writes "
     "(`bench/wsraw.py`): the most a Python process can push, with no Redis and no queues.",
+    f"Idle connections: {IDLE:,} WebSocket clients ({IDLE_PROCESSES} processes) each "
+    "subscribed to one departure and then silent for 30 s; the figure is the Keyun "
+    "process's RSS growth divided by the connections (Tornado's stream and protocol objects, "
+    "the connection's watcher and its send queue, kernel socket buffers not included). "
+    f"Fan-out: {FANOUT:,} clients (one process) watch one departure while events are raised "
+    f"at {FANOUT_RATE}/s; latency from the producer's clock to each client's receipt.",
 ]
 
 
-async def _clients(url: str, topic: str, seconds: float) -> tuple[Any, asyncio.Task[bytes]]:
+async def _clients(url: str, topic: str, seconds: float, clients: int = CLIENTS,
+                   hold: bool = False) -> tuple[Any, asyncio.Task[bytes]]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.wsclients", "--url", url, "--topic", topic,
-        "--clients", str(CLIENTS), "--seconds", str(seconds),
+        "--clients", str(clients), "--seconds", str(seconds), *(["--hold"] if hold else []),
         stdout=asyncio.subprocess.PIPE)
     assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 120)
+    line = await asyncio.wait_for(proc.stdout.readline(), 600)
     assert line.strip() == b"ready", line
     return proc, asyncio.ensure_future(proc.stdout.read())
 
 
-async def _keyun(bench: Bench, dep_id: str, rate: int) -> dict[str, float]:
+async def _keyun(bench: Bench, dep_id: str, rate: int, clients: int = CLIENTS
+                 ) -> dict[str, float]:
     redis = connect_redis(bench.redis_url)
     events = EventLog(redis)
     url = bench.base_url.replace("http://", "ws://") + "/ws"
-    proc, output = await _clients(url, f"departure:{dep_id}", bench.seconds)
+    proc, output = await _clients(url, f"departure:{dep_id}", bench.seconds, clients)
     try:
         topic = Topic("departure", dep_id)
         loop = asyncio.get_running_loop()
@@ -80,6 +93,26 @@ async def _raw(seconds: float) -> dict[str, float]:
         await server.wait()
 
 
+async def _idle(bench: Bench, dep_id: str) -> tuple[int, float, float]:
+    """IDLE connections subscribed to a departure, from IDLE_PROCESSES client processes:
+    (connections alive at the end, the server's RSS growth per connection in bytes, RSS)."""
+    server = psutil.Process(bench.server_pid)
+    gc_url = bench.base_url + "/healthz"
+    await AsyncHTTPClient().fetch(gc_url)
+    before = server.memory_info().rss
+    url = bench.base_url.replace("http://", "ws://") + "/ws"
+    hold = 30.0
+    started = [await _clients(url, f"departure:{dep_id}", hold, IDLE // IDLE_PROCESSES, True)
+               for _ in range(IDLE_PROCESSES)]
+    await asyncio.sleep(2.0)
+    after = server.memory_info().rss
+    alive = 0
+    for proc, output in started:
+        await proc.wait()
+        alive += json.loads(await output)["alive"]
+    return alive, (after - before) / IDLE, after
+
+
 async def run(bench: Bench) -> list[Row]:
     mongo: AsyncMongoClient[Any] = AsyncMongoClient(bench.mongo_uri, tz_aware=True)
     try:
@@ -90,7 +123,22 @@ async def run(bench: Bench) -> list[Row]:
     finally:
         await mongo.close()
     raw = await _raw(bench.seconds)
-    rows = []
+    alive, per_connection, rss = await _idle(bench, dep["_id"])
+    fanout = await _keyun(bench, dep["_id"], FANOUT_RATE, FANOUT)
+    rows = [
+        Row(f"WebSocket connections held by one process, subscribed and idle ({IDLE:,})",
+            per_connection / 1024, "KiB/connection", "—", 0.0,
+            f"target 20,000 in one process: {alive:,} of {IDLE:,} alive after 30 s; "
+            f"process RSS {rss / 2**20:,.0f} MiB with them (20,000 ≈ "
+            f"{(rss + (20_000 - IDLE) * per_connection) / 2**20:,.0f} MiB); the machine's "
+            f"open-file limit is {resource.getrlimit(resource.RLIMIT_NOFILE)[1]:,} per process",
+            higher_is_better=False),
+        Row(f"push, one event to {FANOUT:,} watchers ({FANOUT_RATE} events/s)",
+            fanout["frames_per_s"], "frames/s", f"raw pre-built frame write loop, {CLIENTS} "
+            "sockets", raw["frames_per_s"],
+            f"target p99 ≤ 100 ms: p50 {fanout['p50_ms']:.1f} ms, p99 {fanout['p99_ms']:.1f} "
+            f"ms event→client; resyncs {fanout['resyncs']}"),
+    ]
     for rate in RATES:
         got = await _keyun(bench, dep["_id"], rate)
         rows.append(Row(
