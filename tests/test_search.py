@@ -193,3 +193,36 @@ async def test_seat_view_keeps_no_snapshot_read_while_its_departure_changed(
         inventory.availability_many = read
         await other.close()
         await redis.aclose()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_search_shows_the_fare_in_force_and_changes_when_a_new_one_starts(
+        api: ApiClient, db: Any, stores: Any) -> None:
+    departure_id = await make_departure(db, seats=4, stops=3)
+    dep = await db.departures.find_one({"_id": departure_id})
+    now = dt.datetime.now(dt.UTC)
+    old = await db.fares.find_one({"route_id": dep["route_id"], "from_seq": 0, "to_seq": 2})
+    starts = now + dt.timedelta(seconds=6)
+    await db.fares.insert_many([
+        {**old, "_id": f"{old['_id']}-soon", "effective_from": starts,
+         "prices": {**old["prices"], "adult": old["prices"]["adult"] + 500}},
+        {**old, "_id": f"{old['_id']}-later", "effective_from": now + dt.timedelta(days=1),
+         "prices": {**old["prices"], "adult": old["prices"]["adult"] + 900}}])
+    redis = connect_redis(stores.redis_url)
+    await redis.incr("network:version")
+    await redis.aclose()
+    path = (f"/api/v1/departures?from=站0&to=站2&date={dep['service_date']}"
+            f"&station={dep['station_id']}")
+
+    async def adult() -> int | None:
+        found = [d for d in (await api.get(path)).body["departures"] if d["id"] == departure_id]
+        return found[0]["fares"]["adult"] if found else None
+
+    seen = None
+    while dt.datetime.now(dt.UTC) < starts - dt.timedelta(seconds=0.5):
+        seen = await adult() or seen
+        assert seen in (None, old["prices"]["adult"]), "a price shown before it starts"
+        await asyncio.sleep(0.2)
+    assert seen == old["prices"]["adult"], "the departure never showed in search"
+    await asyncio.sleep((starts - dt.datetime.now(dt.UTC)).total_seconds() + 0.5)
+    assert await adult() == old["prices"]["adult"] + 500  # the new one, not tomorrow's

@@ -42,9 +42,22 @@ class Network:
     stations: dict[str, dict[str, Any]] = field(default_factory=dict)
     routes: dict[str, dict[str, Any]] = field(default_factory=dict)
     stops: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # route → by seq
-    fares: dict[tuple[str, int, int], dict[str, Any]] = field(default_factory=dict)
+    # (route, from seq, to seq) → its fares, oldest effective_from first (future ones too)
+    fares: dict[tuple[str, int, int], list[dict[str, Any]]] = field(default_factory=dict)
     carriers: dict[str, dict[str, Any]] = field(default_factory=dict)
     vehicles: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def fare(self, route_id: str, frm: int, to: int, at: dt.datetime
+             ) -> tuple[dict[str, Any] | None, dt.datetime | None]:
+        """The fare in force at ``at``, and when the next one takes over (None: none set)."""
+        current, following = None, None
+        for fare in self.fares.get((route_id, frm, to), ()):
+            if fare["effective_from"] <= at:
+                current = fare
+            else:
+                following = fare["effective_from"]
+                break
+        return current, following
 
 
 class NetworkCache:
@@ -87,7 +100,8 @@ class NetworkCache:
         async for stop in self._db.stops.find({}).sort([("route_id", 1), ("seq", 1)]):
             net.stops.setdefault(stop["route_id"], []).append(stop)
         async for fare in self._db.fares.find({}).sort("effective_from", 1):
-            net.fares[(fare["route_id"], fare["from_seq"], fare["to_seq"])] = fare
+            net.fares.setdefault((fare["route_id"], fare["from_seq"], fare["to_seq"]),
+                                 []).append(fare)
         net.carriers = {c["_id"]: c async for c in self._db.carriers.find({})}
         net.vehicles = {v["_id"]: v async for v in self._db.vehicles.find(
             {}, {"grade": 1, "seats": 1, "model": 1})}
@@ -248,10 +262,13 @@ class SearchService:
                 station = net.stations.get(dep["station_id"], {})
                 due = avail.as_of + kept[self._seats.is_proxied(station)]
                 closes = min(closes or due, due)
+            fare, next_fare = net.fare(dep["route_id"], frm, to, now)
+            if next_fare is not None:  # a new price takes over: the answer must change then
+                closes = min(closes or next_fare, next_fare)
             if has_seats and (reason or remaining == 0):
                 continue
             if len(out) < limit:
-                out.append(self._result(dep, frm, to, boards_at, remaining, reason, net))
+                out.append(self._result(dep, frm, to, boards_at, remaining, reason, fare, net))
         return out, closes
 
     def _journeys_of(self, origin: str, destination: str, net: Network
@@ -279,10 +296,10 @@ class SearchService:
 
     @staticmethod
     def _result(dep: dict[str, Any], frm: int, to: int, boards_at: dt.datetime,
-                remaining: int, reason: str | None, net: Network) -> dict[str, Any]:
+                remaining: int, reason: str | None, fare: dict[str, Any] | None,
+                net: Network) -> dict[str, Any]:
         route = net.routes.get(dep["route_id"], {})
         stops = net.stops[dep["route_id"]]
-        fare = net.fares.get((dep["route_id"], frm, to))
         origin = net.stations.get(dep["station_id"], {})
         carrier = net.carriers.get(dep["carrier_id"], {})
         vehicle = net.vehicles.get(dep.get("vehicle_id") or "", {})
