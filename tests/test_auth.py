@@ -37,7 +37,7 @@ async def _new_staff(api: ApiClient, role: str = "finance", **scope) -> tuple[st
     return username, password
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)  # eight Argon2 checks: seconds on a busy 2-core machine
 async def test_every_staff_role_can_sign_in_and_sees_its_role(api: ApiClient) -> None:
     for role in ("agent", "phone_agent", "kiosk", "gate", "station_staff", "operator",
                  "finance", "authority"):
