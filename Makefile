@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-at bench lint seed-demo clean chromium web node
+.PHONY: run test test-at reliability bench lint seed-demo clean chromium web node
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ run: $(STAMP) web
 ## Install what the tests need and run the whole suite.
 test: $(STAMP) chromium web
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## The long runs of the invariant tests: every combination of the garbage fuzzer, ten
+## minutes of schemathesis, the crash, race, oversell and worker-restart tests.
+reliability: $(STAMP) web
+	KEYUN_RELIABILITY=1 $(BIN)/python -m pytest tests/test_api_errors.py \
+	  tests/test_schemathesis.py tests/test_crash.py tests/test_payment_races.py \
+	  tests/test_inventory.py tests/test_processes.py tests/test_search.py $(PYTEST_ARGS)
 
 ## The whole suite with every process's clock moved to AT (libfaketime, Debian `faketime`),
 ## e.g. make test-at AT='2026-11-25 23:58 +08:00': service days change at Beijing midnight.

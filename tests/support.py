@@ -19,6 +19,9 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from devstack.embedded import free_port
 
+# `make reliability`: the long runs (every combination of the fuzzers, more examples).
+RELIABILITY = os.environ.get("KEYUN_RELIABILITY") == "1"
+
 ROOT = Path(__file__).resolve().parent.parent
 TEST_JWT_SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
 # fixed secrets so every Keyun process of a test session reads what the others wrote

@@ -20,10 +20,12 @@ from pathlib import Path
 import pytest
 
 from devstack import embedded
-from tests.support import ROOT, KeyunProcess, keyun_env
+from tests.support import RELIABILITY, ROOT, KeyunProcess, keyun_env
 
 SEED = 20261128
-MAX_TIME = 150  # seconds of generation; the whole test stays under three minutes of it
+# seconds of generation (the whole test stays under two minutes of it), and examples per
+# operation; `make reliability` runs ten minutes of it
+MAX_TIME, EXAMPLES = (600, 25) if RELIABILITY else (100, 5)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,7 @@ def test_schemathesis_finds_nothing(st_keyun: KeyunProcess, tmp_path: Path) -> N
          # one worker: with two threads, Python 3.11.7's ast module can fail inside
          # hypothesis's lambda descriptions ("AST constructor recursion depth mismatch",
          # CPython gh-106905) — a runtime error of the tool, not a finding
-         "--max-examples", "5", "--max-time", str(MAX_TIME), "--workers", "1",
+         "--max-examples", str(EXAMPLES), "--max-time", str(MAX_TIME), "--workers", "1",
          "--no-color", "--report-dir", str(tmp_path)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=MAX_TIME + 90)
     (ROOT / "var").mkdir(exist_ok=True)
