@@ -161,7 +161,6 @@ class ApiHandler(RequestHandler):
         request_id_var.set(request_id)
         self.set_header("X-Request-Id", request_id)
         client_ip_var.set(request_client(self))
-        self.metrics.in_flight.inc()
         self.metrics.serving += 1
         self._counted = True
         self.current_user = await self._principal_from_header()
@@ -191,7 +190,6 @@ class ApiHandler(RequestHandler):
 
     def on_finish(self) -> None:
         if self._counted:  # a request refused before prepare (a 405) was never counted in
-            self.metrics.in_flight.dec()
             self.metrics.serving -= 1
         self.metrics.observe(self.route, self.request.method or "-", self.get_status(),
                              time.perf_counter() - self._started)

@@ -66,7 +66,8 @@ class Restarts:
         return min(self.cap, 0.25 * (2 ** (len(self._deaths) - 1)) - 0.25)
 
 
-def stop_workers(workers: list[int] | dict[int, int]) -> None:
+def stop_workers(workers: dict[int, int]) -> None:
+    """SIGTERM every worker (pid → index), wait for them, SIGKILL the late ones."""
     for pid in workers:
         try:
             os.kill(pid, signal.SIGTERM)

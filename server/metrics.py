@@ -27,9 +27,10 @@ class Metrics:
             "keyun_http_request_duration_seconds", "HTTP request latency by route and method",
             ["route", "method"], registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.serving = 0  # requests being served (the drain at shutdown waits for none)
         self.in_flight = Gauge("keyun_http_requests_in_flight", "Requests being served",
                                registry=self.registry)
-        self.serving = 0  # the same, read by the drain at shutdown
+        self.in_flight.set_function(lambda: self.serving)
         self.ws_connections = Gauge("keyun_ws_connections", "Open WebSocket connections",
                                     registry=self.registry)
         self.ws_frames = Counter("keyun_ws_frames_total", "Frames sent to WebSocket clients",

@@ -257,14 +257,14 @@ class SearchService:
                 avail.status != "offline" else 0
             reason = _not_on_sale(dep, avail, boards_at, now, cutoff)
             if reason is None:
-                closes = min(closes or boards_at - closing, boards_at - closing)
+                closes = _earlier(closes, boards_at - closing)
             if avail is not None:
                 station = net.stations.get(dep["station_id"], {})
                 due = avail.as_of + kept[self._seats.is_proxied(station)]
-                closes = min(closes or due, due)
+                closes = _earlier(closes, due)
             fare, next_fare = net.fare(dep["route_id"], frm, to, now)
             if next_fare is not None:  # a new price takes over: the answer must change then
-                closes = min(closes or next_fare, next_fare)
+                closes = _earlier(closes, next_fare)
             if has_seats and (reason or remaining == 0):
                 continue
             if len(out) < limit:
@@ -320,6 +320,10 @@ class SearchService:
             "on_sale_online": reason is None,
             "not_on_sale_reason": reason,
         }
+
+
+def _earlier(a: dt.datetime | None, b: dt.datetime) -> dt.datetime:
+    return b if a is None or b < a else a
 
 
 def _not_on_sale(dep: dict[str, Any], avail: Any, boards_at: dt.datetime, now: dt.datetime,

@@ -138,7 +138,7 @@ class SeatService:
         if station.get("online") is False:
             return Availability(departure_id, dep["seats"], ref.segments, "offline", 0)
         if not fresh:
-            cached = await self._redis.get(f"avail:{{dep:{departure_id}}}")
+            cached = await self._redis.get(_cache_key(departure_id))
             if cached:
                 return _from_cache(cached)
             asking = self._asking.get(departure_id)  # one station call for many searches
@@ -159,7 +159,7 @@ class SeatService:
                                              lambda: exchange.remaining(ref))
         except INFRASTRUCTURE:
             return Availability(departure_id, dep["seats"], ref.segments, "offline", 0)
-        previous = await self._redis.set(f"avail:{{dep:{departure_id}}}", _to_cache(seats),
+        previous = await self._redis.set(_cache_key(departure_id), _to_cache(seats),
                                          ex=PROXIED_CACHE_SECONDS, get=True)
         if previous is None or _from_cache(previous).remaining != seats.remaining:
             await self.events.emit(Topic("departure", departure_id), "seats", {
@@ -186,7 +186,7 @@ class SeatService:
             return found
         pipe = self._redis.pipeline(transaction=False)  # keys on many slots: not MGET
         for d in proxied:
-            pipe.get(f"avail:{{dep:{d['_id']}}}")
+            pipe.get(_cache_key(d["_id"]))
         missing = []
         for d, cached in zip(proxied, await pipe.execute(), strict=True):
             if d.get("online") is False:  # the station is off online sale
@@ -266,11 +266,16 @@ class SeatService:
 
     async def _after_change(self, departure_id: str) -> None:
         """A proxied departure changed through us: refresh the cache and tell watchers."""
-        await self._redis.delete(f"avail:{{dep:{departure_id}}}")
+        await self._redis.delete(_cache_key(departure_id))
         try:
             await self.availability(departure_id, fresh=True)
         except ExchangeError:
             pass  # the change itself succeeded; the next read tries again
+
+
+def _cache_key(departure_id: str) -> str:
+    """A proxied departure's cached count (the departure's hash tag: its slot)."""
+    return f"avail:{{dep:{departure_id}}}"
 
 
 def _to_cache(a: Availability) -> str:
