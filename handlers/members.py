@@ -26,6 +26,9 @@ PASSENGER_OUT = obj({"id": string(), "name": string(), "id_type": string(),
                      "id_no": string(description="masked"), "ticket_type": string(),
                      "phone": string(description="masked")},
                     ["id", "name", "id_type", "id_no"])
+CLOSED = obj({"closed": {"type": "boolean"},
+              "passengers_deleted": {"type": "integer", "minimum": 0}},
+             ["closed", "passengers_deleted"])
 PASSENGER_LIST = obj({"passengers": array(PASSENGER_OUT)}, ["passengers"])
 
 
@@ -81,6 +84,13 @@ class MemberMeHandler(ApiHandler):
     @api("My member profile", roles=(PASSENGER,), response=MEMBER, tags=("members",))
     async def get(self) -> None:
         self.write_json(await self.services.members.get(self.principal.id))
+
+    @api("Close my account (注销账号): sign-in, profile and frequent passengers are deleted "
+         "and every sign-in ends; trip records are kept as the real-name rules require and "
+         "anonymized when their retention ends", roles=(PASSENGER,), response=CLOSED,
+         tags=("members",), errors=("ACCOUNT_HAS_OPEN_TRIPS",))
+    async def delete(self) -> None:
+        self.write_json(await self.services.members.close_account(self.principal))
 
 
 default_handlers = [

@@ -91,6 +91,7 @@ from server.services.outlets import OutletService
 from server.services.partners import PartnerService
 from server.services.paylinks import PayLinks
 from server.services.planning import plan_sale_window
+from server.services.privacy import Retention
 from server.services.rules import RuleService
 from server.services.search import NetworkCache, SearchService
 from server.services.seats import SeatService
@@ -145,6 +146,7 @@ class Services:
     forecasts: Forecasts
     geo: GeoViews
     ministry: MinistryExchange
+    retention: Retention
 
 
 def connect_mongo(settings: Settings, uri: str) -> AsyncMongoClient[Any]:
@@ -186,7 +188,8 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     sms = HttpSmsProvider(settings.sms_api_base, settings.sms_api_key)
     member_service = MemberService(
         db, redis, vault, auth_service, sms,
-        WeChatLogin(settings.wechat_appid, settings.wechat_secret, settings.wechat_api_base))
+        WeChatLogin(settings.wechat_appid, settings.wechat_secret, settings.wechat_api_base),
+        audit)
     failures = RecordFailures()
     notices = NoticeDispatcher(
         db, vault, sms,
@@ -246,6 +249,9 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     jobs.add("webhooks", 1.0, webhooks.run)
     jobs.add("operations-watch", 30.0, OperationsWatch(db, alerts).run)
     jobs.add("payment-reminders", 30.0, order_service.warn_expiring)
+    retention = Retention(db, order_service.book, member_service, audit,
+                          settings.retention_days)
+    jobs.add("personal-data-retention", 3600.0, retention.run)
     return Services(
         auth=auth_service,
         audit=audit,
@@ -285,6 +291,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         forecasts=forecasts,
         geo=GeoViews(db, flow, forecasts),
         ministry=ministry,
+        retention=retention,
         paylinks=PayLinks(settings.jwt_secret, settings.public_url or
                           f"http://{settings.host}:{settings.port}", order_service, audit),
     )

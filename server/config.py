@@ -226,6 +226,10 @@ class Settings:
     peak_warning_percent: int = _opt(90, _parse_int(50, 200),
                                      "a day forecast at this share of its seats (percent) "
                                      "is a passenger-flow peak warning")
+    retention_days: int = _opt(395, _parse_int(366, 3650),
+                               "days after travel that passengers' names, ID numbers and "
+                               "phones are kept before they are anonymized (the real-name "
+                               "rules want a year at least); accounts unused this long close")
     demo_history_days: int = _opt(365, _parse_int(0, 1100),
                                   "days of passenger-flow history generated in the background "
                                   "for the demo province on first start (0: none)")

@@ -64,6 +64,8 @@ ERRORS: dict[str, tuple[int, str]] = {
     "IDEMPOTENCY_IN_PROGRESS": (409, "A request with this Idempotency-Key is still running."),
     # staff administration
     "USERNAME_TAKEN": (409, "A staff account with this username exists."),
+    "ACCOUNT_HAS_OPEN_TRIPS": (409, "This account has orders not yet travelled, paid or "
+                               "refunded: finish or refund them first, then close it."),
     "SCOPE_REQUIRED": (422, "This role needs a scope (region, station or outlet)."),
     "STATION_NOT_FOUND": (404, "No such station."),
     # seats and stations (the exchange layer)

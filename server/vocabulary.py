@@ -8,3 +8,8 @@ TICKET_TYPES = ("adult", "child", "student", "senior", "military", "disabled")
 # 实名制 documents (validated by ``server.services.realname``)
 ID_TYPES = ("resident_id", "passport", "hk_macau_permit", "taiwan_permit",
             "hmt_residence_permit", "foreign_permanent_residence")
+
+# What a passenger's name, document number and contact phone read as once anonymized
+# (``OrderBook.anonymize``): a fixed word, so every reader shows something and nothing of
+# the person is left to match against.
+ANONYMIZED = "已匿名"

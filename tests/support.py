@@ -98,6 +98,9 @@ class ApiClient:
     async def patch(self, path: str, body: Any = None, **kw: Any) -> Response:
         return await self.request("PATCH", path, json_body=body, **kw)
 
+    async def delete(self, path: str, **kw: Any) -> Response:
+        return await self.request("DELETE", path, **kw)
+
     async def login(self, username: str, password: str = DEMO_PASSWORD) -> dict[str, Any]:
         """Sign in a staff user; returns the token response (asserts success)."""
         resp = await self.post("/api/v1/auth/staff", {"username": username,

@@ -62,6 +62,7 @@ WRITERS = {
     "flow_days": {"server/storage/flow.py"},
     "flow_months": {"server/storage/flow.py"},
     "flow_cursors": {"server/storage/flow.py"},
+    "retention_cursors": {"server/services/privacy.py"},
     "flow_warnings": {"server/storage/flow.py"},
     "ministry_exports": {"server/storage/ministry.py"},
     "ministry_cursors": {"server/storage/ministry.py"},

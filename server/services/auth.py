@@ -4,11 +4,12 @@ Refresh tokens form a *family* per sign-in. Each refresh marks the presented tok
 issues the next one of the family; presenting a used token again means it was stolen (or
 replayed), so the whole family is revoked and everyone holding it must sign in again.
 
-A refresh reads the staff record again: the new access token carries the account's current
-role and scope, and a disabled account gets none. When an operator disables a staff account
-or changes its role or scope, the moment is noted in Redis (``auth:staff-changed:<id>``);
-access tokens of that account issued before it are refused (``TOKEN_REVOKED``) — each process
-looks the note up at most every ``REVOCATION_CACHE_SECONDS``, so within a minute everywhere.
+A refresh reads the account again: a staff token carries the account's current role and
+scope, and a disabled (or, for a member, closed) account gets none. When an operator disables
+a staff account or changes its role or scope, or a member closes their account, the moment is
+noted in Redis (``auth:changed:<id>``); access tokens of that account issued before it are
+refused (``TOKEN_REVOKED``) — each process looks the note up at most every
+``REVOCATION_CACHE_SECONDS``, so within a minute everywhere.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ REVOCATION_CACHE_SECONDS = 15.0
 SCOPE_FIELDS = ("region", "station_id", "outlet_id")
 
 
-def _changed_key(staff_id: str) -> str:
+def _changed_key(subject_id: str) -> str:
     """When the account last changed in a way that ends its sign-ins (Unix seconds)."""
-    return f"auth:staff-changed:{staff_id}"
+    return f"auth:changed:{subject_id}"
 
 
 def _now() -> dt.datetime:
@@ -62,26 +63,26 @@ class AuthService:
         # an address may fail a few times freely, then waits longer after each failure
         self._slow = Backoff(redis, "login-ip", free=max_failures * 2,
                              cap=lockout_seconds, memory=lockout_seconds)
-        self._changed: dict[str, tuple[float, int]] = {}  # staff id -> (looked at, changed)
+        self._changed: dict[str, tuple[float, int]] = {}  # subject -> (looked at, changed)
 
     # --- who is calling ---------------------------------------------------------------------
     async def authenticate(self, token: str) -> Principal:
-        """The principal of an access token that is valid and still current: a staff token
-        issued before its account was disabled or re-scoped is TOKEN_REVOKED."""
+        """The principal of an access token that is valid and still current: a token issued
+        before its account was disabled, re-scoped or closed is TOKEN_REVOKED."""
         principal, issued_at = self.access.decode(token)
-        if principal.is_staff and issued_at <= await self._changed_at(principal.id):
+        if issued_at <= await self._changed_at(principal.id):
             raise DomainError("TOKEN_REVOKED")
         return principal
 
-    async def _changed_at(self, staff_id: str) -> int:
+    async def _changed_at(self, subject_id: str) -> int:
         now = time.monotonic()
-        cached = self._changed.get(staff_id)
+        cached = self._changed.get(subject_id)
         if cached is not None and now - cached[0] < REVOCATION_CACHE_SECONDS:
             return cached[1]
-        value = int(await self._redis.get(_changed_key(staff_id)) or 0)
+        value = int(await self._redis.get(_changed_key(subject_id)) or 0)
         if len(self._changed) > 10_000:
             self._changed.clear()
-        self._changed[staff_id] = (now, value)
+        self._changed[subject_id] = (now, value)
         return value
 
     # --- tokens ---------------------------------------------------------------------------
@@ -136,6 +137,11 @@ class AuthService:
                 await self._revoke_family(doc["family"], now)
                 raise DomainError("ACCOUNT_DISABLED")
             principal = staff_principal(staff)
+        elif principal.kind == "member":
+            member = await self._db.members.find_one({"_id": principal.id}, {"status": 1})
+            if member is None or member.get("status") != "active":
+                await self._revoke_family(doc["family"], now)
+                raise DomainError("ACCOUNT_DISABLED")
         return await self.issue_tokens(principal, family=doc["family"])
 
     async def logout(self, refresh_token: str, principal: Principal | None) -> None:
@@ -153,6 +159,16 @@ class AuthService:
     async def _revoke_family(self, family: str, now: dt.datetime) -> None:
         await self._db.refresh_tokens.update_many(
             {"family": family, "revoked_at": None}, {"$set": {"revoked_at": now}})
+
+    async def end_sign_ins(self, subject_id: str) -> None:
+        """Every sign-in of an account ends now: its access tokens are refused from the next
+        request (within REVOCATION_CACHE_SECONDS on other processes), its refresh tokens
+        revoked."""
+        await self._redis.set(_changed_key(subject_id), int(time.time()),
+                              ex=self.access.ttl + 120)
+        self._changed.pop(subject_id, None)
+        await self._db.refresh_tokens.update_many(
+            {"subject.id": subject_id, "revoked_at": None}, {"$set": {"revoked_at": _now()}})
 
     # --- staff sign-in ----------------------------------------------------------------------
     async def staff_login(self, username: str, password: str) -> dict[str, Any]:
@@ -238,11 +254,7 @@ class AuthService:
         doc = await self._db.staff.find_one_and_update({"_id": staff_id}, update,
                                                        return_document=ReturnDocument.AFTER)
         if ends_sign_ins:
-            await self._redis.set(_changed_key(staff_id), int(time.time()),
-                                  ex=self.access.ttl + 120)
-            self._changed.pop(staff_id, None)
-            await self._db.refresh_tokens.update_many(
-                {"subject.id": staff_id, "revoked_at": None}, {"$set": {"revoked_at": _now()}})
+            await self.end_sign_ins(staff_id)
         await self._audit.record(actor, "staff.update", target=staff_id,
                                  details={"changes": sorted(changes)})
         return public_staff(doc)

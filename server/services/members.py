@@ -31,6 +31,7 @@ from server.miniprogram import wechat_client
 from server.outbox import SmsError, SmsProvider
 from server.security.pii import PiiVault, mask_id, mask_phone
 from server.security.principal import PASSENGER, Principal
+from server.services.audit import AuditService
 from server.services.auth import AuthService
 from server.services.realname import id_index, validate
 from server.storage.attempts import WindowLimit
@@ -101,8 +102,10 @@ class WeChatLogin:
 
 class MemberService:
     def __init__(self, db: AsyncDatabase[Any], redis: Redis, vault: PiiVault,
-                 auth: AuthService, sms: SmsProvider, wechat: WeChatLogin) -> None:
+                 auth: AuthService, sms: SmsProvider, wechat: WeChatLogin,
+                 audit: AuditService) -> None:
         self._db = db
+        self._audit = audit
         self._redis = redis
         self.vault = vault
         self._auth = auth
@@ -221,6 +224,73 @@ class MemberService:
         if doc is None:
             raise DomainError("PASSENGER_NOT_FOUND")
         return doc, self.vault.decrypt("id_no", doc["id_no_enc"])
+
+
+    # --- closing an account (PIPL: the right to delete) ----------------------------------------
+    async def close_account(self, member: Principal) -> dict[str, Any]:
+        """Close the caller's account: sign-in identities, profile and frequent passengers are
+        deleted and every sign-in ends. Refused while a trip is open (unpaid, paid and not
+        issued, a refund under way, a ticket for a bus not yet gone): the passenger would
+        lose the way to it. Orders and tickets stay, as the real-name rules keep trip records
+        for at least a year; the retention job anonymizes them after that."""
+        now = dt.datetime.now(dt.UTC)
+        open_orders = await self._open_orders(member.id, now)
+        if open_orders:
+            raise DomainError("ACCOUNT_HAS_OPEN_TRIPS", orders=open_orders[:20])
+        removed = await self._records.close(member.id, now)
+        await self._auth.end_sign_ins(member.id)
+        await self._audit.record(member, "member.closed", target=member.id,
+                                 details={"passengers_deleted": removed})
+        log.info("member account closed", extra={"fields": {"member": member.id}})
+        return {"closed": True, "passengers_deleted": removed}
+
+    async def close_dormant(self, before: dt.datetime, actor: dict[str, Any], *,
+                            now: dt.datetime, limit: int = 500) -> int:
+        """Close the accounts not used since ``before`` — no sign-in, no token refreshed, no
+        order — as their owners could (the retention job); how many were closed."""
+        closed = 0
+        async for member in self._db.members.find(
+                {"status": "active", "last_login_at": {"$lt": before}}, {"_id": 1}
+                ).limit(limit):
+            member_id = member["_id"]
+            used = [doc["created_at"] for doc in await asyncio.gather(
+                self._db.refresh_tokens.find_one(
+                    {"subject.id": member_id, "created_at": {"$gte": before}},
+                    {"created_at": 1}, sort=[("created_at", -1)]),
+                self._db.orders.find_one({"member_id": member_id, "created_at": {"$gte": before}},
+                                         {"created_at": 1}, sort=[("created_at", -1)]))
+                    if doc]
+            if used:  # kept signed in by refreshing, or ordering: in use after all
+                await self._records.seen(member_id, max(used))
+                continue
+            if await self._open_orders(member_id, now):
+                continue
+            removed = await self._records.close(member_id, now)
+            await self._auth.end_sign_ins(member_id)
+            await self._audit.record(actor, "member.closed_dormant", target=member_id,
+                                     details={"passengers_deleted": removed})
+            closed += 1
+        return closed
+
+    async def _open_orders(self, member_id: str, now: dt.datetime) -> list[str]:
+        busy = sorted(await self._db.orders.distinct("order_no", {
+            "member_id": member_id, "status": {"$in": ["pending_payment", "paid", "refunding",
+                                                       "failed"]}}))
+        sold = await self._db.orders.distinct("order_no", {"member_id": member_id,
+                                                           "status": "issued"})
+        if not sold:
+            return busy
+        live = await self._db.tickets.find(
+            {"order_no": {"$in": sold}, "status": {"$in": list(UNFINISHED_TICKETS)}},
+            {"order_no": 1, "departure_id": 1}).to_list()
+        ahead = set(await self._db.departures.distinct("_id", {
+            "_id": {"$in": sorted({t["departure_id"] for t in live})},
+            "departs_at": {"$gt": now}, "status": {"$ne": "cancelled"}})) if live else set()
+        return busy + sorted({t["order_no"] for t in live if t["departure_id"] in ahead})
+
+
+# tickets that still take someone somewhere, or whose refund, void or change is under way
+UNFINISHED_TICKETS = ("held", "issued", "picked_up", "refunding", "voiding", "changing")
 
 
 def _code_hash(index: str, code: str) -> str:

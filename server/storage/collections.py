@@ -18,7 +18,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import CollectionInvalid, OperationFailure
 
 from server.security.principal import STAFF_ROLES
-from server.vocabulary import ID_TYPES, TICKET_TYPES
+from server.vocabulary import ANONYMIZED, ID_TYPES, TICKET_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -178,11 +178,12 @@ COLLECTIONS: list[CollectionSpec] = [
     CollectionSpec("members", _obj(
         ["created_at", "status"],
         openid=STR, phone_enc=STR, phone_index=STR, phone_masked=STR, nickname=STR,
-        created_at=DATE, status={"enum": ["active", "disabled"]}), [
+        created_at=DATE, status={"enum": ["active", "disabled", "closed"]}), [
         _ix("openid", "openid_unique", unique=True,
             partialFilterExpression={"openid": {"$type": "string"}}),
         _ix("phone_index", "phone_index_unique", unique=True,
             partialFilterExpression={"phone_index": {"$type": "string"}}),
+        _ix([("status", ASCENDING), ("last_login_at", ASCENDING)], "status_last_login"),
     ]),
     CollectionSpec("passengers", _obj(
         ["member_id", "name", "id_type", "id_no_enc", "id_no_index", "id_no_masked"],
@@ -212,8 +213,10 @@ COLLECTIONS: list[CollectionSpec] = [
         ticket_no=NONEMPTY, order_no=NONEMPTY, departure_id=NONEMPTY,
         ticket_type={"enum": list(TICKET_TYPES)}, price=FEN, status={"enum": TICKET_STATUSES},
         seat={"bsonType": ["int", "null"]}, active=BOOL,
-        passenger={"bsonType": "object",
-                   "required": ["name", "id_type", "id_no_index", "id_no_masked"]}), [
+        # who travelled: found by blind index until the retention job anonymizes it
+        passenger={"bsonType": "object", "required": ["name", "id_type", "id_no_masked"],
+                   "anyOf": [{"required": ["id_no_index"]},
+                             {"properties": {"name": {"enum": [ANONYMIZED]}}}]}), [
         _ix("ticket_no", "ticket_no_unique", unique=True),
         _ix([("order_no", ASCENDING)], "order"),
         # real name: one person, one seat per departure, among tickets still valid
@@ -279,6 +282,7 @@ COLLECTIONS: list[CollectionSpec] = [
         _ix("token_hash", "token_hash_unique", unique=True),
         _ix([("family", ASCENDING)], "family"),
         _ix("expires_at", "expiry_ttl", expireAfterSeconds=0),
+        _ix([("subject.id", ASCENDING), ("created_at", ASCENDING)], "subject_created"),
     ]),
     CollectionSpec("audit", _obj(
         ["at", "actor", "action"],
@@ -456,6 +460,7 @@ COLLECTIONS: list[CollectionSpec] = [
         _ix([("month", ASCENDING), ("route_id", ASCENDING)], "month_route"),
     ]),
     CollectionSpec("flow_cursors", _obj(["at"], at=DATE), []),
+    CollectionSpec("retention_cursors", _obj(["at"], at=DATE), []),
     CollectionSpec("flow_warnings", _obj(
         ["kind", "ref", "date", "level", "region"], kind={"enum": ["station", "route"]},
         ref=NONEMPTY, date=LOCAL_DATE, level={"enum": ["peak", "over_capacity"]},
@@ -475,6 +480,7 @@ COLLECTIONS: list[CollectionSpec] = [
     CollectionSpec("idempotency", None, [
         _ix([("scope", ASCENDING), ("key", ASCENDING)], "scope_key_unique", unique=True),
         _ix("expires_at", "expiry_ttl", expireAfterSeconds=0),
+        _ix([("subject.id", ASCENDING), ("created_at", ASCENDING)], "subject_created"),
     ]),
     CollectionSpec("meta", None, []),
 ]

@@ -47,3 +47,20 @@ class MemberRecords:
         result = await self._passengers.delete_one({"_id": passenger_id,
                                                     "member_id": member_id})
         return result.deleted_count == 1
+
+    async def seen(self, member_id: str, at: dt.datetime) -> None:
+        """The account was in use at ``at`` (a refreshed token, an order): as a sign-in."""
+        await self._members.update_one({"_id": member_id}, {"$max": {"last_login_at": at}})
+
+    async def close(self, member_id: str, at: dt.datetime) -> int:
+        """Close an account for good: its sign-in identities (openid, phone) and profile go,
+        so signing in again makes a new account; a tombstone with the id stays, as orders
+        and the audit trail name it. Its frequent passengers are deleted. Returns how many."""
+        await self._members.update_one(
+            {"_id": member_id},
+            {"$set": {"status": "closed", "closed_at": at},
+             "$unset": {"openid": "", "phone_enc": "", "phone_index": "", "phone_masked": "",
+                        "nickname": ""}})
+        removed = await self._passengers.delete_many({"member_id": member_id})
+        return removed.deleted_count
+

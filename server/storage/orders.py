@@ -24,6 +24,8 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
+from server.vocabulary import ANONYMIZED
+
 TRANSITIONS: dict[str, set[str]] = {
     "pending_payment": {"paid", "cancelled", "expired"},
     "paid": {"issued", "failed"},
@@ -165,3 +167,26 @@ class OrderBook:
             "status": "changed", "active": False, "changed_to": new["ticket_no"]}},
             session=session)
         await self._tickets.insert_one(new, session=session)
+
+    # --- personal data past retention -----------------------------------------------------------
+    async def anonymize(self, departure_ids: list[str], at: dt.datetime) -> tuple[int, int]:
+        """Remove who travelled from the orders and tickets of these departures (their
+        retention ran out): names, document numbers, contact phones and their blind indexes
+        go; prices, fees, seats, channels, statuses and times — what settlement and the
+        statistics read — stay. Repeating it changes nothing. Returns (orders, tickets).
+
+        An anonymized ticket no longer holds its one-person-one-seat key (``active``): the
+        key is the document's blind index, which is what anonymizing removes."""
+        orders = await self._orders.update_many(
+            {"departure_id": {"$in": departure_ids}, "anonymized_at": {"$exists": False}},
+            [{"$set": {"anonymized_at": at, "contact_phone_masked": ANONYMIZED,
+                       "children": {"$map": {"input": {"$ifNull": ["$children", []]},
+                                             "in": {"name": ANONYMIZED}}}}},
+             {"$unset": ["contact_phone_enc", "contact_phone_index"]}])
+        tickets = await self._tickets.update_many(
+            {"departure_id": {"$in": departure_ids}, "anonymized_at": {"$exists": False}},
+            [{"$set": {"anonymized_at": at, "active": False,
+                       "passenger": {"name": ANONYMIZED, "id_type": "$passenger.id_type",
+                                     "id_no_masked": ANONYMIZED}}}])
+        return orders.modified_count, tickets.modified_count
+
