@@ -1,5 +1,6 @@
 """The ``keyun`` command: ``keyun run`` starts everything, ``keyun seed-demo`` loads demo data,
-``keyun import FILE --kind K`` imports a file of the 运政 system (a dry run unless --apply).
+``keyun import FILE --kind K`` imports a file of the 运政 system (a dry run unless --apply),
+``keyun backup DIR`` / ``keyun restore DIR`` save and restore the database.
 
 ``run`` starts the embedded stores when no URI is configured, prepares the database once
 (schema, demo data, departure plan), then serves HTTP in one process or in
@@ -62,6 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--kind", required=True, choices=sorted(KINDS))
     load.add_argument("--apply", action="store_true",
                       help="write the rows (all of them, or none if any is refused)")
+    save = sub.add_parser("backup", help="write every collection, consistent as of one "
+                                         "moment, into a new directory (docs/deploy.md)")
+    save.add_argument("directory", type=Path)
+    back = sub.add_parser("restore", help="restore a backup into the configured database "
+                                          "(an empty one unless --drop)")
+    back.add_argument("directory", type=Path)
+    back.add_argument("--drop", action="store_true",
+                      help="replace the collections the database already has")
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -73,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         return run(settings)
     if args.command == "import":
         return import_file(settings, args.file, args.kind, apply=args.apply)
+    if args.command == "backup":
+        return backup_database(settings, args.directory)
+    if args.command == "restore":
+        return restore_database(settings, args.directory, drop=args.drop)
     return seed_demo(settings, reset=args.reset, history_days=args.history)
 
 
@@ -133,8 +146,30 @@ def _dev_payment_keys(folder: Path) -> dict[str, str]:
             "alipay_public_key_file": str(folder / "alipay_alipay.pub")}
 
 
-def _start_stores(settings: Settings, children: list[embedded.ChildServer]) -> Settings:
-    """Start the embedded store for every URI that is not configured."""
+def _stores_file(settings: Settings) -> Path:
+    return settings.data_path / "stores.json"
+
+
+def _running_stores(settings: Settings) -> dict[str, Any] | None:
+    """The embedded stores of a ``keyun run`` serving from this data directory, if one is."""
+    try:
+        found = json.loads(_stores_file(settings).read_text())
+        os.kill(int(found["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return found  # type: ignore[no-any-return]
+
+
+def _start_stores(settings: Settings, children: list[embedded.ChildServer],
+                  announce: bool = False) -> Settings:
+    """Start the embedded store for every URI that is not configured. A console command
+    (``announce`` False) uses the embedded stores of a ``keyun run`` on the same data
+    directory instead, if one is serving; ``run`` announces its own for them."""
+    running = None if announce else _running_stores(settings)
+    if running and settings.mongo_uri is None:
+        settings = dataclasses.replace(settings, mongo_uri=running["mongo_uri"])
+    if running and settings.redis_url is None:
+        settings = dataclasses.replace(settings, redis_url=running["redis_url"])
     if settings.mongo_uri is None:
         mongo = embedded.mongo_server(settings.data_path)
         children.append(mongo)
@@ -145,6 +180,11 @@ def _start_stores(settings: Settings, children: list[embedded.ChildServer]) -> S
         children.append(redis)
         redis.start()
         settings = dataclasses.replace(settings, redis_url=embedded.redis_url(redis))
+    if announce and children:
+        path = _stores_file(settings)
+        path.unlink(missing_ok=True)
+        _write_private(path, json.dumps({"pid": os.getpid(), "mongo_uri": settings.mongo_uri,
+                                         "redis_url": settings.redis_url}))
     return settings
 
 
@@ -215,7 +255,7 @@ def run(settings: Settings) -> int:
             log.warning("development mode: sandboxes and demo users allowed because %s",
                         settings.development_reason())
         settings = _with_dev_secret(settings)
-        settings = _start_stores(settings, children)
+        settings = _start_stores(settings, children, announce=True)
         systems = _start_station_simulators(settings, children) \
             if settings.sandbox and settings.station_simulators else {}
         if settings.sandbox:
@@ -239,6 +279,8 @@ def run(settings: Settings) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stop_workers(workers)
+        if children:
+            _stores_file(settings).unlink(missing_ok=True)
         for child in reversed(children):
             child.stop()
         if children:
@@ -380,6 +422,76 @@ def import_file(settings: Settings, path: Path, kind: str, apply: bool) -> int:
             child.stop()
     print(json.dumps(report, ensure_ascii=False, indent=1))
     return 1 if report.get("error_count") or "code" in report else 0
+
+
+def backup_database(settings: Settings, directory: Path) -> int:
+    """``keyun backup DIR``: every collection of the configured (or running embedded)
+    database into the new directory DIR; 0 when written."""
+    from devstack import backup
+
+    try:
+        backup.prepare(directory)
+    except (backup.BackupError, OSError) as exc:
+        print(f"keyun backup: {exc}", file=sys.stderr)
+        return 2
+
+    async def save(db: Any) -> dict[str, Any]:
+        return await backup.backup(db, directory)
+    manifest = _with_database(settings, save)
+    if manifest is None:
+        return 1
+    print(json.dumps({"directory": str(directory), "consistency": manifest["consistency"],
+                      "collections": len(manifest["collections"]),
+                      "documents": sum(c["documents"] for c in manifest["collections"].values())},
+                     ensure_ascii=False))
+    return 0
+
+
+def restore_database(settings: Settings, directory: Path, drop: bool = False) -> int:
+    """``keyun restore DIR [--drop]``: the backup in DIR into the configured database; 2 if
+    the backup is damaged or the database is not empty (without --drop)."""
+    from devstack import backup
+
+    if drop and settings.mongo_uri is None and _running_stores(settings):
+        print("keyun restore: `keyun run` is serving from this database; stop it first",
+              file=sys.stderr)
+        return 2
+
+    async def load(db: Any) -> dict[str, Any]:
+        return await backup.restore(db, directory, drop=drop)
+    try:
+        report = _with_database(settings, load)
+    except backup.BackupError as exc:
+        print(f"keyun restore: {exc}", file=sys.stderr)
+        return 2
+    if report is None:
+        return 1
+    print(json.dumps(report, ensure_ascii=False))
+    print("Seat state is rebuilt from MongoDB: start Keyun on an empty Redis.", file=sys.stderr)
+    return 0
+
+
+def _with_database(settings: Settings, work: Any) -> Any:
+    """Run ``work(db)`` on the configured database (the embedded stores started if need be
+    and stopped after); None if stopped by a signal."""
+    children: list[embedded.ChildServer] = []
+    signal.signal(signal.SIGTERM, _raise_stop)
+
+    async def run_it() -> Any:
+        mongo, redis = await wait_for_stores(settings)
+        try:
+            return await work(mongo[settings.mongo_db])
+        finally:
+            await mongo.close()
+            await redis.aclose()
+    try:
+        settings = _start_stores(_with_dev_secret(settings), children)
+        return asyncio.run(run_it())
+    except _Stop:
+        return None
+    finally:
+        for child in reversed(children):
+            child.stop()
 
 
 def _print_progress(done: int, days: int) -> None:
