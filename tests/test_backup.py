@@ -103,7 +103,7 @@ async def test_a_backup_taken_while_writing_is_of_one_moment(stores, tmp_path) -
         await db.a.insert_many([{"_id": f"pad-{i:06d}", "pad": "x" * 200}
                                 for i in range(30_000)])
         await db.create_collection("b")
-        stop = asyncio.Event()
+        stop, started = asyncio.Event(), asyncio.Event()
         written = 0
 
         async def write_pairs() -> None:
@@ -115,10 +115,11 @@ async def test_a_backup_taken_while_writing_is_of_one_moment(stores, tmp_path) -
                         await db.a.insert_one({"_id": key}, session=session)
                         await db.b.insert_one({"_id": key}, session=session)
                 written += 1
+                if written == 20:
+                    started.set()
 
         writers = asyncio.ensure_future(write_pairs())
-        while written < 20:
-            await asyncio.sleep(0.05)
+        await started.wait()
         result = await _run(stores, db.name, "backup", str(tmp_path / "m"))
         stop.set()
         await writers

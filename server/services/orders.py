@@ -70,6 +70,19 @@ return redis.call('INCR', KEYS[1])
 """
 
 
+# KEYS: one person's booking claim on a departure; ARGV: the claim. Deleted only if still ours.
+_RELEASE_CLAIM = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+BOOKING_CLAIM_MS = 30_000  # longer than any order takes to write; gone if its process dies
+
+
+def _booking_key(departure_id: str, id_index: str) -> str:
+    """An order for this person on this departure is being made (one key: any Redis slot)."""
+    return f"booking:{{{departure_id}}}:{id_index}"
+
+
 # writes that belong to an order's move to a new state: (the moved order, the transaction)
 Also = Callable[[dict[str, Any], "AsyncClientSession | None"], Awaitable[None]]
 
@@ -123,6 +136,7 @@ class OrderService:
         self.refunds = refunds.RefundRequests(db)
         self.book = OrderBook(db)  # the order aggregate's writes
         self._serial_from = redis.register_script(_SERIAL_FROM)
+        self._release_claim = redis.register_script(_RELEASE_CLAIM)
 
     # --- create -----------------------------------------------------------------------------
     async def create(self, actor: Principal, channel: str | None, departure_id: str,
@@ -188,80 +202,104 @@ class OrderService:
             raise DomainError("PASSENGER_ALREADY_BOOKED",
                               passenger=taken["passenger"]["id_no_masked"])
 
-        now = now_ms()
-        order_no = new_order_no(now)
-        hold_id = f"H{order_no}"
-        hold = await self.holds.hold(departure_id, HoldRequest(
-            hold_id=hold_id, channel=sold_on.identifier, count=len(people),
-            from_seq=frm, to_seq=to,
-            seats=tuple(int(s) for s in chosen) if all(chosen) else (),
-            ttl_seconds=int(hold_for.total_seconds()), limited=sold_on.limited))
-        await failpoints.reach("orders.after_hold")
-        station = await self._db.stations.find_one({"_id": dep["station_id"]}, {"code": 1})
-        tickets = []
-        carried = _carried(people, len(children), rules.max_free_children_per_adult)
-        for person, seat, with_child in zip(people, hold.seats, carried, strict=True):
-            tickets.append({
-                "ticket_no": await self._ticket_no(station["code"] if station else "000000000",
-                                                   dep["service_date"]),
-                "order_no": order_no, "departure_id": departure_id, "seat": seat,
-                "from_seq": frm, "to_seq": to, "ticket_type": person["ticket_type"],
-                "price": person["price"], "status": "held", "active": True,
-                "distance_km": int(fare.get("distance_km", 0)),
-                "station_fee": int(fare.get("station_fee", 0)), "with_child": with_child,
-                "passenger": {k: person[k] for k in ("name", "id_type", "id_no_enc",
-                                                      "id_no_index", "id_no_masked")},
-                "created_at": now})
-        order = {
-            "order_no": order_no, "channel": sold_on.identifier, "departure_id": departure_id,
-            "route_id": dep["route_id"], "station_id": dep["station_id"], "from_seq": frm,
-            "to_seq": to, "status": "pending_payment",
-            "amount": sum(t["price"] for t in tickets), "hold_id": hold.hold_id,
-            "expires_at": hold.expires_at, "created_at": now,
-            "contact_phone_enc": self._vault.encrypt("phone", phone),
-            "contact_phone_masked": mask_phone(phone),
-            "contact_phone_index": self._vault.index("phone", phone),
-            "children": [self._child(c) for c in children],
-            "actor": actor.audit_actor(), "rules_version": rules.version,
-            "pay_at_pickup": pay_at_pickup,
-            "history": [{"at": now, "from": None, "to": "pending_payment",
-                         "actor": actor.label, "reason": "created"}]}
-        if actor.kind == "member":
-            order["member_id"] = actor.id
-        if actor.outlet_id:
-            order["outlet_id"] = actor.outlet_id
-        if actor.kind == "partner":
-            order["partner_id"] = actor.id
+        # the same person ordered twice at once (a double tap, a scalper's burst) waits for
+        # nobody's seat: one attempt per person and departure is under way at a time
+        claim = secrets.token_hex(8)
+        if not await self._claim_people(departure_id, sorted(seen), claim):
+            raise DomainError("PASSENGER_ALREADY_BOOKED")
         try:
-            for attempt in range(3):
-                try:
-                    await self._write_order(order, tickets)
-                    break
-                except TicketNumberTaken:
-                    if attempt == 2:
-                        raise
-                    for t in tickets:  # the counter fell behind (Redis lost it): catch up
-                        t["ticket_no"] = await self._ticket_no(
-                            station["code"] if station else "000000000",
-                            dep["service_date"], recount=True)
-        except HoldClaimed:  # too late: the sweeper took this process for dead
-            raise DomainError("HOLD_EXPIRED") from None
-        except DuplicateKeyError:
-            await self.holds.release_unwritten(departure_id, hold.hold_id)
-            raise DomainError("PASSENGER_ALREADY_BOOKED") from None
-        except Exception:
-            await self.holds.release_unwritten(departure_id, hold.hold_id)
-            raise
-        await failpoints.reach("orders.after_write")
-        await self.holds.written(departure_id, hold.hold_id)
-        await self._audit.staff_action(actor, "order.create", target=order_no,
-                                       details={"channel": sold_on.identifier,
-                                                "departure_id": departure_id,
-                                                "amount": order["amount"]})
-        log.info("order created", extra={"fields": {"order_no": order_no,
-                                                     "departure_id": departure_id,
-                                                     "tickets": len(tickets)}})
-        return self.public(order, tickets)
+            now = now_ms()
+            order_no = new_order_no(now)
+            hold_id = f"H{order_no}"
+            hold = await self.holds.hold(departure_id, HoldRequest(
+                hold_id=hold_id, channel=sold_on.identifier, count=len(people),
+                from_seq=frm, to_seq=to,
+                seats=tuple(int(s) for s in chosen) if all(chosen) else (),
+                ttl_seconds=int(hold_for.total_seconds()), limited=sold_on.limited))
+            await failpoints.reach("orders.after_hold")
+            station = await self._db.stations.find_one({"_id": dep["station_id"]}, {"code": 1})
+            tickets = []
+            carried = _carried(people, len(children), rules.max_free_children_per_adult)
+            for person, seat, with_child in zip(people, hold.seats, carried, strict=True):
+                tickets.append({
+                    "ticket_no": await self._ticket_no(station["code"] if station else "000000000",
+                                                       dep["service_date"]),
+                    "order_no": order_no, "departure_id": departure_id, "seat": seat,
+                    "from_seq": frm, "to_seq": to, "ticket_type": person["ticket_type"],
+                    "price": person["price"], "status": "held", "active": True,
+                    "distance_km": int(fare.get("distance_km", 0)),
+                    "station_fee": int(fare.get("station_fee", 0)), "with_child": with_child,
+                    "passenger": {k: person[k] for k in ("name", "id_type", "id_no_enc",
+                                                          "id_no_index", "id_no_masked")},
+                    "created_at": now})
+            order = {
+                "order_no": order_no, "channel": sold_on.identifier, "departure_id": departure_id,
+                "route_id": dep["route_id"], "station_id": dep["station_id"], "from_seq": frm,
+                "to_seq": to, "status": "pending_payment",
+                "amount": sum(t["price"] for t in tickets), "hold_id": hold.hold_id,
+                "expires_at": hold.expires_at, "created_at": now,
+                "contact_phone_enc": self._vault.encrypt("phone", phone),
+                "contact_phone_masked": mask_phone(phone),
+                "contact_phone_index": self._vault.index("phone", phone),
+                "children": [self._child(c) for c in children],
+                "actor": actor.audit_actor(), "rules_version": rules.version,
+                "pay_at_pickup": pay_at_pickup,
+                "history": [{"at": now, "from": None, "to": "pending_payment",
+                             "actor": actor.label, "reason": "created"}]}
+            if actor.kind == "member":
+                order["member_id"] = actor.id
+            if actor.outlet_id:
+                order["outlet_id"] = actor.outlet_id
+            if actor.kind == "partner":
+                order["partner_id"] = actor.id
+            try:
+                for attempt in range(3):
+                    try:
+                        await self._write_order(order, tickets)
+                        break
+                    except TicketNumberTaken:
+                        if attempt == 2:
+                            raise
+                        for t in tickets:  # the counter fell behind (Redis lost it): catch up
+                            t["ticket_no"] = await self._ticket_no(
+                                station["code"] if station else "000000000",
+                                dep["service_date"], recount=True)
+            except HoldClaimed:  # too late: the sweeper took this process for dead
+                raise DomainError("HOLD_EXPIRED") from None
+            except DuplicateKeyError:
+                await self.holds.release_unwritten(departure_id, hold.hold_id)
+                raise DomainError("PASSENGER_ALREADY_BOOKED") from None
+            except Exception:
+                await self.holds.release_unwritten(departure_id, hold.hold_id)
+                raise
+            await failpoints.reach("orders.after_write")
+            await self.holds.written(departure_id, hold.hold_id)
+            await self._audit.staff_action(actor, "order.create", target=order_no,
+                                           details={"channel": sold_on.identifier,
+                                                    "departure_id": departure_id,
+                                                    "amount": order["amount"]})
+            log.info("order created", extra={"fields": {"order_no": order_no,
+                                                         "departure_id": departure_id,
+                                                         "tickets": len(tickets)}})
+            return self.public(order, tickets)
+        finally:
+            await self._release_people(departure_id, sorted(seen), claim)
+
+    async def _claim_people(self, departure_id: str, indexes: list[str], claim: str) -> bool:
+        """Mark an order for these people on this departure under way (all or none)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for index in indexes:
+            pipe.set(_booking_key(departure_id, index), claim, nx=True, px=BOOKING_CLAIM_MS)
+        got = await pipe.execute()
+        if all(got):
+            return True
+        await self._release_people(departure_id, [i for i, ok in zip(indexes, got, strict=True)
+                                                  if ok], claim)
+        return False
+
+    async def _release_people(self, departure_id: str, indexes: list[str], claim: str) -> None:
+        for index in indexes:
+            await self._release_claim(keys=[_booking_key(departure_id, index)], args=[claim])
 
     async def _write_order(self, order: dict[str, Any], tickets: list[dict[str, Any]]) -> None:
         """Order and tickets together or not at all; a concurrent order on the same index
