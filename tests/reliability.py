@@ -32,13 +32,26 @@ TITLES = {
     "R5": "A process killed between the refund call and its record",
     "R6": "Reconciliation with planted differences",
     "R7": "The ledger under concurrent sales, refunds and changes",
-    "R8": "Redis restarted mid-sale",
+    "R8": "Redis restarted and a process killed mid-sale",
     "R9": "A station system timing out and answering garbage",
     "R10": "Concurrent buys with one ID number",
     "R11": "Roles, other members' data and forged tokens",
     "R12": "Tampered, replayed and concurrent gate scans",
     "R13": "Worker processes killed under load",
 }
+
+# what the scenarios above do not show yet (kept here, printed into the document)
+GAPS = [
+    "R1 runs 2 processes on one machine and kills none mid-sale (R8 and R13 kill them on "
+    "their own); the abandoned orders' holds are checked held, not seen to expire.",
+    "R7 checks the balance after the run, not at every moment of it.",
+    "R9: a station that answers after our timeout (the seat held on its side) and the "
+    "station reconciliation afterwards are tested apart (tests/test_settlement.py), not as "
+    "one scenario.",
+    "Members reading each other's orders, tickets and passengers (IDOR) are refused in "
+    "tests/test_orders.py, test_tickets.py and test_members.py without a row here.",
+    "Redis Cluster and the ten-minute mixed soak with restarts (issue 20) do not exist yet.",
+]
 
 
 def scale(bounded: int, full: int) -> int:
@@ -60,8 +73,11 @@ def record(scenario: str, *, load: str, faults: str, checked: str, figure: str) 
 
 
 def render(rows: list[dict[str, str]]) -> str:
-    """docs/reliability.md from the recorded rows (the last row of a scenario wins)."""
-    latest = {row["scenario"]: row for row in rows}
+    """docs/reliability.md from the recorded rows: each scenario's rows, in the order they
+    ran (a row recorded again with the same load replaces the earlier one)."""
+    latest: dict[str, dict[str, dict[str, str]]] = {}
+    for row in rows:
+        latest.setdefault(row["scenario"], {})[row["load"]] = row
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True, check=False).stdout.strip()
     lines = [
@@ -80,15 +96,18 @@ def render(rows: list[dict[str, str]]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for key in sorted(TITLES, key=lambda k: int(k[1:])):
-        row = latest.get(key)
-        if row is None:
+        recorded = list(latest.get(key, {}).values())
+        if not recorded:
             lines.append(f"| {key} | {TITLES[key]} | — | — | — | not run |")
-            continue
-        size = "" if row.get("full") else " (bounded run)"
-        lines.append(f"| {key} | {TITLES[key]} | {row['load']}{size} | {row['faults']} | "
-                     f"{row['checked']} | **{row['figure']}** |")
+        for n, row in enumerate(recorded):
+            size = "" if row.get("full") else " (bounded run)"
+            name = f"| {key} | {TITLES[key]}" if n == 0 else "| | ″"
+            lines.append(f"{name} | {row['load']}{size} | {row['faults']} | "
+                         f"{row['checked']} | **{row['figure']}** |")
     lines += ["", "A scenario that failed records nothing: its row says \"not run\" and "
-              "`make reliability` exits non-zero.", ""]
+              "`make reliability` exits non-zero.", "", "## Not covered yet", ""]
+    lines += [f"- {gap}" for gap in GAPS]
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ import uuid
 import jwt
 import pytest
 
+from tests.reliability import record
 from tests.support import TEST_JWT_SECRET, ApiClient
 
 LOGIN = "/api/v1/auth/staff"
@@ -68,6 +69,7 @@ async def test_expired_token_is_refused_with_its_own_code(api: ApiClient) -> Non
     assert resp.status == 401 and resp.error_code == "TOKEN_EXPIRED"
 
 
+@pytest.mark.reliability("R11")
 @pytest.mark.gen_test
 async def test_forged_tokens_are_refused(api: ApiClient) -> None:
     good = (await api.login("gate"))["token"]
@@ -91,6 +93,12 @@ async def test_forged_tokens_are_refused(api: ApiClient) -> None:
         assert resp.error_code == "TOKEN_INVALID", token
     resp = await api.get("/api/v1/me", headers={"Authorization": f"Basic {good}"})
     assert resp.error_code == "TOKEN_INVALID"
+    record("R11", load=f"{len(forged) + 1} forged access tokens",
+           faults="another secret, a role changed under the old signature, alg=none, wrong "
+                  "audience, wrong issuer, garbage, a cut signature, the wrong scheme",
+           checked="the answer to each",
+           figure=f"{len(forged) + 1} of {len(forged) + 1} refused TOKEN_INVALID (expired "
+                  "ones TOKEN_EXPIRED, in another test)")
 
 
 @pytest.mark.gen_test

@@ -33,6 +33,7 @@ from server.services.search import NetworkCache
 from server.services.seats import SeatService
 from server.services.sync import SyncService
 from server.storage.inventory import NativeInventory, new_hold_id
+from tests.reliability import record
 
 VENDORS = ["native", "rest", "xml"]
 
@@ -171,6 +172,7 @@ async def test_seats_vanish_at_the_station_window(stack, simulators) -> None:
         before.remaining - 1
 
 
+@pytest.mark.reliability("R9")
 @pytest.mark.parametrize("kind", ["rest", "xml"])
 @pytest.mark.gen_test(timeout=60)
 async def test_station_down_is_not_on_sale_online_never_wrong_seats(stack, simulators,
@@ -196,8 +198,14 @@ async def test_station_down_is_not_on_sale_online_never_wrong_seats(stack, simul
     assert (await stack.sync.sync_station(dep["station_id"]))["outcome"] == "ok"
     assert (await stack.db.departures.find_one({"_id": dep["_id"]}))["online"] is True
     assert (await stack.seats.availability(dep["_id"], fresh=True)).status == "on_sale"
+    record("R9", load=f"a {kind.upper()} station system's departure on sale online",
+           faults="the station stops answering mid-sale, then comes back",
+           checked="what is offered online; the hold; the departures kept; the sync after",
+           figure="shown as not on sale online, 0 seats offered, the hold refused; departures "
+                  "kept as last synced; on sale again after the next sync")
 
 
+@pytest.mark.reliability("R9")
 @pytest.mark.parametrize("kind", ["rest", "xml"])
 @pytest.mark.gen_test(timeout=60)
 async def test_garbage_from_a_station_is_refused_and_keeps_last_good_data(
@@ -214,6 +222,11 @@ async def test_garbage_from_a_station_is_refused_and_keeps_last_good_data(
     assert [{k: v for k, v in d.items() if k not in strip} for d in after] == \
         [{k: v for k, v in d.items() if k not in strip} for d in snapshot]
     assert all(d["online"] is False for d in after)
+    record("R9", load=f"a {kind.upper()} station system answering garbage",
+           faults="malformed answers to a hold and to a full sync",
+           checked="the hold; the station's departures afterwards",
+           figure="the hold refused (no seat taken); every departure kept as last good, "
+                  "taken off online sale")
 
 
 @pytest.mark.gen_test(timeout=60)

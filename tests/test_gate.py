@@ -21,6 +21,7 @@ from server.clock import LOCAL_TZ
 from server.security import ticketcode
 from tests.booking_support import issued_order, member, person
 from tests.inventory_support import make_departure
+from tests.reliability import record
 from tests.support import ApiClient, KeyunProcess
 
 GATE_STATION = "440111001"  # the demo gate user's station
@@ -135,6 +136,7 @@ async def test_a_ticket_is_admitted_once_and_then_reported_used(api, db, service
     assert shown.body["signed_off"]["driver_name"] == "李师傅"
 
 
+@pytest.mark.reliability("R12")
 @pytest.mark.gen_test(timeout=120)
 async def test_every_flipped_byte_and_foreign_signatures_are_forged(api, db,
                                                                     services) -> None:
@@ -158,6 +160,11 @@ async def test_every_flipped_byte_and_foreign_signatures_are_forged(api, db,
             assert (await scan(api, gate, junk))["outcome"] == "forged", junk
     # the genuine code still boards: none of the above used it up
     assert (await scan(api, gate, code))["outcome"] == "admitted"
+    record("R12", load=f"one ticket's QR code: each of its {len(raw)} bytes flipped in turn, "
+                       "a same-layout code signed by another key, 6 malformed codes",
+           faults="tampering and forgery", checked="each scan's outcome; the ticket after",
+           figure=f"{len(raw) + 7} of {len(raw) + 7} refused as forged; the genuine code "
+                  "then admitted once")
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -212,6 +219,7 @@ async def test_the_passenger_must_be_the_person_on_the_ticket(api, db, services)
     assert all(order["people"][0]["id_no"] not in json.dumps(s, default=str) for s in scans)
 
 
+@pytest.mark.reliability("R12")
 @pytest.mark.gen_test(timeout=120)
 async def test_two_gates_on_two_processes_scanning_at_once_admit_exactly_once(
         api, db, services, other) -> None:
@@ -231,6 +239,12 @@ async def test_two_gates_on_two_processes_scanning_at_once_admit_exactly_once(
             (await db.tickets.find_one({"ticket_no": ticket["ticket_no"]})
              )["checked_in"]["at"].astimezone(LOCAL_TZ).isoformat()}
         assert winner["ticket_no"] == ticket["ticket_no"]
+    record("R12", load=f"{len(order['tickets'])} tickets, each scanned 6 times at once by "
+                       "two gates on two Keyun processes",
+           faults="concurrent scans of one code (a replay at the next gate)",
+           checked="each scan's outcome; the ticket's check-in record",
+           figure=f"{len(order['tickets'])} × exactly 1 admitted, 5 told already used "
+                  "(with the first admission's time)")
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -273,6 +287,7 @@ async def test_without_a_day_the_gate_works_with_today_and_tomorrow(api, db, ser
     assert dep_id in {d["id"] for d in payload["departures"]}
 
 
+@pytest.mark.reliability("R12")
 @pytest.mark.gen_test(timeout=120)
 async def test_offline_bundle_and_uploads_count_once_and_report_double_admissions(
         api, db, services) -> None:
@@ -345,6 +360,14 @@ async def test_offline_bundle_and_uploads_count_once_and_report_double_admission
     staff = (await api.login("station_staff"))["token"]
     listed = (await api.get("/api/v1/gate/conflicts", token=staff)).body["conflicts"]
     assert doubled["ticket_no"] in {c["ticket_no"] for c in listed}
+    record("R12", load="an offline gate's bundle, a ticket refunded after it was taken, "
+                       "uploads of the offline scans",
+           faults="gates offline; the same passenger admitted at two offline gates; an "
+                  "upload repeated",
+           checked="the revoked list; scans stored; conflicts reported",
+           figure="the refunded ticket in the bundle's revoked list; each scan stored once "
+                  "(repeat: 0 accepted, 2 duplicates); the double admission reported as 1 "
+                  "conflict to station staff")
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -27,6 +27,7 @@ from server.exchange.errors import (
 )
 from server.storage.inventory import NativeInventory, new_hold_id
 from tests.inventory_support import make_departure
+from tests.reliability import record
 from tests.support import ROOT
 
 
@@ -243,6 +244,7 @@ async def test_returned_seats_sell_again(inventory, db) -> None:
     assert (status, seats) == ("sold", (1,))
 
 
+@pytest.mark.reliability("R8")
 @pytest.mark.gen_test(timeout=60)
 async def test_redis_restart_rebuilds_from_mongodb_without_double_selling(own_redis, db) -> None:
     redis = connect_redis(embedded.redis_url(own_redis))
@@ -272,6 +274,12 @@ async def test_redis_restart_rebuilds_from_mongodb_without_double_selling(own_re
         assert not set(rest.seats) & taken
         with pytest.raises(SoldOut):
             await inventory.hold(dep, req(1, frm=0, to=2))
+        record("R8", load="a 6-seat departure with sales, a part-route sale, a live hold "
+                          "and a released one",
+               faults="Redis stopped and started empty on the same port",
+               checked="the seat map rebuilt from MongoDB; selling the hold; selling the rest",
+               figure=f"{len(taken)} seats taken before = after; the live hold sold; the rest "
+                      "sold without overlap, then sold out")
     finally:
         await inventory.close()
         await redis.aclose()

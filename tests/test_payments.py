@@ -18,6 +18,7 @@ from payments.service import refund_no
 from payments.wechatpay import encrypt_resource, load_private, load_public, sign, verify
 from tests.booking_support import app_member, app_order, native_departure, person
 from tests.inventory_support import make_departure
+from tests.reliability import record, scale
 from tests.support import TEST_SECRETS, ApiClient
 
 V3 = TEST_SECRETS["KEYUN_WECHATPAY_API_V3_KEY"].encode()
@@ -100,6 +101,7 @@ async def test_method_must_suit_the_channel(api: ApiClient, db) -> None:
     assert resp.status == 422 and resp.error_code == "PAYMENT_METHOD_NOT_ALLOWED"
 
 
+@pytest.mark.reliability("R2")
 @pytest.mark.gen_test(timeout=60)
 async def test_twenty_duplicate_notifications_change_the_order_once(api: ApiClient, db,
                                                                     providers) -> None:
@@ -113,6 +115,10 @@ async def test_twenty_duplicate_notifications_change_the_order_once(api: ApiClie
     assert await db.money_movements.count_documents({"order_no": order["order_no"]}) == 1
     delivered = (await sandbox(providers, "state"))["delivered"]
     assert delivered.count(pay["out_trade_no"]) == 20  # all answered 2xx
+    record("R2", load="one WeChat Pay payment, its notification sent 20 times at once",
+           faults="duplicate, concurrent and out-of-order deliveries",
+           checked="order history, money movements",
+           figure="20 deliveries answered 2xx; 1 change to paid, 1 money movement")
 
 
 def forged(providers, payload: dict, *, serial: str = SERIAL, skew: int = 0,
@@ -134,14 +140,9 @@ def forged(providers, payload: dict, *, serial: str = SERIAL, skew: int = 0,
              "Wechatpay-Signature": signature, "Content-Type": "application/json"}, body)
 
 
-@pytest.mark.gen_test(timeout=60)
-async def test_forged_notifications_are_rejected_and_change_nothing(api: ApiClient, db,
-                                                                    providers) -> None:
-    token, order, pay = await pending_payment(api, db, 9, 4)
-    genuine = {"mchid": "1900000001", "appid": "wx-keyun-sandbox",
-               "out_trade_no": pay["out_trade_no"], "transaction_id": "4200",
-               "trade_state": "SUCCESS", "amount": {"total": order["amount"]}}
-    cases = {
+def forgeries(providers, genuine: dict) -> dict[str, tuple[dict, bytes]]:
+    """Every way the test forges one genuine notification: headers and body of each."""
+    return {
         "changed byte": forged(providers, genuine, tamper_body=True),
         "wrong serial": forged(providers, genuine, serial="PUB_KEY_ID_9"),
         "six minutes old": forged(providers, genuine, skew=-360),
@@ -151,10 +152,24 @@ async def test_forged_notifications_are_rejected_and_change_nothing(api: ApiClie
         "wrong appid": forged(providers, {**genuine, "appid": "wx-other"}),
         "wrong mchid": forged(providers, {**genuine, "mchid": "1999999999"}),
     }
-    for name, (headers, body) in cases.items():
-        resp = await api.request("POST", "/api/v1/payments/notify/wechat", raw=body,
-                                 headers=headers)
-        assert resp.status == 401 and resp.error_code == "NOTIFICATION_REJECTED", name
+
+
+@pytest.mark.reliability("R3")
+@pytest.mark.gen_test(timeout=600)
+async def test_forged_notifications_are_rejected_and_change_nothing(api: ApiClient, db,
+                                                                    providers) -> None:
+    token, order, pay = await pending_payment(api, db, 9, 4)
+    genuine = {"mchid": "1900000001", "appid": "wx-keyun-sandbox",
+               "out_trade_no": pay["out_trade_no"], "transaction_id": "4200",
+               "trade_state": "SUCCESS", "amount": {"total": order["amount"]}}
+    rounds, refused = scale(1, 125), 0
+    for _ in range(rounds):  # every round signs afresh (a new timestamp and nonce)
+        cases = forgeries(providers, genuine)
+        for name, (headers, body) in cases.items():
+            resp = await api.request("POST", "/api/v1/payments/notify/wechat", raw=body,
+                                     headers=headers)
+            assert resp.status == 401 and resp.error_code == "NOTIFICATION_REJECTED", name
+            refused += 1
     stored = await db.orders.find_one({"order_no": order["order_no"]})
     assert stored["status"] == "pending_payment"
     attempt = await db.payments.find_one({"out_trade_no": pay["out_trade_no"]})
@@ -164,8 +179,16 @@ async def test_forged_notifications_are_rejected_and_change_nothing(api: ApiClie
     ok = await api.request("POST", "/api/v1/payments/notify/wechat", raw=body, headers=headers)
     assert ok.status == 204
     await wait_status(api, token, order["order_no"], "issued")
+    record("R3", load=f"{refused:,} forged WeChat Pay notifications for one pending payment "
+                      f"({len(cases)} kinds); Alipay's RSA1 and altered notices in another test",
+           faults="changed byte, wrong serial, six minutes old, broken GCM tag, wrong APIv3 "
+                  "key, changed amount, other appid, other merchant",
+           checked="each answer; the order and the payment attempt afterwards",
+           figure=f"{refused:,} of {refused:,} refused, nothing changed; the genuine "
+                  "notification then accepted once")
 
 
+@pytest.mark.reliability("R4")
 @pytest.mark.gen_test(timeout=60)
 async def test_dropped_notification_is_recovered_by_query(api: ApiClient, db, providers,
                                                           services) -> None:
@@ -179,8 +202,14 @@ async def test_dropped_notification_is_recovered_by_query(api: ApiClient, db, pr
         "started_at": dt.datetime.now(dt.UTC) - dt.timedelta(minutes=2)}})
     assert await services.payments.query_pending() >= 1
     await wait_status(api, token, order["order_no"], "issued")
+    record("R4", load="a payment whose notification never arrives",
+           faults="the sandbox drops the notification",
+           checked="order status after the payment query job",
+           figure="issued after one query round (the query interval), without the "
+                  "notification")
 
 
+@pytest.mark.reliability("R4")
 @pytest.mark.gen_test(timeout=60)
 async def test_payment_after_expiry_is_refunded_exactly_once(api: ApiClient, db, providers,
                                                              services) -> None:
@@ -204,13 +233,35 @@ async def test_payment_after_expiry_is_refunded_exactly_once(api: ApiClient, db,
     assert await db.money_movements.count_documents({"order_no": order["order_no"],
                                                      "kind": "refund"}) == 1
     assert (await db.orders.find_one({"order_no": order["order_no"]}))["status"] == "expired"
+    record("R4", load="a payment made after its order expired",
+           faults="the money arrives late; the refund job runs twice",
+           checked="order status; provider refunds; refund movements",
+           figure="refunded exactly once (1 provider refund, 1 refund movement), the order "
+                  "left expired")
 
 
-@pytest.mark.gen_test(timeout=60)
+@pytest.mark.reliability("R5")
+@pytest.mark.gen_test(timeout=3600)
 async def test_crash_between_refund_and_record_does_not_refund_twice(api: ApiClient, db,
                                                                      providers,
                                                                      services) -> None:
-    token, order, pay = await pending_payment(api, db, 9, 7)
+    times = scale(1, 100)
+    for i in range(times):
+        offset, index = (9, 7) if i == 0 else (2 + (i // 10) % 8, i % 10)
+        await _refund_reached_the_provider_then_the_process_died(api, db, providers, services,
+                                                                 offset, index)
+    record("R5", load=f"{times} paid and issued order{'s' if times > 1 else ''}, each "
+                      "refunded",
+           faults="the refund reached WeChat Pay, then the process died before recording "
+                  "it (the request left 'sending'); the refund job ran again, twice",
+           checked="the provider's refunds and Keyun's refund movements of each order",
+           figure=f"{times} of {times}: exactly 1 provider refund of the right amount and "
+                  "1 refund movement; never more than paid")
+
+
+async def _refund_reached_the_provider_then_the_process_died(
+        api: ApiClient, db, providers, services, offset: int, index: int) -> None:
+    token, order, pay = await pending_payment(api, db, offset, index)
     await api.post(f"/sandbox/payments/{order['order_no']}/confirm")
     issued = await wait_status(api, token, order["order_no"], "issued")
     ticket = issued["tickets"][0]["ticket_no"]
@@ -225,14 +276,13 @@ async def test_crash_between_refund_and_record_does_not_refund_twice(api: ApiCli
         "status": "sending",
         "sending_at": dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)}})
     await services.payments.execute_refunds()
+    await services.payments.execute_refunds()
     await wait_refund(db, request["_id"])  # (whichever process sent it)
     refunds = [r for r in (await sandbox(providers, "state"))["refunds"]
                if r["out_trade_no"] == pay["out_trade_no"]]
-    assert len(refunds) == 1 and refunds[0]["amount"] == request["amount"]
+    assert len(refunds) == 1 and refunds[0]["amount"] == request["amount"] <= order["amount"]
     assert await db.money_movements.count_documents({"order_no": order["order_no"],
                                                      "kind": "refund"}) == 1
-
-
 
 
 def alipay_notice(providers, fields: dict, sign_type: str = "RSA2") -> bytes:
@@ -458,6 +508,7 @@ async def test_app_wap_and_card_happy_paths_and_alipay_refund(api: ApiClient, db
     assert card.status == 200 and card.body["params"]["outcome"] == "issued"
 
 
+@pytest.mark.reliability("R2")
 @pytest.mark.gen_test(timeout=60)
 async def test_notices_out_of_order_and_late_still_settle_once(api: ApiClient, db,
                                                                providers) -> None:
@@ -471,6 +522,10 @@ async def test_notices_out_of_order_and_late_still_settle_once(api: ApiClient, d
         assert await db.money_movements.count_documents({"_id": f"pay:{pay['out_trade_no']}"}) \
             == 1
     await sandbox(providers, "faults", {"delay_ms": 0})
+    record("R2", load="two payments whose notifications arrive reordered and 300 ms late",
+           faults="out-of-order and delayed deliveries",
+           checked="each order's money movements",
+           figure="both issued, 1 money movement each")
 
 
 @pytest.mark.gen_test(timeout=60)

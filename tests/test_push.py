@@ -19,6 +19,7 @@ from server.app import connect_redis
 from server.services.events import EventLog, Topic
 from tests.booking_support import member, native_departure, person
 from tests.inventory_support import make_departure
+from tests.reliability import record
 from tests.support import ApiClient, KeyunProcess
 from tests.ws_support import StalledClient, Ws
 
@@ -268,6 +269,7 @@ async def test_a_connection_watching_nothing_is_closed_when_idle(other) -> None:
     assert 1.5 < time.monotonic() - started < 8
 
 
+@pytest.mark.reliability("R8")
 @pytest.mark.gen_test(timeout=120)
 async def test_watchers_are_told_to_resync_when_redis_comes_back(api, keyun, db, own_redis,
                                                                  workdir) -> None:
@@ -297,6 +299,11 @@ async def test_watchers_are_told_to_resync_when_redis_comes_back(api, keyun, db,
         event, _ = await watcher.until(lambda f: f["type"] == "event", within=5)
         assert event["data"]["change"] == "held", event
         assert event["seq"] == frames[0]["seq"] + 1
+        record("R8", load="a WebSocket client watching a departure",
+               faults="Redis restarted empty under the Keyun process",
+               checked="the frames the client receives; events after",
+               figure="told to resync (store_reconnected) within seconds; a fresh snapshot; "
+                      "the next sale's event in sequence")
     finally:
         if watcher is not None:
             watcher.close()

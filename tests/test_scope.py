@@ -15,6 +15,7 @@ import pytest
 
 from server.clock import local_today
 from tests.booking_support import issued_order, person
+from tests.reliability import record
 from tests.support import ApiClient
 
 SCOPED_ROLES = ("authority", "station_staff", "gate", "kiosk", "agent", "phone_agent")
@@ -34,6 +35,7 @@ async def shenzhen_objects(api: ApiClient, db, services) -> dict[str, str]:
             "scope": "departure", "ref": dep["_id"], "schedule_id": dep.get("schedule_id", "")}
 
 
+@pytest.mark.reliability("R11")
 @pytest.mark.gen_test(timeout=180)
 async def test_every_route_keeps_other_regions_out_of_scope(api: ApiClient, db,
                                                             services) -> None:
@@ -72,6 +74,13 @@ async def test_every_route_keeps_other_regions_out_of_scope(api: ApiClient, db,
                 elif resp.status == 200:
                     assert not secret.search(resp.text), where
     assert checked > 20
+    record("R11", load=f"{checked} calls: every route of the OpenAPI document as each "
+                       f"scoped role ({len(SCOPED_ROLES)}) on another region's departure, "
+                       "order and ticket",
+           faults="requests across the scope boundary",
+           checked="status of each; bodies searched for the other region's identifiers",
+           figure=f"{checked} of {checked} refused (404/403) or answered without the other "
+                  "region's data; 0 5xx")
 
 
 # bodies valid enough to reach the scope check of each write
