@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -11,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,6 +169,22 @@ class KeyunProcess:
                 except ValueError:
                     continue
         return lines
+
+
+@contextlib.contextmanager
+def another_process(keyun: KeyunProcess, workdir: Path, name: str,
+                    **env: str) -> Iterator[KeyunProcess]:
+    """A second Keyun process on the same stores as ``keyun`` (a second node behind a load
+    balancer), its log in ``logs/<name>.log``; stopped when the block ends."""
+    settings = {**keyun.env, "KEYUN_PORT": str(free_port()),
+                "KEYUN_DATA_DIR": str(workdir / name), **env}
+    server = KeyunProcess(settings, workdir / "logs" / f"{name}.log",
+                          int(settings["KEYUN_PORT"]))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def keyun_env(**overrides: str) -> dict[str, str]:

@@ -16,25 +16,20 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from devstack.embedded import free_port
 from server.clock import LOCAL_TZ
 from server.security import ticketcode
 from tests.booking_support import issued_order, member, person
 from tests.inventory_support import make_departure
 from tests.reliability import record
-from tests.support import ApiClient, KeyunProcess
+from tests.support import ApiClient, KeyunProcess, another_process
 
 GATE_STATION = "440111001"  # the demo gate user's station
 
 
 @pytest.fixture(scope="module")
 def other(keyun: KeyunProcess, workdir: Path) -> Iterator[KeyunProcess]:
-    env = {**keyun.env, "KEYUN_PORT": str(free_port()),
-           "KEYUN_DATA_DIR": str(workdir / "test_gate-2")}
-    server = KeyunProcess(env, workdir / "logs" / "test_gate-2.log", int(env["KEYUN_PORT"]))
-    server.start()
-    yield server
-    server.stop()
+    with another_process(keyun, workdir, "test_gate-2") as server:
+        yield server
 
 
 async def boarding(api: ApiClient, db, services, *, passengers: int = 1,

@@ -20,7 +20,7 @@ from server.services.events import EventLog, Topic
 from tests.booking_support import member, native_departure, person
 from tests.inventory_support import make_departure
 from tests.reliability import record
-from tests.support import ApiClient, KeyunProcess
+from tests.support import ApiClient, KeyunProcess, another_process
 from tests.ws_support import StalledClient, Ws
 
 
@@ -28,12 +28,8 @@ from tests.ws_support import StalledClient, Ws
 def other(keyun: KeyunProcess, workdir: Path) -> Iterator[KeyunProcess]:
     """A second Keyun process on the same stores (what a load balancer spreads over); its
     WebSockets watching nothing are closed after 2 s."""
-    env = {**keyun.env, "KEYUN_PORT": str(free_port()), "KEYUN_WS_IDLE_SECONDS": "2",
-           "KEYUN_DATA_DIR": str(workdir / "test_push-2")}
-    server = KeyunProcess(env, workdir / "logs" / "test_push-2.log", int(env["KEYUN_PORT"]))
-    server.start()
-    yield server
-    server.stop()
+    with another_process(keyun, workdir, "test_push-2", KEYUN_WS_IDLE_SECONDS="2") as server:
+        yield server
 
 
 async def new_order(api: ApiClient, token: str, departure_id: str) -> dict[str, Any]:
