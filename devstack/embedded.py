@@ -33,6 +33,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def free_cluster_port(host: str = "127.0.0.1") -> int:
+    """A free port whose cluster-bus port (10,000 higher) is free too."""
+    for _ in range(200):
+        port = free_port(host)
+        if port + 10000 > 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -143,6 +158,56 @@ def redis_server(data_dir: Path, port: int | None = None, persist: bool = True) 
             "--protected-mode", "yes", "--daemonize", "no"]
     return ChildServer("redis", argv, "127.0.0.1", port, data_dir / "log" / "redis.log",
                        stop_timeout=10.0)
+
+
+class RedisCluster:
+    """A Redis Cluster of ``masters`` redis-server children on loopback ports (no replicas):
+    cluster mode of the same binary, slots spread by ``redis-cli --cluster create``."""
+
+    def __init__(self, data_dir: Path, masters: int = 3) -> None:
+        self.nodes = []
+        for n in range(masters):
+            port = free_cluster_port()
+            workdir = (data_dir / f"redis-cluster-{n}").resolve()
+            workdir.mkdir(parents=True, exist_ok=True)
+            argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+                    "--dir", str(workdir), "--save", "", "--appendonly", "no",
+                    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                    "--cluster-node-timeout", "3000", "--daemonize", "no"]
+            self.nodes.append(ChildServer(f"redis-cluster-{n}", argv, "127.0.0.1", port,
+                                          data_dir / "log" / f"redis-cluster-{n}.log",
+                                          stop_timeout=10.0))
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"{n.host}:{n.port}" for n in self.nodes)
+
+    def start(self, ready_timeout: float = 30.0) -> None:
+        for node in self.nodes:
+            node.start()
+        cli = str(Path(redis_server_binary()).with_name("redis-cli"))
+        created = subprocess.run(  # noqa: S603 - our own binary and loopback addresses
+            [cli, "--cluster", "create", *(f"{n.host}:{n.port}" for n in self.nodes),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True, text=True, timeout=60, check=False)
+        if created.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-500:]}"
+                               f"{created.stderr[-500:]}")
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            states = [subprocess.run(  # noqa: S603
+                [cli, "-p", str(n.port), "cluster", "info"], capture_output=True, text=True,
+                timeout=10, check=False).stdout for n in self.nodes]
+            if all("cluster_state:ok" in state for state in states):
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the Redis Cluster did not become ready within {ready_timeout}s")
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            node.stop()
 
 
 def mongo_uri(server: ChildServer) -> str:

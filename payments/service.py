@@ -118,13 +118,18 @@ class PaymentService:
             attempt, _ = await self._open_attempt(order, method, actor, provider)
             return await self._pay_locally(actor, order, attempt, provider, receipt,
                                            reference)
+        payer: dict[str, str] = {}
+        if method == "wechat_jsapi":  # paid inside WeChat by the member's WeChat identity
+            member = await self._db.members.find_one({"_id": order.get("member_id")},
+                                                     {"openid": 1}) or {}
+            if not member.get("openid"):
+                raise DomainError("PAYMENT_METHOD_NOT_ALLOWED",
+                                  "Paying in the mini-program needs a WeChat sign-in; choose "
+                                  "another payment method.", field="method")
+            payer = {"openid": member["openid"]}
         attempt, reuse = await self._open_attempt(order, method, actor, provider)
         if reuse is not None:
             return reuse
-        payer: dict[str, str] = {}
-        if method == "wechat_jsapi" and order.get("member_id"):
-            member = await self._db.members.find_one({"_id": order["member_id"]})
-            payer = {"openid": (member or {}).get("openid", "")}
         if method == "wechat_h5":  # WeChat wants the paying phone's address
             payer = {"client_ip": client_ip_var.get() or "127.0.0.1"}
         out_trade_no = attempt["out_trade_no"]

@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -162,12 +164,33 @@ def connect_redis(url: str, max_connections: int = 64) -> aioredis.Redis:
     connection that Redis dropped (restart, failover) is reconnected and the command sent
     again, twice at most: the seat scripts are keyed by hold / sale id, so a command that
     did reach Redis before the connection broke does no harm when repeated."""
+    if urlsplit(url).scheme.endswith("+cluster"):
+        return connect_redis_cluster(url, max_connections)  # type: ignore[return-value]
     pool = aioredis.BlockingConnectionPool.from_url(
         url, decode_responses=True, socket_timeout=5, socket_connect_timeout=3,
         health_check_interval=30, max_connections=max_connections, timeout=10,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
         retry_on_error=[RedisConnectionError])
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+
+
+def connect_redis_cluster(url: str, max_connections: int = 64) -> RedisCluster:
+    """A Redis Cluster client: ``redis+cluster://h1:p1,h2:p2/`` names some nodes to start
+    from (the client learns the rest and follows slot moves and failovers). Every key a
+    script or transaction touches shares one hash tag, so each stays on one slot; pub/sub
+    is the cluster's classic kind, which every node delivers."""
+    parts = urlsplit(url)
+    nodes = []
+    for address in parts.netloc.rpartition("@")[2].split(","):
+        host, _, port = address.rpartition(":")
+        nodes.append(ClusterNode(host or "127.0.0.1", int(port or 6379)))
+    return RedisCluster(
+        startup_nodes=nodes, decode_responses=True, socket_timeout=5,
+        socket_connect_timeout=3, max_connections=max_connections,
+        password=unquote(parts.password) if parts.password else None,
+        username=unquote(parts.username) if parts.username else None,
+        ssl=parts.scheme.startswith("rediss"),
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3))
 
 
 def build_services(settings: Settings, mongo: AsyncMongoClient[Any],

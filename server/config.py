@@ -160,8 +160,10 @@ class Settings:
     mongo_uri: str | None = _opt(None, _parse_optional_uri("mongodb", "mongodb+srv"),
                                  "MongoDB URI; unset: start the embedded SecantusDB")
     mongo_db: str = _opt("keyun", _parse_db_name, "MongoDB database name")
-    redis_url: str | None = _opt(None, _parse_optional_uri("redis", "rediss", "unix"),
-                                 "Redis URL; unset: start the embedded redis-server")
+    redis_url: str | None = _opt(None, _parse_optional_uri("redis", "rediss", "unix",
+                                                           "redis+cluster", "rediss+cluster"),
+                                 "Redis URL, or redis+cluster://host:port[,host:port…] for "
+                                 "a Redis Cluster; unset: start the embedded redis-server")
     data_dir: str = _opt("var", _parse_str, "where embedded servers keep their data")
     jwt_secret: str = _opt("", _parse_secret,
                            "HMAC secret for access tokens (>= 32 chars); dev generates one")

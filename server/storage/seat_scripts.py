@@ -7,11 +7,13 @@ whole departure lives on one Redis Cluster slot.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 SOURCE = Path(__file__).with_name("inventory.lua")
@@ -87,16 +89,25 @@ class SeatScripts:
 
     async def call_many(self, name: str, departure_ids: list[str], *args: Any
                         ) -> list[list[Any] | ScriptError]:
-        """One script over many departures in a single pipeline (one round trip on one
-        node; on Redis Cluster the client splits it by slot)."""
+        """One script over many departures in a single pipeline (one round trip). On Redis
+        Cluster, where redis-py refuses scripts in a pipeline, the calls go concurrently,
+        each to the node of its departure's slot."""
         if not departure_ids:
             return []
-        pipe = self.redis.pipeline(transaction=False)
-        for departure_id in departure_ids:
-            await self._scripts[name](keys=departure_keys(departure_id),
-                                      args=[departure_id, *args], client=pipe)
+        script = self._scripts[name]
+        results: list[Any]
+        if isinstance(self.redis, RedisCluster):
+            results = await asyncio.gather(*[
+                script(keys=departure_keys(d), args=[d, *args]) for d in departure_ids],
+                return_exceptions=True)
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for departure_id in departure_ids:
+                await script(keys=departure_keys(departure_id), args=[departure_id, *args],
+                             client=pipe)
+            results = await pipe.execute(raise_on_error=False)
         out: list[list[Any] | ScriptError] = []
-        for result in await pipe.execute(raise_on_error=False):
+        for result in results:
             if isinstance(result, Exception):
                 out.append(ScriptError("ERROR", str(result)))
             elif result and result[0] == "ERR":
