@@ -37,11 +37,12 @@ async def make_departure(db: Any, *, seats: int = 8, stops: int = 3,
          "effective_from": NOW - dt.timedelta(days=30)}
         for i in range(stops) for j in range(i + 1, stops)])
     departure_id = f"DT{tag}"
+    departs_at = dt.datetime.now(dt.UTC) + departs_in  # from now, not from the import
     await db.departures.insert_one({
         "_id": departure_id, "schedule_id": f"SCH{tag}", "route_id": route_id,
         "station_id": station["_id"], "carrier_id": "C44010001",
-        "service_date": (NOW + departs_in).astimezone(LOCAL_TZ).date().isoformat(),
-        "departs_at": NOW + departs_in, "seats": seats, "status": "on_sale",
+        "service_date": departs_at.astimezone(LOCAL_TZ).date().isoformat(),
+        "departs_at": departs_at, "seats": seats, "status": "on_sale",
         "inventory": "native"})
     return departure_id
 
@@ -78,6 +79,47 @@ async def _hammer(mongo_uri: str, redis_url: str, db_name: str, departure_id: st
     await mongo.close()
     await redis.aclose()
     return sold
+
+
+async def processes_fight(db: Any, mongo_uri: str, redis_url: str, db_name: str,
+                          departure_id: str, processes: int, attempts: int,
+                          segments: int) -> dict[int, int]:
+    """``processes`` hammering processes, ``attempts`` holds-and-sales each over random
+    segments; checks from MongoDB that no seat segment was sold twice and that Redis shows
+    exactly what was sold. Returns seat → sold segment mask."""
+    import subprocess
+
+    from server.app import connect_redis
+    from server.exchange.base import segment_mask
+    from server.storage.inventory import NativeInventory
+    from tests.support import ROOT
+
+    procs = [await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.inventory_support", mongo_uri, redis_url, db_name,
+        departure_id, str(attempts), str(segments), str(seed), stdout=subprocess.PIPE,
+        cwd=ROOT) for seed in range(processes)]
+    outputs = await asyncio.gather(*[p.communicate() for p in procs])
+    assert all(p.returncode == 0 for p in procs)
+    sold = {line for out, _ in outputs for line in out.decode().split() if line}
+    assert sold, "nobody managed to buy anything"
+    records = await db.seat_holds.find({"departure_id": departure_id,
+                                        "status": "sold"}).to_list()
+    assert {r["_id"] for r in records} == sold
+    per_seat: dict[int, int] = {}
+    for rec in records:
+        mask = segment_mask(rec["from_seq"], rec["to_seq"])
+        for entry in rec["seats"]:
+            assert per_seat.get(entry["seat"], 0) & mask == 0, "a seat segment sold twice"
+            per_seat[entry["seat"]] = per_seat.get(entry["seat"], 0) | mask
+    redis = connect_redis(redis_url)
+    inventory = NativeInventory(db, redis)
+    try:
+        seats = await inventory.availability(departure_id)
+    finally:
+        await inventory.close()
+        await redis.aclose()
+    assert {i + 1: m for i, m in enumerate(seats.occupancy) if m} == per_seat
+    return per_seat
 
 
 def hammer_main(args: list[str]) -> None:

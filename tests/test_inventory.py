@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import subprocess
-import sys
 
 import pytest
 
@@ -26,9 +24,8 @@ from server.exchange.errors import (
     SoldOut,
 )
 from server.storage.inventory import NativeInventory, new_hold_id
-from tests.inventory_support import make_departure
+from tests.inventory_support import make_departure, processes_fight
 from tests.reliability import record
-from tests.support import ROOT
 
 
 def req(count: int = 1, frm: int = 0, to: int = 2, seats=(), channel: str = "miniapp",
@@ -289,29 +286,8 @@ async def test_redis_restart_rebuilds_from_mongodb_without_double_selling(own_re
 async def test_thousands_of_concurrent_holds_from_several_processes(stores, seeded, db) -> None:
     """4 processes × 500 attempts on a 40-seat, 3-segment departure: no seat segment twice."""
     dep = await make_departure(db, seats=40, stops=4)
-    procs = [await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.inventory_support", stores.mongo_uri, stores.redis_url,
-        seeded, dep, "500", "3", str(seed), stdout=subprocess.PIPE, cwd=ROOT)
-        for seed in range(4)]
-    outputs = await asyncio.gather(*[p.communicate() for p in procs])
-    assert all(p.returncode == 0 for p in procs)
-    sold_ids = [line for out, _ in outputs for line in out.decode().split() if line]
-    assert sold_ids, "nobody managed to buy anything"
-
-    records = await db.seat_holds.find({"departure_id": dep, "status": "sold"}).to_list()
-    assert {r["_id"] for r in records} == set(sold_ids)
-    per_seat: dict[int, int] = {}
-    for rec in records:
-        mask = segment_mask(rec["from_seq"], rec["to_seq"])
-        for entry in rec["seats"]:
-            assert per_seat.get(entry["seat"], 0) & mask == 0, "a seat segment sold twice"
-            per_seat[entry["seat"]] = per_seat.get(entry["seat"], 0) | mask
-    redis = connect_redis(stores.redis_url)
-    try:
-        seats = await NativeInventory(db, redis).availability(dep)
-    finally:
-        await redis.aclose()
-    assert {i + 1: m for i, m in enumerate(seats.occupancy) if m} == per_seat
+    await processes_fight(db, stores.mongo_uri, stores.redis_url, seeded, dep, processes=4,
+                          attempts=500, segments=3)
 
 
 @pytest.mark.gen_test

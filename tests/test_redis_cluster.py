@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,15 +20,13 @@ from redis.crc import key_slot
 from devstack import embedded
 from server.app import connect_redis
 from server.clock import local_today
-from server.exchange.base import segment_mask
 from server.services.events import Topic
 from server.services.jobs import JobRunner
 from server.storage.attempts import Backoff
-from server.storage.inventory import NativeInventory
 from server.storage.seat_scripts import departure_keys
 from tests.booking_support import person
-from tests.inventory_support import make_departure
-from tests.support import ROOT, ApiClient, KeyunProcess, another_process, keyun_env
+from tests.inventory_support import make_departure, processes_fight
+from tests.support import ApiClient, KeyunProcess, another_process, keyun_env
 from tests.ws_support import Ws
 
 
@@ -64,30 +60,8 @@ def test_every_key_group_a_script_or_transaction_touches_is_on_one_slot() -> Non
 async def test_processes_fighting_over_one_departure_on_the_cluster(cluster, stores, seeded,
                                                                     db) -> None:
     dep = await make_departure(db, seats=30, stops=4)
-    procs = [await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.inventory_support", stores.mongo_uri, cluster.url,
-        seeded, dep, "200", "3", str(seed), stdout=subprocess.PIPE, cwd=ROOT)
-        for seed in range(3)]
-    outputs = await asyncio.gather(*[p.communicate() for p in procs])
-    assert all(p.returncode == 0 for p in procs)
-    sold = {line for out, _ in outputs for line in out.decode().split() if line}
-    assert sold, "nobody managed to buy anything"
-    records = await db.seat_holds.find({"departure_id": dep, "status": "sold"}).to_list()
-    assert {r["_id"] for r in records} == sold
-    per_seat: dict[int, int] = {}
-    for rec in records:
-        mask = segment_mask(rec["from_seq"], rec["to_seq"])
-        for entry in rec["seats"]:
-            assert per_seat.get(entry["seat"], 0) & mask == 0, "a seat segment sold twice"
-            per_seat[entry["seat"]] = per_seat.get(entry["seat"], 0) | mask
-    redis = connect_redis(cluster.url)
-    inventory = NativeInventory(db, redis)
-    try:
-        seats = await inventory.availability(dep)
-    finally:
-        await inventory.close()
-        await redis.aclose()
-    assert {i + 1: m for i, m in enumerate(seats.occupancy) if m} == per_seat
+    await processes_fight(db, stores.mongo_uri, cluster.url, seeded, dep, processes=3,
+                          attempts=200, segments=3)
 
 
 @pytest.mark.gen_test(timeout=60)
