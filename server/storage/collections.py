@@ -38,6 +38,9 @@ GEO_POINT = {
                    "coordinates": {"bsonType": "array", "minItems": 2, "maxItems": 2,
                                    "items": {"bsonType": ["double", "int"]}}},
 }
+# a bus's seats: 核定载客数 is at most 80 (the vehicles' limit); a seat number is one byte of
+# the signed ticket code
+SEAT_COUNT = {"bsonType": "int", "minimum": 1, "maximum": 80}
 ORDER_STATUSES = ["pending_payment", "paid", "issued", "completed", "cancelled", "expired",
                   "refunding", "refunded", "failed"]
 TICKET_STATUSES = ["held", "issued", "picked_up", "checked_in", "refunded", "voided", "changed",
@@ -136,7 +139,7 @@ COLLECTIONS: list[CollectionSpec] = [
         code=NONEMPTY, route_id=NONEMPTY, station_id=NONEMPTY, carrier_id=NONEMPTY,
         departs_at_local=LOCAL_TIME, nature={"enum": ["regular", "extra", "seasonal"]},
         type={"enum": ["direct", "normal", "express", "sleeper"]},
-        seats={"bsonType": "int", "minimum": 1},
+        seats=SEAT_COUNT,
         status={"enum": ["active", "suspended", "withdrawn"]}), [
         _ix("code", "code_unique", unique=True),
         _ix([("route_id", ASCENDING)], "route"),
@@ -148,7 +151,7 @@ COLLECTIONS: list[CollectionSpec] = [
         schedule_id=NONEMPTY, route_id=NONEMPTY, station_id=NONEMPTY, carrier_id=NONEMPTY,
         vehicle_id=STR, driver_ids={"bsonType": "array", "items": STR},
         service_date=LOCAL_DATE, departs_at=DATE,
-        seats={"bsonType": "int", "minimum": 1},
+        seats=SEAT_COUNT,
         status={"enum": DEPARTURE_STATUSES},
         inventory={"enum": ["native", "proxied"]}), [
         # one regular run of a schedule a day (run absent), and its extra buses (run 1, 2…)
