@@ -42,10 +42,9 @@ from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import OperationFailure
-from pymongo.read_concern import ReadConcern
 
 from server.storage.collections import ensure_schema
+from server.storage.transactions import read_at_one_moment
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +52,6 @@ FORMAT = "keyun-backup/1"
 MANIFEST = "manifest.json"
 RAW = CodecOptions(document_class=RawBSONDocument)
 BATCH = 1000
-# the transaction outlived MongoDB's limit, or was aborted for it
-TRANSACTION_TOO_LONG = {290, 251, 244}
 
 
 class BackupError(Exception):
@@ -78,20 +75,10 @@ async def backup(db: AsyncDatabase[Any], out: Path) -> dict[str, Any]:
     indexes = {name: [_index_spec(ix) async for ix in await db[name].list_indexes()
                       if ix["name"] != "_id_"] for name in names}  # (not inside a transaction)
     started = dt.datetime.now(dt.UTC)
-    async with db.client.start_session() as session:
-        try:
-            async with await session.start_transaction(read_concern=ReadConcern("snapshot")):
-                collections = await _dump(db, names, out, session)
-            consistency = "transaction (read concern snapshot)"
-        except OperationFailure as exc:
-            if exc.code not in TRANSACTION_TOO_LONG:
-                raise
-            log.warning("backup outlived a transaction; reading again in a snapshot session")
-            collections = None
-    if collections is None:
-        async with db.client.start_session(snapshot=True) as session:
-            collections = await _dump(db, names, out, session)
-        consistency = "snapshot session"
+
+    async def dump(session: AsyncClientSession) -> dict[str, Any]:
+        return await _dump(db, names, out, session)
+    collections, consistency = await read_at_one_moment(db, dump)
     for name, entry in collections.items():
         entry["indexes"] = indexes[name]
     manifest = {"format": FORMAT, "database": db.name, "started_at": started.isoformat(),

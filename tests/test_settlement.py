@@ -675,15 +675,17 @@ async def test_five_thousand_payments_reconcile_with_every_difference_found(
 async def test_the_daily_reconciliation_runs_each_source_once_after_the_bills_are_out(
         api: ApiClient, db, services) -> None:
     finance = (await api.login("finance"))["token"]
-    today = local_today()
-    early = dt.datetime.combine(today, dt.time(7), LOCAL_TZ)
+    # yesterday's morning reconciles the day before: a day the servers' own daily job (on the
+    # real clock it reconciles yesterday, after 10:00 Beijing) never takes
+    then = local_today() - dt.timedelta(days=1)
+    early = dt.datetime.combine(then, dt.time(7), LOCAL_TZ)
     assert await services.reconciliation.daily(now=early) == 0  # bills not out yet
-    late = dt.datetime.combine(today, dt.time(11), LOCAL_TZ)
+    late = dt.datetime.combine(then, dt.time(11), LOCAL_TZ)
     stations = await db.stations.distinct("_id", {"status": "active",
                                                   "system.vendor": {"$in": ["rest", "xml"]}})
     assert await services.reconciliation.daily(now=late) == 2 + len(stations)
     assert await services.reconciliation.daily(now=late) == 0  # once a day each
-    day = (today - dt.timedelta(days=1)).isoformat()
+    day = (then - dt.timedelta(days=1)).isoformat()
     runs = (await api.get(f"/api/v1/admin/reconciliations?date={day}", token=finance)).body
     sources = {r["source"] for r in runs["runs"] if r["id"].startswith("AUTO-")}
     assert sources == {"wechat", "alipay", *(f"station:{s}" for s in stations)}
