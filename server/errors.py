@@ -43,8 +43,8 @@ ERRORS: dict[str, tuple[int, str]] = {
     "AUTH_REQUIRED": (401, "Sign in first: send Authorization: Bearer <token>."),
     "TOKEN_INVALID": (401, "The access token is invalid."),
     "TOKEN_EXPIRED": (401, "The access token has expired; refresh it."),
-    "TOKEN_REVOKED": (401, "This sign-in has ended (the account was disabled or its role "
-                           "changed); sign in again."),
+    "TOKEN_REVOKED": (401, "This sign-in has ended (the account was closed or disabled, or "
+                      "its role changed); sign in again."),
     "INVALID_CREDENTIALS": (401, "Wrong username or password."),
     "SIGNATURE_INVALID": (401, "The request signature does not verify (or the key is unknown "
                                "or revoked): see the partner API's signing rules."),
