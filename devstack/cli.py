@@ -20,8 +20,9 @@ import secrets
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tornado.netutil import bind_sockets
 
@@ -40,6 +41,7 @@ from server.main import (
 from server.services.kinds import KINDS
 
 log = logging.getLogger("keyun")
+T = TypeVar("T")
 
 class _Stop(Exception):
     """Raised by the signal handlers while the process is not in its event loop."""
@@ -367,22 +369,29 @@ def _print_banner(settings: Settings, children: list[embedded.ChildServer]) -> N
 
 def seed_demo(settings: Settings, reset: bool = False, history_days: int = 0) -> int:
     """``keyun seed-demo``: load the demo province into the configured (or embedded) stores."""
+    if not _on_stores(settings, lambda ready: _seed(ready, reset, history_days)):
+        return 1
+    print("Demo province loaded" + (f", with {history_days} days of history." if
+                                    history_days else "."))
+    return 0
+
+
+def _on_stores(settings: Settings, work: Callable[[Settings], Awaitable[T]]) -> T | None:
+    """A console command's ``work(settings)`` on the configured stores — or on the embedded
+    ones of a running ``keyun run``, or on embedded ones started for it and stopped after;
+    None if stopped by a signal."""
     children: list[embedded.ChildServer] = []
     signal.signal(signal.SIGTERM, _raise_stop)
     try:
-        settings = _start_stores(_with_dev_secret(settings), children)
-        asyncio.run(_seed(settings, reset, history_days))
-        print("Demo province loaded" + (f", with {history_days} days of history." if
-                                        history_days else "."))
-        return 0
+        return asyncio.run(work(_start_stores(_with_dev_secret(settings), children)))
     except _Stop:
-        return 1
+        return None
     finally:
         for child in reversed(children):
             child.stop()
 
 
-async def _seed(settings: Settings, reset: bool, history_days: int) -> None:
+async def _seed(settings: Settings, reset: bool, history_days: int) -> bool:
     from devstack import demo, history
     from server.storage.collections import ensure_schema
 
@@ -400,6 +409,7 @@ async def _seed(settings: Settings, reset: bool, history_days: int) -> None:
     finally:
         await mongo.close()
         await redis.aclose()
+    return True
 
 
 def import_file(settings: Settings, path: Path, kind: str, apply: bool) -> int:
@@ -410,16 +420,9 @@ def import_file(settings: Settings, path: Path, kind: str, apply: bool) -> int:
     except OSError as exc:
         print(f"keyun import: cannot read {path}: {exc.strerror}", file=sys.stderr)
         return 2
-    children: list[embedded.ChildServer] = []
-    signal.signal(signal.SIGTERM, _raise_stop)
-    try:
-        settings = _start_stores(_with_dev_secret(settings), children)
-        report = asyncio.run(_import(settings, body, kind, apply))
-    except _Stop:
+    report = _on_stores(settings, lambda ready: _import(ready, body, kind, apply))
+    if report is None:
         return 1
-    finally:
-        for child in reversed(children):
-            child.stop()
     print(json.dumps(report, ensure_ascii=False, indent=1))
     return 1 if report.get("error_count") or "code" in report else 0
 
@@ -472,26 +475,15 @@ def restore_database(settings: Settings, directory: Path, drop: bool = False) ->
 
 
 def _with_database(settings: Settings, work: Any) -> Any:
-    """Run ``work(db)`` on the configured database (the embedded stores started if need be
-    and stopped after); None if stopped by a signal."""
-    children: list[embedded.ChildServer] = []
-    signal.signal(signal.SIGTERM, _raise_stop)
-
-    async def run_it() -> Any:
-        mongo, redis = await wait_for_stores(settings)
+    """``work(db)`` on the configured database (``_on_stores``); None if stopped."""
+    async def in_database(ready: Settings) -> Any:
+        mongo, redis = await wait_for_stores(ready)
         try:
-            return await work(mongo[settings.mongo_db])
+            return await work(mongo[ready.mongo_db])
         finally:
             await mongo.close()
             await redis.aclose()
-    try:
-        settings = _start_stores(_with_dev_secret(settings), children)
-        return asyncio.run(run_it())
-    except _Stop:
-        return None
-    finally:
-        for child in reversed(children):
-            child.stop()
+    return _on_stores(settings, in_database)
 
 
 def _print_progress(done: int, days: int) -> None:

@@ -225,7 +225,6 @@ class MemberService:
             raise DomainError("PASSENGER_NOT_FOUND")
         return doc, self.vault.decrypt("id_no", doc["id_no_enc"])
 
-
     # --- closing an account (PIPL: the right to delete) ----------------------------------------
     async def close_account(self, member: Principal) -> dict[str, Any]:
         """Close the caller's account: sign-in identities, profile and frequent passengers are
@@ -237,11 +236,7 @@ class MemberService:
         open_orders = await self._open_orders(member.id, now)
         if open_orders:
             raise DomainError("ACCOUNT_HAS_OPEN_TRIPS", orders=open_orders[:20])
-        removed = await self._records.close(member.id, now)
-        await self._auth.end_sign_ins(member.id)
-        await self._audit.record(member, "member.closed", target=member.id,
-                                 details={"passengers_deleted": removed})
-        log.info("member account closed", extra={"fields": {"member": member.id}})
+        removed = await self._close(member.id, member, "member.closed", now)
         return {"closed": True, "passengers_deleted": removed}
 
     async def close_dormant(self, before: dt.datetime, actor: dict[str, Any], *,
@@ -265,12 +260,21 @@ class MemberService:
                 continue
             if await self._open_orders(member_id, now):
                 continue
-            removed = await self._records.close(member_id, now)
-            await self._auth.end_sign_ins(member_id)
-            await self._audit.record(actor, "member.closed_dormant", target=member_id,
-                                     details={"passengers_deleted": removed})
+            await self._close(member_id, actor, "member.closed_dormant", now)
             closed += 1
         return closed
+
+    async def _close(self, member_id: str, actor: Principal | dict[str, Any], action: str,
+                     now: dt.datetime) -> int:
+        """Identities, profile and frequent passengers deleted, sign-ins ended, audited;
+        how many frequent passengers there were."""
+        removed = await self._records.close(member_id, now)
+        await self._auth.end_sign_ins(member_id)
+        await self._audit.record(actor, action, target=member_id,
+                                 details={"passengers_deleted": removed})
+        log.info("member account closed", extra={"fields": {"member": member_id,
+                                                            "action": action}})
+        return removed
 
     async def _open_orders(self, member_id: str, now: dt.datetime) -> list[str]:
         busy = sorted(await self._db.orders.distinct("order_no", {

@@ -15,6 +15,7 @@ refuses, the order fails and a full refund is requested — never paid without a
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import secrets
@@ -298,8 +299,8 @@ class OrderService:
         return False
 
     async def _release_people(self, departure_id: str, indexes: list[str], claim: str) -> None:
-        for index in indexes:
-            await self._release_claim(keys=[_booking_key(departure_id, index)], args=[claim])
+        await asyncio.gather(*[self._release_claim(keys=[_booking_key(departure_id, index)],
+                                                   args=[claim]) for index in indexes])
 
     async def _write_order(self, order: dict[str, Any], tickets: list[dict[str, Any]]) -> None:
         """Order and tickets together or not at all; a concurrent order on the same index

@@ -63,4 +63,3 @@ class MemberRecords:
                         "nickname": ""}})
         removed = await self._passengers.delete_many({"member_id": member_id})
         return removed.deleted_count
-

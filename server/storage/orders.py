@@ -189,4 +189,3 @@ class OrderBook:
                        "passenger": {"name": ANONYMIZED, "id_type": "$passenger.id_type",
                                      "id_no_masked": ANONYMIZED}}}])
         return orders.modified_count, tickets.modified_count
-
