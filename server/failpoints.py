@@ -14,7 +14,7 @@ import logging
 log = logging.getLogger(__name__)
 
 # every failpoint the code has; a setting naming another one is a mistake, refused at start
-NAMES = ("orders.after_hold", "orders.after_write")
+NAMES = ("orders.after_hold", "orders.after_write", "ledger.in_transaction")
 
 _active: dict[str, float] = {}
 

@@ -38,6 +38,7 @@ TITLES = {
     "R11": "Roles, other members' data and forged tokens",
     "R12": "Tampered, replayed and concurrent gate scans",
     "R13": "Worker processes killed under load",
+    "R14": "A process killed inside a ledger posting transaction",
     "Soak": "Mixed traffic held with a worker restarted every cycle",
 }
 

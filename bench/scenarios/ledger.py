@@ -23,7 +23,7 @@ from server.services.alerts import AlertService
 from server.services.audit import AuditService
 from server.services.clearing import ClearingRules
 from server.services.events import EventLog
-from server.services.ledger import Ledger
+from server.services.ledger import PER_TRANSACTION, Ledger
 from server.services.settlement import Settlement
 from server.storage.collections import ensure_schema
 from server.storage.ledger import LedgerBook
@@ -35,7 +35,10 @@ NOTES = [
     "sale-like entries (6 postings: payable, carrier, station, outlet, provider, platform) — "
     "each one MongoDB transaction (snapshot reads, majority writes) with an existence check, "
     "the entry insert and six balance `$inc` upserts. The baseline inserts the same entry "
-    "documents with `insert_one` from one client, no transaction and no balances.",
+    "documents with `insert_one` from one client, no transaction and no balances. The "
+    "posting job posts a page's entries in transactions of 100 (`LedgerBook.post_many`: "
+    "each account's balance moves once per batch by its sum); its baseline is `insert_many` "
+    "of the same 100 documents.",
     "Settlement: 100,000 tickets' sale entries over 40 carriers, 30 stations, 20 outlets, "
     "booked three days before, settled T+1 through yesterday by `Settlement.run` (per "
     "entity: its period's entries summed, a payout entry posted, the batch written). Peak "
@@ -67,27 +70,30 @@ def _entry(i: int, rng: random.Random, booked_on: str, at: dt.datetime) -> dict[
                                 "station_id": "ST000"}}}
 
 
-async def _posting_rate(book: LedgerBook, raw: Any, seconds: float) -> tuple[float, float]:
+async def _posting_rate(book: LedgerBook, raw: Any, seconds: float
+                        ) -> tuple[float, float, float, float]:
     rng = random.Random(1)
     today, now = local_today().isoformat(), dt.datetime.now(dt.UTC)
     counter = iter(range(10**9))
 
-    async def timed(write: Any) -> float:
+    async def timed(write: Any, size: int) -> float:
         done = 0
         deadline = time.perf_counter() + seconds
 
         async def worker() -> None:
             nonlocal done
             while time.perf_counter() < deadline:
-                await write(_entry(next(counter), rng, today, now))
-                done += 1
+                await write([_entry(next(counter), rng, today, now) for _ in range(size)])
+                done += size
         start = time.perf_counter()
         await asyncio.gather(*[worker() for _ in range(POSTERS)])
         return done / (time.perf_counter() - start)
 
-    posted = await timed(book.post)
-    inserted = await timed(raw.insert_one)
-    return posted, inserted
+    posted = await timed(lambda entries: book.post(entries[0]), 1)
+    inserted = await timed(lambda entries: raw.insert_one(entries[0]), 1)
+    batched = await timed(book.post_many, PER_TRANSACTION)
+    inserted_many = await timed(raw.insert_many, PER_TRANSACTION)
+    return posted, inserted, batched, inserted_many
 
 
 async def _settlement(db: Any) -> tuple[float, float, float, int]:
@@ -145,8 +151,10 @@ async def run(bench: Bench) -> list[Row]:
     db = mongo[BENCH_LEDGER_DB]
     try:
         await ensure_schema(db)
-        posted, inserted = await _posting_rate(LedgerBook(db), db.raw_entries, bench.seconds)
-        print(f"   postings {posted:,.1f}/s, raw inserts {inserted:,.1f}/s", flush=True)
+        posted, inserted, batched, inserted_many = await _posting_rate(
+            LedgerBook(db), db.raw_entries, bench.seconds)
+        print(f"   postings {posted:,.1f}/s, raw inserts {inserted:,.1f}/s; in batches "
+              f"{batched:,.1f}/s, raw insert_many {inserted_many:,.1f}/s", flush=True)
         await db.ledger_entries.delete_many({})
         await db.ledger_accounts.delete_many({})
         took, raw, peak_mib, rss_mib = await _settlement(db)
@@ -157,6 +165,10 @@ async def run(bench: Bench) -> list[Row]:
         Row("ledger postings, one poster (LedgerBook.post)", posted,
             "entries/s", "raw MongoDB insert_one of the same entries, one client",
             inserted, "one transaction per entry: entry + 6 balance upserts"),
+        Row(f"ledger postings in batches of {PER_TRANSACTION} (LedgerBook.post_many, as the "
+            "posting job)", batched, "entries/s",
+            f"raw MongoDB insert_many of the same entries, {PER_TRANSACTION} at a time",
+            inserted_many, "one transaction per batch: the entries + one $inc per account"),
         Row(f"settlement run over {TICKETS:,} tickets (Settlement.run)", took, "s",
             "raw aggregation of the same entries per account", raw,
             f"peak Python memory {peak_mib:,.1f} MiB (RSS grew {rss_mib} MiB)",

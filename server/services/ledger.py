@@ -53,6 +53,7 @@ BANK = "bank:operator"
 SUSPENSE = "suspense:reconciliation"
 MARGIN = dt.timedelta(minutes=2)  # each run reads this far back behind its cursor
 BATCH = 500
+PER_TRANSACTION = 100  # entries posted together (their balances moved once per account)
 
 
 def funds_account(movement: dict[str, Any]) -> str:
@@ -90,8 +91,8 @@ class Ledger:
         return posted
 
     def _sources(self) -> list[tuple[str, str, str, Any, Any]]:
-        """Each source: its cursor's name, collection, time field, how one record posts, and
-        the id of the entry it makes."""
+        """Each source: its cursor's name, collection, time field, the entry one record
+        makes (None: none yet), and that entry's id."""
         return [("movements", "money_movements", "at", self._movement,
                  lambda d: f"mv:{d['_id']}"),
                 ("issued", "tickets", "issued_at", self._sale_of,
@@ -99,7 +100,7 @@ class Ledger:
                 ("returned", "tickets", "refund.at", self._return_of,
                  lambda d: f"return:{d['ticket_no']}")]
 
-    async def _post_all(self, name: str, collection: str, field: str, post: Any,
+    async def _post_all(self, name: str, collection: str, field: str, entry_for: Any,
                         entry_of: Any, query: dict[str, Any]) -> int:
         posted, last, page = 0, None, query
         published = await self.rules.published()
@@ -108,11 +109,22 @@ class Ledger:
                 [(field, 1), ("_id", 1)]).limit(BATCH).to_list()
             # what the margin re-reads is mostly posted already: one look-up per page
             done = await self.book.existing([entry_of(d) for d in docs])
+            entries: list[tuple[Any, dict[str, Any]]] = []
             for doc in docs:
                 if entry_of(doc) in done:
                     continue
                 with self.failures.record(f"ledger-{name}", doc.get("_id")):
-                    posted += bool(await post(doc, published))
+                    entry = await entry_for(doc, published)
+                    if entry is not None:
+                        entries.append((doc.get("_id"), entry))
+            for first in range(0, len(entries), PER_TRANSACTION):
+                chunk = entries[first:first + PER_TRANSACTION]
+                try:
+                    posted += await self.book.post_many([e for _, e in chunk])
+                except Exception:  # one at a time: a bad record does not hold the others
+                    for key, entry in chunk:
+                        with self.failures.record(f"ledger-{name}", key):
+                            posted += await self.book.post_many([entry])
             if docs:
                 last = dotted(docs[-1], field)
                 await self.book.cursors.advance(name, last)
@@ -139,10 +151,10 @@ class Ledger:
                 "booked_on": local_today(now).isoformat(), "event_at": event_at, **fields}
 
     async def _movement(self, movement: dict[str, Any], published: list[dict[str, Any]]
-                        ) -> bool:
+                        ) -> dict[str, Any] | None:
         amount, kind = int(movement["amount"]), movement["kind"]
         if amount == 0:
-            return False
+            return None
         funds = funds_account(movement)
         if kind == "payment":
             postings = [{"account": funds, "amount": amount},
@@ -155,18 +167,19 @@ class Ledger:
                         {"account": funds, "amount": -amount}]
         else:
             raise ValueError(f"unknown movement kind {kind}")
-        return await self.book.post(self._entry(
+        return self._entry(
             f"mv:{movement['_id']}", kind, postings, movement["at"],
             order_no=movement.get("order_no"), provider=movement["provider"],
             out_trade_no=movement.get("out_trade_no"),
-            out_refund_no=movement.get("out_refund_no")))
+            out_refund_no=movement.get("out_refund_no"))
 
-    async def _sale_of(self, ticket: dict[str, Any], published: list[dict[str, Any]]) -> bool:
+    async def _sale_of(self, ticket: dict[str, Any], published: list[dict[str, Any]]
+                       ) -> dict[str, Any] | None:
         """``sale:<ticket_no>``: the ticket's price shared out (a change: re-shared)."""
         entry_id = f"sale:{ticket['ticket_no']}"  # (its callers know it is not posted)
         sale = await self.sale_context(ticket)
         if sale is None:
-            return False
+            return None
         version = self.rules.in_force(published, ticket["issued_at"])
         shares = split_sale(version, sale)
         postings = _postings(shares, -1)
@@ -176,7 +189,7 @@ class Ledger:
             kind = "change"
             replaced = await self._cleared(ticket["changed_from"], published)
             if replaced is None:
-                return False
+                return None
             old = replaced["shares"]
             postings += _postings(old, +1)
             if replaced["price"] != ticket["price"]:  # a cheaper departure: owed back
@@ -184,11 +197,11 @@ class Ledger:
                                  "amount": -(replaced["price"] - ticket["price"])})
         else:
             postings.append({"account": PAYABLE, "amount": ticket["price"]})
-        return await self.book.post(self._entry(
+        return self._entry(
             entry_id, kind, postings, ticket["issued_at"],
             order_no=ticket["order_no"], ticket_no=ticket["ticket_no"],
             rule_version=version["_id"], replaces=ticket.get("changed_from"),
-            ticket={"price": ticket["price"], "shares": shares, "sale": sale.__dict__}))
+            ticket={"price": ticket["price"], "shares": shares, "sale": sale.__dict__})
 
     async def _cleared(self, ticket_no: str, published: list[dict[str, Any]]
                        ) -> dict[str, Any] | None:
@@ -199,19 +212,21 @@ class Ledger:
             ticket = await self._db.tickets.find_one({"ticket_no": ticket_no})
             if ticket is None or not ticket.get("issued_at"):
                 return None
-            await self._sale_of(ticket, published)
+            made = await self._sale_of(ticket, published)
+            if made is not None:
+                await self.book.post(made)
             entry = await self.book.get(f"sale:{ticket_no}")
         return entry["ticket"] if entry else None
 
     async def _return_of(self, ticket: dict[str, Any], published: list[dict[str, Any]]
-                         ) -> bool:
+                         ) -> dict[str, Any] | None:
         """``return:<ticket_no>``: a refunded or voided ticket's money comes back."""
         if ticket["status"] not in ("refunded", "voided"):
-            return False
+            return None
         entry_id = f"return:{ticket['ticket_no']}"  # (its caller knows it is not posted)
         cleared = await self._cleared(ticket["ticket_no"], published)
         if cleared is None:
-            return False
+            return None
         refund = ticket["refund"]
         fee, amount = int(refund.get("fee", 0)), int(refund.get("amount", 0))
         sale = Sale(**cleared["sale"])
@@ -231,11 +246,11 @@ class Ledger:
             postings = [*_postings(cleared["shares"], +1),
                         {"account": PAYABLE, "amount": -amount},
                         *({**p, "role": "fee"} for p in _postings(fee_shares, -1))]
-        return await self.book.post(self._entry(
+        return self._entry(
             entry_id, kind, postings, refund["at"], order_no=ticket["order_no"],
             ticket_no=ticket["ticket_no"], rule_version=version["_id"],
             ticket={"price": cleared["price"], "fee": fee, "amount": amount,
-                    "fee_shares": fee_shares, "sale": cleared["sale"]}))
+                    "fee_shares": fee_shares, "sale": cleared["sale"]})
 
     async def sale_context(self, ticket: dict[str, Any]) -> Sale | None:
         order = await self._db.orders.find_one({"order_no": ticket["order_no"]})

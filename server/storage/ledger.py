@@ -16,8 +16,9 @@ from typing import Any
 
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
+from server import failpoints
 from server.storage.cursors import Cursors
 from server.storage.transactions import transact
 
@@ -26,6 +27,14 @@ CONTENDED_ATTEMPTS = 6  # each a whole transaction run (itself retried a few tim
 
 class UnbalancedEntry(ValueError):
     """Postings that do not sum to zero: a bug in whoever built them, never stored."""
+
+
+def _balanced(entry: dict[str, Any]) -> None:
+    postings = entry["postings"]
+    if sum(p["amount"] for p in postings) != 0 or not postings:
+        raise UnbalancedEntry(entry["_id"])
+    if any(not isinstance(p["amount"], int) for p in postings):
+        raise UnbalancedEntry(f"{entry['_id']}: amounts are integer fen")
 
 
 class LedgerBook:
@@ -38,29 +47,49 @@ class LedgerBook:
     # --- posting ----------------------------------------------------------------------------
     async def post(self, entry: dict[str, Any]) -> bool:
         """Store the entry and move its accounts' balances, once; True when this call did."""
-        postings = entry["postings"]
-        if sum(p["amount"] for p in postings) != 0 or not postings:
-            raise UnbalancedEntry(entry["_id"])
-        if any(not isinstance(p["amount"], int) for p in postings):
-            raise UnbalancedEntry(f"{entry['_id']}: amounts are integer fen")
+        return await self.post_many([entry]) == 1
 
-        async def write(session: AsyncClientSession) -> bool:
-            await self._entries.insert_one(entry, session=session)  # a repeat: duplicate key
-            for posting in postings:
+    async def post_many(self, entries: list[dict[str, Any]]) -> int:
+        """Store entries and move their accounts' balances in one transaction — each
+        account's balance moves once by its sum, so a page of sales costs one write on the
+        busy payable account, not one each. An entry posted before (a racing poster, a run
+        killed after its commit) makes the batch go entry by entry: none posts twice. The
+        number this call posted."""
+        for entry in entries:
+            _balanced(entry)
+        if not entries:
+            return 0
+        moves: dict[str, int] = {}
+        counts: dict[str, int] = {}
+        for entry in entries:
+            for posting in entry["postings"]:
+                moves[posting["account"]] = moves.get(posting["account"], 0) + posting["amount"]
+                counts[posting["account"]] = counts.get(posting["account"], 0) + 1
+        at = max(entry["at"] for entry in entries)
+
+        async def write(session: AsyncClientSession) -> int:
+            await self._entries.insert_many(entries, session=session)  # a repeat: duplicate
+            for account in sorted(moves):  # (one order everywhere: fewer conflicts)
                 await self._accounts.update_one(
-                    {"_id": posting["account"]},
-                    {"$inc": {"balance": posting["amount"], "entries": 1},
-                     "$set": {"updated_at": entry["at"]}}, upsert=True, session=session)
-            return True
+                    {"_id": account},
+                    {"$inc": {"balance": moves[account], "entries": counts[account]},
+                     "$set": {"updated_at": at}}, upsert=True, session=session)
+            await failpoints.reach("ledger.in_transaction")
+            return len(entries)
 
         for attempt in range(CONTENDED_ATTEMPTS):
             try:
                 return await transact(self._db, write)
-            except DuplicateKeyError:  # posted before (or by a racing poster): nothing moves
-                return False
+            except (DuplicateKeyError, BulkWriteError) as exc:
+                if isinstance(exc, BulkWriteError) and not all(
+                        e.get("code") == 11000 for e in exc.details.get("writeErrors", [])):
+                    raise
+                if len(entries) == 1:  # posted before: nothing moves
+                    return 0
+                return sum([await self.post_many([entry]) for entry in entries])
             except OperationFailure as exc:
                 # busy accounts (the platform's, the payable) under racing posters: wait a
-                # random, growing while and try again before giving the record up to the
+                # random, growing while and try again before giving the records up to the
                 # next run
                 if not exc.has_error_label("TransientTransactionError") or \
                         attempt == CONTENDED_ATTEMPTS - 1:
@@ -88,6 +117,9 @@ class LedgerBook:
     async def accounts(self, prefix: str | None = None) -> list[dict[str, Any]]:
         query = {"_id": {"$regex": f"^{prefix}"}} if prefix else {}
         return await self._accounts.find(query).sort("_id", 1).to_list()
+
+    async def has_account(self, account: str) -> bool:
+        return await self._accounts.count_documents({"_id": account}, limit=1) > 0
 
     async def recomputed(self) -> dict[str, int]:
         """Every account's balance summed from the journal itself."""
@@ -117,5 +149,15 @@ class LedgerBook:
                          "rule_version": key.get("v"), "role": key.get("r"),
                          "sum": row["sum"], "count": row["count"]})
         return rows
+
+    async def sources_by_day(self, booked_on: dict[str, str]
+                             ) -> set[tuple[str, str | None, str | None]]:
+        """For entries booked in a range (payouts aside): each (day, payment provider,
+        station of the ticket) whose money they moved."""
+        return {(row["_id"]["d"], row["_id"].get("p"), row["_id"].get("s"))
+                async for row in await self._entries.aggregate([
+                    {"$match": {"booked_on": booked_on, "kind": {"$ne": "payout"}}},
+                    {"$group": {"_id": {"d": "$booked_on", "p": "$provider",
+                                        "s": "$ticket.sale.station_id"}}}])}
 
     # --- the posting job's read positions ---------------------------------------------------
