@@ -82,7 +82,12 @@ RUN = obj({"id": string(), "date": DAY, "source": string(), "lines": integer(0),
            "open_differences": integer(0), "differences": array(DIFFERENCE)},
           ["id", "date", "source", "totals", "differences"], additional=True)
 RUNS = obj({"runs": array(obj({}, additional=True))}, ["runs"])
-RESOLVE = obj({"action": string(enum=["adjust", "accept"]), "note": string(1, 500)},
+RESOLVE = obj({"action": string(enum=["adjust", "accept"]), "note": string(1, 500),
+               "account": string(1, 80, description="a station difference: the settlement "
+                                 "entity that bears it, e.g. carrier:C001"),
+               "amount": {**SIGNED_FEN, "minimum": -10**9, "maximum": 10**9,
+                          "description": "a station difference: what the entity is owed "
+                                         "(negative: owes); default the price difference"}},
               ["action", "note"])
 SETTLE = obj({"through_date": DAY}, ["through_date"])
 BATCH = obj({"id": string(), "through_date": DAY, "status": string(enum=["running", "done"]),
@@ -198,7 +203,8 @@ class ResolveHandler(ApiHandler):
     @api("Resolve a difference: an adjusting ledger entry, or accepted with a reason "
          "(audited)", roles=(FINANCE,), body=RESOLVE, response=DIFFERENCE, idempotent=True,
          tags=("settlement",), errors=("NOT_FOUND", "DIFFERENCE_RESOLVED",
-                                       "NOTHING_TO_ADJUST"))
+                                       "NOTHING_TO_ADJUST", "ADJUSTMENT_ACCOUNT",
+                                       "REFERENCE_NOT_FOUND"))
     async def post(self, run_id: str, diff_id: str) -> None:
         self.write_json(await self.services.reconciliation.resolve(
             self.principal, run_id, diff_id, self.body))
@@ -215,7 +221,7 @@ class SettlementsHandler(ApiHandler):
          "returns the batch and adds nothing", roles=(FINANCE,), body=SETTLE, response=BATCH,
          idempotent=True, tags=("settlement",),
          errors=("INVALID_VALUE", "SETTLEMENT_DAY_OPEN", "SETTLEMENT_OUT_OF_ORDER",
-                 "RECONCILIATION_OPEN"))
+                 "RECONCILIATION_OPEN", "RECONCILIATION_MISSING"))
     async def post(self) -> None:
         self.write_json(await self.services.settlement.run(self.principal,
                                                            self.body["through_date"]))
@@ -226,6 +232,42 @@ class SettlementHandler(ApiHandler):
          response=BATCH, tags=("settlement",), errors=("NOT_FOUND",))
     async def get(self, batch_id: str) -> None:
         self.write_json(await self.services.settlement.batch(batch_id))
+
+
+PAYEE = obj({"entity": string(), "name": string(), "amount": integer(0)})
+PAYOUTS = obj({"batch": string(), "through_date": DAY, "count": integer(0),
+               "amount": integer(0, description="fen"),
+               "lines": array(obj({"seq": integer(1), "entity": string(), "name": string(),
+                                   "bank_name": string(), "account_name": string(),
+                                   "account_no": string(description="masked"),
+                                   "amount": integer(1), "settlement_code": string(),
+                                   "purpose": string()})),
+               "no_bank_account": array(PAYEE), "receivable": array(PAYEE)},
+              ["batch", "count", "amount", "lines", "no_bank_account", "receivable"])
+
+
+class PayoutsHandler(ApiHandler):
+    @api("A batch's payout instructions: each payee with its bank account as settled "
+         "(masked), who has no bank account yet, and who owes the platform", roles=READERS,
+         response=PAYOUTS, tags=("settlement",), errors=("NOT_FOUND", "SETTLEMENT_RUNNING"))
+    async def get(self, batch_id: str) -> None:
+        payouts = await self.services.settlement.payouts(batch_id)
+        for line in payouts["lines"]:
+            line.pop("account_no_enc")
+        self.write_json(payouts)
+
+
+class PayoutFileHandler(ApiHandler):
+    @api("The batch transfer file for the bank (批量付款文件, CSV in UTF-8 with a BOM): "
+         "full account numbers, finance only, every export audited", roles=(FINANCE,),
+         tags=("settlement",), content_type="application/octet-stream",
+         errors=("NOT_FOUND", "SETTLEMENT_RUNNING"))
+    async def get(self, batch_id: str) -> None:
+        name, data = await self.services.settlement.payout_file(self.principal, batch_id)
+        self.set_header("Content-Type", "text/csv; charset=utf-8")
+        self.set_header("Content-Disposition", f'attachment; filename="{name}"')
+        self.set_header("Cache-Control", "no-store")
+        self.finish(data)
 
 
 class StatementHandler(ApiHandler):
@@ -271,6 +313,8 @@ default_handlers = [
           ResolveHandler),
     route("/api/v1/admin/settlements", SettlementsHandler),
     route("/api/v1/admin/settlements/{batch_id}", SettlementHandler),
+    route("/api/v1/admin/settlements/{batch_id}/payouts", PayoutsHandler),
+    route("/api/v1/admin/settlements/{batch_id}/payouts.csv", PayoutFileHandler),
     route("/api/v1/admin/settlements/{batch_id}/statements/{entity_id}.csv", StatementHandler,
           fmt="csv"),
     route("/api/v1/admin/settlements/{batch_id}/statements/{entity_id}.xlsx",

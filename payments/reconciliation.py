@@ -11,8 +11,10 @@ unknown. A day without trades is an empty, clean run.
 Each difference is classified — ``only_ours``, ``only_theirs``, ``amount_differs``,
 ``status_differs`` — and kept until finance resolves it: ``adjust`` posts an adjusting
 ledger entry (the provider's funds against ``suspense:reconciliation``, by the amount the
-provider's side differs), ``accept`` records why none is needed. Both are audited; the
-settlement of a day waits for its open differences.
+provider's side differs; for a station's sales report, the settlement entity finance
+names against suspense, settled in its next batch), ``accept`` records why none is
+needed. Both are audited; the settlement of a day waits for its open differences, and for
+a run of every source whose money the day's entries moved.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from server.exchange.registry import ExchangeRegistry
 from server.security.principal import Principal
 from server.services.audit import AuditService
 from server.services.ledger import SUSPENSE, Ledger
+from server.services.settlement import KINDS
 from server.storage.reconciliation import ReconciliationRecords
 from server.storage.transactions import transact
 
@@ -329,21 +332,15 @@ class Reconciliation:
         if diff["status"] != "open":
             raise DomainError("DIFFERENCE_RESOLVED")
         action, note = body["action"], str(body.get("note", ""))
-        delta = (diff.get("theirs") or 0) - (diff.get("ours") or 0)
-        if diff["kind"] == "refund":
-            delta = -delta  # money the provider paid back left its funds
-        entry_id = None
+        entry_id, delta = None, 0
         if action == "adjust":
-            if delta == 0 or diff["kind"] not in ("payment", "refund"):
-                raise DomainError("NOTHING_TO_ADJUST")
+            postings, delta = await self._adjusting(diff, body)
             entry_id = f"adjust:{diff['_id']}"
             now = now_ms()
             await self._ledger.book.post({
                 "_id": entry_id, "kind": "adjustment", "at": now,
                 "booked_on": local_today(now).isoformat(), "event_at": now,
-                "postings": [{"account": f"funds:{diff['source']}", "amount": delta},
-                             {"account": SUSPENSE, "amount": -delta}],
-                "note": note, "reconciliation": diff["_id"],
+                "postings": postings, "note": note, "reconciliation": diff["_id"],
                 "order_no": diff.get("order_no")})
         resolution = {"action": action, "note": note, "entry": entry_id,
                       "by": actor.audit_actor(), "at": now_ms()}
@@ -355,8 +352,47 @@ class Reconciliation:
             raise DomainError("DIFFERENCE_RESOLVED")
         await self._audit.record(actor, "reconciliation.resolve", target=diff["_id"],
                                  details={"action": action, "note": note, "entry": entry_id,
-                                          "amount": delta if entry_id else 0})
+                                          "amount": delta})
         return _diff_view(await self.records.difference(diff["_id"]) or diff)
+
+    async def _adjusting(self, diff: dict[str, Any], body: dict[str, Any]
+                         ) -> tuple[list[dict[str, Any]], int]:
+        """The postings of an adjusting entry, and the amount it moves. A provider's bill:
+        its funds against suspense, by what its side differs. A station's sales report: the
+        settlement entity finance names (the station, the carrier, …) is owed the amount —
+        by default what the station's price differs from ours — against suspense, and is
+        paid or charged it in its next settlement."""
+        station = diff["source"].startswith("station:")
+        delta = (diff.get("theirs") or 0) - (diff.get("ours") or 0)
+        if diff["kind"] in ("refund", "return"):
+            delta = -delta  # money given back
+        if body.get("amount") is not None:
+            if not station:
+                raise DomainError("ADJUSTMENT_ACCOUNT", "A payment difference adjusts the "
+                                  "provider's funds by what its bill says; amount is for "
+                                  "station differences.", field="amount")
+            delta = int(body["amount"])
+        if delta == 0:
+            raise DomainError("NOTHING_TO_ADJUST")
+        if not station:
+            if body.get("account"):
+                raise DomainError("ADJUSTMENT_ACCOUNT", "A payment difference adjusts the "
+                                  "provider's funds; account is for station differences.",
+                                  field="account")
+            return [{"account": f"funds:{diff['source']}", "amount": delta},
+                    {"account": SUSPENSE, "amount": -delta}], delta
+        account = str(body.get("account") or "")
+        if not account:
+            raise DomainError("ADJUSTMENT_ACCOUNT", "Name the settlement entity that bears a "
+                              "station difference (account, e.g. carrier:C001).",
+                              field="account")
+        own = account == f"station:{diff['source'][8:]}"  # the reporting station itself
+        if not own and (account.split(":", 1)[0] not in KINDS or
+                        not await self._ledger.book.has_account(account)):
+            raise DomainError("REFERENCE_NOT_FOUND", f"No settlement entity {account!r} with "
+                              "an account in the ledger.", field="account")
+        return [{"account": account, "amount": -delta},
+                {"account": SUSPENSE, "amount": delta}], delta
 
 
 def _diff(kind_of: str, kind: str, ref: str, ours: int | None, theirs: int | None,

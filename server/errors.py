@@ -130,6 +130,16 @@ ERRORS: dict[str, tuple[int, str]] = {
     "NOT_REFUNDABLE": (409, "This ticket can no longer be refunded."),
     "VOID_WINDOW_PASSED": (409, "Too long since the ticket was issued to void it (废票): "
                                 "refund it instead."),
+    "WAITLIST_DEPARTURES_MIXED": (422, "A waitlist order's departures are of one route on one "
+                                       "day."),
+    "WAITLIST_DEADLINE_INVALID": (422, "The waitlist deadline lies between a minute from now and "
+                                       "the close of online sale of its last departure."),
+    "WAITLIST_SEATS_AVAILABLE": (409, "This departure has seats for you: buy them instead of "
+                                      "waiting."),
+    "PASSENGER_ALREADY_WAITING": (409, "A passenger of this order is already on the waitlist of "
+                                       "one of these departures."),
+    "QUOTE_INVALID": (422, "This refund quote cannot be used (see the message)."),
+    "QUOTE_EXPIRED": (409, "The refund quote lapsed; ask for a new quote."),
     "REFUND_FEE_CHANGED": (409, "The refund fee changed since the quote; ask for a new quote."),
     "NOT_CHANGEABLE": (409, "This ticket cannot be changed."),
     "CHANGE_FARE_DIFFERS": (409, "A change is possible only to a departure with the same fare."),
@@ -175,12 +185,18 @@ ERRORS: dict[str, tuple[int, str]] = {
     "MINISTRY_EXPORT_RUNNING": (409, "This day's files are being built and sent right now; "
                                      "look again in a moment."),
     "STATS_RANGE_INVALID": (422, "The period must run forwards and span at most three years."),
+    "SETTLEMENT_RUNNING": (409, "The batch is still running; its payouts are known when it "
+                                "is done."),
     "SETTLEMENT_OUT_OF_ORDER": (409, "A later day is settled already; settlement days go "
                                      "forward."),
     "RECONCILIATION_OPEN": (409, "Reconciliation differences of these days are still open; "
                                  "resolve them before settling."),
+    "RECONCILIATION_MISSING": (409, "These days' bills or station sales reports are not "
+                                    "reconciled yet; reconcile them before settling."),
     "STATION_UNSUPPORTED": (422, "This station's system does not offer that operation."),
     "DIFFERENCE_RESOLVED": (409, "This difference is resolved already."),
+    "ADJUSTMENT_ACCOUNT": (422, "A station's difference is adjusted on the settlement entity "
+                                "that bears it (account); a provider's on its funds."),
     "NOTHING_TO_ADJUST": (422, "The amounts agree: accept the difference with a note "
                                "instead of adjusting."),
     "RULE_EFFECTIVE_IN_PAST": (422, "A rule version takes effect now or later, never in the "

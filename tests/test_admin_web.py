@@ -365,7 +365,7 @@ def _input(name: str) -> str:
 async def test_finance_settles_from_its_console(api, keyun, db, services) -> None:
     """Finance sets a carrier's cycle and bank account, drafts a clearing rule and sees its
     simulation, checks the ledger sums to zero, reconciles a quiet day and settles a closed
-    day."""
+    day, with its payout instructions."""
     await services.ledger.run()
     carrier = await db.carriers.find_one({}, sort=[("_id", 1)])
     entity = f"carrier:{carrier['_id']}"
@@ -419,6 +419,9 @@ async def test_finance_settles_from_its_console(api, keyun, db, services) -> Non
                              has_text="SB" + through.replace("-", ""))
         await batch.wait_for()
         assert "已完成" in await batch.text_content()
+        payouts = page.locator("[data-test=payouts]")  # the batch's payout instructions
+        await payouts.filter(has_text="付款指令").wait_for()
+        assert await payouts.locator("[data-test=payout-file]").count() == 1
         await page.screenshot(path=str(SHOTS / "admin-finance-settlement.png"))
     stored = await db.settlement_entities.find_one({"_id": entity})
     assert stored["cycle_days"] == 3 and "6217000011112222333" not in str(stored)

@@ -261,6 +261,14 @@ async def test_settlement_runs_once_and_its_statements_are_the_ledgers(api: ApiC
     assert (await api.post("/api/v1/admin/settlements",
                            {"through_date": local_today().isoformat()},
                            token=finance)).body["error"]["code"] == "SETTLEMENT_DAY_OPEN"
+    # the day's payments are not reconciled with the provider's bill yet: no settling it
+    unreconciled = await api.post("/api/v1/admin/settlements",
+                                  {"through_date": yesterday.isoformat()}, token=finance)
+    assert unreconciled.status == 409, unreconciled.text
+    error = unreconciled.body["error"]
+    assert error["code"] == "RECONCILIATION_MISSING"
+    assert {"source": "wechat", "date": booked} in error["missing"]
+    await _reconcile(api, finance, error["missing"])
     runs = await asyncio.gather(*[api.post("/api/v1/admin/settlements",
                                            {"through_date": yesterday.isoformat()},
                                            token=finance) for _ in range(3)])
@@ -305,7 +313,47 @@ async def test_settlement_runs_once_and_its_statements_are_the_ledgers(api: ApiC
                if r and len(r) > 8 and isinstance(r[8], float)) == owed
     assert (await api.get(f"/api/v1/admin/settlements/{batch_id}/statements/carrier:NOPE.csv",
                           token=finance)).status == 404
+    # the payout instructions: the carrier to its bank account as it was when settled
+    await api.post("/api/v1/admin/settlement/entities", {
+        "id": carrier, "bank": {"bank_name": "中国农业银行", "account_name": "改过的户名",
+                                "account_no": "6228480000000000001"}}, token=finance)
+    payouts = await api.get(f"/api/v1/admin/settlements/{batch_id}/payouts", token=finance)
+    assert payouts.status == 200, payouts.text
+    line = next(ln for ln in payouts.body["lines"] if ln["entity"] == carrier)
+    assert line["amount"] == owed and line["account_no"] == "***************3445"
+    assert line["bank_name"] == "中国工商银行" and "account_no_enc" not in line
+    assert payouts.body["amount"] == sum(ln["amount"] for ln in payouts.body["lines"])
+    assert carrier not in {p["entity"] for p in payouts.body["no_bank_account"]}
+    owing = {r["entity"] for r in batch["entities"] if r["amount"] > 0}
+    assert {ln["entity"] for ln in payouts.body["lines"]} | {
+        p["entity"] for p in payouts.body["no_bank_account"]} == owing
+    operator = (await api.login("operator"))["token"]
+    assert (await api.get(f"/api/v1/admin/settlements/{batch_id}/payouts",
+                          token=operator)).status == 200
+    file_url = f"/api/v1/admin/settlements/{batch_id}/payouts.csv"
+    assert (await api.get(file_url, token=operator)).status == 403  # full account numbers
+    got = await AsyncHTTPClient().fetch(api.base_url + file_url, headers=headers)
+    rows = list(csv.reader(io.StringIO(got.body.decode("utf-8-sig"))))
+    assert rows[0][:4] == ["批次号", batch_id, "总笔数", str(payouts.body["count"])]
+    assert rows[0][5] == f"{payouts.body['amount'] // 100}.{payouts.body['amount'] % 100:02d}"
+    paid = next(r for r in rows[2:] if r[1] == "6222020200112233445")
+    assert paid[2:5] == ["客运公司", "中国工商银行", f"{owed // 100}.{owed % 100:02d}"]
+    assert len(rows) == 2 + payouts.body["count"]
+    assert await db.audit.count_documents({"action": "settlement.payout_file",
+                                           "target": batch_id}) >= 1
     await _balanced(services)
+
+
+async def _reconcile(api: ApiClient, finance: str, missing: list[dict]) -> None:
+    """Reconcile each (source, day), accepting what differs (other tests' planted data)."""
+    for item in missing:
+        run = await api.post("/api/v1/admin/reconciliations", item, token=finance)
+        assert run.status == 201, run.text
+        for diff in run.body["differences"]:
+            done = await api.post(f"/api/v1/admin/reconciliations/{run.body['id']}/differences/"
+                                  f"{diff['id']}/resolve", {"action": "accept", "note": "核实"},
+                                  token=finance)
+            assert done.status == 200, done.text
 
 
 # --- reconciliation -----------------------------------------------------------------------
@@ -421,7 +469,7 @@ async def _bought(api: ApiClient, dep_id: str, with_token: bool = False) -> Any:
 @pytest.mark.parametrize("vendor", ["rest", "xml"])
 @pytest.mark.gen_test(timeout=180)
 async def test_station_daily_sales_reconcile_against_our_tickets(
-        api: ApiClient, db, simulators, vendor: str) -> None:
+        api: ApiClient, db, simulators, services, vendor: str) -> None:
     finance = (await api.login("finance"))["token"]
     dep = await pick(db, vendor, 3)
     orders = [await _bought(api, dep["_id"]) for _ in range(4)]
@@ -462,16 +510,45 @@ async def test_station_daily_sales_reconcile_against_our_tickets(
                      ("status_differs", "return", ref(returned))}, run.body["differences"]
     assert run.body["matched"] == 2  # the clean sale and the returned one's sale
     assert ref(clean) not in {d["ref"] for d in run.body["differences"]}
-    # station differences are settled at the ticket desk, then accepted here
-    diff = run.body["differences"][0]
-    refused = await api.post(f"/api/v1/admin/reconciliations/{run.body['id']}/differences/"
-                             f"{diff['id']}/resolve", {"action": "adjust", "note": "x"},
+    # a station difference is adjusted on the settlement entity that bears it
+    by_ref = {d["ref"]: d for d in run.body["differences"]}
+    resolve = f"/api/v1/admin/reconciliations/{run.body['id']}/differences/"
+    priced = by_ref[ref(pricey)]
+    refused = await api.post(resolve + f"{priced['id']}/resolve",
+                             {"action": "adjust", "note": "x"}, token=finance)
+    assert refused.status == 422 and refused.body["error"]["code"] == "ADJUSTMENT_ACCOUNT"
+    carrier = f"carrier:{dep['carrier_id']}"
+    unknown = await api.post(resolve + f"{priced['id']}/resolve",
+                             {"action": "adjust", "note": "x", "account": "carrier:NOPE"},
                              token=finance)
-    assert refused.status == 422
-    for d in run.body["differences"]:
-        done = await api.post(f"/api/v1/admin/reconciliations/{run.body['id']}/differences/"
-                              f"{d['id']}/resolve", {"action": "accept", "note": "已核实"},
+    assert unknown.status == 422 and unknown.body["error"]["code"] == "REFERENCE_NOT_FOUND"
+    await services.ledger.run()  # (the carrier's account exists once its sales are posted)
+    adjusted = await api.post(resolve + f"{priced['id']}/resolve",
+                              {"action": "adjust", "note": "按车站售价调账", "account": carrier},
                               token=finance)
+    assert adjusted.status == 200, adjusted.text
+    entry = await db.ledger_entries.find_one({"_id": adjusted.body["resolution"]["entry"]})
+    # we charged 1 yuan more than the station's price: the carrier owes it back
+    assert {p["account"]: p["amount"] for p in entry["postings"]} == {
+        carrier: 100, "suspense:reconciliation": -100}
+    back = by_ref[ref(returned)]  # the same price on both sides: finance says how much
+    same = await api.post(resolve + f"{back['id']}/resolve", {
+        "action": "adjust", "note": "x", "account": f"station:{dep['station_id']}"},
+        token=finance)
+    assert same.status == 422 and same.body["error"]["code"] == "NOTHING_TO_ADJUST"
+    returned_back = await api.post(resolve + f"{back['id']}/resolve", {
+        "action": "adjust", "note": "车站已退票", "account": f"station:{dep['station_id']}",
+        "amount": -returned["price"]}, token=finance)
+    assert returned_back.status == 200, returned_back.text
+    entry = await db.ledger_entries.find_one({"_id": returned_back.body["resolution"]["entry"]})
+    assert {p["account"]: p["amount"] for p in entry["postings"]} == {
+        f"station:{dep['station_id']}": returned["price"],
+        "suspense:reconciliation": -returned["price"]}
+    for d in run.body["differences"]:
+        if d["id"] in (priced["id"], back["id"]):
+            continue
+        done = await api.post(resolve + f"{d['id']}/resolve",
+                              {"action": "accept", "note": "已核实"}, token=finance)
         assert done.status == 200, done.text
     native = await db.stations.find_one({"system.vendor": "native"})
     unsupported = await api.post("/api/v1/admin/reconciliations", {

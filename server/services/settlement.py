@@ -12,8 +12,9 @@ entity's account back to zero for that period, the bank account the other side) 
 per-entity totals — Table 4-1's 对账信息 (sales, refunds, sale and refund fees) and 结算信息
 (settlement code, date, amount). A batch of a day exists once across processes: a second run
 for the same day adds nothing; a runner that died is taken over where it stopped (entities
-already done are skipped, payouts are posted by id). Days with open reconciliation
-differences are not settled.
+already done are skipped, payouts are posted by id). A day is settled only once it is
+reconciled: no difference open, and a run of every provider's bill and station system's
+sales report whose money the day's entries moved.
 """
 
 from __future__ import annotations
@@ -143,13 +144,15 @@ class Settlement:
         if through >= local_today():
             raise DomainError("SETTLEMENT_DAY_OPEN", through_date=through_date)
         day = through.isoformat()
+        batch_id = f"SB{through:%Y%m%d}"
         open_diffs = await self._db.reconciliation_runs.count_documents(
             {"date": {"$lte": day}, "open_differences": {"$gt": 0}})
         if open_diffs:
             raise DomainError("RECONCILIATION_OPEN", runs=open_diffs)
-        if await self.records.later_than(day) is not None:
-            raise DomainError("SETTLEMENT_OUT_OF_ORDER", through_date=through_date)
-        batch_id = f"SB{through:%Y%m%d}"
+        if await self.records.get(batch_id) is None:  # (a batch begun is seen through)
+            if await self.records.later_than(day) is not None:
+                raise DomainError("SETTLEMENT_OUT_OF_ORDER", through_date=through_date)
+            await self._reconciled(through)
         now = now_ms()
         opened = await self.records.open_batch({
             "_id": batch_id, "through_date": day, "status": "running", "entities": [],
@@ -162,9 +165,36 @@ class Settlement:
             await self._settle(batch_id, through)
         return await self.batch(batch_id)
 
-    async def _settle(self, batch_id: str, through: dt.date) -> None:
-        batch = await self.records.get(batch_id) or {}
-        done = {e["entity"] for e in batch.get("entities", [])}
+    async def _reconciled(self, through: dt.date) -> None:
+        """The gate before a batch: each payment provider and station system whose money
+        the entries it settles moved has a reconciliation run of their day."""
+        _, periods, _ = await self._periods(through)
+        if not periods:
+            return
+        low = min(since for _, since, _ in periods.values())
+        booked: dict[str, str] = {"$lte": max(covered for _, _, covered in periods.values())}
+        if low:
+            booked["$gt"] = low
+        moved = await self._ledger.book.sources_by_day(booked)
+        systems = set(await self._db.stations.distinct("_id", {
+            "_id": {"$in": sorted({s for _, _, s in moved if s})},
+            "system.vendor": {"$nin": ["native", None]}}))
+        needed = {(p, d) for d, p, _ in moved if p in self._providers}
+        needed |= {(f"station:{s}", d) for d, _, s in moved if s in systems}
+        if not needed:
+            return
+        done = {(r["source"], r["date"]) async for r in self._db.reconciliation_runs.find(
+            {"date": {"$in": sorted({d for _, d in needed})}}, {"source": 1, "date": 1})}
+        missing = sorted(needed - done, key=lambda sd: (sd[1], sd[0]))
+        if missing:
+            raise DomainError("RECONCILIATION_MISSING", missing=[
+                {"source": source, "date": date} for source, date in missing[:20]],
+                count=len(missing))
+
+    async def _periods(self, through: dt.date) -> tuple[
+            set[str], dict[str, tuple[int, str, str]], dict[str, dict[str, Any]]]:
+        """Every entity a batch through ``through`` settles, its period (cycle, after what
+        its last batch covered, through D − N) and its terms."""
         previous = await self.records.latest_before(through.isoformat())
         covered_before = {e["entity"]: e["covered_through"]
                           for e in (previous or {}).get("entities", [])}
@@ -173,16 +203,22 @@ class Settlement:
         # withdrawn since still gets what it earned)
         owed = {a["account"] for a in await self._ledger.accounts()
                 if a["account"].split(":", 1)[0] in KINDS}
-        entities = sorted(set(await self._parties()) | set(settings) | owed)
-        count = len(done)
-        await self.records.sized(batch_id, len(entities))
+        entities = set(await self._parties()) | set(settings) | owed
         periods = {}
         for entity_id in entities:
             cycle = int(settings.get(entity_id, {}).get("cycle_days", DEFAULT_CYCLE))
             periods[entity_id] = (cycle, covered_before.get(entity_id, ""),
                                   (through - dt.timedelta(days=cycle)).isoformat())
+        return entities, periods, settings
+
+    async def _settle(self, batch_id: str, through: dt.date) -> None:
+        batch = await self.records.get(batch_id) or {}
+        done = {e["entity"] for e in batch.get("entities", [])}
+        entities, periods, settings = await self._periods(through)
+        count = len(done)
+        await self.records.sized(batch_id, len(entities))
         summaries = await self._summarize({e: p[1:] for e, p in periods.items()})
-        for entity_id in entities:
+        for entity_id in sorted(entities):
             cycle, since, covered = periods[entity_id]
             summary = summaries.get(entity_id)
             if entity_id in done or summary is None:
@@ -190,7 +226,9 @@ class Settlement:
             summary.update(entity=entity_id, cycle_days=cycle, covered_from=since,
                            covered_through=covered,
                            settlement_code=f"{batch_id}-{entity_id}",
-                           settlement_date=local_today().isoformat())
+                           settlement_date=local_today().isoformat(),
+                           # the bank account paid, as it was when settled (re-exports agree)
+                           payee=settings.get(entity_id, {}).get("bank") or {})
             if summary["amount"]:
                 await self._ledger.book.post({
                     "_id": f"payout:{batch_id}:{entity_id}", "kind": "payout",
@@ -259,6 +297,51 @@ class Settlement:
 
     async def batches(self) -> list[dict[str, Any]]:
         return [batch_view(b) for b in await self.records.listed()]
+
+    # --- payouts ----------------------------------------------------------------------------
+    async def payouts(self, batch_id: str) -> dict[str, Any]:
+        """A batch's payout instructions (付款指令): each entity the platform owes, to the
+        bank account it had when settled, and who cannot be paid yet (no bank account) or
+        owes the platform (collected, not paid)."""
+        batch = await self.records.get(batch_id)
+        if batch is None:
+            raise DomainError("NOT_FOUND", "No such settlement batch.")
+        if batch["status"] != "done":
+            raise DomainError("SETTLEMENT_RUNNING")
+        parties = await self._parties()
+        lines, unpaid, receivable = [], [], []
+        for row in batch.get("entities", []):
+            name = parties.get(row["entity"], {}).get("name", row["entity"])
+            if row["amount"] < 0:
+                receivable.append({"entity": row["entity"], "name": name,
+                                   "amount": -row["amount"]})
+                continue
+            payee = row.get("payee") or {}
+            if row["amount"] == 0:
+                continue
+            if not payee.get("account_no_enc"):
+                unpaid.append({"entity": row["entity"], "name": name, "amount": row["amount"]})
+                continue
+            lines.append({"seq": len(lines) + 1, "entity": row["entity"], "name": name,
+                          "bank_name": payee.get("bank_name", ""),
+                          "account_name": payee.get("account_name", ""),
+                          "account_no": payee.get("account_no_masked", ""),
+                          "account_no_enc": payee["account_no_enc"], "amount": row["amount"],
+                          "settlement_code": row["settlement_code"],
+                          "purpose": f"客运结算 {batch['through_date']}"})
+        return {"batch": batch_id, "through_date": batch["through_date"],
+                "count": len(lines), "amount": sum(ln["amount"] for ln in lines),
+                "lines": lines, "no_bank_account": unpaid, "receivable": receivable}
+
+    async def payout_file(self, actor: Principal, batch_id: str) -> tuple[str, bytes]:
+        """The bank's batch transfer file (批量付款文件) of a batch: full account numbers,
+        so finance alone, and every export audited."""
+        payouts = await self.payouts(batch_id)
+        for line in payouts["lines"]:
+            line["account_no"] = self._vault.decrypt("bank_account", line["account_no_enc"])
+        await self._audit.record(actor, "settlement.payout_file", target=batch_id, details={
+            "count": payouts["count"], "amount": payouts["amount"]})
+        return f"{batch_id}-payouts.csv", payout_csv(payouts)
 
     # --- statements ---------------------------------------------------------------------------
     async def statement(self, batch_id: str, entity_id: str) -> dict[str, Any]:
@@ -333,6 +416,23 @@ def statement_csv(s: dict[str, Any]) -> bytes:
     for name, fen in statement_totals(s):
         writer.writerow([name, _yuan(fen)])
     return ("\ufeff" + out.getvalue()).encode("utf-8")  # a BOM: spreadsheets read it as UTF-8
+
+
+PAYOUT_COLUMNS = (("seq", "序号"), ("account_no", "收款账号"), ("account_name", "收款户名"),
+                  ("bank_name", "收款开户行"), ("amount", "金额（元）"), ("purpose", "用途"),
+                  ("settlement_code", "结算编码"))
+
+
+def payout_csv(p: dict[str, Any]) -> bytes:
+    """批量付款文件: a header line (batch, count, total), then a line per payee."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["批次号", p["batch"], "总笔数", p["count"], "总金额", _yuan(p["amount"])])
+    writer.writerow([title for _, title in PAYOUT_COLUMNS])
+    for line in p["lines"]:
+        writer.writerow([_yuan(line[k]) if k == "amount" else line[k]
+                         for k, _ in PAYOUT_COLUMNS])
+    return ("\ufeff" + out.getvalue()).encode("utf-8")
 
 
 def statement_xlsx(s: dict[str, Any]) -> bytes:
