@@ -37,8 +37,8 @@ TICKET_OUT = obj({"ticket_no": string(), "seat": integer(1), "ticket_type": stri
                  ["ticket_no", "seat", "price", "status", "passenger"])
 ORDER = obj({
     "order_no": string(), "status": string(enum=[
-        "pending_payment", "paid", "issued", "completed", "cancelled", "expired",
-        "refunding", "refunded", "failed"]),
+        "pending_payment", "waitlisted", "paid", "issued", "completed", "cancelled",
+        "expired", "refunding", "refunded", "failed"]),
     "departure_id": string(), "channel": string(), "from_seq": integer(0),
     "to_seq": integer(1), "amount": FEN, "expires_at": DATETIME, "created_at": DATETIME,
     "pay_at_pickup": {"type": "boolean"},
@@ -91,7 +91,8 @@ class OrderHandler(ApiHandler):
 
 
 class OrderCancelHandler(ApiHandler):
-    @api("Cancel an unpaid order; its seats go back on sale", roles=BUYERS, response=ORDER,
+    @api("Cancel an unpaid order, its seats back on sale (or a waiting waitlist order, "
+         "refunded in full)", roles=BUYERS, response=ORDER,
          tags=("orders",), idempotent=True,
          errors=("ORDER_NOT_FOUND", "ORDER_NOT_CANCELLABLE"))
     async def post(self, order_no: str) -> None:

@@ -13,6 +13,8 @@ from handlers.tickets import QUOTE, REFUND
 from server.schema import DATETIME, FEN, array, integer, obj, string
 from server.security.principal import FINANCE, OPERATOR, PARTNER, Principal
 
+PARTNER_REFUND = obj({"expected_fee": REFUND["properties"]["expected_fee"]})
+
 PARTNER_OUT = obj({"id": string(), "code": string(), "name": string(), "status": string(),
                    "webhook_url": string(), "balance": {"type": "integer"},
                    "credit_limit": FEN, "rate_per_minute": integer(1),
@@ -151,7 +153,8 @@ class PartnerConfirmHandler(PartnerApiHandler):
 
 class PartnerRefundHandler(PartnerApiHandler):
     @api("Refund one ticket by the rules in force; the money goes back to the deposit",
-         roles=(PARTNER,), body=REFUND, response=QUOTE, tags=("partner",), idempotent=True,
+         roles=(PARTNER,), body=PARTNER_REFUND, response=QUOTE, tags=("partner",),
+         idempotent=True,
          errors=(*SIGNED_ERRORS, "TICKET_NOT_FOUND", "NOT_REFUNDABLE", "REFUND_FEE_CHANGED",
                  "TICKET_BUSY"))
     async def post(self, ticket_no: str) -> None:

@@ -10,10 +10,17 @@ from server.vocabulary import ID_TYPES
 
 QUOTE = obj({"ticket_no": string(), "price": FEN, "refundable": {"type": "boolean"},
              "fee": FEN, "refund_amount": FEN, "explanation": string(), "reason": string(),
-             "rules_version": string(), "status": string()},
+             "rules_version": string(), "status": string(),
+             "tier": obj({"hours_before": integer(0), "rate_bp": integer(0),
+                          "min_fee": FEN}),
+             "quote": string(description="the offer, signed: refund with it until "
+                                         "valid_until to pay this fee"),
+             "valid_until": DATETIME},
             ["ticket_no", "price", "refundable"])
 REFUND = obj({"expected_fee": integer(0, description="the fee the passenger was shown; "
-                                                     "refused if it changed since")})
+                                                     "refused if it changed since"),
+              "quote": string(1, 2000, description="a refund quote's signed offer: its fee "
+                                                   "holds until its valid_until")})
 VOID = obj({"reason": string(1, 200)}, ["reason"])
 VOIDED = obj({"ticket_no": string(), "status": string(), "refund_amount": FEN},
              ["ticket_no", "status", "refund_amount"])
@@ -37,7 +44,8 @@ CHANGED = obj({"ticket_no": string(), "departure_id": string(), "seat": integer(
 
 
 class RefundQuoteHandler(ApiHandler):
-    @api("What a refund would cost now (rules in force), before confirming", roles=BUYERS,
+    @api("What a refund would cost now (rules in force), before confirming: a signed offer "
+         "of that fee, valid for ten minutes (and not past departure)", roles=BUYERS,
          response=QUOTE, tags=("tickets",), errors=("TICKET_NOT_FOUND",))
     async def get(self, ticket_no: str) -> None:
         self.write_json(await self.services.tickets.quote(self.principal, ticket_no))
@@ -47,10 +55,11 @@ class RefundHandler(ApiHandler):
     @api("Refund one ticket; the seat goes back on sale, the money back the way it came",
          roles=BUYERS, body=REFUND, response=QUOTE, tags=("tickets",), idempotent=True,
          errors=("TICKET_NOT_FOUND", "NOT_REFUNDABLE", "REFUND_FEE_CHANGED", "TICKET_BUSY",
-                 "STATION_UNAVAILABLE", "STATION_TIMEOUT"))
+                 "QUOTE_INVALID", "QUOTE_EXPIRED", "STATION_UNAVAILABLE",
+                 "STATION_TIMEOUT"))
     async def post(self, ticket_no: str) -> None:
         self.write_json(await self.services.tickets.refund(
-            self.principal, ticket_no, self.body.get("expected_fee")))
+            self.principal, ticket_no, self.body.get("expected_fee"), self.body.get("quote")))
 
 
 class VoidHandler(ApiHandler):

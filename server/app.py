@@ -43,6 +43,7 @@ from handlers import (
     staff,
     stations,
     tickets,
+    waitlist,
     ws,
 )
 from handlers import (
@@ -65,6 +66,7 @@ from server.exchange.registry import ExchangeRegistry
 from server.metrics import Metrics
 from server.security.authorizer import RoleAuthorizer
 from server.security.pii import PiiVault
+from server.security.seals import Seal
 from server.security.tokens import AccessTokens
 from server.services.alerts import AlertService, OperationsWatch
 from server.services.audit import AuditService
@@ -102,6 +104,7 @@ from server.services.stations import StationService
 from server.services.sync import SyncService
 from server.services.ticket_sources import TicketSourceService
 from server.services.tickets import TicketService
+from server.services.waitlist import WaitlistService
 from server.services.webhooks import WebhookService
 from server.storage.inventory import NativeInventory
 
@@ -129,6 +132,7 @@ class Services:
     search: SearchService
     orders: OrderService
     tickets: TicketService
+    waitlist: WaitlistService
     payments: PaymentService
     jobs: JobRunner
     hub: Hub
@@ -228,7 +232,9 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     alerts = AlertService(db, seats.events)
     payment_service = PaymentService(db, payment_providers(settings, db), order_service,
                                      alerts, audit, failures)
-    tickets = TicketService(db, seats, rules, order_service, audit, redis, alerts, failures)
+    tickets = TicketService(db, seats, rules, order_service, audit, redis, alerts,
+                            Seal(settings.jwt_secret, "refund quotes"), failures)
+    waitlist = WaitlistService(db, order_service, seats, rules, CHANNELS, audit, failures)
     clearing = ClearingRules(db, audit)
     ledger = Ledger(db, clearing, alerts, failures)
     reconciliation = Reconciliation(db, payment_service.providers, ledger, audit,
@@ -259,6 +265,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     jobs.add("refunds", 5.0, payment_service.execute_refunds)
     jobs.add("payment-scrub", 3600.0, payment_service.scrub_old)
     jobs.add("order-expiry", 2.0, order_service.expire_due)
+    jobs.add("waitlist", 1.0, waitlist.run)
     # dated departures of native stations roll forward with the days (proxied: by sync)
     async def plan() -> int:
         return await plan_sale_window(db, (await rules.current()).sale_days)
@@ -296,6 +303,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         members=member_service,
         orders=order_service,
         tickets=tickets,
+        waitlist=waitlist,
         payments=payment_service,
         jobs=jobs,
         hub=Hub(redis),
@@ -368,7 +376,8 @@ def api_routes() -> list[URLSpec]:
     """Every JSON route, in match order."""
     return [*health.default_handlers, *auth.default_handlers, *stations.default_handlers,
             *staff.default_handlers, *members.default_handlers, *departures.default_handlers,
-            *orders.default_handlers, *tickets.default_handlers, *payments.default_handlers,
+            *orders.default_handlers, *waitlist.default_handlers, *tickets.default_handlers,
+            *payments.default_handlers,
             *exchange.default_handlers, *gate.default_handlers, *partners.default_handlers,
             *desk.default_handlers, *outlets.default_handlers, *basedata.default_handlers,
             *rule_api.default_handlers, *finance.default_handlers,

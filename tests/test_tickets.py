@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
+import json
 
 import pytest
 
 from server.clock import local_today
+from server.security.seals import Seal
 from tests.booking_support import issued_order, member, native_departure, person
 from tests.inventory_support import make_departure
-from tests.support import ApiClient
+from tests.support import TEST_SECRETS, ApiClient
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -62,6 +65,59 @@ async def test_fee_tiers_and_operator_cancellation(api: ApiClient, db, services)
     quote = (await api.get(f"/api/v1/tickets/{ticket['ticket_no']}/refund-quote",
                            token=token)).body
     assert quote["fee"] == 0 and quote["refund_amount"] == ticket["price"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_signed_quote_holds_its_fee_past_the_tier_boundary(api: ApiClient, db,
+                                                                     services) -> None:
+    token = await member(api)
+    dep = await make_departure(db, seats=5, departs_in=dt.timedelta(hours=2, minutes=5))
+    order = await issued_order(api, services, token, dep, [person(), person()])
+    first, second = order["tickets"]
+    offer = (await api.get(f"/api/v1/tickets/{first['ticket_no']}/refund-quote",
+                           token=token)).body
+    assert offer["fee"] == max(50, first["price"] * 10 // 100)  # ≥ 2 h before: 10 %
+    until = dt.datetime.fromisoformat(offer["valid_until"])
+    assert dt.timedelta(minutes=9) < until - dt.datetime.now(dt.UTC) <= dt.timedelta(minutes=10)
+    assert offer["rules_version"] and offer["tier"]["rate_bp"] == 1000
+    # the two-hour boundary passes (the departure comes six minutes closer, as the clock
+    # would bring it): a new quote costs 20 %, the offer in hand still 10 %
+    departs = (await db.departures.find_one({"_id": dep}))["departs_at"]
+    await db.departures.update_one({"_id": dep}, {"$set": {
+        "departs_at": departs - dt.timedelta(minutes=6)}})
+    now = (await api.get(f"/api/v1/tickets/{first['ticket_no']}/refund-quote",
+                         token=token)).body
+    assert now["fee"] == max(100, first["price"] * 20 // 100) > offer["fee"]
+    # the offer is the ticket's own: not for the other ticket, not altered, not lapsed
+    url = "/api/v1/tickets/{}/refund"
+    other = await api.post(url.format(second["ticket_no"]), {"quote": offer["quote"]},
+                           token=token)
+    assert other.status == 422 and other.error_code == "QUOTE_INVALID", other.text
+    body, _, signature = offer["quote"].rpartition(".")
+    cheaper = Seal("forged-secret-of-32-characters!!", "refund quotes").wrap(
+        {**_fields(body), "fee": 0})
+    for bad in (f"{body}.{signature[:-1]}{'0' if signature[-1] != '0' else '1'}",
+                cheaper, f"{cheaper.split('.')[0]}.{signature}", "not-a-quote"):
+        refused = await api.post(url.format(first["ticket_no"]), {"quote": bad}, token=token)
+        assert refused.status == 422 and refused.error_code == "QUOTE_INVALID", refused.text
+    lapsed = Seal(TEST_SECRETS["KEYUN_JWT_SECRET"], "refund quotes").wrap(
+        {**_fields(body), "until": int(dt.datetime.now(dt.UTC).timestamp()) - 1})
+    late = await api.post(url.format(first["ticket_no"]), {"quote": lapsed}, token=token)
+    assert late.status == 409 and late.error_code == "QUOTE_EXPIRED", late.text
+    assert (await db.tickets.find_one({"ticket_no": first["ticket_no"]}))["status"] == "issued"
+    done = await api.post(url.format(first["ticket_no"]), {"quote": offer["quote"]},
+                          token=token)
+    assert done.status == 200 and done.body["fee"] == offer["fee"], done.text
+    assert done.body["refund_amount"] == first["price"] - offer["fee"]
+    request = await db.refund_requests.find_one({"ticket_no": first["ticket_no"]})
+    assert (request["amount"], request["fee"]) == (first["price"] - offer["fee"], offer["fee"])
+    # without an offer the refund costs the fee of now
+    plain = await api.post(url.format(second["ticket_no"]), {}, token=token)
+    assert plain.status == 200 and plain.body["fee"] == max(100, second["price"] * 20 // 100)
+
+
+def _fields(body: str) -> dict:
+    return json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -278,8 +278,8 @@ class MemberService:
 
     async def _open_orders(self, member_id: str, now: dt.datetime) -> list[str]:
         busy = sorted(await self._db.orders.distinct("order_no", {
-            "member_id": member_id, "status": {"$in": ["pending_payment", "paid", "refunding",
-                                                       "failed"]}}))
+            "member_id": member_id, "status": {"$in": ["pending_payment", "waitlisted", "paid",
+                                                       "refunding", "failed"]}}))
         sold = await self._db.orders.distinct("order_no", {"member_id": member_id,
                                                            "status": "issued"})
         if not sold:

@@ -5,6 +5,10 @@
           ↓                                 issued ─refund→ refunding → refunded
     cancelled / expired
 
+    a waitlist order (候补, ``server/services/waitlist.py``): pending_payment ─pay→ waitlisted
+    ─seats come back→ paid (on one of its departures) ─issue→ issued; cancelled or unfilled
+    at its deadline: waitlisted → failed ─→ refunded, in full
+
 Every transition is one atomic update guarded by the state it leaves, recorded in the
 order's ``history`` with time, actor and reason; so of two racing transitions (expiry and
 payment, say) exactly one happens, and the loser learns it. Seats are held through the
@@ -88,6 +92,10 @@ def _booking_key(departure_id: str, id_index: str) -> str:
 Also = Callable[[dict[str, Any], "AsyncClientSession | None"], Awaitable[None]]
 
 
+class _NotWaiting(Exception):
+    """The waitlist order was filled or ended by someone else meanwhile."""
+
+
 class TicketNumberTaken(Exception):
     """A ticket number was in use already (the serial counter fell behind MongoDB)."""
 
@@ -162,12 +170,8 @@ class OrderService:
             await self._outlets.may_sell(actor.outlet_id, dep, len(passengers))
         if actor.kind == "partner" and self._partners is not None:  # its daily quota
             await self._partners.may_sell(actor.id, len(passengers))
-        stops = await self._db.stops.count_documents({"route_id": dep["route_id"]})
-        frm = 0 if from_seq is None else from_seq
-        to = stops - 1 if to_seq is None else to_seq
-        if not 0 <= frm < to <= stops - 1:
-            raise DomainError("INVALID_SEGMENT", field="to_seq")
-        await self._check_on_sale(dep, rules)
+        frm, to = await self.segment(dep, from_seq, to_seq)
+        await self.check_on_sale(dep, rules)
         hold_for = dt.timedelta(minutes=rules.payment_timeout_minutes)
         if pay_at_pickup:  # held until the pickup deadline, paid at the window by then
             if not sold_on.pay_at_pickup:
@@ -176,22 +180,9 @@ class OrderService:
                 minutes=rules.pickup_deadline_minutes) - now_ms()
             if hold_for < dt.timedelta(minutes=rules.payment_timeout_minutes):
                 raise DomainError("PICKUP_DEADLINE_PASSED", field="pay_at_pickup")
-        fare = await self._db.fares.find_one(
-            {"route_id": dep["route_id"], "from_seq": frm, "to_seq": to,
-             "effective_from": {"$lte": now_ms()}}, sort=[("effective_from", -1)])
-        if fare is None:
-            raise DomainError("NO_FARE")
-
-        people = [await self._person(actor, p, i) for i, p in enumerate(passengers)]
-        seen: set[str] = set()
-        for person in people:
-            if person["id_no_index"] in seen:
-                raise DomainError("DUPLICATE_PASSENGER", field="passengers")
-            seen.add(person["id_no_index"])
-            price = fare["prices"].get(person["ticket_type"])
-            if price is None:
-                raise DomainError("NO_FARE", ticket_type=person["ticket_type"])
-            person["price"] = int(price)
+        fare = await self.fare(dep["route_id"], frm, to)
+        people = await self.priced_people(actor, passengers, fare)
+        seen = {person["id_no_index"] for person in people}
         chosen = [p.get("seat") for p in passengers]
         if any(chosen) and not all(chosen):
             raise DomainError("SEAT_CHOICE_INCOMPLETE", field="passengers")
@@ -222,17 +213,10 @@ class OrderService:
             tickets = []
             carried = _carried(people, len(children), rules.max_free_children_per_adult)
             for person, seat, with_child in zip(people, hold.seats, carried, strict=True):
-                tickets.append({
-                    "ticket_no": await self._ticket_no(station["code"] if station else "000000000",
-                                                       dep["service_date"]),
-                    "order_no": order_no, "departure_id": departure_id, "seat": seat,
-                    "from_seq": frm, "to_seq": to, "ticket_type": person["ticket_type"],
-                    "price": person["price"], "status": "held", "active": True,
-                    "distance_km": int(fare.get("distance_km", 0)),
-                    "station_fee": int(fare.get("station_fee", 0)), "with_child": with_child,
-                    "passenger": {k: person[k] for k in ("name", "id_type", "id_no_enc",
-                                                          "id_no_index", "id_no_masked")},
-                    "created_at": now})
+                tickets.append(self.ticket_doc(
+                    await self.ticket_number(station["code"] if station else "000000000",
+                                             dep["service_date"]),
+                    order_no, departure_id, seat, frm, to, person, fare, with_child, now))
             order = {
                 "order_no": order_no, "channel": sold_on.identifier, "departure_id": departure_id,
                 "route_id": dep["route_id"], "station_id": dep["station_id"], "from_seq": frm,
@@ -262,7 +246,7 @@ class OrderService:
                         if attempt == 2:
                             raise
                         for t in tickets:  # the counter fell behind (Redis lost it): catch up
-                            t["ticket_no"] = await self._ticket_no(
+                            t["ticket_no"] = await self.ticket_number(
                                 station["code"] if station else "000000000",
                                 dep["service_date"], recount=True)
             except HoldClaimed:  # too late: the sweeper took this process for dead
@@ -285,6 +269,54 @@ class OrderService:
             return self.public(order, tickets)
         finally:
             await self._release_people(departure_id, sorted(seen), claim)
+
+    async def segment(self, dep: dict[str, Any], from_seq: int | None, to_seq: int | None
+                      ) -> tuple[int, int]:
+        """The boarding and alighting stops asked for (default: the whole route)."""
+        stops = await self._db.stops.count_documents({"route_id": dep["route_id"]})
+        frm = 0 if from_seq is None else from_seq
+        to = stops - 1 if to_seq is None else to_seq
+        if not 0 <= frm < to <= stops - 1:
+            raise DomainError("INVALID_SEGMENT", field="to_seq")
+        return frm, to
+
+    async def fare(self, route_id: str, frm: int, to: int) -> dict[str, Any]:
+        """The fare of a route's segment in force now."""
+        fare = await self._db.fares.find_one(
+            {"route_id": route_id, "from_seq": frm, "to_seq": to,
+             "effective_from": {"$lte": now_ms()}}, sort=[("effective_from", -1)])
+        if fare is None:
+            raise DomainError("NO_FARE")
+        return fare  # type: ignore[no-any-return]
+
+    async def priced_people(self, actor: Principal, passengers: list[dict[str, Any]],
+                            fare: dict[str, Any]) -> list[dict[str, Any]]:
+        """The passengers validated, encrypted and priced; each person once."""
+        people = [await self.person(actor, p, i) for i, p in enumerate(passengers)]
+        seen: set[str] = set()
+        for person in people:
+            if person["id_no_index"] in seen:
+                raise DomainError("DUPLICATE_PASSENGER", field="passengers")
+            seen.add(person["id_no_index"])
+            price = fare["prices"].get(person["ticket_type"])
+            if price is None:
+                raise DomainError("NO_FARE", ticket_type=person["ticket_type"])
+            person["price"] = int(price)
+        return people
+
+    def ticket_doc(self, ticket_no: str, order_no: str, departure_id: str, seat: int,
+                   frm: int, to: int, person: dict[str, Any], fare: dict[str, Any],
+                   with_child: int, now: dt.datetime) -> dict[str, Any]:
+        """A held ticket of an order (issued when the order is paid and the station sells)."""
+        return {
+            "ticket_no": ticket_no, "order_no": order_no, "departure_id": departure_id,
+            "seat": seat, "from_seq": frm, "to_seq": to, "ticket_type": person["ticket_type"],
+            "price": person["price"], "status": "held", "active": True,
+            "distance_km": int(fare.get("distance_km", 0)),
+            "station_fee": int(fare.get("station_fee", 0)), "with_child": with_child,
+            "passenger": {k: person[k] for k in ("name", "id_type", "id_no_enc",
+                                                  "id_no_index", "id_no_masked")},
+            "created_at": now}
 
     async def _claim_people(self, departure_id: str, indexes: list[str], claim: str) -> bool:
         """Mark an order for these people on this departure under way (all or none)."""
@@ -318,7 +350,7 @@ class OrderService:
                 raise DuplicateKeyError("one person one seat") from None
             raise
 
-    async def _check_on_sale(self, dep: dict[str, Any], rules: Any) -> None:
+    async def check_on_sale(self, dep: dict[str, Any], rules: Any) -> None:
         if dep["status"] != "on_sale":
             raise DomainError("DEPARTURE_STOPPED", status=dep["status"])
         if dep.get("online") is False:
@@ -330,7 +362,7 @@ class OrderService:
                 days=rules.sale_days):
             raise DomainError("SALE_CLOSED", message="Not on sale yet.")
 
-    async def _person(self, actor: Principal, p: dict[str, Any], index: int
+    async def person(self, actor: Principal, p: dict[str, Any], index: int
                       ) -> dict[str, Any]:
         """A passenger entry → validated, encrypted, indexed (from a frequent passenger
         or typed in)."""
@@ -364,7 +396,7 @@ class OrderService:
                          id_no_enc=self._vault.encrypt("id_no", document.id_no))
         return child
 
-    async def _ticket_no(self, station_code: str, service_date: str,
+    async def ticket_number(self, station_code: str, service_date: str,
                          recount: bool = False) -> str:
         """Region + station code (9) + service date (yymmdd) + serial (5). The serial counter
         lives in Redis; a new counter — or, with ``recount``, one that fell behind because
@@ -550,12 +582,19 @@ class OrderService:
 
     async def cancel(self, actor: Principal, order_no: str) -> dict[str, Any]:
         order = await self._visible(actor, order_no)
+        if order["status"] == "waitlisted":  # paid, waiting for seats: the money goes back
+            if not await self.end_waitlisted(order, "waitlist cancelled by buyer",
+                                             actor.label):
+                raise DomainError("ORDER_NOT_CANCELLABLE", status="paid")
+            await self._audit.staff_action(actor, "order.cancel", target=order_no)
+            return await self.get(actor, order_no)
         done = await self.transition(order_no, "cancelled", actor.label,
                                      "cancelled by buyer", from_states={"pending_payment"},
                                      also=self._release_tickets)
         if done is None:
             raise DomainError("ORDER_NOT_CANCELLABLE", status=order["status"])
-        await self.holds.release_ended(done)
+        if done.get("hold_id"):  # (a waitlist order holds nothing until it is filled)
+            await self.holds.release_ended(done)
         await self._audit.staff_action(actor, "order.cancel", target=order_no)
         return await self.get(actor, order_no)
 
@@ -571,7 +610,8 @@ class OrderService:
                                              "payment timeout", from_states={"pending_payment"},
                                              also=self._release_tickets)
                 if done is not None:  # this process won the race
-                    await self.holds.release_ended(done)
+                    if done.get("hold_id"):
+                        await self.holds.release_ended(done)
                     closed += 1
         return closed
 
@@ -608,14 +648,21 @@ class OrderService:
             raise DomainError("ORDER_NOT_FOUND")
         if amount != order["amount"]:
             raise DomainError("INVALID_VALUE", "Paid amount differs from the order amount.")
-        done = await self.transition(order_no, "paid", "payment", f"paid {payment_ref}",
-                                     {"payment_ref": payment_ref, "paid_at": now_ms()},
+        # a waitlist order, paid, waits in the queue for seats (the waitlist fills it)
+        to = "waitlisted" if order.get("kind") == "waitlist" else "paid"
+        now = now_ms()
+        done = await self.transition(order_no, to, "payment", f"paid {payment_ref}",
+                                     {"payment_ref": payment_ref, "paid_at": now,
+                                      **({"waitlist.queued_at": now} if to == "waitlisted"
+                                         else {})},
                                      from_states={"pending_payment"})
         if done is None:  # not awaiting payment any more: this payment, again, or too late
             fresh = await self._db.orders.find_one({"order_no": order_no}, {"payment_ref": 1})
             if fresh and fresh.get("payment_ref") == payment_ref:
                 return "already"
             return "late"
+        if to == "waitlisted":
+            return "waitlisted"
         return await self.issue(order_no)
 
     async def issue(self, order_no: str) -> str:
@@ -647,21 +694,68 @@ class OrderService:
                                        {"tickets": [t["ticket_no"] for t in tickets]})
         return "issued"
 
-    async def _fail(self, order: dict[str, Any], reason: str) -> None:
-        async def refund_owed(done: dict[str, Any], session: AsyncClientSession | None
-                              ) -> None:
+    def _refund_owed(self, reason: str) -> Also:
+        """The writes of a paid order ending without a journey: its tickets released, its
+        whole amount owed back (the payments capability pays it through the original
+        channel)."""
+        async def owe(done: dict[str, Any], session: AsyncClientSession | None) -> None:
             await self.book.release_tickets(done["order_no"], session, only_held=False)
-            # the payments capability pays it back through the original channel
             await self.refunds.owe(refunds.for_order(done["order_no"]),
                                    order_no=done["order_no"], amount=done["amount"],
                                    reason=reason, payment_ref=done.get("payment_ref"),
                                    session=session)
+        return owe
+
+    async def _fail(self, order: dict[str, Any], reason: str) -> None:
         done = await self.transition(order["order_no"], "failed", "station", reason,
-                                     from_states={"paid"}, also=refund_owed)
+                                     from_states={"paid"}, also=self._refund_owed(reason))
         if done is None:
             return
         log.error("order failed after payment; refund requested",
                   extra={"fields": {"order_no": order["order_no"], "reason": reason}})
+
+    # --- waitlist orders (the waitlist decides; these are the order's writes) -------------
+    async def end_waitlisted(self, order: dict[str, Any], reason: str, actor: str) -> bool:
+        """A waitlist order that will not be filled (cancelled, or its deadline passed):
+        waitlisted → failed with its whole amount owed back, once. False if it was not
+        waiting any more (filled or ended meanwhile)."""
+        done = await self.transition(order["order_no"], "failed", actor, reason,
+                                     from_states={"waitlisted"},
+                                     also=self._refund_owed(reason))
+        return done is not None
+
+    async def fill_waitlisted(self, order: dict[str, Any], dep: dict[str, Any],
+                              hold_id: str, tickets: list[dict[str, Any]]) -> bool:
+        """A waitlist order gets its seats: waitlisted → paid on this departure with its
+        tickets and the hold claimed, in one transaction. False (nothing written) if the
+        order is not waiting any more or a passenger holds a seat there already."""
+        now = now_ms()
+
+        async def write(session: AsyncClientSession) -> None:
+            await self.holds.claim(dep["_id"], hold_id, session)
+            moved = await self.book.move(
+                order["order_no"], "paid", {"waitlisted"},
+                {"at": now, "from": "waitlisted", "to": "paid", "actor": "waitlist",
+                 "reason": f"waitlist filled on {dep['_id']}"},
+                {"departure_id": dep["_id"], "station_id": dep["station_id"],
+                 "hold_id": hold_id, "waitlist.filled_at": now}, session)
+            if moved is None:
+                raise _NotWaiting()
+            await self.book.add_tickets(tickets, session)
+
+        try:
+            await transact(self._db, write)
+        except (_NotWaiting, HoldClaimed, DuplicateKeyError, BulkWriteError) as exc:
+            if isinstance(exc, BulkWriteError) and not all(
+                    e.get("code") == 11000 for e in exc.details.get("writeErrors", [])):
+                raise
+            await self.holds.release_unwritten(dep["_id"], hold_id)
+            return False
+        await self.holds.written(dep["_id"], hold_id)
+        await self.announce(order["order_no"], "status", {
+            "from": "waitlisted", "to": "paid", "status": "paid",
+            "reason": "waitlist filled", "departure_id": dep["_id"]})
+        return True
 
     async def retry_issuing(self) -> int:
         """Paid orders the station could not be reached for: try again; when their hold
@@ -700,7 +794,23 @@ class OrderService:
             "history": [{"at": h["at"].astimezone(LOCAL_TZ).isoformat(), "from": h["from"],
                          "to": h["to"], "reason": h["reason"]}
                         for h in order.get("history", [])],
+            **_waitlist_view(order),
         }
+
+
+def _waitlist_view(order: dict[str, Any]) -> dict[str, Any]:
+    """A waitlist order's acceptable departures, deadline and passengers (masked)."""
+    w = order.get("waitlist")
+    if not w:
+        return {}
+    return {"kind": "waitlist", "waitlist": {
+        "departure_ids": w["departure_ids"],
+        "deadline": w["deadline"].astimezone(LOCAL_TZ).isoformat(),
+        "passengers": [{"name": p["name"], "id_type": p["id_type"], "id_no": p["id_no_masked"],
+                        "ticket_type": p["ticket_type"], "price": p["price"]}
+                       for p in w["passengers"]],
+        **({"filled_at": w["filled_at"].astimezone(LOCAL_TZ).isoformat()}
+           if w.get("filled_at") else {})}}
 
 
 def _carried(people: list[dict[str, Any]], children: int, per_adult: int) -> list[int]:

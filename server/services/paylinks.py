@@ -7,13 +7,12 @@ needs no sign-in, pays that order only, and lapses with the order's hold."""
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
 from typing import Any
 
 from server.clock import LOCAL_TZ, now_ms
 from server.errors import DomainError
 from server.security.principal import PASSENGER, Principal
+from server.security.seals import Seal
 from server.services.audit import AuditService
 from server.services.orders import OrderService
 
@@ -23,18 +22,14 @@ LINK_METHODS = ("wechat_h5", "alipay_wap")  # what a phone's browser can pay wit
 class PayLinks:
     def __init__(self, secret: str, base_url: str, orders: OrderService,
                  audit: AuditService) -> None:
-        self._key = hmac.new(secret.encode(), b"keyun pay links", hashlib.sha256).digest()
+        self._seal = Seal(secret, "pay links")
         self._base = base_url.rstrip("/")
         self._orders = orders
         self._audit = audit
 
-    def _sign(self, order_no: str, until: int) -> str:
-        return hmac.new(self._key, f"{order_no}.{until}".encode(),
-                        hashlib.sha256).hexdigest()[:32]
-
     def token(self, order_no: str, until: dt.datetime) -> str:
         stamp = int(until.timestamp())
-        return f"{order_no}.{stamp}.{self._sign(order_no, stamp)}"
+        return f"{order_no}.{stamp}.{self._seal.sign(f'{order_no}.{stamp}')}"
 
     async def send(self, actor: Principal, order_no: str) -> dict[str, Any]:
         """Text the caller the link to pay an unpaid phone order (again: the same link)."""
@@ -55,8 +50,7 @@ class PayLinks:
         """The order a link pays (PAY_LINK_INVALID: forged, lapsed or paid)."""
         order_no, _, rest = token.partition(".")
         stamp, _, signature = rest.partition(".")
-        if not (stamp.isdigit() and hmac.compare_digest(self._sign(order_no, int(stamp)),
-                                                        signature)):
+        if not (stamp.isdigit() and self._seal.matches(f"{order_no}.{stamp}", signature)):
             raise DomainError("PAY_LINK_INVALID")
         order = await self._orders.stored(order_no)
         if order is None or int(stamp) < int(now_ms().timestamp()) or \

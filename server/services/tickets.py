@@ -22,6 +22,7 @@ from server.errors import DomainError
 from server.exchange.base import HoldRequest, TicketInfo
 from server.exchange.errors import DepartureNotFound, ExchangeError
 from server.security.principal import Principal
+from server.security.seals import Seal
 from server.services.alerts import AlertService
 from server.services.audit import AuditService
 from server.services.jobs import RecordFailures
@@ -44,13 +45,16 @@ STUCK_ALERT_AFTER = dt.timedelta(hours=1)  # and still not settled: an operator 
 PICKUP_FAILURES_PER_DEVICE = 10  # wrong pickup codes per kiosk or window in the window below
 PICKUP_FAILURES_PER_STATION = 60
 PICKUP_WINDOW_SECONDS = 600
+QUOTE_VALID = dt.timedelta(minutes=10)  # a refund quote's offer holds this long
 
 
 class TicketService:
     def __init__(self, db: AsyncDatabase[Any], seats: SeatService, rules: RuleService,
                  orders: OrderService, audit: AuditService, redis: Redis,
-                 alerts: AlertService, failures: RecordFailures | None = None) -> None:
+                 alerts: AlertService, quotes: Seal,
+                 failures: RecordFailures | None = None) -> None:
         self.alerts = alerts
+        self._quotes = quotes
         self.failures = failures or RecordFailures()
         self._pickup_by_device = WindowLimit(redis, "pickup-device",
                                               PICKUP_FAILURES_PER_DEVICE, PICKUP_WINDOW_SECONDS)
@@ -185,9 +189,41 @@ class TicketService:
 
     # --- refund -------------------------------------------------------------------------------
     async def quote(self, actor: Principal, ticket_no: str) -> dict[str, Any]:
-        """The refund fee and amount under the rules in force, before anything happens."""
+        """The refund fee and amount under the rules in force, before anything happens — and,
+        for a refundable ticket, the same as a signed offer (``quote``) that holds until
+        ``valid_until``: refunding with it costs that fee even if a tier boundary passes
+        meanwhile."""
         ticket, _, dep = await self._load(actor, ticket_no)
-        return await self._quote(ticket, dep)
+        quote = await self._quote(ticket, dep)
+        if quote["refundable"]:
+            now = now_ms()
+            until = now + QUOTE_VALID
+            if now < dep["departs_at"]:  # an offer made before departure ends with it
+                until = min(until, dep["departs_at"])
+            quote["valid_until"] = until.astimezone(LOCAL_TZ).isoformat()
+            quote["quote"] = self._quotes.wrap({
+                "ticket_no": ticket_no, "fee": quote["fee"], "price": ticket["price"],
+                "rules_version": quote["rules_version"], "tier": quote.get("tier"),
+                "for": f"{actor.kind}:{actor.id}", "until": int(until.timestamp())})
+        return quote
+
+    def _offer(self, actor: Principal, ticket: dict[str, Any], sealed: str
+               ) -> dict[str, Any]:
+        """A refund quote this platform signed, for this ticket and this caller, in time."""
+        offer = self._quotes.unwrap(sealed)
+        if offer is None:
+            raise DomainError("QUOTE_INVALID", "The refund quote is not one Keyun signed, or "
+                              "was altered.", field="quote")
+        if offer.get("ticket_no") != ticket["ticket_no"] or \
+                offer.get("price") != ticket["price"]:
+            raise DomainError("QUOTE_INVALID", "The refund quote is for another ticket.",
+                              field="quote")
+        if offer.get("for") != f"{actor.kind}:{actor.id}":
+            raise DomainError("QUOTE_INVALID", "The refund quote was made for someone else.",
+                              field="quote")
+        if int(offer.get("until", 0)) < now_ms().timestamp():
+            raise DomainError("QUOTE_EXPIRED", field="quote")
+        return offer
 
     async def _quote(self, ticket: dict[str, Any], dep: dict[str, Any]) -> dict[str, Any]:
         rules = await self._rules.for_departure(dep)
@@ -214,18 +250,32 @@ class TicketService:
         return out
 
     async def refund(self, actor: Principal, ticket_no: str,
-                     expected_fee: int | None = None) -> dict[str, Any]:
+                     expected_fee: int | None = None, quote: str | None = None
+                     ) -> dict[str, Any]:
+        """Refund a ticket at the fee of now — or, with a signed quote still valid, at the
+        quote's fee (the lower one, should the departure have been cancelled since)."""
         ticket, order, dep = await self._load(actor, ticket_no)
-        quote = await self._quote(ticket, dep)
-        if not quote["refundable"]:
-            raise DomainError("NOT_REFUNDABLE", reason=quote.get("reason"))
-        if expected_fee is not None and expected_fee != quote["fee"]:
-            raise DomainError("REFUND_FEE_CHANGED", fee=quote["fee"])
-        await self._refund(ticket, order, quote, actor.label, "refund")
+        offer = self._offer(actor, ticket, quote) if quote else None
+        now = await self._quote(ticket, dep)
+        if not now["refundable"]:
+            raise DomainError("NOT_REFUNDABLE", reason=now.get("reason"))
+        if offer is not None and int(offer["fee"]) < now["fee"]:
+            now.update(fee=int(offer["fee"]), refund_amount=ticket["price"] - int(offer["fee"]),
+                       rules_version=offer["rules_version"], quoted=True)
+            if offer.get("tier"):
+                now["tier"] = offer["tier"]
+            else:
+                now.pop("tier", None)
+        if offer is None and expected_fee is not None and expected_fee != now["fee"]:
+            raise DomainError("REFUND_FEE_CHANGED", fee=now["fee"])
+        if now.pop("quoted", False):
+            now["explanation"] = "按报价时的退票费退票"
+        await self._refund(ticket, order, now, actor.label, "refund")
         await self._audit.staff_action(actor, "ticket.refund", target=ticket_no,
-                                       details={"fee": quote["fee"],
-                                                "amount": quote["refund_amount"]})
-        return {**quote, "status": "refunded"}
+                                       details={"fee": now["fee"],
+                                                "amount": now["refund_amount"],
+                                                "quoted": offer is not None})
+        return {**now, "status": "refunded"}
 
     async def _refund(self, ticket: dict[str, Any], order: dict[str, Any],
                       quote: dict[str, Any], actor: str, reason: str) -> None:

@@ -41,8 +41,8 @@ GEO_POINT = {
 # a bus's seats: 核定载客数 is at most 80 (the vehicles' limit); a seat number is one byte of
 # the signed ticket code
 SEAT_COUNT = {"bsonType": "int", "minimum": 1, "maximum": 80}
-ORDER_STATUSES = ["pending_payment", "paid", "issued", "completed", "cancelled", "expired",
-                  "refunding", "refunded", "failed"]
+ORDER_STATUSES = ["pending_payment", "waitlisted", "paid", "issued", "completed", "cancelled",
+                  "expired", "refunding", "refunded", "failed"]
 TICKET_STATUSES = ["held", "issued", "picked_up", "checked_in", "refunded", "voided", "changed",
                    "released", "refunding", "voiding", "changing"]
 DEPARTURE_STATUSES = ["on_sale", "stopped", "departed", "cancelled"]
@@ -200,8 +200,13 @@ COLLECTIONS: list[CollectionSpec] = [
         ["order_no", "channel", "departure_id", "status", "amount", "created_at"],
         order_no=NONEMPTY, member_id=STR, channel=NONEMPTY, departure_id=NONEMPTY,
         status={"enum": ORDER_STATUSES}, amount=FEN, expires_at=DATE, created_at=DATE,
-        contact_phone_enc=STR, history={"bsonType": "array"}), [
+        contact_phone_enc=STR, history={"bsonType": "array"}, kind={"enum": ["waitlist"]},
+        waitlist={"bsonType": "object", "required": ["departure_ids", "deadline",
+                                                     "passengers"]}), [
         _ix("order_no", "order_no_unique", unique=True),
+        _ix([("status", ASCENDING), ("waitlist.queued_at", ASCENDING),
+             ("order_no", ASCENDING)], "waitlist_queue",
+            partialFilterExpression={"kind": "waitlist"}),
         _ix([("member_id", ASCENDING), ("created_at", DESCENDING)], "member_created"),
         _ix([("status", ASCENDING), ("expires_at", ASCENDING)], "status_expiry"),
         _ix([("departure_id", ASCENDING)], "departure"),

@@ -27,7 +27,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 from server.vocabulary import ANONYMIZED
 
 TRANSITIONS: dict[str, set[str]] = {
-    "pending_payment": {"paid", "cancelled", "expired"},
+    "pending_payment": {"paid", "waitlisted", "cancelled", "expired"},
+    "waitlisted": {"paid", "failed"},  # a waitlist order, paid: filled, or ended and refunded
     "paid": {"issued", "failed"},
     "issued": {"completed", "refunding", "refunded"},
     "refunding": {"issued", "refunded"},
@@ -61,6 +62,16 @@ class OrderBook:
         """A new order with its held tickets (the caller's transaction makes it all or
         nothing; the unique indexes decide one person one seat and ticket numbers)."""
         await self._orders.insert_one(order, session=session)
+        if tickets:  # (a waitlist order has none until it is filled)
+            await self.add_tickets(tickets, session)
+
+    async def add_order(self, order: dict[str, Any]) -> None:
+        """A new order without tickets yet (a waitlist order)."""
+        await self._orders.insert_one(order)
+
+    async def add_tickets(self, tickets: list[dict[str, Any]],
+                          session: AsyncClientSession) -> None:
+        """Held tickets of an order (a waitlist order's, when it is filled)."""
         await self._tickets.insert_many(tickets, session=session)
 
     async def move(self, order_no: str, to: str, allowed: set[str], entry: dict[str, Any],
@@ -183,6 +194,14 @@ class OrderBook:
                        "children": {"$map": {"input": {"$ifNull": ["$children", []]},
                                              "in": {"name": ANONYMIZED}}}}},
              {"$unset": ["contact_phone_enc", "contact_phone_index"]}])
+        await self._orders.update_many(  # a waitlist order's passengers, as tickets' below
+            {"departure_id": {"$in": departure_ids},
+             "waitlist.passengers.id_no_index": {"$exists": True}},
+            [{"$set": {"waitlist.passengers": {"$map": {
+                "input": "$waitlist.passengers",
+                "in": {"name": ANONYMIZED, "id_type": "$$this.id_type",
+                       "id_no_masked": ANONYMIZED, "ticket_type": "$$this.ticket_type",
+                       "price": "$$this.price"}}}}}])
         tickets = await self._tickets.update_many(
             {"departure_id": {"$in": departure_ids}, "anonymized_at": {"$exists": False}},
             [{"$set": {"anonymized_at": at, "active": False,
