@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-at reliability bench lint seed-demo clean chromium web node
+.PHONY: run test test-at reliability bench lint seed-demo clean chromium fonts web node
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,7 +36,7 @@ $(WEB)/dist/index.html: $(WEB_STAMP) $(WEB_SRC)
 web: node $(WEB)/dist/index.html
 
 ## Start the whole system on the embedded default (or KEYUN_MONGO_URI / KEYUN_REDIS_URL).
-run: $(STAMP) web
+run: $(STAMP) web fonts
 	$(BIN)/keyun run
 
 ## Install what the tests need and run the whole suite.
@@ -66,11 +66,15 @@ test-at: $(STAMP) chromium web
 # The web pages are tested in headless Chromium from Debian (Playwright's own download does
 # not work here) with a CJK font, so Chinese renders as text, not boxes; installed once.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-chromium:
+chromium: fonts
 	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium (browser tests)"; \
 	  $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; }; }
-	@fc-list :lang=zh 2>/dev/null | grep -q . || { echo "installing a CJK font (fonts-noto-cjk)"; \
+
+# The CJK font of the browser tests and of invoice PDFs (KEYUN_INVOICE_FONT).
+fonts:
+	@test -f /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc || { \
+	  echo "installing a CJK font (fonts-noto-cjk)"; \
 	  $(SUDO) apt-get install -y -q fonts-noto-cjk >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q fonts-noto-cjk >/dev/null; }; }
 

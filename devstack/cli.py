@@ -111,6 +111,7 @@ def _with_dev_secret(settings: Settings) -> Settings:
         "pii_index_key": lambda: secrets.token_urlsafe(32),
         "wechat_secret": lambda: secrets.token_hex(16),
         "sms_api_key": lambda: secrets.token_urlsafe(24),
+        "einvoice_api_key": lambda: secrets.token_urlsafe(24),
         "wechatpay_api_v3_key": lambda: secrets.token_hex(16),
         "ministry_secret": lambda: secrets.token_urlsafe(32),
     }
@@ -214,7 +215,8 @@ def _start_provider_sandbox(settings: Settings, children: list[embedded.ChildSer
                             ) -> Settings:
     """Sandbox only: WeChat and the SMS gateway, unless real ones are configured."""
     if settings.wechat_api_base and settings.sms_api_base and settings.wechatpay_api_base \
-            and settings.alipay_gateway and settings.ministry_api_base:
+            and settings.alipay_gateway and settings.ministry_api_base \
+            and settings.einvoice_api_base:
         return settings
     secrets_dir = settings.data_path / "secrets"
     wxpay = {"mchid": settings.wechatpay_mchid,
@@ -230,7 +232,8 @@ def _start_provider_sandbox(settings: Settings, children: list[embedded.ChildSer
         if (secrets_dir / "alipay_alipay.key").exists() else None
     sandbox = embedded.provider_sandbox(settings.data_path, appid=settings.wechat_appid,
                                         wechat_secret=settings.wechat_secret,
-                                        sms_key=settings.sms_api_key, wxpay=wxpay,
+                                        sms_key=settings.sms_api_key,
+                                        einvoice_key=settings.einvoice_api_key, wxpay=wxpay,
                                         alipay=alipay,
                                         ministry={"platform": settings.ministry_platform_code,
                                                   "secret": settings.ministry_secret})
@@ -242,7 +245,8 @@ def _start_provider_sandbox(settings: Settings, children: list[embedded.ChildSer
                                wechatpay_api_base=settings.wechatpay_api_base or url,
                                alipay_gateway=settings.alipay_gateway
                                or f"{url}/gateway.do",
-                               ministry_api_base=settings.ministry_api_base or url)
+                               ministry_api_base=settings.ministry_api_base or url,
+                               einvoice_api_base=settings.einvoice_api_base or url)
 
 
 def run(settings: Settings) -> int:

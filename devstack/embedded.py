@@ -240,7 +240,7 @@ def simulator_base_url(server: ChildServer, kind: str) -> str:
 
 
 def provider_sandbox(data_dir: Path, *, appid: str, wechat_secret: str, sms_key: str,
-                     wxpay: dict[str, str] | None = None,
+                     einvoice_key: str = "", wxpay: dict[str, str] | None = None,
                      alipay: dict[str, str] | None = None,
                      ministry: dict[str, str] | None = None, port: int | None = None
                      ) -> ChildServer:
@@ -248,7 +248,8 @@ def provider_sandbox(data_dir: Path, *, appid: str, wechat_secret: str, sms_key:
     only. ``wxpay``: mchid, merchant public key, platform private key and serial, APIv3 key."""
     port = port or free_port()
     argv = [sys.executable, "-m", "sandbox.providers", "--port", str(port), "--appid", appid]
-    env = {"SANDBOX_WECHAT_SECRET": wechat_secret, "SANDBOX_SMS_KEY": sms_key}
+    env = {"SANDBOX_WECHAT_SECRET": wechat_secret, "SANDBOX_SMS_KEY": sms_key,
+           "SANDBOX_EINVOICE_KEY": einvoice_key}
     if wxpay:
         env.update({f"SANDBOX_WXPAY_{k.upper()}": v for k, v in wxpay.items()})
     if alipay:

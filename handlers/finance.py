@@ -260,7 +260,7 @@ class PayoutsHandler(ApiHandler):
 class PayoutFileHandler(ApiHandler):
     @api("The batch transfer file for the bank (批量付款文件, CSV in UTF-8 with a BOM): "
          "full account numbers, finance only, every export audited", roles=(FINANCE,),
-         tags=("settlement",), content_type="application/octet-stream",
+         tags=("settlement",), content_type="text/csv",
          errors=("NOT_FOUND", "SETTLEMENT_RUNNING"))
     async def get(self, batch_id: str) -> None:
         name, data = await self.services.settlement.payout_file(self.principal, batch_id)

@@ -28,6 +28,8 @@ RULES = {
                                                               "disruption"),
     "on_time_tolerance_minutes": integer(0, 120, description="正点: left at most this long "
                                                              "after its time"),
+    "invoice_station_fee_separately": {"type": "boolean",
+                                       "description": "站务费 on its own invoice line"},
 }
 SCOPE = obj({"level": string(enum=["province", "region", "station", "route"]),
              "ref": string(0, 24, description="the division, station or route")}, ["level"])

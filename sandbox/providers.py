@@ -18,6 +18,11 @@ SMS gateway: ``POST /sms/v1/send`` with ``Authorization: Bearer <key>`` and
 ``{"phone", "template", "params", "out_id"}`` → ``{"message_id"}``; a second message with an
 ``out_id`` already seen is not sent again (the first one's id comes back).
 
+Electronic invoices (``payments/invoicing.py``): ``POST /einvoice/v1/invoices`` with
+``Authorization: Bearer <key>`` → ``{"invoice_no", "issued_at"}``; a ``request_id`` seen
+before gets its first answer; a red invoice must name an issued blue one (``original_no``)
+and reverse its total exactly. ``GET /_sandbox/einvoice/issued`` → every invoice issued.
+
 Sandbox controls (what a person would do on a phone): ``POST /_sandbox/wechat/login-code``
 ``{"openid"}`` → ``{"code"}`` (``wx.login()``), ``GET /_sandbox/sms/last?phone=`` → the last
 message sent to that phone, ``GET /_sandbox/sms/messages?phone=`` → all of them,
@@ -43,7 +48,10 @@ CODE_TTL = dt.timedelta(minutes=5)
 
 
 class State:
-    def __init__(self, appid: str, app_secret: str, sms_key: str) -> None:
+    def __init__(self, appid: str, app_secret: str, sms_key: str,
+                 einvoice_key: str = "") -> None:
+        self.einvoice_key = einvoice_key
+        self.invoices: dict[str, dict[str, Any]] = {}  # by request_id
         self.appid = appid
         self.app_secret = app_secret
         self.sms_key = sms_key
@@ -186,6 +194,47 @@ class SubscribeMessagesHandler(Base):
                                  if m["openid"] == openid]})
 
 
+class InvoiceIssueHandler(Base):
+    def post(self) -> None:
+        if not self.state.einvoice_key or self.request.headers.get(
+                "Authorization", "") != f"Bearer {self.state.einvoice_key}":
+            self.reply({"code": "UNAUTHORIZED"}, 401)
+            return
+        try:
+            body = json.loads(self.request.body)
+            request_id, kind, total = body["request_id"], body["kind"], int(body["total"])
+            lines = body["lines"]
+            title = body["buyer"]["title"]
+        except (ValueError, KeyError, TypeError):
+            self.reply({"code": "INVALID_REQUEST"}, 400)
+            return
+        seen = self.state.invoices.get(request_id)
+        if seen is not None:
+            self.reply({"invoice_no": seen["invoice_no"], "issued_at": seen["issued_at"]})
+            return
+        if not title or sum(int(ln["amount"]) for ln in lines) != total or \
+                (kind == "blue") != (total > 0):
+            self.reply({"code": "INVALID_AMOUNTS"}, 422)
+            return
+        if kind == "red":
+            original = next((i for i in self.state.invoices.values()
+                             if i["invoice_no"] == body.get("original_no")), None)
+            if original is None or original["total"] != -total or original.get("reversed"):
+                self.reply({"code": "ORIGINAL_NOT_REVERSIBLE"}, 422)
+                return
+            original["reversed"] = True
+        now = dt.datetime.now(dt.timezone(dt.timedelta(hours=8)))
+        number = f"{now:%y}44{len(self.state.invoices) + 1:016d}"  # 全电发票号码: 20 digits
+        self.state.invoices[request_id] = {**body, "invoice_no": number,
+                                           "issued_at": now.isoformat()}
+        self.reply({"invoice_no": number, "issued_at": now.isoformat()})
+
+
+class InvoicesIssuedHandler(Base):
+    def get(self) -> None:
+        self.reply({"invoices": list(self.state.invoices.values())})
+
+
 def make_app(state: State, wxpay: Any = None, alipay: Any = None,
              ministry: Any = None) -> Application:
     from sandbox.alipay import alipay_routes
@@ -205,6 +254,8 @@ def make_app(state: State, wxpay: Any = None, alipay: Any = None,
         (r"/cgi-bin/message/subscribe/send", SubscribeSendHandler),
         (r"/_sandbox/wechat/refuse", RefuseHandler),
         (r"/_sandbox/wechat/messages", SubscribeMessagesHandler),
+        (r"/einvoice/v1/invoices", InvoiceIssueHandler),
+        (r"/_sandbox/einvoice/issued", InvoicesIssuedHandler),
     ], state=state, wxpay=wxpay, alipay=alipay, ministry=ministry, bills={})
 
 
@@ -213,7 +264,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--appid", default="wx-keyun-sandbox")
     args = parser.parse_args()
-    state = State(args.appid, os.environ["SANDBOX_WECHAT_SECRET"], os.environ["SANDBOX_SMS_KEY"])
+    state = State(args.appid, os.environ["SANDBOX_WECHAT_SECRET"], os.environ["SANDBOX_SMS_KEY"],
+                  os.environ.get("SANDBOX_EINVOICE_KEY", ""))
     wxpay = None
     if os.environ.get("SANDBOX_WXPAY_MCHID"):
         from sandbox.wechatpay import WxPayState

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -32,6 +33,7 @@ from handlers import (
     finance,
     gate,
     health,
+    invoices,
     members,
     monitoring,
     orders,
@@ -56,6 +58,7 @@ from notify.sms import HttpSmsProvider
 from notify.subscribe import WeChatSubscribe
 from payments.alipay import Alipay, AlipayConfig
 from payments.base import ProviderRegistry
+from payments.invoicing import InvoiceProvider
 from payments.local import AgentDeposit, BankCard, Cash, PartnerDeposit, PayAtPickup
 from payments.reconciliation import Reconciliation
 from payments.service import PaymentService
@@ -86,6 +89,7 @@ from server.services.geo import GeoViews
 from server.services.health import HealthService
 from server.services.holds import SeatHolds
 from server.services.idempotency import IdempotencyStore
+from server.services.invoices import InvoiceService
 from server.services.jobs import JobRunner, RecordFailures
 from server.services.ledger import Ledger
 from server.services.members import MemberService, WeChatLogin
@@ -133,6 +137,7 @@ class Services:
     orders: OrderService
     tickets: TicketService
     waitlist: WaitlistService
+    invoices: InvoiceService
     payments: PaymentService
     jobs: JobRunner
     hub: Hub
@@ -235,6 +240,12 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     tickets = TicketService(db, seats, rules, order_service, audit, redis, alerts,
                             Seal(settings.jwt_secret, "refund quotes"), failures)
     waitlist = WaitlistService(db, order_service, seats, rules, CHANNELS, audit, failures)
+    invoice_service = InvoiceService(
+        db, order_service, rules,
+        InvoiceProvider(settings.einvoice_api_base, settings.einvoice_api_key), audit,
+        font=Path(settings.invoice_font),
+        seller={"name": settings.seller_name, "tax_no": settings.seller_tax_no},
+        failures=failures)
     clearing = ClearingRules(db, audit)
     ledger = Ledger(db, clearing, alerts, failures)
     reconciliation = Reconciliation(db, payment_service.providers, ledger, audit,
@@ -266,6 +277,8 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     jobs.add("payment-scrub", 3600.0, payment_service.scrub_old)
     jobs.add("order-expiry", 2.0, order_service.expire_due)
     jobs.add("waitlist", 1.0, waitlist.run)
+    jobs.add("invoices", 5.0, invoice_service.send_requested)
+    jobs.add("invoice-corrections", 10.0, invoice_service.correct)
     # dated departures of native stations roll forward with the days (proxied: by sync)
     async def plan() -> int:
         return await plan_sale_window(db, (await rules.current()).sale_days)
@@ -304,6 +317,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         orders=order_service,
         tickets=tickets,
         waitlist=waitlist,
+        invoices=invoice_service,
         payments=payment_service,
         jobs=jobs,
         hub=Hub(redis),
@@ -377,7 +391,7 @@ def api_routes() -> list[URLSpec]:
     return [*health.default_handlers, *auth.default_handlers, *stations.default_handlers,
             *staff.default_handlers, *members.default_handlers, *departures.default_handlers,
             *orders.default_handlers, *waitlist.default_handlers, *tickets.default_handlers,
-            *payments.default_handlers,
+            *invoices.default_handlers, *payments.default_handlers,
             *exchange.default_handlers, *gate.default_handlers, *partners.default_handlers,
             *desk.default_handlers, *outlets.default_handlers, *basedata.default_handlers,
             *rule_api.default_handlers, *finance.default_handlers,

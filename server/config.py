@@ -181,6 +181,16 @@ class Settings:
     sms_api_base: str = _opt("", _parse_optional_http,
                              "SMS provider base URL; unset in development: the sandbox")
     sms_api_key: str = _opt("", _parse_str, "SMS provider API key; dev generates one")
+    einvoice_api_base: str = _opt("", _parse_optional_http,
+                                  "electronic-invoice provider base URL; unset in "
+                                  "development: the sandbox")
+    einvoice_api_key: str = _opt("", _parse_str,
+                                 "electronic-invoice provider API key; dev generates one")
+    invoice_font: str = _opt("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+                             _parse_str, "CJK font of invoice PDFs (Debian fonts-noto-cjk)")
+    seller_name: str = _opt("客运联网售票平台", _parse_str, "the seller on invoices (销售方)")
+    seller_tax_no: str = _opt("91440000000000000K", _parse_str,
+                              "the seller's unified social credit code on invoices")
     wechat_notice_templates: str = _opt(
         "ticket_issued=KY-TICKET-ISSUED,refund_done=KY-REFUND-DONE,"
         "departure_changed=KY-DEPARTURE-CHANGED,payment_expiring=KY-PAYMENT-EXPIRING",
@@ -357,7 +367,8 @@ def _check_combination(s: Settings) -> None:
         if s.redis_url is None:
             raise ConfigError("KEYUN_REDIS_URL: required when KEYUN_ENV=production")
         for name in ("jwt_secret", "pii_keys", "pii_index_key", "wechat_secret",
-                     "wechat_api_base", "sms_api_base", "sms_api_key"):
+                     "wechat_api_base", "sms_api_base", "sms_api_key", "einvoice_api_base",
+                     "einvoice_api_key"):
             if not getattr(s, name):
                 raise ConfigError(f"{env_name(name)}: required when KEYUN_ENV=production")
         if s.ministry_api_base and not s.ministry_secret:

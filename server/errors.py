@@ -138,6 +138,15 @@ ERRORS: dict[str, tuple[int, str]] = {
                                       "waiting."),
     "PASSENGER_ALREADY_WAITING": (409, "A passenger of this order is already on the waitlist of "
                                        "one of these departures."),
+    "ORDER_NOT_INVOICEABLE": (409, "An invoice is for an order whose tickets were issued and "
+                                   "not all refunded in full."),
+    "INVOICE_EXISTS": (409, "This order has its invoice already (a refund corrects it by "
+                            "itself)."),
+    "INVALID_TAX_NUMBER": (422, "A taxpayer number is 15 to 20 digits and capital letters; a "
+                                "company needs one."),
+    "INVOICE_TITLE_INVALID": (422, "The invoice needs a title (the buyer's name)."),
+    "INVOICE_NOT_FOUND": (404, "No such invoice."),
+    "INVOICE_NOT_ISSUED": (409, "The invoice is not issued yet; look again shortly."),
     "QUOTE_INVALID": (422, "This refund quote cannot be used (see the message)."),
     "QUOTE_EXPIRED": (409, "The refund quote lapsed; ask for a new quote."),
     "REFUND_FEE_CHANGED": (409, "The refund fee changed since the quote; ask for a new quote."),

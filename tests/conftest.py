@@ -138,6 +138,7 @@ def providers(workdir: Path) -> Iterator[Providers]:
         workdir / "providers", appid="wx-keyun-sandbox",
         wechat_secret=TEST_SECRETS["KEYUN_WECHAT_SECRET"],
         sms_key=TEST_SECRETS["KEYUN_SMS_API_KEY"],
+        einvoice_key=TEST_SECRETS["KEYUN_EINVOICE_API_KEY"],
         wxpay={"mchid": "1900000001", "merchant_public": merchant_pub,
                "platform_private": platform, "platform_serial": "PUB_KEY_ID_0000000000000001",
                "v3_key": TEST_SECRETS["KEYUN_WECHATPAY_API_V3_KEY"],
@@ -156,7 +157,7 @@ def providers(workdir: Path) -> Iterator[Providers]:
             "KEYUN_ALIPAY_GATEWAY": f"{url}/gateway.do",
             "KEYUN_ALIPAY_PRIVATE_KEY_FILE": str(keys / "alipay_app.key"),
             "KEYUN_ALIPAY_PUBLIC_KEY_FILE": str(keys / "alipay.pub"),
-            "KEYUN_MINISTRY_API_BASE": url},
+            "KEYUN_MINISTRY_API_BASE": url, "KEYUN_EINVOICE_API_BASE": url},
             platform, merchant_pub, ali_key)
     finally:
         server.stop()

@@ -33,6 +33,7 @@ TEST_SECRETS = {
     "KEYUN_PII_INDEX_KEY": "dGVzdC1pbmRleC1rZXktMDEyMzQ1Njc4OWFiY2RlZmdo",
     "KEYUN_WECHAT_SECRET": "test-wechat-secret",
     "KEYUN_SMS_API_KEY": "test-sms-key",
+    "KEYUN_EINVOICE_API_KEY": "test-einvoice-key",
     "KEYUN_WECHATPAY_API_V3_KEY": "0123456789abcdef0123456789abcdef",
     "KEYUN_MINISTRY_SECRET": "test-ministry-secret",
 }

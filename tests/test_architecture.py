@@ -70,6 +70,8 @@ WRITERS = {
     "ledger_entries": {"server/storage/ledger.py"},
     "ledger_accounts": {"server/storage/ledger.py"},
     "ledger_cursors": {"server/storage/ledger.py"},
+    "invoices": {"server/storage/invoices.py"},
+    "invoice_cursors": {"server/storage/invoices.py"},
     "settlement_entities": {"server/storage/settlement.py"},
     "settlement_batches": {"server/storage/settlement.py"},
     "reconciliation_runs": {"server/storage/reconciliation.py"},

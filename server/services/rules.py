@@ -59,6 +59,7 @@ class RuleSet:
     on_time_tolerance_minutes: int = 10  # 正点: left at most this long after its time
     change_cutoff_minutes: int = 30
     void_window_minutes: int = 30  # 废票: a misissued ticket is voided this soon after issue
+    invoice_station_fee_separately: bool = False  # 站务费 its own line on invoices
 
     def tier(self, departs_at: dt.datetime, now: dt.datetime) -> RefundTier | None:
         """The refund tier a refund at ``now`` falls in (None: none before departure)."""

@@ -424,6 +424,18 @@ COLLECTIONS: list[CollectionSpec] = [
     ]),
     CollectionSpec("ledger_accounts", _obj(["balance"], balance=INT), []),
     CollectionSpec("ledger_cursors", _obj(["at"], at=DATE), []),
+    CollectionSpec("invoices", _obj(
+        ["order_no", "kind", "status", "buyer", "lines", "total", "requested_at"],
+        order_no=NONEMPTY, kind={"enum": ["blue", "red"]},
+        status={"enum": ["requested", "issued", "void"]}, total={"bsonType": ["int", "long"]},
+        requested_at=DATE, issued_at=DATE, invoice_no=STR), [
+        _ix("order_no", "current_blue", unique=True,
+            partialFilterExpression={"current": True}),
+        _ix([("order_no", ASCENDING), ("requested_at", ASCENDING)], "order_requested"),
+        _ix([("status", ASCENDING), ("requested_at", ASCENDING)], "status_requested"),
+        _ix([("requested_at", DESCENDING)], "requested"),
+    ]),
+    CollectionSpec("invoice_cursors", _obj(["at"], at=DATE), []),
     CollectionSpec("settlement_entities", _obj(
         ["updated_at"], cycle_days={"bsonType": "int", "minimum": 0, "maximum": 7},
         updated_at=DATE), []),

@@ -1,0 +1,116 @@
+"""Electronic invoices: a passenger asks for the invoice of an order and downloads its PDF;
+finance lists and exports them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from handlers.base import ApiHandler, api, route
+from handlers.orders import BUYERS
+from server.errors import aware_time
+from server.schema import DATETIME, array, integer, obj, string
+from server.security.principal import FINANCE, OPERATOR
+
+REQUEST = obj({
+    "buyer_type": string(enum=["personal", "company"], description="default personal"),
+    "title": string(1, 100, description="抬头: a person's or company's name"),
+    "tax_no": string(1, 20, description="纳税人识别号 (统一社会信用代码); a company's is "
+                                        "required"),
+    "email": string(3, 100, pattern="^[^@\\s]+@[^@\\s]+$", description="where to send it")},
+    ["title"])
+LINE = obj({"name": string(), "detail": string(), "amount": {"type": "integer"},
+            "tax_rate": string()}, ["name", "amount", "tax_rate"])
+INVOICE = obj({"id": string(), "order_no": string(), "kind": string(enum=["blue", "red"]),
+               "status": string(enum=["requested", "issued", "void"]),
+               "current": {"type": "boolean"},
+               "buyer": obj({"type": string(), "title": string(), "tax_no": string()}),
+               "total": {"type": "integer", "description": "fen (negative: a red invoice)"},
+               "lines": array(LINE), "requested_at": DATETIME,
+               "invoice_no": string(description="the provider's 20-digit number"),
+               "issued_at": DATETIME, "original_no": string(), "reverses": string(),
+               "replaces": string()},
+              ["id", "order_no", "kind", "status", "total", "lines"])
+INVOICES = obj({"invoices": array(INVOICE)}, ["invoices"])
+LIST_QUERY = obj({"from": DATETIME, "to": DATETIME,
+                  "status": string(enum=["requested", "issued", "void"]),
+                  "limit": integer(1, 1000)})
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+ERRORS = ("ORDER_NOT_FOUND", "ORDER_NOT_INVOICEABLE", "INVOICE_EXISTS", "INVALID_TAX_NUMBER",
+          "INVOICE_TITLE_INVALID")
+
+
+class OrderInvoiceHandler(ApiHandler):
+    @api("Ask for the order's electronic invoice (a line per ticket for what was paid and "
+         "kept; tax-exempt passenger transport); issued by the provider at once or shortly",
+         roles=BUYERS, body=REQUEST, response=INVOICE, status=201, tags=("invoices",),
+         idempotent=True, errors=ERRORS)
+    async def post(self, order_no: str) -> None:
+        self.write_json(await self.services.invoices.request(self.principal, order_no,
+                                                             self.body), 201)
+
+
+class OrderInvoicesHandler(ApiHandler):
+    @api("The order's invoices: the current blue one, and any reversed by a red one after a "
+         "refund", roles=BUYERS, response=INVOICES, tags=("invoices",),
+         errors=("ORDER_NOT_FOUND",))
+    async def get(self, order_no: str) -> None:
+        self.write_json({"invoices": await self.services.invoices.of_order(self.principal,
+                                                                           order_no)})
+
+
+class InvoicePdfHandler(ApiHandler):
+    @api("An issued invoice as PDF", roles=(*BUYERS, FINANCE), tags=("invoices",),
+         content_type="application/pdf", errors=("INVOICE_NOT_FOUND", "INVOICE_NOT_ISSUED"))
+    async def get(self, invoice_id: str) -> None:
+        name, data = await self.services.invoices.pdf(self.principal, invoice_id)
+        self.set_header("Content-Type", "application/pdf")
+        self.set_header("Content-Disposition", f'attachment; filename="{name}"')
+        self.finish(data)
+
+
+def _period(query: dict[str, Any]) -> tuple[Any, Any]:
+    return tuple(aware_time(query[k], code="INVALID_VALUE", field=k,  # type: ignore[return-value]
+                            message=f"{k} is an RFC 3339 time with its offset.")
+                 if query.get(k) else None for k in ("from", "to"))
+
+
+class AdminInvoicesHandler(ApiHandler):
+    @api("Invoices requested in a period, newest first", roles=(FINANCE, OPERATOR),
+         query=LIST_QUERY, response=INVOICES, tags=("invoices",))
+    async def get(self) -> None:
+        since, until = _period(self.query)
+        self.write_json({"invoices": await self.services.invoices.listed(
+            since, until, self.query.get("status"), self.query.get("limit", 500))})
+
+
+class InvoiceCsvHandler(ApiHandler):
+    @api("Invoices of a period as CSV (UTF-8 with a BOM)", roles=(FINANCE,),
+         query=LIST_QUERY, tags=("invoices",), content_type="text/csv")
+    async def get(self) -> None:
+        await _export(self, "csv", "text/csv; charset=utf-8")
+
+
+class InvoiceXlsxHandler(ApiHandler):
+    @api("Invoices of a period as XLSX", roles=(FINANCE,), query=LIST_QUERY,
+         tags=("invoices",), content_type=XLSX)
+    async def get(self) -> None:
+        await _export(self, "xlsx", XLSX)
+
+
+async def _export(handler: ApiHandler, fmt: str, content_type: str) -> None:
+    since, until = _period(handler.query)
+    data = await handler.services.invoices.export(since, until, handler.query.get("status"),
+                                                  fmt)
+    handler.set_header("Content-Type", content_type)
+    handler.set_header("Content-Disposition", f'attachment; filename="invoices.{fmt}"')
+    handler.finish(data)
+
+
+default_handlers = [
+    route("/api/v1/orders/{order_no}/invoice", OrderInvoiceHandler),
+    route("/api/v1/orders/{order_no}/invoices", OrderInvoicesHandler),
+    route("/api/v1/invoices/{invoice_id}.pdf", InvoicePdfHandler),
+    route("/api/v1/admin/invoices", AdminInvoicesHandler),
+    route("/api/v1/admin/invoices.csv", InvoiceCsvHandler),
+    route("/api/v1/admin/invoices.xlsx", InvoiceXlsxHandler),
+]
