@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from playwright.async_api import async_playwright
 
-from tests.booking_support import app_member, native_departure, person
+from tests.booking_support import app_member, issued_order, member, native_departure, person
 from tests.support import DEMO_PASSWORD, ROOT
 from tests.test_gate_page import CHROMIUM, FLAGS
 
@@ -365,7 +365,13 @@ def _input(name: str) -> str:
 async def test_finance_settles_from_its_console(api, keyun, db, services) -> None:
     """Finance sets a carrier's cycle and bank account, drafts a clearing rule and sees its
     simulation, checks the ledger sums to zero, reconciles a quiet day and settles a closed
-    day, with its payout instructions."""
+    day, with its payout instructions, and finds a passenger's electronic invoice."""
+    buyer = await member(api)
+    order = await issued_order(api, services, buyer, (await native_departure(db, 4, 2))["_id"],
+                               [person()])
+    invoice = await api.post(f"/api/v1/orders/{order['order_no']}/invoice",
+                             {"title": "网页测试发票抬头"}, token=buyer)
+    assert invoice.status == 201 and invoice.body["status"] == "issued", invoice.text
     await services.ledger.run()
     carrier = await db.carriers.find_one({}, sort=[("_id", 1)])
     entity = f"carrier:{carrier['_id']}"
@@ -423,6 +429,13 @@ async def test_finance_settles_from_its_console(api, keyun, db, services) -> Non
         await payouts.filter(has_text="付款指令").wait_for()
         assert await payouts.locator("[data-test=payout-file]").count() == 1
         await page.screenshot(path=str(SHOTS / "admin-finance-settlement.png"))
+
+        await page.click("#tab-invoices")
+        row = page.locator("[data-test=invoices] .el-table__row",
+                           has_text=invoice.body["invoice_no"])
+        await row.wait_for()
+        assert "网页测试发票抬头" in await row.text_content()
+        assert "已开具" in await row.text_content()
     stored = await db.settlement_entities.find_one({"_id": entity})
     assert stored["cycle_days"] == 3 and "6217000011112222333" not in str(stored)
     assert await db.clearing_rules.count_documents({"lines.platform_bp": 250}) >= 1

@@ -68,7 +68,10 @@ class LedgerBook:
         at = max(entry["at"] for entry in entries)
 
         async def write(session: AsyncClientSession) -> int:
-            await self._entries.insert_many(entries, session=session)  # a repeat: duplicate
+            if len(entries) == 1:  # a repeat: a duplicate key, either way
+                await self._entries.insert_one(entries[0], session=session)
+            else:
+                await self._entries.insert_many(entries, session=session)
             for account in sorted(moves):  # (one order everywhere: fewer conflicts)
                 await self._accounts.update_one(
                     {"_id": account},
