@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from server.clock import LOCAL_TZ
+from server.tables import yuan
 
 DIGITS = "零壹贰叁肆伍陆柒捌玖"
 UNITS = ["", "拾", "佰", "仟"]
@@ -50,11 +51,6 @@ def capital_amount(fen: int) -> str:
     return sign + words
 
 
-def _yuan(fen: int) -> str:
-    sign = "-" if fen < 0 else ""
-    return f"{sign}{abs(fen) // 100}.{abs(fen) % 100:02d}"
-
-
 def render(invoice: dict[str, Any], seller: dict[str, str], font: Path) -> bytes:
     """The PDF of an issued invoice."""
     from fpdf import FPDF  # (imported here: only the invoice job draws)
@@ -93,14 +89,14 @@ def render(invoice: dict[str, Any], seller: dict[str, str], font: Path) -> bytes
     for line in invoice["lines"]:
         pdf.cell(widths[0], 6, line["name"], border=1)
         pdf.cell(widths[1], 6, line.get("detail", ""), border=1)
-        pdf.cell(widths[2], 6, _yuan(line["amount"]), border=1, align="R")
+        pdf.cell(widths[2], 6, yuan(line["amount"]), border=1, align="R")
         pdf.cell(widths[3], 6, line.get("tax_rate", "免税"), border=1, align="C")
         pdf.cell(widths[4], 6, "***", border=1, align="C")
         pdf.ln()
     pdf.set_font("cjk", size=9)
     pdf.cell(sum(widths[:2]), 7, f"价税合计（大写）　{capital_amount(invoice['total'])}",
              border=1)
-    pdf.cell(sum(widths[2:]), 7, f"（小写）¥{_yuan(invoice['total'])}", border=1, align="R")
+    pdf.cell(sum(widths[2:]), 7, f"（小写）¥{yuan(invoice['total'])}", border=1, align="R")
     pdf.ln()
     pdf.set_font("cjk", size=8)
     note = f"订单号：{invoice['order_no']}"

@@ -46,6 +46,7 @@ from server.services.basedata import BaseDataService
 from server.services.flow import FlowStats
 from server.services.kinds import KINDS
 from server.storage.ministry import MinistryRecords
+from server.tables import yuan
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def signed_headers(secret: str, platform: str, body: bytes) -> dict[str, str]:
 
 
 def _yuan(fen: Any) -> str:
-    return f"{int(fen or 0) / 100:.2f}"
+    return yuan(int(fen or 0))
 
 
 def _local(value: Any) -> str:

@@ -34,6 +34,7 @@ from server.security.principal import Principal
 from server.services.audit import AuditService
 from server.services.ledger import BANK, Ledger
 from server.storage.settlement import SettlementRecords
+from server.tables import yuan
 
 KINDS = ("carrier", "station", "outlet", "partner", "provider", "platform")
 KIND_NAMES = {"carrier": "客运企业", "station": "客运站", "outlet": "代售点", "partner": "分销平台",
@@ -384,11 +385,6 @@ STATEMENT_COLUMNS = (("booked_on", "记账日期"), ("entry", "分录号"), ("ki
                      ("amount", "金额（元）"))
 
 
-def _yuan(fen: int) -> str:
-    sign = "-" if fen < 0 else ""
-    return f"{sign}{abs(fen) // 100}.{abs(fen) % 100:02d}"
-
-
 def statement_header(s: dict[str, Any]) -> list[tuple[str, str]]:
     return [("结算批次", s["batch"]), ("结算编码", s["settlement_code"]),
             ("结算单位", f"{s['name']}（{s['entity']}）"), ("结算周期", f"T+{s['cycle_days']}"),
@@ -410,11 +406,11 @@ def statement_csv(s: dict[str, Any]) -> bytes:
     writer.writerow([])
     writer.writerow([title for _, title in STATEMENT_COLUMNS])
     for line in s["lines"]:
-        writer.writerow([_yuan(line[k]) if k == "amount" else line[k]
+        writer.writerow([yuan(line[k]) if k == "amount" else line[k]
                          for k, _ in STATEMENT_COLUMNS])
     writer.writerow([])
     for name, fen in statement_totals(s):
-        writer.writerow([name, _yuan(fen)])
+        writer.writerow([name, yuan(fen)])
     return ("\ufeff" + out.getvalue()).encode("utf-8")  # a BOM: spreadsheets read it as UTF-8
 
 
@@ -427,10 +423,10 @@ def payout_csv(p: dict[str, Any]) -> bytes:
     """批量付款文件: a header line (batch, count, total), then a line per payee."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["批次号", p["batch"], "总笔数", p["count"], "总金额", _yuan(p["amount"])])
+    writer.writerow(["批次号", p["batch"], "总笔数", p["count"], "总金额", yuan(p["amount"])])
     writer.writerow([title for _, title in PAYOUT_COLUMNS])
     for line in p["lines"]:
-        writer.writerow([_yuan(line[k]) if k == "amount" else line[k]
+        writer.writerow([yuan(line[k]) if k == "amount" else line[k]
                          for k, _ in PAYOUT_COLUMNS])
     return ("\ufeff" + out.getvalue()).encode("utf-8")
 
