@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 # installed from the committed package-lock.json when it changes, built when a source changes.
 WEB       := admin/web
 WEB_STAMP := $(WEB)/node_modules/.installed
-WEB_SRC   := $(shell find $(WEB)/src -type f 2>/dev/null) $(WEB)/index.html \
+WEB_SRC   := $(shell find $(WEB)/src -type f 2>/dev/null) $(WEB)/index.html $(WEB)/api-docs.html \
              $(WEB)/vite.config.ts $(WEB)/tsconfig.json $(WEB)/package.json
 
 node:
@@ -27,7 +27,7 @@ node:
 	  echo "Node.js $$(node --version) is too old for the web app build: 20.19 or newer is needed."; exit 2; }
 
 $(WEB_STAMP): $(WEB)/package-lock.json
-	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error
+	cd $(WEB) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 	touch $@
 
 $(WEB)/dist/index.html: $(WEB_STAMP) $(WEB_SRC)

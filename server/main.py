@@ -19,6 +19,7 @@ log = logging.getLogger("keyun")
 
 MAX_BODY = 4 * 1024 * 1024
 SHUTDOWN_GRACE = 10.0
+STEP_GRACE = 5.0  # each later step of stopping
 
 
 def serve_here(settings: Settings, sockets: list[Any]) -> None:
@@ -142,15 +143,25 @@ async def serve(settings: Settings, sockets: list[Any]) -> None:
     await stop.wait()
     log.info("stopping: no new connections, draining")
     server.stop()
-    await app.settings["services"].hub.close()  # WebSockets: 1001 going away
+    services = app.settings["services"]
+    await _step("closing WebSockets", services.hub.close())  # 1001 going away
     await _drain(app.settings["metrics"])
     try:
         await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE)
     except TimeoutError:
         log.warning("connections still open after %ss; closing anyway", SHUTDOWN_GRACE)
-    await jobs.stop()
-    await app.settings["services"].inventory.close()
-    await app.settings["services"].seats.view.close()
-    await mongo.close()
-    await redis.aclose()
+    await _step("stopping jobs", jobs.stop())
+    await _step("closing the seat writer", services.inventory.close())
+    await _step("closing the seat view", services.seats.view.close())
+    await _step("closing MongoDB", mongo.close())
+    await _step("closing Redis", redis.aclose())
     log.info("stopped")
+
+
+async def _step(name: str, work: Any, seconds: float = STEP_GRACE) -> None:
+    """One step of stopping, bounded: a step that hangs is named in the log and left, so the
+    process still exits in time (the supervisor or the test would kill it otherwise)."""
+    try:
+        await asyncio.wait_for(work, seconds)
+    except TimeoutError:
+        log.warning("stopping: %s took over %ss; going on", name, seconds)

@@ -560,3 +560,40 @@ async def test_the_authority_watches_its_region_and_the_operator_reports_to_the_
         await page.locator("[data-test=pulls] .el-table__row").first.wait_for()
         await page.screenshot(path=str(SHOTS / "admin-operator-ministry.png"))
     assert await db.ministry_exports.count_documents({"status": "acknowledged"}) >= 1
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_api_docs_are_swagger_ui_and_try_it_out_reaches_this_server(keyun) -> None:
+    """A mini-program developer reads /api/docs in Swagger UI and tries an operation out:
+    the call goes to this Keyun and its answer shows; nothing comes from another host."""
+    base = keyun.base_url
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = await browser.new_page(viewport={"width": 1366, "height": 768})
+        errors: list[str] = []
+        hosts: set[str] = set()
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: hosts.add(urlsplit(r.url).netloc))
+        try:
+            await page.goto(f"{base}/api/docs")
+            await page.wait_for_selector(".swagger-ui .info .title")
+            assert "Keyun" in await page.locator(".swagger-ui .info .title").text_content()
+            assert await page.locator(".swagger-ui .errors-wrapper").count() == 0
+            staff = page.locator(".opblock-summary-path", has_text="/api/v1/auth/staff")
+            await staff.first.wait_for()
+            # a deep link opens one operation (Swagger UI draws operations as they scroll in)
+            await page.goto("about:blank")
+            await page.goto(f"{base}/api/docs#/search/getStationSearch")
+            operation = page.locator("#operations-search-getStationSearch")  # GET /stations
+            await operation.locator("button.try-out__btn").click()
+            await operation.locator("button.execute").click()
+            status = operation.locator(
+                ".live-responses-table tr.response .response-col_status").first
+            await status.wait_for()
+            assert (await status.text_content()).strip() == "200"
+            await page.screenshot(path=str(SHOTS / "api-docs-swagger-ui.png"))
+        finally:
+            await browser.close()
+    assert errors == [], errors
+    assert hosts == {urlsplit(base).netloc}, hosts

@@ -25,7 +25,7 @@ from tests.support import RELIABILITY, ROOT, KeyunProcess, keyun_env
 SEED = 20261128
 # seconds of generation (the whole test stays under two minutes of it), and examples per
 # operation; `make reliability` runs ten minutes of it
-MAX_TIME, EXAMPLES = (600, 25) if RELIABILITY else (100, 5)
+MAX_TIME, EXAMPLES = (600, 25) if RELIABILITY else (80, 5)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ PRODUCTION = {
     "KEYUN_REDIS_URL": "redis://h:6379/0", "KEYUN_JWT_SECRET": "s" * 40,
     "KEYUN_PII_KEYS": "k1:" + "A" * 43, "KEYUN_PII_INDEX_KEY": "B" * 43,
     "KEYUN_WECHAT_SECRET": "w", "KEYUN_WECHAT_API_BASE": "https://api.weixin.qq.com",
-    "KEYUN_SMS_API_BASE": "https://sms.example", "KEYUN_SMS_API_KEY": "k"}
+    "KEYUN_SMS_API_BASE": "https://sms.example", "KEYUN_SMS_API_KEY": "k",
+    "KEYUN_EINVOICE_API_BASE": "https://einvoice.example", "KEYUN_EINVOICE_API_KEY": "e"}
 
 
 def test_defaults() -> None:

@@ -5,5 +5,9 @@ import vue from "@vitejs/plugin-vue";
 export default defineConfig({
   base: "/admin/",
   plugins: [vue()],
-  build: { outDir: "dist", emptyOutDir: true, chunkSizeWarningLimit: 2000 },
+  build: {
+    outDir: "dist", emptyOutDir: true, chunkSizeWarningLimit: 2000,
+    // the back office, and /api/docs (Swagger UI from its npm package)
+    rollupOptions: { input: { main: "index.html", apidocs: "api-docs.html" } },
+  },
 });

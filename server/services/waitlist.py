@@ -200,7 +200,9 @@ class WaitlistService:
             return "closed"
         w, order_no = order["waitlist"], order["order_no"]
         people, frm, to = w["passengers"], order["from_seq"], order["to_seq"]
-        seats = await self._seats.availability(dep["_id"], fresh=True)
+        # (native: from Redis; a station system: its answer cached a few seconds, so a long
+        # queue does not call the station every second)
+        seats = await self._seats.availability(dep["_id"])
         if seats.remaining_between(frm, to) < len(people):
             return "short"
         hold_id = f"H{order_no}W{secrets.token_hex(3)}"
