@@ -50,6 +50,7 @@ async def make_departure(db: Any, *, seats: int = 8, stops: int = 3,
 async def _hammer(mongo_uri: str, redis_url: str, db_name: str, departure_id: str,
                   attempts: int, segments: int, seed: int) -> list[str]:
     from pymongo import AsyncMongoClient
+    from redis.exceptions import RedisError
 
     from server.app import connect_redis
     from server.exchange.base import HoldRequest
@@ -73,6 +74,11 @@ async def _hammer(mongo_uri: str, redis_url: str, db_name: str, departure_id: st
             sold.append(hold.hold_id)
         except ExchangeError:
             pass
+        except (RedisError, AttributeError):
+            # the connection failed under us (redis-py's cluster client, opening many
+            # connections at once, can find one closed mid-handshake: AttributeError on its
+            # writer): whether the script ran is unknown — said so, and checked from the stores
+            sold.append("?" + request.hold_id)
 
     await asyncio.gather(*[attempt() for _ in range(attempts)])
     await inventory.close()
@@ -100,11 +106,15 @@ async def processes_fight(db: Any, mongo_uri: str, redis_url: str, db_name: str,
         cwd=ROOT) for seed in range(processes)]
     outputs = await asyncio.gather(*[p.communicate() for p in procs])
     assert all(p.returncode == 0 for p in procs)
-    sold = {line for out, _ in outputs for line in out.decode().split() if line}
+    lines = {line for out, _ in outputs for line in out.decode().split() if line}
+    sold = {line for line in lines if not line.startswith("?")}
+    unknown = {line[1:] for line in lines if line.startswith("?")}
     assert sold, "nobody managed to buy anything"
+    assert len(unknown) <= len(lines) // 10, f"{len(unknown)} attempts lost their connection"
     records = await db.seat_holds.find({"departure_id": departure_id,
                                         "status": "sold"}).to_list()
-    assert {r["_id"] for r in records} == sold
+    # every sale a hammer saw is recorded, and nothing else but what a lost answer hid
+    assert sold <= {r["_id"] for r in records} <= sold | unknown
     per_seat: dict[int, int] = {}
     for rec in records:
         mask = segment_mask(rec["from_seq"], rec["to_seq"])
@@ -118,7 +128,12 @@ async def processes_fight(db: Any, mongo_uri: str, redis_url: str, db_name: str,
     finally:
         await inventory.close()
         await redis.aclose()
-    assert {i + 1: m for i, m in enumerate(seats.occupancy) if m} == per_seat
+    taken = dict(per_seat)  # and the seats still held by an attempt whose answer was lost
+    async for rec in db.seat_holds.find({"_id": {"$in": sorted(unknown)}, "status": "held"}):
+        for entry in rec["seats"]:
+            taken[entry["seat"]] = taken.get(entry["seat"], 0) | segment_mask(
+                rec["from_seq"], rec["to_seq"])
+    assert {i + 1: m for i, m in enumerate(seats.occupancy) if m} == taken
     return per_seat
 
 
