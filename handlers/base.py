@@ -22,7 +22,7 @@ from tornado import httputil
 from tornado.web import HTTPError, RequestHandler, URLSpec
 
 from server.context import client_ip_var, request_id_var
-from server.errors import ERRORS, DomainError, error_body
+from server.errors import ERRORS, DomainError, aware_time, error_body
 from server.logs import mask_pii
 from server.schema import coerce_query, json_number, validate_body, validate_path
 from server.security.addresses import client_address
@@ -378,3 +378,11 @@ def log_request(handler: RequestHandler) -> None:
     level = logging.WARNING if status >= 500 else logging.INFO
     access_log.log(level, "%s %s %s", fields["method"], fields["path"], status,
                    extra={"fields": fields})
+
+
+def query_time(query: dict[str, Any], name: str) -> Any:
+    """An optional RFC 3339 time of the query string (``from``, ``to``), or None."""
+    if not query.get(name):
+        return None
+    return aware_time(query[name], code="INVALID_VALUE", field=name,
+                      message=f"{name} is an RFC 3339 time with its offset.")

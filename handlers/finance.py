@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from handlers.base import ApiHandler, api, route
-from server.errors import aware_time
+from handlers.base import ApiHandler, api, query_time, route
 from server.schema import DATETIME, DAY, DIVISION, array, integer, obj, string
 from server.security.principal import FINANCE, OPERATOR
 from server.services.kinds import CODE
@@ -168,7 +167,7 @@ class EntriesHandler(ApiHandler):
     async def get(self) -> None:
         q = self.query
         self.write_json(await self.services.ledger.entries(
-            q.get("account"), _time(q, "from"), _time(q, "to"), int(q.get("limit", 100)),
+            q.get("account"), query_time(q, "from"), query_time(q, "to"), int(q.get("limit", 100)),
             q.get("cursor")))
 
 
@@ -291,13 +290,6 @@ class StatementHandler(ApiHandler):
             data = statement_xlsx(statement)
         self.set_header("Content-Disposition", f'attachment; filename="{name}"')
         self.finish(data)
-
-
-def _time(query: dict[str, Any], name: str) -> Any:
-    if not query.get(name):
-        return None
-    return aware_time(query[name], code="INVALID_VALUE", field=name,
-                      message=f"{name} is an RFC 3339 time with its offset.")
 
 
 default_handlers = [

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from handlers.base import ApiHandler, api, route
+from handlers.base import ApiHandler, api, query_time, route
 from handlers.orders import BUYERS
-from server.errors import aware_time
 from server.schema import DATETIME, array, integer, obj, string
 from server.security.principal import FINANCE, OPERATOR
 
@@ -69,9 +68,7 @@ class InvoicePdfHandler(ApiHandler):
 
 
 def _period(query: dict[str, Any]) -> tuple[Any, Any]:
-    return tuple(aware_time(query[k], code="INVALID_VALUE", field=k,  # type: ignore[return-value]
-                            message=f"{k} is an RFC 3339 time with its offset.")
-                 if query.get(k) else None for k in ("from", "to"))
+    return query_time(query, "from"), query_time(query, "to")
 
 
 class AdminInvoicesHandler(ApiHandler):
