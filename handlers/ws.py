@@ -28,6 +28,7 @@ import asyncio
 import collections
 import json
 import logging
+import struct
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -36,8 +37,9 @@ from typing import Any
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 from tornado.ioloop import IOLoop
+from tornado.iostream import StreamClosedError
 from tornado.web import URLSpec
-from tornado.websocket import WebSocketClosedError, WebSocketHandler
+from tornado.websocket import WebSocketHandler
 
 from server.errors import DomainError, error_body
 from server.exchange.errors import ExchangeError
@@ -68,8 +70,7 @@ class EventSocket(WebSocketHandler):
         self.principal: Principal | None = None
         self.watches: dict[str, Watch] = {}
         self._queue: collections.deque[bytes] = collections.deque()
-        self._wake = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
+        self._writer: asyncio.Future[None] | None = None  # only while the socket is full
         self._tokens = BURST
         self._refill_at = time.monotonic()
         self._strikes = 0
@@ -113,7 +114,6 @@ class EventSocket(WebSocketHandler):
     def open(self, *args: str, **kwargs: str) -> None:
         self.hub.connections.add(self)
         self.application.settings["metrics"].ws_connections.inc()
-        self._writer = asyncio.create_task(self._write_loop())
         self._send_control({"type": "welcome", "authenticated": self.principal is not None,
                             "limits": {"topics": MAX_TOPICS, "frame_bytes": MAX_FRAME,
                                        "frames_per_second": RATE},
@@ -127,6 +127,7 @@ class EventSocket(WebSocketHandler):
         self.application.settings["metrics"].ws_connections.dec()
         if self._writer is not None:
             self._writer.cancel()
+        self._queue.clear()
         topics, self.watches = list(self.watches), {}
         if topics:
             self._cleanup = asyncio.create_task(self._unwatch_all(topics))
@@ -311,7 +312,7 @@ class EventSocket(WebSocketHandler):
             self._fall_behind()
             return
         self._queue.append(frame)
-        self._wake.set()
+        self._pump()
 
     def _fall_behind(self) -> None:
         """The client does not read fast enough: drop what waits for it and tell it to
@@ -335,30 +336,72 @@ class EventSocket(WebSocketHandler):
             self.watches[topic].pending.clear()
         self.application.settings["metrics"].ws_resyncs.inc()
         self._queue.append(_encode({"type": "resync", "topics": chosen, "reason": reason}))
-        self._wake.set()
+        self._pump()
 
     def _send_control(self, payload: dict[str, Any]) -> None:
         self._queue.append(_encode(payload))
-        self._wake.set()
+        self._pump()
 
     def _error(self, code: str, **details: Any) -> None:
         self._send_control({"type": "error", **error_body(code, details.pop("message", None),
                                                           **details)["error"]})
 
-    async def _write_loop(self) -> None:
+    def _pump(self) -> None:
+        """Write what waits, straight to the socket while the kernel takes it; once it does
+        not, one task waits for the socket to drain and goes on (so an idle connection has
+        no task, and an event costs each socket one write of a frame built once)."""
+        conn = self.ws_connection
+        if self._writer is not None or conn is None or self._closed:
+            return
+        if conn.is_closing():
+            self._queue.clear()
+            return
+        stream = conn.stream  # type: ignore[attr-defined]
         frames = self.application.settings["metrics"].ws_frames
-        while True:
-            while not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
+        while self._queue:
             frame = self._queue.popleft()
             if frame.startswith(b'{"type":"resync"'):
                 self._lagging = False
             try:
-                await self.write_message(frame)
-            except WebSocketClosedError:
+                written = stream.write(_wire(frame))
+            except StreamClosedError:
+                self._queue.clear()
                 return
             frames.labels("event" if frame.startswith(b'{"type":"event"') else "control").inc()
+            if stream.writing():  # the kernel's buffer is full: wait until it drains
+                self._writer = asyncio.ensure_future(self._drain(written))
+                return
+
+    async def _drain(self, written: asyncio.Future[None]) -> None:
+        try:
+            await written
+        except StreamClosedError:
+            self._queue.clear()
+            return
+        finally:
+            self._writer = None
+        self._pump()
+
+
+_last_wire: tuple[bytes, bytes] = (b"", b"")
+
+
+def _wire(frame: bytes) -> bytes:
+    """A final, unmasked text frame (RFC 6455 5.2) around ``frame``: what Tornado's
+    ``write_message`` sends without compression. The hub hands one event's bytes to every
+    watcher in turn, so the last one built is kept."""
+    global _last_wire
+    if _last_wire[0] is frame:
+        return _last_wire[1]
+    n = len(frame)
+    if n < 126:
+        head = struct.pack("!BB", 0x81, n)
+    elif n <= 0xFFFF:
+        head = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x81, 127, n)
+    _last_wire = (frame, head + frame)
+    return _last_wire[1]
 
 
 def _encode(payload: dict[str, Any]) -> bytes:

@@ -233,7 +233,8 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
     partners = PartnerService(db, redis, vault, audit, allow_loopback_http=settings.sandbox)
     order_service = OrderService(db, redis, holds, seats.events, rules, member_service, vault,
                                  CHANNELS, audit, failures=failures,
-                                 outlets=outlet_service, webhooks=webhooks, partners=partners)
+                                 outlets=outlet_service, webhooks=webhooks, partners=partners,
+                                 network=network)
     alerts = AlertService(db, seats.events)
     payment_service = PaymentService(db, payment_providers(settings, db), order_service,
                                      alerts, audit, failures)

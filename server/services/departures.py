@@ -75,7 +75,8 @@ class DepartureService:
         first (a later event may repeat what the snapshot shows, never miss something)."""
         dep, station, _, _ = await self._seats.resolve(departure_id)
         seq = await self._seats.events.last_seq(Topic("departure", departure_id))
-        seats = await self._seats.availability(departure_id)
+        seats = await self._seats.availability(departure_id, dep=dep)  # not the seat view:
+        # a snapshot it keeps may not yet know of an event this watcher would then miss
         if not self._seats.is_proxied(station):
             seq = seats.version
         online = seats.status != "offline" and dep.get("online", True)

@@ -68,14 +68,14 @@ class SeatHolds:
 
     # --- hold ---------------------------------------------------------------------------------
     async def hold(self, departure_id: str, request: HoldRequest, *,
-                   for_order: bool = True) -> Hold:
+                   for_order: bool = True, dep: dict[str, Any] | None = None) -> Hold:
         """Take seats for a while. An order's hold is noted first, so that if this process
         dies before the order is written the orphan sweeper gives the seats back (a change's
         hold is covered by the ticket's own recovery plan instead)."""
         if for_order:
             await self._claims.note(departure_id, request.hold_id)
         try:
-            return await self._seats.hold(departure_id, request)
+            return await self._seats.hold(departure_id, request, dep)
         except ExchangeError as exc:
             # a clear refusal took nothing; after a timeout or a garbled answer the station
             # may hold the seats all the same, so the note stays for the sweeper

@@ -54,6 +54,7 @@ from server.services.outlets import OutletService
 from server.services.partners import PartnerService
 from server.services.realname import id_index, validate
 from server.services.rules import RuleService
+from server.services.search import Network, NetworkCache
 from server.services.webhooks import WebhookService
 from server.storage import refunds
 from server.storage.orders import TRANSITIONS, OrderBook
@@ -127,7 +128,9 @@ class OrderService:
                  failures: RecordFailures | None = None,
                  outlets: OutletService | None = None,
                  webhooks: WebhookService | None = None,
-                 partners: PartnerService | None = None) -> None:
+                 partners: PartnerService | None = None,
+                 network: NetworkCache | None = None) -> None:
+        self._network = network  # stops, fares and station codes, as search reads them
         self._outlets = outlets
         self._partners = partners
         self.webhooks = webhooks  # a partner's orders are told to the partner
@@ -186,13 +189,11 @@ class OrderService:
         chosen = [p.get("seat") for p in passengers]
         if any(chosen) and not all(chosen):
             raise DomainError("SEAT_CHOICE_INCOMPLETE", field="passengers")
-        # one person, one seat: refuse early with a clear answer (the unique index decides)
-        taken = await self._db.tickets.find_one(
-            {"departure_id": departure_id, "active": True,
-             "passenger.id_no_index": {"$in": list(seen)}})
-        if taken is not None:
-            raise DomainError("PASSENGER_ALREADY_BOOKED",
-                              passenger=taken["passenger"]["id_no_masked"])
+        # one person, one seat: the unique index of active tickets decides. A station's
+        # system is asked first (its seats are not taken for a refusal); on our own
+        # inventory the question is asked only when the order cannot be made
+        if dep.get("inventory") != "native":
+            await self._refuse_booked(departure_id, seen)
 
         # the same person ordered twice at once (a double tap, a scalper's burst) waits for
         # nobody's seat: one attempt per person and departure is under way at a time
@@ -203,19 +204,23 @@ class OrderService:
             now = now_ms()
             order_no = new_order_no(now)
             hold_id = f"H{order_no}"
-            hold = await self.holds.hold(departure_id, HoldRequest(
-                hold_id=hold_id, channel=sold_on.identifier, count=len(people),
-                from_seq=frm, to_seq=to,
-                seats=tuple(int(s) for s in chosen) if all(chosen) else (),
-                ttl_seconds=int(hold_for.total_seconds()), limited=sold_on.limited))
+            try:
+                hold = await self.holds.hold(departure_id, HoldRequest(
+                    hold_id=hold_id, channel=sold_on.identifier, count=len(people),
+                    from_seq=frm, to_seq=to,
+                    seats=tuple(int(s) for s in chosen) if all(chosen) else (),
+                    ttl_seconds=int(hold_for.total_seconds()), limited=sold_on.limited),
+                    dep=dep)
+            except Exception:  # sold out, say — but already booked is the truer answer
+                await self._refuse_booked(departure_id, seen)
+                raise
             await failpoints.reach("orders.after_hold")
-            station = await self._db.stations.find_one({"_id": dep["station_id"]}, {"code": 1})
+            station_code = await self.station_code(dep["station_id"])
             tickets = []
             carried = _carried(people, len(children), rules.max_free_children_per_adult)
             for person, seat, with_child in zip(people, hold.seats, carried, strict=True):
                 tickets.append(self.ticket_doc(
-                    await self.ticket_number(station["code"] if station else "000000000",
-                                             dep["service_date"]),
+                    await self.ticket_number(station_code, dep["service_date"]),
                     order_no, departure_id, seat, frm, to, person, fare, with_child, now))
             order = {
                 "order_no": order_no, "channel": sold_on.identifier, "departure_id": departure_id,
@@ -247,12 +252,12 @@ class OrderService:
                             raise
                         for t in tickets:  # the counter fell behind (Redis lost it): catch up
                             t["ticket_no"] = await self.ticket_number(
-                                station["code"] if station else "000000000",
-                                dep["service_date"], recount=True)
+                                station_code, dep["service_date"], recount=True)
             except HoldClaimed:  # too late: the sweeper took this process for dead
                 raise DomainError("HOLD_EXPIRED") from None
             except DuplicateKeyError:
                 await self.holds.release_unwritten(departure_id, hold.hold_id)
+                await self._refuse_booked(departure_id, seen)
                 raise DomainError("PASSENGER_ALREADY_BOOKED") from None
             except Exception:
                 await self.holds.release_unwritten(departure_id, hold.hold_id)
@@ -270,10 +275,34 @@ class OrderService:
         finally:
             await self._release_people(departure_id, sorted(seen), claim)
 
+    async def _refuse_booked(self, departure_id: str, indexes: set[str]) -> None:
+        """PASSENGER_ALREADY_BOOKED, naming the person, if one of them holds a ticket on it."""
+        taken = await self._db.tickets.find_one(
+            {"departure_id": departure_id, "active": True,
+             "passenger.id_no_index": {"$in": sorted(indexes)}})
+        if taken is not None:
+            raise DomainError("PASSENGER_ALREADY_BOOKED",
+                              passenger=taken["passenger"]["id_no_masked"])
+
+    async def _net(self) -> Network | None:
+        return None if self._network is None else await self._network.get(own_writes=True)
+
+    async def station_code(self, station_id: str) -> str:
+        """The station's code, for ticket numbers."""
+        net = await self._net()
+        station = net.stations.get(station_id) if net else None
+        if station is None:  # newer than the network copy
+            station = await self._db.stations.find_one({"_id": station_id}, {"code": 1})
+        return str(station["code"]) if station else "000000000"
+
     async def segment(self, dep: dict[str, Any], from_seq: int | None, to_seq: int | None
                       ) -> tuple[int, int]:
         """The boarding and alighting stops asked for (default: the whole route)."""
-        stops = await self._db.stops.count_documents({"route_id": dep["route_id"]})
+        net = await self._net()
+        if net is not None and dep["route_id"] in net.stops:
+            stops = len(net.stops[dep["route_id"]])
+        else:  # a route newer than the network copy
+            stops = await self._db.stops.count_documents({"route_id": dep["route_id"]})
         frm = 0 if from_seq is None else from_seq
         to = stops - 1 if to_seq is None else to_seq
         if not 0 <= frm < to <= stops - 1:
@@ -282,6 +311,11 @@ class OrderService:
 
     async def fare(self, route_id: str, frm: int, to: int) -> dict[str, Any]:
         """The fare of a route's segment in force now."""
+        net = await self._net()
+        if net is not None:
+            fare, _ = net.fare(route_id, frm, to, now_ms())
+            if fare is not None:
+                return fare
         fare = await self._db.fares.find_one(
             {"route_id": route_id, "from_seq": frm, "to_seq": to,
              "effective_from": {"$lte": now_ms()}}, sort=[("effective_from", -1)])

@@ -70,11 +70,14 @@ class NetworkCache:
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def get(self) -> Network:
-        """The network; an old copy is served while one task reloads it in the background."""
-        if not self._network.stations:  # nothing yet: everyone waits for the first load
-            async with self._lock:
-                if not self._network.stations:
+    async def get(self, *, own_writes: bool = False) -> Network:
+        """The network; an old copy is served while one task reloads it in the background.
+        With ``own_writes`` a change this process made is read before answering (an order
+        priced right after its process changed a fare pays the new one)."""
+        if not self._network.stations or (own_writes and self._network.loaded_at < 0):
+            async with self._lock:  # nothing yet, or our own change: wait for the load
+                if not self._network.stations or (own_writes and
+                                                  self._network.loaded_at < 0):
                     self._network = await self._load()
         elif self._version.due() and not self._lock.locked():
             task = asyncio.get_running_loop().create_task(self._refresh())

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PROXIED_CACHE_SECONDS = 10
+STATION_SECONDS = 2.0  # a native station's document is read again after this long
 INFRASTRUCTURE = (StationUnreachable, StationTimeout, BadStationResponse)
 OUTCOME = {StationUnreachable: "unreachable", StationTimeout: "timeout",
            BadStationResponse: "bad_response"}
@@ -67,19 +68,39 @@ class SeatService:
         self._departures = DepartureRecords(db)
         self.view = SeatView(redis, registry.native.inventory)
         self._asking: dict[str, asyncio.Future[Availability]] = {}  # station calls under way
+        self._stations: dict[str, tuple[float, dict[str, Any]]] = {}  # native ones, read at
 
     # --- resolution ---------------------------------------------------------------------
-    async def resolve(self, departure_id: str) -> tuple[dict[str, Any], dict[str, Any],
-                                                        DepartureRef, StationExchange]:
-        dep = await self._db.departures.find_one({"_id": departure_id})
+    async def resolve(self, departure_id: str, dep: dict[str, Any] | None = None
+                      ) -> tuple[dict[str, Any], dict[str, Any], DepartureRef, StationExchange]:
+        """A departure, its station and the exchange that owns its seats (``dep``: its
+        document, if the caller read it just now)."""
+        if dep is None:
+            dep = await self._db.departures.find_one({"_id": departure_id})
         if dep is None:
             raise DepartureNotFound(departure_id=departure_id)
-        station = await self._db.stations.find_one({"_id": dep["station_id"]})
+        station = await self._station(dep["station_id"])
         if station is None:
             raise DepartureNotFound(departure_id=departure_id)
         segments = await self.registry.native.inventory.segments_of(dep["route_id"])
         ref = DepartureRef.from_doc(dep, segments)
         return dep, station, ref, self.registry.for_station(station)
+
+    async def _station(self, station_id: str) -> dict[str, Any] | None:
+        """A station's document. A native station's may be a couple of seconds old (its
+        seats are ours whatever the document says); a station system's is read every time,
+        since whether it is online decides each call to it."""
+        kept = self._stations.get(station_id)
+        if kept is not None and time.monotonic() - kept[0] < STATION_SECONDS:
+            return kept[1]
+        station = await self._db.stations.find_one({"_id": station_id})
+        if station is not None and not self.is_proxied(station):
+            if len(self._stations) > 10_000:
+                self._stations.clear()
+            self._stations[station_id] = (time.monotonic(), station)
+        else:
+            self._stations.pop(station_id, None)
+        return station
 
     @staticmethod
     def is_proxied(station: dict[str, Any]) -> bool:
@@ -109,6 +130,7 @@ class SeatService:
     async def mark_offline(self, station_id: str, reason: str) -> None:
         """Take a station's departures off online sale (seats stay the station's)."""
         now = dt.datetime.now(dt.UTC)
+        self._stations.pop(station_id, None)
         result = await self._db.stations.update_one(
             {"_id": station_id, "online": {"$ne": False}},
             {"$set": {"online": False, "offline_reason": reason, "offline_since": now}})
@@ -118,6 +140,7 @@ class SeatService:
                         extra={"fields": {"station_id": station_id, "reason": reason}})
 
     async def mark_online(self, station_id: str) -> None:
+        self._stations.pop(station_id, None)
         result = await self._db.stations.update_one(
             {"_id": station_id, "online": False},
             {"$set": {"online": True}, "$unset": {"offline_reason": "", "offline_since": ""}})
@@ -130,9 +153,10 @@ class SeatService:
             raise DomainError("NOT_ON_SALE_ONLINE", reason=station.get("offline_reason", ""))
 
     # --- remaining seats ----------------------------------------------------------------
-    async def availability(self, departure_id: str, *, fresh: bool = False) -> Availability:
+    async def availability(self, departure_id: str, *, fresh: bool = False,
+                           dep: dict[str, Any] | None = None) -> Availability:
         """Remaining seats: native from Redis; proxied from a 10-second cache of the station."""
-        dep, station, ref, exchange = await self.resolve(departure_id)
+        dep, station, ref, exchange = await self.resolve(departure_id, dep)
         if not self.is_proxied(station):
             return await exchange.remaining(ref)
         if station.get("online") is False:
@@ -203,8 +227,9 @@ class SeatService:
         return found
 
     # --- ticket operations --------------------------------------------------------------
-    async def hold(self, departure_id: str, request: HoldRequest) -> Hold:
-        dep, station, ref, exchange = await self.resolve(departure_id)
+    async def hold(self, departure_id: str, request: HoldRequest,
+                   dep: dict[str, Any] | None = None) -> Hold:
+        dep, station, ref, exchange = await self.resolve(departure_id, dep)
         if dep["status"] != "on_sale":
             raise DepartureStopped(detail=dep["status"])
         if not self.is_proxied(station):
