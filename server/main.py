@@ -5,6 +5,7 @@ SIGINT/SIGTERM. What the ``keyun`` command (``devstack.cli``) runs once the stor
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -133,6 +134,11 @@ async def serve(settings: Settings, sockets: list[Any]) -> None:
     app = make_app(settings, mongo, redis)
     jobs = app.settings["services"].jobs
     jobs.start()
+    # what start-up made lives as long as the process: out of the collector's way, so a full
+    # collection scans only what came after (~100 ms less of a pause under search load)
+    gc.collect()
+    gc.freeze()
+    gc.callbacks.append(app.settings["metrics"].on_gc)
     server = HTTPServer(app, max_body_size=MAX_BODY, idle_connection_timeout=60)
     server.add_sockets(sockets)
     stop = asyncio.Event()

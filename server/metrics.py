@@ -7,6 +7,8 @@ never by the raw path, to keep label cardinality bounded.
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -38,6 +40,21 @@ class Metrics:
         self.ws_resyncs = Counter("keyun_ws_resyncs_total",
                                   "Slow WebSocket clients told to resync (queue full)",
                                   registry=self.registry)
+
+        self.gc_pauses = Histogram(
+            "keyun_gc_pause_seconds", "Pauses of the cyclic garbage collector by generation "
+            "(the whole process waits; a full collection of a large heap shows in p99)",
+            ["generation"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5))
+        self._gc_started = 0.0
+
+    def on_gc(self, phase: str, info: dict[str, int]) -> None:
+        """A ``gc.callbacks`` entry: each collection's pause into ``gc_pauses``."""
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pauses.labels(str(info.get("generation", ""))).observe(
+                time.perf_counter() - self._gc_started)
 
     def watch_record_failures(self, counts: dict[str, int]) -> None:
         """Expose the records jobs skipped (``RecordFailures.counts``), read at scrape time."""

@@ -548,6 +548,8 @@ async def test_the_authority_watches_its_region_and_the_operator_reports_to_the_
 
         await page.click("#tab-map")
         await page.wait_for_selector("[data-test=map] canvas")
+        legend = await page.locator("[data-test=map-legend]").text_content()
+        assert "客座率" in legend and "满载" in legend and "预警" in legend
         await page.wait_for_timeout(300)
         await page.screenshot(path=str(SHOTS / "admin-authority-map.png"))
 

@@ -63,8 +63,28 @@ export function forecastChart(el: HTMLElement, days: ForecastDay[]) {
 interface Feature { id: string; geometry: { type: string; coordinates: any };
                     properties: Record<string, any> }
 
-/** Stations (points sized by the day's passengers, red where a peak is warned of) and routes
- * (lines) on longitude / latitude axes: a map without map tiles. */
+/** Load bands of the map (客座率: passengers over seats offered), lightest to busiest. */
+export const LOAD_BANDS = [
+  { below: 0.5, color: "#18a058", label: "低于 50%" },
+  { below: 0.8, color: "#2080f0", label: "50%–80%" },
+  { below: 1.0, color: "#f0a020", label: "80%–100%" },
+  { below: Infinity, color: "#d03050", label: "满载及以上" },
+];
+const NO_SERVICE = "#a0a0a0";
+
+export function loadColor(loadFactor: number | null | undefined): string {
+  if (loadFactor === null || loadFactor === undefined) return NO_SERVICE;
+  return LOAD_BANDS.find((b) => loadFactor < b.below)!.color;
+}
+
+function loadText(f: Feature): string {
+  const lf = f.properties.load_factor;
+  return lf === null || lf === undefined ? "当日无班次" : `客座率 ${pct(lf)}`;
+}
+
+/** Stations (points sized by the day's passengers) and routes (lines) on longitude / latitude
+ * axes, a map without map tiles, each coloured by its load factor on the day; a peak warning
+ * rings a station and thickens a route. */
 export function mapChart(el: HTMLElement, stations: Feature[], routes: Feature[]) {
   const chart = chartOn(el);
   const most = Math.max(1, ...stations.map((f) => f.properties.passengers ?? 0));
@@ -74,6 +94,8 @@ export function mapChart(el: HTMLElement, stations: Feature[], routes: Feature[]
   const lats = points.map((p) => p[1]);
   const bound = (v: number[], lo: boolean) =>
     lo ? Math.floor((Math.min(...v) - 0.1) * 10) / 10 : Math.ceil((Math.max(...v) + 0.1) * 10) / 10;
+  const warned = (f: Feature) => (f.properties.warnings
+    ? `<br/>预警 ${f.properties.warnings} 天，最早 ${f.properties.next_warning}` : "");
   chart.setOption({
     animation: false,
     tooltip: { formatter: (p: any) => p.data?.tip ?? "" },
@@ -83,17 +105,21 @@ export function mapChart(el: HTMLElement, stations: Feature[], routes: Feature[]
     yAxis: { type: "value", name: "纬度", min: points.length ? bound(lats, true) : undefined,
              max: points.length ? bound(lats, false) : undefined },
     series: [
-      { type: "lines", coordinateSystem: "cartesian2d", lineStyle: { opacity: 0.25, width: 1 },
+      { type: "lines", coordinateSystem: "cartesian2d", lineStyle: { opacity: 0.6, width: 2 },
         data: routes.map((f) => ({ coords: f.geometry.coordinates,
-                                   tip: `${f.properties.name} 今日 ${f.properties.passengers} 人`,
-                                   lineStyle: f.properties.warning_level ? { color: "#d03050", opacity: 0.8 } : {} })) },
+                                   tip: `${f.properties.name}<br/>当日 ${f.properties.passengers} 人 / ` +
+                                        `${f.properties.seats} 座，${loadText(f)}${warned(f)}`,
+                                   lineStyle: { color: loadColor(f.properties.load_factor),
+                                                width: f.properties.warning_level ? 4 : 2 } })) },
       { type: "scatter", label: { show: true, position: "right", formatter: "{b}", fontSize: 11 },
         data: stations.map((f) => ({
           value: f.geometry.coordinates, name: f.properties.name,
           symbolSize: 8 + 24 * Math.sqrt((f.properties.passengers ?? 0) / most),
-          itemStyle: { color: f.properties.warning_level ? "#d03050" : "#2080f0" },
-          tip: `${f.properties.name}<br/>今日 ${f.properties.passengers} 人 / ${f.properties.seats} 座` +
-               (f.properties.warnings ? `<br/>预警 ${f.properties.warnings} 天，最早 ${f.properties.next_warning}` : ""),
+          itemStyle: { color: loadColor(f.properties.load_factor),
+                       borderColor: f.properties.warning_level ? "#d03050" : "#fff",
+                       borderWidth: f.properties.warning_level ? 3 : 1 },
+          tip: `${f.properties.name}<br/>当日 ${f.properties.passengers} 人 / ${f.properties.seats} 座，` +
+               `${loadText(f)}${warned(f)}`,
         })) },
     ],
   }, true);
