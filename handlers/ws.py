@@ -357,7 +357,7 @@ class EventSocket(WebSocketHandler):
             self._queue.clear()
             return
         stream = conn.stream  # type: ignore[attr-defined]
-        frames = self.application.settings["metrics"].ws_frames
+        metrics = self.application.settings["metrics"]
         while self._queue:
             frame = self._queue.popleft()
             if frame.startswith(b'{"type":"resync"'):
@@ -367,7 +367,8 @@ class EventSocket(WebSocketHandler):
             except StreamClosedError:
                 self._queue.clear()
                 return
-            frames.labels("event" if frame.startswith(b'{"type":"event"') else "control").inc()
+            (metrics.ws_event_frames if frame.startswith(b'{"type":"event"')
+             else metrics.ws_control_frames).inc()
             if stream.writing():  # the kernel's buffer is full: wait until it drains
                 self._writer = asyncio.ensure_future(self._drain(written))
                 return

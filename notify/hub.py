@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 from redis.asyncio import Redis
@@ -44,6 +46,7 @@ class Hub:
         self.connections: set[Watcher] = set()
         self.received = 0  # messages from Redis
         self.handed = 0  # frames handed to watchers
+        self.on_fanout: Callable[[float], None] | None = None  # seconds to hand one event out
 
     def topics(self) -> int:
         return len(self._watchers)
@@ -117,9 +120,12 @@ class Hub:
                 continue
             topic = channel_topic(channel)
             seq = int(found.group(1))
+            started = time.perf_counter()
             for watcher in list(self._watchers.get(topic, ())):
                 watcher.deliver(topic, seq, frame)
                 self.handed += 1
+            if self.on_fanout is not None:
+                self.on_fanout(time.perf_counter() - started)
 
     async def close(self) -> None:
         """Close every connection (going away) and the pub/sub connection."""

@@ -412,6 +412,7 @@ def make_app(settings: Settings, mongo: AsyncMongoClient[Any], redis: aioredis.R
     services = build_services(settings, mongo, redis)
     metrics = Metrics()
     metrics.watch_record_failures(services.failures.counts)
+    services.hub.on_fanout = metrics.ws_fanout.observe
     return Application(
         [*routes, *partner_api],
         config=settings,

@@ -37,10 +37,16 @@ class Metrics:
                                     registry=self.registry)
         self.ws_frames = Counter("keyun_ws_frames_total", "Frames sent to WebSocket clients",
                                  ["type"], registry=self.registry)
+        self.ws_event_frames = self.ws_frames.labels("event")  # labelled once: per frame
+        self.ws_control_frames = self.ws_frames.labels("control")  # only an increment
         self.ws_resyncs = Counter("keyun_ws_resyncs_total",
                                   "Slow WebSocket clients told to resync (queue full)",
                                   registry=self.registry)
 
+        self.ws_fanout = Histogram(
+            "keyun_ws_fanout_seconds", "From an event's arrival from Redis to its frame "
+            "written to (or queued for) every local watcher", registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
         self.gc_pauses = Histogram(
             "keyun_gc_pause_seconds", "Pauses of the cyclic garbage collector by generation "
             "(the whole process waits; a full collection of a large heap shows in p99)",

@@ -23,6 +23,7 @@ Definitions (JT/T 979.2's statistics, as the authority reads them):
 
 from __future__ import annotations
 
+import asyncio
 import calendar as month_calendar
 import datetime as dt
 import logging
@@ -189,6 +190,7 @@ class FlowStats:
             {"_id": {"$in": sorted({d["station_id"] for d in deps})}}, {"division": 1})}
         docs = []
         for dep in deps:
+            await asyncio.sleep(0)  # a page is ~200 departures: let requests in between
             rules = await self._rules.for_departure(dep)
             docs.append(departure_flow(dep, tickets.get(dep["_id"], []), channel_of,
                                        regions.get(dep["station_id"], ""),
