@@ -7,6 +7,7 @@ import datetime as dt
 
 from handlers.base import ApiHandler, api, route
 from server.errors import aware_time
+from server.paging import PAGE_QUERY, TOTAL, Page
 from server.schema import DATETIME, DAY, array, integer, obj, string
 from server.security.principal import OPERATOR, STATION_STAFF
 
@@ -108,7 +109,10 @@ OP_ERRORS = ("DEPARTURE_NOT_FOUND", "DEPARTURE_PROXIED", "DEPARTURE_NOT_CHANGEAB
 
 
 DAY_QUERY = obj({"date": {**DAY, "description": "service date"},
-                 "station_id": string(1, 20)}, ["date"], additional=True)
+                 "station_id": string(1, 20),
+                 "status": string(enum=["on_sale", "stopped", "departed", "cancelled"]),
+                 "q": string(1, 40, description="a part of the departure id (schedule code)"),
+                 **PAGE_QUERY}, ["date"], additional=True)
 DAY_ROW = {**OPERATED, "properties": {**OPERATED["properties"], "route_name": string(),
                                       "station_name": string(), "inventory": string(),
                                       "remaining": {"type": ["integer", "null"]}}}
@@ -117,10 +121,14 @@ DAY_ROW = {**OPERATED, "properties": {**OPERATED["properties"], "route_name": st
 class AdminDeparturesHandler(ApiHandler):
     @api("The departures of a service day by time, with seats left (station staff: their "
          "station's)", roles=OPERATORS, query=DAY_QUERY,
-         response=obj({"departures": array(DAY_ROW)}, ["departures"]), tags=("departures",))
+         response=obj({"departures": array(DAY_ROW), "total": TOTAL}, ["departures", "total"]),
+         tags=("departures",))
     async def get(self) -> None:
-        self.write_json({"departures": await self.services.departure_ops.of_day(
-            self.principal, self.query["date"], self.query.get("station_id"))})
+        q = self.query
+        rows, total = await self.services.departure_ops.of_day(
+            self.principal, q["date"], q.get("station_id"), status=q.get("status"),
+            q=q.get("q"), page=Page.of(q, 100))
+        self.write_json({"departures": rows, "total": total})
 
     @api("Add an extra bus (加班车) of a schedule on a day of the sale window",
          roles=OPERATORS, body=EXTRA, response=OPERATED, status=201, tags=("departures",),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from handlers.base import ApiHandler, api, route
+from server.paging import PAGE_QUERY, TOTAL, Page
 from server.schema import DIVISION, FEN, array, integer, obj, string
 from server.security.principal import AGENT, AUTHORITY, FINANCE, OPERATOR
 
@@ -35,16 +36,17 @@ ACCOUNT = {**OUTLET, "properties": {**OUTLET["properties"],
                                     "sold_today": integer(0),
                                     "quota_left": {"type": ["integer", "null"]},
                                     "month_sales": FEN, "month_commission": FEN}}
-LIST_QUERY = obj({"division": DIVISION}, additional=True)
+LIST_QUERY = obj({"division": DIVISION, **PAGE_QUERY}, additional=True)
 
 
 class OutletsHandler(ApiHandler):
     @api("Agent outlets", roles=(OPERATOR, FINANCE, AUTHORITY), query=LIST_QUERY,
-         response=obj({"outlets": array(OUTLET)}, ["outlets"]), tags=("outlets",),
-         errors=("OUT_OF_SCOPE",))
+         response=obj({"outlets": array(OUTLET), "total": TOTAL}, ["outlets", "total"]),
+         tags=("outlets",), errors=("OUT_OF_SCOPE",))
     async def get(self) -> None:
-        self.write_json({"outlets": await self.services.outlets.list(
-            self.principal, self.query.get("division"))})
+        rows, total = await self.services.outlets.list(
+            self.principal, self.query.get("division"), Page.of(self.query, 100))
+        self.write_json({"outlets": rows, "total": total})
 
     @api("Register an agent outlet", roles=(OPERATOR,), body=NEW_OUTLET, response=OUTLET,
          status=201, tags=("outlets",), errors=("OUTLET_EXISTS", "ROUTE_NOT_FOUND",

@@ -9,6 +9,7 @@ from handlers.base import ApiHandler, api, route
 from handlers.orders import BUYERS
 from payments.base import NotificationRejected
 from server.errors import DomainError
+from server.paging import PAGE_QUERY, TOTAL, Page
 from server.schema import DATETIME, FEN, array, integer, obj, string
 from server.security.principal import FINANCE, OPERATOR
 
@@ -121,10 +122,9 @@ REFUND = obj({"refund_id": string(), "order_no": string(), "ticket_no": string()
               "actions": array(obj({"action": string(), "note": string(), "at": DATETIME,
                                     "by": string()}))},
              ["refund_id", "order_no", "amount", "status"])
-REFUND_LIST = obj({"refunds": array(REFUND)}, ["refunds"])
+REFUND_LIST = obj({"refunds": array(REFUND), "total": TOTAL}, ["refunds", "total"])
 REFUND_QUERY = obj({"status": string(enum=["requested", "sending", "processing", "done",
-                                           "failed", "attention"]),
-                    "limit": integer(1, 500)})
+                                           "failed", "attention"]), **PAGE_QUERY})
 REFUND_ACTION = obj({"note": string(1, 500, description="what was done, for the record")},
                     ["note"])
 
@@ -134,8 +134,9 @@ class RefundsHandler(ApiHandler):
          "refused at the provider)", roles=(FINANCE, OPERATOR), query=REFUND_QUERY,
          response=REFUND_LIST, tags=("payments",))
     async def get(self) -> None:
-        self.write_json({"refunds": await self.services.payments.list_refunds(
-            self.query.get("status"), self.query.get("limit", 100))})
+        rows, total = await self.services.payments.list_refunds(
+            self.query.get("status"), Page.of(self.query, 100))
+        self.write_json({"refunds": rows, "total": total})
 
 
 class RefundRetryHandler(ApiHandler):
@@ -163,17 +164,18 @@ ALERT = obj({"key": string(), "kind": string(), "message": string(), "status": s
              "ended_by": string(description="who closed it, or system: its cause went away")},
             ["key", "kind", "message", "status"])
 ALERT_QUERY = obj({"status": string(enum=["open", "closed"]), "kind": string(1, 64),
-                   "limit": integer(1, 500)})
+                   **PAGE_QUERY})
 
 
 class AlertsHandler(ApiHandler):
     @api("Operations alerts, newest first (open ones by default)",
          roles=(OPERATOR, FINANCE), query=ALERT_QUERY,
-         response=obj({"alerts": array(ALERT)}, ["alerts"]), tags=("admin",))
+         response=obj({"alerts": array(ALERT), "total": TOTAL}, ["alerts", "total"]),
+         tags=("admin",))
     async def get(self) -> None:
-        self.write_json({"alerts": await self.services.alerts.list(
-            self.query.get("status", "open"), self.query.get("kind"),
-            self.query.get("limit", 100))})
+        rows, total = await self.services.alerts.page(
+            self.query.get("status", "open"), self.query.get("kind"), Page.of(self.query, 100))
+        self.write_json({"alerts": rows, "total": total})
 
 
 default_handlers += [

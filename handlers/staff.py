@@ -7,6 +7,7 @@ import datetime as dt
 from handlers.auth import STAFF
 from handlers.base import ApiHandler, api, route
 from server.errors import aware_time
+from server.paging import PAGE_QUERY, TOTAL, Page
 from server.schema import DATETIME, DIVISION, array, integer, obj, string
 from server.security.principal import OPERATOR, STAFF_ROLES
 
@@ -14,12 +15,14 @@ CREATE_STAFF = obj({"username": string(3, 32, pattern="^[a-z][a-z0-9_.-]{2,31}$"
                     "password": string(10, 256), "role": string(enum=list(STAFF_ROLES)),
                     "name": string(0, 64), "region": DIVISION, "station_id": string(1, 64),
                     "outlet_id": string(1, 64)}, ["username", "password", "role"])
-STAFF_LIST = obj({"staff": array(STAFF)}, ["staff"])
+STAFF_LIST = obj({"staff": array(STAFF), "total": TOTAL}, ["staff", "total"])
 UPDATE_STAFF = obj({"status": string(enum=["active", "disabled"]),
                     "role": string(enum=list(STAFF_ROLES)), "name": string(0, 64),
                     "region": DIVISION, "station_id": string(1, 64),
                     "outlet_id": string(1, 64)}, minProperties=1)
-STAFF_QUERY = obj({"role": string(enum=list(STAFF_ROLES))}, additional=True)
+STAFF_QUERY = obj({"role": string(enum=list(STAFF_ROLES)),
+                   "q": string(1, 64, description="a part of the username"), **PAGE_QUERY},
+                  additional=True)
 AUDIT_ENTRY = obj({"at": DATETIME, "action": string(), "outcome": string(),
                    "actor": {"type": "object"}, "target": string(), "request_id": string(),
                    "ip": string(), "details": {"type": "object"}}, ["at", "action", "actor"],
@@ -33,7 +36,9 @@ class StaffHandler(ApiHandler):
     @api("Staff accounts", roles=(OPERATOR,), query=STAFF_QUERY, response=STAFF_LIST,
          tags=("admin",))
     async def get(self) -> None:
-        self.write_json({"staff": await self.services.auth.list_staff(self.query.get("role"))})
+        rows, total = await self.services.auth.list_staff(
+            self.query.get("role"), self.query.get("q"), Page.of(self.query, 100))
+        self.write_json({"staff": rows, "total": total})
 
     @api("Create a staff account (role-scoped: region, station or outlet)", roles=(OPERATOR,),
          body=CREATE_STAFF, response=STAFF, status=201, tags=("admin",), idempotent=True,

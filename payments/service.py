@@ -34,6 +34,7 @@ from payments.local import LocalProvider, PrepaidDeposit
 from server.clock import LOCAL_TZ, local_today, now_ms
 from server.context import client_ip_var
 from server.errors import DomainError, calendar_day
+from server.paging import Page
 from server.security.principal import Principal
 from server.services.alerts import AlertService
 from server.services.audit import AuditService
@@ -494,9 +495,12 @@ class PaymentService:
             else None} for a in attempts],
             "refunds": [refund_view(r) for r in await self.refunds.of_order(order_no)]}
 
-    async def list_refunds(self, status: str | None, limit: int = 100) -> list[dict[str, Any]]:
-        """Refund requests, newest first (``attention``: those a person must act on)."""
-        return [refund_view(r) for r in await self.refunds.listed(status, limit)]
+    async def list_refunds(self, status: str | None, page: Page
+                           ) -> tuple[list[dict[str, Any]], int]:
+        """A page of refund requests, newest first (``attention``: those a person must act
+        on), and how many match."""
+        rows, total = await self.refunds.listed(status, page)
+        return [refund_view(r) for r in rows], total
 
     async def retry_refund(self, actor: Principal, refund_id: str, note: str
                            ) -> dict[str, Any]:

@@ -5,6 +5,7 @@ times are Beijing time whatever the device's zone, and the page talks to no othe
 from __future__ import annotations
 
 import datetime as dt
+import re
 import secrets
 import subprocess
 from collections.abc import AsyncIterator
@@ -127,15 +128,47 @@ async def test_roles_sign_in_to_their_own_console(api, keyun, db) -> None:
             await page.screenshot(path=str(SHOTS / "admin-operator-order-desk.png"))
             await page.keyboard.press("Escape")
 
-            # departures of a day: stop a bus's online sale with a reason, then resume it
+            # departures of a day, a page at a time: found by its schedule code
             await page.click("text=班次管理")
             picker = page.locator(".el-date-editor input")
             await picker.fill(dep["service_date"])
             async with page.expect_response(
                     lambda r: f"/api/v1/admin/departures?date={dep['service_date']}" in r.url):
                 await picker.press("Enter")
+            day_total = await db.departures.count_documents(
+                {"service_date": dep["service_date"]})
+            await page.locator(  # the server's total over all pages, not a page's rows
+                "[data-test=pages]", has_text=f"共 {day_total} 条").wait_for()
+            async with page.expect_response(lambda r: "q=" in r.url):
+                await page.fill(_input("q"), dep["_id"])
+                await page.press(_input("q"), "Enter")
             row = page.locator("[data-test=departures] .el-table__row", has_text=dep["_id"])
             await row.wait_for()
+            assert await page.locator("[data-test=departures] .el-table__row").count() == 1
+
+            # its seat map, live: a passenger's order holds a seat while the operator watches
+            await page.locator("[data-test=live]", has_text="实时更新").wait_for()
+            left = (await api.get(f"/api/v1/departures/{dep['_id']}")).body["remaining"]
+            await page.click(f"[data-test='seats-{dep['_id']}']")
+            seat_map = page.locator("[data-test=seat-map]")
+            await seat_map.wait_for()
+            held = seat_map.locator("[data-state=held]")
+            before = await held.count()
+            bought = await api.post("/api/v1/orders", {
+                "departure_id": dep["_id"], "channel": "app", "contact_phone": phone,
+                "passengers": [person("李四")]}, token=await app_member(api))
+            assert bought.status == 201, bought.text
+            await page.wait_for_function(
+                "n => document.querySelectorAll('[data-test=seat-map] [data-state=held]')"
+                ".length > n", arg=before)
+            seat = bought.body["tickets"][0]["seat"]
+            assert await seat_map.locator("[data-state=held]",
+                                          has_text=re.compile(rf"^\s*{seat}\s*$")).count()
+            await page.screenshot(path=str(SHOTS / "admin-operator-seat-map.png"))
+            await page.keyboard.press("Escape")
+            await row.locator("a", has_text=f"{left - 1} /").wait_for()  # the row's count too
+
+            # stop the bus's online sale with a reason, then resume it
             await row.get_by_role("button", name="停售").click()
             await page.fill(".el-message-box input", "车辆检修")
             await page.click(".el-message-box .el-button--primary")

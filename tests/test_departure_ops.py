@@ -119,3 +119,48 @@ async def test_assign_extra_buses_and_scope(api: ApiClient, db) -> None:
                            {"reason": "x"}, token=operator)).error_code == "DEPARTURE_PROXIED"
     gate = (await api.login("gate"))["token"]
     assert (await api.post(f"{path}/stop-sale", {"reason": "x"}, token=gate)).status == 403
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_back_office_lists_page_and_filter_on_the_server(api: ApiClient, db) -> None:
+    """A day's departures, staff, outlets, refunds and alerts come a page at a time with the
+    total over all pages; pages do not overlap, filters narrow the total, bad paging is a 400."""
+    operator = (await api.login("operator"))["token"]
+    day = (local_today() + dt.timedelta(days=2)).isoformat()
+    all_of_day = await db.departures.count_documents({"service_date": day})
+    assert all_of_day > 10
+    path = f"/api/v1/admin/departures?date={day}"
+    first = await api.get(f"{path}&limit=5", token=operator)
+    second = await api.get(f"{path}&limit=5&offset=5", token=operator)
+    assert first.status == 200 and first.body["total"] == all_of_day, first.text
+    assert len(first.body["departures"]) == 5 and len(second.body["departures"]) == 5
+    ids = [d["id"] for d in first.body["departures"] + second.body["departures"]]
+    assert len(set(ids)) == 10  # no row on two pages
+    times = [d["departs_at"] for d in first.body["departures"] + second.body["departures"]]
+    assert times == sorted(times)  # one order over the pages
+    one = first.body["departures"][0]
+    code = one["id"].rsplit("-", 1)[0]
+    found = await api.get(f"{path}&q={code.lower()}", token=operator)  # any case
+    assert [d["id"] for d in found.body["departures"]] == [one["id"]], found.text
+    assert found.body["total"] == 1
+    stopped = await api.get(f"{path}&status=stopped", token=operator)
+    assert all(d["status"] == "stopped" for d in stopped.body["departures"])
+    assert stopped.body["total"] == await db.departures.count_documents(
+        {"service_date": day, "status": "stopped"})
+
+    staff = await api.get("/api/v1/admin/staff?limit=2", token=operator)
+    assert len(staff.body["staff"]) == 2
+    assert staff.body["total"] == await db.staff.count_documents({})
+    named = await api.get("/api/v1/admin/staff?q=operat", token=operator)
+    assert named.body["total"] >= 1
+    assert all("operat" in s["username"] for s in named.body["staff"])
+    outlets = await api.get("/api/v1/admin/outlets?limit=1", token=operator)
+    assert len(outlets.body["outlets"]) <= 1
+    assert outlets.body["total"] == await db.outlets.count_documents({})
+    for listed in ("refunds", "alerts"):
+        got = await api.get(f"/api/v1/admin/{listed}?limit=1&offset=0", token=operator)
+        assert got.status == 200 and got.body["total"] >= len(got.body[listed]), got.text
+    bad = await api.get(f"{path}&limit=0", token=operator)
+    assert bad.status == 400 and bad.error_code in ("INVALID_QUERY", "INVALID_VALUE"), bad.text
+    far = await api.get(f"{path}&offset=100001", token=operator)
+    assert far.status == 400

@@ -21,6 +21,7 @@ from bench.run import Bench, Row
 from server.clock import local_today
 from server.services.realname import check_char
 from server.storage.collections import ensure_schema
+from server.storage.transactions import transact
 
 TITLE = "Booking: search and orders end to end"
 WARM_DEPARTURES = 200  # the orders go to these, loaded into the seat store beforehand
@@ -142,9 +143,6 @@ async def _raw_inserts(bench: Bench, order_no: str, seconds: float) -> float:
 async def _raw_transactions(bench: Bench, order_no: str, seconds: float) -> float:
     """The writes of an order's transaction (hold claim, order, ticket), one transaction per
     order, as ``server.storage.transactions`` runs them."""
-    from pymongo import WriteConcern
-    from pymongo.read_concern import ReadConcern
-
     client: AsyncMongoClient[Any] = AsyncMongoClient(bench.mongo_uri, w="majority")
     db = client[bench.db_name]
     order = await db.orders.find_one({"order_no": order_no})
@@ -161,16 +159,15 @@ async def _raw_transactions(bench: Bench, order_no: str, seconds: float) -> floa
             o.pop("_id"), t.pop("_id")
             o["order_no"] = t["order_no"] = uuid.uuid4().hex
             t["ticket_no"], t["passenger"]["id_no_index"] = o["order_no"], o["order_no"]
-            async with client.start_session() as session:
-                async with await session.start_transaction(
-                        read_concern=ReadConcern("snapshot"),
-                        write_concern=WriteConcern("majority")):
-                    await raw.hold_claims.insert_one(
-                        {"_id": "H" + o["order_no"], "owner": "order",
-                         "departure_id": o["departure_id"], "at": dt.datetime.now(dt.UTC)},
-                        session=session)
-                    await raw.orders.insert_one(o, session=session)
-                    await raw.tickets.insert_many([t], session=session)
+            async def write(session: Any, o: dict[str, Any] = o,
+                            t: dict[str, Any] = t) -> None:
+                await raw.hold_claims.insert_one(
+                    {"_id": "H" + o["order_no"], "owner": "order",
+                     "departure_id": o["departure_id"], "at": dt.datetime.now(dt.UTC)},
+                    session=session)
+                await raw.orders.insert_one(o, session=session)
+                await raw.tickets.insert_many([t], session=session)
+            await transact(raw, write)
             count += 1
 
     started = time.perf_counter()

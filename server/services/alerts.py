@@ -15,6 +15,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from redis.exceptions import RedisError
 
 from server.clock import LOCAL_TZ
+from server.paging import Page, find_page
 from server.security.principal import Principal
 from server.services.events import EventLog, Topic
 
@@ -78,12 +79,17 @@ class AlertService:
 
     async def list(self, status: str | None = "open", kind: str | None = None,
                    limit: int = 100) -> list[dict[str, Any]]:
+        return (await self.page(status, kind, Page(0, limit)))[0]
+
+    async def page(self, status: str | None, kind: str | None, page: Page
+                   ) -> tuple[list[dict[str, Any]], int]:
+        """A page of alerts, the latest first, and how many match."""
         query: dict[str, Any] = {}
         if status:
             query["status"] = status
         if kind:
             query["kind"] = kind
-        rows = await self._alerts.find(query).sort("last_at", -1).limit(limit).to_list()
+        rows, total = await find_page(self._alerts, query, [("last_at", -1), ("_id", 1)], page)
         return [{"key": r["_id"], "kind": r["kind"], "message": r["message"],
                  "status": r["status"], "count": r.get("count", 1),
                  "details": r.get("details", {}),
@@ -91,7 +97,7 @@ class AlertService:
                  "last_at": r["last_at"].astimezone(LOCAL_TZ).isoformat(),
                  **({"ended_at": r["closed_at"].astimezone(LOCAL_TZ).isoformat(),
                      "ended_by": r.get("closed_by", "")} if r.get("closed_at") else {})}
-                for r in rows]
+                for r in rows], total
 
 
 WATCHED = ("station_offline", "sync_stale", "not_issued", "refund_spike", "sale_pace")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import time
 import uuid
 from typing import Any
@@ -27,6 +28,7 @@ from redis.asyncio import Redis
 
 from server.context import client_ip_var
 from server.errors import DomainError
+from server.paging import Page, find_page
 from server.security.passwords import hash_password, verify_password
 from server.security.principal import ROLE_SCOPE, STAFF_ROLES, Principal
 from server.security.tokens import AccessTokens, hash_refresh_token, new_refresh_token
@@ -271,9 +273,16 @@ class AuthService:
             raise DomainError("STATION_NOT_FOUND", field="station_id")
         return needed
 
-    async def list_staff(self, role: str | None = None) -> list[dict[str, Any]]:
-        query = {"role": role} if role else {}
-        return [public_staff(d) async for d in self._db.staff.find(query).sort("username", 1)]
+    async def list_staff(self, role: str | None = None, q: str | None = None,
+                         page: Page | None = None) -> tuple[list[dict[str, Any]], int]:
+        """A page of staff accounts by username (``q``: a part of the username), and how
+        many match."""
+        query: dict[str, Any] = {"role": role} if role else {}
+        if q:
+            query["username"] = {"$regex": re.escape(q)}
+        docs, total = await find_page(self._db.staff, query, [("username", 1)],
+                                      page or Page(0, 500))
+        return [public_staff(d) for d in docs], total
 
 
 def staff_principal(staff: dict[str, Any]) -> Principal:

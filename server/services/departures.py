@@ -4,6 +4,7 @@ how their changes reach passengers, and what staff do to them."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -14,6 +15,7 @@ from server.errors import DomainError
 from server.exchange.base import segment_mask
 from server.exchange.errors import DepartureNotFound, InvalidSegment
 from server.outbox import NoticeOutbox
+from server.paging import Page, find_page
 from server.security.principal import Principal
 from server.services.audit import AuditService
 from server.services.events import EventLog, Topic
@@ -159,14 +161,21 @@ class DepartureOperations:
         self._rules = rules
         self._departures = DepartureRecords(db)
 
-    async def of_day(self, actor: Principal, day: str, station_id: str | None = None
-                     ) -> list[dict[str, Any]]:
-        """The departures of a service day, by time, with seats left (station staff: their
-        station's)."""
+    async def of_day(self, actor: Principal, day: str, station_id: str | None = None, *,
+                     status: str | None = None, q: str | None = None,
+                     page: Page | None = None) -> tuple[list[dict[str, Any]], int]:
+        """A page of the departures of a service day, by time, with seats left (station
+        staff: their station's; ``q``: a part of the departure id, e.g. the schedule code),
+        and how many match."""
         query: dict[str, Any] = {"service_date": day}
         if actor.station_id or station_id:
             query["station_id"] = actor.station_id or station_id
-        deps = await self._db.departures.find(query).sort("departs_at", 1).limit(1000).to_list()
+        if status:
+            query["status"] = status
+        if q:
+            query["_id"] = {"$regex": re.escape(q.strip()), "$options": "i"}
+        deps, total = await find_page(self._db.departures, query,
+                                      [("departs_at", 1), ("_id", 1)], page or Page(0, 500))
         stations = {s["_id"]: s async for s in self._db.stations.find(
             {"_id": {"$in": sorted({d["station_id"] for d in deps})}}, {"system": 1, "name": 1})}
         routes = {r["_id"]: r.get("name", "") async for r in self._db.routes.find(
@@ -176,7 +185,7 @@ class DepartureOperations:
                  "station_name": stations.get(d["station_id"], {}).get("name", ""),
                  "inventory": d["inventory"],
                  "remaining": seats[d["_id"]].remaining if d["_id"] in seats else None}
-                for d in deps]
+                for d in deps], total
 
     async def _native(self, actor: Principal, departure_id: str) -> dict[str, Any]:
         dep = await self._db.departures.find_one({"_id": departure_id})

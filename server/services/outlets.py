@@ -12,6 +12,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from server.clock import day_start, local_today
 from server.errors import DomainError
+from server.paging import Page
 from server.security.principal import Principal, region_prefix
 from server.services.audit import AuditService
 from server.storage.orders import OrderBook
@@ -57,13 +58,16 @@ class OutletService:
                                  details={k: doc[k] for k in EDITABLE})
         return public_outlet(doc)
 
-    async def list(self, actor: Principal, division: str | None = None) -> list[dict[str, Any]]:
+    async def list(self, actor: Principal, division: str | None = None,
+                   page: Page | None = None) -> tuple[list[dict[str, Any]], int]:
+        """A page of outlets (an authority's: its region's) and how many match."""
         if actor.region:  # an authority sees its region's outlets only
             if division and not actor.in_region(division):
                 raise DomainError("OUT_OF_SCOPE")
             division = division or actor.region
         query = {"division": {"$regex": "^" + region_prefix(division)}} if division else {}
-        return [public_outlet(o) for o in await self._records.all(query)]
+        rows, total = await self._records.page(query, page or Page(0, 500))
+        return [public_outlet(o) for o in rows], total
 
     async def update(self, actor: Principal, outlet_id: str, fields: dict[str, Any]
                      ) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from server.paging import Page, find_page
+
 
 class OutletRecords:
     def __init__(self, db: AsyncDatabase[Any]) -> None:
@@ -27,8 +29,9 @@ class OutletRecords:
                   ) -> dict[str, Any] | None:
         return await self._outlets.find_one({"_id": outlet_id}, session=session)
 
-    async def all(self, query: dict[str, Any]) -> list[dict[str, Any]]:
-        return await self._outlets.find(query).sort("_id", 1).to_list()
+    async def page(self, query: dict[str, Any], page: Page
+                   ) -> tuple[list[dict[str, Any]], int]:
+        return await find_page(self._outlets, query, [("_id", 1)], page)
 
     async def update(self, outlet_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
         return await self._outlets.find_one_and_update(  # type: ignore[no-any-return]

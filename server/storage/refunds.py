@@ -25,6 +25,8 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
+from server.paging import Page, find_page
+
 STATUSES = ("requested", "sending", "processing", "done", "failed", "attention")
 IN_FLIGHT = ("sending", "processing")
 
@@ -80,9 +82,10 @@ class RefundRequests:
     async def by_refund_no(self, out_refund_no: str) -> dict[str, Any] | None:
         return await self._requests.find_one({"out_refund_no": out_refund_no})
 
-    async def listed(self, status: str | None, limit: int) -> list[dict[str, Any]]:
+    async def listed(self, status: str | None, page: Page
+                     ) -> tuple[list[dict[str, Any]], int]:
         query = {"status": status} if status else {}
-        return await self._requests.find(query).sort("created_at", -1).limit(limit).to_list()
+        return await find_page(self._requests, query, [("created_at", -1), ("_id", 1)], page)
 
     async def processing_since(self, before: dt.datetime, limit: int = 100
                                ) -> list[dict[str, Any]]:

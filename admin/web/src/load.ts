@@ -51,3 +51,12 @@ export async function ask(message: string, title: string,
     return null; // cancelled
   }
 }
+
+/** A table paged on the server: ``params()`` goes into the list's query (offset, limit),
+ * ``total`` comes from its answer; a new filter starts again from the first page. */
+export function pager(size = 20) {
+  const current = ref(1);
+  const total = ref(0);
+  const params = () => ({ offset: (current.value - 1) * size, limit: size });
+  return { size, current, total, params };
+}

@@ -1,0 +1,42 @@
+"""One page of a list that back-office tables show: ``offset`` and ``limit`` in the query,
+``total`` in the answer, the database doing the skipping and the counting (SPEC §4b: every
+table pages and filters on the server)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from server.schema import integer
+
+MAX_OFFSET = 100_000
+PAGE_QUERY: dict[str, Any] = {
+    "offset": integer(0, MAX_OFFSET, description="rows to skip (the page's first row)"),
+    "limit": integer(1, 500, description="rows in the page"),
+}
+TOTAL: dict[str, Any] = integer(0, description="rows matching the filters, over all pages")
+
+
+@dataclass(frozen=True)
+class Page:
+    offset: int = 0
+    limit: int = 50
+
+    @classmethod
+    def of(cls, query: dict[str, Any], default_limit: int = 50) -> Page:
+        return cls(int(query.get("offset", 0)), int(query.get("limit", default_limit)))
+
+    def slice(self, rows: list[Any]) -> list[Any]:
+        """This page of rows the caller already has in memory (a short list)."""
+        return rows[self.offset:self.offset + self.limit]
+
+
+async def find_page(collection: Any, query: dict[str, Any], sort: list[tuple[str, int]],
+                    page: Page, projection: dict[str, Any] | None = None
+                    ) -> tuple[list[dict[str, Any]], int]:
+    """One page of a collection's documents matching ``query`` and how many match in all."""
+    docs = await collection.find(query, projection).sort(sort).skip(page.offset).limit(
+        page.limit).to_list()
+    if page.offset == 0 and len(docs) < page.limit:
+        return docs, len(docs)  # the whole list fits this page: no count needed
+    return docs, await collection.count_documents(query)
