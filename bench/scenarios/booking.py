@@ -10,6 +10,7 @@ import random
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -111,13 +112,19 @@ async def _orders(bench: Bench, departures: list[str]
     return rate, p99, cpu_pct, sample
 
 
-async def _raw_inserts(bench: Bench, order_no: str, seconds: float) -> float:
+RawWrite = Callable[[Any, dict[str, Any], dict[str, Any]], Awaitable[None]]
+
+
+async def _raw_orders(bench: Bench, order_no: str, seconds: float, write: RawWrite) -> float:
+    """Copies of an order and its ticket written by ``write(raw_db, order, ticket)`` from
+    BUYERS writers for ``seconds``, into a scratch database with Keyun's validators and
+    indexes (the store maintains them on every insert); orders per second."""
     client: AsyncMongoClient[Any] = AsyncMongoClient(bench.mongo_uri, w="majority")
     db = client[bench.db_name]
     order = await db.orders.find_one({"order_no": order_no})
     ticket = await db.tickets.find_one({"order_no": order_no})
     raw = client.keyun_bench_raw
-    await ensure_schema(raw)  # Keyun's validators and indexes, maintained on every insert
+    await ensure_schema(raw)
     count = 0
     deadline = time.perf_counter() + seconds
 
@@ -128,8 +135,7 @@ async def _raw_inserts(bench: Bench, order_no: str, seconds: float) -> float:
             o.pop("_id"), t.pop("_id")
             o["order_no"] = t["order_no"] = uuid.uuid4().hex
             t["ticket_no"], t["passenger"]["id_no_index"] = o["order_no"], o["order_no"]
-            await raw.orders.insert_one(o)
-            await raw.tickets.insert_one(t)
+            await write(raw, o, t)
             count += 1
 
     started = time.perf_counter()
@@ -140,42 +146,22 @@ async def _raw_inserts(bench: Bench, order_no: str, seconds: float) -> float:
     return rate
 
 
-async def _raw_transactions(bench: Bench, order_no: str, seconds: float) -> float:
-    """The writes of an order's transaction (hold claim, order, ticket), one transaction per
-    order, as ``server.storage.transactions`` runs them."""
-    client: AsyncMongoClient[Any] = AsyncMongoClient(bench.mongo_uri, w="majority")
-    db = client[bench.db_name]
-    order = await db.orders.find_one({"order_no": order_no})
-    ticket = await db.tickets.find_one({"order_no": order_no})
-    raw = client.keyun_bench_raw_txn
-    await ensure_schema(raw)  # Keyun's validators and indexes (and the collections exist)
-    count = 0
-    deadline = time.perf_counter() + seconds
+async def _inserts(raw: Any, order: dict[str, Any], ticket: dict[str, Any]) -> None:
+    await raw.orders.insert_one(order)
+    await raw.tickets.insert_one(ticket)
 
-    async def writer() -> None:
-        nonlocal count
-        while time.perf_counter() < deadline:
-            o, t = copy.deepcopy(order), copy.deepcopy(ticket)
-            o.pop("_id"), t.pop("_id")
-            o["order_no"] = t["order_no"] = uuid.uuid4().hex
-            t["ticket_no"], t["passenger"]["id_no_index"] = o["order_no"], o["order_no"]
-            async def write(session: Any, o: dict[str, Any] = o,
-                            t: dict[str, Any] = t) -> None:
-                await raw.hold_claims.insert_one(
-                    {"_id": "H" + o["order_no"], "owner": "order",
-                     "departure_id": o["departure_id"], "at": dt.datetime.now(dt.UTC)},
-                    session=session)
-                await raw.orders.insert_one(o, session=session)
-                await raw.tickets.insert_many([t], session=session)
-            await transact(raw, write)
-            count += 1
 
-    started = time.perf_counter()
-    await asyncio.gather(*[writer() for _ in range(BUYERS)])
-    rate = count / (time.perf_counter() - started)
-    await client.drop_database("keyun_bench_raw_txn")
-    await client.close()
-    return rate
+async def _in_transaction(raw: Any, order: dict[str, Any], ticket: dict[str, Any]) -> None:
+    """What an order's transaction writes (hold claim, order, ticket), as
+    ``server.storage.transactions`` runs it."""
+    async def write(session: Any) -> None:
+        await raw.hold_claims.insert_one(
+            {"_id": "H" + order["order_no"], "owner": "order",
+             "departure_id": order["departure_id"], "at": dt.datetime.now(dt.UTC)},
+            session=session)
+        await raw.orders.insert_one(order, session=session)
+        await raw.tickets.insert_many([ticket], session=session)
+    await transact(raw, write)
 
 
 async def _raw_reads(bench: Bench, order_no: str, seconds: float) -> float:
@@ -237,8 +223,8 @@ async def run(bench: Bench) -> list[Row]:
     if not sample:
         raise RuntimeError("no order was created")
     order_no, token = sample[0]
-    raw = await _raw_inserts(bench, order_no, bench.seconds)
-    raw_txn = await _raw_transactions(bench, order_no, bench.seconds)
+    raw = await _raw_orders(bench, order_no, bench.seconds, _inserts)
+    raw_txn = await _raw_orders(bench, order_no, bench.seconds, _in_transaction)
     read = await bench.http_load(f"/api/v1/orders/{order_no}",
                                  headers=[f"Authorization: Bearer {token}"])
     raw_read = await _raw_reads(bench, order_no, bench.seconds)
