@@ -7,7 +7,8 @@ from typing import Any
 
 from handlers.base import ApiHandler, api, query_time, route
 from handlers.orders import BUYERS
-from server.schema import DATETIME, array, integer, obj, string
+from server.paging import PAGE_QUERY, TOTAL, Page
+from server.schema import DATETIME, array, obj, string
 from server.security.principal import FINANCE, OPERATOR
 
 REQUEST = obj({
@@ -29,10 +30,9 @@ INVOICE = obj({"id": string(), "order_no": string(), "kind": string(enum=["blue"
                "issued_at": DATETIME, "original_no": string(), "reverses": string(),
                "replaces": string()},
               ["id", "order_no", "kind", "status", "total", "lines"])
-INVOICES = obj({"invoices": array(INVOICE)}, ["invoices"])
+INVOICES = obj({"invoices": array(INVOICE), "total": TOTAL}, ["invoices", "total"])
 LIST_QUERY = obj({"from": DATETIME, "to": DATETIME,
-                  "status": string(enum=["requested", "issued", "void"]),
-                  "limit": integer(1, 1000)})
+                  "status": string(enum=["requested", "issued", "void"]), **PAGE_QUERY})
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 ERRORS = ("ORDER_NOT_FOUND", "ORDER_NOT_INVOICEABLE", "INVOICE_EXISTS", "INVALID_TAX_NUMBER",
           "INVOICE_TITLE_INVALID")
@@ -76,8 +76,9 @@ class AdminInvoicesHandler(ApiHandler):
          query=LIST_QUERY, response=INVOICES, tags=("invoices",))
     async def get(self) -> None:
         since, until = _period(self.query)
-        self.write_json({"invoices": await self.services.invoices.listed(
-            since, until, self.query.get("status"), self.query.get("limit", 500))})
+        rows, total = await self.services.invoices.listed(
+            since, until, self.query.get("status"), Page.of(self.query, 100))
+        self.write_json({"invoices": rows, "total": total})
 
 
 class InvoiceCsvHandler(ApiHandler):

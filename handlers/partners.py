@@ -10,6 +10,7 @@ from handlers.departures import SEARCH, SEARCH_RESULTS, search
 from handlers.orders import CREATE, ORDER, ORDER_ERRORS
 from handlers.payments import DEPOSIT
 from handlers.tickets import QUOTE, REFUND
+from server.paging import PAGE_QUERY, TOTAL, Page
 from server.schema import DATETIME, FEN, array, integer, obj, string
 from server.security.principal import FINANCE, OPERATOR, PARTNER, Principal
 
@@ -49,10 +50,12 @@ SIGNED_ERRORS = ("SIGNATURE_INVALID", "TIMESTAMP_OUT_OF_WINDOW", "NONCE_REUSED",
 
 
 class PartnersHandler(ApiHandler):
-    @api("Partners (third-party sellers)", roles=(OPERATOR, FINANCE),
-         response=obj({"partners": array(PARTNER_OUT)}, ["partners"]), tags=("partners",))
+    @api("Partners (third-party sellers)", roles=(OPERATOR, FINANCE), query=obj(PAGE_QUERY),
+         response=obj({"partners": array(PARTNER_OUT), "total": TOTAL}, ["partners", "total"]),
+         tags=("partners",))
     async def get(self) -> None:
-        self.write_json({"partners": await self.services.partners.list()})
+        rows, total = await self.services.partners.list(Page.of(self.query, 100))
+        self.write_json({"partners": rows, "total": total})
 
     @api("Register a partner", roles=(OPERATOR,), body=PARTNER_IN, response=PARTNER_OUT,
          status=201, tags=("partners",), errors=("PARTNER_EXISTS", "WEBHOOK_URL_INVALID"))

@@ -111,6 +111,10 @@ async def test_an_invoice_is_issued_as_a_pdf_and_corrected_after_a_refund(
                             token=finance)
     assert listing.status == 200
     assert {blue["id"], red["id"], new["id"]} <= {i["id"] for i in listing.body["invoices"]}
+    one = await api.get(f"/api/v1/admin/invoices?from={since.replace('+', '%2B')}&limit=1"
+                        "&offset=1", token=finance)  # a page of one: the second newest
+    assert one.body["total"] == listing.body["total"] >= 3
+    assert [i["id"] for i in one.body["invoices"]] == [listing.body["invoices"][1]["id"]]
     headers = {"Authorization": f"Bearer {finance}"}
     got = await AsyncHTTPClient().fetch(f"{api.base_url}/api/v1/admin/invoices.csv",
                                         headers=headers)

@@ -29,6 +29,7 @@ from server import tables
 from server.clock import LOCAL_TZ, now_ms
 from server.errors import DomainError
 from server.invoicing import InvoiceIssuer, InvoicingError
+from server.paging import Page
 from server.security.principal import FINANCE, Principal
 from server.services import invoice_pdf
 from server.services.audit import AuditService
@@ -113,14 +114,16 @@ class InvoiceService:
 
     # --- finance ----------------------------------------------------------------------------
     async def listed(self, since: dt.datetime | None, until: dt.datetime | None,
-                     status: str | None, limit: int = 500) -> list[dict[str, Any]]:
+                     status: str | None, page: Page) -> tuple[list[dict[str, Any]], int]:
+        """A page of the invoices requested in a period, newest first, and how many."""
         query: dict[str, Any] = {}
         if since or until:
             query["requested_at"] = {**({"$gte": since} if since else {}),
                                      **({"$lt": until} if until else {})}
         if status:
             query["status"] = status
-        return [view(i) for i in await self.book.listed(query, limit)]
+        rows, total = await self.book.listed(query, page)
+        return [view(i) for i in rows], total
 
     async def export(self, since: dt.datetime | None, until: dt.datetime | None,
                      status: str | None, fmt: str) -> bytes:
@@ -129,7 +132,7 @@ class InvoiceService:
                  "红字" if i["kind"] == "red" else "蓝字", STATUS_NAMES[i["status"]],
                  i["order_no"], i["buyer"]["title"], i["buyer"].get("tax_no", ""), i["total"],
                  i.get("original_no", "")]
-                for i in await self.listed(since, until, status, limit=100_000)]
+                for i in (await self.listed(since, until, status, Page(0, 100_000)))[0]]
         columns = ["发票号码", "开票日期", "类型", "状态", "订单号", "购买方", "纳税人识别号",
                    "价税合计（元）", "被红冲发票号码"]
         if fmt == "csv":

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from server.clock import day_start, local_today
 from server.errors import DomainError
+from server.paging import Page
 from server.security import signing
 from server.security.pii import PiiVault
 from server.security.principal import PARTNER, Principal
@@ -75,8 +76,10 @@ class PartnerService:
                                  details={"code": code, "credit_limit": credit_limit})
         return public_partner(doc)
 
-    async def list(self) -> list[dict[str, Any]]:
-        return [public_partner(p) for p in await self._records.all()]
+    async def list(self, page: Page) -> tuple[list[dict[str, Any]], int]:
+        """A page of partners, oldest first, and how many there are."""
+        rows, total = await self._records.page(page)
+        return [public_partner(p) for p in rows], total
 
     async def update(self, actor: Principal, partner_id: str, fields: dict[str, Any]
                      ) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
+from server.paging import Page, find_page
 from server.storage.cursors import Cursors
 
 WITHOUT_FILE = {"pdf": 0}
@@ -84,6 +85,7 @@ class InvoiceBook:
                                             {"last_attempt_at": {"$exists": False}}]},
             WITHOUT_FILE).sort("requested_at", 1).limit(limit).to_list()
 
-    async def listed(self, query: dict[str, Any], limit: int) -> list[dict[str, Any]]:
-        return await self._invoices.find(query, WITHOUT_FILE).sort(
-            [("requested_at", -1), ("_id", -1)]).limit(limit).to_list()
+    async def listed(self, query: dict[str, Any], page: Page
+                     ) -> tuple[list[dict[str, Any]], int]:
+        return await find_page(self._invoices, query, [("requested_at", -1), ("_id", -1)],
+                               page, WITHOUT_FILE)

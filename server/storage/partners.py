@@ -11,6 +11,8 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from server.paging import Page, find_page
+
 
 def nonce_key(key_id: str, nonce: str) -> str:
     """The Redis key marking a partner request's nonce as used."""
@@ -34,8 +36,8 @@ class PartnerRecords:
                   ) -> dict[str, Any] | None:
         return await self._partners.find_one({"_id": partner_id}, session=session)
 
-    async def all(self) -> list[dict[str, Any]]:
-        return await self._partners.find().sort("created_at", 1).to_list()
+    async def page(self, page: Page) -> tuple[list[dict[str, Any]], int]:
+        return await find_page(self._partners, {}, [("created_at", 1), ("_id", 1)], page)
 
     async def add_key(self, key: dict[str, Any]) -> None:
         await self._keys.insert_one(key)
