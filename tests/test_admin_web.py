@@ -632,3 +632,35 @@ async def test_api_docs_are_swagger_ui_and_try_it_out_reaches_this_server(keyun)
             await browser.close()
     assert errors == [], errors
     assert hosts == {urlsplit(base).netloc}, hosts
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_tablet_held_upright_gets_the_menu_in_a_drawer_and_the_whole_width(
+        keyun) -> None:
+    """At 768×1024 the side menu gives way to a 菜单 button (reachable with the keyboard);
+    the departures page fits the screen's width (wide tables scroll inside themselves)."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = await (await browser.new_context(viewport={"width": 768, "height": 1024},
+                                                has_touch=True)).new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        try:
+            await _sign_in(page, keyun.base_url, "operator")
+            assert await page.locator(".el-aside").count() == 0
+            button = page.locator("#menu-button")
+            await button.focus()
+            await page.keyboard.press("Enter")
+            drawer = page.locator("[data-test=menu-drawer]")
+            await drawer.locator(".el-menu-item", has_text="班次管理").click()
+            await page.locator("[data-test=departures] .el-table__row").first.wait_for()
+            await page.locator(".el-loading-mask").wait_for(state="detached")
+            await page.wait_for_timeout(400)  # the drawer slides away
+            assert not await drawer.is_visible()
+            wide = await page.evaluate("document.documentElement.scrollWidth")
+            assert wide <= 768, f"the page is {wide}px wide on a 768px screen"
+            await page.screenshot(path=str(SHOTS / "admin-tablet-departures.png"))
+        finally:
+            await browser.close()
+    assert errors == [], errors
