@@ -6,6 +6,7 @@ properties of ``handlers.base.ApiHandler``. Nothing here connects at import time
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 import redis.asyncio as aioredis
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -183,6 +184,34 @@ def connect_redis(url: str, max_connections: int = 64) -> aioredis.Redis:
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
+class WaitingRedisCluster(RedisCluster):
+    """redis-py's cluster client raises MaxConnectionsError when a node's pool is busy (its
+    standalone client waits): at a burst — a hot departure's holds all go to one node — that
+    would refuse passengers. Here a command waits its turn instead: at most
+    ``max_connections`` commands are under way at once, so no node's pool can run out.
+    A pipeline takes one turn for all its commands (it uses one connection per node)."""
+
+    def __init__(self, *args: Any, max_connections: int, **kwargs: Any) -> None:
+        super().__init__(*args, max_connections=max_connections, **kwargs)
+        self._turns = asyncio.Semaphore(max_connections)
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self._turns:
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None
+                 ) -> ClusterPipeline:
+        return _WaitingPipeline(self, transaction)
+
+
+class _WaitingPipeline(ClusterPipeline):
+    __slots__ = ()
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        async with self.cluster_client._turns:  # type: ignore[attr-defined]
+            return await super().execute(*args, **kwargs)
+
+
 def connect_redis_cluster(url: str, max_connections: int = 64) -> RedisCluster:
     """A Redis Cluster client: ``redis+cluster://h1:p1,h2:p2/`` names some nodes to start
     from (the client learns the rest and follows slot moves and failovers). Every key a
@@ -193,7 +222,7 @@ def connect_redis_cluster(url: str, max_connections: int = 64) -> RedisCluster:
     for address in parts.netloc.rpartition("@")[2].split(","):
         host, _, port = address.rpartition(":")
         nodes.append(ClusterNode(host or "127.0.0.1", int(port or 6379)))
-    return RedisCluster(
+    return WaitingRedisCluster(
         startup_nodes=nodes, decode_responses=True, socket_timeout=5,
         socket_connect_timeout=3, max_connections=max_connections,
         password=unquote(parts.password) if parts.password else None,

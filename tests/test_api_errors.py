@@ -81,7 +81,7 @@ async def test_wrong_method_is_a_json_405(api: ApiClient) -> None:
     assert resp.headers["Allow"] == "POST"
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)  # a request per route: seconds on a busy machine
 async def test_every_route_names_its_methods_on_a_405(api: ApiClient) -> None:
     """RFC 9110: a 405 carries Allow, and Allow lists exactly the documented methods."""
     spec = (await api.get("/api/openapi.json")).body

@@ -162,3 +162,25 @@ async def test_a_sale_through_two_processes_on_the_cluster(node, workdir, db) ->
     log = node.log_text() + other.log_text()
     assert "CROSSSLOT" not in log.upper() and "same key slot" not in log
     assert '"status": 500' not in log
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_burst_beyond_the_pool_waits_instead_of_failing_on_the_cluster(cluster) -> None:
+    """redis-py's cluster client refuses a command when a node's pool is busy
+    (MaxConnectionsError); Keyun's waits its turn, as the standalone client does."""
+    redis = connect_redis(cluster.url, max_connections=4)
+    try:
+        await redis.ping()
+        key = "burst:{one-slot}"  # every command on one node: the pool of four is the limit
+        got = await asyncio.gather(*[redis.incr(key) for _ in range(200)])
+        assert sorted(got) == list(range(1, 201))
+        pipe = redis.pipeline(transaction=False)
+        for _ in range(10):
+            pipe.incr(key)
+        done = await asyncio.gather(*[redis.pipeline(transaction=False).incr(key).execute()
+                                      for _ in range(50)], pipe.execute())
+        assert len(done) == 51
+        assert int(await redis.get(key)) == 200 + 50 + 10
+    finally:
+        await redis.delete("burst:{one-slot}")
+        await redis.aclose()
