@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from handlers.base import ApiHandler, api, query_time, route
+from server.paging import PAGE_QUERY, TOTAL, Page
 from server.schema import DATETIME, DAY, DIVISION, array, integer, obj, string
 from server.security.principal import FINANCE, OPERATOR
 from server.services.kinds import CODE
@@ -80,7 +81,7 @@ RUN = obj({"id": string(), "date": DAY, "source": string(), "lines": integer(0),
            "matched": integer(0), "totals": obj({}, additional=True),
            "open_differences": integer(0), "differences": array(DIFFERENCE)},
           ["id", "date", "source", "totals", "differences"], additional=True)
-RUNS = obj({"runs": array(obj({}, additional=True))}, ["runs"])
+RUNS = obj({"runs": array(obj({}, additional=True)), "total": TOTAL}, ["runs", "total"])
 RESOLVE = obj({"action": string(enum=["adjust", "accept"]), "note": string(1, 500),
                "account": string(1, 80, description="a station difference: the settlement "
                                  "entity that bears it, e.g. carrier:C001"),
@@ -93,7 +94,7 @@ BATCH = obj({"id": string(), "through_date": DAY, "status": string(enum=["runnin
              "progress": obj({}, additional=True), "totals": obj({}, additional=True),
              "entities": array(obj({}, additional=True))}, ["id", "through_date", "status"],
             additional=True)
-BATCHES = obj({"batches": array(BATCH)}, ["batches"])
+BATCHES = obj({"batches": array(BATCH), "total": TOTAL}, ["batches", "total"])
 
 
 class EntitiesHandler(ApiHandler):
@@ -173,10 +174,11 @@ class EntriesHandler(ApiHandler):
 
 class ReconciliationsHandler(ApiHandler):
     @api("Reconciliation runs, newest first", roles=READERS,
-         query=obj({"date": DAY}), response=RUNS, tags=("settlement",))
+         query=obj({"date": DAY, **PAGE_QUERY}), response=RUNS, tags=("settlement",))
     async def get(self) -> None:
-        self.write_json({"runs": await self.services.reconciliation.listed(
-            self.query.get("date"))})
+        rows, total = await self.services.reconciliation.listed(self.query.get("date"),
+                                                                Page.of(self.query))
+        self.write_json({"runs": rows, "total": total})
 
     @api("Reconcile a day of a provider's bill against our payments and refunds: totals, "
          "then line by line; differences kept for finance", roles=(FINANCE, OPERATOR),
@@ -210,10 +212,11 @@ class ResolveHandler(ApiHandler):
 
 
 class SettlementsHandler(ApiHandler):
-    @api("Settlement batches, newest first", roles=READERS, response=BATCHES,
-         tags=("settlement",))
+    @api("Settlement batches, newest first", roles=READERS, query=obj(PAGE_QUERY),
+         response=BATCHES, tags=("settlement",))
     async def get(self) -> None:
-        self.write_json({"batches": await self.services.settlement.batches()})
+        rows, total = await self.services.settlement.batches(Page.of(self.query))
+        self.write_json({"batches": rows, "total": total})
 
     @api("Settle through a closed day: per entity, the entries due under its cycle T+N, "
          "netted, with a payout entry each. Once per day across processes: a second run "

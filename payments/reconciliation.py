@@ -32,6 +32,7 @@ from server.clock import LOCAL_TZ, day_start, local_today, now_ms
 from server.errors import DomainError, calendar_day
 from server.exchange.errors import ExchangeError
 from server.exchange.registry import ExchangeRegistry
+from server.paging import Page
 from server.security.principal import Principal
 from server.services.audit import AuditService
 from server.services.ledger import SUSPENSE, Ledger
@@ -314,14 +315,16 @@ class Reconciliation:
                 "open_differences": run["open_differences"],
                 "differences": [_diff_view(d) for d in await self.records.differences(run_id)]}
 
-    async def listed(self, date: str | None, limit: int = 50) -> list[dict[str, Any]]:
+    async def listed(self, date: str | None, page: Page) -> tuple[list[dict[str, Any]], int]:
+        """A page of reconciliation runs, newest first, and how many match."""
         query = {"date": date} if date else {}
+        rows, total = await self.records.listed(query, page)
         return [{"id": r["_id"], "date": r["date"], "source": r["source"],
                  "lines": r["lines"], "matched": r["matched"],
                  "totals_match": r["totals"]["match"], "differences": r["differences"],
                  "open_differences": r["open_differences"],
                  "created_at": r["created_at"].astimezone(LOCAL_TZ).isoformat()}
-                for r in await self.records.listed(query, limit)]
+                for r in rows], total
 
     async def resolve(self, actor: Principal, run_id: str, diff_id: str,
                       body: dict[str, Any]) -> dict[str, Any]:

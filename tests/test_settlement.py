@@ -294,6 +294,13 @@ async def test_settlement_runs_once_and_its_statements_are_the_ledgers(api: ApiC
     earlier = await api.post("/api/v1/admin/settlements",
                              {"through_date": booked}, token=finance)
     assert earlier.status == 409 and earlier.body["error"]["code"] == "SETTLEMENT_OUT_OF_ORDER"
+    # the batches and the reconciliation runs page on the server, newest first
+    listed = await api.get("/api/v1/admin/settlements?limit=1", token=finance)
+    assert [b["id"] for b in listed.body["batches"]] == [batch_id]
+    assert listed.body["total"] == await db.settlement_batches.count_documents({})
+    runs = await api.get("/api/v1/admin/reconciliations?limit=2&offset=1", token=finance)
+    assert runs.status == 200 and len(runs.body["runs"]) <= 2
+    assert runs.body["total"] >= len(runs.body["runs"]) + 1, runs.text
     # the statements: CSV and XLSX, totals equal to the ledger's
     base = f"{api.base_url}/api/v1/admin/settlements/{batch_id}/statements/{carrier}"
     headers = {"Authorization": f"Bearer {finance}"}
@@ -490,6 +497,9 @@ async def test_station_daily_sales_reconcile_against_our_tickets(
     await db.tickets.update_one({"_id": pricey["_id"]}, {"$inc": {"price": 100}})
     await db.tickets.update_one({"_id": lost["_id"]}, {"$set": {"sale_id": "BOGUS-" +
                                                                 lost["sale_id"]}})
+    # posted as they were sold (the posting job's cursor would not look back three days
+    # for them once they are back-dated below; the carrier's account comes with its sales)
+    await services.ledger.run()
     day = local_today() - dt.timedelta(days=3)
     for ticket in tickets:  # sold three days ago, with us and at the station
         await db.tickets.update_one({"_id": ticket["_id"]}, {"$set": {
@@ -522,7 +532,6 @@ async def test_station_daily_sales_reconcile_against_our_tickets(
                              {"action": "adjust", "note": "x", "account": "carrier:NOPE"},
                              token=finance)
     assert unknown.status == 422 and unknown.body["error"]["code"] == "REFERENCE_NOT_FOUND"
-    await services.ledger.run()  # (the carrier's account exists once its sales are posted)
     adjusted = await api.post(resolve + f"{priced['id']}/resolve",
                               {"action": "adjust", "note": "按车站售价调账", "account": carrier},
                               token=finance)

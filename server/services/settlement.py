@@ -29,6 +29,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from server.clock import LOCAL_TZ, local_today, now_ms
 from server.errors import DomainError, calendar_day
+from server.paging import Page
 from server.security.pii import PiiVault
 from server.security.principal import Principal
 from server.services.audit import AuditService
@@ -296,8 +297,10 @@ class Settlement:
             raise DomainError("NOT_FOUND", "No such settlement batch.")
         return batch_view(batch)
 
-    async def batches(self) -> list[dict[str, Any]]:
-        return [batch_view(b) for b in await self.records.listed()]
+    async def batches(self, page: Page) -> tuple[list[dict[str, Any]], int]:
+        """A page of batches, the latest day first, and how many there are."""
+        rows, total = await self.records.listed(page)
+        return [batch_view(b) for b in rows], total
 
     # --- payouts ----------------------------------------------------------------------------
     async def payouts(self, batch_id: str) -> dict[str, Any]:

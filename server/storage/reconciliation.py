@@ -10,6 +10,8 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from server.paging import Page, find_page
+
 
 class ReconciliationRecords:
     def __init__(self, db: AsyncDatabase[Any]) -> None:
@@ -50,5 +52,6 @@ class ReconciliationRecords:
                                     {"$inc": {"open_differences": -1}}, session=session)
         return True
 
-    async def listed(self, query: dict[str, Any], limit: int) -> list[dict[str, Any]]:
-        return await self._runs.find(query).sort("created_at", -1).limit(limit).to_list()
+    async def listed(self, query: dict[str, Any], page: Page
+                     ) -> tuple[list[dict[str, Any]], int]:
+        return await find_page(self._runs, query, [("created_at", -1), ("_id", 1)], page)

@@ -10,6 +10,8 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from server.paging import Page, find_page
+
 
 class SettlementRecords:
     def __init__(self, db: AsyncDatabase[Any]) -> None:
@@ -69,6 +71,6 @@ class SettlementRecords:
     async def later_than(self, through: str) -> dict[str, Any] | None:
         return await self._batches.find_one({"through_date": {"$gt": through}})
 
-    async def listed(self, limit: int = 50) -> list[dict[str, Any]]:
-        return await self._batches.find({}, {"entities": 0}).sort(
-            "through_date", -1).limit(limit).to_list()
+    async def listed(self, page: Page) -> tuple[list[dict[str, Any]], int]:
+        return await find_page(self._batches, {}, [("through_date", -1), ("_id", 1)], page,
+                               {"entities": 0})
