@@ -26,10 +26,6 @@ class Page:
     def of(cls, query: dict[str, Any], default_limit: int = 50) -> Page:
         return cls(int(query.get("offset", 0)), int(query.get("limit", default_limit)))
 
-    def slice(self, rows: list[Any]) -> list[Any]:
-        """This page of rows the caller already has in memory (a short list)."""
-        return rows[self.offset:self.offset + self.limit]
-
 
 async def find_page(collection: Any, query: dict[str, Any], sort: list[tuple[str, int]],
                     page: Page, projection: dict[str, Any] | None = None

@@ -68,7 +68,8 @@ class SeatService:
         self._departures = DepartureRecords(db)
         self.view = SeatView(redis, registry.native.inventory)
         self._asking: dict[str, asyncio.Future[Availability]] = {}  # station calls under way
-        self._stations: dict[str, tuple[float, dict[str, Any]]] = {}  # native ones, read at
+        # native stations' documents: id → (when read, document)
+        self._stations: dict[str, tuple[float, dict[str, Any]]] = {}
 
     # --- resolution ---------------------------------------------------------------------
     async def resolve(self, departure_id: str, dep: dict[str, Any] | None = None

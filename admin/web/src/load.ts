@@ -1,5 +1,5 @@
 // Loading a page's data: a busy flag and the API's error in Chinese, one way for every page.
-import { ref } from "vue";
+import { ref, type Ref } from "vue";
 import { ElMessage, ElMessageBox } from "element-plus";
 import { explain } from "./api";
 
@@ -53,10 +53,17 @@ export async function ask(message: string, title: string,
 }
 
 /** A table paged on the server: ``params()`` goes into the list's query (offset, limit),
- * ``total`` comes from its answer; a new filter starts again from the first page. */
-export function pager(size = 20) {
+ * ``total`` comes from its answer; ``first()`` — after a new filter — starts again from the
+ * first page. Shown by Pager.vue. */
+export interface Pages {
+  size: number; current: Ref<number>; total: Ref<number>;
+  params(): { offset: number; limit: number }; first(): void; reload(): unknown;
+}
+
+export function pager(reload: () => unknown, size = 20): Pages {
   const current = ref(1);
   const total = ref(0);
   const params = () => ({ offset: (current.value - 1) * size, limit: size });
-  return { size, current, total, params };
+  const first = () => { current.value = 1; void reload(); };
+  return { size, current, total, params, first, reload };
 }
