@@ -3,13 +3,17 @@ finance lists and exports them."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from handlers.base import ApiHandler, api, query_time, route
+from handlers.exports import EXPORT, export_request
 from handlers.orders import BUYERS
+from server.errors import DomainError
 from server.paging import PAGE_QUERY, TOTAL, Page
 from server.schema import DATETIME, array, obj, string
 from server.security.principal import FINANCE, OPERATOR
+from server.tables import FORMATS
 
 REQUEST = obj({
     "buyer_type": string(enum=["personal", "company"], description="default personal"),
@@ -31,9 +35,10 @@ INVOICE = obj({"id": string(), "order_no": string(), "kind": string(enum=["blue"
                "replaces": string()},
               ["id", "order_no", "kind", "status", "total", "lines"])
 INVOICES = obj({"invoices": array(INVOICE), "total": TOTAL}, ["invoices", "total"])
-LIST_QUERY = obj({"from": DATETIME, "to": DATETIME,
-                  "status": string(enum=["requested", "issued", "void"]), **PAGE_QUERY})
-XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+FILTERS = {"from": DATETIME, "to": DATETIME,
+           "status": string(enum=["requested", "issued", "void"])}
+LIST_QUERY = obj({**FILTERS, **PAGE_QUERY})
+DOWNLOAD_LIMIT = 10_000  # rows a download answers at once; beyond, an export job
 ERRORS = ("ORDER_NOT_FOUND", "ORDER_NOT_INVOICEABLE", "INVOICE_EXISTS", "INVALID_TAX_NUMBER",
           "INVOICE_TITLE_INVALID")
 
@@ -82,24 +87,45 @@ class AdminInvoicesHandler(ApiHandler):
 
 
 class InvoiceCsvHandler(ApiHandler):
-    @api("Invoices of a period as CSV (UTF-8 with a BOM)", roles=(FINANCE,),
-         query=LIST_QUERY, tags=("invoices",), content_type="text/csv")
+    @api(f"Invoices of a period as CSV (UTF-8 with a BOM), up to {DOWNLOAD_LIMIT:,} rows; "
+         "more as an export job", roles=(FINANCE,), query=LIST_QUERY, tags=("invoices",),
+         content_type="text/csv", errors=("EXPORT_TOO_LARGE",))
     async def get(self) -> None:
-        await _export(self, "csv", "text/csv; charset=utf-8")
+        await _download(self, "csv")
 
 
 class InvoiceXlsxHandler(ApiHandler):
-    @api("Invoices of a period as XLSX", roles=(FINANCE,), query=LIST_QUERY,
-         tags=("invoices",), content_type=XLSX)
+    @api(f"Invoices of a period as XLSX, up to {DOWNLOAD_LIMIT:,} rows; more as an export job",
+         roles=(FINANCE,), query=LIST_QUERY, tags=("invoices",), content_type=FORMATS["xlsx"],
+         errors=("EXPORT_TOO_LARGE",))
     async def get(self) -> None:
-        await _export(self, "xlsx", XLSX)
+        await _download(self, "xlsx")
 
 
-async def _export(handler: ApiHandler, fmt: str, content_type: str) -> None:
+class InvoiceExportsHandler(ApiHandler):
+    @api("Export the invoices of a period as a job (any number of rows): answered at once "
+         "with the export, whose progress and file are read under /api/v1/admin/exports",
+         roles=(FINANCE,), body=export_request(FILTERS), response=EXPORT, status=202,
+         tags=("invoices", "exports"), errors=("INVALID_VALUE",))
+    async def post(self) -> None:
+        since, until = _period(self.body)
+        source = self.services.invoices.exported(since, until, self.body.get("status"))
+        self.write_json(await self.services.exports.start(
+            self.principal, "invoices", source, self.body.get("format", "xlsx"),
+            {k: v for k, v in self.body.items() if k != "format"}), 202)
+
+
+async def _download(handler: ApiHandler, fmt: str) -> None:
+    """A small period's file in the answer itself (built off the IOLoop)."""
     since, until = _period(handler.query)
-    data = await handler.services.invoices.export(since, until, handler.query.get("status"),
-                                                  fmt)
-    handler.set_header("Content-Type", content_type)
+    source = handler.services.invoices.exported(since, until, handler.query.get("status"))
+    count = await source.count()
+    if count > DOWNLOAD_LIMIT:
+        raise DomainError("EXPORT_TOO_LARGE", rows=count, limit=DOWNLOAD_LIMIT,
+                          use="POST /api/v1/admin/invoices/exports")
+    rows = [row async for row in source.rows()]
+    data = await asyncio.get_running_loop().run_in_executor(None, source.sheet.file, fmt, rows)
+    handler.set_header("Content-Type", FORMATS[fmt])
     handler.set_header("Content-Disposition", f'attachment; filename="invoices.{fmt}"')
     handler.finish(data)
 
@@ -111,4 +137,5 @@ default_handlers = [
     route("/api/v1/admin/invoices", AdminInvoicesHandler),
     route("/api/v1/admin/invoices.csv", InvoiceCsvHandler),
     route("/api/v1/admin/invoices.xlsx", InvoiceXlsxHandler),
+    route("/api/v1/admin/invoices/exports", InvoiceExportsHandler),
 ]

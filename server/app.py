@@ -31,6 +31,7 @@ from handlers import (
     desk,
     docs,
     exchange,
+    exports,
     finance,
     gate,
     health,
@@ -83,6 +84,7 @@ from server.services.departures import (
     DepartureService,
 )
 from server.services.events import EventLog
+from server.services.exports import ExportService
 from server.services.flow import FlowStats
 from server.services.forecast import Forecasts
 from server.services.gate import GateKeys, GateService
@@ -139,6 +141,7 @@ class Services:
     tickets: TicketService
     waitlist: WaitlistService
     invoices: InvoiceService
+    exports: ExportService
     payments: PaymentService
     jobs: JobRunner
     hub: Hub
@@ -348,6 +351,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         tickets=tickets,
         waitlist=waitlist,
         invoices=invoice_service,
+        exports=ExportService(db, audit),
         payments=payment_service,
         jobs=jobs,
         hub=Hub(redis),
@@ -421,7 +425,7 @@ def api_routes() -> list[URLSpec]:
     return [*health.default_handlers, *auth.default_handlers, *stations.default_handlers,
             *staff.default_handlers, *members.default_handlers, *departures.default_handlers,
             *orders.default_handlers, *waitlist.default_handlers, *tickets.default_handlers,
-            *invoices.default_handlers, *payments.default_handlers,
+            *invoices.default_handlers, *exports.default_handlers, *payments.default_handlers,
             *exchange.default_handlers, *gate.default_handlers, *partners.default_handlers,
             *desk.default_handlers, *outlets.default_handlers, *basedata.default_handlers,
             *rule_api.default_handlers, *finance.default_handlers,

@@ -146,6 +146,11 @@ ERRORS: dict[str, tuple[int, str]] = {
                                 "company needs one."),
     "INVOICE_TITLE_INVALID": (422, "The invoice needs a title (the buyer's name)."),
     "INVOICE_NOT_FOUND": (404, "No such invoice."),
+    "EXPORT_NOT_FOUND": (404, "No such export of yours (exports are kept for a day)."),
+    "EXPORT_NOT_READY": (409, "The export is still being made; its progress says how far."),
+    "EXPORT_FAILED": (409, "The export failed; ask for it again."),
+    "EXPORT_TOO_LARGE": (422, "Too many rows to download at once; ask for an export job "
+                              "instead (it shows its progress)."),
     "INVOICE_NOT_ISSUED": (409, "The invoice is not issued yet; look again shortly."),
     "QUOTE_INVALID": (422, "This refund quote cannot be used (see the message)."),
     "QUOTE_EXPIRED": (409, "The refund quote lapsed; ask for a new quote."),

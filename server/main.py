@@ -157,6 +157,7 @@ async def serve(settings: Settings, sockets: list[Any]) -> None:
     except TimeoutError:
         log.warning("connections still open after %ss; closing anyway", SHUTDOWN_GRACE)
     await _step("stopping jobs", jobs.stop())
+    await _step("stopping exports", services.exports.close())
     await _step("closing the seat writer", services.inventory.close())
     await _step("closing the seat view", services.seats.view.close())
     await _step("closing MongoDB", mongo.close())

@@ -71,6 +71,8 @@ WRITERS = {
     "ledger_accounts": {"server/storage/ledger.py"},
     "ledger_cursors": {"server/storage/ledger.py"},
     "invoices": {"server/storage/invoices.py"},
+    "exports": {"server/storage/exports.py"},
+    "export_chunks": {"server/storage/exports.py"},
     "invoice_cursors": {"server/storage/invoices.py"},
     "settlement_entities": {"server/storage/settlement.py"},
     "settlement_batches": {"server/storage/settlement.py"},

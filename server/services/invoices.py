@@ -17,6 +17,7 @@ import asyncio
 import datetime as dt
 import logging
 import re
+from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,9 @@ TRANSPORT = "*运输服务*旅客运输服务"
 STATION_FEE = "*运输服务*站务费"
 REFUND_FEE = "*运输服务*退票费"
 STATUS_NAMES = {"requested": "待开具", "issued": "已开具", "void": "已作废"}
+EXPORT_SHEET = tables.Sheet("电子发票", ["发票号码", "开票日期", "类型", "状态", "订单号", "购买方",
+                                       "纳税人识别号", "价税合计（元）", "被红冲发票号码"],
+                            frozenset({7}))
 RETRY_AFTER = dt.timedelta(seconds=30)
 MARGIN = dt.timedelta(minutes=2)  # the correction job re-reads this far behind its cursor
 
@@ -116,28 +120,23 @@ class InvoiceService:
     async def listed(self, since: dt.datetime | None, until: dt.datetime | None,
                      status: str | None, page: Page) -> tuple[list[dict[str, Any]], int]:
         """A page of the invoices requested in a period, newest first, and how many."""
-        query: dict[str, Any] = {}
-        if since or until:
-            query["requested_at"] = {**({"$gte": since} if since else {}),
-                                     **({"$lt": until} if until else {})}
-        if status:
-            query["status"] = status
-        rows, total = await self.book.listed(query, page)
+        rows, total = await self.book.listed(_period_query(since, until, status), page)
         return [view(i) for i in rows], total
 
-    async def export(self, since: dt.datetime | None, until: dt.datetime | None,
-                     status: str | None, fmt: str) -> bytes:
-        """The invoices of a period as a file for finance."""
-        rows = [[i.get("invoice_no", ""), (i.get("issued_at") or "")[:10],
-                 "红字" if i["kind"] == "red" else "蓝字", STATUS_NAMES[i["status"]],
-                 i["order_no"], i["buyer"]["title"], i["buyer"].get("tax_no", ""), i["total"],
-                 i.get("original_no", "")]
-                for i in (await self.listed(since, until, status, Page(0, 100_000)))[0]]
-        columns = ["发票号码", "开票日期", "类型", "状态", "订单号", "购买方", "纳税人识别号",
-                   "价税合计（元）", "被红冲发票号码"]
-        if fmt == "csv":
-            return tables.csv_bytes(columns, rows, money={7})
-        return tables.xlsx_bytes("电子发票", columns, rows, money={7})
+    def exported(self, since: dt.datetime | None, until: dt.datetime | None,
+                 status: str | None) -> tables.Source:
+        """The invoices of a period as rows of a file for finance, newest first."""
+        query = _period_query(since, until, status)
+
+        async def rows() -> AsyncIterator[list[Any]]:
+            async for stored in self.book.scan(query):
+                i = view(stored)
+                yield [i.get("invoice_no", ""), (i.get("issued_at") or "")[:10],
+                       "红字" if i["kind"] == "red" else "蓝字", STATUS_NAMES[i["status"]],
+                       i["order_no"], i["buyer"]["title"], i["buyer"].get("tax_no", ""),
+                       i["total"], i.get("original_no", "")]
+
+        return tables.Source(EXPORT_SHEET, "invoices", partial(self.book.count, query), rows)
 
     # --- the jobs ---------------------------------------------------------------------------
     async def send_requested(self, limit: int = 50) -> int:
@@ -271,6 +270,17 @@ def _buyer(body: dict[str, Any]) -> dict[str, str]:
     if tax_no and not TAX_NO.match(tax_no):
         raise DomainError("INVALID_TAX_NUMBER", field="tax_no")
     return {"type": kind, "title": title, "tax_no": tax_no}
+
+
+def _period_query(since: dt.datetime | None, until: dt.datetime | None, status: str | None
+                  ) -> dict[str, Any]:
+    query: dict[str, Any] = {}
+    if since or until:
+        query["requested_at"] = {**({"$gte": since} if since else {}),
+                                 **({"$lt": until} if until else {})}
+    if status:
+        query["status"] = status
+    return query
 
 
 def view(invoice: dict[str, Any]) -> dict[str, Any]:

@@ -436,6 +436,21 @@ COLLECTIONS: list[CollectionSpec] = [
         _ix([("requested_at", DESCENDING)], "requested"),
     ]),
     CollectionSpec("invoice_cursors", _obj(["at"], at=DATE), []),
+    CollectionSpec("exports", _obj(
+        ["kind", "format", "status", "requested_by", "created_at", "expires_at"],
+        kind=NONEMPTY, format={"enum": ["csv", "xlsx"]},
+        status={"enum": ["running", "done", "failed"]},
+        requested_by={"bsonType": "object", "required": ["id"]}, created_at=DATE,
+        expires_at=DATE), [
+        _ix([("requested_by.id", ASCENDING), ("created_at", DESCENDING)], "requester_created"),
+        _ix("expires_at", "expiry_ttl", expireAfterSeconds=0),
+    ]),
+    CollectionSpec("export_chunks", _obj(
+        ["export_id", "n", "data", "expires_at"], export_id=NONEMPTY,
+        n={"bsonType": "int", "minimum": 0}, data={"bsonType": "binData"}, expires_at=DATE), [
+        _ix([("export_id", ASCENDING), ("n", ASCENDING)], "export_n"),
+        _ix("expires_at", "expiry_ttl", expireAfterSeconds=0),
+    ]),
     CollectionSpec("settlement_entities", _obj(
         ["updated_at"], cycle_days={"bsonType": "int", "minimum": 0, "maximum": 7},
         updated_at=DATE), []),

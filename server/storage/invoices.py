@@ -10,6 +10,7 @@ reversing it and — if anything is left to invoice — a new blue are requested
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import AsyncIterator
 from typing import Any
 
 from bson import Binary
@@ -21,6 +22,7 @@ from server.paging import Page, find_page
 from server.storage.cursors import Cursors
 
 WITHOUT_FILE = {"pdf": 0}
+LISTED = [("requested_at", -1), ("_id", -1)]  # newest first
 
 
 class InvoiceBook:
@@ -87,5 +89,13 @@ class InvoiceBook:
 
     async def listed(self, query: dict[str, Any], page: Page
                      ) -> tuple[list[dict[str, Any]], int]:
-        return await find_page(self._invoices, query, [("requested_at", -1), ("_id", -1)],
-                               page, WITHOUT_FILE)
+        return await find_page(self._invoices, query, LISTED, page, WITHOUT_FILE)
+
+    async def count(self, query: dict[str, Any]) -> int:
+        return await self._invoices.count_documents(query)
+
+    async def scan(self, query: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Every invoice matching ``query`` in the listing's order, read in batches."""
+        async for invoice in self._invoices.find(query, WITHOUT_FILE).sort(LISTED).batch_size(
+                500):
+            yield invoice
