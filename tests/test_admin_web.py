@@ -5,6 +5,7 @@ times are Beijing time whatever the device's zone, and the page talks to no othe
 from __future__ import annotations
 
 import datetime as dt
+import io
 import re
 import secrets
 import subprocess
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import pytest
+from openpyxl import load_workbook
 from playwright.async_api import async_playwright
 
 from tests.booking_support import app_member, issued_order, member, native_departure, person
@@ -469,6 +471,15 @@ async def test_finance_settles_from_its_console(api, keyun, db, services) -> Non
         await row.wait_for()
         assert "网页测试发票抬头" in await row.text_content()
         assert "已开具" in await row.text_content()
+        # exported as a job: its progress shows, then the file downloads
+        async with page.expect_download() as saving:
+            await page.click("[data-test=invoices-xlsx]")
+            await page.locator("[data-test=invoices-progress]").wait_for()
+        saved = await saving.value
+        assert re.fullmatch(r"invoices-\d{8}-\d{6}\.xlsx", saved.suggested_filename)
+        sheet = load_workbook(io.BytesIO((await saved.path()).read_bytes()), read_only=True).active
+        assert invoice.body["invoice_no"] in [r[0] for r in sheet.iter_rows(values_only=True)]
+        await page.locator("[data-test=invoices-progress]").wait_for(state="detached")
     stored = await db.settlement_entities.find_one({"_id": entity})
     assert stored["cycle_days"] == 3 and "6217000011112222333" not in str(stored)
     assert await db.clearing_rules.count_documents({"lines.platform_bp": 250}) >= 1

@@ -156,6 +156,8 @@ const MESSAGES: Record<string, string> = {
   STATION_UNSUPPORTED: "该车站系统不提供此功能", FORECAST_NO_HISTORY: "历史数据不足，暂不能预测",
   MINISTRY_DAY_OPEN: "只能报送已结束的日期", MINISTRY_EXPORT_RUNNING: "该日数据正在报送，请稍后再看",
   OUT_OF_SCOPE: "超出本单位管辖范围", STATS_RANGE_INVALID: "统计区间不正确（最长三年）", RULE_EFFECTIVE_IN_PAST: "生效时间不能早于现在", IMPORT_UNREADABLE: "文件无法读取（请用 CSV 或 XLSX）",
+  EXPORT_FAILED: "导出失败，请重新导出", EXPORT_ABANDONED: "导出中断（服务器已重启），请重新导出",
+  EXPORT_NOT_FOUND: "导出记录不存在或已过期（保留一天）", EXPORT_TOO_LARGE: "行数过多，请使用导出任务",
 };
 
 export function explain(e: unknown): string {
