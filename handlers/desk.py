@@ -8,14 +8,16 @@ from __future__ import annotations
 from handlers.base import ApiHandler, api, route
 from handlers.orders import ORDER
 from handlers.payments import REFUND
-from server.schema import DATETIME, FEN, PHONE, array, integer, obj, string
+from server.paging import PAGE_QUERY, TOTAL, Page
+from server.schema import DATETIME, FEN, PHONE, array, obj, string
 from server.security.principal import FINANCE, OPERATOR, STATION_STAFF
 from server.vocabulary import ID_TYPES
 
 DESK = (OPERATOR, STATION_STAFF)
 FIND = obj({"order_no": string(1, 40), "ticket_no": string(1, 40), "phone": PHONE,
             "id_type": string(enum=list(ID_TYPES)), "id_no": string(1, 20),
-            "departure_id": string(1, 64), "limit": integer(1, 100)}, additional=True)
+            "departure_id": string(1, 64), "status": ORDER["properties"]["status"],
+            **PAGE_QUERY}, additional=True)
 PAYMENT = obj({"out_trade_no": string(), "provider": string(), "method": string(),
                "amount": FEN, "status": string(), "created_at": DATETIME,
                "paid_at": {"type": ["string", "null"], "format": "date-time"}},
@@ -34,16 +36,17 @@ SETTLED = obj({"ticket_no": string(), "settled": {"type": "boolean"}, "status": 
 class DeskOrdersHandler(ApiHandler):
     @api("Find orders (newest first) by order or ticket number, phone, ID number or "
          "departure; phone and ID are matched through their blind index and shown masked",
-         roles=(*DESK, FINANCE), query=FIND, response=obj({"orders": array(ORDER)},
-                                                          ["orders"]),
+         roles=(*DESK, FINANCE), query=FIND,
+         response=obj({"orders": array(ORDER), "total": TOTAL}, ["orders", "total"]),
          tags=("desk",), errors=("CRITERION_REQUIRED", "INVALID_ID_NUMBER", "INVALID_PHONE"))
     async def get(self) -> None:
         q = self.query
-        self.write_json({"orders": await self.services.orders.find(
+        orders, total = await self.services.orders.find(
             self.principal, order_no=q.get("order_no"), ticket_no=q.get("ticket_no"),
             phone=q.get("phone"), id_type=q.get("id_type", "resident_id"),
-            id_no=q.get("id_no"), departure_id=q.get("departure_id"),
-            limit=q.get("limit", 50))})
+            id_no=q.get("id_no"), departure_id=q.get("departure_id"), status=q.get("status"),
+            page=Page.of(q))
+        self.write_json({"orders": orders, "total": total})
 
 
 class DeskOrderHandler(ApiHandler):

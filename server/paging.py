@@ -27,6 +27,9 @@ class Page:
         return cls(int(query.get("offset", 0)), int(query.get("limit", default_limit)))
 
 
+FIRST_PAGE = Page()
+
+
 async def find_page(collection: Any, query: dict[str, Any], sort: list[tuple[str, int]],
                     page: Page, projection: dict[str, Any] | None = None
                     ) -> tuple[list[dict[str, Any]], int]:

@@ -30,6 +30,37 @@ async def _order(api: ApiClient, db, offset: int, index: int, phone: str,
 
 
 @pytest.mark.gen_test(timeout=90)
+async def test_the_desk_pages_a_callers_orders_and_filters_them_by_status(api: ApiClient,
+                                                                         db) -> None:
+    operator = (await api.login("operator"))["token"]
+    phone = _phone()
+    caller = await app_member(api)
+    made = []
+    for n in range(3):
+        dep = await native_departure(db, 7, n)
+        got = await api.post("/api/v1/orders", {"departure_id": dep["_id"], "channel": "app",
+                                                "contact_phone": phone,
+                                                "passengers": [person()]}, token=caller)
+        assert got.status == 201, got.text
+        made.append(got.body["order_no"])
+    cancelled = await api.post(f"/api/v1/orders/{made[0]}/cancel", token=caller)
+    assert cancelled.status == 200, cancelled.text
+    first = await api.get(f"/api/v1/admin/orders?phone={phone}&limit=2", token=operator)
+    assert first.status == 200, first.text
+    assert first.body["total"] == 3
+    assert [o["order_no"] for o in first.body["orders"]] == made[:0:-1]  # newest first
+    rest = await api.get(f"/api/v1/admin/orders?phone={phone}&limit=2&offset=2", token=operator)
+    assert [o["order_no"] for o in rest.body["orders"]] == made[:1] and rest.body["total"] == 3
+    waiting = await api.get(f"/api/v1/admin/orders?phone={phone}&status=pending_payment",
+                            token=operator)
+    assert [o["order_no"] for o in waiting.body["orders"]] == made[:0:-1]
+    gone = await api.get(f"/api/v1/admin/orders?phone={phone}&status=cancelled", token=operator)
+    assert [o["order_no"] for o in gone.body["orders"]] == made[:1]
+    bad = await api.get(f"/api/v1/admin/orders?phone={phone}&status=lost", token=operator)
+    assert bad.status == 400
+
+
+@pytest.mark.gen_test(timeout=90)
 async def test_the_desk_finds_orders_by_every_key_within_scope(api: ApiClient, db) -> None:
     operator = (await api.login("operator"))["token"]
     phone, somebody = _phone(), person("赵六")

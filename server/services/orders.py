@@ -42,6 +42,7 @@ from server.exchange.errors import (
     StationUnreachable,
 )
 from server.outbox import NoticeOutbox
+from server.paging import FIRST_PAGE, Page
 from server.sales import SalesChannel, SalesChannels
 from server.security.pii import PiiVault, mask_id, mask_phone
 from server.security.principal import Principal
@@ -486,10 +487,11 @@ class OrderService:
     async def find(self, actor: Principal, *, order_no: str | None = None,
                    ticket_no: str | None = None, phone: str | None = None,
                    id_type: str = "resident_id", id_no: str | None = None,
-                   departure_id: str | None = None, limit: int = 50
-                   ) -> list[dict[str, Any]]:
-        """Orders matching every criterion given, newest first: a phone or an ID number is
-        found through its blind index (never stored or compared in clear)."""
+                   departure_id: str | None = None, status: str | None = None,
+                   page: Page = FIRST_PAGE) -> tuple[list[dict[str, Any]], int]:
+        """A page of the orders matching every criterion given, newest first, and how many
+        match: a phone or an ID number is found through its blind index (never stored or
+        compared in clear)."""
         if not any((order_no, ticket_no, phone, id_no, departure_id)):
             raise DomainError("CRITERION_REQUIRED")
         query: dict[str, Any] = dict(self.scope(actor))
@@ -508,16 +510,22 @@ class OrderService:
             query["contact_phone_index"] = self._vault.index("phone", normalize_phone(phone))
         if departure_id:
             query["departure_id"] = departure_id
+        if status:
+            query["status"] = status
 
-        async def read(session: AsyncClientSession) -> list[dict[str, Any]]:
+        async def read(session: AsyncClientSession) -> tuple[list[dict[str, Any]], int]:
             orders = await self._db.orders.find(query, session=session).sort(
-                "created_at", -1).limit(limit).to_list()
+                [("created_at", -1), ("_id", -1)]).skip(page.offset).limit(
+                page.limit).to_list()
+            total = page.offset + len(orders)
+            if page.offset or len(orders) == page.limit:
+                total = await self._db.orders.count_documents(query, session=session)
             tickets: dict[str, list[dict[str, Any]]] = {}
             async for t in self._db.tickets.find(
                     {"order_no": {"$in": [o["order_no"] for o in orders]}},
                     session=session).sort("seat", 1):
                 tickets.setdefault(t["order_no"], []).append(t)
-            return [self.public(o, tickets.get(o["order_no"], [])) for o in orders]
+            return [self.public(o, tickets.get(o["order_no"], [])) for o in orders], total
         return await transact(self._db, read)
 
     async def issue_again(self, actor: Principal, order_no: str) -> str:
