@@ -102,11 +102,15 @@ class EntitiesHandler(ApiHandler):
          "operator — with their cycle T+N, bank account (masked), relationships and what the "
          "platform owes each now", roles=READERS,
          query=obj({"kind": string(enum=["carrier", "station", "outlet", "partner",
-                                         "provider", "platform"])}),
-         response=obj({"entities": array(ENTITY)}, ["entities"]), tags=("settlement",))
+                                         "provider", "platform"]),
+                    "q": string(1, 40, description="part of the account or the name"),
+                    **PAGE_QUERY}),
+         response=obj({"entities": array(ENTITY), "total": TOTAL}, ["entities", "total"]),
+         tags=("settlement",))
     async def get(self) -> None:
-        self.write_json({"entities": await self.services.settlement.entities(
-            self.query.get("kind"))})
+        rows, total = await self.services.settlement.entities(
+            self.query.get("kind"), self.query.get("q"), Page.of(self.query))
+        self.write_json({"entities": rows, "total": total})
 
     @api("An entity's settlement terms: its cycle T+N (N ≤ 7) and bank account",
          roles=(FINANCE,), body=ENTITY_TERMS, response=ENTITY, idempotent=True,
@@ -200,6 +204,17 @@ class ReconciliationHandler(ApiHandler):
         self.write_json(await self.services.reconciliation.view(run_id))
 
 
+class DifferencesHandler(ApiHandler):
+    @api("A page of a run's differences in the order found (open or resolved ones)",
+         roles=READERS, query=obj({"status": string(enum=["open", "resolved"]), **PAGE_QUERY}),
+         response=obj({"differences": array(DIFFERENCE), "total": TOTAL},
+                      ["differences", "total"]), tags=("settlement",), errors=("NOT_FOUND",))
+    async def get(self, run_id: str) -> None:
+        rows, total = await self.services.reconciliation.differences(
+            run_id, self.query.get("status"), Page.of(self.query))
+        self.write_json({"differences": rows, "total": total})
+
+
 class ResolveHandler(ApiHandler):
     @api("Resolve a difference: an adjusting ledger entry, or accepted with a reason "
          "(audited)", roles=(FINANCE,), body=RESOLVE, response=DIFFERENCE, idempotent=True,
@@ -234,6 +249,18 @@ class SettlementHandler(ApiHandler):
          response=BATCH, tags=("settlement",), errors=("NOT_FOUND",))
     async def get(self, batch_id: str) -> None:
         self.write_json(await self.services.settlement.batch(batch_id))
+
+
+class BatchEntitiesHandler(ApiHandler):
+    @api("A page of what a batch settled per entity (by account)", roles=READERS,
+         query=obj({"q": string(1, 40, description="part of the entity's account"),
+                    **PAGE_QUERY}),
+         response=obj({"entities": array(obj({}, additional=True)), "total": TOTAL},
+                      ["entities", "total"]), tags=("settlement",), errors=("NOT_FOUND",))
+    async def get(self, batch_id: str) -> None:
+        rows, total = await self.services.settlement.batch_entities(
+            batch_id, self.query.get("q"), Page.of(self.query))
+        self.write_json({"entities": rows, "total": total})
 
 
 PAYEE = obj({"entity": string(), "name": string(), "amount": integer(0)})
@@ -304,10 +331,12 @@ default_handlers = [
     route("/api/v1/admin/ledger/entries", EntriesHandler),
     route("/api/v1/admin/reconciliations", ReconciliationsHandler),
     route("/api/v1/admin/reconciliations/{run_id}", ReconciliationHandler),
+    route("/api/v1/admin/reconciliations/{run_id}/differences", DifferencesHandler),
     route("/api/v1/admin/reconciliations/{run_id}/differences/{diff_id}/resolve",
           ResolveHandler),
     route("/api/v1/admin/settlements", SettlementsHandler),
     route("/api/v1/admin/settlements/{batch_id}", SettlementHandler),
+    route("/api/v1/admin/settlements/{batch_id}/entities", BatchEntitiesHandler),
     route("/api/v1/admin/settlements/{batch_id}/payouts", PayoutsHandler),
     route("/api/v1/admin/settlements/{batch_id}/payouts.csv", PayoutFileHandler),
     route("/api/v1/admin/settlements/{batch_id}/statements/{entity_id}.csv", StatementHandler,

@@ -315,6 +315,14 @@ class Reconciliation:
                 "open_differences": run["open_differences"],
                 "differences": [_diff_view(d) for d in await self.records.differences(run_id)]}
 
+    async def differences(self, run_id: str, status: str | None, page: Page
+                          ) -> tuple[list[dict[str, Any]], int]:
+        """A page of a run's differences in the order found, and how many match."""
+        if await self.records.get(run_id) is None:
+            raise DomainError("NOT_FOUND", "No such reconciliation run.")
+        rows, total = await self.records.differences_page(run_id, status, page)
+        return [_diff_view(d) for d in rows], total
+
     async def listed(self, date: str | None, page: Page) -> tuple[list[dict[str, Any]], int]:
         """A page of reconciliation runs, newest first, and how many match."""
         query = {"date": date} if date else {}

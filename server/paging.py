@@ -26,6 +26,11 @@ class Page:
     def of(cls, query: dict[str, Any], default_limit: int = 50) -> Page:
         return cls(int(query.get("offset", 0)), int(query.get("limit", default_limit)))
 
+    def cut(self, rows: list[Any]) -> tuple[list[Any], int]:
+        """This page of a list made in memory (from several sources, or one document's
+        array), and how long the list is."""
+        return rows[self.offset:self.offset + self.limit], len(rows)
+
 
 FIRST_PAGE = Page()
 

@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -415,8 +415,15 @@ async def test_finance_settles_from_its_console(api, keyun, db, services) -> Non
     # that day again (which returns its batch and adds nothing)
     latest = await db.settlement_batches.find_one({}, sort=[("through_date", -1)])
     through = max(day, latest["through_date"]) if latest else day
+    named = await api.get(f"/api/v1/admin/settlement/entities?q={quote(carrier['name'])}",
+                          token=(await api.login("finance"))["token"])
+    assert 1 <= named.body["total"] < 20 and entity in [e["id"] for e in named.body["entities"]]
     async with _console(keyun.base_url, "finance") as page:
         await page.click("text=清分结算")
+        await page.locator(_input("entity-q")).fill(carrier["name"])
+        await page.locator(_input("entity-q")).press("Enter")
+        await page.locator("[data-test=entity-pages]",
+                           has_text=f"共 {named.body['total']} 条").wait_for()
         row = page.locator("[data-test=entities] .el-table__row", has_text=entity)
         await row.wait_for()
         await row.get_by_role("button", name="设置").click()
@@ -460,6 +467,9 @@ async def test_finance_settles_from_its_console(api, keyun, db, services) -> Non
                              has_text="SB" + through.replace("-", ""))
         await batch.wait_for()
         assert "已完成" in await batch.text_content()
+        settled = await db.settlement_batches.find_one({"_id": "SB" + through.replace("-", "")})
+        await page.locator("[data-test=batch-entity-pages]",  # the batch's rows, paged
+                           has_text=f"共 {len(settled['entities'])} 条").wait_for()
         payouts = page.locator("[data-test=payouts]")  # the batch's payout instructions
         await payouts.filter(has_text="付款指令").wait_for()
         assert await payouts.locator("[data-test=payout-file]").count() == 1

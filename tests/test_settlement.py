@@ -13,6 +13,7 @@ import json
 import random
 import secrets
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from openpyxl import load_workbook
@@ -232,11 +233,22 @@ async def test_clearing_rules_are_drafted_simulated_and_published(api: ApiClient
 async def test_settlement_runs_once_and_its_statements_are_the_ledgers(api: ApiClient, db,
                                                                        services) -> None:
     finance = (await api.login("finance"))["token"]
-    entities = (await api.get("/api/v1/admin/settlement/entities", token=finance)).body
+    entities = (await api.get("/api/v1/admin/settlement/entities?limit=500",
+                              token=finance)).body
+    assert entities["total"] == len(entities["entities"])
     kinds = {e["kind"] for e in entities["entities"]}
     assert {"carrier", "station", "outlet", "provider", "platform"} <= kinds
     ids = {e["id"] for e in entities["entities"]}
     assert {f"partner:{p}" for p in await db.partners.distinct("_id")} <= ids
+    # they page on the server, by account, filtered by kind and by a part of account or name
+    carriers = [e for e in entities["entities"] if e["kind"] == "carrier"]
+    page = (await api.get("/api/v1/admin/settlement/entities?kind=carrier&limit=2&offset=1",
+                          token=finance)).body
+    assert page["entities"] == carriers[1:3] and page["total"] == len(carriers)
+    named = carriers[-1]["name"][-4:]
+    found = (await api.get(f"/api/v1/admin/settlement/entities?q={quote(named)}",
+                           token=finance)).body["entities"]
+    assert carriers[-1] in found and all(named in e["name"] or named in e["id"] for e in found)
     _, order = await _paid_order(api, db, 9, 7)
     await _post(services)
     dep = await db.departures.find_one({"_id": order["departure_id"]})
@@ -283,6 +295,13 @@ async def test_settlement_runs_once_and_its_statements_are_the_ledgers(api: ApiC
     assert batch["status"] == "done"
     row = next(e for e in batch["entities"] if e["entity"] == carrier)
     assert row["amount"] == owed and row["covered_through"] == booked
+    # the batch's rows page on the server too, and find an entity by its account
+    part = await api.get(f"/api/v1/admin/settlements/{batch_id}/entities?limit=1&offset=1",
+                         token=finance)
+    assert part.body == {"entities": batch["entities"][1:2], "total": len(batch["entities"])}
+    mine = await api.get(f"/api/v1/admin/settlements/{batch_id}/entities?q={carrier.upper()}",
+                         token=finance)
+    assert mine.body["entities"] == [row] and mine.body["total"] == 1
     assert row["sales"] == owed and row["settlement_code"].startswith(batch_id)
     payouts = await db.ledger_entries.count_documents({"batch": batch_id})
     assert await db.ledger_entries.count_documents(
@@ -420,6 +439,11 @@ async def test_reconciliation_finds_every_planted_difference_and_invents_none(
     assert body["matched"] == 3  # two clean payments and the refund row
     assert body["totals"]["theirs"]["refunds"] == 1 and not body["totals"]["match"]
     assert body["open_differences"] == 4
+    paged = await api.get(f"/api/v1/admin/reconciliations/{body['id']}/differences?limit=3"
+                          "&offset=1", token=finance)
+    assert paged.body == {"differences": body["differences"][1:4], "total": 4}
+    nope = await api.get("/api/v1/admin/reconciliations/NOPE/differences", token=finance)
+    assert nope.status == 404
     # a day without trades is an empty, clean run
     quiet = await api.post("/api/v1/admin/reconciliations",
                            {"date": "2026-01-02", "source": "alipay"}, token=finance)
@@ -453,6 +477,9 @@ async def test_reconciliation_finds_every_planted_difference_and_invents_none(
         assert done.status == 200, done.text
     after = (await api.get(f"/api/v1/admin/reconciliations/{run_id}", token=finance)).body
     assert after["open_differences"] == 0
+    still = await api.get(f"/api/v1/admin/reconciliations/{run_id}/differences?status=open",
+                          token=finance)
+    assert still.body == {"differences": [], "total": 0}
     assert all(d["resolution"]["by"] == "finance" for d in after["differences"])
     audit = await db.audit.count_documents({"action": "reconciliation.resolve",
                                             "target": {"$regex": f"^{run_id}:"}})

@@ -29,7 +29,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from server.clock import LOCAL_TZ, local_today, now_ms
 from server.errors import DomainError, calendar_day
-from server.paging import Page
+from server.paging import FIRST_PAGE, Page
 from server.security.pii import PiiVault
 from server.security.principal import Principal
 from server.services.audit import AuditService
@@ -89,7 +89,10 @@ class Settlement:
         parties["platform:keyun"] = {"name": "客运联网售票平台"}
         return parties
 
-    async def entities(self, kind: str | None = None) -> list[dict[str, Any]]:
+    async def entities(self, kind: str | None = None, text: str | None = None,
+                       page: Page = FIRST_PAGE) -> tuple[list[dict[str, Any]], int]:
+        """A page of the settlement entities (of a kind; whose account or name has
+        ``text``), by account, and how many match."""
         parties = await self._parties(relationships=True)
         settings = await self.records.entity_settings()
         balances = {a["account"]: a["balance"] for a in await self._ledger.accounts()}
@@ -97,9 +100,11 @@ class Settlement:
         for entity_id in sorted(set(parties) | set(settings)):
             if kind and not entity_id.startswith(f"{kind}:"):
                 continue
-            out.append(self._view(entity_id, parties.get(entity_id, {}),
-                                  settings.get(entity_id, {}), balances.get(entity_id, 0)))
-        return out
+            row = self._view(entity_id, parties.get(entity_id, {}),
+                             settings.get(entity_id, {}), balances.get(entity_id, 0))
+            if _has(text, row["id"], row["name"]):
+                out.append(row)
+        return page.cut(out)
 
     def _view(self, entity_id: str, party: dict[str, Any], saved: dict[str, Any],
               balance: int) -> dict[str, Any]:
@@ -297,6 +302,12 @@ class Settlement:
             raise DomainError("NOT_FOUND", "No such settlement batch.")
         return batch_view(batch)
 
+    async def batch_entities(self, batch_id: str, text: str | None, page: Page
+                             ) -> tuple[list[dict[str, Any]], int]:
+        """A page of what a batch settled per entity (whose account has ``text``)."""
+        rows = (await self.batch(batch_id))["entities"]
+        return page.cut([r for r in rows if _has(text, r["entity"])])
+
     async def batches(self, page: Page) -> tuple[list[dict[str, Any]], int]:
         """A page of batches, the latest day first, and how many there are."""
         rows, total = await self.records.listed(page)
@@ -463,6 +474,11 @@ def statement_xlsx(s: dict[str, Any]) -> bytes:
     out = io.BytesIO()
     book.save(out)
     return out.getvalue()
+
+
+def _has(text: str | None, *values: str) -> bool:
+    """No text asked for, or one of ``values`` has it (any case)."""
+    return not text or any(text.casefold() in (v or "").casefold() for v in values)
 
 
 def batch_view(batch: dict[str, Any]) -> dict[str, Any]:

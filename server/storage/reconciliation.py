@@ -35,6 +35,11 @@ class ReconciliationRecords:
     async def differences(self, run_id: str) -> list[dict[str, Any]]:
         return await self._diffs.find({"run_id": run_id}).sort("seq", 1).to_list()
 
+    async def differences_page(self, run_id: str, status: str | None, page: Page
+                               ) -> tuple[list[dict[str, Any]], int]:
+        query = {"run_id": run_id, **({"status": status} if status else {})}
+        return await find_page(self._diffs, query, [("seq", 1)], page)
+
     async def difference(self, diff_id: str) -> dict[str, Any] | None:
         return await self._diffs.find_one({"_id": diff_id})
 
