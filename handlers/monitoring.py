@@ -9,6 +9,7 @@ from typing import Any
 from handlers.base import ApiHandler, api, route
 from server.clock import local_today
 from server.errors import DomainError, calendar_day
+from server.paging import PAGE_QUERY, TOTAL, Page
 from server.schema import DAY, DIVISION, array, integer, obj, string
 from server.security.principal import AUTHORITY, FINANCE, OPERATOR, STATION_STAFF
 from server.services.flow import GROUPS
@@ -40,7 +41,9 @@ ROUTE_ROW = obj({"route_id": string(), "name": string(), "passengers": COUNT, "s
                                              "regular_run_rate"]))},
                 ["route_id", "load_factor", "below"])
 ROUTES = obj({"from": DAY, "to": DAY, "thresholds": obj({}, additional=True),
-              "routes": array(ROUTE_ROW), "flagged": COUNT}, ["routes", "flagged"])
+              "routes": array(ROUTE_ROW), "total": TOTAL,
+              "flagged": {**COUNT, "description": "routes flagged in all (every page)"}},
+             ["routes", "total", "flagged"])
 THRESHOLDS = {"min_load_factor": ("load_factor", 0.5), "min_on_time_rate": ("on_time_rate", 0.9),
               "min_regular_run_rate": ("regular_run_rate", 0.95)}
 
@@ -91,7 +94,12 @@ class RouteMonitoringHandler(ApiHandler):
          "below the thresholds flagged and listed first",
          roles=READERS, query=obj({**FILTERS, **{name: {"type": "number", "minimum": 0,
                                                        "maximum": 1}
-                                               for name in THRESHOLDS}}),
+                                               for name in THRESHOLDS},
+                                   "q": string(1, 40, description="part of the route's id or "
+                                                                  "name"),
+                                   "flagged": {"type": "boolean",
+                                               "description": "only the routes flagged"},
+                                   **PAGE_QUERY}),
          response=ROUTES, tags=("monitoring",),
          errors=("STATS_RANGE_INVALID", "OUT_OF_SCOPE", "INVALID_VALUE", "DAY_OUT_OF_RANGE"))
     async def get(self) -> None:
@@ -101,7 +109,8 @@ class RouteMonitoringHandler(ApiHandler):
                       for name, (field, default) in THRESHOLDS.items()}
         self.write_json(await self.services.flow.route_monitoring(
             self.principal, first, last, thresholds=thresholds, region=q.get("region"),
-            station=q.get("station")))
+            station=q.get("station"), text=q.get("q"), flagged_only=bool(q.get("flagged")),
+            page=Page.of(q)))
 
 
 FORECAST_DAY = obj({"date": DAY, "passengers": COUNT, "low": COUNT, "high": COUNT,

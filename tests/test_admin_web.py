@@ -590,6 +590,19 @@ async def test_the_authority_watches_its_region_and_the_operator_reports_to_the_
 
         await page.click("#tab-routes")
         await page.locator("[data-test=monitored-routes] .el-table__row").first.wait_for()
+        await page.click("[data-test=flagged-only]")  # the flagged routes alone, paged
+        # (the statistics may still be filling in from the history just loaded: compare the
+        # count of flagged routes and the pages' total of one answer)
+        for _ in range(100):
+            flagged = await page.locator("[data-test=flagged]").text_content()
+            pages = await page.locator("[data-test=route-pages]").text_content()
+            if f"共 {flagged} 条" in pages:
+                break
+            await page.wait_for_timeout(100)
+        else:
+            raise AssertionError(f"{flagged} flagged, pages say {pages}")
+        assert await page.locator("[data-test=monitored-routes] .el-table__row").filter(
+            has_not=page.locator(".el-tag")).count() == 0
 
         await page.click("#tab-forecast")
         await page.locator(_input("forecast-ref")).fill(gz)

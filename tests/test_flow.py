@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -194,11 +195,22 @@ async def test_a_year_of_history_by_region_route_and_scope(api: ApiClient, db) -
     assert (await stats(api, passenger)).status == 403
 
     month = (today - dt.timedelta(days=30)).isoformat()
-    monitored = await api.get(f"/api/v1/monitoring/routes?from={month}&to={year['to']}"
-                              "&min_load_factor=0.99", token=guangzhou)
+    watched = f"/api/v1/monitoring/routes?from={month}&to={year['to']}"
+    monitored = await api.get(f"{watched}&min_load_factor=0.99&limit=500", token=guangzhou)
     assert monitored.status == 200, monitored.text
     rows = monitored.body["routes"]
     assert rows and monitored.body["flagged"] == len(rows)  # nothing runs 99 % full
+    assert monitored.body["total"] == len(rows)
+    # paged on the server, found by part of a name, the flagged ones alone
+    part = await api.get(f"{watched}&min_load_factor=0.99&limit=2&offset=1", token=guangzhou)
+    assert part.body["routes"] == rows[1:3] and part.body["total"] == len(rows)
+    named = rows[-1]["name"]
+    found = await api.get(f"{watched}&q={quote(named)}", token=guangzhou)
+    assert rows[-1]["route_id"] in [r["route_id"] for r in found.body["routes"]]
+    assert all(named in r["name"] for r in found.body["routes"])
+    flagged = await api.get(f"{watched}&flagged=true&limit=500", token=guangzhou)
+    assert flagged.body["total"] == flagged.body["flagged"] == len(flagged.body["routes"])
+    assert all(r["below"] for r in flagged.body["routes"])
     assert all("load_factor" in r["below"] for r in rows)
     # against the thirty days before
     assert all(r["trend"]["load_factor"] is not None for r in rows if r["route_id"] in routes)

@@ -34,6 +34,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from server.clock import local_today, now_ms
 from server.errors import DomainError
+from server.paging import FIRST_PAGE, Page
 from server.security.principal import Principal, region_prefix
 from server.services.rules import RuleService
 from server.storage.cursors import dotted
@@ -243,10 +244,14 @@ class FlowStats:
 
     async def route_monitoring(self, actor: Principal, first: dt.date, last: dt.date, *,
                                thresholds: dict[str, float], region: str | None = None,
-                               station: str | None = None) -> dict[str, Any]:
+                               station: str | None = None, text: str | None = None,
+                               flagged_only: bool = False, page: Page = FIRST_PAGE
+                               ) -> dict[str, Any]:
         """Per route over the period: load factor, on-time and regular-run rates, each beside
-        the same length of time just before (the trend); routes below a threshold flagged —
-        what a route-approval review (线路审批) reads."""
+        the same length of time just before (the trend); routes below a threshold flagged
+        and listed first — what a route-approval review (线路审批) reads. A page of the routes
+        (whose id or name has ``text``; only the flagged ones), how many match, how many are
+        flagged in all."""
         span = (last - first).days + 1
         before = await self.stats(actor, "route", first - dt.timedelta(days=span),
                                   first - dt.timedelta(days=1), region=region, station=station)
@@ -265,9 +270,13 @@ class FlowStats:
                                    for k in ("load_factor", "on_time_rate",
                                              "regular_run_rate")},
                          "below": flags})
-        rows.sort(key=lambda r: (not r["below"], r["load_factor"] or 0))
+        rows.sort(key=lambda r: (not r["below"], r["load_factor"] or 0, r["route_id"]))
+        flagged = sum(1 for r in rows if r["below"])
+        wanted = [r for r in rows if (r["below"] or not flagged_only) and (
+            not text or text.casefold() in f"{r['route_id']} {r['name'] or ''}".casefold())]
+        shown, total = page.cut(wanted)
         return {"from": first.isoformat(), "to": last.isoformat(), "thresholds": thresholds,
-                "routes": rows, "flagged": sum(1 for r in rows if r["below"])}
+                "routes": shown, "total": total, "flagged": flagged}
 
     def _scope(self, actor: Principal, *, region: str | None, station: str | None,
                route: str | None, carrier: str | None) -> dict[str, Any]:
