@@ -5,6 +5,7 @@ from __future__ import annotations
 from channels import CHANNELS
 from handlers.base import ApiHandler, api, route
 from server.errors import DomainError
+from server.paging import PAGE_QUERY, TOTAL, Page
 from server.schema import array, integer, obj, string
 from server.security.principal import AUTHORITY, OPERATOR, STATION_STAFF
 
@@ -16,7 +17,12 @@ STATION_STATUS = obj({"station_id": string(), "name": string(), "vendor": string
                       "p50_ms": {"type": ["number", "null"]},
                       "p99_ms": {"type": ["number", "null"]}},
                      ["station_id", "vendor", "online"], additional=True)
-STATUS_LIST = obj({"stations": array(STATION_STATUS)}, ["stations"])
+STATUS_LIST = obj({"stations": array(STATION_STATUS), "total": TOTAL,
+                   "online": integer(0, description="of the stations matching q, how many "
+                                                    "are online")},
+                  ["stations", "total", "online"])
+STATUS_QUERY = obj({"q": string(1, 40, description="part of the station's code or name"),
+                    "online": {"type": "boolean"}, **PAGE_QUERY})
 SYNC_BODY = obj({"full": {"type": "boolean"}})
 SYNC_RUN = obj({"station_id": string(), "kind": string(), "outcome": string(),
                 "counts": {"type": "object"}, "changes": {"type": "array"},
@@ -38,9 +44,13 @@ SOURCE = obj({"scope": string(enum=["departure", "schedule"]), "ref": string(),
 
 class ExchangeStatusHandler(ApiHandler):
     @api("Station systems: online state, last sync, call outcomes and latency (last hour)",
-         roles=(OPERATOR, AUTHORITY, STATION_STAFF), response=STATUS_LIST, tags=("exchange",))
+         roles=(OPERATOR, AUTHORITY, STATION_STAFF), query=STATUS_QUERY, response=STATUS_LIST,
+         tags=("exchange",))
     async def get(self) -> None:
-        self.write_json({"stations": await self.services.sync.status(self.principal)})
+        q = self.query
+        rows, total, up = await self.services.sync.status(
+            self.principal, q.get("q"), q.get("online"), Page.of(q))
+        self.write_json({"stations": rows, "total": total, "online": up})
 
 
 class StationSyncHandler(ApiHandler):

@@ -93,6 +93,14 @@ async def test_roles_sign_in_to_their_own_console(api, keyun, db) -> None:
             assert "运营管理" in await page.text_content("[data-test=who]")
             await page.wait_for_selector("text=车站系统在线")
             await page.wait_for_selector("[data-test=latency-chart] canvas")
+            # the day at a glance: today's departures on sale of all today's, today's sales
+            today = dt.datetime.now(ZoneInfo("Asia/Shanghai")).date().isoformat()
+            day = f"/api/v1/admin/departures?date={today}&limit=1"
+            on_sale = (await api.get(day + "&status=on_sale", token=operator)).body["total"]
+            every = (await api.get(day, token=operator)).body["total"]
+            await page.locator("[data-test=on-sale]", has_text=f"{on_sale:,}").filter(
+                has_text=f"/ {every:,}").wait_for()
+            assert "票款 ¥" in await page.locator("[data-test=today-sales]").text_content()
             menu = await page.locator(".el-menu-item").all_text_contents()
             assert [m.strip() for m in menu] == ["概览", "班次管理", "基础数据", "业务规则",
                                                  "订单查询", "代售点", "分销平台", "车站系统",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from urllib.parse import quote
 
 import pytest
 
@@ -52,6 +53,19 @@ async def test_station_status_and_on_demand_sync(api: ApiClient) -> None:
     vendors = {s["station_id"]: s["vendor"] for s in status.body["stations"]}
     assert vendors == {"440304001": "rest", "440303001": "rest", "440507001": "xml",
                        "441402001": "xml"}
+    assert status.body["total"] == 4
+    # paged by code, found by part of the code or name, online or not
+    part = await api.get("/api/v1/admin/exchange/stations?limit=2&offset=1", token=operator)
+    assert [s["station_id"] for s in part.body["stations"]] == ["440304001", "440507001"]
+    assert part.body["total"] == 4
+    named = status.body["stations"][0]["name"]
+    found = await api.get(f"/api/v1/admin/exchange/stations?q={quote(named)}", token=operator)
+    assert [s["name"] for s in found.body["stations"]] == [named]
+    up = await api.get("/api/v1/admin/exchange/stations?online=true", token=operator)
+    down = await api.get("/api/v1/admin/exchange/stations?online=false", token=operator)
+    assert up.body["total"] + down.body["total"] == 4 == up.body["online"] + down.body["total"]
+    assert all(s["online"] for s in up.body["stations"])
+    assert not any(s["online"] for s in down.body["stations"])
     run = await api.post("/api/v1/admin/stations/440507001/sync", {"full": True},
                          token=operator)
     assert run.status == 200 and run.body["outcome"] == "ok" and run.body["kind"] == "full"

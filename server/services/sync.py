@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import time
 from typing import Any
 
@@ -24,6 +25,7 @@ from server.clock import local_today, now_ms
 from server.errors import DomainError
 from server.exchange.base import SyncBatch
 from server.exchange.errors import BadStationResponse, ExchangeError
+from server.paging import FIRST_PAGE, Page, find_page
 from server.security.principal import Principal
 from server.services.audit import AuditService
 from server.services.departures import DepartureChanges
@@ -148,12 +150,28 @@ class SyncService:
         await self._db.sync_runs.replace_one({"_id": run["_id"]}, run)
         return run
 
-    async def status(self, actor: Principal) -> list[dict[str, Any]]:
-        """Per proxied station the actor may see: online or not, the last finished sync run
-        and the one under way (if any), the last hour of calls."""
+    async def status(self, actor: Principal, text: str | None = None,
+                     online: bool | None = None, page: Page = FIRST_PAGE
+                     ) -> tuple[list[dict[str, Any]], int, int]:
+        """A page of the proxied stations the actor may see (whose code or name has
+        ``text``; online or not), by code: online or not, the last finished sync run and the
+        one under way (if any), the last hour of calls. With how many match, and how many of
+        those matching ``text`` are online."""
+        query: dict[str, Any] = {"system.vendor": {"$in": ["rest", "xml"]},
+                                 **actor.station_query()}
+        if text:
+            pattern = {"$regex": re.escape(text), "$options": "i"}
+            query["$or"] = [{"_id": pattern}, {"name": pattern}]
+        up = await self._db.stations.count_documents({**query, "online": {"$ne": False}})
+        if online is not None:
+            query["online"] = {"$ne": False} if online else False
+        stations, total = await find_page(self._db.stations, query, [("_id", 1)], page)
+        return await self._health(stations), total, up
+
+    async def _health(self, stations: list[dict[str, Any]]) -> list[dict[str, Any]]:
         since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
         out = []
-        for station in await self.proxied_stations(actor.station_query()):
+        for station in stations:
             last = await self._db.sync_runs.find_one(
                 {"station_id": station["_id"], "outcome": {"$ne": "running"}},
                 sort=[("started_at", -1)])
