@@ -541,6 +541,13 @@ async def test_an_agent_sells_pays_from_its_deposit_and_refunds(api, keyun, db) 
         await issued.locator("[data-test=refund]").click()
         await page.click(".el-message-box .el-button--primary")
         await page.wait_for_selector("text=已退票")
+        # looked up again by its number: the one order, its ticket refunded
+        sold = await db.orders.find_one({"outlet_id": "OUT440106001"}, sort=[("created_at", -1)])
+        await page.locator(_input("order-lookup")).fill(sold["order_no"])
+        await page.click("[data-test=find-orders]")
+        await page.locator("[data-test=orders] .el-table__row").filter(
+            has_text=sold["order_no"]).get_by_text("1号座 已退").wait_for()
+        assert await page.locator("[data-test=orders] .el-table__row").count() == 1
     order = await db.orders.find_one({"outlet_id": "OUT440106001"}, sort=[("created_at", -1)])
     tickets = await db.tickets.find({"order_no": order["order_no"]}).to_list()
     assert [t["status"] for t in tickets] == ["refunded"]
