@@ -713,3 +713,87 @@ async def test_a_tablet_held_upright_gets_the_menu_in_a_drawer_and_the_whole_wid
         finally:
             await browser.close()
     assert errors == [], errors
+
+
+async def _tab_to(page: Any, test: str, back: bool = False) -> None:
+    """Press Tab (Shift+Tab) until the element marked ``test`` (or one inside it) has focus."""
+    for _ in range(60):
+        if await page.evaluate("(t) => !!document.activeElement?.closest(`[data-test=${t}]`)",
+                               test):
+            return
+        await page.keyboard.press("Shift+Tab" if back else "Tab")
+    raise AssertionError(f"{test} never took the focus")
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_staff_account_is_made_with_the_keyboard_alone(api, keyun, db) -> None:
+    """The operator signs in, opens the new-account form, is told what is wrong as the API
+    would say it (a bad username, a short password, a username taken), picks the role and
+    its station, and creates the account — never touching the mouse."""
+    base = keyun.base_url
+    username = f"kb_{secrets.token_hex(3)}"
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = await (await browser.new_context(viewport={"width": 1366, "height": 768})
+                      ).new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        keys = page.keyboard
+        try:
+            await page.goto(f"{base}/admin/")
+            await page.wait_for_selector("#username:focus")  # the form starts where you type
+            await keys.type("operator")
+            await keys.press("Tab")
+            await keys.type(DEMO_PASSWORD)
+            await keys.press("Enter")
+            await page.wait_for_selector("[data-test=who]")
+            await page.goto(f"{base}/admin/staff")
+            await page.locator("[data-test=staff] .el-table__row").first.wait_for()
+
+            await _tab_to(page, "new-staff")
+            await keys.press("Enter")
+            dialog = page.locator("[data-test=staff-dialog]")
+            await dialog.wait_for()
+            await page.wait_for_selector("[data-test=staff-username]:focus")
+            await keys.type("Bad Name")
+            await keys.press("Tab")  # leaving the field checks it, as the API would
+            await dialog.get_by_text("3–32 位小写字母、数字或 _ . -，以字母开头").wait_for()
+            await keys.press("Shift+Tab")
+            await keys.press("Control+A")
+            await keys.type("operator")  # taken: only the API knows
+            await _tab_to(page, "staff-name")
+            await keys.type("键盘测试")
+            await keys.press("Tab")
+            await keys.type("short")
+            await keys.press("Tab")
+            await dialog.get_by_text("密码至少 10 位").wait_for()
+            await _tab_to(page, "staff-password", back=True)
+            await keys.press("Control+A")
+            await keys.type("keyboard-pass-123")
+            await _tab_to(page, "staff-role")
+            await keys.press("ArrowDown")  # opens the list
+            hovered = page.locator(".el-select-dropdown__item.is-hovering")
+            for _ in range(12):
+                if (await hovered.count()) and (await hovered.text_content()).strip() == "检票员":
+                    break
+                await keys.press("ArrowDown")
+            await keys.press("Enter")
+            await _tab_to(page, "staff-scope")  # a gate needs its station
+            await keys.type("440111001")
+            await keys.press("Enter")  # submits the form
+            await dialog.get_by_text("该用户名已被使用").wait_for()
+            await _tab_to(page, "staff-username", back=True)
+            await keys.press("Control+A")
+            await keys.type(username)
+            await keys.press("Enter")
+            await page.wait_for_selector("text=已创建")
+            await dialog.wait_for(state="hidden")
+            await page.screenshot(path=str(SHOTS / "admin-operator-staff-keyboard.png"))
+        finally:
+            await browser.close()
+    assert not errors, errors
+    made = await db.staff.find_one({"username": username})
+    assert made["role"] == "gate" and made["station_id"] == "440111001"
+    assert made["name"] == "键盘测试" and made["status"] == "active"
+    signed_in = await api.login(username, "keyboard-pass-123")
+    assert signed_in["staff"]["role"] == "gate"
