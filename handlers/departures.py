@@ -96,7 +96,8 @@ OPERATORS = (OPERATOR, STATION_STAFF)
 OPERATED = obj({"id": string(), "status": string(), "station_id": string(),
                 "service_date": string(format="date"), "departs_at": DATETIME,
                 "seats": integer(1), "vehicle_id": string(), "driver_ids": array(string()),
-                "nature": string(), "schedule_id": string()},
+                "nature": string(), "schedule_id": string(),
+                "carrier_id": string(description="whose vehicles and drivers it may have")},
                ["id", "status", "departs_at", "seats"])
 REASON = obj({"reason": string(1, 200)}, ["reason"])
 DELAY = obj({"departs_at": DATETIME, "reason": string(1, 200)}, ["departs_at", "reason"])

@@ -196,6 +196,28 @@ async def test_roles_sign_in_to_their_own_console(api, keyun, db) -> None:
             await extra.wait_for()
             assert await db.departures.find_one({"_id": dep["_id"] + "-X1",
                                                  "nature": "extra"})
+            # 派车: a bus of the carrier big enough, and a second driver
+            crew = (await db.departures.find_one({"_id": dep["_id"]})).get("driver_ids", [])
+            bus = await db.vehicles.find_one({"carrier_id": dep["carrier_id"], "status": "active",
+                                              "seats": {"$gte": dep["seats"]}})
+            driver = await db.drivers.find_one({"carrier_id": dep["carrier_id"],
+                                                "status": "active", "_id": {"$nin": crew}})
+            row = row.first  # (the extra bus's id begins with the same)
+            await row.get_by_role("button", name="派车").click()
+            dialog = page.locator("[data-test=assign-dialog]")
+            await dialog.wait_for()
+            await dialog.locator("[data-test=assign-vehicle]").click()
+            await page.locator(".el-select-dropdown__item:visible",
+                               has_text=bus["plate"]).click()
+            await dialog.locator("[data-test=assign-drivers]").click()
+            await page.locator(".el-select-dropdown__item:visible",
+                               has_text=driver["name"]).first.click()
+            await dialog.locator(".el-dialog__title").click()  # the list closes
+            await dialog.locator("[data-test=save-assign]").click()
+            await row.filter(has_text=bus["plate"]).wait_for()
+            assigned = await db.departures.find_one({"_id": dep["_id"]})
+            assert assigned["vehicle_id"] == bus["_id"]
+            assert assigned["driver_ids"] == [*crew, driver["_id"]]
 
             await page.click("#sign-out")
             await page.wait_for_selector("#username")

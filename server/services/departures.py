@@ -327,4 +327,4 @@ def _operated(dep: dict[str, Any]) -> dict[str, Any]:
             "departs_at": dep["departs_at"].astimezone(LOCAL_TZ).isoformat(),
             "seats": dep["seats"], "vehicle_id": dep.get("vehicle_id", ""),
             "driver_ids": dep.get("driver_ids", []), "nature": dep.get("nature", "regular"),
-            "schedule_id": dep["schedule_id"]}
+            "schedule_id": dep["schedule_id"], "carrier_id": dep.get("carrier_id", "")}
