@@ -12,6 +12,9 @@ BUYERS = (PASSENGER, AGENT, PHONE_AGENT, KIOSK, STATION_STAFF)
 
 PASSENGER_IN = obj({
     "passenger_id": string(1, 40, description="a frequent passenger instead of the fields"),
+    "caller_ticket": string(1, 40, description="a desk (agent, phone agent): a person the "
+                                               "caller travelled with before, by that "
+                                               "ticket's number (see /api/v1/callers)"),
     "name": string(1, 40), "id_type": string(enum=list(ID_TYPES)), "id_no": string(1, 20),
     "ticket_type": string(enum=list(TICKET_TYPES)), "seat": integer(1, 80)})
 CHILD_IN = obj({"name": string(1, 40), "id_type": string(enum=list(ID_TYPES)),
@@ -99,7 +102,27 @@ class OrderCancelHandler(ApiHandler):
         self.write_json(await self.services.orders.cancel(self.principal, order_no))
 
 
+CALLER = obj({"caller_ticket": string(description="book this person again with it"),
+              "name": string(), "id_type": string(enum=list(ID_TYPES)),
+              "id_no": string(description="masked"), "ticket_type": string(),
+              "last_booked_at": DATETIME, "trips": integer(1)},
+             ["caller_ticket", "name", "id_type", "id_no"])
+
+
+class CallersHandler(ApiHandler):
+    @api("A desk's frequent caller: the people the caller (by phone number) travelled with "
+         "on this seller's orders, most recent first, ID numbers masked; book one again with "
+         "caller_ticket and the same contact_phone", roles=(AGENT, PHONE_AGENT),
+         query=obj({"phone": PHONE}, ["phone"]),
+         response=obj({"passengers": array(CALLER)}, ["passengers"]), tags=("orders",),
+         errors=("INVALID_PHONE",))
+    async def get(self) -> None:
+        self.write_json({"passengers": await self.services.orders.callers_passengers(
+            self.principal, self.query["phone"])})
+
+
 default_handlers = [
+    route("/api/v1/callers", CallersHandler),
     route("/api/v1/orders", OrdersHandler),
     route("/api/v1/orders/{order_no}", OrderHandler),
     route("/api/v1/orders/{order_no}/cancel", OrderCancelHandler),

@@ -575,21 +575,36 @@ async def test_an_agent_sells_pays_from_its_deposit_and_refunds(api, keyun, db) 
     assert [t["status"] for t in tickets] == ["refunded"]
     assert tickets[0]["passenger"]["name"] == "钱七"
 
+    caller = "139" + f"{secrets.randbelow(10**8):08d}"
     async with _console(keyun.base_url, "phone_agent") as page:
         await page.wait_for_selector("text=电话订票")
         await _search(page, station["_id"], stops[-1]["name"], dep["service_date"])
         await page.locator("[data-test=book]").first.click()
         dialog = page.locator("[data-test=book-dialog]")
+        await dialog.locator("[data-test=contact]").fill(caller)
         await dialog.locator("[data-test=name-0]").fill("孙八")
         await dialog.locator("[data-test=id-0]").fill(person()["id_no"])
-        await dialog.locator("[data-test=contact]").fill("13912345678")
         await dialog.locator("[data-test=confirm-book]").click()
         await page.wait_for_selector("text=已下单")
         row = page.locator("[data-test=orders] .el-table__row", has_text="待支付").first
         await row.locator("[data-test=send-link]").click()
         await page.wait_for_selector("text=支付短信已发送")
-    phoned = await db.orders.find_one({"channel": "phone"}, sort=[("created_at", -1)])
+        phoned = await db.orders.find_one({"channel": "phone"}, sort=[("created_at", -1)])
+        # the same caller rings again: the desk finds 孙八 by the number, books by reference
+        await page.locator("[data-test=book]").nth(1).click()
+        await dialog.locator("[data-test=contact]").fill(caller)
+        await dialog.locator("[data-test=find-caller]").click()
+        await dialog.locator("[data-test=remembered-孙八]").click()
+        assert await dialog.locator("[data-test=id-0]").input_value() != ""  # masked, locked
+        assert await dialog.locator("[data-test=id-0]").is_disabled()
+        await dialog.locator("[data-test=confirm-book]").click()
+        await dialog.wait_for(state="hidden")  # closed once the order is made
     assert await db.notices.find_one({"_id": f"pay_link:{phoned['order_no']}"})
+    first = await db.tickets.find_one({"order_no": phoned["order_no"]})
+    again = await db.orders.find_one({"channel": "phone"}, sort=[("created_at", -1)])
+    assert again["order_no"] != phoned["order_no"]
+    second = await db.tickets.find_one({"order_no": again["order_no"]})
+    assert second["passenger"]["id_no_index"] == first["passenger"]["id_no_index"]
 
 
 @pytest.mark.gen_test(timeout=30)

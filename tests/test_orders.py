@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import secrets
 import uuid
 
 import pytest
@@ -325,6 +326,56 @@ async def test_agents_and_phone_agents_sell_on_their_channel_and_see_their_own(
     calls = [o["order_no"] for o in (await api.get("/api/v1/orders", token=phone)).body[
         "orders"]]
     assert by_phone.body["order_no"] in calls and sold.body["order_no"] not in calls
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_desk_remembers_its_callers_and_books_them_again(api: ApiClient, db) -> None:
+    """A phone agent books a caller and two companions; the next call, the desk finds them by
+    the caller's number (ID numbers masked) and books them again without reading the numbers
+    out. Another desk, another number, an altered reference: nobody is found."""
+    phone = (await api.login("phone_agent"))["token"]
+    agent = (await api.login("agent"))["token"]
+    caller = "139" + f"{secrets.randbelow(10**8):08d}"
+    first, second = person("周一"), person("吴二")
+    dep = await native_departure(db, 8, 1)
+    booked = await api.post("/api/v1/orders", {"departure_id": dep["_id"],
+                                               "contact_phone": caller,
+                                               "passengers": [first, second]}, token=phone)
+    assert booked.status == 201, booked.text
+    found = await api.get(f"/api/v1/callers?phone={caller}", token=phone)
+    assert found.status == 200, found.text
+    remembered = {p["name"]: p for p in found.body["passengers"]}
+    assert set(remembered) == {"周一", "吴二"}
+    assert first["id_no"] not in found.text and second["id_no"] not in found.text
+    assert remembered["周一"]["id_no"] == first["id_no"][:4] + "*" * 10 + first["id_no"][-4:]
+    # booked again by reference, on another bus
+    again = await native_departure(db, 8, 2)
+    rebooked = await api.post("/api/v1/orders", {
+        "departure_id": again["_id"], "contact_phone": caller,
+        "passengers": [{"caller_ticket": remembered["周一"]["caller_ticket"]}]}, token=phone)
+    assert rebooked.status == 201, rebooked.text
+    ticket = await db.tickets.find_one({"order_no": rebooked.body["order_no"]})
+    original = await db.tickets.find_one(
+        {"ticket_no": remembered["周一"]["caller_ticket"]})
+    assert ticket["passenger"]["id_no_index"] == original["passenger"]["id_no_index"]
+    assert ticket["passenger"]["name"] == "周一"
+    twice = await api.get(f"/api/v1/callers?phone={caller}", token=phone)
+    assert {p["name"]: p["trips"] for p in twice.body["passengers"]} == {"周一": 2, "吴二": 1}
+    # the reference works only for this caller, at this desk
+    later = await native_departure(db, 8, 3)
+    reference = {"caller_ticket": remembered["吴二"]["caller_ticket"]}
+    for token, contact in ((phone, "13700000000"), (agent, caller)):
+        refused = await api.post("/api/v1/orders", {"departure_id": later["_id"],
+                                                    "contact_phone": contact,
+                                                    "passengers": [reference]}, token=token)
+        assert refused.status == 404 and refused.error_code == "PASSENGER_NOT_FOUND", \
+            refused.text
+    assert (await api.get(f"/api/v1/callers?phone={caller}", token=agent)).body == {
+        "passengers": []}
+    member_token = await member(api)
+    assert (await api.get(f"/api/v1/callers?phone={caller}", token=member_token)).status == 403
+    bad = await api.get("/api/v1/callers?phone=12", token=phone)
+    assert bad.status == 400
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -185,7 +185,8 @@ class OrderService:
             if hold_for < dt.timedelta(minutes=rules.payment_timeout_minutes):
                 raise DomainError("PICKUP_DEADLINE_PASSED", field="pay_at_pickup")
         fare = await self.fare(dep["route_id"], frm, to)
-        people = await self.priced_people(actor, passengers, fare)
+        people = await self.priced_people(actor, passengers, fare,
+                                          caller=self._vault.index("phone", phone))
         seen = {person["id_no_index"] for person in people}
         chosen = [p.get("seat") for p in passengers]
         if any(chosen) and not all(chosen):
@@ -325,9 +326,11 @@ class OrderService:
         return fare  # type: ignore[no-any-return]
 
     async def priced_people(self, actor: Principal, passengers: list[dict[str, Any]],
-                            fare: dict[str, Any]) -> list[dict[str, Any]]:
-        """The passengers validated, encrypted and priced; each person once."""
-        people = [await self.person(actor, p, i) for i, p in enumerate(passengers)]
+                            fare: dict[str, Any], caller: str | None = None
+                            ) -> list[dict[str, Any]]:
+        """The passengers validated, encrypted and priced; each person once (``caller``: the
+        blind index of the order's contact phone, whose past passengers a desk may name)."""
+        people = [await self.person(actor, p, i, caller) for i, p in enumerate(passengers)]
         seen: set[str] = set()
         for person in people:
             if person["id_no_index"] in seen:
@@ -397,15 +400,18 @@ class OrderService:
                 days=rules.sale_days):
             raise DomainError("SALE_CLOSED", message="Not on sale yet.")
 
-    async def person(self, actor: Principal, p: dict[str, Any], index: int
-                      ) -> dict[str, Any]:
-        """A passenger entry → validated, encrypted, indexed (from a frequent passenger
-        or typed in)."""
+    async def person(self, actor: Principal, p: dict[str, Any], index: int,
+                     caller: str | None = None) -> dict[str, Any]:
+        """A passenger entry → validated, encrypted, indexed (from a frequent passenger, a
+        caller's past trip or typed in)."""
         if p.get("passenger_id"):
             if actor.kind != "member":
                 raise DomainError("PASSENGER_NOT_FOUND", field=f"passengers[{index}]")
             doc, id_no = await self._members.passenger_document(actor.id, p["passenger_id"])
             name, id_type = doc["name"], doc["id_type"]
+        elif p.get("caller_ticket"):
+            name, id_type, id_no = await self._caller_passenger(actor, p["caller_ticket"],
+                                                                caller, index)
         else:
             missing = [k for k in ("name", "id_type", "id_no") if not p.get(k)]
             if missing:
@@ -422,6 +428,53 @@ class OrderService:
                 "id_no_index": id_index(self._vault, document),
                 "id_no_masked": mask_id(document.id_no),
                 "ticket_type": p.get("ticket_type", "adult")}
+
+    # --- the desks' callers ---------------------------------------------------------------------
+    async def callers_passengers(self, actor: Principal, phone: str, limit: int = 20
+                                 ) -> list[dict[str, Any]]:
+        """Who a caller — known by their phone number — travelled with on the orders this
+        seller may see (an outlet's, the phone desk's), most recent first, each person once.
+        The desk books them again by ``caller_ticket`` instead of having ID numbers read out
+        again; the numbers are never shown whole. Anonymized trips are forgotten."""
+        index = self._vault.index("phone", normalize_phone(phone))
+        orders = await self._db.orders.find(
+            {"contact_phone_index": index, **self.scope(actor)}, {"order_no": 1}).sort(
+            "created_at", -1).limit(50).to_list()
+        people: dict[str, dict[str, Any]] = {}
+        async for t in self._db.tickets.find(
+                {"order_no": {"$in": [o["order_no"] for o in orders]},
+                 "passenger.id_no_enc": {"$exists": True}},
+                {"ticket_no": 1, "passenger": 1, "ticket_type": 1, "created_at": 1}).sort(
+                "created_at", -1):
+            known = people.get(t["passenger"]["id_no_index"])
+            if known:
+                known["trips"] += 1
+                continue
+            people[t["passenger"]["id_no_index"]] = {
+                "caller_ticket": t["ticket_no"], "name": t["passenger"]["name"],
+                "id_type": t["passenger"]["id_type"], "id_no": t["passenger"]["id_no_masked"],
+                "ticket_type": t.get("ticket_type", "adult"), "last_booked_at": t["created_at"],
+                "trips": 1}
+        return list(people.values())[:limit]
+
+    async def _caller_passenger(self, actor: Principal, ticket_no: str, caller: str | None,
+                                index: int) -> tuple[str, str, str]:
+        """The person of a past ticket, if its order had this order's contact phone and the
+        seller may see it (an outlet cannot name another's customers)."""
+        ticket = await self._db.tickets.find_one({"ticket_no": ticket_no},
+                                                 {"order_no": 1, "passenger": 1})
+        order = None
+        if ticket and caller and "id_no_enc" in ticket["passenger"]:
+            order = await self._db.orders.find_one(
+                {"order_no": ticket["order_no"], "contact_phone_index": caller,
+                 **self.scope(actor)}, {"_id": 1})
+        if order is None:
+            raise DomainError("PASSENGER_NOT_FOUND", "No such past passenger of this caller "
+                              "(the same contact phone, at this desk).",
+                              field=f"passengers[{index}]")
+        person = ticket["passenger"]  # type: ignore[index]
+        return (person["name"], person["id_type"],
+                self._vault.decrypt("id_no", person["id_no_enc"]))
 
     def _child(self, c: dict[str, Any]) -> dict[str, Any]:
         child: dict[str, Any] = {"name": str(c["name"]).strip()}
