@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from handlers.base import ApiHandler, api, route
 from server.paging import PAGE_QUERY, TOTAL, Page
-from server.schema import DIVISION, FEN, array, integer, obj, string
+from server.schema import DATETIME, DAY, DIVISION, FEN, array, integer, obj, string
 from server.security.principal import AGENT, AUTHORITY, FINANCE, OPERATOR
 
 OUTLET = obj({"id": string(), "code": string(), "name": string(), "division": DIVISION,
@@ -73,8 +73,29 @@ class AgentAccountHandler(ApiHandler):
         self.write_json(await self.services.outlets.account(self.principal))
 
 
+STATEMENT_LINE = obj({"id": string(), "kind": string(enum=["payment", "refund", "deposit"]),
+                      "amount": integer(description="fen: + into the deposit (a top-up, a "
+                                                    "refund), − out of it (a payment)"),
+                      "at": DATETIME, "booked_on": DAY, "order_no": string(),
+                      "note": string()}, ["id", "kind", "amount", "booked_on"],
+                     additional=True)
+
+
+class AgentStatementHandler(ApiHandler):
+    @api("An agent's deposit statement (预存款流水): its payments, refunds and top-ups, the "
+         "latest first, as the ledger booked them (within seconds)", roles=(AGENT,),
+         query=obj(PAGE_QUERY),
+         response=obj({"entries": array(STATEMENT_LINE), "total": TOTAL}, ["entries", "total"]),
+         tags=("outlets",))
+    async def get(self) -> None:
+        rows, total = await self.services.ledger.statement(
+            f"deposit:outlet:{self.principal.outlet_id}", Page.of(self.query))
+        self.write_json({"entries": rows, "total": total})
+
+
 default_handlers = [
     route("/api/v1/admin/outlets", OutletsHandler),
     route("/api/v1/admin/outlets/{outlet_id}", OutletHandler),
     route("/api/v1/agent/account", AgentAccountHandler),
+    route("/api/v1/agent/account/entries", AgentStatementHandler),
 ]

@@ -244,6 +244,9 @@ async def test_roles_sign_in_to_their_own_console(api, keyun, db) -> None:
             text = await account.text_content()
             assert "预存款余额" in text and "¥" in text and "代售点" in text
             assert urlsplit(page.url).path == "/admin/account"
+            # and its deposit statement, paged on the server
+            await page.locator("[data-test=statement-pages]",
+                               has_text=re.compile(r"共 \d+ 条")).wait_for()
             await page.screenshot(path=str(SHOTS / "admin-agent-account.png"))
         finally:
             await browser.close()

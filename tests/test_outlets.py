@@ -94,3 +94,37 @@ async def test_outlet_registry_rules_and_the_agents_account(api: ApiClient, db) 
         "/api/v1/admin/audit?limit=50&actor=stf_demo_operator", token=operator)).body["entries"]}
     assert {"outlet.create", "outlet.update"} <= trail
     assert before["commission_bp"] == 300
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_an_agent_reads_its_deposit_statement(api: ApiClient, db, services) -> None:
+    """Finance records a top-up, the agent pays an order from the deposit and refunds
+    nothing: the statement shows both as the ledger booked them, the latest first, paged."""
+    finance = (await api.login("finance"))["token"]
+    agent = (await api.login("agent"))["token"]  # of OUT440106001
+    topped = await api.post("/api/v1/admin/outlets/OUT440106001/deposits",
+                            {"amount": 50_000, "reference": f"BANK-{uuid.uuid4().hex[:10]}"},
+                            token=finance)
+    assert topped.status == 200 and topped.body["recorded"], topped.text
+    dep = await native_departure(db, 6, 5)
+    order = await api.post("/api/v1/orders", {"departure_id": dep["_id"],
+                                              "contact_phone": "13812345678",
+                                              "passengers": [person()]}, token=agent)
+    assert order.status == 201, order.text
+    paid = await api.post(f"/api/v1/orders/{order.body['order_no']}/pay",
+                          {"method": "agent_balance"}, token=agent)
+    assert paid.status == 200, paid.text
+    await services.ledger.run()
+    statement = await api.get("/api/v1/agent/account/entries?limit=100", token=agent)
+    assert statement.status == 200, statement.text
+    lines = statement.body["entries"]
+    assert statement.body["total"] >= 2
+    payment = next(e for e in lines if e.get("order_no") == order.body["order_no"])
+    assert payment["kind"] == "payment" and payment["amount"] == -order.body["amount"]
+    assert any(e["kind"] == "deposit" and e["amount"] == 50_000 for e in lines)
+    days = [e["booked_on"] for e in lines]
+    assert days == sorted(days, reverse=True)  # the latest first
+    second = await api.get("/api/v1/agent/account/entries?limit=1&offset=1", token=agent)
+    assert second.body["entries"] == lines[1:2]
+    assert second.body["total"] == statement.body["total"]
+    assert (await api.get("/api/v1/agent/account/entries", token=finance)).status == 403

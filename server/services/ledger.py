@@ -40,6 +40,7 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 
 from server.clock import LOCAL_TZ, local_today, now_ms
+from server.paging import Page
 from server.services.alerts import AlertService
 from server.services.clearing import ClearingRules, Sale, split_fee, split_sale
 from server.services.jobs import RecordFailures
@@ -326,6 +327,21 @@ class Ledger:
         rows = rows[:limit]
         return {"entries": [entry_view(e) for e in rows],
                 "next": rows[-1]["_id"] if more else None}
+
+
+    async def statement(self, account: str, page: Page) -> tuple[list[dict[str, Any]], int]:
+        """A page of one account's lines, the latest first: each entry with what it moved on
+        the account (``amount``: positive when the account's holder gained — a credit, as
+        a deposit's top-up or refund — negative when it paid), and how many there are."""
+        rows, total = await self.book.of_account(account, page)
+        lines = []
+        for entry in rows:
+            line = entry_view(entry)
+            line["amount"] = -sum(p["amount"] for p in entry["postings"]
+                                  if p["account"] == account)
+            del line["postings"]
+            lines.append(line)
+        return lines, total
 
 
 def entry_view(entry: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from server import failpoints
+from server.paging import Page, find_page
 from server.storage.cursors import Cursors
 from server.storage.transactions import transact
 
@@ -110,6 +111,11 @@ class LedgerBook:
             return set()
         return {e["_id"] async for e in self._entries.find({"_id": {"$in": entry_ids}},
                                                            {"_id": 1})}
+
+    async def of_account(self, account: str, page: Page) -> tuple[list[dict[str, Any]], int]:
+        """A page of the entries posting to ``account``, the latest first, and how many."""
+        return await find_page(self._entries, {"postings.account": account},
+                               [("booked_on", -1), ("at", -1), ("_id", -1)], page)
 
     def find(self, query: dict[str, Any], limit: int = 0,
                    sort: list[tuple[str, int]] | None = None) -> Any:
