@@ -116,6 +116,8 @@ DAY_QUERY = obj({"date": {**DAY, "description": "service date"},
                  **PAGE_QUERY}, ["date"], additional=True)
 DAY_ROW = {**OPERATED, "properties": {**OPERATED["properties"], "route_name": string(),
                                       "station_name": string(), "inventory": string(),
+                                      "disrupted": {"type": "boolean", "description": (
+                                          "cancelled or much delayed: see its disruption")},
                                       "remaining": {"type": ["integer", "null"]}}}
 
 
@@ -141,6 +143,32 @@ class AdminDeparturesHandler(ApiHandler):
             self.principal, b["schedule_id"], b["service_date"],
             _when(b["departs_at"]) if b.get("departs_at") else None, b.get("vehicle_id")),
             201)
+
+
+DISRUPTION = obj({
+    "departure_id": string(), "status": string(),
+    "disruption": {"type": ["object", "null"], "properties": {
+        "kind": string(enum=["cancelled", "delayed"]), "reason": string(), "at": DATETIME,
+        "deadline": DATETIME, "settled": {"type": "boolean"}},
+        "description": "null: the departure is not disrupted"},
+    "tickets": obj({"affected": integer(0), "refunded": integer(0), "changed": integer(0),
+                    "in_progress": integer(0),
+                    "open": integer(0, description="neither refunded nor changed yet: "
+                                                   "refunded in full at the deadline")},
+                   ["affected", "refunded", "changed", "in_progress", "open"]),
+    "notices": obj({"sent": integer(0), "waiting": integer(0), "failed": integer(0)},
+                   ["sent", "waiting", "failed"])},
+    ["departure_id", "status", "disruption", "tickets", "notices"])
+
+
+class DisruptionHandler(ApiHandler):
+    @api("How a cancelled or much delayed departure's passengers are being looked after: "
+         "tickets refunded, changed, under way or still open, and the notices sent",
+         roles=OPERATORS, response=DISRUPTION, tags=("departures",),
+         errors=("DEPARTURE_NOT_FOUND",))
+    async def get(self, departure_id: str) -> None:
+        self.write_json(await self.services.departure_ops.disruption(self.principal,
+                                                                     departure_id))
 
 
 class StopSaleHandler(ApiHandler):
@@ -191,6 +219,7 @@ class AssignHandler(ApiHandler):
 
 default_handlers += [
     route("/api/v1/admin/departures", AdminDeparturesHandler),
+    route("/api/v1/admin/departures/{departure_id}/disruption", DisruptionHandler),
     route("/api/v1/admin/departures/{departure_id}/stop-sale", StopSaleHandler),
     route("/api/v1/admin/departures/{departure_id}/resume-sale", ResumeSaleHandler),
     route("/api/v1/admin/departures/{departure_id}/cancel", CancelHandler),

@@ -837,3 +837,46 @@ async def test_a_staff_account_is_made_with_the_keyboard_alone(api, keyun, db) -
     assert made["name"] == "键盘测试" and made["status"] == "active"
     signed_in = await api.login(username, "keyboard-pass-123")
     assert signed_in["staff"]["role"] == "gate"
+
+
+@pytest.mark.gen_test(timeout=150)
+async def test_the_operator_cancels_a_departure_and_sees_its_passengers_looked_after(
+        api, keyun, db, services) -> None:
+    """A bus with two passengers is cancelled from the departures page: the page shows at
+    once who is told and that both may refund or change free until the departure time;
+    as one passenger refunds, the view follows without a reload."""
+    dep = await native_departure(db, 3, 6)
+    alice, bob = await app_member(api), await app_member(api)
+    a = await issued_order(api, services, alice, dep["_id"], [person("甲乘客")])
+    await issued_order(api, services, bob, dep["_id"], [person("乙乘客")])
+    async with _console(keyun.base_url, "operator") as page:
+        await page.click("text=班次管理")
+        picker = page.locator(".el-date-editor input")
+        await picker.fill(dep["service_date"])
+        await picker.press("Enter")
+        await page.fill(_input("q"), dep["_id"])
+        await page.press(_input("q"), "Enter")
+        row = page.locator("[data-test=departures] .el-table__row", has_text=dep["_id"]).first
+        await row.wait_for()
+        await page.locator("[data-test=live]", has_text="实时更新").wait_for()
+        await row.get_by_role("button", name="取消").click()
+        await page.fill(".el-message-box input", "台风停运")
+        await page.click(".el-message-box .el-button--primary")
+        dialog = page.locator("[data-test=disruption-dialog]")
+        await dialog.wait_for()
+        tickets = dialog.locator("[data-test=disruption-tickets]")
+        await tickets.filter(has_text="共 2 张").filter(has_text="待旅客处理 2").wait_for()
+        assert "台风停运" in await dialog.text_content()
+        # the notices go out (the server's notice job); the view says so when reopened
+        await row.locator(".el-tag", has_text="已取消").wait_for()
+        # a passenger refunds, free: the open view follows
+        ticket = a["tickets"][0]["ticket_no"]
+        quote = await api.get(f"/api/v1/tickets/{ticket}/refund-quote", token=alice)
+        assert quote.body["fee"] == 0, quote.text
+        refunded = await api.post(f"/api/v1/tickets/{ticket}/refund",
+                                  {"quote": quote.body["quote"]}, token=alice)
+        assert refunded.status == 200, refunded.text
+        await tickets.filter(has_text="已退款 1").filter(has_text="待旅客处理 1").wait_for()
+        await page.screenshot(path=str(SHOTS / "admin-operator-disruption.png"))
+    stored = await db.departures.find_one({"_id": dep["_id"]})
+    assert stored["status"] == "cancelled" and stored["disruption"]["kind"] == "cancelled"

@@ -49,6 +49,19 @@ async def test_a_cancelled_departure_offers_free_refund_or_change(api: ApiClient
     assert seen["disruption"]["options"] == ["refund", "change"]
     departs = (await db.departures.find_one({"_id": dep}))["departs_at"]
     assert dt.datetime.fromisoformat(seen["disruption"]["deadline"]) == departs
+    handled = f"/api/v1/admin/departures/{dep}/disruption"
+
+    async def looked_after() -> dict:
+        got = await api.get(handled, token=operator)
+        assert got.status == 200, got.text
+        return got.body
+
+    view = await looked_after()  # the operator's view: two passengers, both still to act
+    assert view["status"] == "cancelled" and view["disruption"]["kind"] == "cancelled"
+    assert view["disruption"]["reason"] == "台风停运"
+    assert view["tickets"] == {"affected": 2, "open": 2, "refunded": 0, "changed": 0,
+                               "in_progress": 0}
+    assert sum(view["notices"].values()) == 2  # one notice per order
 
     # the route's fare falls before Alice changes: the difference comes back to her
     route = (await db.departures.find_one({"_id": dep}))["route_id"]
@@ -80,6 +93,15 @@ async def test_a_cancelled_departure_offers_free_refund_or_change(api: ApiClient
     assert (await db.departures.find_one({"_id": dep}))["disruption"]["settled"] is True
     closed = (await api.get(f"/api/v1/orders/{b['order_no']}", token=bob)).body
     assert closed["disruption"]["options"] == []
+    view = await looked_after()  # Alice changed bus, Bob was refunded: nobody left
+    assert view["tickets"] == {"affected": 2, "open": 0, "refunded": 1, "changed": 1,
+                               "in_progress": 0}
+    assert view["disruption"]["settled"] is True
+    staff = await api.get(handled, token=(await api.login("station_staff"))["token"])
+    assert staff.status == 200 and staff.body == view  # the station's own staff see it too
+    missing = await api.get("/api/v1/admin/departures/NOPE-20300101/disruption",
+                            token=operator)
+    assert missing.status == 404
 
 
 @pytest.mark.gen_test(timeout=90)

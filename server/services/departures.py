@@ -183,9 +183,40 @@ class DepartureOperations:
         seats = await self._seats.availability_many(deps, stations)
         return [{**_operated(d), "route_name": routes.get(d["route_id"], ""),
                  "station_name": stations.get(d["station_id"], {}).get("name", ""),
-                 "inventory": d["inventory"],
+                 "inventory": d["inventory"], "disrupted": bool(d.get("disruption")),
                  "remaining": seats[d["_id"]].remaining if d["_id"] in seats else None}
                 for d in deps], total
+
+    async def disruption(self, actor: Principal, departure_id: str) -> dict[str, Any]:
+        """How a departure's disruption (a cancellation, a long delay) is being handled: its
+        passengers' tickets — refunded, changed to another bus, being refunded or changed,
+        still open (refunded in full at the deadline if they do nothing) — and the notices
+        telling them, by state. Any departure the actor may see, native or proxied."""
+        query: dict[str, Any] = {"_id": departure_id}
+        if actor.station_id:
+            query["station_id"] = actor.station_id
+        dep = await self._db.departures.find_one(query, {"status": 1, "disruption": 1})
+        if dep is None:
+            raise DomainError("DEPARTURE_NOT_FOUND")
+        tickets = {"refunded": 0, "changed": 0, "in_progress": 0, "open": 0}
+        async for t in self._db.tickets.find({"departure_id": departure_id,
+                                              "status": {"$in": list(AFFECTED)}}, {"status": 1}):
+            tickets[AFFECTED[t["status"]]] += 1
+        notices: dict[str, int] = {}
+        async for n in self._db.notices.find(
+                {"_id": {"$regex": f"^departure_changed:{re.escape(departure_id)}:"}},
+                {"status": 1}):
+            notices[n["status"]] = notices.get(n["status"], 0) + 1
+        disruption = dep.get("disruption")
+        return {"departure_id": departure_id, "status": dep["status"],
+                "disruption": {**disruption,
+                               "at": disruption["at"].astimezone(LOCAL_TZ).isoformat(),
+                               "deadline": disruption["deadline"].astimezone(
+                                   LOCAL_TZ).isoformat()} if disruption else None,
+                "tickets": {**tickets, "affected": sum(tickets.values())},
+                "notices": {"sent": notices.get("sent", 0),
+                            "waiting": notices.get("pending", 0) + notices.get("sending", 0),
+                            "failed": notices.get("failed", 0)}}
 
     async def _native(self, actor: Principal, departure_id: str) -> dict[str, Any]:
         dep = await self._db.departures.find_one({"_id": departure_id})
@@ -319,6 +350,11 @@ class DepartureOperations:
         await self._audit.record(actor, "departure.add_extra", target=doc["_id"],
                                  details={"schedule_id": schedule_id, "seats": seats})
         return _operated(doc)
+
+
+# a disrupted departure's tickets, by how their passenger's case stands
+AFFECTED = {"issued": "open", "picked_up": "open", "refunded": "refunded", "changed": "changed",
+            "refunding": "in_progress", "changing": "in_progress"}
 
 
 def _operated(dep: dict[str, Any]) -> dict[str, Any]:
