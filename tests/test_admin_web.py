@@ -433,10 +433,11 @@ def _input(name: str) -> str:
 async def test_finance_settles_from_its_console(api, keyun, db, services) -> None:
     """Finance sets a carrier's cycle and bank account, drafts a clearing rule and sees its
     simulation, checks the ledger sums to zero, reconciles a quiet day and settles a closed
-    day, with its payout instructions, and finds a passenger's electronic invoice."""
+    day, with its payout instructions and a carrier's statement, and finds a passenger's
+    electronic invoice."""
     buyer = await member(api)
-    order = await issued_order(api, services, buyer, (await native_departure(db, 4, 2))["_id"],
-                               [person()])
+    sold_on = await native_departure(db, 4, 2)
+    order = await issued_order(api, services, buyer, sold_on["_id"], [person()])
     invoice = await api.post(f"/api/v1/orders/{order['order_no']}/invoice",
                              {"title": "网页测试发票抬头"}, token=buyer)
     assert invoice.status == 201 and invoice.body["status"] == "issued", invoice.text
@@ -444,10 +445,17 @@ async def test_finance_settles_from_its_console(api, keyun, db, services) -> Non
     carrier = await db.carriers.find_one({}, sort=[("_id", 1)])
     entity = f"carrier:{carrier['_id']}"
     day = (dt.date.today() - dt.timedelta(days=90)).isoformat()
-    # settlement days only go forward: if another test settled a later day already, settle
-    # that day again (which returns its batch and adds nothing)
+    # settlement days only go forward: after any day another test settled
     latest = await db.settlement_batches.find_one({}, sort=[("through_date", -1)])
-    through = max(day, latest["through_date"]) if latest else day
+    through = max(day, (dt.date.fromisoformat(latest["through_date"]) + dt.timedelta(
+        days=1)).isoformat()) if latest else day
+    # the ticket's sale as if booked long enough before that day for any cycle (T+N, N ≤ 7)
+    # to settle it: the bus's carrier then has a statement in the batch
+    sold_by = f"carrier:{sold_on['carrier_id']}"
+    await db.ledger_entries.update_many(
+        {"order_no": order["order_no"], "kind": "sale"},
+        {"$set": {"booked_on": (dt.date.fromisoformat(through) - dt.timedelta(
+            days=8)).isoformat()}})
     named = await api.get(f"/api/v1/admin/settlement/entities?q={quote(carrier['name'])}",
                           token=(await api.login("finance"))["token"])
     assert 1 <= named.body["total"] < 20 and entity in [e["id"] for e in named.body["entities"]]
@@ -503,6 +511,19 @@ async def test_finance_settles_from_its_console(api, keyun, db, services) -> Non
         settled = await db.settlement_batches.find_one({"_id": "SB" + through.replace("-", "")})
         await page.locator("[data-test=batch-entity-pages]",  # the batch's rows, paged
                            has_text=f"共 {len(settled['entities'])} 条").wait_for()
+        # the carrier's statement of the batch, found by its account, opened as XLSX
+        await page.locator(_input("batch-q")).fill(sold_by)
+        await page.locator(_input("batch-q")).press("Enter")
+        statement_row = page.locator("[data-test=batch-entities] .el-table__row",
+                                     has_text=sold_by)
+        await statement_row.wait_for()
+        async with page.expect_download() as saving:
+            await statement_row.locator("[data-test=xlsx]").click()
+        saved = await saving.value
+        sheet = load_workbook(io.BytesIO((await saved.path()).read_bytes()), read_only=True).active
+        cells = [str(c) for r in sheet.iter_rows(values_only=True) for c in r if c is not None]
+        ticket_no = order["tickets"][0]["ticket_no"]
+        assert f"sale:{ticket_no}" in cells, cells[:40]
         payouts = page.locator("[data-test=payouts]")  # the batch's payout instructions
         await payouts.filter(has_text="付款指令").wait_for()
         assert await payouts.locator("[data-test=payout-file]").count() == 1
