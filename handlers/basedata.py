@@ -15,7 +15,15 @@ from tornado.web import RequestHandler, URLSpec
 from handlers.base import ApiHandler, api, route
 from server.errors import DomainError
 from server.schema import DIVISION, array, integer, obj, string
-from server.security.principal import AUTHORITY, FINANCE, GATE, KIOSK, OPERATOR, STATION_STAFF
+from server.security.principal import (
+    AUTHORITY,
+    FINANCE,
+    GATE,
+    KIOSK,
+    OPERATOR,
+    STAFF_ROLES,
+    STATION_STAFF,
+)
 from server.services.kinds import CODE, KINDS, Kind
 
 READERS = (OPERATOR, STATION_STAFF, AUTHORITY, FINANCE)
@@ -41,8 +49,11 @@ IMPORT_REPORT = obj({
     "errors": array(ROW_ERROR), "error_count": integer(0),
     "ignored_columns": array(string())},
     ["dry_run", "created", "updated", "unchanged", "errors"])
-IMPORT_QUERY = obj({"dry_run": {"type": "boolean", "description": "report only (default)"}},
-                   additional=True)
+PROGRESS_ID = string(8, 64, pattern="^[A-Za-z0-9_-]+$",
+                     description="an id of the caller's choosing: how far the work has got "
+                                 "is then read at /api/v1/admin/progress/{id}")
+IMPORT_QUERY = obj({"dry_run": {"type": "boolean", "description": "report only (default)"},
+                    "progress": PROGRESS_ID}, additional=True)
 
 
 def view_schema(kind: Kind) -> dict[str, Any]:
@@ -145,10 +156,27 @@ class ImportHandler(ApiHandler):
         if not self.request.body:
             raise DomainError("IMPORT_UNREADABLE", "Send the file as the request body.")
         await asyncio.sleep(0)
+        work = self.query.get("progress")
         self.write_json(await self.services.basedata.import_file(
             self.principal, KINDS[kind], self.request.body,
-            dry_run=self.query.get("dry_run", True)))
+            dry_run=self.query.get("dry_run", True),
+            progress=self.services.progress.reporter(self.principal, work) if work else None))
+
+
+class ProgressHandler(ApiHandler):
+    @api("How far a long request of yours has got (an import named with ?progress=): done of "
+         "total and the phase; kept ten minutes", roles=STAFF_ROLES,
+         path={"work": PROGRESS_ID},
+         response=obj({"done": integer(0), "total": integer(0),
+                       "phase": string(description="e.g. reading, checking, writing")},
+                      ["done", "total", "phase"]), tags=("base data",), errors=("NOT_FOUND",))
+    async def get(self, work: str) -> None:
+        got = await self.services.progress.read(self.principal, work)
+        if got is None:
+            raise DomainError("NOT_FOUND", "No such work of yours under way or just done.")
+        self.write_json(got)
 
 
 default_handlers = [spec for kind in KINDS.values() for spec in _handlers(kind)] + [
-    route("/api/v1/admin/imports/{kind}", ImportHandler)]
+    route("/api/v1/admin/imports/{kind}", ImportHandler),
+    route("/api/v1/admin/progress/{work}", ProgressHandler)]

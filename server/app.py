@@ -103,6 +103,7 @@ from server.services.partners import PartnerService
 from server.services.paylinks import PayLinks
 from server.services.planning import plan_sale_window
 from server.services.privacy import Retention
+from server.services.progress import ProgressBoard
 from server.services.rules import RuleService
 from server.services.search import NetworkCache, SearchService
 from server.services.seats import SeatService
@@ -142,6 +143,7 @@ class Services:
     waitlist: WaitlistService
     invoices: InvoiceService
     exports: ExportService
+    progress: ProgressBoard
     payments: PaymentService
     jobs: JobRunner
     hub: Hub
@@ -352,6 +354,7 @@ def build_services(settings: Settings, mongo: AsyncMongoClient[Any],
         waitlist=waitlist,
         invoices=invoice_service,
         exports=ExportService(db, audit),
+        progress=ProgressBoard(redis),
         payments=payment_service,
         jobs=jobs,
         hub=Hub(redis),

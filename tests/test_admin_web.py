@@ -327,6 +327,19 @@ async def test_base_data_pages(api, keyun, db, tmp_path) -> None:
         await page.wait_for_selector("text=导入完成")
         assert await db.vehicles.count_documents({"carrier_id": code}) == 3
         await page.keyboard.press("Escape")
+        # a long file shows how far the check has got while it runs
+        from tests.test_imports import _csv, _drivers
+
+        drivers = tmp_path / "drivers.csv"
+        drivers.write_bytes(_csv(_drivers(4000, "WEB" + secrets.token_hex(3).upper())))
+        await page.click("#tab-drivers")
+        await page.click("[data-test=import]")
+        await page.set_input_files("[data-test=file]", str(drivers))
+        await page.click("[data-test=dry-run]")
+        await page.locator("[data-test=import-progress]").wait_for()
+        await page.wait_for_selector("[data-test=report] >> text=新增 4000")
+        assert await page.locator("[data-test=import-progress]").count() == 0
+        await page.keyboard.press("Escape")
         await page.click("#sign-out")
         await page.wait_for_selector("#username")
 

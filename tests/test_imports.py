@@ -5,6 +5,7 @@ importing it again changes nothing. Also from a console: ``keyun import``."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -67,8 +68,26 @@ async def test_thousands_of_drivers_with_planted_errors(api: ApiClient, db) -> N
     rows[2997][1] = ""  # no name
     body = _csv(rows)
 
-    report = await _upload(api, operator, "drivers", body, dry_run=True)
+    # the dry run named, so the page can show how far it has got while it waits
+    work = f"test-{uuid.uuid4().hex}"
+    seen: list[dict] = []
+    upload = asyncio.ensure_future(api.request(
+        "POST", f"{ADMIN}/imports/drivers?dry_run=true&progress={work}", raw=body, token=operator,
+        headers={"Content-Type": "text/csv"}))
+    while not upload.done():
+        got = await api.get(f"{ADMIN}/progress/{work}", token=operator)
+        if got.status == 200:
+            seen.append(got.body)
+        await asyncio.sleep(0.05)
+    report = upload.result()
     assert report.status == 200, report.text
+    final = (await api.get(f"{ADMIN}/progress/{work}", token=operator)).body
+    assert final["phase"] == "writing" and final["done"] == final["total"] > 2900
+    assert {s["phase"] for s in seen} <= {"reading", "checking", "writing"}
+    checked = [s["done"] for s in seen if s["phase"] == "checking"]
+    assert checked == sorted(checked)
+    other = (await api.login("finance"))["token"]
+    assert (await api.get(f"{ADMIN}/progress/{work}", token=other)).status == 404
     got = {e["row"]: e["code"] for e in report.body["errors"]}
     assert got == planted, got
     assert report.body["created"] == 3000 - len(planted)

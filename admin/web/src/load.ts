@@ -1,7 +1,7 @@
 // Loading a page's data: a busy flag and the API's error in Chinese, one way for every page.
 import { ref, type Ref } from "vue";
 import { ElMessage, ElMessageBox } from "element-plus";
-import { explain } from "./api";
+import { api, explain } from "./api";
 
 export function loader() {
   const busy = ref(false);
@@ -66,4 +66,35 @@ export function pager(reload: () => unknown, size = 20): Pages {
   const params = () => ({ offset: (current.value - 1) * size, limit: size });
   const first = () => { current.value = 1; void reload(); };
   return { size, current, total, params, first, reload };
+}
+
+/** How far a long request has got (the server's /api/v1/admin/progress/{id}). */
+export interface Progress { done: number; total: number; phase: string }
+
+/** Run a long request named with a fresh progress id (``work(id)`` puts it in the request's
+ * query as ``progress``), reading its progress into ``shown`` while it runs; ``shown`` is
+ * null again when it has answered. */
+export async function tracked<T>(work: (id: string) => Promise<T>, shown: Ref<Progress | null>): Promise<T> {
+  const id = `w${Date.now().toString(36)}${Math.random().toString(36).slice(2, 10)}`;
+  let running = true;
+  shown.value = { done: 0, total: 0, phase: "sending" };
+  const poll = async () => {
+    while (running) {
+      await new Promise((r) => window.setTimeout(r, 300));
+      if (!running) break;
+      try {
+        const now = await api<Progress>("GET", `/api/v1/admin/progress/${id}`);
+        if (running) shown.value = now;
+      } catch {
+        // not begun yet (the file still uploading): keep asking
+      }
+    }
+  };
+  void poll();
+  try {
+    return await work(id);
+  } finally {
+    running = false;
+    shown.value = null;
+  }
 }
