@@ -72,9 +72,11 @@ export function pager(reload: () => unknown, size = 20): Pages {
 export interface Progress { done: number; total: number; phase: string }
 
 /** Run a long request named with a fresh progress id (``work(id)`` puts it in the request's
- * query as ``progress``), reading its progress into ``shown`` while it runs; ``shown`` is
- * null again when it has answered. */
-export async function tracked<T>(work: (id: string) => Promise<T>, shown: Ref<Progress | null>): Promise<T> {
+ * query as ``progress``), reading its progress into ``shown`` while it runs — from the
+ * server's progress board, or with ``read`` from the record the work keeps itself (a
+ * settlement batch); ``shown`` is null again when it has answered. */
+export async function tracked<T>(work: (id: string) => Promise<T>, shown: Ref<Progress | null>,
+                                 read?: () => Promise<Progress>): Promise<T> {
   const id = `w${Date.now().toString(36)}${Math.random().toString(36).slice(2, 10)}`;
   let running = true;
   shown.value = { done: 0, total: 0, phase: "sending" };
@@ -83,7 +85,7 @@ export async function tracked<T>(work: (id: string) => Promise<T>, shown: Ref<Pr
       await new Promise((r) => window.setTimeout(r, 300));
       if (!running) break;
       try {
-        const now = await api<Progress>("GET", `/api/v1/admin/progress/${id}`);
+        const now = read ? await read() : await api<Progress>("GET", `/api/v1/admin/progress/${id}`);
         if (running) shown.value = now;
       } catch {
         // not begun yet (the file still uploading): keep asking
