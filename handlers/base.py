@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
 
 from tornado import httputil
 from tornado.web import HTTPError, RequestHandler, URLSpec
@@ -225,6 +226,15 @@ class ApiHandler(RequestHandler):
         return value
 
     # --- responses --------------------------------------------------------------------------
+    def attachment(self, name: str, content_type: str, data: bytes) -> None:
+        """Answer with a file the browser saves under ``name`` (any script: RFC 6266's
+        ``filename*`` carries it in UTF-8, ``filename`` an ASCII fallback)."""
+        fallback = name.encode("ascii", "replace").decode().replace("?", "_").replace('"', "")
+        self.set_header("Content-Type", content_type)
+        self.set_header("Content-Disposition", f'attachment; filename="{fallback}"; '
+                                               f"filename*=UTF-8''{quote(name)}")
+        self.finish(data)
+
     def write_json(self, payload: Any, status: int | None = None) -> None:
         """Serialize ``payload`` and finish the response (an idempotent operation's answer
         is sent only once it is stored, so a client repeating the call replays it)."""

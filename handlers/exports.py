@@ -53,9 +53,7 @@ class ExportFileHandler(ApiHandler):
          errors=(*ERRORS, "EXPORT_NOT_READY", "EXPORT_FAILED"))
     async def get(self, export_id: str) -> None:
         name, content_type, data = await self.services.exports.file(self.principal, export_id)
-        self.set_header("Content-Type", content_type)
-        self.set_header("Content-Disposition", f'attachment; filename="{name}"')
-        self.finish(data)
+        self.attachment(name, content_type, data)
 
 
 default_handlers = [

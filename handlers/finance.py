@@ -11,6 +11,7 @@ from server.schema import DATETIME, DAY, DIVISION, array, integer, obj, string
 from server.security.principal import FINANCE, OPERATOR
 from server.services.kinds import CODE
 from server.services.settlement import statement_csv, statement_xlsx
+from server.tables import FORMATS
 from server.vocabulary import TICKET_TYPES
 
 READERS = (FINANCE, OPERATOR)
@@ -293,10 +294,8 @@ class PayoutFileHandler(ApiHandler):
          errors=("NOT_FOUND", "SETTLEMENT_RUNNING"))
     async def get(self, batch_id: str) -> None:
         name, data = await self.services.settlement.payout_file(self.principal, batch_id)
-        self.set_header("Content-Type", "text/csv; charset=utf-8")
-        self.set_header("Content-Disposition", f'attachment; filename="{name}"')
         self.set_header("Cache-Control", "no-store")
-        self.finish(data)
+        self.attachment(name, "text/csv; charset=utf-8", data)
 
 
 class StatementHandler(ApiHandler):
@@ -311,15 +310,8 @@ class StatementHandler(ApiHandler):
         fmt = self.fmt
         statement = await self.services.settlement.statement(batch_id, entity_id)
         name = f"{statement['settlement_code'].replace(':', '_')}.{fmt}"
-        if fmt == "csv":
-            self.set_header("Content-Type", "text/csv; charset=utf-8")
-            data = statement_csv(statement)
-        else:
-            self.set_header("Content-Type", "application/vnd.openxmlformats-officedocument."
-                                            "spreadsheetml.sheet")
-            data = statement_xlsx(statement)
-        self.set_header("Content-Disposition", f'attachment; filename="{name}"')
-        self.finish(data)
+        data = statement_csv(statement) if fmt == "csv" else statement_xlsx(statement)
+        self.attachment(name, FORMATS[fmt], data)
 
 
 default_handlers = [

@@ -67,9 +67,7 @@ class InvoicePdfHandler(ApiHandler):
          content_type="application/pdf", errors=("INVOICE_NOT_FOUND", "INVOICE_NOT_ISSUED"))
     async def get(self, invoice_id: str) -> None:
         name, data = await self.services.invoices.pdf(self.principal, invoice_id)
-        self.set_header("Content-Type", "application/pdf")
-        self.set_header("Content-Disposition", f'attachment; filename="{name}"')
-        self.finish(data)
+        self.attachment(name, "application/pdf", data)
 
 
 def _period(query: dict[str, Any]) -> tuple[Any, Any]:
@@ -106,7 +104,7 @@ class InvoiceExportsHandler(ApiHandler):
     @api("Export the invoices of a period as a job (any number of rows): answered at once "
          "with the export, whose progress and file are read under /api/v1/admin/exports",
          roles=(FINANCE,), body=export_request(FILTERS), response=EXPORT, status=202,
-         tags=("invoices", "exports"), errors=("INVALID_VALUE",))
+         tags=("invoices", "exports"), errors=("INVALID_VALUE", "EXPORTS_BUSY"))
     async def post(self) -> None:
         since, until = _period(self.body)
         source = self.services.invoices.exported(since, until, self.body.get("status"))
@@ -125,9 +123,7 @@ async def _download(handler: ApiHandler, fmt: str) -> None:
                           use="POST /api/v1/admin/invoices/exports")
     rows = [row async for row in source.rows()]
     data = await asyncio.get_running_loop().run_in_executor(None, source.sheet.file, fmt, rows)
-    handler.set_header("Content-Type", FORMATS[fmt])
-    handler.set_header("Content-Disposition", f'attachment; filename="invoices.{fmt}"')
-    handler.finish(data)
+    handler.attachment(f"invoices.{fmt}", FORMATS[fmt], data)
 
 
 default_handlers = [

@@ -252,9 +252,7 @@ class MinistryPackageHandler(ApiHandler):
          errors=("NOT_FOUND",))
     async def get(self, export_id: str) -> None:
         name, data = await self.services.ministry.package(export_id)
-        self.set_header("Content-Type", "application/zip")
-        self.set_header("Content-Disposition", f'attachment; filename="{name}"')
-        self.finish(data)
+        self.attachment(name, "application/zip", data)
 
 
 class YunzhengPullsHandler(ApiHandler):

@@ -149,6 +149,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "EXPORT_NOT_FOUND": (404, "No such export of yours (exports are kept for a day)."),
     "EXPORT_NOT_READY": (409, "The export is still being made; its progress says how far."),
     "EXPORT_FAILED": (409, "The export failed; ask for it again."),
+    "EXPORTS_BUSY": (429, "You have exports running; wait for one to finish."),
     "EXPORT_TOO_LARGE": (422, "Too many rows to download at once; ask for an export job "
                               "instead (it shows its progress)."),
     "INVOICE_NOT_ISSUED": (409, "The invoice is not issued yet; look again shortly."),

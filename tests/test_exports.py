@@ -8,6 +8,7 @@ import asyncio
 import csv
 import datetime as dt
 import io
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -18,20 +19,20 @@ from openpyxl import load_workbook
 from tests.support import ApiClient, KeyunProcess, another_process
 
 ROWS = 10_500  # more than a download answers at once (10,000)
-# a period of its own, far from the invoices other tests make
-SINCE = dt.datetime(2031, 3, 1, tzinfo=dt.UTC)
+# a period of its own, long before the invoices other tests make
+SINCE = dt.datetime(2021, 3, 1, tzinfo=dt.UTC)
 PERIOD = {"from": SINCE.isoformat(), "to": (SINCE + dt.timedelta(days=1)).isoformat()}
 
 
 @pytest.fixture(scope="module")
 def invoices(stores: Any, seeded: str) -> int:
-    """ROWS issued invoices requested on one day of 2031, one a second."""
+    """ROWS issued invoices requested on one day of 2021, one a second."""
     from pymongo import MongoClient
 
     with MongoClient(stores.mongo_uri) as client:
         client[seeded].invoices.insert_many([{
             "_id": f"INVX{n:06d}", "order_no": f"KYX{n:08d}", "kind": "blue",
-            "status": "issued", "current": True, "invoice_no": f"2031{n:016d}",
+            "status": "issued", "current": True, "invoice_no": f"2021{n:016d}",
             "buyer": {"type": "personal", "title": f"乘客{n}"},
             "lines": [{"name": "*运输服务*旅客运输服务", "detail": "广州—佛山", "amount": 1250 + n,
                        "tax_rate": "免税"}],
@@ -81,16 +82,25 @@ async def test_finance_exports_a_large_period_as_a_job_and_watches_its_progress(
 
     got = await api.get(f"/api/v1/admin/exports/{export['id']}/file", token=finance)
     assert got.status == 200
-    assert got.headers["Content-Disposition"].endswith('.xlsx"')
+    assert re.fullmatch(r'attachment; filename="invoices-\d{8}-\d{6}\.xlsx"; '
+                        r"filename\*=UTF-8''invoices-\d{8}-\d{6}\.xlsx",
+                        got.headers["Content-Disposition"]), got.headers["Content-Disposition"]
     assert len(got.raw) == done["size"]
     sheet = load_workbook(io.BytesIO(got.raw), read_only=True).active
     rows = list(sheet.iter_rows(values_only=True))
     assert rows[0][:3] == ("发票号码", "开票日期", "类型") and len(rows) == invoices + 1
     newest = invoices - 1
-    assert rows[1][0] == f"2031{newest:016d}" and rows[1][5] == f"乘客{newest}"
+    assert rows[1][0] == f"2021{newest:016d}" and rows[1][5] == f"乘客{newest}"
     assert round(rows[1][7] * 100) == 1250 + newest  # money in yuan
     listed = await api.get("/api/v1/admin/exports", token=finance)
     assert export["id"] in [e["id"] for e in listed.body["exports"]]
+    # export clicked again and again: two run, the third is told to wait
+    clicks = [await api.post("/api/v1/admin/invoices/exports", {**PERIOD, "format": "csv"},
+                             token=finance) for _ in range(3)]
+    assert [c.status for c in clicks] == [202, 202, 429], [c.text for c in clicks]
+    assert clicks[2].error_code == "EXPORTS_BUSY"
+    for click in clicks[:2]:
+        assert (await _until_finished(api, finance, click.body["id"]))[-1]["status"] == "done"
 
 
 @pytest.mark.gen_test(timeout=120)

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 KEEP = dt.timedelta(days=1)
 STALE = dt.timedelta(minutes=2)  # a running export not heard of this long was abandoned
 BEAT = 0.5  # seconds between progress records while reading
+PER_PERSON = 2  # exports one staff member may have running at once
+BUILDING = 2  # files this process builds at once (CPU: the rest wait their turn)
 ABANDONED = {"code": "EXPORT_ABANDONED",
              "message": "The server making this export stopped; ask for it again."}
 
@@ -42,11 +44,15 @@ class ExportService:
         self.records = ExportRecords(db)
         self._audit = audit
         self._running: set[asyncio.Task[None]] = set()
+        self._building = asyncio.Semaphore(BUILDING)
 
     async def start(self, actor: Principal, kind: str, source: Source, fmt: str,
                     filters: dict[str, Any]) -> dict[str, Any]:
-        """Begin an export of ``source`` as ``fmt``; the export as it stands (running)."""
+        """Begin an export of ``source`` as ``fmt``; the export as it stands (running). A
+        person clicking export again and again gets EXPORTS_BUSY, not a pile of jobs."""
         now = now_ms()
+        if await self.records.running(actor.id, now - STALE) >= PER_PERSON:
+            raise DomainError("EXPORTS_BUSY", limit=PER_PERSON)
         export = {
             "_id": f"EX{now.astimezone(LOCAL_TZ):%Y%m%d%H%M%S}{secrets.token_hex(3).upper()}",
             "kind": kind, "format": fmt, "filters": filters, "status": "running",
@@ -75,8 +81,9 @@ class ExportService:
                     await self.records.progress(export_id, "reading", len(rows),
                                                 max(total, len(rows)), now_ms())
             await self.records.progress(export_id, "writing", len(rows), len(rows), now_ms())
-            data = await asyncio.get_running_loop().run_in_executor(
-                None, source.sheet.file, fmt, rows)
+            async with self._building:
+                data = await asyncio.get_running_loop().run_in_executor(
+                    None, source.sheet.file, fmt, rows)
             await self.records.finished(export_id, data, len(rows), now_ms())
         except asyncio.CancelledError:
             await asyncio.shield(self.records.failed(export_id, ABANDONED, now_ms()))

@@ -31,6 +31,11 @@ class ExportRecords:
         return await self._exports.find({"requested_by.id": who}).sort(
             "created_at", DESCENDING).limit(limit).to_list()
 
+    async def running(self, who: str, alive_since: dt.datetime) -> int:
+        """How many of ``who``'s exports are running (heard of since ``alive_since``)."""
+        return await self._exports.count_documents({
+            "requested_by.id": who, "status": "running", "heartbeat_at": {"$gte": alive_since}})
+
     async def progress(self, export_id: str, phase: str, done: int, total: int,
                        at: dt.datetime) -> None:
         await self._exports.update_one({"_id": export_id, "status": "running"}, {"$set": {

@@ -112,10 +112,12 @@ export async function download(path: string): Promise<void> {
     const e = (await resp.json().catch(() => ({}))).error || {};
     throw new ApiError(resp.status, e.code || "HTTP_" + resp.status, e.message || resp.statusText);
   }
-  const named = /filename="([^"]+)"/.exec(resp.headers.get("Content-Disposition") || "");
+  const disposition = resp.headers.get("Content-Disposition") || "";
+  const utf8 = /filename\*=UTF-8''([^;]+)/i.exec(disposition);  // RFC 6266: any script
+  const named = /filename="([^"]+)"/.exec(disposition);
   const link = document.createElement("a");
   link.href = URL.createObjectURL(await resp.blob());
-  link.download = named ? named[1] : path.split("/").pop() || "download";
+  link.download = utf8 ? decodeURIComponent(utf8[1]) : named ? named[1] : path.split("/").pop() || "download";
   document.body.appendChild(link);
   link.click();
   link.remove();
@@ -157,7 +159,7 @@ const MESSAGES: Record<string, string> = {
   MINISTRY_DAY_OPEN: "只能报送已结束的日期", MINISTRY_EXPORT_RUNNING: "该日数据正在报送，请稍后再看",
   OUT_OF_SCOPE: "超出本单位管辖范围", STATS_RANGE_INVALID: "统计区间不正确（最长三年）", RULE_EFFECTIVE_IN_PAST: "生效时间不能早于现在", IMPORT_UNREADABLE: "文件无法读取（请用 CSV 或 XLSX）",
   EXPORT_FAILED: "导出失败，请重新导出", EXPORT_ABANDONED: "导出中断（服务器已重启），请重新导出",
-  EXPORT_NOT_FOUND: "导出记录不存在或已过期（保留一天）", EXPORT_TOO_LARGE: "行数过多，请使用导出任务",
+  EXPORT_NOT_FOUND: "导出记录不存在或已过期（保留一天）", EXPORTS_BUSY: "已有导出正在进行，请稍候", EXPORT_TOO_LARGE: "行数过多，请使用导出任务",
 };
 
 export function explain(e: unknown): string {
