@@ -58,7 +58,10 @@ POSTING = obj({"account": string(), "amount": SIGNED_FEN}, ["account", "amount"]
 ACCOUNTS = obj({"accounts": array(obj({"account": string(), "balance": SIGNED_FEN,
                                        "entries": integer(0),
                                        "updated_at": {"type": ["string", "null"]}})),
-                "total": SIGNED_FEN}, ["accounts", "total"])
+                "total": {**SIGNED_FEN, "description": "the balances of every account "
+                                                       "matching, summed (zero: the ledger "
+                                                       "balances)"},
+                "count": TOTAL}, ["accounts", "total", "count"])
 ENTRY = obj({"id": string(), "kind": string(), "postings": array(POSTING), "at": DATETIME,
              "booked_on": DAY, "event_at": DATETIME}, ["id", "kind", "postings"],
             additional=True)
@@ -157,13 +160,15 @@ class ClearingRuleSimulateHandler(ApiHandler):
 
 
 class AccountsHandler(ApiHandler):
-    @api("Ledger accounts and their balances (signed fen, debit positive; all sum to zero)",
-         roles=READERS, query=obj({"prefix": string(1, 40)}), response=ACCOUNTS,
-         tags=("settlement",))
+    @api("A page of the ledger accounts by name and their balances (signed fen, debit "
+         "positive), how many match (count) and their balances summed (total: all sum to "
+         "zero)",
+         roles=READERS, query=obj({"prefix": string(1, 40), **PAGE_QUERY}),
+         response=ACCOUNTS, tags=("settlement",))
     async def get(self) -> None:
-        accounts = await self.services.ledger.accounts(self.query.get("prefix"))
-        self.write_json({"accounts": accounts,
-                         "total": sum(a["balance"] for a in accounts)})
+        rows, count, total = await self.services.ledger.accounts_page(
+            self.query.get("prefix"), Page.of(self.query, 100))
+        self.write_json({"accounts": rows, "total": total, "count": count})
 
 
 class EntriesHandler(ApiHandler):

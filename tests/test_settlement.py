@@ -162,6 +162,21 @@ async def test_sales_refunds_and_their_money_post_balanced_entries_once(
     await services.ledger.catch_up(days=1)
     assert await db.ledger_entries.count_documents({}) == count
     await _balanced(services)
+    # the accounts page on the server; their balances, summed over every page, are zero
+    finance = (await api.login("finance"))["token"]
+    accounts = "/api/v1/admin/ledger/accounts"
+    every = (await api.get(f"{accounts}?limit=500", token=finance)).body
+    assert every["count"] == len(every["accounts"]) == await db.ledger_accounts.count_documents(
+        {}) and every["total"] == 0
+    part = (await api.get(f"{accounts}?limit=2&offset=1", token=finance)).body
+    assert part["accounts"] == every["accounts"][1:3] and part["total"] == 0
+    assert part["count"] == every["count"]
+    carriers = (await api.get(f"{accounts}?prefix=carrier:&limit=500", token=finance)).body
+    assert carriers["accounts"] and all(a["account"].startswith("carrier:")
+                                        for a in carriers["accounts"])
+    assert carriers["total"] == sum(a["balance"] for a in carriers["accounts"])
+    odd = await api.get(f"{accounts}?prefix=%28.%2A", token=finance)  # "(.*": text, no regex
+    assert odd.status == 200 and odd.body["count"] == 0
 
 
 @pytest.mark.gen_test(timeout=120)

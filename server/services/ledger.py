@@ -305,11 +305,13 @@ class Ledger:
 
     # --- reading (finance) -------------------------------------------------------------------
     async def accounts(self, prefix: str | None = None) -> list[dict[str, Any]]:
-        return [{"account": a["_id"], "balance": int(a["balance"]),
-                 "entries": int(a.get("entries", 0)),
-                 "updated_at": a["updated_at"].astimezone(LOCAL_TZ).isoformat()
-                 if a.get("updated_at") else None}
-                for a in await self.book.accounts(prefix)]
+        return [_account_view(a) for a in await self.book.accounts(prefix)]
+
+    async def accounts_page(self, prefix: str | None, page: Page
+                            ) -> tuple[list[dict[str, Any]], int, int]:
+        """A page of the accounts by name, how many there are, and their balances' sum."""
+        rows, count, total = await self.book.accounts_page(prefix, page)
+        return [_account_view(a) for a in rows], count, total
 
     async def entries(self, account: str | None, since: dt.datetime | None,
                       until: dt.datetime | None, limit: int, after: str | None
@@ -342,6 +344,13 @@ class Ledger:
             del line["postings"]
             lines.append(line)
         return lines, total
+
+
+def _account_view(account: dict[str, Any]) -> dict[str, Any]:
+    return {"account": account["_id"], "balance": int(account["balance"]),
+            "entries": int(account.get("entries", 0)),
+            "updated_at": account["updated_at"].astimezone(LOCAL_TZ).isoformat()
+            if account.get("updated_at") else None}
 
 
 def entry_view(entry: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from typing import Any
 
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -124,8 +125,17 @@ class LedgerBook:
         return cursor.limit(limit) if limit else cursor
 
     async def accounts(self, prefix: str | None = None) -> list[dict[str, Any]]:
-        query = {"_id": {"$regex": f"^{prefix}"}} if prefix else {}
-        return await self._accounts.find(query).sort("_id", 1).to_list()
+        return await self._accounts.find(_prefixed(prefix)).sort("_id", 1).to_list()
+
+    async def accounts_page(self, prefix: str | None, page: Page
+                            ) -> tuple[list[dict[str, Any]], int, int]:
+        """A page of the accounts (whose name starts with ``prefix``) by name, how many
+        there are and the sum of all their balances."""
+        query = _prefixed(prefix)
+        rows, count = await find_page(self._accounts, query, [("_id", 1)], page)
+        summed = await (await self._accounts.aggregate([
+            {"$match": query}, {"$group": {"_id": None, "sum": {"$sum": "$balance"}}}])).to_list()
+        return rows, count, int(summed[0]["sum"]) if summed else 0
 
     async def has_account(self, account: str) -> bool:
         return await self._accounts.count_documents({"_id": account}, limit=1) > 0
@@ -170,3 +180,7 @@ class LedgerBook:
                                         "s": "$ticket.sale.station_id"}}}])}
 
     # --- the posting job's read positions ---------------------------------------------------
+
+
+def _prefixed(prefix: str | None) -> dict[str, Any]:
+    return {"_id": {"$regex": f"^{re.escape(prefix)}"}} if prefix else {}
