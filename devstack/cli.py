@@ -502,8 +502,9 @@ async def _import(settings: Settings, body: bytes, kind: str, apply: bool) -> di
     mongo, redis = await wait_for_stores(settings)
     console = Principal(kind="staff", id="console", role=OPERATOR, username="keyun import")
 
-    def progress(done: int, total: int) -> None:
-        print(f"\r{done}/{total} rows checked", end="", file=sys.stderr, flush=True)
+    async def progress(done: int, total: int, phase: str) -> None:
+        if phase != "reading":
+            print(f"\r{done}/{total} rows checked", end="", file=sys.stderr, flush=True)
 
     try:
         services = build_services(settings, mongo, redis)

@@ -57,6 +57,9 @@ BURST = 40.0
 STRIKES = 100  # frames refused for rate before the connection is closed
 
 
+_CLEANUPS: set[asyncio.Task[None]] = set()  # closed connections' hub cleanups under way
+
+
 @dataclass
 class Watch:
     seq: int = 0  # the last seq queued for the client
@@ -78,7 +81,6 @@ class EventSocket(WebSocketHandler):
         self._active_at = time.monotonic()
         self._idle_timer: object | None = None
         self._closed = False
-        self._cleanup: asyncio.Task[None] | None = None
 
     # --- services ---------------------------------------------------------------------------
     @property
@@ -122,15 +124,22 @@ class EventSocket(WebSocketHandler):
         self._arm_idle()
 
     def on_close(self) -> None:
+        # nothing may keep a closed connection alive (its idle timer held it for minutes):
+        # it is freed by reference counting as soon as the hub lets go (server/collector.py)
         self._closed = True
         self.hub.connections.discard(self)
         self.application.settings["metrics"].ws_connections.dec()
+        if self._idle_timer is not None:
+            IOLoop.current().remove_timeout(self._idle_timer)
+            self._idle_timer = None
         if self._writer is not None:
             self._writer.cancel()
         self._queue.clear()
         topics, self.watches = list(self.watches), {}
         if topics:
-            self._cleanup = asyncio.create_task(self._unwatch_all(topics))
+            cleanup = asyncio.get_running_loop().create_task(self._unwatch_all(topics))
+            _CLEANUPS.add(cleanup)  # held until done, by the module, not the connection
+            cleanup.add_done_callback(_CLEANUPS.discard)
 
     async def _unwatch_all(self, topics: list[str]) -> None:
         for topic in topics:

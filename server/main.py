@@ -14,6 +14,7 @@ from typing import Any
 
 from tornado.httpserver import HTTPServer
 
+from server import collector
 from server.config import Settings
 
 log = logging.getLogger("keyun")
@@ -135,10 +136,11 @@ async def serve(settings: Settings, sockets: list[Any]) -> None:
     jobs = app.settings["services"].jobs
     jobs.start()
     # what start-up made lives as long as the process: out of the collector's way, so a full
-    # collection scans only what came after (~100 ms less of a pause under search load)
-    gc.collect()
-    gc.freeze()
+    # collection scans only what came after (~100 ms less of a pause under search load);
+    # then what lives a minute (held connections above all) joins it (server/collector.py)
+    collector.settle()
     gc.callbacks.append(app.settings["metrics"].on_gc)
+    keeping = asyncio.ensure_future(collector.keep())
     server = HTTPServer(app, max_body_size=MAX_BODY, idle_connection_timeout=60)
     server.add_sockets(sockets)
     stop = asyncio.Event()
@@ -156,6 +158,7 @@ async def serve(settings: Settings, sockets: list[Any]) -> None:
         await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE)
     except TimeoutError:
         log.warning("connections still open after %ss; closing anyway", SHUTDOWN_GRACE)
+    keeping.cancel()
     await _step("stopping jobs", jobs.stop())
     await _step("stopping exports", services.exports.close())
     await _step("closing the seat writer", services.inventory.close())

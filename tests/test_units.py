@@ -176,3 +176,73 @@ def test_dead_workers_restart_at_once_then_back_off_then_give_up() -> None:
     later = Restarts(limit=2, window=60.0)
     assert later.delay(0.0) == 0.0 and later.delay(1.0) == 0.25
     assert later.delay(200.0) == 0.0, "deaths long ago are forgotten"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_closed_websocket_is_freed_by_reference_counting_alone() -> None:
+    """Held connections are frozen out of the cycle collector's sight (server/collector.py);
+    that is safe only if a connection, once closed, leaves no reference cycle behind — with
+    the collector off, every closed handler must be gone. The hub and the snapshot are
+    stand-ins (the unit is the handler); the sockets and Tornado are real."""
+    import asyncio
+    import gc
+    import json
+    import weakref
+    from types import SimpleNamespace
+
+    from tornado.httpserver import HTTPServer
+    from tornado.testing import bind_unused_port
+    from tornado.web import Application
+    from tornado.websocket import websocket_connect
+
+    from handlers.ws import EventSocket
+    from server.metrics import Metrics
+
+    class Hub:
+        def __init__(self) -> None:
+            self.connections: set = set()
+            self.watchers: dict[str, set] = {}
+
+        async def watch(self, topic, watcher) -> None:
+            self.watchers.setdefault(topic.name, set()).add(watcher)
+
+        async def unwatch(self, name, watcher) -> None:
+            self.watchers.get(name, set()).discard(watcher)
+
+    async def snapshot(ref: str) -> tuple[int, dict]:
+        return 0, {"remaining": 3}
+
+    hub = Hub()
+    app = Application([(r"/ws", EventSocket)], metrics=Metrics(), websocket_ping_interval=None,
+                      config=SimpleNamespace(ws_idle_seconds=600),
+                      services=SimpleNamespace(hub=hub, seats=SimpleNamespace(events=None),
+                                               departures=SimpleNamespace(snapshot=snapshot)))
+    sock, port = bind_unused_port()
+    server = HTTPServer(app)
+    server.add_sockets([sock])
+    gc.disable()
+    try:
+        clients = []
+        for n in range(20):
+            conn = await websocket_connect(f"ws://127.0.0.1:{port}/ws")
+            assert json.loads(await conn.read_message())["type"] == "welcome"
+            await conn.write_message(json.dumps({"op": "subscribe",
+                                                 "topic": f"departure:D{n % 3}"}))
+            while json.loads(await conn.read_message())["type"] != "subscribed":
+                pass
+            clients.append(conn)
+        handlers = [weakref.ref(h) for h in hub.connections]
+        assert len(handlers) == 20
+        for conn in clients:
+            conn.close()
+        for _ in range(200):
+            if not hub.connections and not any(hub.watchers.values()):
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # the handlers' last callbacks run
+        del clients, conn
+        alive = [h() for h in handlers if h() is not None]
+        assert not alive, f"{len(alive)} closed handlers still alive (a timer, a cycle)"
+    finally:
+        gc.enable()
+        server.stop()
