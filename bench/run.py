@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from tornado.httpclient import AsyncHTTPClient
 
 from devstack import embedded
 from devstack.cli import prepare_database
@@ -77,6 +78,7 @@ class Bench:
         server = psutil.Process(self.server_pid)
         procs = [server, *server.children(recursive=True)]
         before = sum(sum(p.cpu_times()[:2]) for p in procs)
+        machine = psutil.cpu_times()
         args = [sys.executable, "-m", "bench.loadgen", "--url", self.base_url + path,
                 "--concurrency", str(concurrency), "--seconds", str(self.seconds)]
         for header in headers or []:
@@ -92,6 +94,12 @@ class Bench:
         result: dict[str, float] = json.loads(out)
         after = sum(sum(p.cpu_times()[:2]) for p in procs)
         result["server_cpu_pct"] = 100 * (after - before) / result["seconds"]
+        now = psutil.cpu_times()  # every process on the machine, the load generator's too
+        spent = sum(now) - sum(machine)
+        idle = (now.idle + getattr(now, "iowait", 0.0)) - (machine.idle + getattr(
+            machine, "iowait", 0.0))
+        result["machine_cpu_pct"] = 100 * psutil.cpu_count() * (spent - idle) / spent \
+            if spent else 0.0
         return result
 
     async def login(self, username: str, password: str = "keyun-demo") -> str:  # noqa: S107
@@ -191,6 +199,36 @@ async def _run_all(bench: Bench, modules: list[Any]) -> tuple[list[Row], list[st
         rows += got
         notes += getattr(module, "NOTES", [])
     return rows, notes
+
+
+async def histogram(bench: Bench, name: str, label: str = "") -> dict[float, float]:
+    """Keyun's histogram ``name`` from /metrics (its series whose labels hold ``label``):
+    cumulative counts by bucket bound, in seconds."""
+    text = (await AsyncHTTPClient().fetch(bench.base_url + "/metrics")).body.decode()
+    found: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket") and label in line:
+            le = float(line.split('le="', 1)[1].split('"', 1)[0])
+            found[le] = found.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def bound(before: dict[float, float], after: dict[float, float], share: float) -> float:
+    """The bucket bound (ms) that ``share`` of the observations between two readings of a
+    histogram fall within."""
+    total = after.get(float("inf"), 0.0) - before.get(float("inf"), 0.0)
+    for le in sorted(after):
+        if total and after[le] - before.get(le, 0.0) >= share * total:
+            return le * 1000
+    return float("nan")
+
+
+def observed(before: dict[float, float], after: dict[float, float], above: float = 0.0
+             ) -> int:
+    """How many observations between two readings were above ``above`` seconds (a bound)."""
+    inf = float("inf")
+    within = after.get(above, 0.0) - before.get(above, 0.0) if above else 0.0
+    return int(after.get(inf, 0.0) - before.get(inf, 0.0) - within)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -157,6 +157,9 @@ class Settings:
     host: str = _opt("127.0.0.1", _parse_host, "address the HTTP server binds")
     port: int = _opt(8888, _parse_int(1, 65535), "HTTP port")
     processes: int = _opt(1, _parse_int(1, 64), "server processes sharing the port")
+    jobs: bool = _opt(True, _parse_bool,
+                      "run the background jobs (expiry, posting, syncs, …) in this process; "
+                      "false: serve requests only — keep at least one process with jobs")
     mongo_uri: str | None = _opt(None, _parse_optional_uri("mongodb", "mongodb+srv"),
                                  "MongoDB URI; unset: start the embedded SecantusDB")
     mongo_db: str = _opt("keyun", _parse_db_name, "MongoDB database name")

@@ -134,13 +134,15 @@ async def serve(settings: Settings, sockets: list[Any]) -> None:
     mongo, redis = await wait_for_stores(settings)
     app = make_app(settings, mongo, redis)
     jobs = app.settings["services"].jobs
-    jobs.start()
+    if settings.jobs:
+        jobs.start()
     # what start-up made lives as long as the process: out of the collector's way, so a full
     # collection scans only what came after (~100 ms less of a pause under search load);
     # then what lives a minute (held connections above all) joins it (server/collector.py)
     collector.settle()
     gc.callbacks.append(app.settings["metrics"].on_gc)
-    keeping = asyncio.ensure_future(collector.keep())
+    keeping = [asyncio.ensure_future(collector.keep()),
+               asyncio.ensure_future(app.settings["metrics"].watch_loop())]
     server = HTTPServer(app, max_body_size=MAX_BODY, idle_connection_timeout=60)
     server.add_sockets(sockets)
     stop = asyncio.Event()
@@ -158,7 +160,8 @@ async def serve(settings: Settings, sockets: list[Any]) -> None:
         await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE)
     except TimeoutError:
         log.warning("connections still open after %ss; closing anyway", SHUTDOWN_GRACE)
-    keeping.cancel()
+    for task in keeping:
+        task.cancel()
     await _step("stopping jobs", jobs.stop())
     await _step("stopping exports", services.exports.close())
     await _step("closing the seat writer", services.inventory.close())

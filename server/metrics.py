@@ -7,6 +7,7 @@ never by the raw path, to keep label cardinality bounded.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -47,6 +48,11 @@ class Metrics:
             "keyun_ws_fanout_seconds", "From an event's arrival from Redis to its frame "
             "written to (or queued for) every local watcher", registry=self.registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
+        self.loop_lag = Histogram(
+            "keyun_loop_lag_seconds", "How late the IOLoop ran a timer due every 50 ms: how "
+            "long a ready request can wait behind other work of the process (jobs, "
+            "collections, a long handler)", registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
         self.gc_pauses = Histogram(
             "keyun_gc_pause_seconds", "Pauses of the cyclic garbage collector by generation "
             "(the whole process waits; a full collection of a large heap shows in p99)",
@@ -61,6 +67,13 @@ class Metrics:
         else:
             self.gc_pauses.labels(str(info.get("generation", ""))).observe(
                 time.perf_counter() - self._gc_started)
+
+    async def watch_loop(self, every: float = 0.05) -> None:
+        """Measure the IOLoop's lag for the life of the process (cancelled at shutdown)."""
+        while True:
+            due = time.monotonic() + every
+            await asyncio.sleep(every)
+            self.loop_lag.observe(max(0.0, time.monotonic() - due))
 
     def watch_record_failures(self, counts: dict[str, int]) -> None:
         """Expose the records jobs skipped (``RecordFailures.counts``), read at scrape time."""

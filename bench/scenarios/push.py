@@ -13,7 +13,7 @@ import psutil
 from pymongo import AsyncMongoClient
 from tornado.httpclient import AsyncHTTPClient
 
-from bench.run import Bench, Row
+from bench.run import Bench, Row, bound, histogram
 from devstack.embedded import free_port
 from server.app import connect_redis
 from server.services.events import EventLog, Topic
@@ -89,26 +89,6 @@ async def _keyun(bench: Bench, dep_id: str, rate: int, clients: int = CLIENTS,
         await redis.aclose()
 
 
-async def _fanout_buckets(bench: Bench) -> dict[float, float]:
-    """Keyun's histogram of the time to hand one event to every local watcher."""
-    text = (await AsyncHTTPClient().fetch(bench.base_url + "/metrics")).body.decode()
-    found = {}
-    for line in text.splitlines():
-        if line.startswith("keyun_ws_fanout_seconds_bucket"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            found[float(le)] = float(line.rsplit(" ", 1)[1])
-    return found
-
-
-def _bound(before: dict[float, float], after: dict[float, float], share: float) -> float:
-    """The bucket bound (ms) that ``share`` of the events between two readings fall within."""
-    total = after.get(float("inf"), 0.0) - before.get(float("inf"), 0.0)
-    for le in sorted(after):
-        if total and after[le] - before.get(le, 0.0) >= share * total:
-            return le * 1000
-    return float("nan")
-
-
 async def _raw(seconds: float) -> dict[str, float]:
     port = free_port()
     server = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.wsraw",
@@ -158,10 +138,10 @@ async def run(bench: Bench) -> list[Row]:
         await mongo.close()
     raw = await _raw(bench.seconds)
     alive, per_connection, rss = await _idle(bench, dep["_id"])
-    before = await _fanout_buckets(bench)
+    before = await histogram(bench, "keyun_ws_fanout_seconds")
     fanout = await _keyun(bench, dep["_id"], FANOUT_RATE, FANOUT, FANOUT_PROCESSES)
-    after = await _fanout_buckets(bench)
-    handed = {share: _bound(before, after, share) for share in (0.5, 0.99)}
+    after = await histogram(bench, "keyun_ws_fanout_seconds")
+    handed = {share: bound(before, after, share) for share in (0.5, 0.99)}
     rows = [
         Row(f"WebSocket connections held by one process, subscribed and idle ({IDLE:,})",
             per_connection / 1024, "KiB/connection", "—", 0.0,
