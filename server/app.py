@@ -449,6 +449,7 @@ def make_app(settings: Settings, mongo: AsyncMongoClient[Any], redis: aioredis.R
     metrics = Metrics()
     metrics.watch_record_failures(services.failures.counts)
     services.hub.on_fanout = metrics.ws_fanout.observe
+    services.jobs.on_run = metrics.job_ran
     return Application(
         [*routes, *partner_api],
         config=settings,

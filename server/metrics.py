@@ -48,6 +48,10 @@ class Metrics:
             "keyun_ws_fanout_seconds", "From an event's arrival from Redis to its frame "
             "written to (or queued for) every local watcher", registry=self.registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
+        self.job_seconds = Histogram(
+            "keyun_job_seconds", "Background job runs by job, and how long each took (only "
+            "in processes running jobs: KEYUN_JOBS)", ["job"], registry=self.registry,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30))
         self.loop_lag = Histogram(
             "keyun_loop_lag_seconds", "How late the IOLoop ran a timer due every 50 ms: how "
             "long a ready request can wait behind other work of the process (jobs, "
@@ -67,6 +71,9 @@ class Metrics:
         else:
             self.gc_pauses.labels(str(info.get("generation", ""))).observe(
                 time.perf_counter() - self._gc_started)
+
+    def job_ran(self, job: str, seconds: float) -> None:
+        self.job_seconds.labels(job).observe(seconds)
 
     async def watch_loop(self, every: float = 0.05) -> None:
         """Measure the IOLoop's lag for the life of the process (cancelled at shutdown)."""

@@ -107,3 +107,30 @@ async def test_metrics_only_to_loopback_or_configured_scrapers() -> None:
     assert in_networks("10.1.2.3", settings.metrics_networks)
     assert not in_networks("10.2.0.1", settings.metrics_networks)
     assert not load_settings({}).metrics_networks
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_process_without_jobs_serves_and_runs_none(api: ApiClient, stores, seeded,
+                                                           own_redis, tmp_path: Path) -> None:
+    """KEYUN_JOBS=false: an API-only process serves requests and runs no background job. On
+    a Redis of its own no other process holds the jobs' leases, so with jobs it would run
+    them all within a second or two; the module's process, with jobs, counts its runs."""
+    def runs(text: str) -> int:
+        return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+                   if line.startswith("keyun_job_seconds_count"))
+
+    env = keyun_env(KEYUN_MONGO_URI=stores.mongo_uri, KEYUN_REDIS_URL=embedded.redis_url(own_redis),
+                    KEYUN_MONGO_DB=seeded, KEYUN_SEED_DEMO="false", KEYUN_JOBS="false",
+                    KEYUN_DATA_DIR=str(tmp_path / "data"))
+    node = KeyunProcess(env, tmp_path / "keyun.log", int(env["KEYUN_PORT"]))
+    node.start()
+    try:
+        other = ApiClient(node.base_url)
+        await asyncio.sleep(3.0)  # the hold sweeper and the waitlist run every second
+        login = await other.post("/api/v1/auth/staff", {"username": "operator",
+                                                         "password": "keyun-demo"})
+        assert login.status == 200, login.text  # it serves
+        assert runs((await other.get("/metrics")).text) == 0
+    finally:
+        assert node.stop() == 0
+    assert runs((await api.get("/metrics")).text) > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
@@ -47,6 +48,8 @@ class JobRunner:
         self._jobs: list[Job] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._leases: list[Lease] = []
+        # told each run's job and seconds (the process's metrics)
+        self.on_run: Callable[[str, float], None] | None = None
 
     def add(self, name: str, interval: float, run: Callable[[], Awaitable[object]]) -> None:
         self._jobs.append(Job(name, interval, run))
@@ -61,7 +64,10 @@ class JobRunner:
         while True:
             try:
                 if await lease.hold():
+                    started = time.perf_counter()
                     await job.run()
+                    if self.on_run is not None:
+                        self.on_run(job.name, time.perf_counter() - started)
             except asyncio.CancelledError:
                 raise
             except Exception:
