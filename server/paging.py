@@ -36,11 +36,12 @@ FIRST_PAGE = Page()
 
 
 async def find_page(collection: Any, query: dict[str, Any], sort: list[tuple[str, int]],
-                    page: Page, projection: dict[str, Any] | None = None
-                    ) -> tuple[list[dict[str, Any]], int]:
-    """One page of a collection's documents matching ``query`` and how many match in all."""
-    docs = await collection.find(query, projection).sort(sort).skip(page.offset).limit(
-        page.limit).to_list()
+                    page: Page, projection: dict[str, Any] | None = None,
+                    session: Any = None) -> tuple[list[dict[str, Any]], int]:
+    """One page of a collection's documents matching ``query`` and how many match in all
+    (in ``session``'s snapshot when given)."""
+    docs = await collection.find(query, projection, session=session).sort(sort).skip(
+        page.offset).limit(page.limit).to_list()
     if page.offset == 0 and len(docs) < page.limit:
         return docs, len(docs)  # the whole list fits this page: no count needed
-    return docs, await collection.count_documents(query)
+    return docs, await collection.count_documents(query, session=session)

@@ -81,10 +81,8 @@ class ExportService:
                     await self.records.progress(export_id, "reading", len(rows),
                                                 max(total, len(rows)), now_ms())
             await self.records.progress(export_id, "writing", len(rows), len(rows), now_ms())
-            async with self._building:
-                data = await asyncio.get_running_loop().run_in_executor(
-                    None, source.sheet.file, fmt, rows)
-            await self.records.finished(export_id, data, len(rows), now_ms())
+            await self.records.finished(export_id, await self._build(source, fmt, rows),
+                                        len(rows), now_ms())
         except asyncio.CancelledError:
             await asyncio.shield(self.records.failed(export_id, ABANDONED, now_ms()))
             raise
@@ -93,6 +91,20 @@ class ExportService:
             await self.records.failed(export_id, {
                 "code": "EXPORT_FAILED", "message": "The export failed; ask for it again."},
                 now_ms())
+
+    async def at_once(self, source: Source, fmt: str, limit: int) -> bytes:
+        """A short list's file in the answer itself (EXPORT_TOO_LARGE beyond ``limit`` rows:
+        those are exported as a job)."""
+        count = await source.count()
+        if count > limit:
+            raise DomainError("EXPORT_TOO_LARGE", rows=count, limit=limit)
+        return await self._build(source, fmt, [row async for row in source.rows()])
+
+    async def _build(self, source: Source, fmt: str, rows: list[list[Any]]) -> bytes:
+        """The file, built in an executor thread, a few at a time per process."""
+        async with self._building:
+            return await asyncio.get_running_loop().run_in_executor(
+                None, source.sheet.file, fmt, rows)
 
     async def get(self, actor: Principal, export_id: str) -> dict[str, Any]:
         return view(await self._own(actor, export_id))

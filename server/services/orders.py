@@ -42,7 +42,7 @@ from server.exchange.errors import (
     StationUnreachable,
 )
 from server.outbox import NoticeOutbox
-from server.paging import FIRST_PAGE, Page
+from server.paging import FIRST_PAGE, Page, find_page
 from server.sales import SalesChannel, SalesChannels
 from server.security.pii import PiiVault, mask_id, mask_phone
 from server.security.principal import Principal
@@ -185,8 +185,7 @@ class OrderService:
             if hold_for < dt.timedelta(minutes=rules.payment_timeout_minutes):
                 raise DomainError("PICKUP_DEADLINE_PASSED", field="pay_at_pickup")
         fare = await self.fare(dep["route_id"], frm, to)
-        people = await self.priced_people(actor, passengers, fare,
-                                          caller=self._vault.index("phone", phone))
+        people = await self.priced_people(actor, passengers, fare, caller=phone)
         seen = {person["id_no_index"] for person in people}
         chosen = [p.get("seat") for p in passengers]
         if any(chosen) and not all(chosen):
@@ -329,7 +328,7 @@ class OrderService:
                             fare: dict[str, Any], caller: str | None = None
                             ) -> list[dict[str, Any]]:
         """The passengers validated, encrypted and priced; each person once (``caller``: the
-        blind index of the order's contact phone, whose past passengers a desk may name)."""
+        order's contact phone, normalized, whose past passengers a desk may name)."""
         people = [await self.person(actor, p, i, caller) for i, p in enumerate(passengers)]
         seen: set[str] = set()
         for person in people:
@@ -466,7 +465,8 @@ class OrderService:
         order = None
         if ticket and caller and "id_no_enc" in ticket["passenger"]:
             order = await self._db.orders.find_one(
-                {"order_no": ticket["order_no"], "contact_phone_index": caller,
+                {"order_no": ticket["order_no"],
+                 "contact_phone_index": self._vault.index("phone", caller),
                  **self.scope(actor)}, {"_id": 1})
         if order is None:
             raise DomainError("PASSENGER_NOT_FOUND", "No such past passenger of this caller "
@@ -567,12 +567,9 @@ class OrderService:
             query["status"] = status
 
         async def read(session: AsyncClientSession) -> tuple[list[dict[str, Any]], int]:
-            orders = await self._db.orders.find(query, session=session).sort(
-                [("created_at", -1), ("_id", -1)]).skip(page.offset).limit(
-                page.limit).to_list()
-            total = page.offset + len(orders)
-            if page.offset or len(orders) == page.limit:
-                total = await self._db.orders.count_documents(query, session=session)
+            orders, total = await find_page(self._db.orders, query,
+                                            [("created_at", -1), ("_id", -1)], page,
+                                            session=session)
             tickets: dict[str, list[dict[str, Any]]] = {}
             async for t in self._db.tickets.find(
                     {"order_no": {"$in": [o["order_no"] for o in orders]}},
