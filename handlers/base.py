@@ -13,7 +13,6 @@ import json
 import logging
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -22,7 +21,7 @@ from urllib.parse import quote
 from tornado import httputil
 from tornado.web import HTTPError, RequestHandler, URLSpec
 
-from server.context import client_ip_var, request_id_var
+from server.context import client_ip_var, new_request_id, request_id_var
 from server.errors import ERRORS, DomainError, aware_time, error_body
 from server.logs import mask_pii
 from server.schema import coerce_query, json_number, validate_body, validate_path
@@ -158,7 +157,7 @@ class ApiHandler(RequestHandler):
 
     async def prepare(self) -> None:
         incoming = self.request.headers.get("X-Request-Id", "")
-        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if _REQUEST_ID.match(incoming) else new_request_id()
         request_id_var.set(request_id)
         self.set_header("X-Request-Id", request_id)
         client_ip_var.set(request_client(self))
@@ -249,9 +248,17 @@ class ApiHandler(RequestHandler):
             return
         self.finish(json.dumps(payload, ensure_ascii=False, default=_json_default))
 
-    def write_encoded(self, body: bytes) -> None:
-        """Finish with an answer already encoded as JSON (a cached one)."""
+    def write_encoded(self, body: bytes, etag: str = "") -> None:
+        """Finish with an answer already encoded as JSON (a cached one), and its entity tag
+        if it has one made beforehand (else Tornado digests the body here): a GET whose
+        If-None-Match names it is answered 304 without the body."""
         self.set_status(self.operation.status if self.operation else 200)
+        if etag and self.get_status() == 200:
+            self.set_header("Etag", etag)
+            if self.check_etag_header():
+                self.set_status(304)
+                self.finish()
+                return
         self.finish(body)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
@@ -333,7 +340,7 @@ class PageHandler(RequestHandler):
         self._started = time.perf_counter()
 
     def prepare(self) -> None:
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         request_id_var.set(request_id)
         client_ip_var.set(request_client(self))
         self.set_header("X-Request-Id", request_id)

@@ -30,7 +30,6 @@ import json
 import logging
 import struct
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,9 +40,9 @@ from tornado.iostream import StreamClosedError
 from tornado.web import URLSpec
 from tornado.websocket import WebSocketHandler
 
+from server.context import new_request_id, request_id_var
 from server.errors import DomainError, error_body
 from server.exchange.errors import ExchangeError
-from server.logs import request_id_var
 from server.security.principal import AUTHORITY, FINANCE, OPERATOR, Principal, region_prefix
 from server.services.events import Topic
 
@@ -101,7 +100,7 @@ class EventSocket(WebSocketHandler):
 
     # --- handshake --------------------------------------------------------------------------
     async def get(self, *args: Any, **kwargs: Any) -> None:
-        request_id_var.set(uuid.uuid4().hex)
+        request_id_var.set(new_request_id())
         token = self.get_query_argument("access_token", None)
         if token is not None:
             try:

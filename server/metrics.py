@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
@@ -23,6 +24,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.requests = Counter(
             "keyun_http_requests_total", "HTTP requests by route, method and status",
             ["route", "method", "status"], registry=self.registry)
@@ -87,10 +89,15 @@ class Metrics:
         self.registry.register(_RecordFailuresCollector(counts))
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        if method not in KNOWN_METHODS:  # anyone can send any method: keep labels bounded
-            method = "other"
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route, method).observe(seconds)
+        children = self._children.get((route, method, status))
+        if children is None:  # labelled once per route, method and status, not per request
+            label = method if method in KNOWN_METHODS else "other"  # anyone can send any
+            children = (self.requests.labels(route, label, str(status)),
+                        self.latency.labels(route, label))
+            if label != "other":
+                self._children[(route, method, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

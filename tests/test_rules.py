@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from typing import Any
 
 import pytest
 
@@ -125,3 +126,34 @@ async def test_a_station_rule_limits_its_orders_and_nonsense_is_refused(api: Api
     await bad({"note": "nothing set"}, 422, "RULE_INVALID")
     await bad({"sale_days": 0}, 400, "INVALID_VALUE")
     assert await db.rules.count_documents({}) == count
+
+
+@pytest.mark.gen_test
+async def test_the_province_rules_now_change_when_a_scheduled_version_starts(db) -> None:
+    """The province's rules in force are kept between searches, but not past the time a
+    scheduled version takes effect, nor once the versions change (the versions given here
+    in place of the stored ones)."""
+    from server.services.rules import RuleService
+
+    now = dt.datetime.now(dt.UTC)
+    versions = [{"_id": "old", "effective_from": now - dt.timedelta(days=1),
+                 "rules": {"sale_days": 10}},
+                {"_id": "soon", "effective_from": now + dt.timedelta(seconds=0.5),
+                 "rules": {"sale_days": 5}}]
+    held = [versions]
+    rules = RuleService(db)
+
+    async def listed() -> list[dict[str, Any]]:
+        return held[0]
+
+    rules.versions = listed  # type: ignore[method-assign]
+    assert (await rules.current()).sale_days == 10
+    assert (await rules.current()).sale_days == 10
+    assert (await rules.current(now + dt.timedelta(seconds=1))).sale_days == 5
+    await asyncio.sleep(0.6)
+    assert (await rules.current()).sale_days == 5
+    newer = {"_id": "newer", "effective_from": now, "rules": {"sale_days": 3}}
+    held[0] = [versions[0], newer, versions[1]]  # as stored: oldest effective first
+    assert (await rules.current()).sale_days == 5  # "soon" took effect after "newer"
+    held[0] = [versions[0], newer]
+    assert (await rules.current()).sale_days == 3

@@ -155,6 +155,51 @@ async def test_search_shows_every_sale_within_the_event_delay(api: ApiClient, db
 
 
 @pytest.mark.gen_test(timeout=60)
+async def test_a_search_asked_again_by_its_tag_is_304_until_a_seat_sells(
+        api: ApiClient, db: Any, stores: Any) -> None:
+    """The answer's entity tag is made with the kept answer: asked again with it, the same
+    search is a 304 without a body; once a seat of a departure in it sells, the answer is
+    200 with the new count and a new tag, within the event delay."""
+    departure_id = await make_departure(db, seats=6, stops=3)
+    dep = await db.departures.find_one({"_id": departure_id})
+    redis = connect_redis(stores.redis_url)
+    await redis.incr("network:version")
+    inventory = NativeInventory(db, redis)
+    path = (f"/api/v1/departures?from=站0&to=站2&date={dep['service_date']}"
+            f"&station={dep['station_id']}")
+
+    def seats_of(resp: Any) -> int | None:
+        return next((d["remaining"] for d in resp.body["departures"]
+                     if d["id"] == departure_id), None)
+
+    try:
+        deadline = time.monotonic() + 15
+        while seats_of(first := await api.get(path)) is None:
+            assert time.monotonic() < deadline, "the new departure never showed in search"
+            await asyncio.sleep(0.2)
+        assert first.status == 200 and first.headers["Etag"].startswith('"')
+        again = await api.get(path, headers={"If-None-Match": first.headers["Etag"]})
+        assert (again.status, again.raw) == (304, b"")
+        assert again.headers["Etag"] == first.headers["Etag"]
+        other = await api.get(path, headers={"If-None-Match": '"not-this-one"'})
+        assert other.status == 200 and seats_of(other) == seats_of(first)
+
+        hold = await inventory.hold(departure_id, HoldRequest(
+            new_hold_id(), "web", 1, 0, 2, ttl_seconds=300))
+        await inventory.sell(departure_id, hold.hold_id)
+        sold = time.monotonic()
+        while (now := await api.get(
+                path, headers={"If-None-Match": first.headers["Etag"]})).status == 304:
+            assert time.monotonic() < sold + EVENT_DELAY, "the old answer outlived the sale"
+            await asyncio.sleep(0.05)
+        assert now.status == 200 and seats_of(now) == seats_of(first) - 1
+        assert now.headers["Etag"] != first.headers["Etag"]
+    finally:
+        await inventory.close()
+        await redis.aclose()
+
+
+@pytest.mark.gen_test(timeout=60)
 async def test_seat_view_keeps_no_snapshot_read_while_its_departure_changed(
         services: Any, db: Any, stores: Any) -> None:
     """A snapshot read from Redis while a seat event of its departure arrives may be older

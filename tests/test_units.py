@@ -246,3 +246,24 @@ async def test_a_closed_websocket_is_freed_by_reference_counting_alone() -> None
     finally:
         gc.enable()
         server.stop()
+
+
+def test_request_ids_are_unique_in_a_process_and_across_forked_ones() -> None:
+    import os
+    import re
+
+    from server.context import new_request_id
+
+    ids = [new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a worker of KEYUN_PROCESSES is a fork: its ids must not repeat ours
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert re.fullmatch(r"[0-9a-f]{32}", child) and child[:16] != ids[0][:16]

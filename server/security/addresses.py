@@ -9,8 +9,8 @@ proxy is the client. Rate limits, lockouts, the audit trail and the logs use thi
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from collections.abc import Iterable
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -38,8 +38,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def in_networks(address: str, networks: Iterable[Network]) -> bool:
-    """Whether an address lies in one of the networks (an invalid address lies in none)."""
+@functools.lru_cache(maxsize=4096)
+def in_networks(address: str, networks: tuple[Network, ...]) -> bool:
+    """Whether an address lies in one of the networks (an invalid address lies in none).
+    Remembered for the last few thousand addresses: every request asks about its peer."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

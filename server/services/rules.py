@@ -157,6 +157,7 @@ class RuleService:
         self._changes = SharedVersion(redis, VERSION_KEY)
         self._held: tuple[float, str, list[dict[str, Any]]] | None = None
         self._divisions: dict[str, str] = {}
+        self._current: tuple[list[dict[str, Any]], dt.datetime, RuleSet] | None = None
 
     async def versions(self) -> list[dict[str, Any]]:
         held = self._held
@@ -169,8 +170,20 @@ class RuleService:
         return versions
 
     async def current(self, now: dt.datetime | None = None) -> RuleSet:
-        """The province's rules in force (now, or at ``now``)."""
-        return resolve(await self.versions(), None, now or dt.datetime.now(dt.UTC))
+        """The province's rules in force (now, or at ``now``). Now's are resolved again only
+        when the versions change or the next scheduled one takes effect (every search asks)."""
+        versions = await self.versions()
+        if now is not None:
+            return resolve(versions, None, now)
+        at = dt.datetime.now(dt.UTC)
+        held = self._current
+        if held is not None and held[0] is versions and at < held[1]:
+            return held[2]
+        until = min((v["effective_from"] for v in versions if v["effective_from"] > at),
+                    default=dt.datetime.max.replace(tzinfo=dt.UTC))
+        rules = resolve(versions, None, at)
+        self._current = (versions, until, rules)
+        return rules
 
     async def for_departure(self, dep: dict[str, Any], now: dt.datetime | None = None
                             ) -> RuleSet:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -111,11 +112,24 @@ class NetworkCache:
         return net
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """An answer encoded as JSON and its entity tag (a digest of the bytes), made once for
+    every time it is served."""
+
+    body: bytes
+    etag: str
+
+    @classmethod
+    def of(cls, body: bytes) -> Encoded:
+        return cls(body, f'"{hashlib.sha1(body, usedforsecurity=False).hexdigest()}"')
+
+
 @dataclass
 class _Answer:
     """An encoded search answer and what it was made of."""
 
-    body: bytes
+    body: Encoded
     net: Network
     listed: list[dict[str, Any]]  # the day's departures, as read (compared by identity)
     cutoff: int
@@ -178,7 +192,7 @@ class SearchService:
     async def search(self, origin: str, destination: str, date: str, *,
                      after: str | None = None, before: str | None = None,
                      station: str | None = None, has_seats: bool = False,
-                     limit: int = 100) -> bytes:
+                     limit: int = 100) -> Encoded:
         """Departures serving the journey between the two stations, by departure time, as
         the encoded ``{"departures": [...]}`` answer.
 
@@ -209,8 +223,8 @@ class SearchService:
         stamp = view.generations(ids)
         live = view.live
         results, closes = await self._results(candidates, net, cutoff, has_seats, limit)
-        body = json.dumps({"departures": results}, ensure_ascii=False,
-                          separators=(",", ":")).encode()
+        body = Encoded.of(json.dumps({"departures": results}, ensure_ascii=False,
+                                     separators=(",", ":")).encode())
         if live:
             until = now + ANSWER_SECONDS
             if closes is not None:  # a sale closing, or a count used falling due
