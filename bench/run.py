@@ -143,6 +143,26 @@ def _row_line(r: Row) -> str:
             f"{r.baseline_figure:,.1f} {r.unit} | {r.ratio:.2f} | {r.notes} |")
 
 
+def _rerun_of(line: str) -> list[str]:
+    """The scenarios a report's ``- Rerun: …`` line names (from its command)."""
+    command = line.split("`")[1] if line.count("`") >= 2 else ""
+    return command.split()[3:]
+
+
+def _merged_notes(old: list[str], new: list[str]) -> list[str]:
+    """The report's notes with each rerun scenario's note (named by what precedes its first
+    colon: "Search", "Gate scans") replaced in place, and notes never seen added."""
+    fresh = {n.split(":", 1)[0]: n for n in new}
+    merged: list[str] = []
+    for note in old:
+        key = note.split(":", 1)[0]
+        if key not in fresh:
+            merged.append(note)
+        elif fresh[key] not in merged:
+            merged.append(fresh[key])
+    return merged + [n for n in new if n not in merged]
+
+
 def _write_report(rows: list[Row], notes: list[str], stores: str, command: str,
                   partial: bool = False) -> None:
     """Rewrite the report; a partial run (some scenarios) keeps the other scenarios' rows and
@@ -157,11 +177,13 @@ def _write_report(rows: list[Row], notes: list[str], stores: str, command: str,
         kept = [new.pop(line.split(" | ")[0][2:], line) for line in old[head + 2:table_end]]
         notes_at = old.index("## Notes") if "## Notes" in old else len(old)
         old_notes = [line[2:] for line in old[notes_at:] if line.startswith("- ")]
-        top = old[:head]
+        ran = set(command.split()[3:])  # python -m bench.run <scenario>...
+        top = [line for line in old[:head]  # a rerun of only scenarios run again: superseded
+               if not (line.startswith("- Rerun: ") and set(_rerun_of(line)) <= ran)]
         rerun = f"- Rerun: {when}, `{command}` — " + ", ".join(r.scenario for r in rows)
-        top.insert(head - 1 if top and top[-1] == "" else head, rerun)
+        top.insert(len(top) - 1 if top and top[-1] == "" else len(top), rerun)
         lines = top + old[head:head + 2] + kept + list(new.values())
-        all_notes = old_notes + [n for n in notes if n not in old_notes]
+        all_notes = _merged_notes(old_notes, notes)
     else:
         lines = [
             "# Benchmarks",
