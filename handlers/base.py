@@ -22,6 +22,7 @@ from tornado import httputil
 from tornado.web import HTTPError, RequestHandler, URLSpec
 
 from server.context import client_ip_var, new_request_id, request_id_var
+from server.encoded import GZIP_MIN_BYTES, Encoded
 from server.errors import ERRORS, DomainError, aware_time, error_body
 from server.logs import mask_pii
 from server.schema import coerce_query, json_number, validate_body, validate_path
@@ -248,18 +249,24 @@ class ApiHandler(RequestHandler):
             return
         self.finish(json.dumps(payload, ensure_ascii=False, default=_json_default))
 
-    def write_encoded(self, body: bytes, etag: str = "") -> None:
-        """Finish with an answer already encoded as JSON (a cached one), and its entity tag
-        if it has one made beforehand (else Tornado digests the body here): a GET whose
-        If-None-Match names it is answered 304 without the body."""
+    def write_encoded(self, answer: Encoded) -> None:
+        """Finish with an answer encoded beforehand (a kept one) and its entity tag: gzipped
+        from its kept gzip form when the client accepts gzip (not compressed again per
+        request); a GET whose If-None-Match names its tag is a 304 without the body."""
         self.set_status(self.operation.status if self.operation else 200)
-        if etag and self.get_status() == 200:
-            self.set_header("Etag", etag)
-            if self.check_etag_header():
-                self.set_status(304)
-                self.finish()
-                return
-        self.finish(body)
+        gzipped = len(answer.body) >= GZIP_MIN_BYTES and \
+            bool(self.application.settings.get("compress_response")) and \
+            "gzip" in self.request.headers.get("Accept-Encoding", "")
+        self.set_header("Etag", answer.gzip_etag if gzipped else answer.etag)
+        if self.get_status() == 200 and self.check_etag_header():
+            self.set_status(304)
+            self.finish()
+            return
+        if gzipped:  # Tornado's own compression leaves an answer with an encoding alone
+            self.set_header("Content-Encoding", "gzip")
+            self.finish(answer.gzipped())
+        else:
+            self.finish(answer.body)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]

@@ -64,11 +64,10 @@ SEARCH_RESULTS = obj({"departures": array(RESULT)}, ["departures"])
 async def search(handler: ApiHandler) -> None:
     """Answer a departure search (passengers here, partners through their API)."""
     q = handler.query
-    answer = await handler.services.search.search(
+    handler.write_encoded(await handler.services.search.search(
         q["from"], q["to"], q["date"], after=q.get("after"), before=q.get("before"),
         station=q.get("station"), has_seats=q.get("has_seats", False),
-        limit=q.get("limit", 100))
-    handler.write_encoded(answer.body, answer.etag)
+        limit=q.get("limit", 100)))
 
 
 class DepartureSearchHandler(ApiHandler):

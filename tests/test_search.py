@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gzip
+import json
 import time
 from typing import Any
 
 import pytest
+from tornado.httpclient import HTTPRequest
 
 from server.app import connect_redis
 from server.clock import local_today
@@ -183,6 +186,22 @@ async def test_a_search_asked_again_by_its_tag_is_304_until_a_seat_sells(
         assert again.headers["Etag"] == first.headers["Etag"]
         other = await api.get(path, headers={"If-None-Match": '"not-this-one"'})
         assert other.status == 200 and seats_of(other) == seats_of(first)
+        # gzip from the kept answer's gzip form: the same JSON, a tag of its own
+        zipped = await api.http.fetch(HTTPRequest(
+            api.base_url + path, headers={"Accept-Encoding": "gzip"},
+            decompress_response=False))
+        assert zipped.headers["Content-Encoding"] == "gzip"
+        assert "Accept-Encoding" in zipped.headers["Vary"]
+        assert json.loads(gzip.decompress(zipped.body)) == first.body
+        plain = await api.http.fetch(HTTPRequest(api.base_url + path,
+                                                 decompress_response=False))
+        assert "Content-Encoding" not in plain.headers and json.loads(plain.body) == first.body
+        assert zipped.headers["Etag"] != plain.headers["Etag"]
+        zipped_again = await api.http.fetch(HTTPRequest(
+            api.base_url + path, decompress_response=False, headers={
+                "Accept-Encoding": "gzip", "If-None-Match": zipped.headers["Etag"]}),
+            raise_error=False)
+        assert zipped_again.code == 304
 
         hold = await inventory.hold(departure_id, HoldRequest(
             new_hold_id(), "web", 1, 0, 2, ttl_seconds=300))

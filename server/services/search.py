@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
 
 from server.clock import LOCAL_TZ, local_today
+from server.encoded import Encoded
 from server.errors import DomainError, calendar_day
 from server.services.freshness import SharedVersion
 from server.services.rules import RuleService
@@ -110,19 +110,6 @@ class NetworkCache:
         net.vehicles = {v["_id"]: v async for v in self._db.vehicles.find(
             {}, {"grade": 1, "seats": 1, "model": 1})}
         return net
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """An answer encoded as JSON and its entity tag (a digest of the bytes), made once for
-    every time it is served."""
-
-    body: bytes
-    etag: str
-
-    @classmethod
-    def of(cls, body: bytes) -> Encoded:
-        return cls(body, f'"{hashlib.sha1(body, usedforsecurity=False).hexdigest()}"')
 
 
 @dataclass
