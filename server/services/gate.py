@@ -247,11 +247,10 @@ class GateService:
             return {"outcome": "expired_code", "ticket_no": code.ticket_no}
         if code.step > current + 1:  # not one we issued yet: clocks apart, or made up
             return {"outcome": "forged", "ticket_no": code.ticket_no}
-        ticket = await self._db.tickets.find_one({"ticket_no": code.ticket_no})
+        ticket, dep = await self._ticket_and_departure(code.ticket_no)
         if ticket is None or ticketcode.departure_hash(ticket["departure_id"]) != \
                 code.departure_hash:
             return {"outcome": "forged", "ticket_no": code.ticket_no}
-        dep = await self._db.departures.find_one({"_id": ticket["departure_id"]}) or {}
         base = {"ticket_no": ticket["ticket_no"], "departure_id": ticket["departure_id"],
                 "seat": ticket.get("seat"), "passenger": _mask_name(ticket["passenger"]["name"]),
                 "ticket_type": ticket["ticket_type"],
@@ -286,6 +285,19 @@ class GateService:
                 return {**base, **self._used(ticket)}
             return {**base, "outcome": REVOKED.get(ticket["status"], "voided")}
         return {**base, "outcome": "admitted", "realname": record["realname"]}
+
+    async def _ticket_and_departure(self, ticket_no: str
+                                    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """The ticket and its departure as they are now, in one round trip to the store."""
+        found = await (await self._db.tickets.aggregate([
+            {"$match": {"ticket_no": ticket_no}}, {"$limit": 1},
+            {"$lookup": {"from": "departures", "localField": "departure_id",
+                         "foreignField": "_id", "as": "departure"}}])).to_list()
+        if not found:
+            return None, {}
+        ticket = found[0]
+        deps = ticket.pop("departure")
+        return ticket, deps[0] if deps else {}
 
     @staticmethod
     def _used(ticket: dict[str, Any]) -> dict[str, Any]:
