@@ -12,6 +12,7 @@ comes from ``bench.loadgen`` in a separate process, whose CPU use is reported be
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import importlib
@@ -22,6 +23,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +103,30 @@ class Bench:
         result["machine_cpu_pct"] = 100 * psutil.cpu_count() * (spent - idle) / spent \
             if spent else 0.0
         return result
+
+    @contextlib.contextmanager
+    def server_alone(self) -> Iterator[None]:
+        """While inside: Keyun (its processes) on the last core alone, and this harness, its
+        stores and every load generator it starts on the other cores — as in production,
+        where clients are not on the server's machine. Nothing changes on one core."""
+        cores = list(range(psutil.cpu_count() or 1))
+        if len(cores) < 2:
+            yield
+            return
+        server = psutil.Process(self.server_pid)
+        keyun = [server, *server.children(recursive=True)]
+        rest = [p for p in [psutil.Process(), *psutil.Process().children(recursive=True)]
+                if p.pid not in {k.pid for k in keyun}]
+        try:
+            for proc in keyun:
+                proc.cpu_affinity(cores[-1:])
+            for proc in rest:
+                proc.cpu_affinity(cores[:-1])
+            yield
+        finally:
+            for proc in [*keyun, *rest]:
+                with contextlib.suppress(psutil.Error):
+                    proc.cpu_affinity(cores)
 
     async def login(self, username: str, password: str = "keyun-demo") -> str:  # noqa: S107
         from tornado.httpclient import AsyncHTTPClient
