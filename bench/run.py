@@ -129,8 +129,6 @@ class Bench:
                     proc.cpu_affinity(cores)
 
     async def login(self, username: str, password: str = "keyun-demo") -> str:  # noqa: S107
-        from tornado.httpclient import AsyncHTTPClient
-
         resp = await AsyncHTTPClient().fetch(
             self.base_url + "/api/v1/auth/staff", method="POST",
             body=json.dumps({"username": username, "password": password}))
@@ -169,10 +167,14 @@ def _row_line(r: Row) -> str:
             f"{r.baseline_figure:,.1f} {r.unit} | {r.ratio:.2f} | {r.notes} |")
 
 
-def _rerun_of(line: str) -> list[str]:
+def _scenarios_of(command: str) -> set[str]:
+    """The scenarios ``python -m bench.run <scenario>...`` ran."""
+    return set(command.split()[3:])
+
+
+def _rerun_of(line: str) -> set[str]:
     """The scenarios a report's ``- Rerun: …`` line names (from its command)."""
-    command = line.split("`")[1] if line.count("`") >= 2 else ""
-    return command.split()[3:]
+    return _scenarios_of(line.split("`")[1] if line.count("`") >= 2 else "")
 
 
 def _merged_notes(old: list[str], new: list[str]) -> list[str]:
@@ -203,9 +205,9 @@ def _write_report(rows: list[Row], notes: list[str], stores: str, command: str,
         kept = [new.pop(line.split(" | ")[0][2:], line) for line in old[head + 2:table_end]]
         notes_at = old.index("## Notes") if "## Notes" in old else len(old)
         old_notes = [line[2:] for line in old[notes_at:] if line.startswith("- ")]
-        ran = set(command.split()[3:])  # python -m bench.run <scenario>...
+        ran = _scenarios_of(command)
         top = [line for line in old[:head]  # a rerun of only scenarios run again: superseded
-               if not (line.startswith("- Rerun: ") and set(_rerun_of(line)) <= ran)]
+               if not (line.startswith("- Rerun: ") and _rerun_of(line) <= ran)]
         rerun = f"- Rerun: {when}, `{command}` — " + ", ".join(r.scenario for r in rows)
         top.insert(len(top) - 1 if top and top[-1] == "" else len(top), rerun)
         lines = top + old[head:head + 2] + kept + list(new.values())

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from tornado import httputil
-from tornado.web import HTTPError, RequestHandler, URLSpec
+from tornado.web import GZipContentEncoding, HTTPError, RequestHandler, URLSpec
 
 from server.context import client_ip_var, new_request_id, request_id_var
-from server.encoded import GZIP_MIN_BYTES, Encoded
+from server.encoded import Encoded
 from server.errors import ERRORS, DomainError, aware_time, error_body
 from server.logs import mask_pii
 from server.schema import coerce_query, json_number, validate_body, validate_path
@@ -254,7 +254,7 @@ class ApiHandler(RequestHandler):
         from its kept gzip form when the client accepts gzip (not compressed again per
         request); a GET whose If-None-Match names its tag is a 304 without the body."""
         self.set_status(self.operation.status if self.operation else 200)
-        gzipped = len(answer.body) >= GZIP_MIN_BYTES and \
+        gzipped = len(answer.body) >= GZipContentEncoding.MIN_LENGTH and \
             bool(self.application.settings.get("compress_response")) and \
             "gzip" in self.request.headers.get("Accept-Encoding", "")
         self.set_header("Etag", answer.gzip_etag if gzipped else answer.etag)

@@ -7,7 +7,7 @@ import gzip
 import hashlib
 from dataclasses import dataclass, field
 
-GZIP_MIN_BYTES = 1024  # as Tornado's own compression: smaller answers gain nothing
+from tornado.web import GZipContentEncoding
 
 
 @dataclass
@@ -23,9 +23,10 @@ class Encoded:
         return cls(body, f'"{hashlib.sha1(body, usedforsecurity=False).hexdigest()}"')
 
     def gzipped(self) -> bytes:
-        """The body gzipped (level 6, as Tornado compresses), made once."""
+        """The body gzipped at Tornado's level, made once."""
         if self._gzipped is None:
-            self._gzipped = gzip.compress(self.body, compresslevel=6, mtime=0)
+            self._gzipped = gzip.compress(self.body, mtime=0,
+                                          compresslevel=GZipContentEncoding.GZIP_LEVEL)
         return self._gzipped
 
     @property
