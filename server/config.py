@@ -255,6 +255,9 @@ class Settings:
     log_level: str = _opt("info", _parse_choice("debug", "info", "warning", "error"),
                           "log level")
     log_format: str = _opt("json", _parse_choice("json", "text"), "log line format")
+    slow_callback_ms: int = _opt(0, _parse_int(0, 60_000),
+                                 "diagnostic: time every event-loop callback and count (and "
+                                 "log) those over this many ms by cause (0: off)")
     trusted_proxies: str = _opt("", _parse_networks,
                                 "load balancers whose X-Forwarded-For is believed: IPs or "
                                 "networks, comma-separated")

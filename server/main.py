@@ -16,6 +16,7 @@ from tornado.httpserver import HTTPServer
 
 from server import collector
 from server.config import Settings
+from server.stalls import StallWatch
 
 log = logging.getLogger("keyun")
 
@@ -143,6 +144,9 @@ async def serve(settings: Settings, sockets: list[Any]) -> None:
     gc.callbacks.append(app.settings["metrics"].on_gc)
     keeping = [asyncio.ensure_future(collector.keep()),
                asyncio.ensure_future(app.settings["metrics"].watch_loop())]
+    watch = StallWatch(settings.slow_callback_ms / 1000, app.settings["metrics"].stalled)
+    if settings.slow_callback_ms:
+        watch.install()
     server = HTTPServer(app, max_body_size=MAX_BODY, idle_connection_timeout=60)
     server.add_sockets(sockets)
     stop = asyncio.Event()
@@ -168,6 +172,7 @@ async def serve(settings: Settings, sockets: list[Any]) -> None:
     await _step("closing the seat view", services.seats.view.close())
     await _step("closing MongoDB", mongo.close())
     await _step("closing Redis", redis.aclose())
+    watch.uninstall()
     log.info("stopped")
 
 

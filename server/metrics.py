@@ -65,6 +65,17 @@ class Metrics:
             ["generation"], registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5))
         self._gc_started = 0.0
+        self.loop_stalls = Counter(
+            "keyun_loop_stalls_total", "Event-loop callbacks over KEYUN_SLOW_CALLBACK_MS (only "
+            "while that diagnostic is on) by cause: work (on the CPU), blocked (a blocking "
+            "call), held (runnable but not run: another process or the host had the CPU)",
+            ["cause"], registry=self.registry)
+        self.loop_stall_seconds = Counter(
+            "keyun_loop_stall_seconds_total", "Time those callbacks took, by cause",
+            ["cause"], registry=self.registry)
+        self._stall_children = {cause: (self.loop_stalls.labels(cause),
+                                        self.loop_stall_seconds.labels(cause))
+                                for cause in ("work", "blocked", "held")}
 
     def on_gc(self, phase: str, info: dict[str, int]) -> None:
         """A ``gc.callbacks`` entry: each collection's pause into ``gc_pauses``."""
@@ -73,6 +84,12 @@ class Metrics:
         else:
             self.gc_pauses.labels(str(info.get("generation", ""))).observe(
                 time.perf_counter() - self._gc_started)
+
+    def stalled(self, cause: str, seconds: float) -> None:
+        """A :class:`server.stalls.StallWatch` report: one callback held the loop."""
+        count, total = self._stall_children[cause]
+        count.inc()
+        total.inc(seconds)
 
     def job_ran(self, job: str, seconds: float) -> None:
         self.job_seconds.labels(job).observe(seconds)

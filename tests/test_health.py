@@ -134,3 +134,51 @@ async def test_a_process_without_jobs_serves_and_runs_none(api: ApiClient, store
     finally:
         assert node.stop() == 0
     assert runs((await api.get("/metrics")).text) > 0
+
+
+def test_the_stall_diagnostic_names_what_held_the_loop(stores, seeded, tmp_path: Path) -> None:
+    """KEYUN_SLOW_CALLBACK_MS on: a request whose handler computes for tens of ms on the loop
+    (a 250 KB JSON body of 50,000 decimals parsed before it is refused) is counted as a stall
+    of work and logged with the request's id, which leads to its route in the access log;
+    nothing blocked the loop meanwhile (start-up included)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    env = keyun_env(KEYUN_MONGO_URI=stores.mongo_uri, KEYUN_REDIS_URL=stores.redis_url,
+                    KEYUN_MONGO_DB=seeded, KEYUN_SEED_DEMO="false", KEYUN_JOBS="false",
+                    KEYUN_SLOW_CALLBACK_MS="10", KEYUN_DATA_DIR=str(tmp_path / "data"))
+    server = KeyunProcess(env, tmp_path / "keyun.log", int(env["KEYUN_PORT"]))
+    server.start()
+
+    def stalls() -> dict[str, float]:
+        with urllib.request.urlopen(server.base_url + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return {line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines() if line.startswith("keyun_loop_stalls_total{")}
+
+    try:
+        before = stalls()
+        assert set(before) == {"work", "blocked", "held"}
+        body = ("[" + ",".join(["1.25"] * 50_000) + "]").encode()
+        request = urllib.request.Request(server.base_url + "/api/v1/auth/staff", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=10)
+        assert info.value.code == 400
+        request_id = info.value.headers["X-Request-Id"]
+        info.value.close()
+        after = stalls()
+        assert after["work"] >= before["work"] + 1
+        assert after["blocked"] == 0, "a blocking call held the loop (see the log)"
+    finally:
+        assert server.stop() == 0
+    lines = [json.loads(line) for line in (tmp_path / "keyun.log").read_text().splitlines()
+             if line.startswith("{")]
+    stalled = [line for line in lines if line.get("message") == "loop stalled"]
+    # the stall carries the request's id, and so leads to its access line and route
+    assert any(line["cause"] == "work" and line["request_id"] == request_id
+               and "_execute" in line["task"]
+               for line in stalled), json.dumps(stalled, ensure_ascii=False)
+    assert [line["route"] for line in lines if line.get("logger") == "keyun.access"
+            and line["request_id"] == request_id] == ["/api/v1/auth/staff"]

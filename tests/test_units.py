@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
 import pytest
 
 from server.config import ConfigError, load_settings
@@ -29,6 +35,7 @@ def test_defaults() -> None:
     ({"KEYUN_PORT": "70000"}, "KEYUN_PORT"),
     ({"KEYUN_PORT": "abc"}, "KEYUN_PORT"),
     ({"KEYUN_SANDBOX": "maybe"}, "KEYUN_SANDBOX"),
+    ({"KEYUN_SLOW_CALLBACK_MS": "-1"}, "KEYUN_SLOW_CALLBACK_MS"),
     ({"KEYUN_REDIS_URL": "localhost:6379"}, "KEYUN_REDIS_URL"),
     ({"KEYUN_MONGO_DB": "a/b"}, "KEYUN_MONGO_DB"),
     ({"KEYUN_ENV": "staging"}, "KEYUN_ENV"),
@@ -267,3 +274,91 @@ def test_request_ids_are_unique_in_a_process_and_across_forked_ones() -> None:
     os.close(read)
     os.waitpid(pid, 0)
     assert re.fullmatch(r"[0-9a-f]{32}", child) and child[:16] != ids[0][:16]
+
+
+def _stalls_while(step: Any, threshold: float = 0.05) -> list[tuple[str, float]]:
+    """Run ``step`` (a coroutine function) as a task on a fresh event loop under a
+    :class:`StallWatch`; the stalls it reported."""
+    import asyncio.events
+
+    from server.stalls import StallWatch
+
+    seen: list[tuple[str, float]] = []
+    original = asyncio.events.Handle._run
+    watch = StallWatch(threshold, lambda cause, seconds: seen.append((cause, seconds)))
+    loop = asyncio.new_event_loop()
+    watch.install()
+    try:
+        loop.run_until_complete(step())
+    finally:
+        watch.uninstall()
+        loop.close()
+    assert asyncio.events.Handle._run is original  # nothing of the watch is left behind
+    return seen
+
+
+def _spin(seconds: float) -> None:
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        pass
+
+
+def test_a_callback_computing_on_the_loop_is_a_stall_of_work_named_by_its_task(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def encode_a_huge_answer() -> None:
+        await asyncio.sleep(0)
+        _spin(0.12)  # the loop can run nothing else meanwhile
+        await asyncio.sleep(0)
+
+    with caplog.at_level(logging.WARNING, logger="server.stalls"):
+        seen = _stalls_while(encode_a_huge_answer)
+    assert [cause for cause, _ in seen] == ["work"]
+    assert seen[0][1] >= 0.12
+    record = next(r for r in caplog.records if r.getMessage() == "loop stalled")
+    assert record.fields["cause"] == "work"  # type: ignore[attr-defined]
+    assert "encode_a_huge_answer" in record.fields["task"]  # type: ignore[attr-defined]
+
+
+def test_a_blocking_call_on_the_loop_is_told_from_work() -> None:
+    async def read_a_file_the_blocking_way() -> None:
+        await asyncio.sleep(0)
+        time.sleep(0.12)  # noqa: ASYNC251 (the blocking call under test)
+
+    seen = _stalls_while(read_a_file_the_blocking_way)
+    assert [cause for cause, _ in seen] == ["blocked"]
+
+
+def test_quick_callbacks_are_not_stalls() -> None:
+    async def many_quick_steps() -> None:
+        for _ in range(200):
+            await asyncio.sleep(0)
+
+    assert _stalls_while(many_quick_steps) == []
+
+
+def test_a_loop_whose_core_another_process_took_was_held_not_working() -> None:
+    """The loop's thread runnable but not run: a real-time process spins on the same core
+    for most of a callback. Neither work of ours nor a blocking call: ``held``."""
+    import subprocess
+    import sys
+
+    cores = os.sched_getaffinity(0)
+    core = max(cores)
+    hog = ("import os, time\n"
+           f"os.sched_setaffinity(0, {{{core}}})\n"
+           "time.sleep(0.1)\n"  # the callback below is spinning by then
+           "os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))\n"
+           "until = time.perf_counter() + 0.45\n"
+           "while time.perf_counter() < until:\n    pass\n")
+
+    async def outrun() -> None:
+        _spin(0.6)  # on the CPU only when the hog lets it
+
+    os.sched_setaffinity(0, {core})
+    try:
+        with subprocess.Popen([sys.executable, "-c", hog]) as proc:
+            seen = _stalls_while(outrun)
+            assert proc.wait(timeout=10) == 0
+    finally:
+        os.sched_setaffinity(0, cores)
+    assert [cause for cause, _ in seen] == ["held"]
