@@ -263,6 +263,14 @@ async def histogram(bench: Bench, name: str, label: str = "") -> dict[float, flo
     return found
 
 
+async def by_label(bench: Bench, name: str, label: str) -> dict[str, float]:
+    """Keyun's metric ``name`` (a counter or gauge) from /metrics, by the value of its label
+    ``label``."""
+    text = (await AsyncHTTPClient().fetch(bench.base_url + "/metrics")).body.decode()
+    return {line.split(f'{label}="', 1)[1].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line.startswith(name + "{")}
+
+
 def bound(before: dict[float, float], after: dict[float, float], share: float) -> float:
     """The bucket bound (ms) that ``share`` of the observations between two readings of a
     histogram fall within."""
