@@ -16,8 +16,9 @@ meanwhile (``getrusage(RUSAGE_THREAD)``, read before and after):
 The first two are logged (``loop stalled``) with the task's await chain where the step left
 it, in the callback's own context: a request's stall carries its request id, whose access
 log line names the route. All are counted in ``keyun_loop_stalls_total`` and
-``keyun_loop_stall_seconds_total`` by cause. The watch costs a ``getrusage`` call per
-callback (a search is ~8 callbacks), which is why it is off by default.
+``keyun_loop_stall_seconds_total`` by cause. The watch wraps every callback (a Python call,
+two clock readings and a ``getrusage``): a process serves ~10 % fewer searches while it is on
+(docs/benchmarks.md), which is why it is off by default.
 """
 
 from __future__ import annotations
