@@ -108,31 +108,48 @@ class Bench:
     def server_alone(self) -> Iterator[None]:
         """While inside: Keyun (its processes) on the last core alone, and this harness, its
         stores and every load generator it starts on the other cores — as in production,
-        where clients are not on the server's machine. Nothing changes on one core."""
+        where clients are not on the server's machine. Nothing changes on one core.
+
+        Every thread is moved, not only each process's first one (``sched_setaffinity`` of
+        a pid moves that thread alone, and a thread started meanwhile inherits its
+        creator's cores), and on the way out every thread of the processes there then is
+        gets all cores back: none stays pinned into the scenarios that follow."""
         cores = list(range(psutil.cpu_count() or 1))
         if len(cores) < 2:
             yield
             return
-        server = psutil.Process(self.server_pid)
-        keyun = [server, *server.children(recursive=True)]
-        rest = [p for p in [psutil.Process(), *psutil.Process().children(recursive=True)]
-                if p.pid not in {k.pid for k in keyun}]
+
+        def trees() -> tuple[list[psutil.Process], list[psutil.Process]]:
+            server = psutil.Process(self.server_pid)
+            keyun = [server, *server.children(recursive=True)]
+            ids = {k.pid for k in keyun}
+            rest = [p for p in [psutil.Process(), *psutil.Process().children(recursive=True)]
+                    if p.pid not in ids]
+            return keyun, rest
+
+        keyun, rest = trees()
         try:
-            for proc in keyun:
-                proc.cpu_affinity(cores[-1:])
-            for proc in rest:
-                proc.cpu_affinity(cores[:-1])
+            for procs, on in ((keyun, cores[-1:]), (rest, cores[:-1])):
+                for proc in procs:
+                    _pin_threads(proc, on)
             yield
         finally:
-            for proc in [*keyun, *rest]:
-                with contextlib.suppress(psutil.Error):
-                    proc.cpu_affinity(cores)
+            for proc in [*keyun, *rest, *(p for tree in trees() for p in tree)]:
+                _pin_threads(proc, cores)
 
     async def login(self, username: str, password: str = "keyun-demo") -> str:  # noqa: S107
         resp = await AsyncHTTPClient().fetch(
             self.base_url + "/api/v1/auth/staff", method="POST",
             body=json.dumps({"username": username, "password": password}))
         return str(json.loads(resp.body)["token"])
+
+
+def _pin_threads(proc: psutil.Process, cores: list[int]) -> None:
+    """Every thread of ``proc`` on ``cores`` (one that is gone meanwhile is left)."""
+    with contextlib.suppress(psutil.Error):
+        for thread in proc.threads():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(thread.id, cores)
 
 
 def _scenarios(selected: list[str]) -> list[Any]:
