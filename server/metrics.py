@@ -67,8 +67,9 @@ class Metrics:
         self._gc_started = 0.0
         self.loop_stalls = Counter(
             "keyun_loop_stalls_total", "Event-loop callbacks over KEYUN_SLOW_CALLBACK_MS (only "
-            "while that diagnostic is on) by cause: work (on the CPU), blocked (a blocking "
-            "call), held (runnable but not run: another process or the host had the CPU)",
+            "while that diagnostic is on) by cause: work (on the CPU), blocked (waited: a "
+            "blocking call, or another thread holding the GIL), held (runnable but not run: "
+            "another process or the host had the CPU)",
             ["cause"], registry=self.registry)
         self.loop_stall_seconds = Counter(
             "keyun_loop_stall_seconds_total", "Time those callbacks took, by cause",

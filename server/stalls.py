@@ -7,8 +7,12 @@ meanwhile (``getrusage(RUSAGE_THREAD)``, read before and after):
 
 - ``work``: the thread was on a CPU for at least half of it — our code computing (a big
   answer encoded, a batch decoded, a collection).
-- ``blocked``: the thread gave up its CPU of its own accord (a voluntary context switch) —
-  a blocking call on the loop (a file, a synchronous client, ``time.sleep``): a bug.
+- ``blocked``: the thread waited off its CPU (a voluntary context switch): a blocking call
+  on the loop (a file, a synchronous client, ``time.sleep``: a bug), or another thread of
+  the process holding the interpreter — CPU-bound Python in ``to_thread`` or an executor
+  takes the GIL from the loop in turns of ``sys.getswitchinterval()`` (5 ms), so each of
+  the loop's callbacks meanwhile can wait that long (``make run`` shows it while the demo
+  history is generated in a thread).
 - ``held``: neither — the thread could run but did not: another process had its core, or
   the machine itself (a virtual machine's CPU not scheduled by its host). Not our code; on a
   busy host it alone can make a p99 (docs/performance.md).
@@ -49,16 +53,15 @@ def cause_of(wall: float, cpu: float, voluntary_switches: int) -> str:
     return "held"
 
 
-def await_chain(handle: asyncio.Handle) -> str:
-    """The task a handle stepped, as its await chain (``handler > service > client``), or
-    the handle itself when it steps no task."""
-    callback = handle._callback  # type: ignore[attr-defined]
+def await_chain(callback: Any) -> str:
+    """The task a handle's callback stepped, as its await chain (``handler > service >
+    client``), or the callback itself when it steps no task."""
     task = getattr(callback, "__self__", None)  # Task.task_wakeup
     if not isinstance(task, asyncio.Task):  # a task's step: the C wrapper refers to its task
         task = next((x for x in gc.get_referents(callback) if isinstance(x, asyncio.Task)),
                     None)
     if task is None:
-        return repr(handle)
+        return repr(callback)
     names, coro = [], task.get_coro()
     while coro is not None and len(names) < CHAIN_DEPTH:
         name = getattr(coro, "__qualname__", type(coro).__name__)
@@ -89,11 +92,12 @@ class StallWatch:
         seen = self._seen
 
         def _run(handle: asyncio.Handle) -> None:
-            before, started = usage(thread), clock()
+            # the callback is read first: a handle cancelled by its own callback has none after
+            callback, before, started = handle._callback, usage(thread), clock()  # type: ignore[attr-defined]
             original(handle)
             wall = clock() - started
             if wall > threshold:
-                seen(handle, wall, before, usage(thread))
+                seen(handle, callback, wall, before, usage(thread))
 
         asyncio.events.Handle._run = _run  # type: ignore[method-assign]
 
@@ -102,7 +106,8 @@ class StallWatch:
             asyncio.events.Handle._run = self._original  # type: ignore[method-assign]
             self._original = None
 
-    def _seen(self, handle: asyncio.Handle, wall: float, before: Any, after: Any) -> None:
+    def _seen(self, handle: asyncio.Handle, callback: Any, wall: float, before: Any,
+              after: Any) -> None:
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         cause = cause_of(wall, cpu, after.ru_nvcsw - before.ru_nvcsw)
         self.on_stall(cause, wall)
@@ -117,6 +122,6 @@ class StallWatch:
         if cause == "held":  # not ours to fix: counted, and told only when asked for
             emit: Any = functools.partial(log.debug, "loop held", extra={"fields": fields})
         else:
-            fields["task"] = await_chain(handle)
+            fields["task"] = await_chain(callback)
             emit = functools.partial(log.warning, "loop stalled", extra={"fields": fields})
         context.run(emit) if context is not None else emit()
