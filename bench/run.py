@@ -268,10 +268,14 @@ async def _run_all(bench: Bench, modules: list[Any]) -> tuple[list[Row], list[st
     return rows, notes
 
 
+async def _metrics(bench: Bench) -> str:
+    return (await AsyncHTTPClient().fetch(bench.base_url + "/metrics")).body.decode()
+
+
 async def histogram(bench: Bench, name: str, label: str = "") -> dict[float, float]:
     """Keyun's histogram ``name`` from /metrics (its series whose labels hold ``label``):
     cumulative counts by bucket bound, in seconds."""
-    text = (await AsyncHTTPClient().fetch(bench.base_url + "/metrics")).body.decode()
+    text = await _metrics(bench)
     found: dict[float, float] = {}
     for line in text.splitlines():
         if line.startswith(f"{name}_bucket") and label in line:
@@ -283,7 +287,7 @@ async def histogram(bench: Bench, name: str, label: str = "") -> dict[float, flo
 async def by_label(bench: Bench, name: str, label: str) -> dict[str, float]:
     """Keyun's metric ``name`` (a counter or gauge) from /metrics, by the value of its label
     ``label``."""
-    text = (await AsyncHTTPClient().fetch(bench.base_url + "/metrics")).body.decode()
+    text = await _metrics(bench)
     return {line.split(f'{label}="', 1)[1].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
             for line in text.splitlines() if line.startswith(name + "{")}
 

@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from server.stalls import CAUSES
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -76,7 +78,7 @@ class Metrics:
             ["cause"], registry=self.registry)
         self._stall_children = {cause: (self.loop_stalls.labels(cause),
                                         self.loop_stall_seconds.labels(cause))
-                                for cause in ("work", "blocked", "held")}
+                                for cause in CAUSES}
 
     def on_gc(self, phase: str, info: dict[str, int]) -> None:
         """A ``gc.callbacks`` entry: each collection's pause into ``gc_pauses``."""

@@ -117,11 +117,10 @@ class StallWatch:
         self._logged[cause] = now
         fields = {"cause": cause, "ms": round(1000 * wall, 1), "cpu_ms": round(1000 * cpu, 1),
                   "involuntary_switches": after.ru_nivcsw - before.ru_nivcsw}
-        # logged in the callback's own context: a request's stall carries its request id
-        context = getattr(handle, "_context", None)
         if cause == "held":  # not ours to fix: counted, and told only when asked for
             emit: Any = functools.partial(log.debug, "loop held", extra={"fields": fields})
         else:
             fields["task"] = await_chain(callback)
             emit = functools.partial(log.warning, "loop stalled", extra={"fields": fields})
-        context.run(emit) if context is not None else emit()
+        # in the callback's own context: a request's stall carries its request id
+        handle._context.run(emit)  # type: ignore[attr-defined]

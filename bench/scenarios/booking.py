@@ -223,6 +223,15 @@ def _cpu_per_request(load: dict[str, float]) -> float:
     return 1e6 * load["server_cpu_pct"] / 100 * load["seconds"] / max(1.0, load["requests"])
 
 
+def _median_run(loads: list[dict[str, float]]) -> dict[str, float]:
+    """The run whose p99 is the median of the runs'."""
+    return sorted(loads, key=lambda x: x["p99_ms"])[len(loads) // 2]
+
+
+def _each_p99(loads: list[dict[str, float]]) -> str:
+    return ", ".join(format(x["p99_ms"], ".1f") for x in loads)
+
+
 async def _paced(bench: Bench, hot: str, rate: float, load_named: str,
                  closed: dict[str, float], bare_closed: dict[str, float], *, alone: bool,
                  share: float = 0.8, runs: int = 3) -> Row:
@@ -244,14 +253,14 @@ async def _paced(bench: Bench, hot: str, rate: float, load_named: str,
         after = await readings()
         bare = await bench.http_load("/healthz", rate=rate)
         bare_own = await bench.http_load("/healthz", rate=share * bare_closed["rps"])
-    load = sorted(loads, key=lambda x: x["p99_ms"])[len(loads) // 2]
+    load = _median_run(loads)
     where = "Keyun on a core of its own" if alone else "Keyun sharing the cores"
     return Row(
         f"search 广州→深圳 paced at {load_named} (open loop), {where}",
         load["rps"], "req/s", "bare JSON endpoint at the same pace", bare["rps"],
         f"target p99 ≤ 20 ms: p99 {load['p99_ms']:.1f} ms, p50 {load['p50_ms']:.1f} ms (the "
-        f"median of {runs} runs; each run's p99: "
-        f"{', '.join(format(x['p99_ms'], '.1f') for x in loads)} ms); {rate / closed['rps']:.2f} "
+        f"median of {runs} runs; each run's p99: {_each_p99(loads)} ms); "
+        f"{rate / closed['rps']:.2f} "
         f"of the search's closed-loop rate; bare p99 {bare['p99_ms']:.1f} ms; bare at "
         f"{100 * share:.0f} % of its own rate, {bare_own['rps']:,.0f} req/s: p99 "
         f"{bare_own['p99_ms']:.1f} ms, its CPU {bare_own['server_cpu_pct']:.0f} %; errors "
@@ -305,19 +314,20 @@ async def _what_held_the_loop(bench: Bench, hot: str, closed: dict[str, float],
                       watched.proc.pid, bench.seconds)
         await other.http_load(hot)  # warm: its seat view and kept answers
         own = await other.http_load(hot)
+        async def readings() -> tuple[dict[str, float], dict[str, float]]:
+            return (await by_label(other, "keyun_loop_stalls_total", "cause"),
+                    await by_label(other, "keyun_loop_stall_seconds_total", "cause"))
+
         with other.server_alone():
-            count, spent = (await by_label(other, "keyun_loop_stalls_total", "cause"),
-                            await by_label(other, "keyun_loop_stall_seconds_total", "cause"))
+            count, spent = await readings()
             loads = [await other.http_load(hot, rate=share * own["rps"]) for _ in range(runs)]
-            count_after, spent_after = (
-                await by_label(other, "keyun_loop_stalls_total", "cause"),
-                await by_label(other, "keyun_loop_stall_seconds_total", "cause"))
+            count_after, spent_after = await readings()
     finally:
         await asyncio.to_thread(watched.stop)
     stalls = {c: (count_after[c] - count.get(c, 0.0), 1000 * (spent_after[c] - spent.get(c, 0.0)))
               for c in count_after}
     held_ms = sum(ms for _, ms in stalls.values())
-    load = sorted(loads, key=lambda x: x["p99_ms"])[len(loads) // 2]
+    load = _median_run(loads)
     return Row(
         f"search paced at {100 * share:.0f} % of its own rate, Keyun on a core of its own, "
         f"stall diagnostic on (KEYUN_SLOW_CALLBACK_MS={STALL_MS}): time its loop spent in "
@@ -326,7 +336,7 @@ async def _what_held_the_loop(bench: Bench, hot: str, closed: dict[str, float],
         "by cause: " + ", ".join(f"{cause} {int(n)} ({ms:.0f} ms)"
                                   for cause, (n, ms) in sorted(stalls.items()))
         + f"; p99 {load['p99_ms']:.1f} ms (the median of {runs} runs; each run's p99: "
-        f"{', '.join(format(x['p99_ms'], '.1f') for x in loads)} ms), Keyun CPU "
+        f"{_each_p99(loads)} ms), Keyun CPU "
         f"{load['server_cpu_pct']:.0f} % ({_cpu_per_request(load):.0f} µs a request): a p99 "
         f"far above {STALL_MS} ms with no callback that long is requests queueing behind "
         f"short ones; its closed-loop rate with the diagnostic on is {own['rps']:,.0f} req/s "
